@@ -1,0 +1,197 @@
+"""The data plane against a pure-Python pipeline on the same input.
+
+Both sides do the same work on an OTLP export request: decode, reject spans with bad ids,
+sample by trace id, add a resource attribute, and produce the protobuf to send. The Python
+baseline uses upb-backed `opentelemetry-proto` messages and a Python loop over the records.
+Run with `make bench`; figures and the command go to benches/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+
+import pytest
+from google.protobuf import json_format
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
+from trackgate import _core
+
+SPANS = 2000
+RATIO = 0.5
+THRESHOLD = round((1 - RATIO) * (1 << 56))
+
+
+def make_traces(n: int = SPANS) -> bytes:
+    rng = random.Random(1)
+    msg = ExportTraceServiceRequest()
+    rs = msg.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = "comfy-worker"
+    spans = rs.scope_spans.add()
+    spans.scope.name = "comfyui"
+    for i in range(n):
+        s = spans.spans.add()
+        s.trace_id, s.span_id = rng.randbytes(16), rng.randbytes(8)
+        s.name = f"node.execute.{i % 17}"
+        s.kind = 1
+        s.start_time_unix_nano = 1_700_000_000_000_000_000 + i
+        s.end_time_unix_nano = s.start_time_unix_nano + 5_000_000
+        for key in ("job.id", "workflow.id", "node.type"):
+            s.attributes.add(key=key).value.string_value = f"{key}-{i % 97}"
+        s.attributes.add(key="gpu.index").value.int_value = i % 8
+    return msg.SerializeToString()
+
+
+def make_logs(n: int = SPANS) -> bytes:
+    rng = random.Random(2)
+    msg = ExportLogsServiceRequest()
+    rl = msg.resource_logs.add()
+    rl.resource.attributes.add(key="service.name").value.string_value = "api"
+    records = rl.scope_logs.add()
+    for i in range(n):
+        r = records.log_records.add()
+        r.time_unix_nano = 1_700_000_000_000_000_000 + i
+        r.severity_number = 9 if i % 10 else 17
+        r.body.string_value = f"job {i} moved to state running on worker w-{i % 13}"
+        r.trace_id, r.span_id = rng.randbytes(16), rng.randbytes(8)
+    return msg.SerializeToString()
+
+
+def python_pipeline(body: bytes) -> bytes:
+    """The baseline: parse everything, loop in Python, serialize everything."""
+    req = ExportTraceServiceRequest()
+    req.ParseFromString(body)
+    out = ExportTraceServiceRequest()
+    for rs in req.resource_spans:
+        keys = {kv.key for kv in rs.resource.attributes}
+        new_rs = out.resource_spans.add()
+        new_rs.resource.CopyFrom(rs.resource)
+        if "machine.id" not in keys:
+            new_rs.resource.attributes.append(KeyValue(key="machine.id"))
+            new_rs.resource.attributes[-1].value.string_value = "gpu-01"
+        for ss in rs.scope_spans:
+            new_ss = new_rs.scope_spans.add()
+            new_ss.scope.CopyFrom(ss.scope)
+            for span in ss.spans:
+                if len(span.trace_id) != 16 or len(span.span_id) != 8:
+                    continue
+                keep = span.status.code == 2 or int.from_bytes(span.trace_id[9:], "big") >= THRESHOLD
+                if keep:
+                    new_ss.spans.append(span)
+    return out.SerializeToString()
+
+
+def core(exporters: list[str] | None = None) -> _core.Core:
+    return _core.Core(
+        exporters=exporters or ["bench"],
+        sampling_traces=RATIO,
+        resource_attributes=[("machine.id", "gpu-01")],
+        batch_max_delay_ms=0,
+        queue_max_bytes=1 << 34,
+    )
+
+
+def core_pipeline(c: _core.Core, signal: str, body: bytes, fmt: str = "protobuf", enc: str | None = None) -> bytes:
+    c.ingest(signal, body, fmt, enc)  # type: ignore[arg-type]
+    batch = c.next_batch("bench", signal, 0.0, True)  # type: ignore[arg-type]
+    assert batch is not None
+    c.ack(batch)
+    return batch.body
+
+
+@pytest.fixture(scope="module")
+def traces_body() -> bytes:
+    return make_traces()
+
+
+def test_same_decisions(traces_body: bytes) -> None:
+    """The benchmark compares like with like: both keep the same spans."""
+    ours = ExportTraceServiceRequest()
+    ours.ParseFromString(core_pipeline(core(), "traces", traces_body))
+    theirs = ExportTraceServiceRequest()
+    theirs.ParseFromString(python_pipeline(traces_body))
+    assert [s.span_id for s in ours.resource_spans[0].scope_spans[0].spans] == [
+        s.span_id for s in theirs.resource_spans[0].scope_spans[0].spans
+    ]
+
+
+@pytest.mark.benchmark(group="traces-protobuf-2000-spans")
+def test_python_baseline_protobuf(benchmark, traces_body: bytes) -> None:
+    benchmark(python_pipeline, traces_body)
+
+
+@pytest.mark.benchmark(group="traces-protobuf-2000-spans")
+def test_core_protobuf(benchmark, traces_body: bytes) -> None:
+    c = core()
+    benchmark(core_pipeline, c, "traces", traces_body)
+
+
+@pytest.mark.benchmark(group="traces-gzip-2000-spans")
+def test_python_baseline_gzip(benchmark, traces_body: bytes) -> None:
+    packed = gzip.compress(traces_body)
+    benchmark(lambda: gzip.compress(python_pipeline(gzip.decompress(packed))))
+
+
+@pytest.mark.benchmark(group="traces-gzip-2000-spans")
+def test_core_gzip(benchmark, traces_body: bytes) -> None:
+    packed = gzip.compress(traces_body)
+    c = core()
+    benchmark(lambda: _core.gzip(core_pipeline(c, "traces", packed, enc="gzip")))
+
+
+def _hex_ids(doc: dict) -> dict:
+    # json_format writes ids base64; OTLP/JSON wants hex.
+    for rs in doc["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            for s in ss["spans"]:
+                for key in ("traceId", "spanId"):
+                    s[key] = __import__("base64").b64decode(s[key]).hex()
+    return doc
+
+
+@pytest.mark.benchmark(group="traces-json-2000-spans")
+def test_python_baseline_json(benchmark, traces_body: bytes) -> None:
+    msg = ExportTraceServiceRequest()
+    msg.ParseFromString(traces_body)
+    body = json.dumps(_hex_ids(json_format.MessageToDict(msg))).encode()
+
+    def run() -> bytes:
+        doc = json.loads(body)
+        for rs in doc["resourceSpans"]:
+            for ss in rs["scopeSpans"]:
+                for s in ss["spans"]:
+                    for key in ("traceId", "spanId"):
+                        s[key] = __import__("base64").b64encode(bytes.fromhex(s[key])).decode()
+        req = json_format.ParseDict(doc, ExportTraceServiceRequest())
+        return python_pipeline(req.SerializeToString())
+
+    benchmark(run)
+
+
+@pytest.mark.benchmark(group="traces-json-2000-spans")
+def test_core_json(benchmark, traces_body: bytes) -> None:
+    body = _core.to_json("traces", traces_body)
+    c = core()
+    benchmark(core_pipeline, c, "traces", body, "json")
+
+
+@pytest.mark.benchmark(group="file-sink-encode-2000-spans")
+def test_python_baseline_to_json(benchmark, traces_body: bytes) -> None:
+    msg = ExportTraceServiceRequest()
+    msg.ParseFromString(traces_body)
+    benchmark(lambda: json.dumps(json_format.MessageToDict(msg)))
+
+
+@pytest.mark.benchmark(group="file-sink-encode-2000-spans")
+def test_core_to_json(benchmark, traces_body: bytes) -> None:
+    benchmark(_core.to_json, "traces", traces_body)
+
+
+@pytest.mark.benchmark(group="logs-protobuf-2000-records")
+def test_core_logs(benchmark) -> None:
+    body = make_logs()
+    c = core()
+    benchmark(core_pipeline, c, "logs", body)

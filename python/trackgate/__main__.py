@@ -1,0 +1,5 @@
+import sys
+
+from trackgate.cli import main
+
+sys.exit(main())

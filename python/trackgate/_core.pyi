@@ -1,0 +1,102 @@
+"""Type stub for the compiled data plane, `trackgate._core` (built from `rust/`)."""
+
+from typing import Literal, Self, TypeAlias, final
+
+__all__ = [
+    "Batch",
+    "Core",
+    "DecodeError",
+    "IngestResult",
+    "PayloadTooLarge",
+    "PipelineClosed",
+    "QueueFull",
+    "UnsupportedMedia",
+    "__version__",
+    "export_response",
+    "gzip",
+    "parse_partial_success",
+    "status_body",
+    "to_json",
+    "to_protobuf",
+]
+
+__version__: str
+
+_Signal: TypeAlias = Literal["logs", "traces", "metrics"]
+_Format: TypeAlias = Literal["protobuf", "json"]
+
+class DecodeError(ValueError):
+    """The body is not valid OTLP. HTTP 400."""
+
+class PayloadTooLarge(ValueError):
+    """The body is over the limit after decompression. HTTP 413."""
+
+class UnsupportedMedia(ValueError):
+    """Unknown Content-Encoding or content format. HTTP 415."""
+
+class QueueFull(Exception):
+    """The queue is at its byte limit. HTTP 429 with Retry-After."""
+
+class PipelineClosed(Exception):
+    """The pipeline was closed (shutting down). HTTP 503."""
+
+@final
+class IngestResult:
+    @property
+    def signal(self) -> _Signal: ...
+    @property
+    def received(self) -> int: ...
+    @property
+    def accepted(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+    @property
+    def sampled_out(self) -> int: ...
+    @property
+    def error_message(self) -> str: ...
+    @property
+    def decoded_bytes(self) -> int: ...
+
+@final
+class Batch:
+    @property
+    def signal(self) -> _Signal: ...
+    @property
+    def exporter(self) -> str: ...
+    @property
+    def records(self) -> int: ...
+    @property
+    def body(self) -> bytes: ...
+
+@final
+class Core:
+    def __new__(
+        cls,
+        *,
+        exporters: list[str],
+        sampling_traces: float = 1.0,
+        sampling_logs: float = 1.0,
+        keep_errors: bool = True,
+        resource_attributes: list[tuple[str, str]] = ...,
+        queue_max_bytes: int = 268435456,
+        batch_max_records: int = 8192,
+        batch_max_bytes: int = 4194304,
+        batch_max_delay_ms: int = 200,
+        max_body_bytes: int = 67108864,
+    ) -> Self: ...
+    def ingest(
+        self, signal: _Signal, body: bytes, format: _Format, content_encoding: str | None = None
+    ) -> IngestResult: ...
+    def next_batch(self, exporter: str, signal: _Signal, timeout: float, flush: bool = False) -> Batch | None: ...
+    def ack(self, batch: Batch) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+
+def to_json(signal: _Signal, body: bytes) -> bytes: ...
+def to_protobuf(signal: _Signal, body: bytes) -> bytes: ...
+def export_response(signal: _Signal, rejected: int, error_message: str, format: _Format) -> bytes: ...
+def status_body(code: int, message: str, format: _Format) -> bytes: ...
+def gzip(data: bytes, level: int = 6) -> bytes: ...
+def parse_partial_success(body: bytes, format: _Format) -> tuple[int, str]: ...

@@ -1,0 +1,146 @@
+"""The ASGI application: routing, auth, self-telemetry endpoints, and the pipeline's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+from trackgate import config as config_mod
+from trackgate import telemetry
+from trackgate.asgi import ClientDisconnected, Receive, Request, Response, Scope, Send
+from trackgate.config import Config
+from trackgate.pipeline import Format, Pipeline
+from trackgate.receivers.otlp_http import CODE_UNAUTHENTICATED, OtlpHttpReceiver, status_response
+
+log = logging.getLogger("trackgate.app")
+
+# The effective config travels to granian's worker processes in this variable (see cli.serve).
+CONFIG_ENV = "TRACKGATE_EFFECTIVE_CONFIG"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class App:
+    def __init__(self, cfg: Config) -> None:
+        self.config = cfg
+        self.pipeline: Pipeline | None = None
+        self.tokens = [t.encode() for t in cfg.server.tokens]
+        self.routes: dict[str, tuple[str, Handler]] = {
+            "/v1/traces": ("POST", self._otlp("traces")),
+            "/v1/logs": ("POST", self._otlp("logs")),
+            "/v1/metrics": ("POST", self._otlp("metrics")),
+            "/healthz": ("GET", self._healthz),
+            "/readyz": ("GET", self._readyz),
+            "/metrics": ("GET", self._metrics),
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> Pipeline:
+        if self.pipeline is None:
+            self.pipeline = Pipeline(self.config).start()
+            self.otlp = OtlpHttpReceiver(self.pipeline, self.config.server.max_body_bytes)
+            log.info("gateway ready", extra={"pid": os.getpid(), "exporters": self.config.exporter_names()})
+        return self.pipeline
+
+    async def stop(self) -> None:
+        if self.pipeline is not None:
+            await asyncio.to_thread(self.pipeline.close)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self.start()
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- requests -------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        request = Request(scope, receive)
+        route = request.path if request.path in self.routes else "other"
+        try:
+            response = await self._dispatch(request)
+        except ClientDisconnected:
+            telemetry.HTTP_REQUESTS.inc(route=route, code="499")
+            return
+        except Exception:
+            log.exception("unhandled error", extra={"path": request.path})
+            response = Response(500, b"internal error\n")
+        await response.send(send)
+        telemetry.HTTP_REQUESTS.inc(route=route, code=str(response.status))
+        telemetry.HTTP_LATENCY.observe(time.perf_counter() - started, route=route)
+
+    async def _dispatch(self, request: Request) -> Response:
+        entry = self.routes.get(request.path)
+        if entry is None:
+            return Response(404, f"no route for {request.path}\n".encode())
+        method, handler = entry
+        if request.method != method:
+            return Response(405, f"{request.path} accepts {method} only\n".encode(), headers=[("Allow", method)])
+        self.start()
+        return await handler(request)
+
+    def _authorized(self, request: Request) -> bool:
+        if not self.tokens:
+            return True
+        scheme, _, token = request.header("authorization").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        given = token.strip().encode()
+        # Compare against every token so the time taken does not reveal which one nearly matched.
+        return sum(hmac.compare_digest(given, t) for t in self.tokens) > 0
+
+    def _otlp(self, signal: str) -> Handler:
+        async def handle(request: Request) -> Response:
+            if not self._authorized(request):
+                fmt: Format = "json" if "json" in request.header("content-type") else "protobuf"
+                return status_response(
+                    401,
+                    CODE_UNAUTHENTICATED,
+                    "missing or invalid bearer token",
+                    fmt,
+                    [("WWW-Authenticate", 'Bearer realm="trackgate"')],
+                )
+            return await self.otlp.handle(request, signal)  # type: ignore[arg-type]
+
+        return handle
+
+    async def _healthz(self, request: Request) -> Response:
+        return Response(200, b"ok\n")
+
+    async def _readyz(self, request: Request) -> Response:
+        if self.pipeline is not None and self.pipeline.ready:
+            return Response(200, b"ready\n")
+        return Response(503, b"not ready: queue full or shutting down\n", headers=[("Retry-After", "1")])
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(200, telemetry.REGISTRY.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+
+
+def create_app(cfg: Config | None = None) -> App:
+    """ASGI factory (granian `--factory`): the config comes from the serving CLI, else from file/env."""
+    telemetry.setup_logging(os.environ.get("TRACKGATE_LOG_LEVEL", "info"))
+    if cfg is None:
+        raw = os.environ.get(CONFIG_ENV)
+        cfg = config_mod.from_json(raw) if raw else config_mod.load()
+    return App(cfg)

@@ -1,0 +1,123 @@
+"""`trackgate` command line: serve, check-config, replay."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import msgspec
+import orjson
+
+from trackgate import __version__, telemetry
+from trackgate import config as config_mod
+from trackgate.config import Config, ConfigError
+
+
+def _load(args: argparse.Namespace) -> Config:
+    cfg = config_mod.load(args.config)
+    server = cfg.server
+    if getattr(args, "listen", None):
+        config_mod.parse_listen(args.listen)
+        server = msgspec.structs.replace(server, listen=args.listen)
+    if getattr(args, "workers", None):
+        if args.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+        server = msgspec.structs.replace(server, workers=args.workers)
+    return msgspec.structs.replace(cfg, server=server)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    from trackgate.app import CONFIG_ENV
+
+    cfg = _load(args)
+    host, port = config_mod.parse_listen(cfg.server.listen)
+    os.environ[CONFIG_ENV] = config_mod.to_json(cfg).decode()
+    telemetry.setup_logging()
+    import logging
+
+    logging.getLogger("trackgate").info(
+        "starting",
+        extra={"listen": cfg.server.listen, "workers": cfg.server.workers, "exporters": cfg.exporter_names()},
+    )
+    Granian(
+        "trackgate.app:create_app",
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=cfg.server.workers,
+        factory=True,
+        log_access=False,
+        workers_kill_timeout=int(cfg.server.shutdown_grace_s) + 5,
+    ).serve()
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    doc = config_mod.masked(cfg)
+    doc["effective_exporters"] = cfg.exporter_names()
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from trackgate.replay import ReplayError, replay
+
+    cfg = _load(args)
+    telemetry.setup_logging("warning")
+    try:
+        report = replay(args.files, cfg, signal=args.signal, progress=not args.quiet)
+    except ReplayError as exc:
+        print(f"trackgate replay: {exc}", file=sys.stderr)
+        return 2
+    for error in report.errors:
+        print(f"trackgate replay: {error}", file=sys.stderr)
+    print(
+        f"replayed {report.requests} requests from {report.files} files: {report.accepted} records accepted, "
+        f"{report.rejected} rejected, {report.sampled_out} sampled out"
+    )
+    return 1 if report.errors else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trackgate", description="Telemetry ingestion gateway.")
+    p.add_argument("--version", action="version", version=f"trackgate {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="TOML config file (default: $TRACKGATE_CONFIG, else built-in defaults)")
+    serve.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:4318)")
+    serve.add_argument("--workers", type=int, help="worker processes")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a config and print the effective settings, secrets masked")
+    check.add_argument("config", nargs="?", help="TOML config file")
+    check.set_defaults(func=cmd_check_config)
+
+    rep = sub.add_parser("replay", help="push captured OTLP files through the pipeline, offline")
+    rep.add_argument("files", nargs="+", help="OTLP/JSON lines (file exporter format) or OTLP protobuf request files")
+    rep.add_argument("--config", help="TOML config file")
+    rep.add_argument("--signal", choices=["traces", "logs", "metrics"], help="signal of protobuf files")
+    rep.add_argument("--quiet", action="store_true", help="no progress bar")
+    rep.set_defaults(func=cmd_replay)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"trackgate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

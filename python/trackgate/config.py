@@ -1,0 +1,269 @@
+"""Configuration: TOML decoded into msgspec structs, then standard environment variables on top.
+
+Unknown keys and wrong types are errors naming the key and the file. A key for a component that
+does not exist yet is an unknown key, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+DEFAULT_DASH0_ENDPOINT = "https://ingress.eu-west-1.aws.dash0.com"
+MASK = "****"
+
+Ratio = Annotated[float, Meta(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+Seconds = Annotated[float, Meta(ge=0.0)]
+
+
+class ConfigError(ValueError):
+    """A configuration file or environment variable that cannot be used; the message says where."""
+
+
+class _Section(Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section):
+    listen: str = "127.0.0.1:4318"
+    workers: PositiveInt = 1
+    max_body_bytes: PositiveInt = 64 * 1024 * 1024  # measured after decompression
+    tokens: list[str] = field(default_factory=list)  # if set, "Authorization: Bearer <t>" is required
+    shutdown_grace_s: Seconds = 10.0
+
+
+class StorageConfig(_Section):
+    dir: str = "./trackgate-data"
+    max_bytes: PositiveInt = 256 * 1024 * 1024  # queue bound; receivers answer 429 past it
+
+
+class SamplingConfig(_Section):
+    traces: Ratio = 1.0
+    logs: Ratio = 1.0
+    keep_errors: bool = True
+
+
+class BatchConfig(_Section):
+    max_records: PositiveInt = 8192
+    max_bytes: PositiveInt = 4 * 1024 * 1024
+    max_delay_ms: Annotated[int, Meta(ge=0)] = 200
+
+
+class ResourceConfig(_Section):
+    # Added to every resource that does not carry the key already (the client's value wins).
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+class RetryConfig(_Section):
+    # The OpenTelemetry Collector's defaults: 5 s initial, x1.5, 30 s cap, 300 s in all.
+    initial_interval_s: Annotated[float, Meta(gt=0.0)] = 5.0
+    max_interval_s: Annotated[float, Meta(gt=0.0)] = 30.0
+    multiplier: Annotated[float, Meta(ge=1.0)] = 1.5
+    max_elapsed_s: Seconds = 300.0  # 0 = retry until delivered or shut down
+
+
+class OtlpExporterConfig(_Section):
+    endpoint: str = ""  # base URL; /v1/{logs,metrics,traces} is appended
+    token: str = ""  # sent as Authorization: Bearer <token>
+    dataset: str = ""  # sent as Dash0-Dataset when set
+    headers: dict[str, str] = field(default_factory=dict)
+    compression: Literal["gzip", "none"] = "gzip"
+    timeout_s: Annotated[float, Meta(gt=0.0)] = 10.0
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+
+class FileExporterConfig(_Section):
+    dir: str = ""  # default: <storage.dir>/out
+    max_file_bytes: PositiveInt = 100 * 1024 * 1024  # rotate past this size
+    max_files: PositiveInt = 10  # rotated files kept per signal
+
+
+class ExportersConfig(_Section):
+    dash0: OtlpExporterConfig | None = None
+    otlp: OtlpExporterConfig | None = None
+    file: FileExporterConfig | None = None
+
+
+class Config(_Section):
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    resource: ResourceConfig = field(default_factory=ResourceConfig)
+    exporters: ExportersConfig = field(default_factory=ExportersConfig)
+
+    def otlp_exporters(self) -> dict[str, OtlpExporterConfig]:
+        found = {"dash0": self.exporters.dash0, "otlp": self.exporters.otlp}
+        return {name: cfg for name, cfg in found.items() if cfg is not None}
+
+    def file_exporter(self) -> FileExporterConfig | None:
+        """The file exporter: as configured, or the embedded default when nothing else is."""
+        if self.exporters.file is not None:
+            cfg = self.exporters.file
+        elif not self.otlp_exporters():
+            cfg = FileExporterConfig()
+        else:
+            return None
+        if not cfg.dir:
+            cfg = msgspec.structs.replace(cfg, dir=str(Path(self.storage.dir) / "out"))
+        return cfg
+
+    def exporter_names(self) -> list[str]:
+        names = list(self.otlp_exporters())
+        if self.file_exporter() is not None:
+            names.append("file")
+        return names
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Splits "HOST:PORT" (IPv6 as "[::1]:4318") and checks both parts."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"listen address {value!r} must be HOST:PORT with a port between 1 and 65535")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_key_values(value: str, what: str) -> dict[str, str]:
+    """Parses the W3C-baggage-like "k1=v1,k2=v2" of OTEL_RESOURCE_ATTRIBUTES / OTEL_EXPORTER_OTLP_HEADERS."""
+    out: dict[str, str] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what}: entry {item.strip()!r} is not key=value")
+        out[urllib.parse.unquote(key.strip())] = urllib.parse.unquote(val.strip())
+    return out
+
+
+def _check_url(url: str, where: str) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"{where}: endpoint {url!r} must be an http:// or https:// URL")
+
+
+def _validate(cfg: Config, source: str) -> None:
+    try:
+        parse_listen(cfg.server.listen)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: server.listen: {exc}") from None
+    for name, exp in cfg.otlp_exporters().items():
+        if not exp.endpoint:
+            raise ConfigError(f"{source}: exporters.{name}.endpoint is required")
+        _check_url(exp.endpoint, f"{source}: exporters.{name}")
+        if exp.retry.max_interval_s < exp.retry.initial_interval_s:
+            raise ConfigError(f"{source}: exporters.{name}.retry.max_interval_s is below initial_interval_s")
+
+
+def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
+    """Standard variables override the file: the same variables the SDKs and Dash0's docs use."""
+    exporters = cfg.exporters
+    if env.get("DASH0_AUTH_TOKEN") or env.get("DASH0_DATASET"):
+        dash0 = exporters.dash0 or OtlpExporterConfig(endpoint=DEFAULT_DASH0_ENDPOINT)
+        dash0 = msgspec.structs.replace(
+            dash0,
+            token=env.get("DASH0_AUTH_TOKEN") or dash0.token,
+            dataset=env.get("DASH0_DATASET") or dash0.dataset,
+        )
+        exporters = msgspec.structs.replace(exporters, dash0=dash0)
+    if env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        otlp = exporters.otlp or OtlpExporterConfig()
+        otlp = msgspec.structs.replace(otlp, endpoint=env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        exporters = msgspec.structs.replace(exporters, otlp=otlp)
+    if env.get("OTEL_EXPORTER_OTLP_HEADERS"):
+        extra = parse_key_values(env["OTEL_EXPORTER_OTLP_HEADERS"], "OTEL_EXPORTER_OTLP_HEADERS")
+        for name in ("dash0", "otlp"):
+            exp: OtlpExporterConfig | None = getattr(exporters, name)
+            if exp is not None:
+                merged = {**exp.headers, **extra}
+                exporters = msgspec.structs.replace(exporters, **{name: msgspec.structs.replace(exp, headers=merged)})
+    attrs = dict(cfg.resource.attributes)
+    if env.get("OTEL_RESOURCE_ATTRIBUTES"):
+        attrs.update(parse_key_values(env["OTEL_RESOURCE_ATTRIBUTES"], "OTEL_RESOURCE_ATTRIBUTES"))
+    if env.get("MACHINE_ID"):
+        attrs["machine.id"] = env["MACHINE_ID"]
+    if env.get("WORKER_ID"):
+        attrs["worker.id"] = env["WORKER_ID"]
+    return msgspec.structs.replace(
+        cfg, exporters=exporters, resource=msgspec.structs.replace(cfg.resource, attributes=attrs)
+    )
+
+
+def _convert(data: Any, source: str) -> Config:
+    try:
+        return msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        # msgspec says e.g. "Object contains unknown field `foo` - at `$.server`".
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Reads the file (or defaults when `path` is None), applies `env` and validates the result."""
+    env = os.environ if env is None else env
+    if path is None and env.get("TRACKGATE_CONFIG"):
+        path = env["TRACKGATE_CONFIG"]
+    source = str(path) if path is not None else "<defaults>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    cfg = apply_env(_convert(data, source), env)
+    _validate(cfg, source)
+    return cfg
+
+
+def to_json(cfg: Config) -> bytes:
+    return msgspec.json.encode(cfg)
+
+
+def from_json(data: bytes | str) -> Config:
+    cfg = msgspec.json.decode(data, type=Config)
+    _validate(cfg, "<effective config>")
+    return cfg
+
+
+def masked(cfg: Config) -> dict[str, Any]:
+    """The effective config as plain data with every secret replaced: safe to print or log."""
+    doc: dict[str, Any] = msgspec.to_builtins(cfg)
+    doc["server"]["tokens"] = [MASK for _ in cfg.server.tokens]
+    for name in ("dash0", "otlp"):
+        exp = doc["exporters"].get(name)
+        if exp:
+            if exp["token"]:
+                exp["token"] = MASK
+            exp["headers"] = {k: MASK for k in exp["headers"]}
+            exp["endpoint"] = mask_url(exp["endpoint"])
+    return doc
+
+
+def mask_url(url: str) -> str:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.password or parsed.username:
+        host = parsed.hostname or ""
+        port = f":{parsed.port}" if parsed.port else ""
+        return urllib.parse.urlunsplit(parsed._replace(netloc=f"{MASK}@{host}{port}"))
+    return url

@@ -1,0 +1,7 @@
+"""Exporters: one module per destination."""
+
+from trackgate.exporters.base import Exporter, Outcome
+from trackgate.exporters.file import FileExporter
+from trackgate.exporters.otlp_http import OtlpHttpExporter
+
+__all__ = ["Exporter", "FileExporter", "OtlpHttpExporter", "Outcome"]

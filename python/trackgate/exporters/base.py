@@ -1,0 +1,173 @@
+"""What every exporter shares: the outcome of one send, and the runner that drives it.
+
+The runner is the Collector's exporter-helper chain for one (exporter, signal) pair: take a batch
+from the queue, send it with retry and backoff, then acknowledge it. Only retryable outcomes are
+retried; each exporter has its own cursor, so a slow destination holds back only itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal
+
+from trackgate import telemetry
+from trackgate._core import Batch, Core
+from trackgate.config import RetryConfig
+
+log = logging.getLogger("trackgate.exporter")
+
+SIGNALS: tuple[Literal["logs", "traces", "metrics"], ...] = ("logs", "traces", "metrics")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one send attempt achieved."""
+
+    kind: Literal["ok", "retry", "drop"]
+    reason: str = ""
+    retry_after: float | None = None  # seconds the destination asked us to wait
+    cause: str = ""  # short label for metrics: "status_503", "connection", "timeout"...
+    rejected: int = 0  # records refused in an OTLP partial success (kind "ok")
+    sent_bytes: int = 0
+
+    @classmethod
+    def ok(cls, sent_bytes: int = 0, rejected: int = 0, reason: str = "") -> Outcome:
+        return cls("ok", reason=reason, rejected=rejected, sent_bytes=sent_bytes)
+
+    @classmethod
+    def retry(cls, cause: str, reason: str, retry_after: float | None = None) -> Outcome:
+        return cls("retry", reason=reason, retry_after=retry_after, cause=cause)
+
+    @classmethod
+    def drop(cls, cause: str, reason: str) -> Outcome:
+        return cls("drop", reason=reason, cause=cause)
+
+
+class Exporter(ABC):
+    """One destination. `send` is called from the exporter's own threads, one batch at a time per signal."""
+
+    name: str
+    retry: RetryConfig = RetryConfig()
+
+    @abstractmethod
+    def send(self, batch: Batch) -> Outcome: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections or files."""
+
+
+class Backoff:
+    """Capped exponential backoff with +-20% jitter; a destination's Retry-After takes precedence."""
+
+    def __init__(self, cfg: RetryConfig) -> None:
+        self.cfg = cfg
+        self.next_interval = cfg.initial_interval_s
+
+    def delay(self, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), max(self.cfg.max_interval_s, retry_after))
+        interval = self.next_interval
+        self.next_interval = min(self.next_interval * self.cfg.multiplier, self.cfg.max_interval_s)
+        return interval * random.uniform(0.8, 1.2)
+
+
+class Runner(threading.Thread):
+    """Delivers one signal's batches to one exporter until the core is closed and drained."""
+
+    # How long one wait for a batch lasts; bounds how fast a flush request is noticed.
+    POLL_S = 0.1
+
+    def __init__(
+        self,
+        core: Core,
+        exporter: Exporter,
+        signal: Literal["logs", "traces", "metrics"],
+        flushing: threading.Event,
+        stop_retrying: threading.Event,
+    ) -> None:
+        super().__init__(name=f"trackgate-{exporter.name}-{signal}", daemon=True)
+        self.core = core
+        self.exporter = exporter
+        self.signal = signal
+        self.flushing = flushing
+        self.stop_retrying = stop_retrying
+        self.labels = {"exporter": exporter.name, "signal": signal}
+        self.busy = False
+
+    def run(self) -> None:
+        while True:
+            flush = self.flushing.is_set() or self.core.closed
+            batch = self.core.next_batch(self.exporter.name, self.signal, self.POLL_S, flush)
+            if batch is None:
+                if self.core.closed:
+                    return
+                continue
+            self.busy = True
+            try:
+                self.deliver(batch)
+            except Exception:  # an exporter bug must not kill the thread and stall the cursor
+                log.exception("exporter failed unexpectedly; batch dropped", extra=self.labels)
+                telemetry.FAILED_RECORDS.inc(batch.records, reason="internal_error", **self.labels)
+            finally:
+                self.core.ack(batch)
+                self.busy = False
+
+    def deliver(self, batch: Batch) -> None:
+        backoff = Backoff(self.exporter.retry)
+        started = time.monotonic()
+        limit = self.exporter.retry.max_elapsed_s
+        while True:
+            t0 = time.monotonic()
+            outcome = self.exporter.send(batch)
+            telemetry.EXPORT_LATENCY.observe(time.monotonic() - t0, **self.labels)
+            if outcome.kind == "ok":
+                telemetry.EXPORTED_RECORDS.inc(batch.records - outcome.rejected, **self.labels)
+                telemetry.EXPORTED_BYTES.inc(outcome.sent_bytes, **self.labels)
+                if outcome.rejected or outcome.reason:
+                    telemetry.UPSTREAM_REJECTED.inc(outcome.rejected, **self.labels)
+                    log.warning(
+                        "destination accepted the batch partially",
+                        extra={**self.labels, "rejected": outcome.rejected, "reason": outcome.reason},
+                    )
+                return
+            if outcome.kind == "drop":
+                self._give_up(batch, "permanent_error", outcome.reason)
+                return
+            delay = backoff.delay(outcome.retry_after)
+            elapsed = time.monotonic() - started
+            if limit and elapsed + delay > limit:
+                self._give_up(batch, "retries_exhausted", f"{outcome.reason}; gave up after {elapsed:.0f}s")
+                return
+            telemetry.EXPORT_RETRIES.inc(1, cause=outcome.cause or "other", **self.labels)
+            log.info(
+                "send failed, will retry",
+                extra={**self.labels, "reason": outcome.reason, "retry_in_s": round(delay, 3)},
+            )
+            if self.stop_retrying.wait(delay):
+                self._give_up(batch, "shutdown", f"{outcome.reason}; shutdown grace period over")
+                return
+
+    def _give_up(self, batch: Batch, reason: str, detail: str) -> None:
+        telemetry.FAILED_RECORDS.inc(batch.records, reason=reason, **self.labels)
+        log.error("batch dropped", extra={**self.labels, "records": batch.records, "reason": reason, "detail": detail})
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After in either form the HTTP spec allows: delay seconds or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        from email.utils import parsedate_to_datetime
+
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

@@ -1,0 +1,80 @@
+"""OTLP/HTTP receiver: /v1/logs, /v1/traces, /v1/metrics (protobuf and JSON)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from trackgate._core import export_response, status_body
+from trackgate.asgi import BodyTooLarge, Request, Response
+from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
+from trackgate.pipeline import Format, Pipeline, Signal
+
+log = logging.getLogger("trackgate.receiver.otlp")
+
+CONTENT_TYPES: dict[str, Format] = {
+    "application/x-protobuf": "protobuf",
+    "application/protobuf": "protobuf",
+    "application/json": "json",
+}
+MEDIA_TYPE: dict[Format, str] = {"protobuf": "application/x-protobuf", "json": "application/json"}
+# google.rpc.Code values for the Status body.
+CODE_INVALID_ARGUMENT, CODE_UNAUTHENTICATED, CODE_RESOURCE_EXHAUSTED, CODE_UNAVAILABLE = 3, 16, 8, 14
+CODE_OUT_OF_RANGE, CODE_UNIMPLEMENTED = 11, 12
+# Bodies above this size are decoded off the event loop so that other connections keep flowing.
+INLINE_LIMIT = 256 * 1024
+RETRY_AFTER_FULL_S = "1"
+RETRY_AFTER_CLOSED_S = "5"
+
+
+def status_response(
+    http: int, code: int, message: str, fmt: Format, headers: list[tuple[str, str]] | None = None
+) -> Response:
+    return Response(http, status_body(code, message, fmt), MEDIA_TYPE[fmt], headers or [])
+
+
+class OtlpHttpReceiver:
+    def __init__(self, pipeline: Pipeline, max_body_bytes: int) -> None:
+        self.pipeline = pipeline
+        self.max_body_bytes = max_body_bytes
+
+    async def handle(self, request: Request, signal: Signal) -> Response:
+        media = request.header("content-type").split(";", 1)[0].strip().lower()
+        fmt = CONTENT_TYPES.get(media)
+        if fmt is None:
+            supported = ", ".join(CONTENT_TYPES)
+            got = media or "none"
+            return status_response(
+                415, CODE_UNIMPLEMENTED, f"unsupported content type {got!r} (supported: {supported})", "json"
+            )
+        try:
+            body = await request.body(self.max_body_bytes)
+        except BodyTooLarge as exc:
+            return status_response(413, CODE_OUT_OF_RANGE, str(exc), fmt)
+        encoding = request.header("content-encoding") or None
+        try:
+            if len(body) > INLINE_LIMIT:
+                result = await asyncio.to_thread(self.pipeline.ingest, signal, body, fmt, encoding)
+            else:
+                result = self.pipeline.ingest(signal, body, fmt, encoding)
+        except DecodeError as exc:
+            return status_response(400, CODE_INVALID_ARGUMENT, f"cannot decode OTLP {fmt} {signal}: {exc}", fmt)
+        except PayloadTooLarge as exc:
+            return status_response(413, CODE_OUT_OF_RANGE, str(exc), fmt)
+        except UnsupportedMedia as exc:
+            return status_response(415, CODE_UNIMPLEMENTED, str(exc), fmt)
+        except QueueFull as exc:
+            return status_response(
+                429, CODE_RESOURCE_EXHAUSTED, f"{exc}; retry later", fmt, [("Retry-After", RETRY_AFTER_FULL_S)]
+            )
+        except PipelineClosed:
+            return status_response(
+                503, CODE_UNAVAILABLE, "gateway is shutting down", fmt, [("Retry-After", RETRY_AFTER_CLOSED_S)]
+            )
+        if result.rejected:
+            log.info(
+                "partial success",
+                extra={"signal": signal, "rejected": result.rejected, "reason": result.error_message},
+            )
+        body_out = export_response(signal, result.rejected, result.error_message, fmt)
+        return Response(200, body_out, MEDIA_TYPE[fmt])

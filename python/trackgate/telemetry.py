@@ -1,0 +1,254 @@
+"""Self-telemetry: Prometheus metrics and structured (JSON) logs.
+
+Counters are touched once per request or per batch, never per record: record counts come from the
+data plane as integers.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import orjson
+
+LabelValues = tuple[str, ...]
+
+# Request latency buckets (seconds): sub-millisecond ingest up to slow multi-MiB bodies.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(names: Sequence[str], values: LabelValues, extra: str = "") -> str:
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+class _Metric:
+    kind = ""
+
+    def __init__(self, name: str, help_text: str, labelnames: Sequence[str]) -> None:
+        self.name = name
+        self.help = help_text
+        self.labelnames = tuple(labelnames)
+        self._lock = threading.Lock()
+
+    def _key(self, labels: dict[str, str]) -> LabelValues:
+        if set(labels) != set(self.labelnames):
+            raise ValueError(f"metric {self.name} takes labels {self.labelnames}, got {tuple(labels)}")
+        return tuple(str(labels[n]) for n in self.labelnames)
+
+    def header(self) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+
+    def samples(self) -> list[str]:
+        raise NotImplementedError
+
+
+class Counter(_Metric):
+    kind = "counter"
+
+    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
+        super().__init__(name, help_text, labelnames)
+        self._values: dict[LabelValues, float] = {}
+
+    def inc(self, amount: float = 1, **labels: str) -> None:
+        key = self._key(labels)
+        with self._lock:
+            self._values[key] = self._values.get(key, 0) + amount
+
+    def value(self, **labels: str) -> float:
+        with self._lock:
+            return self._values.get(self._key(labels), 0)
+
+    def samples(self) -> list[str]:
+        with self._lock:
+            items = sorted(self._values.items())
+        return [f"{self.name}{_labels(self.labelnames, k)} {_number(v)}" for k, v in items]
+
+
+class Histogram(_Metric):
+    kind = "histogram"
+
+    def __init__(
+        self, name: str, help_text: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = LATENCY_BUCKETS
+    ) -> None:
+        super().__init__(name, help_text, labelnames)
+        self.buckets = tuple(sorted(buckets))
+        self._counts: dict[LabelValues, list[int]] = {}
+        self._sums: dict[LabelValues, float] = {}
+
+    def observe(self, value: float, **labels: str) -> None:
+        key = self._key(labels)
+        with self._lock:
+            counts = self._counts.setdefault(key, [0] * (len(self.buckets) + 1))
+            for i, bound in enumerate(self.buckets):
+                if value <= bound:
+                    counts[i] += 1
+                    break
+            else:
+                counts[-1] += 1
+            self._sums[key] = self._sums.get(key, 0.0) + value
+
+    def samples(self) -> list[str]:
+        out: list[str] = []
+        with self._lock:
+            items = sorted((k, list(v), self._sums[k]) for k, v in self._counts.items())
+        for key, counts, total in items:
+            running = 0
+            for bound, count in zip((*self.buckets, float("inf")), counts, strict=True):
+                running += count
+                le = "+Inf" if bound == float("inf") else repr(bound)
+                labels = _labels(self.labelnames, key, 'le="' + le + '"')
+                out.append(f"{self.name}_bucket{labels} {running}")
+            out.append(f"{self.name}_sum{_labels(self.labelnames, key)} {_number(total)}")
+            out.append(f"{self.name}_count{_labels(self.labelnames, key)} {running}")
+        return out
+
+
+class Observed(_Metric):
+    """Values read when scraped: the data plane's own counters and gauges (records, queue depth)."""
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        labelnames: Sequence[str],
+        read: Callable[[], Iterable[tuple[LabelValues, float]]],
+        kind: str = "gauge",
+    ) -> None:
+        super().__init__(name, help_text, labelnames)
+        self._read = read
+        self.kind = kind
+
+    def samples(self) -> list[str]:
+        return [f"{self.name}{_labels(self.labelnames, k)} {_number(v)}" for k, v in self._read()]
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._metrics: dict[str, _Metric] = {}
+        self._lock = threading.Lock()
+
+    def _add(self, metric: _Metric) -> Any:
+        with self._lock:
+            existing = self._metrics.get(metric.name)
+            if existing is not None:
+                if type(existing) is not type(metric) or existing.labelnames != metric.labelnames:
+                    raise ValueError(f"metric {metric.name} registered twice with different shapes")
+                if isinstance(metric, Observed):
+                    self._metrics[metric.name] = metric  # a new pipeline replaces the reader
+                    return metric
+                return existing
+            self._metrics[metric.name] = metric
+            return metric
+
+    def counter(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> Counter:
+        metric: Counter = self._add(Counter(name, help_text, labelnames))
+        return metric
+
+    def histogram(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> Histogram:
+        metric: Histogram = self._add(Histogram(name, help_text, labelnames))
+        return metric
+
+    def observed(
+        self,
+        name: str,
+        help_text: str,
+        labelnames: Sequence[str],
+        read: Callable[[], Iterable[tuple[LabelValues, float]]],
+        kind: str = "gauge",
+    ) -> Observed:
+        metric: Observed = self._add(Observed(name, help_text, labelnames, read, kind))
+        return metric
+
+    def render(self) -> str:
+        with self._lock:
+            metrics = sorted(self._metrics.values(), key=lambda m: m.name)
+        lines: list[str] = []
+        for metric in metrics:
+            lines.extend(metric.header())
+            lines.extend(metric.samples())
+        return "\n".join(lines) + "\n"
+
+
+REGISTRY = Registry()
+
+# Metrics the control plane records. Data-plane counters (records received, accepted, rejected,
+# sampled out, queued) are read from the core at scrape time; see `pipeline.Pipeline`.
+HTTP_REQUESTS = REGISTRY.counter(
+    "trackgate_http_requests_total", "HTTP requests answered, by route and status code.", ("route", "code")
+)
+HTTP_LATENCY = REGISTRY.histogram(
+    "trackgate_http_request_duration_seconds", "Time from request start to response, by route.", ("route",)
+)
+EXPORTED_RECORDS = REGISTRY.counter(
+    "trackgate_exporter_sent_records_total",
+    "Records delivered to an exporter's destination.",
+    ("exporter", "signal"),
+)
+EXPORTED_BYTES = REGISTRY.counter(
+    "trackgate_exporter_sent_bytes_total",
+    "Bytes sent to an exporter's destination (after compression).",
+    ("exporter", "signal"),
+)
+FAILED_RECORDS = REGISTRY.counter(
+    "trackgate_exporter_failed_records_total",
+    "Records an exporter gave up on, by reason (permanent error, retries exhausted, shutdown).",
+    ("exporter", "signal", "reason"),
+)
+UPSTREAM_REJECTED = REGISTRY.counter(
+    "trackgate_exporter_partial_rejected_records_total",
+    "Records the destination refused in an OTLP partial-success answer.",
+    ("exporter", "signal"),
+)
+EXPORT_RETRIES = REGISTRY.counter(
+    "trackgate_exporter_retries_total", "Send attempts that will be retried, by cause.", ("exporter", "signal", "cause")
+)
+EXPORT_LATENCY = REGISTRY.histogram(
+    "trackgate_exporter_send_duration_seconds", "Duration of one send attempt.", ("exporter", "signal")
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: what log shippers (and trackgate itself) parse without rules."""
+
+    _skip = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in self._skip and not key.startswith("_"):
+                doc[key] = value
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc, default=str).decode()
+
+
+def setup_logging(level: str = "info") -> None:
+    """Route trackgate's logs to stderr as JSON lines (idempotent)."""
+    logger = logging.getLogger("trackgate")
+    logger.setLevel(level.upper())
+    if not any(getattr(h, "_trackgate", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        handler._trackgate = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.propagate = False

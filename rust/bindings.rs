@@ -1,0 +1,406 @@
+//! The Python module `trackgate._core`, as `python/trackgate/_core.pyi` describes it. The only
+//! module that knows Python: every call converts arguments, runs plain Rust with the GIL released
+//! and panics caught, then converts the result or maps the `CoreError` to one exception.
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::batch::Limits;
+use crate::error::{CoreError, Result};
+use crate::ingest::{Format, IngestOptions, Ingested};
+use crate::pipeline::{Pipeline, PipelineOptions};
+use crate::queue::Seq;
+use crate::signal::Signal;
+use crate::{encode, json_decode, json_encode};
+
+create_exception!(
+    trackgate.exceptions,
+    DecodeError,
+    PyValueError,
+    "The body is not valid OTLP. HTTP 400."
+);
+create_exception!(
+    trackgate.exceptions,
+    PayloadTooLarge,
+    PyValueError,
+    "The body is over the limit after decompression. HTTP 413."
+);
+create_exception!(
+    trackgate.exceptions,
+    UnsupportedMedia,
+    PyValueError,
+    "Unknown Content-Encoding or content format. HTTP 415."
+);
+create_exception!(
+    trackgate.exceptions,
+    QueueFull,
+    PyException,
+    "The queue is at its byte limit. HTTP 429 with Retry-After."
+);
+create_exception!(
+    trackgate.exceptions,
+    PipelineClosed,
+    PyException,
+    "The pipeline was closed (shutting down). HTTP 503."
+);
+
+fn to_py(err: CoreError) -> PyErr {
+    let msg = err.to_string();
+    match err {
+        CoreError::Decode(_) => DecodeError::new_err(msg),
+        CoreError::TooLarge { .. } => PayloadTooLarge::new_err(msg),
+        CoreError::Unsupported(_) => UnsupportedMedia::new_err(msg),
+        CoreError::QueueFull { .. } => QueueFull::new_err(msg),
+        CoreError::Closed => PipelineClosed::new_err(msg),
+        CoreError::Usage(_) => PyValueError::new_err(msg),
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "panic"
+    }
+}
+
+/// Runs `f` with the GIL released and turns a panic into a `RuntimeError`: a `PanicException`
+/// would slip past `except Exception` in the server.
+fn guarded<T, F>(py: Python<'_>, f: F) -> PyResult<T>
+where
+    F: FnOnce() -> Result<T> + Send,
+    T: Send,
+{
+    match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
+        Ok(result) => result.map_err(to_py),
+        Err(panic) => Err(PyRuntimeError::new_err(format!(
+            "internal error in trackgate._core: {}",
+            panic_message(&*panic)
+        ))),
+    }
+}
+
+fn parse_signal(signal: &str) -> PyResult<Signal> {
+    Signal::from_str(signal).map_err(to_py)
+}
+
+fn parse_format(format: &str) -> PyResult<Format> {
+    match format {
+        "protobuf" => Ok(Format::Protobuf),
+        "json" => Ok(Format::Json),
+        other => Err(to_py(CoreError::Unsupported(format!(
+            "unsupported content format {other:?} (supported: protobuf, json)"
+        )))),
+    }
+}
+
+/// `timeout` in seconds: finite and >= 0, or infinity for no limit.
+fn parse_timeout(timeout: f64) -> PyResult<Option<Duration>> {
+    if timeout.is_nan() || timeout < 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "timeout must be >= 0 seconds (got {timeout})"
+        )));
+    }
+    Ok(Duration::try_from_secs_f64(timeout).ok())
+}
+
+/// Identifies the Core a batch came from, so acking it on another Core is an error rather than
+/// a commit of unrelated seqs.
+static NEXT_CORE_ID: AtomicU64 = AtomicU64::new(1);
+
+#[pyclass(frozen, module = "trackgate._core")]
+struct IngestResult {
+    #[pyo3(get)]
+    signal: &'static str,
+    #[pyo3(get)]
+    received: u64,
+    #[pyo3(get)]
+    accepted: u64,
+    #[pyo3(get)]
+    rejected: u64,
+    #[pyo3(get)]
+    sampled_out: u64,
+    #[pyo3(get)]
+    error_message: String,
+    #[pyo3(get)]
+    decoded_bytes: usize,
+}
+
+impl IngestResult {
+    fn new(signal: Signal, out: Ingested) -> Self {
+        IngestResult {
+            signal: signal.as_str(),
+            received: out.received,
+            accepted: out.accepted,
+            rejected: out.rejected,
+            sampled_out: out.sampled_out,
+            error_message: out.error_message,
+            decoded_bytes: out.decoded_bytes,
+        }
+    }
+}
+
+#[pymethods]
+impl IngestResult {
+    fn __repr__(&self) -> String {
+        format!(
+            "IngestResult(signal={:?}, received={}, accepted={}, rejected={}, sampled_out={}, error_message={:?})",
+            self.signal, self.received, self.accepted, self.rejected, self.sampled_out, self.error_message
+        )
+    }
+}
+
+#[pyclass(frozen, module = "trackgate._core")]
+struct Batch {
+    core: u64,
+    signal: Signal,
+    #[pyo3(get)]
+    exporter: String,
+    #[pyo3(get)]
+    records: u64,
+    last_seq: Seq,
+    body: Py<PyBytes>,
+}
+
+#[pymethods]
+impl Batch {
+    #[getter]
+    fn signal(&self) -> &'static str {
+        self.signal.as_str()
+    }
+
+    #[getter]
+    fn body(&self, py: Python<'_>) -> Py<PyBytes> {
+        self.body.clone_ref(py)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "Batch(exporter={:?}, signal={:?}, records={}, bytes={})",
+            self.exporter,
+            self.signal.as_str(),
+            self.records,
+            self.body.bind(py).as_bytes().len()
+        )
+    }
+}
+
+#[pyclass(frozen, module = "trackgate._core")]
+struct Core {
+    id: u64,
+    pipeline: Pipeline,
+}
+
+#[pymethods]
+impl Core {
+    #[new]
+    #[pyo3(signature = (
+        *,
+        exporters,
+        sampling_traces = 1.0,
+        sampling_logs = 1.0,
+        keep_errors = true,
+        resource_attributes = Vec::new(),
+        queue_max_bytes = 268_435_456,
+        batch_max_records = 8192,
+        batch_max_bytes = 4_194_304,
+        batch_max_delay_ms = 200,
+        max_body_bytes = 67_108_864,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        exporters: Vec<String>,
+        sampling_traces: f64,
+        sampling_logs: f64,
+        keep_errors: bool,
+        resource_attributes: Vec<(String, String)>,
+        queue_max_bytes: usize,
+        batch_max_records: u64,
+        batch_max_bytes: usize,
+        batch_max_delay_ms: u64,
+        max_body_bytes: usize,
+    ) -> PyResult<Self> {
+        let pipeline = guarded(py, || {
+            Pipeline::new(PipelineOptions {
+                exporters,
+                ingest: IngestOptions {
+                    sampling_traces,
+                    sampling_logs,
+                    keep_errors,
+                    resource_attributes,
+                    max_body_bytes,
+                },
+                queue_max_bytes,
+                batch: Limits::new(
+                    batch_max_records,
+                    batch_max_bytes,
+                    Duration::from_millis(batch_max_delay_ms),
+                )?,
+            })
+        })?;
+        Ok(Core {
+            id: NEXT_CORE_ID.fetch_add(1, Ordering::Relaxed),
+            pipeline,
+        })
+    }
+
+    #[pyo3(signature = (signal, body, format, content_encoding = None))]
+    fn ingest(
+        &self,
+        py: Python<'_>,
+        signal: &str,
+        body: &[u8],
+        format: &str,
+        content_encoding: Option<&str>,
+    ) -> PyResult<IngestResult> {
+        let signal = parse_signal(signal)?;
+        let format = parse_format(format)?;
+        let out = guarded(py, || self.pipeline.ingest(signal, body, format, content_encoding))?;
+        Ok(IngestResult::new(signal, out))
+    }
+
+    #[pyo3(signature = (exporter, signal, timeout, flush = false))]
+    fn next_batch(
+        &self,
+        py: Python<'_>,
+        exporter: &str,
+        signal: &str,
+        timeout: f64,
+        flush: bool,
+    ) -> PyResult<Option<Batch>> {
+        let signal = parse_signal(signal)?;
+        let timeout = parse_timeout(timeout)?;
+        let Some(batch) = guarded(py, || self.pipeline.next_batch(exporter, signal, timeout, flush))? else {
+            return Ok(None);
+        };
+        // Concatenate the payloads straight into the Python object: one copy.
+        let body = PyBytes::new_with(py, batch.len(), |buf| batch.write_body(buf).map_err(to_py))?;
+        Ok(Some(Batch {
+            core: self.id,
+            signal: batch.signal,
+            exporter: batch.exporter,
+            records: batch.records,
+            last_seq: batch.last_seq,
+            body: body.unbind(),
+        }))
+    }
+
+    fn ack(&self, py: Python<'_>, batch: &Bound<'_, Batch>) -> PyResult<()> {
+        let batch = batch.get();
+        if batch.core != self.id {
+            return Err(PyValueError::new_err("this batch was handed out by another Core"));
+        }
+        guarded(py, || self.pipeline.ack(&batch.exporter, batch.signal, batch.last_seq))
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = guarded(py, || Ok(self.pipeline.stats()))?;
+        let dict = PyDict::new(py);
+        for (key, value) in stats {
+            dict.set_item(key, value)?;
+        }
+        Ok(dict)
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        guarded(py, || {
+            self.pipeline.close();
+            Ok(())
+        })
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.pipeline.is_closed()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Core(exporters={:?}, closed={})",
+            self.pipeline.exporters(),
+            self.pipeline.is_closed()
+        )
+    }
+}
+
+#[pyfunction]
+fn to_json<'py>(py: Python<'py>, signal: &str, body: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    let signal = parse_signal(signal)?;
+    let out = guarded(py, || json_encode::protobuf_to_json(signal, body))?;
+    Ok(PyBytes::new(py, &out))
+}
+
+#[pyfunction]
+fn to_protobuf<'py>(py: Python<'py>, signal: &str, body: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    let signal = parse_signal(signal)?;
+    let out = guarded(py, || json_decode::json_to_protobuf(signal, body))?;
+    Ok(PyBytes::new(py, &out))
+}
+
+#[pyfunction]
+fn export_response<'py>(
+    py: Python<'py>,
+    signal: &str,
+    rejected: u64,
+    error_message: &str,
+    format: &str,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let signal = parse_signal(signal)?;
+    let format = parse_format(format)?;
+    let out = guarded(py, || {
+        Ok(encode::export_response(signal, rejected, error_message, format))
+    })?;
+    Ok(PyBytes::new(py, &out))
+}
+
+#[pyfunction]
+fn status_body<'py>(py: Python<'py>, code: i32, message: &str, format: &str) -> PyResult<Bound<'py, PyBytes>> {
+    let format = parse_format(format)?;
+    let out = guarded(py, || Ok(encode::status_body(code, message, format)))?;
+    Ok(PyBytes::new(py, &out))
+}
+
+#[pyfunction]
+fn parse_partial_success(py: Python<'_>, body: &[u8], format: &str) -> PyResult<(u64, String)> {
+    let format = parse_format(format)?;
+    guarded(py, || encode::parse_partial_success(body, format))
+}
+
+#[pyfunction]
+#[pyo3(signature = (data, level = 6))]
+fn gzip<'py>(py: Python<'py>, data: &[u8], level: u32) -> PyResult<Bound<'py, PyBytes>> {
+    let out = guarded(py, || encode::gzip(data, level))?;
+    Ok(PyBytes::new(py, &out))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DecodeError", py.get_type::<DecodeError>())?;
+    m.add("PayloadTooLarge", py.get_type::<PayloadTooLarge>())?;
+    m.add("UnsupportedMedia", py.get_type::<UnsupportedMedia>())?;
+    m.add("QueueFull", py.get_type::<QueueFull>())?;
+    m.add("PipelineClosed", py.get_type::<PipelineClosed>())?;
+    m.add_class::<IngestResult>()?;
+    m.add_class::<Batch>()?;
+    m.add_class::<Core>()?;
+    m.add_function(wrap_pyfunction!(to_json, m)?)?;
+    m.add_function(wrap_pyfunction!(to_protobuf, m)?)?;
+    m.add_function(wrap_pyfunction!(export_response, m)?)?;
+    m.add_function(wrap_pyfunction!(status_body, m)?)?;
+    m.add_function(wrap_pyfunction!(gzip, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_partial_success, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,383 @@
+//! Content-Encoding: gzip (x-gzip), deflate (zlib, or raw deflate as some clients send), zstd, identity.
+//!
+//! The limit is enforced while inflating: output is read in fixed chunks and the buffer never grows
+//! past `limit`, so a decompression bomb costs at most `limit` plus one chunk (plus, for zstd, the
+//! decoder's window, capped below).
+
+use std::borrow::Cow;
+use std::io::{self, Read};
+
+use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
+
+use crate::error::{CoreError, Result};
+
+/// Bytes read from a decoder per call; also the most the output can overshoot `limit` in memory.
+const CHUNK: usize = 32 * 1024;
+/// First allocation when nothing better is known; grown by doubling, never past `limit`.
+const MIN_INITIAL: usize = 64 * 1024;
+/// zstd window bounds (log2). A frame may declare a window up to 2^27 (the library default); we cap it
+/// by the limit, but never below 2^23 so every non-"ultra" compression level still decodes.
+const ZSTD_WINDOW_LOG_MIN: u32 = 23;
+const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+
+const SUPPORTED: &str = "supported: gzip, deflate, zstd, identity";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Identity,
+    Gzip,
+    Deflate,
+    Zstd,
+}
+
+impl Encoding {
+    fn parse(name: Option<&str>) -> Result<Self> {
+        let Some(raw) = name else { return Ok(Encoding::Identity) };
+        let name = raw.trim();
+        let known = [
+            ("", Encoding::Identity),
+            ("identity", Encoding::Identity),
+            ("gzip", Encoding::Gzip),
+            ("x-gzip", Encoding::Gzip),
+            ("deflate", Encoding::Deflate),
+            ("zstd", Encoding::Zstd),
+        ];
+        known
+            .iter()
+            .find(|(known, _)| name.eq_ignore_ascii_case(known))
+            .map(|&(_, encoding)| encoding)
+            .ok_or_else(|| CoreError::Unsupported(format!("unsupported Content-Encoding {name:?} ({SUPPORTED})")))
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Encoding::Identity => "identity",
+            Encoding::Gzip => "gzip",
+            Encoding::Deflate => "deflate",
+            Encoding::Zstd => "zstd",
+        }
+    }
+}
+
+/// Decodes `body` per its Content-Encoding. Identity bodies are borrowed, never copied.
+///
+/// Errors: `TooLarge { limit }` as soon as the output would pass `limit`; `Decode` for corrupt data;
+/// `Unsupported` for any other encoding, including lists such as `"gzip, zstd"`.
+pub fn decompress<'a>(body: &'a [u8], encoding: Option<&str>, limit: usize) -> Result<Cow<'a, [u8]>> {
+    let encoding = Encoding::parse(encoding)?;
+    if encoding == Encoding::Identity {
+        if body.len() > limit {
+            return Err(CoreError::TooLarge { limit });
+        }
+        return Ok(Cow::Borrowed(body));
+    }
+    // Some clients set Content-Encoding on an empty body; there is nothing to inflate.
+    if body.is_empty() {
+        return Ok(Cow::Borrowed(body));
+    }
+    let out = match encoding {
+        Encoding::Gzip => read_bounded(MultiGzDecoder::new(body), body.len(), limit),
+        Encoding::Deflate if looks_like_zlib(body) => {
+            match read_bounded(ZlibDecoder::new(body), body.len(), limit) {
+                // A raw stream can start with two bytes that pass the zlib header check by chance.
+                Err(ReadError::Io(_)) => read_bounded(DeflateDecoder::new(body), body.len(), limit),
+                other => other,
+            }
+        }
+        Encoding::Deflate => read_bounded(DeflateDecoder::new(body), body.len(), limit),
+        Encoding::Zstd => zstd_decoder(body, limit).and_then(|d| read_bounded(d, body.len(), limit)),
+        Encoding::Identity => return Ok(Cow::Borrowed(body)),
+    };
+    match out {
+        Ok(out) => Ok(Cow::Owned(out)),
+        Err(ReadError::TooLarge) => Err(CoreError::TooLarge { limit }),
+        Err(ReadError::Io(err)) => Err(CoreError::decode(format!("invalid {} data: {err}", encoding.label()))),
+    }
+}
+
+enum ReadError {
+    TooLarge,
+    Io(io::Error),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(err: io::Error) -> Self {
+        ReadError::Io(err)
+    }
+}
+
+/// RFC 1950 header: compression method 8, window ≤ 32 KiB, header checksum a multiple of 31.
+fn looks_like_zlib(body: &[u8]) -> bool {
+    match body {
+        [cmf, flg, ..] => cmf & 0x0f == 8 && cmf >> 4 <= 7 && (u16::from(*cmf) << 8 | u16::from(*flg)) % 31 == 0,
+        _ => false,
+    }
+}
+
+fn zstd_decoder(body: &[u8], limit: usize) -> std::result::Result<impl Read + '_, ReadError> {
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(body)?;
+    // The decoder allocates the window a frame declares; a window wider than the limit is never needed
+    // to produce `limit` bytes, so cap it (within the bounds above) to keep tiny frames from costing 128 MiB.
+    let needed = usize::BITS - limit.max(1).saturating_sub(1).leading_zeros();
+    decoder.window_log_max(needed.clamp(ZSTD_WINDOW_LOG_MIN, ZSTD_WINDOW_LOG_MAX))?;
+    Ok(decoder)
+}
+
+/// Reads `reader` to the end in chunks, failing as soon as the output would exceed `limit`.
+fn read_bounded(mut reader: impl Read, compressed_len: usize, limit: usize) -> std::result::Result<Vec<u8>, ReadError> {
+    let mut chunk = [0u8; CHUNK];
+    // Compressed telemetry typically inflates 5-10x; start there but never above the limit.
+    let initial = compressed_len.saturating_mul(4).max(MIN_INITIAL).min(limit);
+    let mut out: Vec<u8> = Vec::with_capacity(initial);
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => return Ok(out),
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(ReadError::Io(err)),
+        };
+        let Some(data) = chunk.get(..n) else {
+            return Err(ReadError::Io(io::Error::other(
+                "decoder reported more bytes than it was given room for",
+            )));
+        };
+        if out.len().saturating_add(n) > limit {
+            return Err(ReadError::TooLarge);
+        }
+        if out.capacity() - out.len() < n {
+            // Double, but never past the limit: `Vec`'s own growth could reserve up to 2x the limit.
+            let target = out.capacity().saturating_mul(2).max(out.len() + n).min(limit);
+            out.reserve_exact(target - out.len());
+        }
+        out.extend_from_slice(data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
+    use flate2::Compression;
+
+    use super::*;
+
+    fn sample_body() -> Vec<u8> {
+        (0..50_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = GzEncoder::new(Vec::new(), Compression::default());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        let mut enc = ZlibEncoder::new(Vec::new(), Compression::default());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn raw_deflate(data: &[u8]) -> Vec<u8> {
+        let mut enc = DeflateEncoder::new(Vec::new(), Compression::default());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    const MIB: usize = 1024 * 1024;
+
+    #[test]
+    fn identity_is_borrowed() {
+        let body = sample_body();
+        for enc in [None, Some(""), Some("identity"), Some("IDENTITY"), Some(" identity ")] {
+            let out = decompress(&body, enc, MIB).unwrap();
+            assert!(matches!(out, Cow::Borrowed(_)), "{enc:?}");
+            assert_eq!(&*out, &body[..]);
+        }
+    }
+
+    #[test]
+    fn identity_over_limit() {
+        let body = vec![1u8; 100];
+        assert_eq!(decompress(&body, None, 99), Err(CoreError::TooLarge { limit: 99 }));
+        assert_eq!(decompress(&body, Some("identity"), 100).unwrap().len(), 100);
+    }
+
+    #[test]
+    fn gzip_and_x_gzip_any_case() {
+        let body = sample_body();
+        let compressed = gzip(&body);
+        for enc in ["gzip", "x-gzip", "GZIP", "X-Gzip", "gzip "] {
+            assert_eq!(&*decompress(&compressed, Some(enc), MIB).unwrap(), &body[..], "{enc}");
+        }
+    }
+
+    #[test]
+    fn concatenated_gzip_members() {
+        let mut compressed = gzip(b"hello ");
+        compressed.extend(gzip(b"world"));
+        assert_eq!(&*decompress(&compressed, Some("gzip"), MIB).unwrap(), b"hello world");
+    }
+
+    #[test]
+    fn deflate_zlib_and_raw() {
+        let body = sample_body();
+        for (label, compressed) in [("zlib", zlib(&body)), ("raw", raw_deflate(&body))] {
+            for enc in ["deflate", "Deflate", "DEFLATE"] {
+                assert_eq!(
+                    &*decompress(&compressed, Some(enc), MIB).unwrap(),
+                    &body[..],
+                    "{label} {enc}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn zstd_round_trip() {
+        let body = sample_body();
+        let compressed = zstd::stream::encode_all(&body[..], 3).unwrap();
+        for enc in ["zstd", "ZSTD", "Zstd"] {
+            assert_eq!(&*decompress(&compressed, Some(enc), MIB).unwrap(), &body[..], "{enc}");
+        }
+        // A streaming frame at a high level declares a wide window; it must still decode under a small limit.
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 19).unwrap();
+        enc.write_all(&body).unwrap();
+        let compressed = enc.finish().unwrap();
+        assert_eq!(&*decompress(&compressed, Some("zstd"), body.len()).unwrap(), &body[..]);
+    }
+
+    #[test]
+    fn output_exactly_at_limit_is_accepted() {
+        let body = sample_body();
+        for (enc, compressed) in [("gzip", gzip(&body)), ("deflate", zlib(&body))] {
+            assert_eq!(
+                decompress(&compressed, Some(enc), body.len()).unwrap().len(),
+                body.len()
+            );
+            assert_eq!(
+                decompress(&compressed, Some(enc), body.len() - 1),
+                Err(CoreError::TooLarge { limit: body.len() - 1 })
+            );
+        }
+        let compressed = zstd::stream::encode_all(&body[..], 3).unwrap();
+        assert_eq!(
+            decompress(&compressed, Some("zstd"), body.len() - 1),
+            Err(CoreError::TooLarge { limit: 199_999 })
+        );
+    }
+
+    #[test]
+    fn gzip_bomb_stops_at_limit() {
+        let zeros = vec![0u8; 10 * MIB];
+        let bomb = gzip(&zeros);
+        assert!(bomb.len() < 20 * 1024, "bomb is {} bytes", bomb.len());
+        assert_eq!(
+            decompress(&bomb, Some("gzip"), MIB),
+            Err(CoreError::TooLarge { limit: MIB })
+        );
+        // The buffer never grows past the limit, whatever the compression ratio.
+        let out = read_bounded(MultiGzDecoder::new(&bomb[..]), bomb.len(), 10 * MIB)
+            .ok()
+            .unwrap();
+        assert!(out.capacity() <= 10 * MIB, "capacity {}", out.capacity());
+        let err = read_bounded(MultiGzDecoder::new(&bomb[..]), bomb.len(), MIB)
+            .err()
+            .unwrap();
+        assert!(matches!(err, ReadError::TooLarge));
+    }
+
+    #[test]
+    fn zstd_and_deflate_bombs_stop_at_limit() {
+        let zeros = vec![0u8; 10 * MIB];
+        let zbomb = zstd::stream::encode_all(&zeros[..], 3).unwrap();
+        assert_eq!(
+            decompress(&zbomb, Some("zstd"), MIB),
+            Err(CoreError::TooLarge { limit: MIB })
+        );
+        assert_eq!(
+            decompress(&zlib(&zeros), Some("deflate"), MIB),
+            Err(CoreError::TooLarge { limit: MIB })
+        );
+        assert_eq!(
+            decompress(&raw_deflate(&zeros), Some("deflate"), MIB),
+            Err(CoreError::TooLarge { limit: MIB })
+        );
+    }
+
+    #[test]
+    fn corrupt_data_is_a_decode_error() {
+        let mut compressed = gzip(&sample_body());
+        let mid = compressed.len() / 2;
+        compressed[mid..mid + 16].fill(0xAA);
+        let err = decompress(&compressed, Some("gzip"), MIB).unwrap_err();
+        assert!(
+            matches!(&err, CoreError::Decode(msg) if msg.starts_with("invalid gzip data: ")),
+            "{err:?}"
+        );
+
+        let err = decompress(b"not gzip at all", Some("gzip"), MIB).unwrap_err();
+        assert!(
+            matches!(&err, CoreError::Decode(msg) if msg.starts_with("invalid gzip data: ")),
+            "{err:?}"
+        );
+
+        let truncated = &gzip(&sample_body())[..100];
+        assert!(matches!(
+            decompress(truncated, Some("gzip"), MIB),
+            Err(CoreError::Decode(_))
+        ));
+
+        let err = decompress(b"\xff\xfe not zstd", Some("zstd"), MIB).unwrap_err();
+        assert!(
+            matches!(&err, CoreError::Decode(msg) if msg.starts_with("invalid zstd data: ")),
+            "{err:?}"
+        );
+
+        let err = decompress(&[0xff; 64], Some("deflate"), MIB).unwrap_err();
+        assert!(
+            matches!(&err, CoreError::Decode(msg) if msg.starts_with("invalid deflate data: ")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn unsupported_encodings() {
+        let err = decompress(b"x", Some("br"), MIB).unwrap_err();
+        assert_eq!(
+            err,
+            CoreError::Unsupported(
+                "unsupported Content-Encoding \"br\" (supported: gzip, deflate, zstd, identity)".to_string()
+            )
+        );
+        for enc in ["gzip, br", "gzip,identity", "compress", "snappy", "utf-8"] {
+            assert!(
+                matches!(decompress(b"x", Some(enc), MIB), Err(CoreError::Unsupported(_))),
+                "{enc}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_body_with_encoding_is_empty() {
+        for enc in ["gzip", "deflate", "zstd"] {
+            assert!(decompress(b"", Some(enc), MIB).unwrap().is_empty(), "{enc}");
+        }
+    }
+
+    #[test]
+    fn zero_limit() {
+        assert!(decompress(&gzip(b""), Some("gzip"), 0).unwrap().is_empty());
+        assert_eq!(
+            decompress(&gzip(b"a"), Some("gzip"), 0),
+            Err(CoreError::TooLarge { limit: 0 })
+        );
+    }
+
+    #[test]
+    fn zlib_header_check() {
+        assert!(looks_like_zlib(&zlib(b"abc")));
+        assert!(!looks_like_zlib(&raw_deflate(b"abc")));
+        assert!(!looks_like_zlib(b"x"));
+    }
+}

@@ -1,0 +1,34 @@
+//! One error type for the data plane; the bindings map each variant to one Python exception
+//! and each receiver maps that exception to one HTTP status.
+
+use thiserror::Error;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CoreError {
+    /// The body is not valid OTLP (protobuf or JSON). HTTP 400.
+    #[error("{0}")]
+    Decode(String),
+    /// The body, after decompression, is over the configured limit. HTTP 413.
+    #[error("body exceeds the limit of {limit} bytes after decompression")]
+    TooLarge { limit: usize },
+    /// Content-Encoding or content type the gateway does not speak. HTTP 415.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The queue is at its byte limit; the client should retry later. HTTP 429.
+    #[error("queue is full ({used} of {limit} bytes in use)")]
+    QueueFull { used: usize, limit: usize },
+    /// The pipeline was closed. HTTP 503.
+    #[error("pipeline is closed")]
+    Closed,
+    /// A caller passed a wrong argument (a programming error, not bad data).
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CoreError {
+    pub fn decode(msg: impl Into<String>) -> Self {
+        CoreError::Decode(msg.into())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, CoreError>;

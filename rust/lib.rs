@@ -1,0 +1,25 @@
+//! trackgate's data plane. One module per stage; `bindings` is the only module that knows Python.
+//!
+//! decompress → decode (`validate` for protobuf, `json_decode` for JSON) → `ingest` (slice
+//! records, reject malformed ones, `sample`, `enrich`) → `queue` → `batch` → `encode`.
+
+pub mod batch;
+pub mod decompress;
+pub mod encode;
+pub mod enrich;
+pub mod error;
+pub mod ingest;
+pub mod json_decode;
+pub mod json_encode;
+pub mod pipeline;
+pub mod queue;
+pub mod sample;
+pub mod schema;
+pub mod signal;
+pub mod validate;
+pub mod wire;
+
+mod bindings;
+
+pub use error::{CoreError, Result};
+pub use signal::Signal;

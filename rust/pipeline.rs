@@ -1,0 +1,486 @@
+//! The data plane as one object: ingest into the queue, hand batches to exporters, take acks.
+//!
+//! Receivers call [`Pipeline::ingest`] from many threads; each exporter loop calls
+//! [`Pipeline::next_batch`] (blocking up to a timeout) and [`Pipeline::ack`] once the batch is
+//! delivered or given up on. [`Pipeline::close`] refuses new data and lets exporters drain.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::batch::{Batch, Batcher, Limits, Poll};
+use crate::error::{CoreError, Result};
+use crate::ingest::{Format, IngestOptions, Ingested, Ingester};
+use crate::queue::{MemoryQueue, Payload, Queue, Seq};
+use crate::signal::Signal;
+
+pub struct PipelineOptions {
+    pub exporters: Vec<String>,
+    pub ingest: IngestOptions,
+    pub queue_max_bytes: usize,
+    pub batch: Limits,
+}
+
+/// Counters of successful ingest calls for one signal (a call that fails counts nowhere: the
+/// client gets an error and will usually retry).
+#[derive(Default)]
+struct Counters {
+    received_records: AtomicU64,
+    accepted_records: AtomicU64,
+    rejected_records: AtomicU64,
+    sampled_out_records: AtomicU64,
+    received_bytes: AtomicU64,
+}
+
+/// State the waiters sleep on. Appends and `close` happen under this lock, so a waiter that
+/// polled the queue and found nothing cannot miss the wake-up that follows.
+struct Wake {
+    closed: bool,
+}
+
+pub struct Pipeline {
+    ingester: Ingester,
+    queue: Box<dyn Queue>,
+    batcher: Batcher,
+    wake: Mutex<Wake>,
+    /// One per signal, so an ingest only wakes the exporters waiting on its signal.
+    ready: [Condvar; 3],
+    counters: [Counters; 3],
+}
+
+fn check_ratio(name: &str, ratio: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&ratio) {
+        Ok(())
+    } else {
+        Err(CoreError::Usage(format!(
+            "{name} must be between 0.0 and 1.0 (got {ratio})"
+        )))
+    }
+}
+
+impl Pipeline {
+    /// A pipeline over an in-memory queue.
+    pub fn new(options: PipelineOptions) -> Result<Self> {
+        let queue = MemoryQueue::new(options.exporters, options.queue_max_bytes)?;
+        Self::with_queue(options.ingest, Box::new(queue), options.batch)
+    }
+
+    /// A pipeline over any [`Queue`] (e.g. a persistent one).
+    pub fn with_queue(ingest: IngestOptions, queue: Box<dyn Queue>, batch: Limits) -> Result<Self> {
+        check_ratio("sampling_traces", ingest.sampling_traces)?;
+        check_ratio("sampling_logs", ingest.sampling_logs)?;
+        Limits::new(batch.max_records, batch.max_bytes, batch.max_delay)?;
+        Ok(Pipeline {
+            ingester: Ingester::new(ingest),
+            queue,
+            batcher: Batcher::new(batch),
+            wake: Mutex::new(Wake { closed: false }),
+            ready: [Condvar::new(), Condvar::new(), Condvar::new()],
+            counters: Default::default(),
+        })
+    }
+
+    /// A panic while holding this lock leaves only a bool behind it, so poisoning is ignored.
+    fn lock(&self) -> MutexGuard<'_, Wake> {
+        self.wake.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn exporters(&self) -> &[String] {
+        self.queue.exporters()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Decodes, filters and queues one request body. The returned `payload` is empty: it now
+    /// lives in the queue.
+    pub fn ingest(&self, signal: Signal, body: &[u8], format: Format, encoding: Option<&str>) -> Result<Ingested> {
+        if self.is_closed() {
+            return Err(CoreError::Closed);
+        }
+        let mut out = self.ingester.ingest(signal, body, format, encoding)?;
+        if out.accepted > 0 {
+            let payload = Payload::from(std::mem::take(&mut out.payload));
+            let wake = self.lock();
+            if wake.closed {
+                return Err(CoreError::Closed);
+            }
+            self.queue.append(signal, out.accepted, payload)?;
+            drop(wake);
+            self.ready[signal.index()].notify_all();
+        }
+        let c = &self.counters[signal.index()];
+        c.received_records.fetch_add(out.received, Ordering::Relaxed);
+        c.accepted_records.fetch_add(out.accepted, Ordering::Relaxed);
+        c.rejected_records.fetch_add(out.rejected, Ordering::Relaxed);
+        c.sampled_out_records.fetch_add(out.sampled_out, Ordering::Relaxed);
+        c.received_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// The next batch for `exporter`, waiting up to `timeout` (`None`: until one is due or the
+    /// pipeline closes). A batch is due at the batch limits or when its oldest entry is
+    /// `max_delay` old; `flush` takes whatever is pending at once. Once closed, returns what is
+    /// left without waiting, then `None`.
+    pub fn next_batch(
+        &self,
+        exporter: &str,
+        signal: Signal,
+        timeout: Option<Duration>,
+        flush: bool,
+    ) -> Result<Option<Batch>> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let ready = &self.ready[signal.index()];
+        // Polling under the lock also keeps two callers for one (exporter, signal) from cutting
+        // overlapping batches.
+        let mut wake = self.lock();
+        loop {
+            let now = Instant::now();
+            let due = match self
+                .batcher
+                .poll(&*self.queue, exporter, signal, now, flush || wake.closed)?
+            {
+                Poll::Ready(batch) => return Ok(Some(batch)),
+                Poll::Empty if wake.closed => return Ok(None),
+                Poll::Empty => None,
+                Poll::Wait(due) => Some(due),
+            };
+            let until = match (due, deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            wake = match until {
+                Some(until) => {
+                    let wait = until.saturating_duration_since(now);
+                    ready.wait_timeout(wake, wait).unwrap_or_else(PoisonError::into_inner).0
+                }
+                None => ready.wait(wake).unwrap_or_else(PoisonError::into_inner),
+            };
+        }
+    }
+
+    /// Commits `exporter`'s cursor up to `upto` (see [`Queue::ack`]).
+    pub fn ack(&self, exporter: &str, signal: Signal, upto: Seq) -> Result<()> {
+        self.queue.ack(exporter, signal, upto)
+    }
+
+    pub fn ack_batch(&self, batch: &Batch) -> Result<()> {
+        self.ack(&batch.exporter, batch.signal, batch.last_seq)
+    }
+
+    /// Counters and gauges: `<signal>_<name>` for received_records, accepted_records,
+    /// rejected_records, sampled_out_records, received_bytes, queued_records, queued_bytes; then
+    /// queue_bytes and queue_max_bytes.
+    pub fn stats(&self) -> Vec<(String, u64)> {
+        let usage = self.queue.usage();
+        let mut out = Vec::with_capacity(Signal::ALL.len() * 7 + 2);
+        for signal in Signal::ALL {
+            let i = signal.index();
+            let c = &self.counters[i];
+            for (name, value) in [
+                ("received_records", c.received_records.load(Ordering::Relaxed)),
+                ("accepted_records", c.accepted_records.load(Ordering::Relaxed)),
+                ("rejected_records", c.rejected_records.load(Ordering::Relaxed)),
+                ("sampled_out_records", c.sampled_out_records.load(Ordering::Relaxed)),
+                ("received_bytes", c.received_bytes.load(Ordering::Relaxed)),
+                ("queued_records", usage.records_by_signal[i]),
+                ("queued_bytes", usage.bytes_by_signal[i]),
+            ] {
+                out.push((format!("{signal}_{name}"), value));
+            }
+        }
+        out.push(("queue_bytes".into(), usage.bytes as u64));
+        out.push(("queue_max_bytes".into(), usage.max_bytes as u64));
+        out
+    }
+
+    /// Refuses further ingest and wakes every waiter; exporters then drain what is queued.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        for ready in &self.ready {
+            ready.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{self, Fields};
+    use std::sync::Arc;
+    use std::thread;
+
+    fn options(exporters: &[&str], max_records: u64, delay_ms: u64, queue_max_bytes: usize) -> PipelineOptions {
+        PipelineOptions {
+            exporters: exporters.iter().map(|s| s.to_string()).collect(),
+            ingest: IngestOptions {
+                sampling_traces: 1.0,
+                sampling_logs: 1.0,
+                keep_errors: true,
+                resource_attributes: Vec::new(),
+                max_body_bytes: 1 << 20,
+            },
+            queue_max_bytes,
+            batch: Limits::new(max_records, 1 << 20, Duration::from_millis(delay_ms)).unwrap(),
+        }
+    }
+
+    fn pipeline(exporters: &[&str], max_records: u64, delay_ms: u64) -> Pipeline {
+        Pipeline::new(options(exporters, max_records, delay_ms, 1 << 20)).unwrap()
+    }
+
+    /// ExportLogsServiceRequest with one resource, one scope, one log record.
+    fn logs_request(text: &str) -> Vec<u8> {
+        let mut record = Vec::new();
+        wire::put_bytes(&mut record, 3, b"INFO");
+        wire::put_message(&mut record, 5, |v| wire::put_bytes(v, 1, text.as_bytes()));
+        let mut scope = Vec::new();
+        wire::put_bytes(&mut scope, 2, &record);
+        let mut resource = Vec::new();
+        wire::put_bytes(&mut resource, 2, &scope);
+        let mut request = Vec::new();
+        wire::put_bytes(&mut request, 1, &resource);
+        request
+    }
+
+    fn ingest(p: &Pipeline, text: &str) -> Ingested {
+        p.ingest(Signal::Logs, &logs_request(text), Format::Protobuf, None)
+            .unwrap()
+    }
+
+    fn stat(p: &Pipeline, name: &str) -> u64 {
+        p.stats().into_iter().find(|(k, _)| k == name).map(|(_, v)| v).unwrap()
+    }
+
+    const WAIT: Option<Duration> = Some(Duration::from_secs(10));
+
+    #[test]
+    fn ingest_batch_ack() {
+        let p = pipeline(&["otlp", "file"], 100, 60_000);
+        for i in 0..3 {
+            let out = ingest(&p, &format!("line {i}"));
+            assert_eq!((out.accepted, out.rejected), (1, 0));
+            assert!(out.payload.is_empty(), "the payload moved into the queue");
+        }
+        assert_eq!(stat(&p, "logs_received_records"), 3);
+        assert_eq!(stat(&p, "logs_accepted_records"), 3);
+        assert_eq!(stat(&p, "logs_queued_records"), 3);
+        assert!(stat(&p, "logs_received_bytes") > 0);
+        assert!(stat(&p, "queue_bytes") > 0);
+        assert_eq!(stat(&p, "queue_max_bytes"), 1 << 20);
+        assert_eq!(p.stats().len(), 23);
+
+        // Nothing is due (delay 60 s), so a zero timeout returns nothing; flush takes it all.
+        assert!(p
+            .next_batch("otlp", Signal::Logs, Some(Duration::ZERO), false)
+            .unwrap()
+            .is_none());
+        let batch = p
+            .next_batch("otlp", Signal::Logs, Some(Duration::ZERO), true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (batch.exporter.as_str(), batch.signal, batch.records, batch.entries()),
+            ("otlp", Signal::Logs, 3, 3)
+        );
+        let body = batch.body();
+        let top: Vec<_> = Fields::new(&body).collect::<Result<_>>().unwrap();
+        assert_eq!(top.len(), 3);
+        assert!(top.iter().all(|f| f.number == 1));
+
+        p.ack_batch(&batch).unwrap();
+        p.ack_batch(&batch).unwrap();
+        assert_eq!(stat(&p, "logs_queued_records"), 3, "file has not acked yet");
+        let other = p
+            .next_batch("file", Signal::Logs, Some(Duration::ZERO), true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(other.body(), body);
+        p.ack_batch(&other).unwrap();
+        assert_eq!(stat(&p, "logs_queued_records"), 0);
+        assert_eq!(stat(&p, "queue_bytes"), 0);
+    }
+
+    #[test]
+    fn unknown_exporter_is_an_error() {
+        let p = pipeline(&["otlp"], 100, 0);
+        let err = p
+            .next_batch("sentry", Signal::Logs, Some(Duration::ZERO), false)
+            .unwrap_err();
+        assert_eq!(err.to_string(), "unknown exporter \"sentry\" (configured: otlp)");
+        assert!(p.ack("sentry", Signal::Logs, 1).is_err());
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let mut o = options(&["a"], 1, 0, 100);
+        o.ingest.sampling_traces = 1.5;
+        assert!(matches!(Pipeline::new(o), Err(CoreError::Usage(_))));
+        let mut o = options(&["a"], 1, 0, 100);
+        o.ingest.sampling_logs = f64::NAN;
+        assert!(Pipeline::new(o).is_err());
+        assert!(Pipeline::new(options(&[], 1, 0, 100)).is_err());
+    }
+
+    #[test]
+    fn next_batch_times_out_without_data() {
+        let p = pipeline(&["a"], 100, 0);
+        let start = Instant::now();
+        assert!(p
+            .next_batch("a", Signal::Traces, Some(Duration::from_millis(50)), false)
+            .unwrap()
+            .is_none());
+        assert!(start.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn blocking_next_batch_wakes_on_ingest_from_another_thread() {
+        let p = Arc::new(pipeline(&["a"], 1, 60_000));
+        let waiter = {
+            let p = Arc::clone(&p);
+            thread::spawn(move || {
+                let start = Instant::now();
+                let batch = p.next_batch("a", Signal::Logs, WAIT, false).unwrap();
+                (batch, start.elapsed())
+            })
+        };
+        thread::sleep(Duration::from_millis(50));
+        ingest(&p, "hello");
+        let (batch, waited) = waiter.join().unwrap();
+        assert_eq!(batch.unwrap().records, 1);
+        assert!(waited < Duration::from_secs(5), "woke after {waited:?}");
+    }
+
+    #[test]
+    fn blocking_next_batch_wakes_at_the_delay() {
+        let p = Arc::new(pipeline(&["a"], 1000, 100));
+        let waiter = {
+            let p = Arc::clone(&p);
+            thread::spawn(move || p.next_batch("a", Signal::Logs, WAIT, false).unwrap())
+        };
+        thread::sleep(Duration::from_millis(20));
+        let sent = Instant::now();
+        ingest(&p, "a");
+        ingest(&p, "b");
+        let batch = waiter.join().unwrap().unwrap();
+        let waited = sent.elapsed();
+        assert_eq!(batch.records, 2);
+        assert!(
+            waited >= Duration::from_millis(95) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+    }
+
+    #[test]
+    fn other_signals_do_not_satisfy_a_waiter() {
+        let p = pipeline(&["a"], 1, 0);
+        ingest(&p, "log");
+        assert!(p
+            .next_batch("a", Signal::Traces, Some(Duration::from_millis(20)), false)
+            .unwrap()
+            .is_none());
+        assert!(p
+            .next_batch("a", Signal::Logs, Some(Duration::ZERO), false)
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn close_wakes_waiters_and_drains() {
+        let p = Arc::new(pipeline(&["a", "b"], 2, 60_000));
+        let waiter = {
+            let p = Arc::clone(&p);
+            thread::spawn(move || {
+                let start = Instant::now();
+                let batch = p.next_batch("a", Signal::Metrics, None, false).unwrap();
+                (batch, start.elapsed())
+            })
+        };
+        for i in 0..3 {
+            ingest(&p, &format!("{i}"));
+        }
+        thread::sleep(Duration::from_millis(50));
+        p.close();
+        assert!(p.is_closed());
+        let (batch, waited) = waiter.join().unwrap();
+        assert!(batch.is_none());
+        assert!(waited < Duration::from_secs(5));
+
+        let late = p.ingest(Signal::Logs, &logs_request("late"), Format::Protobuf, None);
+        assert!(matches!(late, Err(CoreError::Closed)));
+        // The 3 queued records drain without waiting for the delay, still in batches of 2.
+        let first = p.next_batch("b", Signal::Logs, WAIT, false).unwrap().unwrap();
+        let second = p.next_batch("b", Signal::Logs, WAIT, false).unwrap().unwrap();
+        assert_eq!((first.records, second.records), (2, 1));
+        assert!(p.next_batch("b", Signal::Logs, WAIT, false).unwrap().is_none());
+        p.ack_batch(&second).unwrap();
+        assert_eq!(
+            p.next_batch("a", Signal::Logs, None, false).unwrap().unwrap().records,
+            2
+        );
+    }
+
+    #[test]
+    fn queue_full_then_recovers_after_acks() {
+        let size = logs_request("0123456789").len();
+        let p = Pipeline::new(options(&["a"], 1000, 0, size * 3)).unwrap();
+        let mut accepted = 0;
+        let err = loop {
+            match p.ingest(Signal::Logs, &logs_request("0123456789"), Format::Protobuf, None) {
+                Ok(_) => accepted += 1,
+                Err(e) => break e,
+            }
+            assert!(accepted < 100, "never full");
+        };
+        assert!(matches!(err, CoreError::QueueFull { .. }), "{err}");
+        assert!(accepted >= 1);
+        assert_eq!(
+            stat(&p, "logs_accepted_records"),
+            accepted,
+            "a refused request is not counted"
+        );
+        let batch = p
+            .next_batch("a", Signal::Logs, Some(Duration::ZERO), true)
+            .unwrap()
+            .unwrap();
+        p.ack_batch(&batch).unwrap();
+        ingest(&p, "0123456789");
+    }
+
+    #[test]
+    fn concurrent_ingest_and_export_deliver_everything_once() {
+        let p = Arc::new(pipeline(&["a"], 7, 1));
+        let producers: Vec<_> = (0..4)
+            .map(|t| {
+                let p = Arc::clone(&p);
+                thread::spawn(move || {
+                    for i in 0..250 {
+                        ingest(&p, &format!("{t}-{i}"));
+                    }
+                })
+            })
+            .collect();
+        let consumer = {
+            let p = Arc::clone(&p);
+            thread::spawn(move || {
+                let mut records = 0;
+                while let Some(batch) = p.next_batch("a", Signal::Logs, WAIT, false).unwrap() {
+                    assert!(batch.records <= 7);
+                    records += batch.records;
+                    p.ack_batch(&batch).unwrap();
+                }
+                records
+            })
+        };
+        for t in producers {
+            t.join().unwrap();
+        }
+        p.close();
+        assert_eq!(consumer.join().unwrap(), 1000);
+        assert_eq!(stat(&p, "queue_bytes"), 0);
+    }
+}

@@ -1,0 +1,113 @@
+"""Shared fixtures: a stand-in OTLP upstream, and the gateway started through its CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from upstream import Upstream
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    up = Upstream()
+    yield up
+    up.close()
+
+
+class Gateway:
+    """`trackgate serve` in a subprocess, as a user starts it."""
+
+    def __init__(self, tmp: Path, config: str, env: dict[str, str] | None = None, workers: int = 1) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = tmp / "trackgate.toml"
+        self.config_path.write_text(config)
+        self.log_path = tmp / "gateway.log"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DASH0_", "TRACKGATE_"))}
+        full_env.update(env or {})
+        full_env["NO_PROXY"] = "*"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trackgate", "serve", "--config", str(self.config_path),
+             "--listen", f"127.0.0.1:{self.port}", "--workers", str(workers)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=tmp,
+        )  # fmt: skip
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"gateway did not become healthy:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[type[Gateway]]:
+    started: list[Gateway] = []
+
+    class Factory(Gateway):
+        def __init__(self, config: str = "", env: dict[str, str] | None = None, workers: int = 1) -> None:
+            super().__init__(tmp_path, config, env, workers)
+            started.append(self)
+
+    yield Factory
+    for gw in started:
+        gw.stop()
+
+
+def dash0_config(upstream: Upstream, extra: str = "", **retry: float) -> str:
+    """A config exporting to the stand-in as the Dash0 exporter, with fast batching and retries."""
+    retry_cfg = {"initial_interval_s": 0.2, "max_interval_s": 1.0, "max_elapsed_s": 30.0, **retry}
+    retry_line = ", ".join(f"{k} = {v}" for k, v in retry_cfg.items())
+    return f"""
+[batch]
+max_delay_ms = 50
+
+[exporters.dash0]
+endpoint = "{upstream.url}"
+token = "test-token-123"
+dataset = "jobs"
+timeout_s = 2.0
+retry = {{ {retry_line} }}
+{extra}
+"""

@@ -1,0 +1,64 @@
+"""The real OpenTelemetry Python SDK, wired to send to a gateway over OTLP/HTTP protobuf."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+__all__ = ["Sdk", "SeverityNumber"]
+
+
+@dataclass
+class Sdk:
+    tracer_provider: TracerProvider
+    logger_provider: LoggerProvider
+    meter_provider: MeterProvider
+    logger: logging.Logger
+
+    @classmethod
+    def connect(
+        cls,
+        base_url: str,
+        service: str = "job-worker",
+        compression: Compression = Compression.NoCompression,
+        headers: dict[str, str] | None = None,
+        resource: dict[str, str] | None = None,
+    ) -> Sdk:
+        res = Resource.create({"service.name": service, **(resource or {})})
+        kw = {"compression": compression, "headers": headers or {}, "timeout": 5}
+        tp = TracerProvider(resource=res)
+        tp.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{base_url}/v1/traces", **kw)))
+        lp = LoggerProvider(resource=res)
+        lp.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=f"{base_url}/v1/logs", **kw)))
+        reader = PeriodicExportingMetricReader(
+            OTLPMetricExporter(endpoint=f"{base_url}/v1/metrics", **kw), export_interval_millis=3_600_000
+        )
+        mp = MeterProvider(resource=res, metric_readers=[reader])
+        logger = logging.getLogger(f"sdk-test-{service}-{id(lp)}")
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(LoggingHandler(level=logging.DEBUG, logger_provider=lp))
+        return cls(tp, lp, mp, logger)
+
+    def flush(self) -> None:
+        self.tracer_provider.force_flush()
+        self.logger_provider.force_flush()
+        self.meter_provider.force_flush()
+
+    def shutdown(self) -> None:
+        self.tracer_provider.shutdown()
+        self.logger_provider.shutdown()
+        self.meter_provider.shutdown()

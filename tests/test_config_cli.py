@@ -1,0 +1,99 @@
+"""Configuration errors name the key and the file; check-config masks secrets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trackgate import config
+from trackgate.config import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "t.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[server]\nlisten_on = 'x'\n", ["listen_on", "$.server"]),
+        ("[sampling]\ntraces = 'half'\n", ["$.sampling.traces", "float"]),
+        ("[sampling]\ntraces = 1.5\n", ["$.sampling.traces"]),
+        ("[receivers.sentry]\npublic_keys = []\n", ["receivers"]),
+        ("[exporters.dash0]\ntoken = 'x'\n", ["exporters.dash0.endpoint"]),
+        ("[exporters.otlp]\nendpoint = 'ftp://x'\n", ["http"]),
+        ("[server]\nlisten = 'nowhere'\n", ["HOST:PORT"]),
+        ("[server\n", ["invalid TOML"]),
+    ],
+)
+def test_errors_name_key_and_file(tmp_path: Path, text: str, words: list[str]) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        config.load(path, env={})
+    assert str(path) in str(err.value)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_env_overrides() -> None:
+    env = {
+        "DASH0_AUTH_TOKEN": "tok",
+        "DASH0_DATASET": "prod",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+        "OTEL_EXPORTER_OTLP_HEADERS": "x-team=gpu,x-key=a%3Db",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,region=eu",
+        "MACHINE_ID": "m7",
+        "WORKER_ID": "w2",
+    }
+    cfg = config.load(None, env=env)
+    assert cfg.exporters.dash0 is not None and cfg.exporters.dash0.token == "tok"
+    assert cfg.exporters.dash0.endpoint == config.DEFAULT_DASH0_ENDPOINT
+    assert cfg.exporters.dash0.dataset == "prod"
+    assert cfg.exporters.otlp is not None and cfg.exporters.otlp.endpoint == "http://collector:4318"
+    assert cfg.exporters.otlp.headers == {"x-team": "gpu", "x-key": "a=b"}
+    assert cfg.resource.attributes == {
+        "deployment.environment": "prod",
+        "region": "eu",
+        "machine.id": "m7",
+        "worker.id": "w2",
+    }
+    assert cfg.exporter_names() == ["dash0", "otlp"]  # no file sink once a backend is configured
+
+
+def test_default_is_the_file_sink() -> None:
+    cfg = config.load(None, env={})
+    assert cfg.exporter_names() == ["file"]
+    file_cfg = cfg.file_exporter()
+    assert file_cfg is not None and file_cfg.dir.endswith("trackgate-data/out")
+
+
+def test_check_config_masks_secrets(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[server]\ntokens = ["tok-AAA"]\n[exporters.dash0]\nendpoint = "https://user:pw-BBB@example.com"\n'
+        'token = "tok-CCC"\nheaders = { "x-api-key" = "key-DDD" }\n',
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "trackgate", "check-config", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode == 0, run.stderr
+    for secret in ("tok-AAA", "pw-BBB", "tok-CCC", "key-DDD"):
+        assert secret not in run.stdout
+    doc = json.loads(run.stdout)
+    assert doc["exporters"]["dash0"]["token"] == "****"
+    assert doc["effective_exporters"] == ["dash0"]
+
+
+def test_check_config_reports_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, "[batch]\nmax_records = 0\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "trackgate", "check-config", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode == 2
+    assert "max_records" in run.stderr and str(path) in run.stderr

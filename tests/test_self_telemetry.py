@@ -1,0 +1,82 @@
+"""/healthz, /readyz and /metrics tell an operator what the gateway is doing."""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.request
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+pytestmark = pytest.mark.slow
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def post_spans(url: str, n: int, bad: int = 0) -> int:
+    msg = ExportTraceServiceRequest()
+    spans = msg.resource_spans.add().scope_spans.add()
+    for i in range(n + bad):
+        span = spans.spans.add()
+        span.trace_id = b"\x07" * (16 if i < n else 3)
+        span.span_id, span.name = b"\x01" * 8, "x"
+    req = urllib.request.Request(
+        url + "/v1/traces", data=msg.SerializeToString(), headers={"Content-Type": "application/x-protobuf"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            got = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+            if all(got.get(k) == v for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} {labels} not in metrics")
+
+
+def test_health_ready_and_metrics(gateway_factory) -> None:
+    gw = gateway_factory("[batch]\nmax_delay_ms = 20\n")
+    assert get(gw.url + "/healthz") == (200, "ok\n")
+    assert get(gw.url + "/readyz")[0] == 200
+    assert post_spans(gw.url, 5, bad=2) == 200
+    status, text = get(gw.url + "/metrics")
+    assert status == 200
+    assert sample(text, "trackgate_receiver_records_total", signal="traces", outcome="received") == 7
+    assert sample(text, "trackgate_receiver_records_total", signal="traces", outcome="accepted") == 5
+    assert sample(text, "trackgate_receiver_records_total", signal="traces", outcome="rejected") == 2
+    assert sample(text, "trackgate_http_requests_total", route="/v1/traces", code="200") == 1
+    assert sample(text, "trackgate_http_request_duration_seconds_count", route="/v1/traces") == 1
+    assert "# TYPE trackgate_receiver_records_total counter" in text
+    assert "trackgate_queue_bytes" in text
+
+
+def test_queue_full_answers_429_and_not_ready(gateway_factory, upstream) -> None:
+    from upstream import Reply
+
+    # The destination is down (503) so nothing drains; a tiny queue fills after one request.
+    upstream.default = Reply(503, {"Retry-After": "30"})
+    config = f"""
+[storage]
+max_bytes = 2000
+[exporters.otlp]
+endpoint = "{upstream.url}"
+"""
+    gw = gateway_factory(config)
+    statuses = [post_spans(gw.url, 20) for _ in range(5)]
+    assert statuses[0] == 200
+    assert 429 in statuses
+    assert get(gw.url + "/readyz")[0] == 503
+    _, text = get(gw.url + "/metrics")
+    assert sample(text, "trackgate_http_requests_total", route="/v1/traces", code="429") >= 1
