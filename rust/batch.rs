@@ -146,7 +146,7 @@ impl Batcher {
         // Find the cut: as many entries as fit, and always at least one.
         let (mut upto, mut records, mut bytes) = (0, 0u64, 0usize);
         queue.read(exporter, signal, &mut |entry| {
-            let len = entry.payload.len();
+            let len = entry.len;
             if upto != 0 && (records + entry.records > limits.max_records || bytes + len > limits.max_bytes) {
                 return false;
             }

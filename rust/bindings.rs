@@ -3,17 +3,20 @@
 //! and panics caught, then converts the result or maps the `CoreError` to one exception.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use crate::batch::Limits;
+use crate::disk_queue::{DiskOptions, DiskQueue, ExporterLimit, Fsync};
 use crate::error::{CoreError, Result};
 use crate::ingest::{Format, IngestOptions, Ingested};
 use crate::pipeline::{Pipeline, PipelineOptions};
@@ -47,6 +50,12 @@ create_exception!(
 );
 create_exception!(
     trackgate.exceptions,
+    QueueLocked,
+    PyException,
+    "The queue directory is held by another process; each process needs its own."
+);
+create_exception!(
+    trackgate.exceptions,
     PipelineClosed,
     PyException,
     "The pipeline was closed (shutting down). HTTP 503."
@@ -61,6 +70,8 @@ fn to_py(err: CoreError) -> PyErr {
         CoreError::QueueFull { .. } => QueueFull::new_err(msg),
         CoreError::Closed => PipelineClosed::new_err(msg),
         CoreError::Usage(_) => PyValueError::new_err(msg),
+        CoreError::Locked(_) => QueueLocked::new_err(msg),
+        CoreError::Storage(_) => PyOSError::new_err(msg),
     }
 }
 
@@ -112,6 +123,24 @@ fn parse_timeout(timeout: f64) -> PyResult<Option<Duration>> {
         )));
     }
     Ok(Duration::try_from_secs_f64(timeout).ok())
+}
+
+/// `(max_bytes, max_age_s)` per exporter, 0 meaning no limit, as [`ExporterLimit`]s.
+fn parse_limits(limits: HashMap<String, (u64, f64)>) -> PyResult<Vec<(String, ExporterLimit)>> {
+    let mut out = Vec::with_capacity(limits.len());
+    for (name, (max_bytes, max_age)) in limits {
+        if !max_age.is_finite() || max_age < 0.0 {
+            return Err(PyValueError::new_err(format!(
+                "exporter_limits[{name:?}] max_age must be >= 0 seconds (got {max_age})"
+            )));
+        }
+        let limit = ExporterLimit {
+            max_bytes: (max_bytes > 0).then_some(max_bytes),
+            max_age: (max_age > 0.0).then(|| Duration::from_secs_f64(max_age)),
+        };
+        out.push((name, limit));
+    }
+    Ok(out)
 }
 
 /// Identifies the Core a batch came from, so acking it on another Core is an error rather than
@@ -216,6 +245,11 @@ impl Core {
         batch_max_bytes = 4_194_304,
         batch_max_delay_ms = 200,
         max_body_bytes = 67_108_864,
+        storage_dir = None,
+        fsync = "always",
+        fsync_interval_ms = 200,
+        segment_bytes = 67_108_864,
+        exporter_limits = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -230,24 +264,45 @@ impl Core {
         batch_max_bytes: usize,
         batch_max_delay_ms: u64,
         max_body_bytes: usize,
+        storage_dir: Option<PathBuf>,
+        fsync: &str,
+        fsync_interval_ms: u64,
+        segment_bytes: u64,
+        exporter_limits: Option<HashMap<String, (u64, f64)>>,
     ) -> PyResult<Self> {
+        let fsync = Fsync::parse(fsync, Duration::from_millis(fsync_interval_ms)).map_err(to_py)?;
+        let limits = parse_limits(exporter_limits.unwrap_or_default())?;
         let pipeline = guarded(py, || {
-            Pipeline::new(PipelineOptions {
-                exporters,
-                ingest: IngestOptions {
-                    sampling_traces,
-                    sampling_logs,
-                    keep_errors,
-                    resource_attributes,
-                    max_body_bytes,
-                },
-                queue_max_bytes,
-                batch: Limits::new(
-                    batch_max_records,
-                    batch_max_bytes,
-                    Duration::from_millis(batch_max_delay_ms),
-                )?,
-            })
+            let batch = Limits::new(
+                batch_max_records,
+                batch_max_bytes,
+                Duration::from_millis(batch_max_delay_ms),
+            )?;
+            let ingest = IngestOptions {
+                sampling_traces,
+                sampling_logs,
+                keep_errors,
+                resource_attributes,
+                max_body_bytes,
+            };
+            let Some(dir) = storage_dir else {
+                if !limits.is_empty() {
+                    return Err(CoreError::Usage("exporter_limits need a storage_dir".into()));
+                }
+                return Pipeline::new(PipelineOptions {
+                    exporters,
+                    ingest,
+                    queue_max_bytes,
+                    batch,
+                });
+            };
+            let queue = DiskQueue::open(DiskOptions {
+                segment_bytes,
+                fsync,
+                limits,
+                ..DiskOptions::new(dir, exporters, queue_max_bytes as u64)
+            })?;
+            Pipeline::with_queue(ingest, Box::new(queue), batch)
         })?;
         Ok(Core {
             id: NEXT_CORE_ID.fetch_add(1, Ordering::Relaxed),
@@ -308,6 +363,15 @@ impl Core {
         let stats = guarded(py, || Ok(self.pipeline.stats()))?;
         let dict = PyDict::new(py);
         for (key, value) in stats {
+            dict.set_item(key, value)?;
+        }
+        Ok(dict)
+    }
+
+    /// What opening the queue found and repaired; empty without a storage_dir.
+    fn recovery<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (key, value) in self.pipeline.recovery() {
             dict.set_item(key, value)?;
         }
         Ok(dict)
@@ -393,6 +457,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UnsupportedMedia", py.get_type::<UnsupportedMedia>())?;
     m.add("QueueFull", py.get_type::<QueueFull>())?;
     m.add("PipelineClosed", py.get_type::<PipelineClosed>())?;
+    m.add("QueueLocked", py.get_type::<QueueLocked>())?;
     m.add_class::<IngestResult>()?;
     m.add_class::<Batch>()?;
     m.add_class::<Core>()?;

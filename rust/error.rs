@@ -23,6 +23,12 @@ pub enum CoreError {
     /// A caller passed a wrong argument (a programming error, not bad data).
     #[error("{0}")]
     Usage(String),
+    /// The queue directory is owned by another open queue (another process, e.g. another worker).
+    #[error("{0}")]
+    Locked(String),
+    /// Reading or writing the queue directory failed (disk full, permissions, I/O error). HTTP 503.
+    #[error("{0}")]
+    Storage(String),
 }
 
 impl CoreError {

@@ -1,10 +1,12 @@
 //! trackgate's data plane. One module per stage; `bindings` is the only module that knows Python.
 //!
 //! decompress → decode (`validate` for protobuf, `json_decode` for JSON) → `ingest` (slice
-//! records, reject malformed ones, `sample`, `enrich`) → `queue` → `batch` → `encode`.
+//! records, reject malformed ones, `sample`, `enrich`) → `queue` (in memory, or `disk_queue`) →
+//! `batch` → `encode`.
 
 pub mod batch;
 pub mod decompress;
+pub mod disk_queue;
 pub mod encode;
 pub mod enrich;
 pub mod error;
@@ -20,6 +22,8 @@ pub mod validate;
 pub mod wire;
 
 mod bindings;
+#[cfg(test)]
+mod fuzz_tests;
 
 pub use error::{CoreError, Result};
 pub use signal::Signal;

@@ -32,10 +32,13 @@ struct Counters {
     received_bytes: AtomicU64,
 }
 
-/// State the waiters sleep on. Appends and `close` happen under this lock, so a waiter that
-/// polled the queue and found nothing cannot miss the wake-up that follows.
+/// State the waiters sleep on. An append registers under this lock, runs without it (a durable
+/// queue may wait for fsync there, and concurrent appends then share one), and takes the lock
+/// again before notifying, so a waiter that polled and found nothing cannot miss the wake-up.
 struct Wake {
     closed: bool,
+    /// Appends in progress: a closed pipeline has drained only once these have landed.
+    appending: usize,
 }
 
 pub struct Pipeline {
@@ -74,13 +77,16 @@ impl Pipeline {
             ingester: Ingester::new(ingest),
             queue,
             batcher: Batcher::new(batch),
-            wake: Mutex::new(Wake { closed: false }),
+            wake: Mutex::new(Wake {
+                closed: false,
+                appending: 0,
+            }),
             ready: [Condvar::new(), Condvar::new(), Condvar::new()],
             counters: Default::default(),
         })
     }
 
-    /// A panic while holding this lock leaves only a bool behind it, so poisoning is ignored.
+    /// A panic while holding this lock leaves only a flag and a count, so poisoning is ignored.
     fn lock(&self) -> MutexGuard<'_, Wake> {
         self.wake.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -102,13 +108,26 @@ impl Pipeline {
         let mut out = self.ingester.ingest(signal, body, format, encoding)?;
         if out.accepted > 0 {
             let payload = Payload::from(std::mem::take(&mut out.payload));
-            let wake = self.lock();
-            if wake.closed {
-                return Err(CoreError::Closed);
+            {
+                let mut wake = self.lock();
+                if wake.closed {
+                    return Err(CoreError::Closed);
+                }
+                wake.appending += 1;
             }
-            self.queue.append(signal, out.accepted, payload)?;
-            drop(wake);
-            self.ready[signal.index()].notify_all();
+            let appended = self.queue.append(signal, out.accepted, payload);
+            let last = {
+                let mut wake = self.lock();
+                wake.appending -= 1;
+                wake.closed && wake.appending == 0
+            };
+            if last {
+                // Drain waiters of every signal may be waiting for this append to land.
+                self.ready.iter().for_each(Condvar::notify_all);
+            } else {
+                self.ready[signal.index()].notify_all();
+            }
+            appended?;
         }
         let c = &self.counters[signal.index()];
         c.received_records.fetch_add(out.received, Ordering::Relaxed);
@@ -142,7 +161,13 @@ impl Pipeline {
                 .poll(&*self.queue, exporter, signal, now, flush || wake.closed)?
             {
                 Poll::Ready(batch) => return Ok(Some(batch)),
-                Poll::Empty if wake.closed => return Ok(None),
+                Poll::Empty if wake.closed && wake.appending == 0 => {
+                    drop(wake);
+                    // Drained: record the final acks whatever the fsync policy. A failure only
+                    // means redelivery after a restart.
+                    let _ = self.queue.sync();
+                    return Ok(None);
+                }
                 Poll::Empty => None,
                 Poll::Wait(due) => Some(due),
             };
@@ -174,7 +199,7 @@ impl Pipeline {
 
     /// Counters and gauges: `<signal>_<name>` for received_records, accepted_records,
     /// rejected_records, sampled_out_records, received_bytes, queued_records, queued_bytes; then
-    /// queue_bytes and queue_max_bytes.
+    /// queue_bytes and queue_max_bytes; then the queue's own ([`Queue::counters`]).
     pub fn stats(&self) -> Vec<(String, u64)> {
         let usage = self.queue.usage();
         let mut out = Vec::with_capacity(Signal::ALL.len() * 7 + 2);
@@ -195,7 +220,13 @@ impl Pipeline {
         }
         out.push(("queue_bytes".into(), usage.bytes as u64));
         out.push(("queue_max_bytes".into(), usage.max_bytes as u64));
+        out.extend(self.queue.counters());
         out
+    }
+
+    /// What opening the queue found and repaired (empty for the in-memory queue).
+    pub fn recovery(&self) -> Vec<(&'static str, u64)> {
+        self.queue.recovery()
     }
 
     /// Refuses further ingest and wakes every waiter; exporters then drain what is queued.
@@ -449,6 +480,53 @@ mod tests {
             .unwrap();
         p.ack_batch(&batch).unwrap();
         ingest(&p, "0123456789");
+    }
+
+    #[test]
+    fn a_disk_queue_redelivers_what_was_not_acked_after_a_restart() {
+        use crate::disk_queue::{DiskOptions, DiskQueue, TempDir};
+        let dir = TempDir::new("pipeline");
+        let open = || {
+            let o = options(&["otlp", "file"], 100, 60_000, 1 << 20);
+            let queue = DiskQueue::open(DiskOptions::new(&dir.0, o.exporters, 1 << 20)).unwrap();
+            Pipeline::with_queue(o.ingest, Box::new(queue), o.batch).unwrap()
+        };
+        {
+            let p = open();
+            ingest(&p, "one");
+            ingest(&p, "two");
+            let batch = p
+                .next_batch("otlp", Signal::Logs, Some(Duration::ZERO), true)
+                .unwrap()
+                .unwrap();
+            p.ack_batch(&batch).unwrap();
+            assert!(stat(&p, "queue_segments") >= 1);
+            assert_eq!(p.recovery().iter().find(|(k, _)| *k == "frames"), Some(&("frames", 0)));
+        }
+        let p = open();
+        assert_eq!(
+            p.recovery().iter().find(|(k, _)| *k == "pending_entries"),
+            Some(&("pending_entries", 2))
+        );
+        let batch = p
+            .next_batch("file", Signal::Logs, Some(Duration::ZERO), true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.records, 2);
+        p.ack_batch(&batch).unwrap();
+        assert!(p
+            .next_batch("otlp", Signal::Logs, Some(Duration::ZERO), true)
+            .unwrap()
+            .is_none());
+        assert_eq!(stat(&p, "logs_queued_records"), 0);
+        // Closing and draining leaves nothing to redeliver.
+        p.close();
+        assert!(p.next_batch("otlp", Signal::Logs, WAIT, false).unwrap().is_none());
+        drop(p);
+        assert_eq!(
+            open().recovery().iter().find(|(k, _)| *k == "pending_entries"),
+            Some(&("pending_entries", 0))
+        );
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //!
 //! Entries are numbered per signal by `Seq` (1, 2, …). Each exporter has a read cursor (the last
 //! seq handed to it) and an acked cursor (the last seq it committed); an entry is freed once every
-//! exporter has acked it. [`Queue`] speaks only in seqs, cursors and acks so that a disk-backed
-//! queue (append-only segments, per-exporter ledger) can implement it beside [`MemoryQueue`].
+//! exporter has acked it. [`Queue`] speaks only in seqs, cursors and acks so that the disk-backed
+//! queue ([`crate::disk_queue::DiskQueue`]) implements it beside [`MemoryQueue`]. `read` shows
+//! metadata only and `take` hands out payloads, so a queue that keeps payloads on disk reads each
+//! one once per exporter.
 
 use std::collections::VecDeque;
 use std::ops::Deref;
@@ -72,6 +74,27 @@ pub struct Entry {
     pub appended: Instant,
 }
 
+/// What [`Queue::read`] shows of an entry: enough to cut a batch, without the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryInfo {
+    pub seq: Seq,
+    pub records: u64,
+    /// Payload length in bytes.
+    pub len: usize,
+    pub appended: Instant,
+}
+
+impl Entry {
+    pub fn info(&self) -> EntryInfo {
+        EntryInfo {
+            seq: self.seq,
+            records: self.records,
+            len: self.payload.len(),
+            appended: self.appended,
+        }
+    }
+}
+
 /// What an exporter has not yet been handed for one signal: what a batcher needs to decide
 /// whether to wait, without walking the entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +133,7 @@ pub trait Queue: Send + Sync {
 
     /// Visits the entries after `exporter`'s read cursor in seq order until `visit` returns false.
     /// Does not move the cursor.
-    fn read(&self, exporter: &str, signal: Signal, visit: &mut dyn FnMut(&Entry) -> bool) -> Result<()>;
+    fn read(&self, exporter: &str, signal: Signal, visit: &mut dyn FnMut(&EntryInfo) -> bool) -> Result<()>;
 
     /// Hands `exporter` the entries after its read cursor up to and including `upto`, and moves
     /// the read cursor there. Returns nothing when the cursor is already at or past `upto`.
@@ -121,6 +144,23 @@ pub trait Queue: Send + Sync {
     fn ack(&self, exporter: &str, signal: Signal, upto: Seq) -> Result<()>;
 
     fn usage(&self) -> Usage;
+
+    /// Makes every append and ack so far durable, whatever the fsync policy (called once the
+    /// pipeline has drained at shutdown). A queue that keeps nothing has nothing to do.
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Queue-specific counters and gauges for [`crate::pipeline::Pipeline::stats`].
+    fn counters(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+
+    /// What opening the queue found and repaired, as (name, value); empty for a queue that
+    /// starts empty every time.
+    fn recovery(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Checks a list of exporter names: at least one, no duplicates, no empty name.
@@ -306,12 +346,12 @@ impl Queue for MemoryQueue {
         })
     }
 
-    fn read(&self, exporter: &str, signal: Signal, visit: &mut dyn FnMut(&Entry) -> bool) -> Result<()> {
+    fn read(&self, exporter: &str, signal: Signal, visit: &mut dyn FnMut(&EntryInfo) -> bool) -> Result<()> {
         let e = self.exporter_index(exporter)?;
         let state = self.lock();
         let lane = &state.lanes[signal.index()];
         for stored in lane.after(lane.cursors[e].read) {
-            if !visit(&stored.entry) {
+            if !visit(&stored.entry.info()) {
                 break;
             }
         }

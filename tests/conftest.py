@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -25,6 +26,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process pipelines keep their queue under ./trackgate-data: make that the test's own dir."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def upstream() -> Iterator[Upstream]:
     up = Upstream()
@@ -33,22 +40,27 @@ def upstream() -> Iterator[Upstream]:
 
 
 class Gateway:
-    """`trackgate serve` in a subprocess, as a user starts it."""
+    """`trackgate serve` in a subprocess (its own process group: granian runs worker processes)."""
 
     def __init__(self, tmp: Path, config: str, env: dict[str, str] | None = None, workers: int = 1) -> None:
+        self.tmp = tmp
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = tmp / "trackgate.toml"
         self.config_path.write_text(config)
         self.log_path = tmp / "gateway.log"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DASH0_", "TRACKGATE_"))}
-        full_env.update(env or {})
-        full_env["NO_PROXY"] = "*"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DASH0_", "TRACKGATE_"))}
+        self.env.update(env or {})
+        self.env["NO_PROXY"] = "*"
+        self.workers = workers
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the gateway
+        self.start()
+
+    def start(self, workers: int | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trackgate", "serve", "--config", str(self.config_path),
-             "--listen", f"127.0.0.1:{self.port}", "--workers", str(workers)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=tmp,
+             "--listen", f"127.0.0.1:{self.port}", "--workers", str(workers or self.workers)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.tmp, start_new_session=True,
         )  # fmt: skip
         self._wait_ready()
 
@@ -69,16 +81,26 @@ class Gateway:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def kill(self) -> None:
+        """SIGKILL to every process of the gateway: no shutdown code runs."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+                self.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # no worker outlives the test
         return self.proc.returncode
+
+    def close(self) -> None:
+        self.stop()
+        self._log.close()
 
 
 @pytest.fixture
@@ -92,16 +114,17 @@ def gateway_factory(tmp_path: Path) -> Iterator[type[Gateway]]:
 
     yield Factory
     for gw in started:
-        gw.stop()
+        gw.close()
 
 
-def dash0_config(upstream: Upstream, extra: str = "", **retry: float) -> str:
+def dash0_config(upstream: Upstream, extra: str = "", batch: str = "", **retry: float) -> str:
     """A config exporting to the stand-in as the Dash0 exporter, with fast batching and retries."""
     retry_cfg = {"initial_interval_s": 0.2, "max_interval_s": 1.0, "max_elapsed_s": 30.0, **retry}
     retry_line = ", ".join(f"{k} = {v}" for k, v in retry_cfg.items())
     return f"""
 [batch]
 max_delay_ms = 50
+{batch}
 
 [exporters.dash0]
 endpoint = "{upstream.url}"

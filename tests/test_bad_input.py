@@ -60,7 +60,7 @@ def gw(tmp_path_factory) -> Iterator[object]:
 
     gateway = Gateway(tmp_path_factory.mktemp("bad"), f"[server]\nmax_body_bytes = {LIMIT}\n")
     yield gateway
-    gateway.stop()
+    gateway.close()
 
 
 BOMB = gzip.compress(b"\x00" * (20 * LIMIT))

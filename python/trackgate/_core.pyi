@@ -10,6 +10,7 @@ __all__ = [
     "PayloadTooLarge",
     "PipelineClosed",
     "QueueFull",
+    "QueueLocked",
     "UnsupportedMedia",
     "__version__",
     "export_response",
@@ -24,6 +25,7 @@ __version__: str
 
 _Signal: TypeAlias = Literal["logs", "traces", "metrics"]
 _Format: TypeAlias = Literal["protobuf", "json"]
+_Fsync: TypeAlias = Literal["always", "interval", "never"]
 
 class DecodeError(ValueError):
     """The body is not valid OTLP. HTTP 400."""
@@ -39,6 +41,9 @@ class QueueFull(Exception):
 
 class PipelineClosed(Exception):
     """The pipeline was closed (shutting down). HTTP 503."""
+
+class QueueLocked(Exception):
+    """The queue directory is held by another process; each process needs its own."""
 
 @final
 class IngestResult:
@@ -83,13 +88,27 @@ class Core:
         batch_max_bytes: int = 4194304,
         batch_max_delay_ms: int = 200,
         max_body_bytes: int = 67108864,
-    ) -> Self: ...
+        storage_dir: str | None = None,
+        fsync: _Fsync = "always",
+        fsync_interval_ms: int = 200,
+        segment_bytes: int = 67108864,
+        exporter_limits: dict[str, tuple[int, float]] | None = None,
+    ) -> Self:
+        """A pipeline over a durable queue in `storage_dir` (in memory when None).
+
+        `exporter_limits` maps an exporter to `(max_bytes, max_age_s)`, 0 meaning no bound: past
+        either, that exporter's oldest undelivered data is dropped for it alone, counted in
+        `stats()` as `<exporter>_<signal>_dropped_records` / `_dropped_entries`. Raises
+        `QueueLocked` when another process holds `storage_dir`, `OSError` when it cannot be used.
+        """
     def ingest(
         self, signal: _Signal, body: bytes, format: _Format, content_encoding: str | None = None
     ) -> IngestResult: ...
     def next_batch(self, exporter: str, signal: _Signal, timeout: float, flush: bool = False) -> Batch | None: ...
     def ack(self, batch: Batch) -> None: ...
     def stats(self) -> dict[str, int]: ...
+    def recovery(self) -> dict[str, int]:
+        """What opening the disk queue found and repaired (frames, cut_bytes, skipped_bytes, ...); {} in memory."""
     def close(self) -> None: ...
     @property
     def closed(self) -> bool: ...

@@ -42,7 +42,7 @@ class App:
 
     def start(self) -> Pipeline:
         if self.pipeline is None:
-            self.pipeline = Pipeline(self.config).start()
+            self.pipeline = Pipeline(self.config).start(adopt_orphans=True)
             self.otlp = OtlpHttpReceiver(self.pipeline, self.config.server.max_body_bytes)
             log.info("gateway ready", extra={"pid": os.getpid(), "exporters": self.config.exporter_names()})
         return self.pipeline

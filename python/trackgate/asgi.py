@@ -12,6 +12,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+# How much of a refused body is read and thrown away before answering 413 (see Request.body).
+DRAIN_LIMIT = 8 * 1024 * 1024
+
+
 class BodyTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"body exceeds the limit of {limit} bytes")
@@ -53,9 +57,15 @@ class Request:
         return self.headers.get(name, default)
 
     async def body(self, limit: int) -> bytes:
-        """Reads the whole body, refusing (before reading) a declared or (while reading) an actual excess."""
+        """Reads the whole body, refusing (before reading) a declared or (while reading) an actual excess.
+
+        A refused body of modest size is read and discarded first, so the client gets to read
+        the 413 instead of a reset connection while it is still sending.
+        """
         declared = self.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
+            if int(declared) <= limit + DRAIN_LIMIT:
+                await self._discard(DRAIN_LIMIT + limit)
             raise BodyTooLarge(limit)
         chunks: list[bytes] = []
         size = 0
@@ -67,8 +77,20 @@ class Request:
             if chunk:
                 size += len(chunk)
                 if size > limit:
+                    chunks.clear()
+                    if message.get("more_body", False):
+                        await self._discard(DRAIN_LIMIT)
                     raise BodyTooLarge(limit)
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _discard(self, budget: int) -> None:
+        while budget > 0:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                return
+            budget -= len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return

@@ -15,7 +15,7 @@ from trackgate import config as config_mod
 from trackgate.config import Config, ConfigError
 
 
-def _load(args: argparse.Namespace) -> Config:
+def _load(args: argparse.Namespace, serving: bool = False) -> Config:
     cfg = config_mod.load(args.config)
     server = cfg.server
     if getattr(args, "listen", None):
@@ -25,7 +25,10 @@ def _load(args: argparse.Namespace) -> Config:
         if args.workers < 1:
             raise ConfigError("--workers must be at least 1")
         server = msgspec.structs.replace(server, workers=args.workers)
-    return msgspec.structs.replace(cfg, server=server)
+    cfg = msgspec.structs.replace(cfg, server=server)
+    if serving:
+        config_mod.check_exposure(cfg, "--listen" if getattr(args, "listen", None) else (args.config or "<defaults>"))
+    return cfg
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -34,7 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from trackgate.app import CONFIG_ENV
 
-    cfg = _load(args)
+    cfg = _load(args, serving=True)
     host, port = config_mod.parse_listen(cfg.server.listen)
     os.environ[CONFIG_ENV] = config_mod.to_json(cfg).decode()
     telemetry.setup_logging()
@@ -58,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load(args, serving=True)
     doc = config_mod.masked(cfg)
     doc["effective_exporters"] = cfg.exporter_names()
     sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -38,12 +38,26 @@ class ServerConfig(_Section):
     workers: PositiveInt = 1
     max_body_bytes: PositiveInt = 64 * 1024 * 1024  # measured after decompression
     tokens: list[str] = field(default_factory=list)  # if set, "Authorization: Bearer <t>" is required
+    # A listener beyond loopback with no tokens is refused unless this says it is intended.
+    allow_unauthenticated: bool = False
     shutdown_grace_s: Seconds = 10.0
 
 
 class StorageConfig(_Section):
-    dir: str = "./trackgate-data"
-    max_bytes: PositiveInt = 256 * 1024 * 1024  # queue bound; receivers answer 429 past it
+    dir: str = "./trackgate-data"  # the queue (queue/<shard>/) and the default file sink (out/)
+    queue: Literal["disk", "memory"] = "disk"  # memory: faster, but a crash loses what is queued
+    max_bytes: PositiveInt = 1024 * 1024 * 1024  # queue bound; receivers answer 429 past it
+    fsync: Literal["always", "interval", "never"] = "always"  # always: a 200 means fsynced to disk
+    fsync_interval_ms: PositiveInt = 200  # with fsync = "interval"
+    segment_bytes: Annotated[int, Meta(ge=4096)] = 64 * 1024 * 1024
+    orphan_scan_s: Annotated[float, Meta(gt=0.0)] = 30.0  # how often workers look for shards to adopt
+
+
+class ExporterQueueConfig(_Section):
+    # Opt-in per destination: drop this exporter's oldest data past these bounds (0 = no bound),
+    # counted and logged, so one dead destination cannot fill the shared queue for the others.
+    max_bytes: Annotated[int, Meta(ge=0)] = 0
+    max_age_s: Seconds = 0.0
 
 
 class SamplingConfig(_Section):
@@ -64,11 +78,13 @@ class ResourceConfig(_Section):
 
 
 class RetryConfig(_Section):
-    # The OpenTelemetry Collector's defaults: 5 s initial, x1.5, 30 s cap, 300 s in all.
+    # The OpenTelemetry Collector's intervals: 5 s initial, x1.5, 30 s cap. Unlike the Collector,
+    # no overall limit by default: data waits in the disk queue until the destination is back
+    # (bound it per exporter with `queue.max_age_s` / `queue.max_bytes`, or set max_elapsed_s).
     initial_interval_s: Annotated[float, Meta(gt=0.0)] = 5.0
     max_interval_s: Annotated[float, Meta(gt=0.0)] = 30.0
     multiplier: Annotated[float, Meta(ge=1.0)] = 1.5
-    max_elapsed_s: Seconds = 300.0  # 0 = retry until delivered or shut down
+    max_elapsed_s: Seconds = 0.0  # 0 = retry until delivered (or until shutdown leaves it on disk)
 
 
 class OtlpExporterConfig(_Section):
@@ -79,12 +95,14 @@ class OtlpExporterConfig(_Section):
     compression: Literal["gzip", "none"] = "gzip"
     timeout_s: Annotated[float, Meta(gt=0.0)] = 10.0
     retry: RetryConfig = field(default_factory=RetryConfig)
+    queue: ExporterQueueConfig = field(default_factory=ExporterQueueConfig)
 
 
 class FileExporterConfig(_Section):
     dir: str = ""  # default: <storage.dir>/out
     max_file_bytes: PositiveInt = 100 * 1024 * 1024  # rotate past this size
     max_files: PositiveInt = 10  # rotated files kept per signal
+    queue: ExporterQueueConfig = field(default_factory=ExporterQueueConfig)
 
 
 class ExportersConfig(_Section):
@@ -116,6 +134,13 @@ class Config(_Section):
         if not cfg.dir:
             cfg = msgspec.structs.replace(cfg, dir=str(Path(self.storage.dir) / "out"))
         return cfg
+
+    def exporter_queues(self) -> dict[str, ExporterQueueConfig]:
+        out = {name: exp.queue for name, exp in self.otlp_exporters().items()}
+        file_cfg = self.file_exporter()
+        if file_cfg is not None:
+            out["file"] = file_cfg.queue
+        return out
 
     def exporter_names(self) -> list[str]:
         names = list(self.otlp_exporters())
@@ -161,6 +186,16 @@ def _check_url(url: str, where: str) -> None:
         raise ConfigError(f"{where}: endpoint {url!r} must be an http:// or https:// URL")
 
 
+def check_exposure(cfg: Config, source: str = "<config>") -> None:
+    """Refuses a listener beyond loopback that anyone could write to, unless explicitly allowed."""
+    host, _ = parse_listen(cfg.server.listen)
+    if not is_loopback(host) and not cfg.server.tokens and not cfg.server.allow_unauthenticated:
+        raise ConfigError(
+            f"{source}: server.listen {cfg.server.listen!r} is reachable beyond this machine and no "
+            "server.tokens are set; set tokens (or TRACKGATE_TOKENS), or server.allow_unauthenticated = true"
+        )
+
+
 def _validate(cfg: Config, source: str) -> None:
     try:
         parse_listen(cfg.server.listen)
@@ -196,6 +231,10 @@ def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
             if exp is not None:
                 merged = {**exp.headers, **extra}
                 exporters = msgspec.structs.replace(exporters, **{name: msgspec.structs.replace(exp, headers=merged)})
+    server = cfg.server
+    if env.get("TRACKGATE_TOKENS"):
+        tokens = [t.strip() for t in env["TRACKGATE_TOKENS"].split(",") if t.strip()]
+        server = msgspec.structs.replace(server, tokens=tokens)
     attrs = dict(cfg.resource.attributes)
     if env.get("OTEL_RESOURCE_ATTRIBUTES"):
         attrs.update(parse_key_values(env["OTEL_RESOURCE_ATTRIBUTES"], "OTEL_RESOURCE_ATTRIBUTES"))
@@ -204,7 +243,7 @@ def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
     if env.get("WORKER_ID"):
         attrs["worker.id"] = env["WORKER_ID"]
     return msgspec.structs.replace(
-        cfg, exporters=exporters, resource=msgspec.structs.replace(cfg.resource, attributes=attrs)
+        cfg, server=server, exporters=exporters, resource=msgspec.structs.replace(cfg.resource, attributes=attrs)
     )
 
 

@@ -9,10 +9,11 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from trackgate import telemetry
+from trackgate import shards, telemetry
 from trackgate._core import Core, IngestResult, QueueFull
 from trackgate.config import Config
 from trackgate.exporters.base import SIGNALS, Exporter, Runner
@@ -44,13 +45,47 @@ class Pipeline:
     what is queued within the grace period and stops the threads. Usable as a context manager.
     """
 
-    def __init__(self, config: Config | None = None, exporters: Iterable[Exporter] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        exporters: Iterable[Exporter] | None = None,
+        *,
+        queue_dir: str | Path | None = None,
+        secondary: bool = False,
+    ) -> None:
+        """`queue_dir` pins the queue directory (default: a free shard under `storage.dir`);
+        `secondary` marks a pipeline that only drains a shard: it shares the caller's exporters and
+        metrics instead of owning them."""
         self.config = config or Config()
         self.exporters = list(exporters) if exporters is not None else build_exporters(self.config)
         if not self.exporters:
             raise ValueError("a pipeline needs at least one exporter")
+        self.secondary = secondary
+        self.queue_dir: Path | None = None
+        if self.config.storage.queue == "memory":
+            self.core = self._open_core(None)
+        elif queue_dir is not None:
+            self.queue_dir, self.core = Path(queue_dir), self._open_core(Path(queue_dir))
+        else:
+            self.queue_dir, self.core = shards.claim(shards.shard_root(self.config.storage.dir), self._open_core)
+        self._flushing = threading.Event()
+        self._stop_retrying = threading.Event()
+        self._runners: list[Runner] = []
+        self._last_full = -1e9
+        self._adopter: shards.Adopter | None = None
+        if not secondary:
+            self._register_gauges()
+
+    def _open_core(self, queue_dir: Path | None) -> Core:
         cfg = self.config
-        self.core = Core(
+        limits = {
+            name: (q.max_bytes, q.max_age_s)
+            for name, q in cfg.exporter_queues().items()
+            if (q.max_bytes or q.max_age_s) and name in {e.name for e in self.exporters}
+        }
+        if queue_dir is not None:
+            queue_dir.mkdir(parents=True, exist_ok=True)
+        core = Core(
             exporters=[e.name for e in self.exporters],
             sampling_traces=cfg.sampling.traces,
             sampling_logs=cfg.sampling.logs,
@@ -61,12 +96,18 @@ class Pipeline:
             batch_max_bytes=cfg.batch.max_bytes,
             batch_max_delay_ms=cfg.batch.max_delay_ms,
             max_body_bytes=cfg.server.max_body_bytes,
+            storage_dir=str(queue_dir) if queue_dir is not None else None,
+            fsync=cfg.storage.fsync,
+            fsync_interval_ms=cfg.storage.fsync_interval_ms,
+            segment_bytes=cfg.storage.segment_bytes,
+            exporter_limits=limits or None,
         )
-        self._flushing = threading.Event()
-        self._stop_retrying = threading.Event()
-        self._runners: list[Runner] = []
-        self._last_full = -1e9
-        self._register_gauges()
+        if queue_dir is not None:
+            report = core.recovery()
+            damage = any(v for k, v in report.items() if any(w in k for w in ("cut", "skipped", "lost", "corrupt")))
+            level = logging.WARNING if damage else logging.INFO
+            log.log(level, "queue opened", extra={"queue_dir": str(queue_dir), **report})
+        return core
 
     def _register_gauges(self) -> None:
         def records() -> list[tuple[tuple[str, ...], float]]:
@@ -84,6 +125,15 @@ class Pipeline:
         def queued() -> list[tuple[tuple[str, ...], float]]:
             stats = self.core.stats()
             return [((s,), stats.get(f"{s}_queued_records", 0)) for s in SIGNALS]
+
+        def dropped() -> list[tuple[tuple[str, ...], float]]:
+            stats = self.core.stats()
+            return [
+                ((e.name, s), stats[key])
+                for e in self.exporters
+                for s in SIGNALS
+                if (key := f"{e.name}_{s}_dropped_records") in stats
+            ]
 
         def queue_bytes() -> list[tuple[tuple[str, ...], float]]:
             stats = self.core.stats()
@@ -105,6 +155,13 @@ class Pipeline:
             kind="counter",
         )
         reg.observed("trackgate_queue_records", "Records queued and not yet delivered everywhere.", ("signal",), queued)
+        reg.observed(
+            "trackgate_exporter_dropped_records_total",
+            "Records dropped for one exporter by its queue.max_bytes / queue.max_age_s bound.",
+            ("exporter", "signal"),
+            dropped,
+            kind="counter",
+        )
         reg.observed("trackgate_queue_bytes", "Queue bytes in use and the limit.", ("kind",), queue_bytes)
 
     # -- intake ---------------------------------------------------------------------------------
@@ -128,15 +185,20 @@ class Pipeline:
 
     # -- delivery -------------------------------------------------------------------------------
 
-    def start(self) -> Pipeline:
+    def start(self, adopt_orphans: bool = False) -> Pipeline:
+        """Starts delivery; with `adopt_orphans`, also drains shards that no live process owns."""
         if self._runners:
             return self
+        if adopt_orphans and self.queue_dir is not None and not self.secondary:
+            self._adopter = shards.Adopter(self)
+            self._adopter.start()
         for exporter in self.exporters:
             for signal in SIGNALS:
                 runner = Runner(self.core, exporter, signal, self._flushing, self._stop_retrying)
                 runner.start()
                 self._runners.append(runner)
-        log.info("pipeline started", extra={"exporters": [e.name for e in self.exporters]})
+        if not self.secondary:
+            log.info("pipeline started", extra={"exporters": [e.name for e in self.exporters]})
         return self
 
     def pending(self) -> int:
@@ -161,16 +223,21 @@ class Pipeline:
         grace = self.config.server.shutdown_grace_s if grace_s is None else grace_s
         self.core.close()
         deadline = time.monotonic() + grace
+        if self._adopter is not None:
+            self._adopter.close(grace)
         for runner in self._runners:
             runner.join(max(0.0, deadline - time.monotonic()))
         self._stop_retrying.set()  # past the grace period: abandon retries
         for runner in self._runners:
             runner.join(2.0)
         left = self.pending()
-        if left:
-            log.warning("shut down with undelivered records", extra={"records": left})
-        for exporter in self.exporters:
-            exporter.close()
+        if left and self.queue_dir is not None:
+            log.info("undelivered records stay on disk for the next start", extra={"records": left})
+        elif left:
+            log.warning("shut down with undelivered records (memory queue: lost)", extra={"records": left})
+        if not self.secondary:
+            for exporter in self.exporters:
+                exporter.close()
         self._runners.clear()
 
     def __enter__(self) -> Pipeline:

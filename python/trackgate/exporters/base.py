@@ -108,16 +108,22 @@ class Runner(threading.Thread):
                     return
                 continue
             self.busy = True
+            settled = True
             try:
-                self.deliver(batch)
+                settled = self.deliver(batch)
             except Exception:  # an exporter bug must not kill the thread and stall the cursor
                 log.exception("exporter failed unexpectedly; batch dropped", extra=self.labels)
                 telemetry.FAILED_RECORDS.inc(batch.records, reason="internal_error", **self.labels)
             finally:
-                self.core.ack(batch)
+                if settled:
+                    self.core.ack(batch)
                 self.busy = False
+            if not settled:
+                return  # shutting down mid-retry: the batch stays queued (on disk) for the next start
 
-    def deliver(self, batch: Batch) -> None:
+    def deliver(self, batch: Batch) -> bool:
+        """Sends with retry. True when the batch is settled (delivered or given up on): ack it.
+        False when shutdown interrupted the retries: leave it queued."""
         backoff = Backoff(self.exporter.retry)
         started = time.monotonic()
         limit = self.exporter.retry.max_elapsed_s
@@ -134,23 +140,25 @@ class Runner(threading.Thread):
                         "destination accepted the batch partially",
                         extra={**self.labels, "rejected": outcome.rejected, "reason": outcome.reason},
                     )
-                return
+                return True
             if outcome.kind == "drop":
                 self._give_up(batch, "permanent_error", outcome.reason)
-                return
+                return True
             delay = backoff.delay(outcome.retry_after)
             elapsed = time.monotonic() - started
             if limit and elapsed + delay > limit:
                 self._give_up(batch, "retries_exhausted", f"{outcome.reason}; gave up after {elapsed:.0f}s")
-                return
+                return True
             telemetry.EXPORT_RETRIES.inc(1, cause=outcome.cause or "other", **self.labels)
             log.info(
                 "send failed, will retry",
                 extra={**self.labels, "reason": outcome.reason, "retry_in_s": round(delay, 3)},
             )
             if self.stop_retrying.wait(delay):
-                self._give_up(batch, "shutdown", f"{outcome.reason}; shutdown grace period over")
-                return
+                log.info(
+                    "shutdown interrupted retries; batch stays queued", extra={**self.labels, "records": batch.records}
+                )
+                return False
 
     def _give_up(self, batch: Batch, reason: str, detail: str) -> None:
         telemetry.FAILED_RECORDS.inc(batch.records, reason=reason, **self.labels)

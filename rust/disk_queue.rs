@@ -1,0 +1,2463 @@
+//! The durable [`Queue`]: append-only segment files under one directory, a ledger of acked
+//! positions, and recovery of torn or corrupt data on open. Vector's disk buffer is the model.
+//!
+//! `<dir>` holds:
+//! - `LOCK`, held with an exclusive `flock` while the queue is open: one owner per directory.
+//! - `seg-<id>.tgq` segments, `id` in 20 decimal digits and increasing. A segment is a 48-byte
+//!   header (magic `TGQSEG01`, id, the first seq each signal gets in it, CRC32C of the rest)
+//!   followed by frames. A frame is a 44-byte header (magic `TGQF`, payload length u32, seq u64,
+//!   records u64, append time in Unix ms u64, signal u8, 3 zero bytes, CRC32C of the payload,
+//!   CRC32C of the 40 header bytes before it) and the payload. Integers are little-endian.
+//! - `ledger`: each signal's last seq and each (exporter, signal)'s acked seq, with a CRC32C,
+//!   replaced whole (write `ledger.tmp`, rename).
+//!
+//! Appends go to the newest ("active") segment, which rolls at `segment_bytes`; every open starts
+//! a new one. A segment is deleted once no configured exporter needs a frame in it (acked, or
+//! dropped by that exporter's limits). Memory holds an index (position and counts per entry) and
+//! a bounded cache of recent payloads; older payloads are read back from disk on `take`.
+//!
+//! On open, frames are checked in order. At a bad frame the scan looks for the next offset where
+//! a header and its payload both pass their CRCs and skips what lies between; when nothing good
+//! follows, the tail is cut (the file truncated after the last good frame). Each exporter resumes
+//! after its acked seq, or at the oldest retained entry when the ledger has nothing for it (a new
+//! exporter, a lost or corrupt ledger): redelivery rather than loss. Ledger entries of exporters
+//! no longer configured are ignored, so their data is freed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::error::{CoreError, Result};
+use crate::queue::{check_exporters, unknown_exporter, Entry, EntryInfo, Payload, Pending, Queue, Seq, Usage};
+use crate::signal::Signal;
+
+pub const SEGMENT_HEADER: usize = 48;
+pub const FRAME_HEADER: usize = 44;
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
+pub const MIN_SEGMENT_BYTES: u64 = 256;
+/// Recovery reads a whole segment into memory, so segments stay modest.
+pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
+
+const SEGMENT_MAGIC: [u8; 8] = *b"TGQSEG01";
+const FRAME_MAGIC: [u8; 4] = *b"TGQF";
+const LEDGER_MAGIC: [u8; 8] = *b"TGQLDG01";
+const LOCK_FILE: &str = "LOCK";
+const LEDGER_FILE: &str = "ledger";
+const LEDGER_TMP: &str = "ledger.tmp";
+
+// ---------------------------------------------------------------------------------------------
+// On-disk format
+
+/// Reads without panicking: bytes past the end read as zero (callers check lengths first).
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    if let Some(s) = b.get(at..at.saturating_add(4)) {
+        a.copy_from_slice(s);
+    }
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    if let Some(s) = b.get(at..at.saturating_add(8)) {
+        a.copy_from_slice(s);
+    }
+    u64::from_le_bytes(a)
+}
+
+/// The header of one queued entry on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub signal: Signal,
+    pub seq: Seq,
+    pub records: u64,
+    /// Append time in Unix milliseconds: unlike an `Instant`, it means something after a restart,
+    /// so batch delays and `max_age` keep working.
+    pub appended_ms: u64,
+    pub len: u32,
+    pub payload_crc: u32,
+}
+
+/// Why bytes are not a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// The buffer ends inside the frame: a torn write, or a corrupt length.
+    Truncated,
+    /// Wrong magic, a CRC mismatch, or a field out of range.
+    Corrupt,
+}
+
+impl FrameHeader {
+    /// `None` when the payload is too long for the 32-bit length.
+    pub fn new(signal: Signal, seq: Seq, records: u64, appended_ms: u64, payload: &[u8]) -> Option<Self> {
+        Some(FrameHeader {
+            signal,
+            seq,
+            records,
+            appended_ms,
+            len: u32::try_from(payload.len()).ok()?,
+            payload_crc: crc32c::crc32c(payload),
+        })
+    }
+
+    /// Header plus payload, in bytes.
+    pub fn frame_len(&self) -> u64 {
+        FRAME_HEADER as u64 + u64::from(self.len)
+    }
+
+    pub fn encode(&self) -> [u8; FRAME_HEADER] {
+        let mut h = [0u8; FRAME_HEADER];
+        h[0..4].copy_from_slice(&FRAME_MAGIC);
+        h[4..8].copy_from_slice(&self.len.to_le_bytes());
+        h[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        h[16..24].copy_from_slice(&self.records.to_le_bytes());
+        h[24..32].copy_from_slice(&self.appended_ms.to_le_bytes());
+        h[32] = self.signal.index() as u8;
+        h[36..40].copy_from_slice(&self.payload_crc.to_le_bytes());
+        let crc = crc32c::crc32c(&h[..40]);
+        h[40..44].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    /// Checks and parses the header at the start of `buf` (the payload is not looked at).
+    pub fn decode(buf: &[u8]) -> std::result::Result<Self, FrameError> {
+        let Some(h) = buf.get(..FRAME_HEADER) else {
+            return Err(FrameError::Truncated);
+        };
+        if h[..4] != FRAME_MAGIC || crc32c::crc32c(&h[..40]) != u32_at(h, 40) || h[33..36] != [0, 0, 0] {
+            return Err(FrameError::Corrupt);
+        }
+        let signal = *Signal::ALL.get(usize::from(h[32])).ok_or(FrameError::Corrupt)?;
+        Ok(FrameHeader {
+            signal,
+            seq: u64_at(h, 8),
+            records: u64_at(h, 16),
+            appended_ms: u64_at(h, 24),
+            len: u32_at(h, 4),
+            payload_crc: u32_at(h, 36),
+        })
+    }
+}
+
+/// One frame as written to a segment.
+pub fn encode_frame(header: &FrameHeader, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_HEADER + payload.len());
+    out.extend_from_slice(&header.encode());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Checks the frame at the start of `buf`: header, length, payload CRC.
+pub fn decode_frame(buf: &[u8]) -> std::result::Result<(FrameHeader, &[u8]), FrameError> {
+    let header = FrameHeader::decode(buf)?;
+    let end = FRAME_HEADER
+        .checked_add(usize::try_from(header.len).map_err(|_| FrameError::Corrupt)?)
+        .ok_or(FrameError::Corrupt)?;
+    let payload = buf.get(FRAME_HEADER..end).ok_or(FrameError::Truncated)?;
+    if crc32c::crc32c(payload) != header.payload_crc {
+        return Err(FrameError::Corrupt);
+    }
+    Ok((header, payload))
+}
+
+/// The header every segment file starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub id: u64,
+    /// The seq the next entry of each signal got when the segment was started (by
+    /// [`Signal::index`]): keeps seqs monotonic across restarts even when every frame was freed.
+    pub starts: [Seq; 3],
+}
+
+impl SegmentHeader {
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER] {
+        let mut h = [0u8; SEGMENT_HEADER];
+        h[..8].copy_from_slice(&SEGMENT_MAGIC);
+        h[8..16].copy_from_slice(&self.id.to_le_bytes());
+        for (i, start) in self.starts.iter().enumerate() {
+            h[16 + 8 * i..24 + 8 * i].copy_from_slice(&start.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&h[..44]);
+        h[44..48].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    pub fn decode(buf: &[u8]) -> Option<Self> {
+        let h = buf.get(..SEGMENT_HEADER)?;
+        if h[..8] != SEGMENT_MAGIC || h[40..44] != [0; 4] || crc32c::crc32c(&h[..44]) != u32_at(h, 44) {
+            return None;
+        }
+        Some(SegmentHeader {
+            id: u64_at(h, 8),
+            starts: [u64_at(h, 16), u64_at(h, 24), u64_at(h, 32)],
+        })
+    }
+}
+
+/// What one segment file holds, as [`scan_segment`] found it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SegmentScan {
+    /// `None` when the header is missing or fails its check (frames are still scanned).
+    pub header: Option<SegmentHeader>,
+    /// Good frames and the offset of each in the file.
+    pub frames: Vec<(FrameHeader, u64)>,
+    /// Corrupt bytes skipped between good frames, and in how many places.
+    pub skipped_bytes: u64,
+    pub skipped_regions: u64,
+    /// Where the file should be cut when it ends in a torn or corrupt tail.
+    pub cut_at: Option<u64>,
+}
+
+/// The offset of the next good frame at or after `from`.
+fn next_frame(buf: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while let Some(rest) = buf.get(at..) {
+        let candidate = at + rest.windows(FRAME_MAGIC.len()).position(|w| w == FRAME_MAGIC)?;
+        if decode_frame(buf.get(candidate..)?).is_ok() {
+            return Some(candidate);
+        }
+        at = candidate + 1;
+    }
+    None
+}
+
+/// Finds the good frames of a segment file's contents. Never fails: whatever does not check out
+/// is reported as skipped or as a tail to cut.
+pub fn scan_segment(buf: &[u8]) -> SegmentScan {
+    let mut scan = SegmentScan {
+        header: SegmentHeader::decode(buf),
+        ..SegmentScan::default()
+    };
+    if buf.len() < SEGMENT_HEADER {
+        // A segment torn while its header was written holds nothing.
+        scan.cut_at = (!buf.is_empty()).then_some(0);
+        return scan;
+    }
+    let mut pos = SEGMENT_HEADER;
+    while let Some(rest) = buf.get(pos..).filter(|r| !r.is_empty()) {
+        match decode_frame(rest) {
+            Ok((header, payload)) => {
+                scan.frames.push((header, pos as u64));
+                pos += FRAME_HEADER + payload.len();
+            }
+            Err(_) => match next_frame(buf, pos + 1) {
+                Some(next) => {
+                    scan.skipped_bytes += (next - pos) as u64;
+                    scan.skipped_regions += 1;
+                    pos = next;
+                }
+                None => {
+                    scan.cut_at = Some(pos as u64);
+                    break;
+                }
+            },
+        }
+    }
+    scan
+}
+
+/// The acked positions as stored in `<dir>/ledger`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ledger {
+    /// Each signal's last appended seq when the ledger was written.
+    pub last: [Seq; 3],
+    pub acked: Vec<(String, Signal, Seq)>,
+}
+
+impl Ledger {
+    /// magic, entry count u32, `last` 3×u64, entries (name length u16, name, signal u8, acked
+    /// u64), CRC32C of everything before it.
+    pub fn encode(&self) -> Vec<u8> {
+        let entries: Vec<_> = self
+            .acked
+            .iter()
+            .filter_map(|(name, signal, seq)| Some((u16::try_from(name.len()).ok()?, name, signal, seq)))
+            .collect();
+        let mut out = Vec::with_capacity(48 + entries.len() * 32);
+        out.extend_from_slice(&LEDGER_MAGIC);
+        out.extend_from_slice(&u32::try_from(entries.len()).unwrap_or(u32::MAX).to_le_bytes());
+        for last in self.last {
+            out.extend_from_slice(&last.to_le_bytes());
+        }
+        for (len, name, signal, seq) in entries.into_iter().take(u32::MAX as usize) {
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.push(signal.index() as u8);
+            out.extend_from_slice(&seq.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// `None` when the bytes fail any check.
+    pub fn decode(buf: &[u8]) -> Option<Self> {
+        let body_len = buf.len().checked_sub(4)?;
+        let body = &buf[..body_len];
+        if body.len() < 36 || body[..8] != LEDGER_MAGIC || crc32c::crc32c(body) != u32_at(buf, body_len) {
+            return None;
+        }
+        let count = u32_at(body, 8);
+        let last = [u64_at(body, 12), u64_at(body, 20), u64_at(body, 28)];
+        let mut acked = Vec::new();
+        let mut pos = 36;
+        for _ in 0..count {
+            let len = usize::from(u16::from_le_bytes(body.get(pos..pos + 2)?.try_into().ok()?));
+            let name = std::str::from_utf8(body.get(pos + 2..pos + 2 + len)?).ok()?;
+            pos += 2 + len;
+            let signal = *Signal::ALL.get(usize::from(*body.get(pos)?))?;
+            let seq = u64::from_le_bytes(body.get(pos + 1..pos + 9)?.try_into().ok()?);
+            pos += 9;
+            acked.push((name.to_owned(), signal, seq));
+        }
+        (pos == body.len()).then_some(Ledger { last, acked })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options and report
+
+/// When appends and ledger updates reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// `append` returns after fdatasync (a 200 means on disk); concurrent appends share one
+    /// fdatasync. The ledger is fsynced at every ack.
+    Always,
+    /// A background thread syncs segments and the ledger this often: a crashed machine loses
+    /// at most one interval, a killed process nothing.
+    Interval(Duration),
+    /// Left to the kernel: survives a killed process, not a power loss.
+    Never,
+}
+
+impl Fsync {
+    /// `always`, `interval` (every `interval`) or `never`.
+    pub fn parse(name: &str, interval: Duration) -> Result<Self> {
+        match name {
+            "always" => Ok(Fsync::Always),
+            "never" => Ok(Fsync::Never),
+            "interval" if interval.is_zero() => Err(CoreError::Usage("fsync_interval_ms must be at least 1".into())),
+            "interval" => Ok(Fsync::Interval(interval)),
+            other => Err(CoreError::Usage(format!(
+                "unknown fsync policy {other:?} (expected always, interval or never)"
+            ))),
+        }
+    }
+
+    fn durable(self) -> bool {
+        !matches!(self, Fsync::Never)
+    }
+}
+
+/// Optional per-exporter bounds. Past either, the exporter's oldest entries not yet handed to it
+/// are dropped for it alone (its cursor moves on; other exporters still get them), so a dead
+/// destination cannot fill the queue for the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExporterLimit {
+    /// Payload bytes the exporter may have outstanding, all signals together.
+    pub max_bytes: Option<u64>,
+    /// Age after which an entry not yet handed to the exporter is dropped for it.
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DiskOptions {
+    pub dir: PathBuf,
+    pub exporters: Vec<String>,
+    /// Bound on the segment files' total size; `append` answers `QueueFull` past it.
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    pub fsync: Fsync,
+    /// Recent payloads kept in memory so the usual `take` does not read the disk.
+    pub cache_bytes: usize,
+    pub limits: Vec<(String, ExporterLimit)>,
+}
+
+impl DiskOptions {
+    pub fn new(dir: impl Into<PathBuf>, exporters: Vec<String>, max_bytes: u64) -> Self {
+        DiskOptions {
+            dir: dir.into(),
+            exporters,
+            max_bytes,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            fsync: Fsync::Always,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            limits: Vec::new(),
+        }
+    }
+}
+
+/// What opening the queue found and repaired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segment files found.
+    pub segments: u64,
+    /// Good frames found, with their records and payload bytes.
+    pub frames: u64,
+    pub records: u64,
+    pub bytes: u64,
+    /// Of those, the entries (and records) some exporter has not acked: they will be delivered.
+    pub pending_entries: u64,
+    pub pending_records: u64,
+    /// Corrupt bytes skipped in the middle of segments, and in how many places.
+    pub skipped_bytes: u64,
+    pub skipped_regions: u64,
+    /// Good frames ignored because their seq was not after the one before (a copied file).
+    pub skipped_frames: u64,
+    /// Frames known to be missing in segments where bytes were skipped or cut (from seq gaps).
+    pub lost_frames: u64,
+    /// Bytes cut from torn or corrupt segment tails, and how many segments had one.
+    pub cut_bytes: u64,
+    pub cut_segments: u64,
+    /// Segment headers that failed their check (the frames were still read).
+    pub bad_headers: u64,
+    /// Segments deleted because nothing in them was still needed.
+    pub removed_segments: u64,
+    /// 1 when the ledger failed its check: every exporter starts over at the oldest entry.
+    pub ledger_corrupt: u64,
+    /// Ledger entries of exporters no longer configured.
+    pub ledger_ignored: u64,
+}
+
+impl RecoveryReport {
+    pub fn items(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("segments", self.segments),
+            ("frames", self.frames),
+            ("records", self.records),
+            ("bytes", self.bytes),
+            ("pending_entries", self.pending_entries),
+            ("pending_records", self.pending_records),
+            ("skipped_bytes", self.skipped_bytes),
+            ("skipped_regions", self.skipped_regions),
+            ("skipped_frames", self.skipped_frames),
+            ("lost_frames", self.lost_frames),
+            ("cut_bytes", self.cut_bytes),
+            ("cut_segments", self.cut_segments),
+            ("bad_headers", self.bad_headers),
+            ("removed_segments", self.removed_segments),
+            ("ledger_corrupt", self.ledger_corrupt),
+            ("ledger_ignored", self.ledger_ignored),
+        ]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-memory index
+
+fn storage(context: impl std::fmt::Display, err: io::Error) -> CoreError {
+    CoreError::Storage(format!("{context}: {err}"))
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under these locks leaves consistent state between statements that can fail,
+    // so a panic elsewhere does not make the data unusable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("seg-{id:020}.tgq"))
+}
+
+fn segment_id(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("seg-")?.strip_suffix(".tgq")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[derive(Debug)]
+struct Meta {
+    seq: Seq,
+    records: u64,
+    len: u32,
+    segment: u64,
+    /// Offset of the frame header in the segment file.
+    offset: u64,
+    appended: Instant,
+    /// Configured exporters that still need the entry; 0 means freed.
+    needers: u32,
+    /// Lane totals up to and including this entry.
+    total_records: u64,
+    total_bytes: u64,
+    cached: Option<Payload>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Cursor {
+    read: Seq,
+    /// Lane totals at `read`, kept here because that entry may be freed.
+    read_records: u64,
+    read_bytes: u64,
+    acked: Seq,
+    /// Ranges `(after, upto]` dropped by a limit while earlier entries were in flight: the ack
+    /// that reaches `after` moves `acked` on to `upto`.
+    gaps: VecDeque<(Seq, Seq)>,
+    /// Payload bytes the exporter still needs in this lane (for its `max_bytes`).
+    need_bytes: u64,
+    dropped_records: u64,
+    dropped_entries: u64,
+}
+
+#[derive(Debug, Default)]
+struct Lane {
+    /// Entries some exporter may still need, by seq. Seqs can have holes (frames lost to
+    /// corruption), so lookups search rather than index by seq.
+    metas: VecDeque<Meta>,
+    last: Seq,
+    /// Totals of everything indexed since open.
+    total_records: u64,
+    total_bytes: u64,
+    /// Entries with `needers > 0`.
+    held_records: u64,
+    held_bytes: u64,
+    cursors: Vec<Cursor>,
+}
+
+impl Lane {
+    /// Index of the first entry after `seq`.
+    fn after(&self, seq: Seq) -> usize {
+        self.metas.partition_point(|m| m.seq <= seq)
+    }
+
+    fn find(&self, seq: Seq) -> Option<&Meta> {
+        self.metas.get(self.after(seq).checked_sub(1)?).filter(|m| m.seq == seq)
+    }
+
+    fn find_mut(&mut self, seq: Seq) -> Option<&mut Meta> {
+        let i = self.after(seq).checked_sub(1)?;
+        self.metas.get_mut(i).filter(|m| m.seq == seq)
+    }
+}
+
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    file: Arc<File>,
+    size: u64,
+    frames: u64,
+    /// Frames some exporter still needs.
+    live: u64,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    bytes: usize,
+    count: usize,
+    /// (lane, seq) in insertion order; entries freed meanwhile are skipped and compacted away.
+    order: VecDeque<(usize, Seq)>,
+}
+
+#[derive(Debug)]
+struct State {
+    lanes: [Lane; 3],
+    segments: BTreeMap<u64, Segment>,
+    active: u64,
+    /// Total size of the segment files.
+    used: u64,
+    cache: Cache,
+    /// Bumped at every change the ledger records.
+    ledger_gen: u64,
+    /// Segments whose `live` count reached 0, to delete once they are not the active one (a
+    /// list, so that settling does not walk every segment).
+    dead: Vec<u64>,
+}
+
+/// What does not change after open.
+#[derive(Debug)]
+struct Config {
+    dir: PathBuf,
+    exporters: Vec<String>,
+    max_bytes: u64,
+    segment_bytes: u64,
+    fsync: Fsync,
+    cache_bytes: usize,
+    /// By exporter index.
+    limits: Vec<ExporterLimit>,
+}
+
+impl State {
+    fn ledger(&self, config: &Config) -> Ledger {
+        let mut acked = Vec::with_capacity(config.exporters.len() * 3);
+        for (x, name) in config.exporters.iter().enumerate() {
+            for signal in Signal::ALL {
+                if let Some(c) = self.lanes[signal.index()].cursors.get(x) {
+                    acked.push((name.clone(), signal, c.acked));
+                }
+            }
+        }
+        Ledger {
+            last: [self.lanes[0].last, self.lanes[1].last, self.lanes[2].last],
+            acked,
+        }
+    }
+
+    /// Exporter `x` no longer needs entry `i` of lane `l`.
+    fn release(&mut self, l: usize, i: usize, x: usize) {
+        let State {
+            lanes,
+            segments,
+            cache,
+            dead,
+            ..
+        } = self;
+        let Lane {
+            metas,
+            cursors,
+            held_records,
+            held_bytes,
+            ..
+        } = &mut lanes[l];
+        let Some(meta) = metas.get_mut(i) else {
+            return;
+        };
+        if let Some(c) = cursors.get_mut(x) {
+            c.need_bytes = c.need_bytes.saturating_sub(u64::from(meta.len));
+        }
+        if meta.needers == 0 {
+            return;
+        }
+        meta.needers -= 1;
+        if meta.needers > 0 {
+            return;
+        }
+        *held_records = held_records.saturating_sub(meta.records);
+        *held_bytes = held_bytes.saturating_sub(u64::from(meta.len));
+        if let Some(p) = meta.cached.take() {
+            cache.bytes = cache.bytes.saturating_sub(p.len());
+            cache.count = cache.count.saturating_sub(1);
+        }
+        if let Some(seg) = segments.get_mut(&meta.segment) {
+            seg.live = seg.live.saturating_sub(1);
+            if seg.live == 0 {
+                dead.push(meta.segment);
+            }
+        }
+    }
+
+    /// Commits exporter `x`'s cursor in lane `l` up to `upto` (already checked against `read`).
+    fn ack(&mut self, l: usize, x: usize, upto: Seq) {
+        let lane = &self.lanes[l];
+        let cursor = &lane.cursors[x];
+        if upto <= cursor.acked {
+            return;
+        }
+        let (from, to) = (lane.after(cursor.acked), lane.after(upto));
+        let gaps = cursor.gaps.clone();
+        for i in from..to {
+            let Some(seq) = self.lanes[l].metas.get(i).map(|m| m.seq) else {
+                break;
+            };
+            // Entries in a gap were released when they were dropped.
+            if !gaps.iter().any(|&(after, end)| after < seq && seq <= end) {
+                self.release(l, i, x);
+            }
+        }
+        let cursor = &mut self.lanes[l].cursors[x];
+        cursor.acked = upto;
+        while let Some(&(after, end)) = cursor.gaps.front() {
+            if after > cursor.acked {
+                break;
+            }
+            cursor.acked = cursor.acked.max(end);
+            cursor.gaps.pop_front();
+        }
+        self.ledger_gen += 1;
+    }
+
+    /// Drops for exporter `x` the oldest entry of lane `l` it has not been handed. False when
+    /// there is none.
+    fn drop_oldest_unread(&mut self, l: usize, x: usize) -> bool {
+        let lane = &self.lanes[l];
+        let i = lane.after(lane.cursors[x].read);
+        let Some(meta) = lane.metas.get(i) else {
+            return false;
+        };
+        let (seq, records, total_records, total_bytes) = (meta.seq, meta.records, meta.total_records, meta.total_bytes);
+        self.release(l, i, x);
+        let c = &mut self.lanes[l].cursors[x];
+        c.dropped_records = c.dropped_records.saturating_add(records);
+        c.dropped_entries += 1;
+        let before = c.read;
+        c.read = seq;
+        c.read_records = total_records;
+        c.read_bytes = total_bytes;
+        if c.acked == before {
+            // Nothing in flight: the drop commits.
+            c.acked = seq;
+            self.ledger_gen += 1;
+        } else if let Some(gap) = c.gaps.back_mut().filter(|g| g.1 == before) {
+            gap.1 = seq;
+        } else {
+            c.gaps.push_back((before, seq));
+        }
+        true
+    }
+
+    /// Applies exporter `x`'s limits: age in the given lanes, bytes across all lanes.
+    fn enforce(&mut self, config: &Config, x: usize, now: Instant, age_lanes: &[usize]) {
+        let Some(limit) = config.limits.get(x).copied() else {
+            return;
+        };
+        if let Some(max_age) = limit.max_age {
+            for &l in age_lanes {
+                loop {
+                    let lane = &self.lanes[l];
+                    let old = lane
+                        .metas
+                        .get(lane.after(lane.cursors[x].read))
+                        .is_some_and(|m| now.saturating_duration_since(m.appended) > max_age);
+                    if !old || !self.drop_oldest_unread(l, x) {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(max_bytes) = limit.max_bytes {
+            while self.lanes.iter().map(|lane| lane.cursors[x].need_bytes).sum::<u64>() > max_bytes {
+                let oldest = (0..self.lanes.len())
+                    .filter_map(|l| {
+                        let lane = &self.lanes[l];
+                        lane.metas
+                            .get(lane.after(lane.cursors[x].read))
+                            .map(|m| (m.appended, l))
+                    })
+                    .min();
+                // Only entries in flight are left: the exporter's own retries bound those.
+                let Some((_, l)) = oldest else {
+                    break;
+                };
+                self.drop_oldest_unread(l, x);
+            }
+        }
+    }
+
+    fn enforce_all(&mut self, config: &Config, now: Instant) {
+        for x in 0..config.exporters.len() {
+            self.enforce(config, x, now, &[0, 1, 2]);
+        }
+    }
+
+    /// Forgets freed entries at the front of each lane and deletes segments nobody needs.
+    fn settle(&mut self) -> u64 {
+        for lane in &mut self.lanes {
+            while lane.metas.front().is_some_and(|m| m.needers == 0) {
+                lane.metas.pop_front();
+            }
+        }
+        if self.cache.order.len() > 2 * self.cache.count + 1024 {
+            let lanes = &self.lanes;
+            self.cache
+                .order
+                .retain(|&(l, seq)| lanes[l].find(seq).is_some_and(|m| m.cached.is_some()));
+        }
+        let mut removed = 0;
+        // The active segment stays listed until it rolls.
+        let (dead, active): (Vec<u64>, Vec<u64>) = self.dead.drain(..).partition(|id| *id != self.active);
+        self.dead = active;
+        for id in dead {
+            if self.segments.get(&id).is_some_and(|seg| seg.live == 0) {
+                let Some(seg) = self.segments.remove(&id) else {
+                    continue;
+                };
+                self.used = self.used.saturating_sub(seg.size);
+                // A file left behind holds only freed frames: the next open deletes it.
+                let _ = fs::remove_file(&seg.path);
+                removed += 1;
+            }
+        }
+        self.dead.dedup();
+        removed
+    }
+
+    fn cache_insert(&mut self, config: &Config, l: usize, seq: Seq, payload: &Payload) {
+        if payload.len() > config.cache_bytes {
+            return;
+        }
+        if let Some(meta) = self.lanes[l].find_mut(seq) {
+            meta.cached = Some(payload.clone());
+            self.cache.bytes += payload.len();
+            self.cache.count += 1;
+            self.cache.order.push_back((l, seq));
+        }
+        while self.cache.bytes > config.cache_bytes {
+            let Some((l, seq)) = self.cache.order.pop_front() else {
+                break;
+            };
+            if let Some(p) = self.lanes[l].find_mut(seq).and_then(|m| m.cached.take()) {
+                self.cache.bytes = self.cache.bytes.saturating_sub(p.len());
+                self.cache.count = self.cache.count.saturating_sub(1);
+            }
+        }
+    }
+
+    fn starts(&self) -> [Seq; 3] {
+        self.lanes.each_ref().map(|lane| lane.last.saturating_add(1))
+    }
+
+    /// Starts a new active segment; the old one is synced first (unless fsync is `never`) so
+    /// that "an older segment" implies "durable" for group commit.
+    fn roll(&mut self, config: &Config) -> Result<()> {
+        if config.fsync.durable() {
+            if let Some(old) = self.segments.get(&self.active) {
+                old.file
+                    .sync_data()
+                    .map_err(|e| storage(format_args!("syncing {}", old.path.display()), e))?;
+            }
+        }
+        let id = next_id(self.active)?;
+        let seg = create_segment(config, id, self.starts())?;
+        self.used += seg.size;
+        self.segments.insert(id, seg);
+        self.active = id;
+        Ok(())
+    }
+
+    /// Rolls away the active segment when nobody needs its frames and the space is wanted
+    /// (`force`) or the segment itself holds over half the limit: otherwise a fully delivered
+    /// queue would keep those bytes counted (and /readyz failing) until the next append.
+    fn reclaim(&mut self, config: &Config, force: bool) -> Result<()> {
+        let Some(active) = self.segments.get(&self.active) else {
+            return Ok(());
+        };
+        if active.frames > 0 && active.live == 0 && (force || active.size > config.max_bytes / 2) {
+            self.roll(config)?;
+            self.settle();
+        }
+        Ok(())
+    }
+
+    fn needs_roll(&self, config: &Config, frame_len: u64) -> bool {
+        self.segments
+            .get(&self.active)
+            .is_none_or(|a| a.frames > 0 && a.size + frame_len > config.segment_bytes)
+    }
+
+    fn fits(&self, config: &Config, frame_len: u64) -> bool {
+        let header = if self.needs_roll(config, frame_len) {
+            SEGMENT_HEADER as u64
+        } else {
+            0
+        };
+        self.used + frame_len + header <= config.max_bytes
+    }
+}
+
+fn next_id(id: u64) -> Result<u64> {
+    id.checked_add(1)
+        .ok_or_else(|| CoreError::Storage("queue segment ids are exhausted".into()))
+}
+
+fn create_segment(config: &Config, id: u64, starts: [Seq; 3]) -> Result<Segment> {
+    let path = segment_path(&config.dir, id);
+    let context = || format!("creating {}", path.display());
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| storage(context(), e))?;
+    let header = SegmentHeader { id, starts }.encode();
+    let written = file.write_all_at(&header, 0).and_then(|()| {
+        if config.fsync.durable() {
+            file.sync_data()?;
+            sync_dir(&config.dir)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&path);
+        return Err(storage(context(), e));
+    }
+    Ok(Segment {
+        path,
+        file: Arc::new(file),
+        size: SEGMENT_HEADER as u64,
+        frames: 0,
+        live: 0,
+    })
+}
+
+/// Reads one payload back and checks it against the index.
+fn read_payload(file: &File, offset: u64, signal: Signal, seq: Seq, len: u32) -> Option<Vec<u8>> {
+    let mut header = [0u8; FRAME_HEADER];
+    file.read_exact_at(&mut header, offset).ok()?;
+    let h = FrameHeader::decode(&header).ok()?;
+    if h.seq != seq || h.signal != signal || h.len != len {
+        return None;
+    }
+    let mut payload = vec![0u8; usize::try_from(len).ok()?];
+    file.read_exact_at(&mut payload, offset + FRAME_HEADER as u64).ok()?;
+    (crc32c::crc32c(&payload) == h.payload_crc).then_some(payload)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The queue
+
+#[derive(Debug)]
+struct Shared {
+    config: Config,
+    state: Mutex<State>,
+    /// (segment id, size) known to be on disk, for group commit.
+    synced: Mutex<(u64, u64)>,
+    /// Serializes ledger writes; holds the generation last written.
+    ledger_written: Mutex<u64>,
+    /// The same, readable without waiting for a write in progress (which may be fsyncing).
+    ledger_written_gen: AtomicU64,
+    stop: Mutex<bool>,
+    stop_wake: Condvar,
+    read_errors: AtomicU64,
+    storage_errors: AtomicU64,
+    report: RecoveryReport,
+    /// Holds the directory's flock for as long as the queue is open.
+    _lock: File,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Returns once the active segment is on disk up to (segment `id`, `end`), syncing it unless
+    /// a concurrent caller's sync already covered it (group commit).
+    fn sync_upto(&self, id: u64, end: u64) -> Result<()> {
+        let mut synced = lock(&self.synced);
+        if *synced >= (id, end) {
+            return Ok(());
+        }
+        let (active, size, file) = {
+            let st = self.lock();
+            let Some(seg) = st.segments.get(&st.active) else {
+                return Ok(());
+            };
+            (st.active, seg.size, Arc::clone(&seg.file))
+        };
+        // A segment older than the active one was synced when it rolled.
+        file.sync_data()
+            .map_err(|e| storage(format_args!("syncing segment {active}"), e))?;
+        *synced = (*synced).max((active, size));
+        Ok(())
+    }
+
+    fn write_ledger(&self, generation: u64, ledger: &[u8], durable: bool) -> Result<()> {
+        let mut written = lock(&self.ledger_written);
+        if *written >= generation {
+            return Ok(());
+        }
+        let dir = &self.config.dir;
+        let tmp = dir.join(LEDGER_TMP);
+        let result = (|| {
+            let file = File::create(&tmp)?;
+            file.write_all_at(ledger, 0)?;
+            if durable {
+                file.sync_data()?;
+            }
+            fs::rename(&tmp, dir.join(LEDGER_FILE))?;
+            if durable {
+                sync_dir(dir)?;
+            }
+            Ok(())
+        })();
+        result.map_err(|e| storage("writing the queue ledger", e))?;
+        *written = generation;
+        self.ledger_written_gen.store(generation, Ordering::Release);
+        Ok(())
+    }
+
+    /// Syncs the active segment (when `durable`) and writes the ledger if it changed.
+    fn sync_all(&self, durable: bool) -> Result<()> {
+        let (active, size, generation, ledger) = {
+            let st = self.lock();
+            let size = st.segments.get(&st.active).map_or(0, |s| s.size);
+            let dirty = st.ledger_gen > self.ledger_written_gen.load(Ordering::Acquire);
+            let ledger = dirty.then(|| st.ledger(&self.config).encode());
+            (st.active, size, st.ledger_gen, ledger)
+        };
+        if durable {
+            self.sync_upto(active, size)?;
+        }
+        if let Some(ledger) = ledger {
+            self.write_ledger(generation, &ledger, durable)?;
+        }
+        Ok(())
+    }
+
+    fn count_error<T>(&self, result: Result<T>) {
+        if result.is_err() {
+            self.storage_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The durable [`Queue`]. See the module documentation for the format and the guarantees.
+#[derive(Debug)]
+pub struct DiskQueue {
+    shared: Arc<Shared>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+impl DiskQueue {
+    /// Opens (or creates) the queue in `options.dir`: takes the directory's lock, recovers what
+    /// the segments hold and starts a new active segment.
+    pub fn open(options: DiskOptions) -> Result<Self> {
+        let config = check_options(options)?;
+        fs::create_dir_all(&config.dir).map_err(|e| storage(format_args!("creating {}", config.dir.display()), e))?;
+        let lock_file = lock_dir(&config.dir)?;
+        let (state, report) = recover(&config)?;
+        let generation = state.ledger_gen;
+        let ledger = state.ledger(&config).encode();
+        let shared = Arc::new(Shared {
+            config,
+            state: Mutex::new(state),
+            synced: Mutex::new((0, 0)),
+            ledger_written: Mutex::new(0),
+            ledger_written_gen: AtomicU64::new(0),
+            stop: Mutex::new(false),
+            stop_wake: Condvar::new(),
+            read_errors: AtomicU64::new(0),
+            storage_errors: AtomicU64::new(0),
+            report,
+            _lock: lock_file,
+        });
+        // Records what recovery decided (removed exporters gone, positions of new ones).
+        shared.write_ledger(generation, &ledger, shared.config.fsync.durable())?;
+        let flusher = match shared.config.fsync {
+            Fsync::Interval(every) => {
+                let shared = Arc::clone(&shared);
+                let handle = thread::Builder::new()
+                    .name("trackgate-queue-fsync".into())
+                    .spawn(move || run_flusher(&shared, every))
+                    .map_err(|e| storage("starting the fsync thread", e))?;
+                Some(handle)
+            }
+            _ => None,
+        };
+        Ok(DiskQueue { shared, flusher })
+    }
+
+    pub fn report(&self) -> RecoveryReport {
+        self.shared.report
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.config.dir
+    }
+
+    fn exporter_index(&self, name: &str) -> Result<usize> {
+        let exporters = &self.shared.config.exporters;
+        exporters
+            .iter()
+            .position(|e| e == name)
+            .ok_or_else(|| unknown_exporter(name, exporters))
+    }
+}
+
+fn run_flusher(shared: &Shared, every: Duration) {
+    let mut stopped = lock(&shared.stop);
+    while !*stopped {
+        stopped = shared
+            .stop_wake
+            .wait_timeout(stopped, every)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+        if *stopped {
+            break;
+        }
+        drop(stopped);
+        shared.count_error(shared.sync_all(true));
+        stopped = lock(&shared.stop);
+    }
+}
+
+impl Drop for DiskQueue {
+    fn drop(&mut self) {
+        *lock(&self.shared.stop) = true;
+        self.shared.stop_wake.notify_all();
+        if let Some(handle) = self.flusher.take() {
+            let _ = handle.join();
+        }
+        let _ = self.shared.sync_all(self.shared.config.fsync.durable());
+    }
+}
+
+fn check_options(options: DiskOptions) -> Result<Config> {
+    check_exporters(&options.exporters)?;
+    let min = (SEGMENT_HEADER + FRAME_HEADER + 1) as u64;
+    if options.max_bytes < min {
+        return Err(CoreError::Usage(format!(
+            "queue_max_bytes must be at least {min} for a disk queue"
+        )));
+    }
+    if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&options.segment_bytes) {
+        return Err(CoreError::Usage(format!(
+            "segment_bytes must be between {MIN_SEGMENT_BYTES} and {MAX_SEGMENT_BYTES}"
+        )));
+    }
+    if options.fsync == Fsync::Interval(Duration::ZERO) {
+        return Err(CoreError::Usage("fsync_interval_ms must be at least 1".into()));
+    }
+    let mut limits = vec![ExporterLimit::default(); options.exporters.len()];
+    let mut seen = Vec::new();
+    for (name, limit) in options.limits {
+        let Some(x) = options.exporters.iter().position(|e| *e == name) else {
+            return Err(CoreError::Usage(format!(
+                "exporter_limits names {name:?}, which is not a configured exporter"
+            )));
+        };
+        if seen.contains(&x) {
+            return Err(CoreError::Usage(format!("exporter_limits names {name:?} twice")));
+        }
+        if limit.max_bytes == Some(0) {
+            return Err(CoreError::Usage(format!(
+                "exporter_limits[{name:?}] max_bytes must be at least 1"
+            )));
+        }
+        seen.push(x);
+        limits[x] = limit;
+    }
+    Ok(Config {
+        dir: options.dir,
+        exporters: options.exporters,
+        max_bytes: options.max_bytes,
+        segment_bytes: options.segment_bytes,
+        fsync: options.fsync,
+        cache_bytes: options.cache_bytes,
+        limits,
+    })
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| storage(format_args!("opening {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(CoreError::Locked(format!(
+            "queue directory {} is in use by another process (each process needs its own)",
+            dir.display()
+        ))),
+        Err(TryLockError::Error(e)) => Err(storage(format_args!("locking {}", path.display()), e)),
+    }
+}
+
+struct Recovered {
+    id: u64,
+    path: PathBuf,
+    file: File,
+    size: u64,
+    scan: SegmentScan,
+}
+
+fn read_segments(config: &Config, report: &mut RecoveryReport) -> Result<Vec<Recovered>> {
+    let dir = &config.dir;
+    let listing = fs::read_dir(dir).map_err(|e| storage(format_args!("listing {}", dir.display()), e))?;
+    let mut ids = Vec::new();
+    for entry in listing {
+        let entry = entry.map_err(|e| storage(format_args!("listing {}", dir.display()), e))?;
+        if let Some(id) = entry.file_name().to_str().and_then(segment_id) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let path = segment_path(dir, id);
+        let context = || format!("reading {}", path.display());
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| storage(context(), e))?;
+        let len = file.metadata().map_err(|e| storage(context(), e))?.len();
+        if len > MAX_SEGMENT_BYTES + (u32::MAX as u64) + FRAME_HEADER as u64 {
+            return Err(CoreError::Storage(format!(
+                "{} is {len} bytes, larger than any segment this queue writes",
+                path.display()
+            )));
+        }
+        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+        file.read_exact_at(&mut buf, 0).map_err(|e| storage(context(), e))?;
+        let mut scan = scan_segment(&buf);
+        drop(buf);
+        report.segments += 1;
+        if scan.header.is_some_and(|h| h.id != id) {
+            scan.header = None;
+        }
+        if scan.header.is_none() && len >= SEGMENT_HEADER as u64 {
+            report.bad_headers += 1;
+        }
+        report.skipped_bytes += scan.skipped_bytes;
+        report.skipped_regions += scan.skipped_regions;
+        let mut size = len;
+        if let Some(cut) = scan.cut_at {
+            file.set_len(cut)
+                .and_then(|()| {
+                    if config.fsync.durable() {
+                        file.sync_data()
+                    } else {
+                        Ok(())
+                    }
+                })
+                .map_err(|e| storage(format_args!("truncating {}", path.display()), e))?;
+            report.cut_bytes += len - cut;
+            report.cut_segments += 1;
+            size = cut;
+        }
+        out.push(Recovered {
+            id,
+            path,
+            file,
+            size,
+            scan,
+        });
+    }
+    Ok(out)
+}
+
+/// Frames missing from damaged segments, from the seqs their headers say they start at.
+fn count_lost(segments: &[Recovered]) -> u64 {
+    let mut lost = 0;
+    for (i, seg) in segments.iter().enumerate() {
+        let scan = &seg.scan;
+        let Some(header) = scan.header else {
+            continue;
+        };
+        if scan.skipped_regions == 0 && scan.cut_at.is_none() {
+            continue;
+        }
+        let next = segments
+            .get(i + 1)
+            .filter(|n| Some(n.id) == seg.id.checked_add(1))
+            .and_then(|n| n.scan.header);
+        for signal in Signal::ALL {
+            let s = signal.index();
+            let seqs = scan
+                .frames
+                .iter()
+                .filter(|(h, _)| h.signal == signal)
+                .map(|(h, _)| h.seq);
+            let (count, max) = seqs.fold((0u64, None), |(n, m), seq| (n + 1, m.max(Some(seq))));
+            let end = match (next, max) {
+                (Some(n), _) => n.starts[s],
+                (None, Some(max)) => max.saturating_add(1),
+                (None, None) => header.starts[s],
+            };
+            lost += end.saturating_sub(header.starts[s]).saturating_sub(count);
+        }
+    }
+    lost
+}
+
+/// Rebuilds the index from the segments and the ledger, deletes what nobody needs, and starts a
+/// new active segment.
+fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
+    let mut report = RecoveryReport::default();
+    let ledger = match fs::read(config.dir.join(LEDGER_FILE)) {
+        Ok(bytes) => {
+            let ledger = Ledger::decode(&bytes);
+            report.ledger_corrupt = u64::from(ledger.is_none());
+            ledger
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => None,
+        Err(e) => return Err(storage("reading the queue ledger", e)),
+    };
+    let _ = fs::remove_file(config.dir.join(LEDGER_TMP));
+    let recovered = read_segments(config, &mut report)?;
+    report.lost_frames = count_lost(&recovered);
+
+    let mut lanes: [Lane; 3] = Default::default();
+    let mut segments = BTreeMap::new();
+    let (now, now_ms) = (Instant::now(), unix_ms());
+    let mut header_last = [0u64; 3];
+    let mut max_id = 0;
+    for seg in recovered {
+        max_id = max_id.max(seg.id);
+        if let Some(h) = seg.scan.header {
+            for (last, start) in header_last.iter_mut().zip(h.starts) {
+                *last = (*last).max(start.saturating_sub(1));
+            }
+        }
+        let mut frames = 0;
+        for (h, offset) in &seg.scan.frames {
+            let lane = &mut lanes[h.signal.index()];
+            if lane.metas.back().is_some_and(|m| m.seq >= h.seq) || h.seq == 0 {
+                report.skipped_frames += 1;
+                continue;
+            }
+            // Bounded so that sums over entries (here and in batching) cannot overflow, whatever a
+            // file says.
+            let records = h.records.min(u64::from(u32::MAX));
+            lane.total_records = lane.total_records.saturating_add(records);
+            lane.total_bytes += u64::from(h.len);
+            let age = Duration::from_millis(now_ms.saturating_sub(h.appended_ms));
+            lane.metas.push_back(Meta {
+                seq: h.seq,
+                records,
+                len: h.len,
+                segment: seg.id,
+                offset: *offset,
+                appended: now.checked_sub(age).unwrap_or(now),
+                needers: 0,
+                total_records: lane.total_records,
+                total_bytes: lane.total_bytes,
+                cached: None,
+            });
+            frames += 1;
+            report.frames += 1;
+            report.records = report.records.saturating_add(records);
+            report.bytes += u64::from(h.len);
+        }
+        segments.insert(
+            seg.id,
+            Segment {
+                path: seg.path,
+                file: Arc::new(seg.file),
+                size: seg.size,
+                frames,
+                live: 0,
+            },
+        );
+    }
+
+    // Seqs continue after anything any source has seen, so a ledger position never covers a new
+    // entry.
+    for signal in Signal::ALL {
+        let s = signal.index();
+        let lane = &mut lanes[s];
+        let mut last = header_last[s].max(lane.metas.back().map_or(0, |m| m.seq));
+        if let Some(ledger) = &ledger {
+            last = last.max(ledger.last[s]);
+            for (_, sig, acked) in &ledger.acked {
+                if *sig == signal {
+                    last = last.max(*acked);
+                }
+            }
+        }
+        lane.last = last;
+    }
+
+    if let Some(ledger) = &ledger {
+        report.ledger_ignored = ledger
+            .acked
+            .iter()
+            .filter(|(name, _, _)| !config.exporters.contains(name))
+            .count() as u64;
+    }
+    for (s, lane) in lanes.iter_mut().enumerate() {
+        let oldest = lane.metas.front().map_or(lane.last, |m| m.seq.saturating_sub(1));
+        for name in &config.exporters {
+            // No ledger entry (new exporter, lost ledger): start at the oldest retained entry.
+            let stored = ledger
+                .iter()
+                .flat_map(|l| &l.acked)
+                .find(|(n, sig, _)| n == name && sig.index() == s)
+                .map_or(0, |(_, _, seq)| *seq);
+            let acked = stored.max(oldest).min(lane.last);
+            let i = lane.after(acked);
+            let (read_records, read_bytes) = match i.checked_sub(1).and_then(|j| lane.metas.get(j)) {
+                Some(m) => (m.total_records, m.total_bytes),
+                None => (0, 0),
+            };
+            let need_bytes = lane.metas.iter().skip(i).map(|m| u64::from(m.len)).sum();
+            for meta in lane.metas.iter_mut().skip(i) {
+                meta.needers += 1;
+            }
+            lane.cursors.push(Cursor {
+                read: acked,
+                read_records,
+                read_bytes,
+                acked,
+                need_bytes,
+                ..Cursor::default()
+            });
+        }
+        for meta in &lane.metas {
+            if meta.needers > 0 {
+                lane.held_records = lane.held_records.saturating_add(meta.records);
+                lane.held_bytes += u64::from(meta.len);
+                if let Some(seg) = segments.get_mut(&meta.segment) {
+                    seg.live += 1;
+                }
+            }
+        }
+        report.pending_entries += lane.metas.iter().filter(|m| m.needers > 0).count() as u64;
+        report.pending_records = report.pending_records.saturating_add(lane.held_records);
+    }
+
+    let used = segments.values().map(|s| s.size).sum();
+    let dead = segments
+        .iter()
+        .filter(|(_, s)| s.live == 0)
+        .map(|(id, _)| *id)
+        .collect();
+    let mut state = State {
+        lanes,
+        segments,
+        active: max_id,
+        used,
+        cache: Cache::default(),
+        ledger_gen: 1,
+        dead,
+    };
+    // Every recovered segment is older than the new active one, so settle deletes the unneeded.
+    let id = next_id(max_id)?;
+    let active = create_segment(config, id, state.starts())?;
+    state.used += active.size;
+    state.segments.insert(id, active);
+    state.active = id;
+    report.removed_segments = state.settle();
+    Ok((state, report))
+}
+
+impl Queue for DiskQueue {
+    fn exporters(&self) -> &[String] {
+        &self.shared.config.exporters
+    }
+
+    fn append(&self, signal: Signal, records: u64, payload: Payload) -> Result<Seq> {
+        let sh = &*self.shared;
+        let config = &sh.config;
+        let limit = usize::try_from(config.max_bytes).unwrap_or(usize::MAX);
+        let frame_len = FRAME_HEADER as u64 + payload.len() as u64;
+        let now = Instant::now();
+        // Computed before taking the lock: the CRC is the one pass over the payload.
+        let header = FrameHeader::new(signal, 0, records, unix_ms(), &payload);
+        let Some(mut header) = header.filter(|_| frame_len + SEGMENT_HEADER as u64 <= config.max_bytes) else {
+            return Err(CoreError::TooLarge { limit });
+        };
+        let l = signal.index();
+        let (id, end, seq) = {
+            let mut st = sh.lock();
+            st.enforce_all(config, now);
+            st.settle();
+            if !st.fits(config, frame_len) {
+                st.reclaim(config, true)?;
+                if !st.fits(config, frame_len) {
+                    return Err(CoreError::QueueFull {
+                        used: usize::try_from(st.used).unwrap_or(usize::MAX),
+                        limit,
+                    });
+                }
+            }
+            if st.needs_roll(config, frame_len) {
+                st.roll(config)?;
+            }
+            let Some(seq) = st.lanes[l].last.checked_add(1) else {
+                return Err(CoreError::Storage(format!("{signal} seqs are exhausted")));
+            };
+            header.seq = seq;
+            let id = st.active;
+            let Some(seg) = st.segments.get_mut(&id) else {
+                return Err(CoreError::Storage("the active queue segment is missing".into()));
+            };
+            let offset = seg.size;
+            let written = seg
+                .file
+                .write_all_at(&header.encode(), offset)
+                .and_then(|()| seg.file.write_all_at(&payload, offset + FRAME_HEADER as u64));
+            if let Err(e) = written {
+                // Cut the partial frame so the next append does not follow garbage.
+                let _ = seg.file.set_len(offset);
+                return Err(storage(format_args!("writing {}", seg.path.display()), e));
+            }
+            seg.size += frame_len;
+            seg.frames += 1;
+            seg.live += 1;
+            let end = seg.size;
+            st.used += frame_len;
+            let lane = &mut st.lanes[l];
+            lane.last = seq;
+            lane.total_records = lane.total_records.saturating_add(records);
+            lane.total_bytes += u64::from(header.len);
+            lane.held_records = lane.held_records.saturating_add(records);
+            lane.held_bytes += u64::from(header.len);
+            for c in &mut lane.cursors {
+                c.need_bytes += u64::from(header.len);
+            }
+            let meta = Meta {
+                seq,
+                records,
+                len: header.len,
+                segment: id,
+                offset,
+                appended: now,
+                needers: u32::try_from(config.exporters.len()).unwrap_or(u32::MAX),
+                total_records: lane.total_records,
+                total_bytes: lane.total_bytes,
+                cached: None,
+            };
+            lane.metas.push_back(meta);
+            st.cache_insert(config, l, seq, &payload);
+            st.enforce_all(config, now);
+            st.settle();
+            (id, end, seq)
+        };
+        if config.fsync == Fsync::Always {
+            sh.sync_upto(id, end)?;
+        }
+        Ok(seq)
+    }
+
+    fn pending(&self, exporter: &str, signal: Signal) -> Result<Pending> {
+        let x = self.exporter_index(exporter)?;
+        let l = signal.index();
+        let sh = &*self.shared;
+        let mut st = sh.lock();
+        if sh.config.limits[x].max_age.is_some() {
+            st.enforce(&sh.config, x, Instant::now(), &[l]);
+            st.settle();
+        }
+        let lane = &st.lanes[l];
+        let c = &lane.cursors[x];
+        let i = lane.after(c.read);
+        Ok(Pending {
+            entries: (lane.metas.len() - i) as u64,
+            records: lane.total_records.saturating_sub(c.read_records),
+            bytes: lane.total_bytes.saturating_sub(c.read_bytes),
+            oldest: lane.metas.get(i).map(|m| m.appended),
+        })
+    }
+
+    fn read(&self, exporter: &str, signal: Signal, visit: &mut dyn FnMut(&EntryInfo) -> bool) -> Result<()> {
+        let x = self.exporter_index(exporter)?;
+        let st = self.shared.lock();
+        let lane = &st.lanes[signal.index()];
+        for m in lane.metas.iter().skip(lane.after(lane.cursors[x].read)) {
+            let info = EntryInfo {
+                seq: m.seq,
+                records: m.records,
+                len: m.len as usize,
+                appended: m.appended,
+            };
+            if !visit(&info) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&self, exporter: &str, signal: Signal, upto: Seq) -> Result<Vec<Entry>> {
+        let x = self.exporter_index(exporter)?;
+        let l = signal.index();
+        // Collect under the lock, read cache misses after it: a slow disk read must not hold up
+        // appends. Frames past a read cursor are never deleted, and an open `File` keeps its
+        // data readable anyway.
+        enum Source {
+            Cached(Payload),
+            Disk(Arc<File>, u64),
+            Missing,
+        }
+        let plan: Vec<(EntryInfo, Source)> = {
+            let mut st = self.shared.lock();
+            let State { lanes, segments, .. } = &mut *st;
+            let lane = &mut lanes[l];
+            let read = lane.cursors[x].read;
+            let (from, to) = (lane.after(read), lane.after(upto));
+            let Some(last) = lane.metas.get(to.wrapping_sub(1)).filter(|_| upto > read && to > from) else {
+                return Ok(Vec::new());
+            };
+            let (last_seq, last_records, last_bytes) = (last.seq, last.total_records, last.total_bytes);
+            let mut plan = Vec::with_capacity(to - from);
+            for m in lane.metas.range(from..to) {
+                let info = EntryInfo {
+                    seq: m.seq,
+                    records: m.records,
+                    len: m.len as usize,
+                    appended: m.appended,
+                };
+                let source = match (&m.cached, segments.get(&m.segment)) {
+                    (Some(p), _) => Source::Cached(p.clone()),
+                    (None, Some(seg)) => Source::Disk(Arc::clone(&seg.file), m.offset),
+                    (None, None) => Source::Missing,
+                };
+                plan.push((info, source));
+            }
+            let c = &mut lane.cursors[x];
+            c.read = last_seq;
+            c.read_records = last_records;
+            c.read_bytes = last_bytes;
+            plan
+        };
+        let entries = plan
+            .into_iter()
+            .map(|(info, source)| {
+                let payload = match source {
+                    Source::Cached(p) => Some(p),
+                    Source::Disk(file, offset) => {
+                        let len = u32::try_from(info.len).unwrap_or(u32::MAX);
+                        read_payload(&file, offset, signal, info.seq, len).map(Payload::from)
+                    }
+                    Source::Missing => None,
+                };
+                match payload {
+                    Some(payload) => Entry {
+                        seq: info.seq,
+                        records: info.records,
+                        payload,
+                        appended: info.appended,
+                    },
+                    None => {
+                        // Damaged since it was indexed: hand out an empty entry so the batch
+                        // still acks past it, and count it.
+                        self.shared.read_errors.fetch_add(1, Ordering::Relaxed);
+                        Entry {
+                            seq: info.seq,
+                            records: 0,
+                            payload: Payload::from(Vec::new()),
+                            appended: info.appended,
+                        }
+                    }
+                }
+            })
+            .collect();
+        Ok(entries)
+    }
+
+    fn ack(&self, exporter: &str, signal: Signal, upto: Seq) -> Result<()> {
+        let x = self.exporter_index(exporter)?;
+        let l = signal.index();
+        let sh = &*self.shared;
+        let ledger = {
+            let mut st = sh.lock();
+            let c = &st.lanes[l].cursors[x];
+            if upto <= c.acked {
+                return Ok(());
+            }
+            if upto > c.read {
+                return Err(CoreError::Usage(format!(
+                    "exporter {exporter:?} acked {signal} entry {upto} but was only handed up to {}",
+                    c.read
+                )));
+            }
+            st.ack(l, x, upto);
+            st.settle();
+            let reclaimed = st.reclaim(&sh.config, false);
+            sh.count_error(reclaimed);
+            match sh.config.fsync {
+                Fsync::Interval(_) => None,
+                _ => Some((st.ledger_gen, st.ledger(&sh.config).encode())),
+            }
+        };
+        // The ack stands in memory either way; a ledger that could not be written means
+        // redelivery after a restart, not loss, so it is counted rather than raised (raising
+        // would stop the exporter's delivery loop).
+        if let Some((generation, ledger)) = ledger {
+            sh.count_error(sh.write_ledger(generation, &ledger, sh.config.fsync.durable()));
+        }
+        Ok(())
+    }
+
+    fn usage(&self) -> Usage {
+        let st = self.shared.lock();
+        let mut usage = Usage {
+            bytes: usize::try_from(st.used).unwrap_or(usize::MAX),
+            max_bytes: usize::try_from(self.shared.config.max_bytes).unwrap_or(usize::MAX),
+            ..Usage::default()
+        };
+        for (i, lane) in st.lanes.iter().enumerate() {
+            usage.records_by_signal[i] = lane.held_records;
+            usage.bytes_by_signal[i] = lane.held_bytes;
+        }
+        usage
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.shared.sync_all(true)
+    }
+
+    /// `queue_segments`, `queue_read_errors`, `queue_storage_errors`, and for each exporter with
+    /// limits `<exporter>_<signal>_dropped_records` and `..._dropped_entries`.
+    fn counters(&self) -> Vec<(String, u64)> {
+        let sh = &*self.shared;
+        let st = sh.lock();
+        let mut out = vec![
+            ("queue_segments".to_owned(), st.segments.len() as u64),
+            ("queue_read_errors".to_owned(), sh.read_errors.load(Ordering::Relaxed)),
+            (
+                "queue_storage_errors".to_owned(),
+                sh.storage_errors.load(Ordering::Relaxed),
+            ),
+        ];
+        for (x, name) in sh.config.exporters.iter().enumerate() {
+            if sh.config.limits[x] == ExporterLimit::default() {
+                continue;
+            }
+            for signal in Signal::ALL {
+                let c = &st.lanes[signal.index()].cursors[x];
+                out.push((format!("{name}_{signal}_dropped_records"), c.dropped_records));
+                out.push((format!("{name}_{signal}_dropped_entries"), c.dropped_entries));
+            }
+        }
+        out
+    }
+
+    fn recovery(&self) -> Vec<(&'static str, u64)> {
+        self.shared.report.items()
+    }
+}
+
+/// A directory under the system temp dir, removed on drop (tests only).
+#[cfg(test)]
+pub(crate) struct TempDir(pub PathBuf);
+
+#[cfg(test)]
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "trackgate-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+#[cfg(test)]
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn options(dir: &TempDir, exporters: &[&str]) -> DiskOptions {
+        DiskOptions {
+            fsync: Fsync::Never,
+            ..DiskOptions::new(&dir.0, names(exporters), 1 << 20)
+        }
+    }
+
+    fn open(options: &DiskOptions) -> DiskQueue {
+        DiskQueue::open(options.clone()).unwrap()
+    }
+
+    fn payload(fill: u8, len: usize) -> Payload {
+        Payload::from(vec![fill; len])
+    }
+
+    /// Takes everything pending for `exporter`.
+    fn take_all(q: &DiskQueue, exporter: &str, signal: Signal) -> Vec<Entry> {
+        q.take(exporter, signal, Seq::MAX).unwrap()
+    }
+
+    fn seqs(entries: &[Entry]) -> Vec<Seq> {
+        entries.iter().map(|e| e.seq).collect()
+    }
+
+    fn segment_ids(dir: &TempDir) -> Vec<u64> {
+        let mut ids: Vec<u64> = fs::read_dir(&dir.0)
+            .unwrap()
+            .filter_map(|e| segment_id(e.unwrap().file_name().to_str()?))
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn counter(q: &DiskQueue, name: &str) -> Option<u64> {
+        q.counters().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    /// Flips one byte of a file.
+    fn flip(path: &Path, at: u64) {
+        let file = OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let mut b = [0u8; 1];
+        file.read_exact_at(&mut b, at).unwrap();
+        file.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+    }
+
+    #[test]
+    fn frames_round_trip_and_any_damage_is_detected() {
+        let body = b"an OTLP request";
+        let h = FrameHeader::new(Signal::Traces, 42, 3, 1_700_000_000_123, body).unwrap();
+        let frame = encode_frame(&h, body);
+        assert_eq!(frame.len() as u64, h.frame_len());
+        let (decoded, payload) = decode_frame(&frame).unwrap();
+        assert_eq!((decoded, payload), (h, &body[..]));
+        // Trailing bytes belong to the next frame.
+        let mut longer = frame.clone();
+        longer.extend_from_slice(b"next");
+        assert_eq!(decode_frame(&longer).unwrap().0, h);
+        for n in 0..frame.len() {
+            assert_eq!(
+                decode_frame(&frame[..n]).unwrap_err(),
+                FrameError::Truncated,
+                "cut at {n}"
+            );
+        }
+        for i in 0..frame.len() {
+            let mut bad = frame.clone();
+            bad[i] ^= 0x01;
+            assert_eq!(decode_frame(&bad).unwrap_err(), FrameError::Corrupt, "flip at {i}");
+        }
+        let empty = FrameHeader::new(Signal::Logs, 1, 0, 0, b"").unwrap();
+        assert_eq!(decode_frame(&encode_frame(&empty, b"")).unwrap().1, b"");
+    }
+
+    #[test]
+    fn segment_header_and_ledger_round_trip_and_reject_damage() {
+        let h = SegmentHeader {
+            id: 7,
+            starts: [1, 20, 300],
+        };
+        let bytes = h.encode();
+        assert_eq!(SegmentHeader::decode(&bytes), Some(h));
+        for i in 0..bytes.len() {
+            let mut bad = bytes;
+            bad[i] ^= 0x80;
+            assert_eq!(SegmentHeader::decode(&bad), None, "flip at {i}");
+        }
+        assert_eq!(SegmentHeader::decode(&bytes[..47]), None);
+
+        let ledger = Ledger {
+            last: [9, 0, 4],
+            acked: vec![("dash0".into(), Signal::Logs, 9), ("file".into(), Signal::Metrics, 2)],
+        };
+        let bytes = ledger.encode();
+        assert_eq!(Ledger::decode(&bytes), Some(ledger));
+        for n in 0..bytes.len() {
+            assert_eq!(Ledger::decode(&bytes[..n]), None, "cut at {n}");
+        }
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x04;
+            assert_eq!(Ledger::decode(&bad), None, "flip at {i}");
+        }
+        assert_eq!(Ledger::decode(&Ledger::default().encode()), Some(Ledger::default()));
+    }
+
+    #[test]
+    fn scanning_garbage_never_panics() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        // A real segment to damage.
+        let mut good = SegmentHeader { id: 1, starts: [1; 3] }.encode().to_vec();
+        for seq in 1..=20u64 {
+            let body = vec![seq as u8; (seq * 7) as usize];
+            good.extend(encode_frame(
+                &FrameHeader::new(Signal::Logs, seq, 1, 0, &body).unwrap(),
+                &body,
+            ));
+        }
+        assert_eq!(scan_segment(&good).frames.len(), 20);
+        for round in 0..300 {
+            let mut buf = if round % 2 == 0 {
+                good.clone()
+            } else {
+                (0..next() % 4000).map(|_| next() as u8).collect()
+            };
+            for _ in 0..next() % 8 {
+                if !buf.is_empty() {
+                    let i = (next() as usize) % buf.len();
+                    buf[i] = next() as u8;
+                }
+            }
+            if round % 3 == 0 {
+                buf.truncate((next() as usize) % (buf.len() + 1));
+            }
+            let scan = scan_segment(&buf);
+            let mut end = SEGMENT_HEADER as u64;
+            for (h, offset) in &scan.frames {
+                assert!(*offset >= end);
+                end = offset + h.frame_len();
+            }
+            assert!(end <= buf.len().max(SEGMENT_HEADER) as u64);
+            assert!(scan.cut_at.is_none_or(|c| c <= buf.len() as u64));
+        }
+    }
+
+    #[test]
+    fn payloads_come_back_from_the_cache_or_the_disk() {
+        for cache_bytes in [0, 1 << 20] {
+            let dir = TempDir::new("dq");
+            let q = open(&DiskOptions {
+                cache_bytes,
+                ..options(&dir, &["a"])
+            });
+            for i in 1..=3u8 {
+                assert_eq!(
+                    q.append(Signal::Logs, 2, payload(i, 10 * i as usize)).unwrap(),
+                    u64::from(i)
+                );
+            }
+            let p = q.pending("a", Signal::Logs).unwrap();
+            assert_eq!((p.entries, p.records, p.bytes), (3, 6, 60));
+            let mut infos = Vec::new();
+            q.read("a", Signal::Logs, &mut |e| {
+                infos.push((e.seq, e.len));
+                true
+            })
+            .unwrap();
+            assert_eq!(infos, [(1, 10), (2, 20), (3, 30)]);
+            let taken = q.take("a", Signal::Logs, 2).unwrap();
+            assert_eq!(seqs(&taken), [1, 2]);
+            assert_eq!(&taken[1].payload[..], &[2u8; 20][..]);
+            assert!(q.take("a", Signal::Logs, 2).unwrap().is_empty());
+            q.ack("a", Signal::Logs, 2).unwrap();
+            assert!(matches!(q.ack("a", Signal::Logs, 3), Err(CoreError::Usage(_))));
+            assert_eq!(&take_all(&q, "a", Signal::Logs)[0].payload[..], &[3u8; 30][..]);
+            assert_eq!(counter(&q, "queue_read_errors"), Some(0));
+        }
+    }
+
+    #[test]
+    fn restart_resumes_at_acked_positions_and_redelivers_the_rest() {
+        let dir = TempDir::new("dq");
+        let o = options(&dir, &["a", "b"]);
+        {
+            let q = open(&o);
+            for i in 1..=4u8 {
+                q.append(Signal::Logs, 1, payload(i, 8)).unwrap();
+            }
+            q.append(Signal::Traces, 5, payload(9, 8)).unwrap();
+            q.take("a", Signal::Logs, 2).unwrap();
+            q.ack("a", Signal::Logs, 2).unwrap();
+            // Handed out but not acked: delivered again after the restart.
+            q.take("a", Signal::Logs, 3).unwrap();
+        }
+        let q = open(&o);
+        let r = q.report();
+        assert_eq!(
+            (r.frames, r.records, r.pending_entries, r.pending_records),
+            (5, 9, 5, 9)
+        );
+        assert_eq!((r.cut_bytes, r.skipped_bytes, r.ledger_corrupt), (0, 0, 0));
+        let a = take_all(&q, "a", Signal::Logs);
+        assert_eq!(seqs(&a), [3, 4]);
+        assert_eq!(&a[0].payload[..], &[3u8; 8][..]);
+        assert_eq!(seqs(&take_all(&q, "b", Signal::Logs)), [1, 2, 3, 4]);
+        assert_eq!(take_all(&q, "a", Signal::Traces)[0].records, 5);
+        // Seqs continue per signal.
+        assert_eq!(q.append(Signal::Logs, 1, payload(5, 8)).unwrap(), 5);
+        assert_eq!(q.append(Signal::Traces, 1, payload(5, 8)).unwrap(), 2);
+        assert_eq!(q.append(Signal::Metrics, 1, payload(5, 8)).unwrap(), 1);
+        assert_eq!(q.recovery().len(), r.items().len());
+    }
+
+    #[test]
+    fn seqs_continue_after_everything_was_freed() {
+        let dir = TempDir::new("dq");
+        let o = options(&dir, &["a"]);
+        {
+            let q = open(&o);
+            for _ in 0..3 {
+                q.append(Signal::Metrics, 1, payload(0, 8)).unwrap();
+            }
+            take_all(&q, "a", Signal::Metrics);
+            q.ack("a", Signal::Metrics, 3).unwrap();
+        }
+        drop(open(&o));
+        // Without the ledger the newest segment's header still knows where seqs were.
+        fs::remove_file(dir.0.join(LEDGER_FILE)).unwrap();
+        let q = open(&o);
+        assert_eq!(q.report().frames, 0);
+        assert_eq!(q.append(Signal::Metrics, 1, payload(0, 8)).unwrap(), 4);
+        assert_eq!(segment_ids(&dir).len(), 1, "empty segments of earlier runs are deleted");
+    }
+
+    #[test]
+    fn a_segment_is_deleted_only_once_every_exporter_acked_it() {
+        let dir = TempDir::new("dq");
+        // One 200-byte frame per segment.
+        let q = open(&DiskOptions {
+            segment_bytes: 256,
+            ..options(&dir, &["a", "b"])
+        });
+        for i in 1..=3u8 {
+            q.append(Signal::Logs, 1, payload(i, 200)).unwrap();
+        }
+        assert_eq!(segment_ids(&dir), [1, 2, 3]);
+        take_all(&q, "a", Signal::Logs);
+        q.ack("a", Signal::Logs, 3).unwrap();
+        assert_eq!(segment_ids(&dir), [1, 2, 3], "b has not acked");
+        q.take("b", Signal::Logs, 2).unwrap();
+        q.ack("b", Signal::Logs, 1).unwrap();
+        assert_eq!(segment_ids(&dir), [2, 3]);
+        q.ack("b", Signal::Logs, 2).unwrap();
+        assert_eq!(segment_ids(&dir), [3], "the active segment stays");
+        assert_eq!(q.usage().records_by_signal[Signal::Logs.index()], 1);
+        assert_eq!(counter(&q, "queue_segments"), Some(1));
+    }
+
+    #[test]
+    fn queue_full_at_the_byte_limit_and_recovers_after_acks() {
+        let dir = TempDir::new("dq");
+        let frame = (FRAME_HEADER + 100) as u64;
+        let max = SEGMENT_HEADER as u64 + 3 * frame;
+        let q = open(&DiskOptions {
+            max_bytes: max,
+            ..options(&dir, &["a", "b"])
+        });
+        for _ in 0..3 {
+            q.append(Signal::Logs, 1, payload(0, 100)).unwrap();
+        }
+        assert_eq!(q.usage().bytes as u64, max);
+        let full = q.append(Signal::Traces, 1, payload(0, 1)).unwrap_err();
+        let limit = max as usize;
+        assert_eq!(full, CoreError::QueueFull { used: limit, limit });
+        let too_large = q.append(Signal::Logs, 1, payload(0, limit)).unwrap_err();
+        assert_eq!(too_large, CoreError::TooLarge { limit });
+
+        take_all(&q, "a", Signal::Logs);
+        q.ack("a", Signal::Logs, 3).unwrap();
+        assert!(matches!(
+            q.append(Signal::Logs, 1, payload(0, 100)),
+            Err(CoreError::QueueFull { .. })
+        ));
+        take_all(&q, "b", Signal::Logs);
+        q.ack("b", Signal::Logs, 3).unwrap();
+        assert_eq!(
+            q.usage().bytes,
+            SEGMENT_HEADER,
+            "a fully acked active segment is rolled away"
+        );
+        for _ in 0..3 {
+            q.append(Signal::Logs, 1, payload(0, 100)).unwrap();
+        }
+    }
+
+    fn write_frames(o: &DiskOptions, n: u8, len: usize) {
+        let q = open(o);
+        for i in 1..=n {
+            q.append(Signal::Logs, 1, payload(i, len)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_the_good_frames_kept() {
+        let dir = TempDir::new("dq");
+        let o = options(&dir, &["a"]);
+        write_frames(&o, 3, 50);
+        let path = segment_path(&dir.0, 1);
+        let good = SEGMENT_HEADER as u64 + 2 * 94;
+        // The third frame was torn half-way through.
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(good + 60)
+            .unwrap();
+        let q = open(&o);
+        let r = q.report();
+        assert_eq!((r.frames, r.cut_bytes, r.cut_segments, r.skipped_bytes), (2, 60, 1, 0));
+        assert_eq!(fs::metadata(&path).unwrap().len(), good, "the file is truncated");
+        assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [1, 2]);
+        // Nobody can have acked seq 3, so the next append may take it.
+        assert_eq!(q.append(Signal::Logs, 1, payload(0, 5)).unwrap(), 3);
+    }
+
+    #[test]
+    fn garbage_after_the_last_frame_is_cut() {
+        let dir = TempDir::new("dq");
+        let o = options(&dir, &["a"]);
+        write_frames(&o, 3, 50);
+        let path = segment_path(&dir.0, 1);
+        let len = fs::metadata(&path).unwrap().len();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0xAB; 100], len).unwrap();
+        drop(file);
+        let q = open(&o);
+        let r = q.report();
+        assert_eq!((r.frames, r.cut_bytes, r.cut_segments), (3, 100, 1));
+        assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_corrupt_frame_in_the_middle_is_skipped_and_counted() {
+        for at in [SEGMENT_HEADER as u64 + 94 + 50, SEGMENT_HEADER as u64 + 94 + 5] {
+            // First in the payload of frame 2, then in its length field.
+            let dir = TempDir::new("dq");
+            let o = options(&dir, &["a"]);
+            write_frames(&o, 4, 50);
+            flip(&segment_path(&dir.0, 1), at);
+            let q = open(&o);
+            let r = q.report();
+            assert_eq!(
+                (r.frames, r.skipped_regions, r.skipped_bytes, r.lost_frames, r.cut_bytes),
+                (3, 1, 94, 1, 0),
+                "flip at {at}"
+            );
+            let taken = take_all(&q, "a", Signal::Logs);
+            assert_eq!(seqs(&taken), [1, 3, 4]);
+            assert_eq!(&taken[1].payload[..], &[3u8; 50][..]);
+            q.ack("a", Signal::Logs, 4).unwrap();
+            assert_eq!(q.usage().records_by_signal, [0; 3]);
+            assert_eq!(q.append(Signal::Logs, 1, payload(0, 5)).unwrap(), 5);
+        }
+    }
+
+    #[test]
+    fn a_damaged_segment_header_still_yields_its_frames() {
+        let dir = TempDir::new("dq");
+        let o = options(&dir, &["a"]);
+        write_frames(&o, 2, 10);
+        flip(&segment_path(&dir.0, 1), 20);
+        let q = open(&o);
+        assert_eq!((q.report().bad_headers, q.report().frames), (1, 2));
+        assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [1, 2]);
+    }
+
+    #[test]
+    fn a_corrupt_or_missing_ledger_means_redelivery_not_loss() {
+        for damage in ["corrupt", "missing"] {
+            let dir = TempDir::new("dq");
+            let o = options(&dir, &["a"]);
+            {
+                let q = open(&o);
+                for i in 1..=3 {
+                    q.append(Signal::Logs, 1, payload(i, 10)).unwrap();
+                }
+                q.take("a", Signal::Logs, 2).unwrap();
+                q.ack("a", Signal::Logs, 2).unwrap();
+            }
+            let ledger = dir.0.join(LEDGER_FILE);
+            let stored = Ledger::decode(&fs::read(&ledger).unwrap()).unwrap();
+            assert!(stored.acked.contains(&("a".into(), Signal::Logs, 2)));
+            if damage == "corrupt" {
+                flip(&ledger, 14);
+            } else {
+                fs::remove_file(&ledger).unwrap();
+            }
+            let q = open(&o);
+            assert_eq!(q.report().ledger_corrupt, u64::from(damage == "corrupt"));
+            assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [1, 2, 3], "{damage}");
+            assert_eq!(q.append(Signal::Logs, 1, payload(0, 1)).unwrap(), 4);
+            // The ledger is rewritten whole at open.
+            assert!(Ledger::decode(&fs::read(&ledger).unwrap()).is_some());
+        }
+    }
+
+    #[test]
+    fn removed_exporters_are_ignored_and_new_ones_start_at_the_oldest_entry() {
+        let dir = TempDir::new("dq");
+        {
+            let q = open(&options(&dir, &["a", "b"]));
+            for i in 1..=3 {
+                q.append(Signal::Logs, 1, payload(i, 10)).unwrap();
+            }
+            q.take("a", Signal::Logs, 2).unwrap();
+            q.ack("a", Signal::Logs, 2).unwrap();
+            q.take("b", Signal::Logs, 1).unwrap();
+            q.ack("b", Signal::Logs, 1).unwrap();
+        }
+        let q = open(&options(&dir, &["a", "c"]));
+        assert_eq!(q.report().ledger_ignored, 3, "b's three entries");
+        assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [3]);
+        assert_eq!(seqs(&take_all(&q, "c", Signal::Logs)), [1, 2, 3]);
+        drop(q);
+        // With b gone and a done, nothing holds the data once a acks.
+        let q = open(&options(&dir, &["a"]));
+        take_all(&q, "a", Signal::Logs);
+        q.ack("a", Signal::Logs, 3).unwrap();
+        assert_eq!(q.usage().records_by_signal, [0; 3]);
+        assert_eq!(segment_ids(&dir).len(), 1);
+    }
+
+    #[test]
+    fn exporter_max_bytes_drops_the_oldest_for_that_exporter_only() {
+        let dir = TempDir::new("dq");
+        let q = open(&DiskOptions {
+            segment_bytes: 256,
+            limits: vec![(
+                "dead".into(),
+                ExporterLimit {
+                    max_bytes: Some(250),
+                    max_age: None,
+                },
+            )],
+            ..options(&dir, &["live", "dead"])
+        });
+        for i in 1..=5 {
+            q.append(Signal::Logs, 2, payload(i, 100)).unwrap();
+        }
+        assert_eq!(counter(&q, "dead_logs_dropped_entries"), Some(3));
+        assert_eq!(counter(&q, "dead_logs_dropped_records"), Some(6));
+        assert_eq!(counter(&q, "dead_traces_dropped_records"), Some(0));
+        assert_eq!(counter(&q, "live_logs_dropped_records"), None, "no limits, no counters");
+        assert_eq!(seqs(&take_all(&q, "live", Signal::Logs)), [1, 2, 3, 4, 5]);
+        q.ack("live", Signal::Logs, 5).unwrap();
+        // Segments 1-3 held only what dead dropped and live acked.
+        assert_eq!(segment_ids(&dir), [4, 5]);
+        assert_eq!(q.usage().records_by_signal[Signal::Logs.index()], 4);
+        let p = q.pending("dead", Signal::Logs).unwrap();
+        assert_eq!((p.entries, p.records, p.bytes), (2, 4, 200));
+        assert_eq!(seqs(&take_all(&q, "dead", Signal::Logs)), [4, 5]);
+    }
+
+    #[test]
+    fn data_dropped_behind_an_in_flight_batch_is_committed_by_its_ack() {
+        let dir = TempDir::new("dq");
+        let o = DiskOptions {
+            limits: vec![(
+                "a".into(),
+                ExporterLimit {
+                    max_bytes: Some(150),
+                    max_age: None,
+                },
+            )],
+            ..options(&dir, &["a"])
+        };
+        {
+            let q = open(&o);
+            q.append(Signal::Logs, 1, payload(1, 100)).unwrap();
+            q.take("a", Signal::Logs, 1).unwrap();
+            // Entry 1 is in flight, so 2 and 3 are what goes over the limit.
+            q.append(Signal::Logs, 1, payload(2, 100)).unwrap();
+            q.append(Signal::Logs, 1, payload(3, 100)).unwrap();
+            assert_eq!(counter(&q, "a_logs_dropped_entries"), Some(2));
+            assert_eq!(q.usage().records_by_signal[0], 1);
+            assert!(take_all(&q, "a", Signal::Logs).is_empty());
+            q.ack("a", Signal::Logs, 1).unwrap();
+            assert_eq!(q.usage().records_by_signal[0], 0);
+        }
+        let q = open(&o);
+        assert_eq!(q.report().pending_entries, 0, "the ack committed the dropped range");
+        assert_eq!(q.append(Signal::Logs, 1, payload(0, 1)).unwrap(), 4);
+    }
+
+    #[test]
+    fn exporter_max_age_drops_old_entries_also_after_a_restart() {
+        let dir = TempDir::new("dq");
+        let limited = DiskOptions {
+            limits: vec![(
+                "slow".into(),
+                ExporterLimit {
+                    max_bytes: None,
+                    max_age: Some(Duration::from_millis(100)),
+                },
+            )],
+            ..options(&dir, &["fast", "slow"])
+        };
+        {
+            let q = open(&options(&dir, &["fast", "slow"]));
+            q.append(Signal::Traces, 4, payload(1, 10)).unwrap();
+        }
+        thread::sleep(Duration::from_millis(150));
+        let q = open(&limited);
+        // The append time survived the restart: the batch is due and the entry is old.
+        let fast = q.pending("fast", Signal::Traces).unwrap();
+        assert!(fast.oldest.unwrap().elapsed() >= Duration::from_millis(150));
+        q.append(Signal::Traces, 1, payload(2, 10)).unwrap();
+        let slow = q.pending("slow", Signal::Traces).unwrap();
+        assert_eq!((slow.entries, slow.records), (1, 1));
+        assert_eq!(counter(&q, "slow_traces_dropped_records"), Some(4));
+        assert_eq!(seqs(&take_all(&q, "fast", Signal::Traces)), [1, 2]);
+        thread::sleep(Duration::from_millis(150));
+        assert_eq!(q.pending("slow", Signal::Traces).unwrap().entries, 0);
+        assert_eq!(counter(&q, "slow_traces_dropped_entries"), Some(2));
+    }
+
+    #[test]
+    fn a_locked_directory_is_a_clear_error() {
+        let dir = TempDir::new("dq");
+        let o = options(&dir, &["a"]);
+        let first = open(&o);
+        let err = DiskQueue::open(o.clone()).unwrap_err();
+        assert!(matches!(err, CoreError::Locked(_)), "{err}");
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(first);
+        drop(open(&o));
+    }
+
+    #[test]
+    fn every_fsync_policy_works() {
+        assert_eq!(Fsync::parse("always", Duration::ZERO).unwrap(), Fsync::Always);
+        assert_eq!(Fsync::parse("never", Duration::ZERO).unwrap(), Fsync::Never);
+        let every = Duration::from_millis(5);
+        assert_eq!(Fsync::parse("interval", every).unwrap(), Fsync::Interval(every));
+        assert!(Fsync::parse("interval", Duration::ZERO).is_err());
+        assert!(Fsync::parse("sometimes", every).is_err());
+        for fsync in [Fsync::Always, Fsync::Interval(every), Fsync::Never] {
+            let dir = TempDir::new("dq");
+            let o = DiskOptions {
+                fsync,
+                segment_bytes: 300,
+                ..options(&dir, &["a"])
+            };
+            {
+                let q = open(&o);
+                for i in 1..=4 {
+                    q.append(Signal::Logs, 1, payload(i, 100)).unwrap();
+                }
+                q.take("a", Signal::Logs, 2).unwrap();
+                q.ack("a", Signal::Logs, 2).unwrap();
+                if matches!(fsync, Fsync::Interval(_)) {
+                    // The background thread writes the ledger without waiting for a close.
+                    thread::sleep(Duration::from_millis(100));
+                    let ledger = Ledger::decode(&fs::read(dir.0.join(LEDGER_FILE)).unwrap()).unwrap();
+                    assert!(ledger.acked.contains(&("a".into(), Signal::Logs, 2)), "{fsync:?}");
+                }
+            }
+            let q = open(&o);
+            assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [3, 4], "{fsync:?}");
+        }
+    }
+
+    #[test]
+    fn concurrent_appends_get_distinct_seqs() {
+        let dir = TempDir::new("dq");
+        let q = Arc::new(open(&DiskOptions {
+            fsync: Fsync::Always,
+            segment_bytes: 4096,
+            ..options(&dir, &["a"])
+        }));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let q = Arc::clone(&q);
+                thread::spawn(move || {
+                    (0..25)
+                        .map(|_| q.append(Signal::Logs, 1, payload(t, 64)).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<Seq> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..=100).collect::<Vec<_>>());
+        assert_eq!(take_all(&q, "a", Signal::Logs).len(), 100);
+    }
+
+    #[test]
+    fn a_frame_damaged_after_open_is_handed_out_empty_and_counted() {
+        let dir = TempDir::new("dq");
+        let q = open(&DiskOptions {
+            cache_bytes: 0,
+            ..options(&dir, &["a"])
+        });
+        q.append(Signal::Logs, 3, payload(1, 50)).unwrap();
+        q.append(Signal::Logs, 3, payload(2, 50)).unwrap();
+        flip(
+            &segment_path(&dir.0, 1),
+            SEGMENT_HEADER as u64 + FRAME_HEADER as u64 + 10,
+        );
+        let taken = take_all(&q, "a", Signal::Logs);
+        assert_eq!(seqs(&taken), [1, 2]);
+        assert_eq!((taken[0].records, taken[0].payload.len()), (0, 0));
+        assert_eq!(&taken[1].payload[..], &[2u8; 50][..]);
+        assert_eq!(counter(&q, "queue_read_errors"), Some(1));
+        q.ack("a", Signal::Logs, 2).unwrap();
+    }
+
+    #[test]
+    fn crafted_extreme_values_are_errors_not_panics() {
+        let dir = TempDir::new("dq");
+        let o = options(&dir, &["a"]);
+        drop(open(&o));
+        // A well-formed frame at the very end of the seq space, with an absurd record count.
+        let mut seg = SegmentHeader { id: 2, starts: [1; 3] }.encode().to_vec();
+        let h = FrameHeader::new(Signal::Logs, Seq::MAX, u64::MAX, u64::MAX, b"x").unwrap();
+        seg.extend(encode_frame(&h, b"x"));
+        fs::write(segment_path(&dir.0, 2), &seg).unwrap();
+        let q = open(&o);
+        assert_eq!(q.report().records, u64::from(u32::MAX));
+        let err = q.append(Signal::Logs, 1, payload(0, 1)).unwrap_err();
+        assert!(matches!(err, CoreError::Storage(_)), "{err}");
+        assert_eq!(take_all(&q, "a", Signal::Logs)[0].seq, Seq::MAX);
+        drop(q);
+        // The last possible segment id.
+        fs::write(segment_path(&dir.0, u64::MAX), b"").unwrap();
+        assert!(matches!(DiskQueue::open(o), Err(CoreError::Storage(_))));
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let dir = TempDir::new("dq");
+        let o = options(&dir, &["a"]);
+        let limit = |name: &str, max_bytes| {
+            vec![(
+                name.to_string(),
+                ExporterLimit {
+                    max_bytes,
+                    max_age: None,
+                },
+            )]
+        };
+        let bad = [
+            DiskOptions {
+                exporters: Vec::new(),
+                ..o.clone()
+            },
+            DiskOptions {
+                max_bytes: 10,
+                ..o.clone()
+            },
+            DiskOptions {
+                segment_bytes: 10,
+                ..o.clone()
+            },
+            DiskOptions {
+                segment_bytes: MAX_SEGMENT_BYTES + 1,
+                ..o.clone()
+            },
+            DiskOptions {
+                fsync: Fsync::Interval(Duration::ZERO),
+                ..o.clone()
+            },
+            DiskOptions {
+                limits: limit("nope", Some(1)),
+                ..o.clone()
+            },
+            DiskOptions {
+                limits: limit("a", Some(0)),
+                ..o.clone()
+            },
+            DiskOptions {
+                limits: [limit("a", Some(1)), limit("a", None)].concat(),
+                ..o.clone()
+            },
+        ];
+        for options in bad {
+            let err = DiskQueue::open(options).unwrap_err();
+            assert!(matches!(err, CoreError::Usage(_)), "{err}");
+        }
+        // A directory that cannot be created is a storage error, not a panic.
+        fs::write(dir.0.join("file"), b"").unwrap();
+        assert!(matches!(
+            DiskQueue::open(DiskOptions {
+                dir: dir.0.join("file").join("x"),
+                ..o
+            }),
+            Err(CoreError::Storage(_))
+        ));
+    }
+}
