@@ -21,8 +21,10 @@ use crate::error::{CoreError, Result};
 use crate::ingest::{Format, IngestOptions, Ingested};
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::queue::Seq;
+use crate::scrub::ScrubOptions;
+use crate::sentry::{self, Processed, SentryOptions};
 use crate::signal::Signal;
-use crate::{encode, json_decode, json_encode};
+use crate::{decompress, encode, json_decode, json_encode};
 
 create_exception!(
     trackgate.exceptions,
@@ -65,7 +67,7 @@ fn to_py(err: CoreError) -> PyErr {
     let msg = err.to_string();
     match err {
         CoreError::Decode(_) => DecodeError::new_err(msg),
-        CoreError::TooLarge { .. } => PayloadTooLarge::new_err(msg),
+        CoreError::TooLarge { .. } | CoreError::ItemTooLarge { .. } => PayloadTooLarge::new_err(msg),
         CoreError::Unsupported(_) => UnsupportedMedia::new_err(msg),
         CoreError::QueueFull { .. } => QueueFull::new_err(msg),
         CoreError::Closed => PipelineClosed::new_err(msg),
@@ -325,6 +327,12 @@ impl Core {
         Ok(IngestResult::new(signal, out))
     }
 
+    /// Queues `payload` as is (no OTLP decoding): used for Sentry envelopes.
+    fn enqueue(&self, py: Python<'_>, signal: &str, payload: Vec<u8>, records: u64) -> PyResult<()> {
+        let signal = parse_signal(signal)?;
+        guarded(py, || self.pipeline.enqueue(signal, records, payload))
+    }
+
     #[pyo3(signature = (exporter, signal, timeout, flush = false))]
     fn next_batch(
         &self,
@@ -398,6 +406,150 @@ impl Core {
     }
 }
 
+#[pyclass(frozen, module = "trackgate._core")]
+struct SentryResult {
+    envelope: Vec<u8>,
+    otlp_logs: Vec<u8>,
+    #[pyo3(get)]
+    event_id: Option<String>,
+    #[pyo3(get)]
+    dsn: Option<String>,
+    #[pyo3(get)]
+    categories: Vec<&'static str>,
+    #[pyo3(get)]
+    items: usize,
+    #[pyo3(get)]
+    items_forwarded: usize,
+    #[pyo3(get)]
+    items_scrubbed: usize,
+    #[pyo3(get)]
+    events_converted: usize,
+    #[pyo3(get)]
+    log_records: usize,
+    #[pyo3(get)]
+    transactions_sampled_out: usize,
+}
+
+impl From<Processed> for SentryResult {
+    fn from(p: Processed) -> Self {
+        SentryResult {
+            envelope: p.envelope,
+            otlp_logs: p.otlp_logs,
+            event_id: p.event_id,
+            dsn: p.dsn,
+            categories: p.categories,
+            items: p.items,
+            items_forwarded: p.items_forwarded,
+            items_scrubbed: p.items_scrubbed,
+            events_converted: p.events_converted,
+            log_records: p.log_records,
+            transactions_sampled_out: p.transactions_sampled_out,
+        }
+    }
+}
+
+#[pymethods]
+impl SentryResult {
+    #[getter]
+    fn envelope<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.envelope)
+    }
+
+    #[getter]
+    fn otlp_logs<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.otlp_logs)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "SentryResult(event_id={:?}, items={}, forwarded={}, scrubbed={}, log_records={})",
+            self.event_id, self.items, self.items_forwarded, self.items_scrubbed, self.log_records
+        )
+    }
+}
+
+/// The Sentry track's data plane: decompress, parse, scrub, sample and convert envelopes.
+#[pyclass(frozen, module = "trackgate._core")]
+struct SentryProcessor {
+    options: SentryOptions,
+    max_bytes: usize,
+}
+
+#[pymethods]
+impl SentryProcessor {
+    #[new]
+    #[pyo3(signature = (*, scrub = true, scrub_extra_keys = Vec::new(), scrub_safe_keys = Vec::new(),
+        transaction_sample_rate = 1.0, to_otlp = true, max_envelope_bytes = 200 * 1024 * 1024,
+        max_event_bytes = 1024 * 1024))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        scrub: bool,
+        scrub_extra_keys: Vec<String>,
+        scrub_safe_keys: Vec<String>,
+        transaction_sample_rate: f64,
+        to_otlp: bool,
+        max_envelope_bytes: usize,
+        max_event_bytes: usize,
+    ) -> PyResult<Self> {
+        if !(0.0..=1.0).contains(&transaction_sample_rate) {
+            return Err(PyValueError::new_err(format!(
+                "transaction_sample_rate must be between 0 and 1 (got {transaction_sample_rate})"
+            )));
+        }
+        let mut options = SentryOptions {
+            scrub: ScrubOptions {
+                enabled: scrub,
+                extra_keys: scrub_extra_keys,
+                safe_keys: scrub_safe_keys,
+            },
+            transaction_sample_rate,
+            to_otlp,
+            ..SentryOptions::default()
+        };
+        options.limits.event = max_event_bytes;
+        Ok(SentryProcessor {
+            options,
+            max_bytes: max_envelope_bytes,
+        })
+    }
+
+    /// One request body: an envelope, or with `store=True` a legacy store-endpoint event.
+    #[pyo3(signature = (body, project_id, content_encoding = None, store = false))]
+    fn process(
+        &self,
+        py: Python<'_>,
+        body: &[u8],
+        project_id: &str,
+        content_encoding: Option<&str>,
+        store: bool,
+    ) -> PyResult<SentryResult> {
+        let out = guarded(py, || {
+            let body = decompress::decompress(body, content_encoding, self.max_bytes)?;
+            if store {
+                sentry::process_store(&body, project_id, &self.options)
+            } else {
+                sentry::process(&body, project_id, &self.options)
+            }
+        })?;
+        Ok(out.into())
+    }
+}
+
+/// The rate-limit categories of a queued envelope's items.
+#[pyfunction]
+fn envelope_categories(py: Python<'_>, envelope: &[u8]) -> PyResult<Vec<&'static str>> {
+    guarded(py, || sentry::envelope_categories(envelope))
+}
+
+/// `X-Sentry-Rate-Limits` as (seconds, categories) pairs; no categories means all.
+#[pyfunction]
+fn parse_rate_limits(header: &str) -> Vec<(u64, Vec<String>)> {
+    sentry::parse_rate_limits(header)
+        .into_iter()
+        .map(|l| (l.retry_after, l.categories))
+        .collect()
+}
+
 #[pyfunction]
 fn to_json<'py>(py: Python<'py>, signal: &str, body: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
     let signal = parse_signal(signal)?;
@@ -467,5 +619,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(status_body, m)?)?;
     m.add_function(wrap_pyfunction!(gzip, m)?)?;
     m.add_function(wrap_pyfunction!(parse_partial_success, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_rate_limits, m)?)?;
+    m.add_function(wrap_pyfunction!(envelope_categories, m)?)?;
+    m.add_class::<SentryProcessor>()?;
+    m.add_class::<SentryResult>()?;
     Ok(())
 }

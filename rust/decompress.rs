@@ -1,4 +1,5 @@
-//! Content-Encoding: gzip (x-gzip), deflate (zlib, or raw deflate as some clients send), zstd, identity.
+//! Content-Encoding: gzip (x-gzip), deflate (zlib, or raw deflate as some clients send), zstd, br
+//! (sentry-sdk sends brotli when it is installed), identity.
 //!
 //! The limit is enforced while inflating: output is read in fixed chunks and the buffer never grows
 //! past `limit`, so a decompression bomb costs at most `limit` plus one chunk (plus, for zstd, the
@@ -20,7 +21,7 @@ const MIN_INITIAL: usize = 64 * 1024;
 const ZSTD_WINDOW_LOG_MIN: u32 = 23;
 const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 
-const SUPPORTED: &str = "supported: gzip, deflate, zstd, identity";
+const SUPPORTED: &str = "supported: gzip, deflate, zstd, br, identity";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Encoding {
@@ -28,6 +29,7 @@ enum Encoding {
     Gzip,
     Deflate,
     Zstd,
+    Brotli,
 }
 
 impl Encoding {
@@ -41,6 +43,7 @@ impl Encoding {
             ("x-gzip", Encoding::Gzip),
             ("deflate", Encoding::Deflate),
             ("zstd", Encoding::Zstd),
+            ("br", Encoding::Brotli),
         ];
         known
             .iter()
@@ -55,6 +58,7 @@ impl Encoding {
             Encoding::Gzip => "gzip",
             Encoding::Deflate => "deflate",
             Encoding::Zstd => "zstd",
+            Encoding::Brotli => "br",
         }
     }
 }
@@ -86,6 +90,7 @@ pub fn decompress<'a>(body: &'a [u8], encoding: Option<&str>, limit: usize) -> R
         }
         Encoding::Deflate => read_bounded(DeflateDecoder::new(body), body.len(), limit),
         Encoding::Zstd => zstd_decoder(body, limit).and_then(|d| read_bounded(d, body.len(), limit)),
+        Encoding::Brotli => read_bounded(brotli_decompressor::Decompressor::new(body, CHUNK), body.len(), limit),
         Encoding::Identity => return Ok(Cow::Borrowed(body)),
     };
     match out {
@@ -341,13 +346,40 @@ mod tests {
         );
     }
 
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn brotli() {
+        // Python's brotli.compress(b"hello brotli " * 8).
+        let body = unhex("1b6700f81da9539fbb702d5686262741d8e8922ded2d008c06ae99f10b");
+        assert_eq!(
+            &*decompress(&body, Some("br"), MIB).unwrap(),
+            b"hello brotli ".repeat(8).as_slice()
+        );
+        // 14 bytes that inflate to 4 MiB of zeros: stopped at the limit.
+        let bomb = unhex("9bffff3ff82700e2b14020f7fe07");
+        assert_eq!(
+            decompress(&bomb, Some("BR"), MIB),
+            Err(CoreError::TooLarge { limit: MIB })
+        );
+        assert_eq!(decompress(&bomb, Some("br"), 8 * MIB).unwrap().len(), 4 * MIB);
+        assert!(
+            matches!(decompress(b"\xff\xff\xff", Some("br"), MIB), Err(CoreError::Decode(m)) if m.starts_with("invalid br data"))
+        );
+    }
+
     #[test]
     fn unsupported_encodings() {
-        let err = decompress(b"x", Some("br"), MIB).unwrap_err();
+        let err = decompress(b"x", Some("lz4"), MIB).unwrap_err();
         assert_eq!(
             err,
             CoreError::Unsupported(
-                "unsupported Content-Encoding \"br\" (supported: gzip, deflate, zstd, identity)".to_string()
+                "unsupported Content-Encoding \"lz4\" (supported: gzip, deflate, zstd, br, identity)".to_string()
             )
         );
         for enc in ["gzip, br", "gzip,identity", "compress", "snappy", "utf-8"] {

@@ -11,6 +11,9 @@ pub enum CoreError {
     /// The body, after decompression, is over the configured limit. HTTP 413.
     #[error("body exceeds the limit of {limit} bytes after decompression")]
     TooLarge { limit: usize },
+    /// One item of a Sentry envelope is over its limit (the envelope is rejected whole, as Relay does). HTTP 413.
+    #[error("{item} is {size} bytes, over the limit of {limit} bytes")]
+    ItemTooLarge { item: String, size: usize, limit: usize },
     /// Content-Encoding or content type the gateway does not speak. HTTP 415.
     #[error("{0}")]
     Unsupported(String),

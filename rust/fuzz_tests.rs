@@ -997,6 +997,8 @@ enum Packing {
     Zlib(u32),
     RawDeflate(u32),
     Zstd(i32),
+    /// Brotli's uncompressed meta-blocks (`brotli_stored`).
+    Brotli,
 }
 
 fn packing() -> impl Strategy<Value = Packing> {
@@ -1007,6 +1009,7 @@ fn packing() -> impl Strategy<Value = Packing> {
         (0..=9u32).prop_map(Packing::Zlib),
         (0..=9u32).prop_map(Packing::RawDeflate),
         prop_oneof![-5..=3i32, Just(19)].prop_map(Packing::Zstd),
+        Just(Packing::Brotli),
     ]
 }
 
@@ -1017,6 +1020,7 @@ impl Packing {
             Packing::Gzip(_) | Packing::GzipMembers(_) => "gzip",
             Packing::Zlib(_) | Packing::RawDeflate(_) => "deflate",
             Packing::Zstd(_) => "zstd",
+            Packing::Brotli => "br",
         }
     }
 
@@ -1047,6 +1051,7 @@ impl Packing {
                 w.finish()
             }),
             Packing::Zstd(level) => zstd::stream::encode_all(data, level).expect("zstd to Vec"),
+            Packing::Brotli => brotli_stored(data),
         }
     }
 }
@@ -1064,13 +1069,63 @@ fn encoding() -> impl Strategy<Value = Option<String>> {
     ]
 }
 
-/// Whether `decompress` knows the encoding (its rule: trimmed, ASCII case-insensitive).
+/// The encodings `decompress` supports, by their canonical names: each one decodes an empty body.
+fn supported_encodings() -> Vec<&'static str> {
+    ["", "identity", "gzip", "x-gzip", "deflate", "zstd", "br"]
+        .into_iter()
+        .filter(|name| decompress(b"", Some(name), 0).is_ok())
+        .collect()
+}
+
+/// Whether `decompress` must know the encoding: any spelling of a supported one, trimmed, in any
+/// ASCII case.
 fn known_encoding(name: Option<&str>) -> bool {
-    name.is_none_or(|n| {
-        ["", "identity", "gzip", "x-gzip", "deflate", "zstd"]
-            .iter()
-            .any(|k| n.trim().eq_ignore_ascii_case(k))
-    })
+    name.is_none_or(|n| supported_encodings().iter().any(|k| n.trim().eq_ignore_ascii_case(k)))
+}
+
+/// Bits written least significant first, as brotli reads them.
+#[derive(Default)]
+struct Bits {
+    out: Vec<u8>,
+    acc: u64,
+    count: u32,
+}
+
+impl Bits {
+    fn put(&mut self, value: u64, count: u32) {
+        self.acc |= value << self.count;
+        self.count += count;
+        while self.count >= 8 {
+            self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.count -= 8;
+        }
+    }
+
+    fn align(&mut self) {
+        if self.count > 0 {
+            self.out.push(self.acc as u8);
+            (self.acc, self.count) = (0, 0);
+        }
+    }
+}
+
+/// A brotli stream (RFC 7932) of uncompressed meta-blocks: valid "br" for any data, without an encoder.
+fn brotli_stored(data: &[u8]) -> Vec<u8> {
+    let mut bits = Bits::default();
+    bits.put(0, 1); // WBITS: a 64 KiB window
+    for chunk in data.chunks(1 << 16) {
+        bits.put(0, 1); // ISLAST
+        bits.put(0, 2); // MNIBBLES: 4
+        bits.put(chunk.len() as u64 - 1, 16); // MLEN - 1
+        bits.put(1, 1); // ISUNCOMPRESSED
+        bits.align();
+        bits.out.extend_from_slice(chunk);
+    }
+    bits.put(1, 1); // ISLAST
+    bits.put(1, 1); // ISLASTEMPTY
+    bits.align();
+    bits.out
 }
 
 fn limit() -> impl Strategy<Value = usize> {
@@ -1131,6 +1186,9 @@ proptest! {
         let body = packing.pack(&data);
         let result = decompress(&body, Some(packing.name()), limit);
         check_decompressed(&result, Some(packing.name()), limit)?;
+        if !known_encoding(Some(packing.name())) {
+            return Ok(());
+        }
         if damage.is_empty() {
             if data.len() <= limit {
                 prop_assert_eq!(result.as_deref(), Ok(&data[..]));
@@ -1674,4 +1732,43 @@ fn compressed_headers_and_frames() {
         quickly("zstd over limit", || decompress(&big, Some("zstd"), MIB)),
         Err(CoreError::TooLarge { limit: MIB })
     );
+}
+
+/// The hand-written brotli of `decompress_compressed_data` is what brotli decoders read (once "br" is
+/// supported; until then it must be refused as unsupported).
+#[test]
+fn brotli_stored_streams() {
+    for len in [0usize, 1, 1 << 16, (1 << 16) + 1, 200_000] {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let body = brotli_stored(&data);
+        match decompress(&body, Some("br"), len) {
+            Ok(out) => assert_eq!(out.as_ref(), &data[..], "{len}"),
+            Err(e) => assert!(
+                matches!(e, CoreError::Unsupported(_)) && !known_encoding(Some("br")),
+                "{e:?}"
+            ),
+        }
+        if len > 0 && known_encoding(Some("br")) {
+            assert_eq!(
+                decompress(&body, Some("br"), len - 1),
+                Err(CoreError::TooLarge { limit: len - 1 })
+            );
+        }
+    }
+}
+
+/// Found by reading, not by a crash: `Number::parse` (json_decode.rs) saturates an exponent at 10^6
+/// while the digits it scales can be longer, so `1` followed by 1,000,001 zeros and `e-1000001` (which
+/// is 1) decodes as 10. Un-ignore once the exponent saturates above any length a body can have.
+#[test]
+#[ignore = "json_decode::Number::parse: exponent saturation at 10^6 misreads numbers longer than 10^6 digits"]
+fn integer_with_more_digits_than_the_exponent_bound() {
+    for zeros in [1_000_000usize, 1_000_001, 2_000_000] {
+        let value = format!("1{}e-{zeros}", "0".repeat(zeros));
+        let body = format!(
+            "{{\"resourceSpans\":[{{\"scopeSpans\":[{{\"spans\":[{{\"droppedAttributesCount\":{value}}}]}}]}}]}}"
+        );
+        let pb = json_to_protobuf(Signal::Traces, body.as_bytes()).unwrap();
+        assert!(pb.ends_with(&[0x50, 1]), "{zeros} zeros: {:?}", &pb[pb.len() - 2..]);
+    }
 }

@@ -1282,7 +1282,7 @@ mod tests {
             Err(CoreError::TooLarge { limit: 10 })
         );
         assert!(matches!(
-            ing.ingest(Signal::Traces, &body, Format::Protobuf, Some("br")),
+            ing.ingest(Signal::Traces, &body, Format::Protobuf, Some("lz4")),
             Err(CoreError::Unsupported(_))
         ));
     }

@@ -107,27 +107,7 @@ impl Pipeline {
         }
         let mut out = self.ingester.ingest(signal, body, format, encoding)?;
         if out.accepted > 0 {
-            let payload = Payload::from(std::mem::take(&mut out.payload));
-            {
-                let mut wake = self.lock();
-                if wake.closed {
-                    return Err(CoreError::Closed);
-                }
-                wake.appending += 1;
-            }
-            let appended = self.queue.append(signal, out.accepted, payload);
-            let last = {
-                let mut wake = self.lock();
-                wake.appending -= 1;
-                wake.closed && wake.appending == 0
-            };
-            if last {
-                // Drain waiters of every signal may be waiting for this append to land.
-                self.ready.iter().for_each(Condvar::notify_all);
-            } else {
-                self.ready[signal.index()].notify_all();
-            }
-            appended?;
+            self.append(signal, out.accepted, Payload::from(std::mem::take(&mut out.payload)))?;
         }
         let c = &self.counters[signal.index()];
         c.received_records.fetch_add(out.received, Ordering::Relaxed);
@@ -136,6 +116,46 @@ impl Pipeline {
         c.sampled_out_records.fetch_add(out.sampled_out, Ordering::Relaxed);
         c.received_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
         Ok(out)
+    }
+
+    /// Queues a payload decoded elsewhere, as is: a Sentry envelope for the Sentry forwarding
+    /// pipeline. The same durability and backpressure as `ingest`, without OTLP decoding.
+    pub fn enqueue(&self, signal: Signal, records: u64, payload: Vec<u8>) -> Result<()> {
+        if self.is_closed() {
+            return Err(CoreError::Closed);
+        }
+        let size = payload.len() as u64;
+        self.append(signal, records, Payload::from(payload))?;
+        let c = &self.counters[signal.index()];
+        c.received_records.fetch_add(records, Ordering::Relaxed);
+        c.accepted_records.fetch_add(records, Ordering::Relaxed);
+        c.received_bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Appends outside the wake lock (concurrent fsync'd appends share one sync), keeping count
+    /// of appends in flight so that close-and-drain waits for them.
+    fn append(&self, signal: Signal, records: u64, payload: Payload) -> Result<()> {
+        {
+            let mut wake = self.lock();
+            if wake.closed {
+                return Err(CoreError::Closed);
+            }
+            wake.appending += 1;
+        }
+        let appended = self.queue.append(signal, records, payload);
+        let last = {
+            let mut wake = self.lock();
+            wake.appending -= 1;
+            wake.closed && wake.appending == 0
+        };
+        if last {
+            // Drain waiters of every signal may be waiting for this append to land.
+            self.ready.iter().for_each(Condvar::notify_all);
+        } else {
+            self.ready[signal.index()].notify_all();
+        }
+        appended.map(|_| ())
     }
 
     /// The next batch for `exporter`, waiting up to `timeout` (`None`: until one is due or the

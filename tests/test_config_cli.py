@@ -25,7 +25,7 @@ def write(tmp_path: Path, text: str) -> Path:
         ("[server]\nlisten_on = 'x'\n", ["listen_on", "$.server"]),
         ("[sampling]\ntraces = 'half'\n", ["$.sampling.traces", "float"]),
         ("[sampling]\ntraces = 1.5\n", ["$.sampling.traces"]),
-        ("[receivers.sentry]\npublic_keys = []\n", ["receivers"]),
+        ("[receivers.fluent]\nformat = 'json'\n", ["fluent"]),
         ("[exporters.dash0]\ntoken = 'x'\n", ["exporters.dash0.endpoint"]),
         ("[exporters.otlp]\nendpoint = 'ftp://x'\n", ["http"]),
         ("[server]\nlisten = 'nowhere'\n", ["HOST:PORT"]),

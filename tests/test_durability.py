@@ -58,7 +58,7 @@ def test_kill_9_loses_nothing_that_got_a_200(gateway_factory, upstream: Upstream
 
     def load() -> None:
         i = 0
-        while not stop.is_set() and i < 20_000:
+        while not stop.is_set() and i < 200_000:
             try:
                 status, _ = post(gw.url, numbered(i, 10), timeout=2)
             except OSError:
@@ -69,7 +69,9 @@ def test_kill_9_loses_nothing_that_got_a_200(gateway_factory, upstream: Upstream
 
     client = threading.Thread(target=load)
     client.start()
-    time.sleep(2.0)
+    deadline = time.monotonic() + 30
+    while len(acked) < 3000 and time.monotonic() < deadline:  # kill it mid-run, under load
+        time.sleep(0.01)
     gw.kill()
     stop.set()
     client.join(10)

@@ -9,11 +9,13 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
+from trackgate import __version__, telemetry
 from trackgate import config as config_mod
-from trackgate import telemetry
 from trackgate.asgi import ClientDisconnected, Receive, Request, Response, Scope, Send
 from trackgate.config import Config
 from trackgate.pipeline import Format, Pipeline
+from trackgate.ratelimits import RateLimits
+from trackgate.receivers import sentry as sentry_receiver
 from trackgate.receivers.otlp_http import CODE_UNAUTHENTICATED, OtlpHttpReceiver, status_response
 
 log = logging.getLogger("trackgate.app")
@@ -28,6 +30,7 @@ class App:
     def __init__(self, cfg: Config) -> None:
         self.config = cfg
         self.pipeline: Pipeline | None = None
+        self.forward: Pipeline | None = None  # Sentry envelopes on their way upstream
         self.tokens = [t.encode() for t in cfg.server.tokens]
         self.routes: dict[str, tuple[str, Handler]] = {
             "/v1/traces": ("POST", self._otlp("traces")),
@@ -44,12 +47,16 @@ class App:
         if self.pipeline is None:
             self.pipeline = Pipeline(self.config).start(adopt_orphans=True)
             self.otlp = OtlpHttpReceiver(self.pipeline, self.config.server.max_body_bytes)
+            limits = RateLimits()
+            self.forward = build_forward_pipeline(self.config, limits)
+            self.sentry = sentry_receiver.SentryReceiver(self.config, self.pipeline, self.forward, limits)
             log.info("gateway ready", extra={"pid": os.getpid(), "exporters": self.config.exporter_names()})
         return self.pipeline
 
     async def stop(self) -> None:
-        if self.pipeline is not None:
-            await asyncio.to_thread(self.pipeline.close)
+        for pipeline in (self.forward, self.pipeline):
+            if pipeline is not None:
+                await asyncio.to_thread(pipeline.close)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -77,7 +84,7 @@ class App:
             return
         started = time.perf_counter()
         request = Request(scope, receive)
-        route = request.path if request.path in self.routes else "other"
+        route = request.path if request.path in self.routes else route_label(request.path)
         try:
             response = await self._dispatch(request)
         except ClientDisconnected:
@@ -93,6 +100,11 @@ class App:
     async def _dispatch(self, request: Request) -> Response:
         entry = self.routes.get(request.path)
         if entry is None:
+            if sentry_receiver.ROUTE.match(request.path):
+                self.start()
+                response = await self.sentry.handle(request)
+                if response is not None:
+                    return response
             return Response(404, f"no route for {request.path}\n".encode())
         method, handler = entry
         if request.method != method:
@@ -137,10 +149,64 @@ class App:
         return Response(200, telemetry.REGISTRY.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
 
 
+def route_label(path: str) -> str:
+    """A bounded set of metric labels: Sentry paths without their project id, the rest as "other"."""
+    match = sentry_receiver.ROUTE.match(path)
+    return f"/api/:project/{match.group('kind')}/" if match else "other"
+
+
+def build_forward_pipeline(cfg: Config, limits: RateLimits) -> Pipeline | None:
+    """Sentry envelopes go upstream when a DSN is set, to the file sink when that is active, else
+    nowhere (their errors still reach the OTLP exporters as log records)."""
+    import msgspec
+
+    from trackgate.config import BatchConfig
+    from trackgate.exporters.base import Exporter
+    from trackgate.exporters.file import EnvelopeFileExporter
+    from trackgate.exporters.sentry import SentryExporter
+
+    exporter: Exporter
+    if cfg.exporters.sentry is not None and cfg.exporters.sentry.dsn:
+        exporter = SentryExporter(cfg.exporters.sentry, limits)
+    elif (file_cfg := cfg.file_exporter()) is not None:
+        exporter = EnvelopeFileExporter(file_cfg)
+    else:
+        return None
+    # One envelope per request upstream: a batch is one queued envelope.
+    one_each = msgspec.structs.replace(cfg, batch=BatchConfig(max_records=1, max_delay_ms=0))
+    forward = Pipeline(one_each, [exporter], queue_name="sentry-queue", register_metrics=False)
+    if isinstance(exporter, SentryExporter):
+        exporter.core = forward.core
+    return forward.start(adopt_orphans=True)
+
+
+def setup_self_monitoring(cfg: Config) -> None:
+    """The gateway's own unexpected exceptions go to Sentry, unless that Sentry is this gateway."""
+    dsn_value = cfg.self_monitoring.sentry_dsn
+    if not dsn_value:
+        return
+    from trackgate.dsn import parse_dsn
+
+    dsn = parse_dsn(dsn_value)
+    host, port = config_mod.parse_listen(cfg.server.listen)
+    target_host, _, target_port = dsn.host.rpartition(":")
+    default_port = "443" if dsn.scheme == "https" else "80"
+    same_port = (target_port if target_host else default_port) == str(port)
+    target = target_host or dsn.host
+    if same_port and (target == host or (config_mod.is_loopback(target) and config_mod.is_loopback(host))):
+        log.error("self_monitoring.sentry_dsn points at this gateway; not enabled (it would loop)")
+        return
+    import sentry_sdk
+
+    sentry_sdk.init(dsn=dsn_value, release=f"trackgate@{__version__}", send_default_pii=False)
+    log.info("self-monitoring enabled", extra={"sentry": dsn.masked})
+
+
 def create_app(cfg: Config | None = None) -> App:
     """ASGI factory (granian `--factory`): the config comes from the serving CLI, else from file/env."""
     telemetry.setup_logging(os.environ.get("TRACKGATE_LOG_LEVEL", "info"))
     if cfg is None:
         raw = os.environ.get(CONFIG_ENV)
         cfg = config_mod.from_json(raw) if raw else config_mod.load()
+    setup_self_monitoring(cfg)
     return App(cfg)

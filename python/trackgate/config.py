@@ -63,6 +63,7 @@ class ExporterQueueConfig(_Section):
 class SamplingConfig(_Section):
     traces: Ratio = 1.0
     logs: Ratio = 1.0
+    sentry_transactions: Ratio = 1.0  # consistent by trace id; Sentry error events are always kept
     keep_errors: bool = True
 
 
@@ -105,10 +106,35 @@ class FileExporterConfig(_Section):
     queue: ExporterQueueConfig = field(default_factory=ExporterQueueConfig)
 
 
+class SentryExporterConfig(_Section):
+    dsn: str = ""  # upstream Sentry DSN (or SENTRY_DSN)
+    timeout_s: Annotated[float, Meta(gt=0.0)] = 10.0
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    queue: ExporterQueueConfig = field(default_factory=ExporterQueueConfig)
+
+
 class ExportersConfig(_Section):
     dash0: OtlpExporterConfig | None = None
     otlp: OtlpExporterConfig | None = None
     file: FileExporterConfig | None = None
+    sentry: SentryExporterConfig | None = None
+
+
+class SentryReceiverConfig(_Section):
+    # Accepted client keys (the DSN's public key). Empty: any key, but only on a loopback listener.
+    public_keys: list[str] = field(default_factory=list)
+    max_event_bytes: PositiveInt = 1024 * 1024  # per event/transaction item, after decompression
+    scrub: bool = True  # Relay-style PII scrubbing of events before they go anywhere
+    scrub_extra_keys: list[str] = field(default_factory=list)  # more key patterns to scrub
+    scrub_safe_keys: list[str] = field(default_factory=list)  # key names never scrubbed (e.g. "author")
+
+
+class ReceiversConfig(_Section):
+    sentry: SentryReceiverConfig = field(default_factory=SentryReceiverConfig)
+
+
+class SelfMonitoringConfig(_Section):
+    sentry_dsn: str = ""  # the gateway's own unexpected exceptions go here (never to itself)
 
 
 class Config(_Section):
@@ -117,7 +143,9 @@ class Config(_Section):
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     resource: ResourceConfig = field(default_factory=ResourceConfig)
+    receivers: ReceiversConfig = field(default_factory=ReceiversConfig)
     exporters: ExportersConfig = field(default_factory=ExportersConfig)
+    self_monitoring: SelfMonitoringConfig = field(default_factory=SelfMonitoringConfig)
 
     def otlp_exporters(self) -> dict[str, OtlpExporterConfig]:
         found = {"dash0": self.exporters.dash0, "otlp": self.exporters.otlp}
@@ -140,6 +168,8 @@ class Config(_Section):
         file_cfg = self.file_exporter()
         if file_cfg is not None:
             out["file"] = file_cfg.queue
+        if self.exporters.sentry is not None:
+            out["sentry"] = self.exporters.sentry.queue
         return out
 
     def exporter_names(self) -> list[str]:
@@ -207,6 +237,17 @@ def _validate(cfg: Config, source: str) -> None:
         _check_url(exp.endpoint, f"{source}: exporters.{name}")
         if exp.retry.max_interval_s < exp.retry.initial_interval_s:
             raise ConfigError(f"{source}: exporters.{name}.retry.max_interval_s is below initial_interval_s")
+    from trackgate.dsn import DsnError, parse_dsn
+
+    for where, value in (
+        ("exporters.sentry.dsn", cfg.exporters.sentry.dsn if cfg.exporters.sentry else ""),
+        ("self_monitoring.sentry_dsn", cfg.self_monitoring.sentry_dsn),
+    ):
+        if value:
+            try:
+                parse_dsn(value)
+            except DsnError as exc:  # the message never repeats the DSN: it holds a key
+                raise ConfigError(f"{source}: {where}: {exc}") from None
 
 
 def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
@@ -231,6 +272,9 @@ def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
             if exp is not None:
                 merged = {**exp.headers, **extra}
                 exporters = msgspec.structs.replace(exporters, **{name: msgspec.structs.replace(exp, headers=merged)})
+    if env.get("SENTRY_DSN"):
+        sentry = exporters.sentry or SentryExporterConfig()
+        exporters = msgspec.structs.replace(exporters, sentry=msgspec.structs.replace(sentry, dsn=env["SENTRY_DSN"]))
     server = cfg.server
     if env.get("TRACKGATE_TOKENS"):
         tokens = [t.strip() for t in env["TRACKGATE_TOKENS"].split(",") if t.strip()]
@@ -296,6 +340,11 @@ def masked(cfg: Config) -> dict[str, Any]:
                 exp["token"] = MASK
             exp["headers"] = {k: MASK for k in exp["headers"]}
             exp["endpoint"] = mask_url(exp["endpoint"])
+    if doc["exporters"].get("sentry") and doc["exporters"]["sentry"]["dsn"]:
+        doc["exporters"]["sentry"]["dsn"] = mask_url(doc["exporters"]["sentry"]["dsn"])
+    if doc["self_monitoring"]["sentry_dsn"]:
+        doc["self_monitoring"]["sentry_dsn"] = mask_url(doc["self_monitoring"]["sentry_dsn"])
+    doc["receivers"]["sentry"]["public_keys"] = [MASK for _ in cfg.receivers.sentry.public_keys]
     return doc
 
 

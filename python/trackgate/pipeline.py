@@ -51,30 +51,37 @@ class Pipeline:
         exporters: Iterable[Exporter] | None = None,
         *,
         queue_dir: str | Path | None = None,
+        queue_name: str = "queue",
         secondary: bool = False,
+        register_metrics: bool = True,
     ) -> None:
-        """`queue_dir` pins the queue directory (default: a free shard under `storage.dir`);
-        `secondary` marks a pipeline that only drains a shard: it shares the caller's exporters and
-        metrics instead of owning them."""
+        """`queue_dir` pins the queue directory (default: a free shard under
+        `<storage.dir>/<queue_name>/`); `secondary` marks a pipeline that only drains a shard: it
+        shares the caller's exporters and metrics instead of owning them."""
         self.config = config or Config()
         self.exporters = list(exporters) if exporters is not None else build_exporters(self.config)
         if not self.exporters:
             raise ValueError("a pipeline needs at least one exporter")
         self.secondary = secondary
+        self.queue_name = queue_name
         self.queue_dir: Path | None = None
         if self.config.storage.queue == "memory":
             self.core = self._open_core(None)
         elif queue_dir is not None:
             self.queue_dir, self.core = Path(queue_dir), self._open_core(Path(queue_dir))
         else:
-            self.queue_dir, self.core = shards.claim(shards.shard_root(self.config.storage.dir), self._open_core)
+            self.queue_dir, self.core = shards.claim(self.shard_root, self._open_core)
         self._flushing = threading.Event()
         self._stop_retrying = threading.Event()
         self._runners: list[Runner] = []
         self._last_full = -1e9
         self._adopter: shards.Adopter | None = None
-        if not secondary:
+        if register_metrics and not secondary:
             self._register_gauges()
+
+    @property
+    def shard_root(self) -> Path:
+        return shards.shard_root(self.config.storage.dir, self.queue_name)
 
     def _open_core(self, queue_dir: Path | None) -> Core:
         cfg = self.config
@@ -175,6 +182,12 @@ class Pipeline:
         except QueueFull:
             self._last_full = time.monotonic()
             raise
+
+    @property
+    def blocking_ingest(self) -> bool:
+        """Whether ingest waits for the disk: callers on an event loop should run it in a thread
+        (concurrent appends then share one fsync)."""
+        return self.queue_dir is not None and self.config.storage.fsync != "never"
 
     @property
     def ready(self) -> bool:

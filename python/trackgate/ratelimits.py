@@ -11,25 +11,11 @@ import threading
 import time
 from collections.abc import Iterable
 
+from trackgate._core import parse_rate_limits
+
 # Categories an empty category list in X-Sentry-Rate-Limits stands for ("all").
 ALL = "*"
 DEFAULT_RETRY_AFTER_S = 60.0  # what sentry-sdk assumes for a 429 without headers
-
-
-def parse_header(value: str) -> list[tuple[float, list[str]]]:
-    """`X-Sentry-Rate-Limits: <retry_after>:<cat;cat>:<scope>[:<reason>[:<namespaces>]], ...`"""
-    out: list[tuple[float, list[str]]] = []
-    for item in value.split(","):
-        fields = item.strip().split(":")
-        if len(fields) < 2:
-            continue
-        try:
-            seconds = float(fields[0])
-        except ValueError:
-            continue
-        categories = [c for c in fields[1].split(";") if c]
-        out.append((seconds, categories or [ALL]))
-    return out
 
 
 class RateLimits:
@@ -40,7 +26,7 @@ class RateLimits:
     def update(self, header: str | None, retry_after: float | None, status: int) -> None:
         """Records the limits of one upstream answer (429, or 200 carrying limits)."""
         now = time.monotonic()
-        limits = parse_header(header) if header else []
+        limits = [(float(s), cats or [ALL]) for s, cats in parse_rate_limits(header)] if header else []
         if not limits and status == 429:
             limits = [(retry_after if retry_after is not None else DEFAULT_RETRY_AFTER_S, [ALL])]
         with self._lock:

@@ -24,8 +24,8 @@ log = logging.getLogger("trackgate.queue")
 MAX_SHARDS = 256
 
 
-def shard_root(storage_dir: str | Path) -> Path:
-    return Path(storage_dir) / "queue"
+def shard_root(storage_dir: str | Path, name: str = "queue") -> Path:
+    return Path(storage_dir) / name
 
 
 def claim(root: Path, open_core: Callable[[Path], Core]) -> tuple[Path, Core]:
@@ -70,7 +70,7 @@ class Adopter(threading.Thread):
     def scan(self) -> None:
         from trackgate.pipeline import Pipeline
 
-        root = shard_root(self.owner.config.storage.dir)
+        root = self.owner.shard_root
         for path, drain in list(self.draining.items()):
             if drain.pending() == 0:
                 # The empty shard stays (and is unlocked) for the next process that needs one:
@@ -81,7 +81,13 @@ class Adopter(threading.Thread):
         mine = {self.owner.queue_dir} if self.owner.queue_dir else set()
         for path in candidates(root, mine | set(self.draining)):
             try:
-                drain = Pipeline(self.owner.config, self.owner.exporters, queue_dir=path, secondary=True)
+                drain = Pipeline(
+                    self.owner.config,
+                    self.owner.exporters,
+                    queue_dir=path,
+                    queue_name=self.owner.queue_name,
+                    secondary=True,
+                )
             except QueueLocked:
                 continue  # another live process owns it
             pending = drain.pending()

@@ -28,7 +28,7 @@ SIGNALS: tuple[Literal["logs", "traces", "metrics"], ...] = ("logs", "traces", "
 class Outcome:
     """What one send attempt achieved."""
 
-    kind: Literal["ok", "retry", "drop"]
+    kind: Literal["ok", "retry", "drop", "requeued"]
     reason: str = ""
     retry_after: float | None = None  # seconds the destination asked us to wait
     cause: str = ""  # short label for metrics: "status_503", "connection", "timeout"...
@@ -46,6 +46,11 @@ class Outcome:
     @classmethod
     def drop(cls, cause: str, reason: str) -> Outcome:
         return cls("drop", reason=reason, cause=cause)
+
+    @classmethod
+    def requeued(cls, reason: str) -> Outcome:
+        """The exporter put the batch back at the end of its queue (a rate limit is in force)."""
+        return cls("requeued", reason=reason)
 
 
 class Exporter(ABC):
@@ -143,6 +148,8 @@ class Runner(threading.Thread):
                 return True
             if outcome.kind == "drop":
                 self._give_up(batch, "permanent_error", outcome.reason)
+                return True
+            if outcome.kind == "requeued":
                 return True
             delay = backoff.delay(outcome.retry_after)
             elapsed = time.monotonic() - started

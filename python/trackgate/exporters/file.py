@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import time
 from pathlib import Path
 
@@ -66,3 +67,33 @@ def _still_current(fh: object, path: Path) -> bool:
         return os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino  # type: ignore[attr-defined]
     except FileNotFoundError:
         return False
+
+
+class EnvelopeFileExporter(Exporter):
+    """Sentry envelopes, one file each, when no upstream Sentry is configured: the embedded sink.
+
+    Files are `<dir>/sentry/<UTC time>-<event id>.envelope`, exactly the bytes that would have been
+    forwarded; `trackgate replay` and Sentry's own tools read them.
+    """
+
+    def __init__(self, cfg: FileExporterConfig, name: str = "sentry-file") -> None:
+        self.name = name
+        self.dir = Path(cfg.dir) / "sentry"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._count = 0
+
+    def send(self, batch: Batch) -> Outcome:
+        header = batch.body.split(b"\n", 1)[0]
+        event_id = re.search(rb'"event_id"\s*:\s*"([0-9a-fA-F-]{32,36})"', header)
+        now = time.time()
+        self._count += 1
+        stem = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"_{int(now * 1e6) % 1_000_000:06d}"
+        name = event_id.group(1).decode().replace("-", "") if event_id else f"{os.getpid()}-{self._count}"
+        path = self.dir / f"{stem}-{name}.envelope"
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(batch.body)
+            tmp.rename(path)  # readers never see half an envelope
+        except OSError as exc:
+            return Outcome.retry("io_error", f"cannot write {path}: {exc.strerror or exc}")
+        return Outcome.ok(sent_bytes=len(batch.body))

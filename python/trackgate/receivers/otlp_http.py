@@ -21,7 +21,8 @@ MEDIA_TYPE: dict[Format, str] = {"protobuf": "application/x-protobuf", "json": "
 # google.rpc.Code values for the Status body.
 CODE_INVALID_ARGUMENT, CODE_UNAUTHENTICATED, CODE_RESOURCE_EXHAUSTED, CODE_UNAVAILABLE = 3, 16, 8, 14
 CODE_OUT_OF_RANGE, CODE_UNIMPLEMENTED = 11, 12
-# Bodies above this size are decoded off the event loop so that other connections keep flowing.
+# Bodies above this size (and any ingest that waits for fsync) run off the event loop, so that
+# other connections keep flowing.
 INLINE_LIMIT = 256 * 1024
 RETRY_AFTER_FULL_S = "1"
 RETRY_AFTER_CLOSED_S = "5"
@@ -53,7 +54,7 @@ class OtlpHttpReceiver:
             return status_response(413, CODE_OUT_OF_RANGE, str(exc), fmt)
         encoding = request.header("content-encoding") or None
         try:
-            if len(body) > INLINE_LIMIT:
+            if len(body) > INLINE_LIMIT or self.pipeline.blocking_ingest:
                 result = await asyncio.to_thread(self.pipeline.ingest, signal, body, fmt, encoding)
             else:
                 result = self.pipeline.ingest(signal, body, fmt, encoding)
