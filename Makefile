@@ -8,7 +8,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_QUIET := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: all venv build serve test test-rust test-python lint format bench clean
+.PHONY: all venv build serve test test-rust test-python lint format bench fuzz clean
 
 all: build
 
@@ -49,6 +49,27 @@ test: lint test-rust test-python
 
 bench: build
 	$(PY) -m pytest benches --benchmark-enable --benchmark-columns=min,median,mean,ops --benchmark-sort=name $(PYTEST_ARGS)
+
+# Long fuzzing: the proptest properties with many cases, then cargo-fuzz (coverage-guided, needs a
+# nightly toolchain) on every decoder; on stable, the fuzz targets replay the seed corpus instead.
+# The bounded run is part of `make test` (cargo test's fuzz_tests, tests/test_fuzz_http.py).
+FUZZ_TARGETS := decompress validate protobuf_to_json json_to_protobuf ingest parse_partial_success sentry_envelope sentry_store
+FUZZ_CASES ?= 100000
+FUZZ_SECONDS ?= 60
+
+fuzz: build
+	PROPTEST_CASES=$(FUZZ_CASES) cargo test --quiet --lib fuzz_tests
+	$(PY) fuzz/seeds.py
+	@if cargo +nightly --version >/dev/null 2>&1; then \
+		cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked; \
+		for t in $(FUZZ_TARGETS); do \
+			cargo +nightly fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -dict=fuzz/otlp_json.dict || exit 1; \
+		done; \
+	else \
+		echo "no nightly toolchain: replaying the seed corpus through the fuzz targets on stable"; \
+		cargo build --manifest-path fuzz/Cargo.toml --release --bins && \
+		for t in $(FUZZ_TARGETS); do fuzz/target/release/$$t -runs=0 fuzz/corpus/$$t || exit 1; done; \
+	fi
 
 clean:
 	rm -rf $(VENV) target .pytest_cache .mypy_cache .ruff_cache

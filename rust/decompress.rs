@@ -49,7 +49,12 @@ impl Encoding {
             .iter()
             .find(|(known, _)| name.eq_ignore_ascii_case(known))
             .map(|&(_, encoding)| encoding)
-            .ok_or_else(|| CoreError::Unsupported(format!("unsupported Content-Encoding {name:?} ({SUPPORTED})")))
+            .ok_or_else(|| {
+                // Echo a hostile 64 KiB header back as a short prefix only.
+                let shown: String = name.chars().take(64).collect();
+                let more = if shown.len() < name.len() { "..." } else { "" };
+                CoreError::Unsupported(format!("unsupported Content-Encoding {shown:?}{more} ({SUPPORTED})"))
+            })
     }
 
     fn label(self) -> &'static str {

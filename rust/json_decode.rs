@@ -681,10 +681,11 @@ impl<'t> Number<'t> {
             if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
                 return None;
             }
-            // Saturate: anything past ±10^6 is out of range for every type anyway.
+            // Saturate far above any digit count a body can hold (a mantissa of 10^6 digits with
+            // e-1000001 is still 1), yet low enough that `exp` arithmetic cannot overflow.
             let magnitude = digits
                 .iter()
-                .fold(0i64, |acc, &d| (acc * 10 + i64::from(d - b'0')).min(1_000_000));
+                .fold(0i64, |acc, &d| (acc * 10 + i64::from(d - b'0')).min(1 << 59));
             exp = sign * magnitude;
             rest = &[];
         }

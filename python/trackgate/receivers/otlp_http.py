@@ -44,7 +44,7 @@ class OtlpHttpReceiver:
         fmt = CONTENT_TYPES.get(media)
         if fmt is None:
             supported = ", ".join(CONTENT_TYPES)
-            got = media or "none"
+            got = (media[:64] + "...") if len(media) > 64 else (media or "none")
             return status_response(
                 415, CODE_UNIMPLEMENTED, f"unsupported content type {got!r} (supported: {supported})", "json"
             )
