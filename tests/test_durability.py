@@ -166,3 +166,29 @@ def test_non_loopback_listen_without_tokens_is_refused(tmp_path) -> None:
     )  # fmt: skip
     assert run.returncode == 2
     assert "allow_unauthenticated" in run.stderr and "tokens" in run.stderr
+
+
+def test_corrupt_segment_is_cut_and_the_rest_delivered(gateway_factory, upstream: Upstream) -> None:
+    upstream.default = Reply(503)
+    gw = gateway_factory(dash0_config(upstream, "[server]\nshutdown_grace_s = 0.5\n"))
+    for i in range(0, 200, 10):  # 20 requests: 20 frames of 10 records each
+        assert post(gw.url, numbered(i, 10))[0] == 200
+    assert gw.stop() == 0
+    (segment,) = [p for p in (gw.tmp / "trackgate-data" / "queue" / "0").glob("seg-*") if p.stat().st_size > 100]
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0x40  # a bit flip in the middle: one frame fails its checksum
+    segment.write_bytes(bytes(data[:-7]))  # and a torn tail: the last frame is cut short
+
+    upstream.default = Reply(200)
+    gw.start()
+    expected = {f"rec-{i}" for i in range(200)}
+    upstream.wait_for(lambda u: len(set(names(u))) >= 180, timeout=20)
+    time.sleep(1.0)  # let anything else that would (wrongly) arrive, arrive
+    got = set(names(upstream))
+    assert got <= expected
+    lost = expected - got
+    # Exactly the two damaged frames are gone: whole requests of 10, nothing else.
+    assert len(lost) == 20, sorted(lost)
+    assert "rec-199" in lost  # the torn tail
+    log = gw.log()
+    assert '"queue opened"' in log and '"level":"warning"' in log
