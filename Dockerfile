@@ -22,6 +22,8 @@ WORKDIR /var/lib/trackgate
 ENV TRACKGATE_LOG_LEVEL=info
 EXPOSE 4318
 HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:4318/healthz').status != 200)"
-# Inside a container the listener must not be loopback-only; set tokens in the config for production.
+# Inside a container the listener is not loopback, so serve requires bearer tokens:
+#   docker run -e TRACKGATE_TOKENS=<token>[,<token>...] -p 4318:4318 trackgate
+# (or a config with [server] tokens, or allow_unauthenticated = true on a trusted network).
 ENTRYPOINT ["trackgate"]
 CMD ["serve", "--listen", "0.0.0.0:4318"]
