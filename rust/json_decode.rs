@@ -1250,21 +1250,7 @@ mod tests {
     fn round_trip_at_max_depth() {
         // request(0) → ResourceLogs(1) → ScopeLogs(2) → LogRecord(3) → AnyValue(4), then
         // ArrayValue/AnyValue pairs down to exactly MAX_DEPTH.
-        fn nested(levels: usize) -> Vec<u8> {
-            let mut value = Vec::new();
-            put_bytes(&mut value, 1, b"leaf");
-            for _ in 0..levels {
-                let mut array = Vec::new();
-                put_bytes(&mut array, 1, &value);
-                value.clear();
-                put_bytes(&mut value, 5, &array);
-            }
-            let mut body = Vec::new();
-            put_message(&mut body, 1, |rl| {
-                put_message(rl, 2, |sl| put_message(sl, 2, |lr| put_bytes(lr, 5, &value)))
-            });
-            body
-        }
+        use crate::test_support::nested_log_body as nested;
         let fits = (MAX_DEPTH - 4) / 2;
         round_trip(Signal::Logs, &nested(fits));
         let e = protobuf_to_json(Signal::Logs, &nested(fits + 1))

@@ -27,6 +27,8 @@ pub mod wire;
 mod bindings;
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod test_support;
 
 pub use error::{CoreError, Result};
 pub use signal::Signal;

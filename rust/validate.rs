@@ -254,22 +254,7 @@ mod tests {
 
     #[test]
     fn bounds_nesting_depth() {
-        fn nested(levels: usize) -> Vec<u8> {
-            // LogRecord.body = AnyValue{array_value{values[AnyValue{array_value{...}}]}}
-            let mut value = Vec::new();
-            put_bytes(&mut value, 1, b"leaf");
-            for _ in 0..levels {
-                let mut array = Vec::new();
-                put_bytes(&mut array, 1, &value);
-                value.clear();
-                put_bytes(&mut value, 5, &array);
-            }
-            let mut body = Vec::new();
-            put_message(&mut body, 1, |rl| {
-                put_message(rl, 2, |sl| put_message(sl, 2, |lr| put_bytes(lr, 5, &value)))
-            });
-            body
-        }
+        use crate::test_support::nested_log_body as nested;
         // request(0) → ResourceLogs(1) → ScopeLogs(2) → LogRecord(3) → AnyValue(4) → 2 per level.
         let fits = (MAX_DEPTH - 4) / 2;
         validate(Signal::Logs, &nested(fits)).unwrap();

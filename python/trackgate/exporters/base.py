@@ -15,11 +15,17 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal
 
+import urllib3
+
 from trackgate import telemetry
 from trackgate._core import Batch, Core
 from trackgate.config import RetryConfig
 
 log = logging.getLogger("trackgate.exporter")
+
+# The OTLP specification's retryable statuses (Sentry follows the same rule); every other failure
+# is permanent.
+RETRYABLE = frozenset({429, 502, 503, 504})
 
 SIGNALS: tuple[Literal["logs", "traces", "metrics"], ...] = ("logs", "traces", "metrics")
 
@@ -186,3 +192,42 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class HttpDestination:
+    """A pooled HTTP client whose failures come back as Outcomes.
+
+    Retries are the runner's (with the queue behind them), never urllib3's.
+    """
+
+    def __init__(self, timeout_s: float, where: str, pools: int = 4) -> None:
+        self.timeout_s = timeout_s
+        self.where = where  # a secret-free name of the destination for messages
+        self.http = urllib3.PoolManager(
+            num_pools=pools,
+            maxsize=3,
+            retries=False,
+            timeout=urllib3.Timeout(connect=min(timeout_s, 5.0), read=timeout_s),
+        )
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> urllib3.BaseHTTPResponse | Outcome:
+        try:
+            return self.http.request("POST", url, body=body, headers=headers, preload_content=True)
+        except urllib3.exceptions.NewConnectionError as exc:  # a subclass of TimeoutError in urllib3 2.x
+            return Outcome.retry("connection", f"connection to {self.where} failed: {type(exc).__name__}")
+        except urllib3.exceptions.TimeoutError as exc:
+            return Outcome.retry(
+                "timeout", f"no answer from {self.where} within {self.timeout_s}s ({type(exc).__name__})"
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            return Outcome.retry("connection", f"connection to {self.where} failed: {type(exc).__name__}")
+
+    def close(self) -> None:
+        self.http.clear()
+
+
+def status_outcome(status: int, reason: str, retry_after: str | None) -> Outcome:
+    """A non-2xx answer: retry what is retryable (honouring Retry-After), drop the rest."""
+    if status in RETRYABLE:
+        return Outcome.retry(f"status_{status}", reason, parse_retry_after(retry_after))
+    return Outcome.drop(f"status_{status}", reason)

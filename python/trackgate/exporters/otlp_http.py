@@ -5,18 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-import urllib3
-
 from trackgate import __version__
 from trackgate._core import Batch, gzip, parse_partial_success
 from trackgate.config import OtlpExporterConfig, mask_url
-from trackgate.exporters.base import Exporter, Outcome, parse_retry_after
+from trackgate.exporters.base import Exporter, HttpDestination, Outcome, status_outcome
 
 log = logging.getLogger("trackgate.exporter.otlp")
 
-# The OTLP specification's retryable statuses; every other failure is permanent.
 Format = Literal["protobuf", "json"]
-RETRYABLE = frozenset({429, 502, 503, 504})
 
 
 class OtlpHttpExporter(Exporter):
@@ -37,29 +33,16 @@ class OtlpHttpExporter(Exporter):
             self.headers["Dash0-Dataset"] = cfg.dataset
         if cfg.compression == "gzip":
             self.headers["Content-Encoding"] = "gzip"
-        # Retries are ours (with the queue behind them), never urllib3's.
-        self.http = urllib3.PoolManager(
-            num_pools=4,
-            maxsize=3,
-            retries=False,
-            timeout=urllib3.Timeout(connect=min(cfg.timeout_s, 5.0), read=cfg.timeout_s),
-        )
+        self.http = HttpDestination(cfg.timeout_s, self.safe_base)
 
     def url(self, signal: str) -> str:
         return f"{self.base}/v1/{signal}"
 
     def send(self, batch: Batch) -> Outcome:
         body = gzip(batch.body) if self.cfg.compression == "gzip" else batch.body
-        try:
-            resp = self.http.request(
-                "POST", self.url(batch.signal), body=body, headers=self.headers, preload_content=True
-            )
-        except urllib3.exceptions.NewConnectionError as exc:  # a subclass of TimeoutError in urllib3 2.x
-            return Outcome.retry("connection", f"connection failed: {type(exc).__name__}")
-        except urllib3.exceptions.TimeoutError as exc:
-            return Outcome.retry("timeout", f"no answer within {self.cfg.timeout_s}s ({type(exc).__name__})")
-        except urllib3.exceptions.HTTPError as exc:
-            return Outcome.retry("connection", f"connection failed: {type(exc).__name__}")
+        resp = self.http.post(self.url(batch.signal), body, self.headers)
+        if isinstance(resp, Outcome):
+            return resp
         status = resp.status
         if 200 <= status < 300:
             rejected, message = 0, ""
@@ -72,12 +55,10 @@ class OtlpHttpExporter(Exporter):
             return Outcome.ok(sent_bytes=len(body), rejected=rejected, reason=message)
         detail = _short(resp.data)
         reason = f"HTTP {status} from {self.safe_base}/v1/{batch.signal}" + (f": {detail}" if detail else "")
-        if status in RETRYABLE:
-            return Outcome.retry(f"status_{status}", reason, parse_retry_after(resp.headers.get("Retry-After")))
-        return Outcome.drop(f"status_{status}", reason)
+        return status_outcome(status, reason, resp.headers.get("Retry-After"))
 
     def close(self) -> None:
-        self.http.clear()
+        self.http.close()
 
 
 def _short(data: bytes, limit: int = 200) -> str:

@@ -6,18 +6,16 @@ import logging
 import time
 
 import orjson
-import urllib3
 
 from trackgate import __version__
 from trackgate._core import Batch, Core, PipelineClosed, envelope_categories, gzip
 from trackgate.config import SentryExporterConfig
 from trackgate.dsn import Dsn, parse_dsn
-from trackgate.exporters.base import Exporter, Outcome, parse_retry_after
+from trackgate.exporters.base import Exporter, HttpDestination, Outcome, parse_retry_after, status_outcome
 from trackgate.ratelimits import RateLimits
 
 log = logging.getLogger("trackgate.exporter.sentry")
 
-RETRYABLE = frozenset({429, 502, 503, 504})
 # How long a rate-limited envelope waits before it is looked at again (it is put back in the
 # queue behind the others, so envelopes of other categories keep flowing meanwhile).
 PARK_S = 1.0
@@ -52,12 +50,7 @@ class SentryExporter(Exporter):
                 f"Sentry sentry_key={self.dsn.public_key}, sentry_version=7, sentry_client=trackgate/{__version__}"
             ),
         }
-        self.http = urllib3.PoolManager(
-            num_pools=2,
-            maxsize=2,
-            retries=False,
-            timeout=urllib3.Timeout(connect=min(cfg.timeout_s, 5.0), read=cfg.timeout_s),
-        )
+        self.http = HttpDestination(cfg.timeout_s, self.dsn.masked, pools=2)
 
     def send(self, batch: Batch) -> Outcome:
         envelope = batch.body
@@ -72,14 +65,9 @@ class SentryExporter(Exporter):
                 time.sleep(min(PARK_S, max(limited.values())))
             return self._park(batch, f"categories {sorted(limited)} rate limited")
         body = gzip(rewrite_dsn(envelope, self.dsn))
-        try:
-            resp = self.http.request("POST", self.dsn.envelope_url, body=body, headers=self.headers)
-        except urllib3.exceptions.NewConnectionError as exc:
-            return Outcome.retry("connection", f"connection to {self.dsn.masked} failed: {type(exc).__name__}")
-        except urllib3.exceptions.TimeoutError as exc:
-            return Outcome.retry("timeout", f"no answer from {self.dsn.masked} within {self.cfg.timeout_s}s ({exc})")
-        except urllib3.exceptions.HTTPError as exc:
-            return Outcome.retry("connection", f"connection to {self.dsn.masked} failed: {type(exc).__name__}")
+        resp = self.http.post(self.dsn.envelope_url, body, self.headers)
+        if isinstance(resp, Outcome):
+            return resp
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         rate_header = resp.headers.get("X-Sentry-Rate-Limits")
         if rate_header or resp.status == 429:
@@ -91,9 +79,7 @@ class SentryExporter(Exporter):
             # Rate limited: park it like above, so it goes out once the limit has passed.
             log.info("upstream rate limit; envelope held", extra={"categories": categories})
             return self._park(batch, "upstream answered 429")
-        if resp.status in RETRYABLE:
-            return Outcome.retry(f"status_{resp.status}", reason, retry_after)
-        return Outcome.drop(f"status_{resp.status}", reason)
+        return status_outcome(resp.status, reason, resp.headers.get("Retry-After"))
 
     def _park(self, batch: Batch, reason: str) -> Outcome:
         """Puts the envelope back at the end of the queue. A closed queue (shutting down) takes
@@ -107,4 +93,4 @@ class SentryExporter(Exporter):
         return Outcome.requeued(reason)
 
     def close(self) -> None:
-        self.http.clear()
+        self.http.close()
