@@ -13,7 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from otel_clients import Sdk
 from trackgate import Pipeline, replay
-from trackgate.config import Config, FileExporterConfig
+from trackgate.config import Config, FileExporterConfig, SentryExporterConfig
 
 
 def file_config(out: Path) -> Config:
@@ -132,3 +132,37 @@ def test_pipeline_library_round_trip(tmp_path: Path) -> None:
         assert p.flush(5)
     (line,) = (tmp_path / "lib" / "logs.jsonl").read_text().splitlines()
     assert json.loads(line) == doc
+
+
+def test_replay_sentry_envelope_files(tmp_path: Path) -> None:
+    """Envelope files (as the file sink writes them) take the Sentry track: scrubbed, forwarded
+    upstream, and their errors become OTLP log records."""
+    from sentry_upstream import SentryUpstream
+
+    event = json.dumps(
+        {"level": "error", "message": "disk full", "extra": {"api_key": "k-123"}, "tags": {"job.id": "job-7"}}
+    ).encode()
+    env = (
+        b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc"}\n'
+        + json.dumps({"type": "event", "length": len(event)}).encode()
+        + b"\n"
+        + event
+        + b"\n"
+    )
+    src = tmp_path / "20261128T000000-9ec79c33ec9942ab8353589fcb2e04dc.envelope"
+    src.write_bytes(env)
+    stand_in = SentryUpstream()
+    try:
+        cfg = file_config(tmp_path / "out")
+        cfg.exporters.sentry = SentryExporterConfig(dsn=stand_in.dsn("upkey0123", "5"))
+        report = replay([src], cfg)
+        assert report.errors == [] and report.requests == 1
+        assert stand_in.wait_for(lambda s: len(s.items("event")) == 1)
+        (item,) = stand_in.items("event")
+        assert item.json()["extra"]["api_key"] == "[Filtered]"
+    finally:
+        stand_in.close()
+    (line,) = (tmp_path / "out" / "logs.jsonl").read_text().splitlines()
+    record = json.loads(line)["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]
+    assert record["body"]["stringValue"] == "disk full"
+    assert {"key": "job.id", "value": {"stringValue": "job-7"}} in record["attributes"]

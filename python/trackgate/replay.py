@@ -1,7 +1,8 @@
-"""Offline replay: captured OTLP files pushed through the same pipeline as live traffic.
+"""Offline replay: captured files pushed through the same pipeline as live traffic.
 
 Reads the file exporter's format (one OTLP/JSON `Export*ServiceRequest` per line, as the
-OpenTelemetry Collector's file exporter writes it) and raw OTLP protobuf request files.
+OpenTelemetry Collector's file exporter writes it), raw OTLP protobuf request files, and Sentry
+envelope files (`*.envelope`, as the file sink writes them), which take the Sentry track.
 """
 
 from __future__ import annotations
@@ -134,12 +135,49 @@ class Progress:
         self.stream.flush()
 
 
+class SentryReplay:
+    """The Sentry track for replay: envelopes scrubbed, sampled, converted and forwarded as live."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        from trackgate.app import build_forward_pipeline
+        from trackgate.ratelimits import RateLimits
+        from trackgate.receivers.sentry import SentryReceiver
+
+        self.forward = build_forward_pipeline(pipeline.config, RateLimits())
+        self.receiver = SentryReceiver(pipeline.config, pipeline, self.forward, RateLimits())
+
+    def replay(self, path: Path, report: ReplayReport) -> None:
+        body = path.read_bytes()
+        try:
+            header = orjson.loads(body.split(b"\n", 1)[0] or b"{}")
+            dsn = header.get("dsn") if isinstance(header, dict) else None
+            project = str(dsn).rstrip("/").rsplit("/", 1)[-1] if dsn else "0"
+            result = self.receiver.processor.process(body, project if project.isdigit() else "0")
+        except (ValueError, orjson.JSONDecodeError) as exc:
+            report.errors.append(f"{path}: {exc}")
+            return
+        while True:
+            try:
+                self.receiver.queue(result)
+                break
+            except QueueFull:
+                time.sleep(0.05)
+        report.requests += 1
+        report.accepted += result.items_forwarded
+
+    def close(self) -> None:
+        if self.forward is not None:
+            self.forward.flush(timeout=30.0)
+            self.forward.close()
+
+
 def replay_into(
     pipeline: Pipeline,
     paths: Sequence[str | os.PathLike[str]],
     *,
     signal: Signal | None = None,
     progress: IO[str] | None = None,
+    sentry: SentryReplay | None = None,
 ) -> ReplayReport:
     """Pushes every request of `paths` into a running pipeline; waits on a full queue, never drops."""
     files = [Path(p) for p in paths]
@@ -150,6 +188,12 @@ def replay_into(
     bar = Progress(sum(p.stat().st_size for p in files), progress)
     for path in files:
         report.files += 1
+        if path.suffix == ".envelope":
+            if sentry is None:
+                raise ReplayError(f"{path}: Sentry envelope files need the Sentry track (use trackgate.replay)")
+            sentry.replay(path, report)
+            bar.advance(path.stat().st_size, report)
+            continue
         for sig, body, fmt, consumed in _requests(path, signal):
             if body:
                 _ingest_waiting(pipeline, sig, body, fmt, report, path)
@@ -186,8 +230,13 @@ def replay(
 ) -> ReplayReport:
     """Replays files through a new pipeline built from `config`, then delivers everything and closes it."""
     pipeline = Pipeline(config or Config()).start()
+    sentry = SentryReplay(pipeline) if any(Path(p).suffix == ".envelope" for p in paths) else None
     try:
-        report = replay_into(pipeline, paths, signal=signal, progress=sys.stderr if progress else None)
+        report = replay_into(
+            pipeline, paths, signal=signal, progress=sys.stderr if progress else None, sentry=sentry
+        )
+        if sentry is not None:
+            sentry.close()
         if not pipeline.flush(timeout=max(30.0, pipeline.config.server.shutdown_grace_s)):
             report.errors.append(f"{pipeline.pending()} records were still undelivered when replay ended")
     finally:

@@ -144,9 +144,9 @@ class SentryReceiver:
             )
         try:
             if self.pipeline.blocking_ingest:
-                await asyncio.to_thread(self._queue, result)
+                await asyncio.to_thread(self.queue, result)
             else:
-                self._queue(result)
+                self.queue(result)
         except QueueFull as exc:
             return error(429, f"{exc}; retry later", [("Retry-After", "1")])
         except PipelineClosed:
@@ -167,7 +167,7 @@ class SentryReceiver:
             return f"invalid dsn in the envelope header: {exc}"
         return None if self._key_ok(key) else "invalid or unknown sentry_key"
 
-    def _queue(self, result: SentryResult) -> None:
+    def queue(self, result: SentryResult) -> None:
         if self.forward is not None and result.items_forwarded:
             self.forward.core.enqueue("logs", result.envelope, result.items_forwarded)
             SENTRY_ITEMS.inc(result.items_forwarded, outcome="forwarded")
