@@ -232,9 +232,7 @@ def replay(
     pipeline = Pipeline(config or Config()).start()
     sentry = SentryReplay(pipeline) if any(Path(p).suffix == ".envelope" for p in paths) else None
     try:
-        report = replay_into(
-            pipeline, paths, signal=signal, progress=sys.stderr if progress else None, sentry=sentry
-        )
+        report = replay_into(pipeline, paths, signal=signal, progress=sys.stderr if progress else None, sentry=sentry)
         if sentry is not None:
             sentry.close()
         if not pipeline.flush(timeout=max(30.0, pipeline.config.server.shutdown_grace_s)):
