@@ -80,3 +80,20 @@ endpoint = "{upstream.url}"
     assert get(gw.url + "/readyz")[0] == 503
     _, text = get(gw.url + "/metrics")
     assert sample(text, "trackgate_http_requests_total", route="/v1/traces", code="429") >= 1
+
+
+def test_bench_command_loads_a_gateway(gateway_factory) -> None:
+    import subprocess
+    import sys
+
+    gw = gateway_factory("")
+    run = subprocess.run(
+        [sys.executable, "-m", "trackgate", "bench", "--url", gw.url, "--duration", "1", "--records", "10"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "records/s" in run.stdout and "p99" in run.stdout
+    _, text = get(gw.url + "/metrics")
+    assert sample(text, "trackgate_receiver_records_total", signal="traces", outcome="accepted") >= 10

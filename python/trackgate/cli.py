@@ -87,6 +87,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from trackgate.loadgen import run
+
+    result = run(
+        args.url,
+        signal=args.signal,
+        records=args.records,
+        concurrency=args.concurrency,
+        duration=args.duration,
+        compress=args.gzip,
+        token=args.token or os.environ.get("TRACKGATE_BENCH_TOKEN", ""),
+    )
+    print(result.report())
+    return 0 if result.statuses.get(200) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trackgate", description="Telemetry ingestion gateway.")
     p.add_argument("--version", action="version", version=f"trackgate {__version__}")
@@ -108,6 +124,16 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--signal", choices=["traces", "logs", "metrics"], help="signal of protobuf files")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
     rep.set_defaults(func=cmd_replay)
+
+    bench = sub.add_parser("bench", help="load a running gateway and report records/s and latency percentiles")
+    bench.add_argument("--url", default="http://127.0.0.1:4318", help="gateway base URL")
+    bench.add_argument("--signal", choices=["traces", "logs"], default="traces")
+    bench.add_argument("--records", type=int, default=100, help="spans or log records per request")
+    bench.add_argument("--concurrency", type=int, default=4, help="client threads, one connection each")
+    bench.add_argument("--duration", type=float, default=10.0, help="seconds")
+    bench.add_argument("--gzip", action="store_true", help="send gzip bodies")
+    bench.add_argument("--token", help="bearer token (or TRACKGATE_BENCH_TOKEN)")
+    bench.set_defaults(func=cmd_bench)
     return p
 
 

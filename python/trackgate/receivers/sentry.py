@@ -83,6 +83,14 @@ class SentryReceiver:
             max_event_bytes=rcv.max_event_bytes,
         )
 
+    def _unknown_key_message(self) -> str:
+        if not self.keys and not self.any_key:
+            return (
+                "invalid or unknown sentry_key: no [receivers.sentry] public_keys are configured, and keys are "
+                "accepted without configuration only on a loopback listener"
+            )
+        return "invalid or unknown sentry_key"
+
     def _key_ok(self, key: str | None) -> bool:
         if key is None:
             return False
@@ -102,7 +110,7 @@ class SentryReceiver:
         key = client_key(request)
         if key is not None and not self._key_ok(key):
             ENVELOPES.inc(outcome="unauthorized")
-            return error(401, "invalid or unknown sentry_key")
+            return error(401, self._unknown_key_message())
         try:
             body = await request.body(self.cfg.server.max_body_bytes)
         except BodyTooLarge as exc:
@@ -165,7 +173,7 @@ class SentryReceiver:
             key = parse_dsn(result.dsn).public_key
         except DsnError as exc:
             return f"invalid dsn in the envelope header: {exc}"
-        return None if self._key_ok(key) else "invalid or unknown sentry_key"
+        return None if self._key_ok(key) else self._unknown_key_message()
 
     def queue(self, result: SentryResult) -> None:
         if self.forward is not None and result.items_forwarded:
