@@ -18,7 +18,16 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-__all__ = ["Sdk", "SeverityNumber"]
+__all__ = ["Sdk", "SeverityNumber", "attrs"]
+
+
+def attrs(kvs: object) -> dict[str, object]:
+    """OTLP KeyValues (opentelemetry-proto messages) as a plain dict."""
+    out: dict[str, object] = {}
+    for kv in kvs:  # type: ignore[attr-defined]
+        value = kv.value
+        out[kv.key] = getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None
+    return out
 
 
 @dataclass

@@ -7,16 +7,15 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import threading
 import time
 import urllib.parse
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from upstream import Reply
+from upstream import Reply, StandIn
 
 ROUTE = re.compile(r"^/api/(?P<project>\d+)/(?P<kind>envelope|store)/$")
 
@@ -124,35 +123,16 @@ class Received:
         return dict(part.strip().split("=", 1) for part in rest.split(",") if "=" in part)
 
 
-@dataclass
-class SentryUpstream:
+class SentryUpstream(StandIn):
     """`script` answers requests in order; `responder` (if set) may answer first, given the request."""
 
-    script: list[Reply] = field(default_factory=list)
-    responder: Callable[[Received], Reply | None] | None = None
-
-    def __post_init__(self) -> None:
+    def __init__(self) -> None:
+        self.script: list[Reply] = []
+        self.responder: Callable[[Received], Reply | None] | None = None
         self.received: list[Received] = []
         self.errors: list[str] = []
         self.default = Reply(200, body=b"{}")
-        self.lock = threading.Lock()
-        self.cond = threading.Condition(self.lock)
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                stand_in._handle(self)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        super().__init__()
 
     def dsn(self, key: str = "upstreamkey", project: str = "99") -> str:
         return f"http://{key}@127.0.0.1:{self.port}/{project}"
@@ -183,19 +163,8 @@ class SentryUpstream:
             record.status = reply.status
         if reply.delay_s:
             time.sleep(reply.delay_s)
-        with self.cond:
-            self.received.append(record)
-            self.cond.notify_all()
-        try:
-            h.send_response(reply.status)
-            for key, value in reply.headers.items():
-                h.send_header(key, value)
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Content-Length", str(len(reply.body)))
-            h.end_headers()
-            h.wfile.write(reply.body)
-        except OSError:
-            pass
+        self._notify(self.received, record)
+        self._answer(h, reply, "application/json")
 
     def requests(self) -> list[Received]:
         with self.lock:
@@ -208,17 +177,3 @@ class SentryUpstream:
 
     def items(self, ty: str) -> list[Item]:
         return [item for env in self.delivered() for item in env.of_type(ty)]
-
-    def wait_for(self, predicate: Callable[[SentryUpstream], bool], timeout: float = 15.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while not predicate(self):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            with self.cond:
-                self.cond.wait(min(left, 0.1))
-        return True
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

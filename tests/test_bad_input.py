@@ -16,6 +16,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from http_client import call
+
 pytestmark = pytest.mark.slow
 
 PB = "application/x-protobuf"
@@ -38,12 +40,7 @@ def post(url: str, body: bytes, content_type: str | None, encoding: str | None =
         hdrs["Content-Type"] = content_type
     if encoding:
         hdrs["Content-Encoding"] = encoding
-    req = urllib.request.Request(url, data=body, headers=hdrs, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+    return call(url, body, hdrs)
 
 
 def message(status: int, headers: dict[str, str], body: bytes) -> str:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from conftest import Gateway, dash0_config
+from http_client import call
 from upstream import Reply, Upstream
 
 pytestmark = pytest.mark.slow
@@ -29,20 +28,12 @@ def numbered(start: int, n: int) -> bytes:
 
 
 def post(url: str, body: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str]]:
-    req = urllib.request.Request(url + "/v1/traces", data=body, headers={"Content-Type": "application/x-protobuf"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, dict(resp.headers)
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers)
+    status, headers, _ = call(url + "/v1/traces", body, {"Content-Type": "application/x-protobuf"}, timeout)
+    return status, headers
 
 
 def status_of(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as err:
-        return err.code
+    return call(url, timeout=5)[0]
 
 
 def names(up: Upstream) -> Counter[str]:

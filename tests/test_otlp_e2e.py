@@ -11,18 +11,10 @@ from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.trace import StatusCode
 
 from conftest import dash0_config
-from otel_clients import Sdk
+from otel_clients import Sdk, attrs
 from upstream import Upstream
 
 pytestmark = pytest.mark.slow
-
-
-def attrs(kvs: object) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for kv in kvs:  # type: ignore[attr-defined]
-        value = kv.value
-        out[kv.key] = getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None
-    return out
 
 
 @pytest.mark.parametrize("compression", [Compression.NoCompression, Compression.Gzip, Compression.Deflate])

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import re
-import urllib.error
-import urllib.request
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from http_client import call
 
 pytestmark = pytest.mark.slow
 
 
 def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
+    status, _, body = call(url, timeout=5)
+    return status, body.decode()
 
 
 def post_spans(url: str, n: int, bad: int = 0) -> int:
@@ -27,14 +24,7 @@ def post_spans(url: str, n: int, bad: int = 0) -> int:
         span = spans.spans.add()
         span.trace_id = b"\x07" * (16 if i < n else 3)
         span.span_id, span.name = b"\x01" * 8, "x"
-    req = urllib.request.Request(
-        url + "/v1/traces", data=msg.SerializeToString(), headers={"Content-Type": "application/x-protobuf"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as err:
-        return err.code
+    return call(url + "/v1/traces", msg.SerializeToString(), {"Content-Type": "application/x-protobuf"})[0]
 
 
 def sample(text: str, name: str, **labels: str) -> float:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +14,8 @@ from sentry_sdk import logger as sentry_logger
 from sentry_sdk.scrubber import EventScrubber
 
 from conftest import dash0_config
+from http_client import call
+from otel_clients import attrs
 from sentry_upstream import SentryUpstream, parse_envelope
 from upstream import Reply, Upstream
 
@@ -25,14 +25,6 @@ CLIENT_KEY = "pubkey123"
 UPSTREAM_KEY = "upstreamkey"
 CARD = "4111 1111 1111 1111"  # Luhn-valid
 SECRET = "hunter2-very-secret"
-
-
-def attrs(kvs: object) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for kv in kvs:  # type: ignore[attr-defined]
-        value = kv.value
-        out[kv.key] = getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None
-    return out
 
 
 @pytest.fixture
@@ -91,14 +83,7 @@ def charge_card() -> None:
 
 
 def post_envelope(url: str, body: bytes, **headers: str) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(
-        url, data=body, headers={"Content-Type": "application/x-sentry-envelope", **headers}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+    return call(url, body, {"Content-Type": "application/x-sentry-envelope", **headers})
 
 
 def envelope(header: dict[str, Any], *items: tuple[str, dict[str, Any]]) -> bytes:

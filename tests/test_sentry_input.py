@@ -17,6 +17,7 @@ import brotli
 import pytest
 import zstandard
 
+from http_client import call
 from sentry_upstream import parse_envelope
 
 pytestmark = pytest.mark.slow
@@ -48,12 +49,7 @@ def post(
     hdrs = {"Content-Type": "application/x-sentry-envelope", **(headers or {})}
     if encoding:
         hdrs["Content-Encoding"] = encoding
-    req = urllib.request.Request(url, data=body, headers=hdrs, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+    return call(url, body, hdrs)
 
 
 @pytest.fixture(scope="module")

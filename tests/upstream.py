@@ -44,14 +44,14 @@ class Received:
     status: int
 
 
-class Upstream:
+class StandIn:
+    """A local HTTP server standing in for a SaaS destination: it records what arrives (subclasses
+    decode it in `_handle`), wakes waiters, and answers as scripted."""
+
     def __init__(self, port: int = 0) -> None:
-        self.received: list[Received] = []
-        self.script: list[Reply] = []
-        self.default = Reply()
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
-        upstream = self
+        stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -60,7 +60,7 @@ class Upstream:
                 pass
 
             def do_POST(self) -> None:
-                upstream._handle(self)
+                stand_in._handle(self)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
@@ -68,6 +68,49 @@ class Upstream:
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        raise NotImplementedError
+
+    def _notify(self, received: list[Any], record: Any) -> None:
+        with self.cond:
+            received.append(record)
+            self.cond.notify_all()
+
+    @staticmethod
+    def _answer(h: BaseHTTPRequestHandler, reply: Reply, content_type: str) -> None:
+        try:
+            h.send_response(reply.status)
+            for key, value in reply.headers.items():
+                h.send_header(key, value)
+            h.send_header("Content-Type", content_type)
+            h.send_header("Content-Length", str(len(reply.body)))
+            h.end_headers()
+            h.wfile.write(reply.body)
+        except OSError:
+            pass  # the client gave up (a timeout test)
+
+    def wait_for(self, predicate: Callable[[Any], bool], timeout: float = 15.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with self.cond:
+                self.cond.wait(min(left, 0.1))
+        return True
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Upstream(StandIn):
+    def __init__(self, port: int = 0) -> None:
+        self.received: list[Received] = []
+        self.script: list[Reply] = []
+        self.default = Reply()
+        super().__init__(port)
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length", "0"))
@@ -84,34 +127,13 @@ class Upstream:
             message = kind()
             message.ParseFromString(body)
         record = Received(h.path, {k.lower(): v for k, v in h.headers.items()}, raw, body, message, reply.status)
-        with self.cond:
-            self.received.append(record)
-            self.cond.notify_all()
-        try:
-            h.send_response(reply.status)
-            for key, value in reply.headers.items():
-                h.send_header(key, value)
-            h.send_header("Content-Type", "application/x-protobuf")
-            h.send_header("Content-Length", str(len(reply.body)))
-            h.end_headers()
-            h.wfile.write(reply.body)
-        except OSError:
-            pass  # the client gave up (a timeout test)
+        self._notify(self.received, record)
+        self._answer(h, reply, "application/x-protobuf")
 
     def delivered(self, path: str | None = None) -> list[Received]:
         """Requests answered with 2xx (optionally for one path)."""
         with self.lock:
             return [r for r in self.received if 200 <= r.status < 300 and (path is None or r.path == path)]
-
-    def wait_for(self, predicate: Callable[[Upstream], bool], timeout: float = 15.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while not predicate(self):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            with self.cond:
-                self.cond.wait(min(left, 0.1))
-        return True
 
     def spans(self) -> list[Any]:
         return [
@@ -139,7 +161,3 @@ class Upstream:
             for sm in rm.scope_metrics
             for m in sm.metrics
         ]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
