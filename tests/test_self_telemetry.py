@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import time
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -87,3 +89,22 @@ def test_bench_command_loads_a_gateway(gateway_factory) -> None:
     assert "records/s" in run.stdout and "p99" in run.stdout
     _, text = get(gw.url + "/metrics")
     assert sample(text, "trackgate_receiver_records_total", signal="traces", outcome="accepted") >= 10
+
+
+def test_metrics_add_up_across_worker_processes(gateway_factory) -> None:
+    gw = gateway_factory("[batch]\nmax_delay_ms = 20\n", workers=2)
+    for _ in range(40):  # a new connection each: the kernel spreads them over both workers
+        assert post_spans(gw.url, 5) == 200
+    deadline = time.monotonic() + 10
+    totals = []
+    while time.monotonic() < deadline:
+        _, text = get(gw.url + "/metrics")
+        totals.append(sample(text, "trackgate_receiver_records_total", signal="traces", outcome="accepted"))
+        if totals[-5:] == [200.0] * 5:  # every scrape, whichever worker answers, sees all 200
+            break
+        time.sleep(0.3)
+    assert totals[-5:] == [200.0] * 5, totals
+    # Each worker's own share (its snapshot file): both served some, and the shares add up.
+    key = 'trackgate_receiver_records_total{signal="traces",outcome="accepted"}'
+    shares = [json.loads(p.read_bytes()).get(key, 0) for p in (gw.tmp / "trackgate-data" / "metrics").glob("*.json")]
+    assert len(shares) == 2 and all(shares) and sum(shares) == 200, shares

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from trackgate import __version__, telemetry
 from trackgate import config as config_mod
@@ -32,6 +33,7 @@ class App:
         self.config = cfg
         self.pipeline: Pipeline | None = None
         self.forward: Pipeline | None = None  # Sentry envelopes on their way upstream
+        self.peers: telemetry.PeerSnapshots | None = None
         self.tokens = [t.encode() for t in cfg.server.tokens]
         self.routes: dict[str, tuple[str, Handler]] = {
             "/v1/traces": ("POST", self._otlp("traces")),
@@ -51,10 +53,16 @@ class App:
             limits = RateLimits()
             self.forward = build_forward_pipeline(self.config, limits)
             self.sentry = sentry_receiver.SentryReceiver(self.config, self.pipeline, self.forward, limits)
+            if self.config.server.workers > 1:
+                # Each worker process counts for itself; /metrics adds the others' figures in.
+                self.peers = telemetry.PeerSnapshots(Path(self.config.storage.dir) / "metrics", telemetry.REGISTRY)
+                self.peers.start()
             log.info("gateway ready", extra={"pid": os.getpid(), "exporters": self.config.exporter_names()})
         return self.pipeline
 
     async def stop(self) -> None:
+        if self.peers is not None:
+            self.peers.close()
         for pipeline in (self.forward, self.pipeline):
             if pipeline is not None:
                 await asyncio.to_thread(pipeline.close)
@@ -152,7 +160,8 @@ class App:
         return Response(503, b"not ready: queue full or shutting down\n", headers=[("Retry-After", "1")])
 
     async def _metrics(self, request: Request) -> Response:
-        return Response(200, telemetry.REGISTRY.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+        peers = await asyncio.to_thread(self.peers.peers) if self.peers is not None else []
+        return Response(200, telemetry.REGISTRY.render(peers).encode(), "text/plain; version=0.0.4; charset=utf-8")
 
 
 def route_label(path: str) -> str:

@@ -7,10 +7,12 @@ data plane as integers.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -174,14 +176,97 @@ class Registry:
         metric: Observed = self._add(Observed(name, help_text, labelnames, read, kind))
         return metric
 
-    def render(self) -> str:
+    def render(self, peers: Iterable[dict[str, float]] = ()) -> str:
+        """Prometheus text; `peers` are other worker processes' `values()`, added in (every
+        sample here is a count or a sum, so adding workers' values gives the gateway's)."""
         with self._lock:
             metrics = sorted(self._metrics.values(), key=lambda m: m.name)
+        peer_list = list(peers)
         lines: list[str] = []
         for metric in metrics:
             lines.extend(metric.header())
-            lines.extend(metric.samples())
+            if not peer_list:
+                lines.extend(metric.samples())
+                continue
+            merged: dict[str, float] = {}
+            for values in (_parse(metric.samples()), *(_of_metric(metric.name, p) for p in peer_list)):
+                for key, value in values.items():
+                    merged[key] = merged.get(key, 0.0) + value
+            lines.extend(f"{key} {_number(value)}" for key, value in merged.items())
         return "\n".join(lines) + "\n"
+
+    def values(self) -> dict[str, float]:
+        """Every sample as {"name{labels}": value}, for a peer worker to merge."""
+        with self._lock:
+            metrics = list(self._metrics.values())
+        out: dict[str, float] = {}
+        for metric in metrics:
+            out.update(_parse(metric.samples()))
+        return out
+
+
+def _parse(samples: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in samples:
+        key, _, value = line.rpartition(" ")
+        out[key] = float(value)
+    return out
+
+
+def _of_metric(name: str, values: dict[str, float]) -> dict[str, float]:
+    names = {name, f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    return {k: v for k, v in values.items() if k.partition("{")[0] in names}
+
+
+class PeerSnapshots(threading.Thread):
+    """With several worker processes each keeps its own counters; each writes them to a shared
+    directory every `interval_s`, and a scrape answered by any worker adds up the live ones."""
+
+    def __init__(self, directory: str | os.PathLike[str], registry: Registry, interval_s: float = 1.0) -> None:
+        super().__init__(name="trackgate-metrics-snapshots", daemon=True)
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.registry = registry
+        self.interval_s = interval_s
+        self.pid = os.getpid()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval_s):
+            self.write()
+
+    def write(self) -> None:
+        tmp = self.dir / f".{self.pid}.tmp"
+        tmp.write_bytes(orjson.dumps(self.registry.values()))
+        tmp.rename(self.dir / f"{self.pid}.json")
+
+    def peers(self) -> list[dict[str, float]]:
+        out = []
+        for path in self.dir.glob("*.json"):
+            pid = int(path.stem) if path.stem.isdigit() else 0
+            if pid == self.pid or not _alive(pid):
+                continue
+            try:
+                out.append(orjson.loads(path.read_bytes()))
+            except (OSError, orjson.JSONDecodeError):
+                continue  # being replaced right now, or a leftover: skip this scrape
+        return out
+
+    def close(self) -> None:
+        self.stop.set()
+        (self.dir / f"{self.pid}.json").unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 REGISTRY = Registry()
