@@ -183,3 +183,32 @@ def test_corrupt_segment_is_cut_and_the_rest_delivered(gateway_factory, upstream
     assert "rec-199" in lost  # the torn tail
     log = gw.log()
     assert '"queue opened"' in log and '"level":"warning"' in log
+
+
+def test_full_disk_answers_503_and_keeps_serving(gateway_factory, tmp_path) -> None:
+    import subprocess
+
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        # Nothing drains (the destination refuses connections), so the queue outgrows the disk.
+        config = (
+            f'[server]\nshutdown_grace_s = 0.5\n[storage]\ndir = "{disk}"\nmax_bytes = 67108864\n'
+            '[exporters.otlp]\nendpoint = "http://127.0.0.1:9"\n'
+        )
+        gw = gateway_factory(config)
+        statuses = []
+        for i in range(0, 100_000, 1000):
+            status, headers = post(gw.url, numbered(i, 1000))
+            statuses.append(status)
+            if status != 200:
+                break
+        assert statuses[0] == 200 and statuses[-1] == 503, statuses
+        assert headers["retry-after"] == "5"
+        assert status_of(gw.url + "/healthz") == 200
+        assert "queue storage failed" in gw.log()
+        gw.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

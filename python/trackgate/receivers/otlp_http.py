@@ -72,6 +72,11 @@ class OtlpHttpReceiver:
             return status_response(
                 503, CODE_UNAVAILABLE, "gateway is shutting down", fmt, [("Retry-After", RETRY_AFTER_CLOSED_S)]
             )
+        except OSError as exc:  # the queue's disk failed (full, read-only): nothing was accepted
+            log.error("queue storage failed", extra={"signal": signal, "error": str(exc)})
+            return status_response(
+                503, CODE_UNAVAILABLE, "queue storage unavailable; retry later", fmt, [("Retry-After", "5")]
+            )
         if result.rejected:
             log.info(
                 "partial success",

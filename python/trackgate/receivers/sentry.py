@@ -159,6 +159,9 @@ class SentryReceiver:
             return error(429, f"{exc}; retry later", [("Retry-After", "1")])
         except PipelineClosed:
             return error(503, "gateway is shutting down", [("Retry-After", "5")])
+        except OSError as exc:  # the queue's disk failed (full, read-only): nothing was accepted
+            log.error("queue storage failed", extra={"error": str(exc)})
+            return error(503, "queue storage unavailable; retry later", [("Retry-After", "5")])
         ENVELOPES.inc(outcome="accepted")
         SENTRY_ITEMS.inc(result.items, outcome="received")
         SENTRY_ITEMS.inc(result.items_scrubbed, outcome="scrubbed")
