@@ -155,3 +155,25 @@ def test_logs_accept_records_without_trace(gw) -> None:
     msg = ExportLogsServiceRequest()
     msg.resource_logs.add().scope_logs.add().log_records.add().body.string_value = "plain"
     assert post(gw.url + "/v1/logs", msg.SerializeToString(), PB)[0] == 200
+
+
+def test_trickling_body_is_cut_off_with_408(gateway_factory) -> None:
+    """Slowloris: a body that does not arrive within server.body_timeout_s gets 408, and the
+    gateway keeps serving others meanwhile."""
+    import socket
+    import time
+
+    gw = gateway_factory("[server]\nbody_timeout_s = 1.0\n")
+    body = good_traces()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        head = (
+            f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: {PB}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        sock.sendall(head + body[:5])
+        started = time.monotonic()
+        assert post(gw.url + "/v1/traces", body, PB)[0] == 200  # others are served meanwhile
+        answer = sock.recv(65536)
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"not received within 1s" in answer
+    assert waited < 5

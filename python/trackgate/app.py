@@ -49,7 +49,8 @@ class App:
     def start(self) -> Pipeline:
         if self.pipeline is None:
             self.pipeline = Pipeline(self.config).start(adopt_orphans=True)
-            self.otlp = OtlpHttpReceiver(self.pipeline, self.config.server.max_body_bytes)
+            server = self.config.server
+            self.otlp = OtlpHttpReceiver(self.pipeline, server.max_body_bytes, server.body_timeout_s)
             limits = RateLimits()
             self.forward = build_forward_pipeline(self.config, limits)
             self.sentry = sentry_receiver.SentryReceiver(self.config, self.pipeline, self.forward, limits)

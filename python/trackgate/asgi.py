@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,12 @@ Send = Callable[[Message], Awaitable[None]]
 
 # How much of a refused body is read and thrown away before answering 413 (see Request.body).
 DRAIN_LIMIT = 8 * 1024 * 1024
+
+
+class BodyTimeout(Exception):
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"request body not received within {timeout_s:g}s")
+        self.timeout_s = timeout_s
 
 
 class BodyTooLarge(Exception):
@@ -56,7 +63,14 @@ class Request:
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name, default)
 
-    async def body(self, limit: int) -> bytes:
+    async def body(self, limit: int, timeout_s: float = 30.0) -> bytes:
+        """The whole body within `timeout_s` (a client trickling it slower is cut off: BodyTimeout)."""
+        try:
+            return await asyncio.wait_for(self._body(limit), timeout_s)
+        except TimeoutError:
+            raise BodyTimeout(timeout_s) from None
+
+    async def _body(self, limit: int) -> bytes:
         """Reads the whole body, refusing (before reading) a declared or (while reading) an actual excess.
 
         A refused body of modest size is read and discarded first, so the client gets to read

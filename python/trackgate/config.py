@@ -37,6 +37,7 @@ class ServerConfig(_Section):
     listen: str = "127.0.0.1:4318"
     workers: PositiveInt = 1
     max_body_bytes: PositiveInt = 64 * 1024 * 1024  # measured after decompression
+    body_timeout_s: Annotated[float, Meta(gt=0.0)] = 30.0  # a body trickling in slower gets 408
     tokens: list[str] = field(default_factory=list)  # if set, "Authorization: Bearer <t>" is required
     # A listener beyond loopback with no tokens is refused unless this says it is intended.
     allow_unauthenticated: bool = False

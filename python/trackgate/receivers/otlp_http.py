@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from trackgate._core import export_response, status_body
-from trackgate.asgi import BodyTooLarge, Request, Response
+from trackgate.asgi import BodyTimeout, BodyTooLarge, Request, Response
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
 from trackgate.pipeline import Format, Pipeline, Signal
 
@@ -20,7 +20,7 @@ CONTENT_TYPES: dict[str, Format] = {
 MEDIA_TYPE: dict[Format, str] = {"protobuf": "application/x-protobuf", "json": "application/json"}
 # google.rpc.Code values for the Status body.
 CODE_INVALID_ARGUMENT, CODE_UNAUTHENTICATED, CODE_RESOURCE_EXHAUSTED, CODE_UNAVAILABLE = 3, 16, 8, 14
-CODE_OUT_OF_RANGE, CODE_UNIMPLEMENTED = 11, 12
+CODE_OUT_OF_RANGE, CODE_UNIMPLEMENTED, CODE_DEADLINE_EXCEEDED = 11, 12, 4
 # Bodies above this size (and any ingest that waits for fsync) run off the event loop, so that
 # other connections keep flowing.
 INLINE_LIMIT = 256 * 1024
@@ -35,9 +35,10 @@ def status_response(
 
 
 class OtlpHttpReceiver:
-    def __init__(self, pipeline: Pipeline, max_body_bytes: int) -> None:
+    def __init__(self, pipeline: Pipeline, max_body_bytes: int, body_timeout_s: float = 30.0) -> None:
         self.pipeline = pipeline
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def handle(self, request: Request, signal: Signal) -> Response:
         media = request.header("content-type").split(";", 1)[0].strip().lower()
@@ -49,9 +50,11 @@ class OtlpHttpReceiver:
                 415, CODE_UNIMPLEMENTED, f"unsupported content type {got!r} (supported: {supported})", "json"
             )
         try:
-            body = await request.body(self.max_body_bytes)
+            body = await request.body(self.max_body_bytes, self.body_timeout_s)
         except BodyTooLarge as exc:
             return status_response(413, CODE_OUT_OF_RANGE, str(exc), fmt)
+        except BodyTimeout as exc:
+            return status_response(408, CODE_DEADLINE_EXCEEDED, str(exc), fmt, [("Connection", "close")])
         encoding = request.header("content-encoding") or None
         try:
             if len(body) > INLINE_LIMIT or self.pipeline.blocking_ingest:

@@ -17,7 +17,7 @@ import orjson
 
 from trackgate import telemetry
 from trackgate._core import SentryProcessor, SentryResult
-from trackgate.asgi import BodyTooLarge, Request, Response
+from trackgate.asgi import BodyTimeout, BodyTooLarge, Request, Response
 from trackgate.config import Config, is_loopback, parse_listen
 from trackgate.dsn import DsnError, parse_dsn
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
@@ -112,10 +112,13 @@ class SentryReceiver:
             ENVELOPES.inc(outcome="unauthorized")
             return error(401, self._unknown_key_message())
         try:
-            body = await request.body(self.cfg.server.max_body_bytes)
+            body = await request.body(self.cfg.server.max_body_bytes, self.cfg.server.body_timeout_s)
         except BodyTooLarge as exc:
             ENVELOPES.inc(outcome="rejected")
             return error(413, str(exc))
+        except BodyTimeout as exc:
+            ENVELOPES.inc(outcome="rejected")
+            return error(408, str(exc), [("Connection", "close")])
         encoding = request.header("content-encoding").strip()
         if encoding.lower() in ("", "utf-8", "identity"):  # sentry-sdk may say UTF-8: not an encoding
             encoding = ""
