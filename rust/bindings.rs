@@ -24,7 +24,7 @@ use crate::queue::Seq;
 use crate::scrub::ScrubOptions;
 use crate::sentry::{self, Processed, SentryOptions};
 use crate::signal::Signal;
-use crate::{decompress, encode, json_decode, json_encode};
+use crate::{decompress, encode, json_decode, json_encode, limits};
 
 create_exception!(
     trackgate.exceptions,
@@ -535,6 +535,17 @@ impl SentryProcessor {
     }
 }
 
+/// Records of an outgoing batch over Dash0's documented content limits, by limit.
+#[pyfunction]
+fn dash0_content_report(py: Python<'_>, signal: &str, body: &[u8]) -> PyResult<Vec<(&'static str, u64)>> {
+    let signal = parse_signal(signal)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let report = guarded(py, || limits::check(signal, body, &limits::ContentLimits::DASH0, now))?;
+    Ok(report.items().to_vec())
+}
+
 /// The rate-limit categories of a queued envelope's items.
 #[pyfunction]
 fn envelope_categories(py: Python<'_>, envelope: &[u8]) -> PyResult<Vec<&'static str>> {
@@ -621,6 +632,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_partial_success, m)?)?;
     m.add_function(wrap_pyfunction!(parse_rate_limits, m)?)?;
     m.add_function(wrap_pyfunction!(envelope_categories, m)?)?;
+    m.add_function(wrap_pyfunction!(dash0_content_report, m)?)?;
     m.add_class::<SentryProcessor>()?;
     m.add_class::<SentryResult>()?;
     Ok(())

@@ -14,6 +14,7 @@ pub mod error;
 pub mod ingest;
 pub mod json_decode;
 pub mod json_encode;
+pub mod limits;
 pub mod pipeline;
 pub mod queue;
 pub mod sample;

@@ -132,3 +132,27 @@ def test_parse_retry_after_http_date_in_future() -> None:
 
     got = parse_retry_after(formatdate(time.time() + 30, usegmt=True))
     assert got is not None and 28 <= got <= 31
+
+
+def test_records_over_dash0_limits_are_counted_and_sent_whole(upstream: Upstream) -> None:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    msg = ExportLogsServiceRequest()
+    records = msg.resource_logs.add().scope_logs.add().log_records
+    big = records.add()
+    big.body.string_value = "x" * 5000  # over the 4 KB body limit
+    for i in range(20):  # over the 16-attribute limit
+        big.attributes.add(key=f"k{i}").value.string_value = "v"
+    records.add().body.string_value = "small"
+    cfg = Config()
+    cfg.batch.max_delay_ms = 10
+    cfg.exporters.dash0 = OtlpExporterConfig(endpoint=upstream.url, token="t")
+    labels = {"exporter": "dash0", "signal": "logs"}
+    before = {lim: counter(telemetry.OVER_LIMIT, limit=lim, **labels) for lim in ("log_body", "log_attributes")}
+    with Pipeline(cfg) as p:
+        p.ingest("logs", msg.SerializeToString())
+        assert p.flush(5)
+    assert counter(telemetry.OVER_LIMIT, limit="log_body", **labels) - before["log_body"] == 1
+    assert counter(telemetry.OVER_LIMIT, limit="log_attributes", **labels) - before["log_attributes"] == 1
+    bodies = sorted(len(r.body.string_value) for r in upstream.log_records())
+    assert bodies == [5, 5000]  # counted, not cut: Dash0 applies its own truncation

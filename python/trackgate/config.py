@@ -98,6 +98,8 @@ class OtlpExporterConfig(_Section):
     timeout_s: Annotated[float, Meta(gt=0.0)] = 10.0
     retry: RetryConfig = field(default_factory=RetryConfig)
     queue: ExporterQueueConfig = field(default_factory=ExporterQueueConfig)
+    # Count records over Dash0's documented content limits (default: on for the dash0 exporter).
+    check_dash0_limits: bool | None = None
 
 
 class FileExporterConfig(_Section):

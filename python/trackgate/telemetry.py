@@ -302,6 +302,11 @@ UPSTREAM_REJECTED = REGISTRY.counter(
 EXPORT_RETRIES = REGISTRY.counter(
     "trackgate_exporter_retries_total", "Send attempts that will be retried, by cause.", ("exporter", "signal", "cause")
 )
+OVER_LIMIT = REGISTRY.counter(
+    "trackgate_exporter_over_limit_records_total",
+    "Records sent over a destination's documented content limits (Dash0 truncates them), by limit.",
+    ("exporter", "signal", "limit"),
+)
 EXPORT_LATENCY = REGISTRY.histogram(
     "trackgate_exporter_send_duration_seconds", "Duration of one send attempt.", ("exporter", "signal")
 )

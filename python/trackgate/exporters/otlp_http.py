@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from trackgate import __version__
-from trackgate._core import Batch, gzip, parse_partial_success
+from trackgate import __version__, telemetry
+from trackgate._core import Batch, dash0_content_report, gzip, parse_partial_success
 from trackgate.config import OtlpExporterConfig, mask_url
 from trackgate.exporters.base import Exporter, HttpDestination, Outcome, status_outcome
 
@@ -34,11 +34,15 @@ class OtlpHttpExporter(Exporter):
         if cfg.compression == "gzip":
             self.headers["Content-Encoding"] = "gzip"
         self.http = HttpDestination(cfg.timeout_s, self.safe_base)
+        self.check_limits = cfg.check_dash0_limits if cfg.check_dash0_limits is not None else name == "dash0"
+        self._warned: set[tuple[str, str]] = set()
 
     def url(self, signal: str) -> str:
         return f"{self.base}/v1/{signal}"
 
     def send(self, batch: Batch) -> Outcome:
+        if self.check_limits:
+            self.count_over_limits(batch)
         body = gzip(batch.body) if self.cfg.compression == "gzip" else batch.body
         resp = self.http.post(self.url(batch.signal), body, self.headers)
         if isinstance(resp, Outcome):
@@ -56,6 +60,24 @@ class OtlpHttpExporter(Exporter):
         detail = _short(resp.data)
         reason = f"HTTP {status} from {self.safe_base}/v1/{batch.signal}" + (f": {detail}" if detail else "")
         return status_outcome(status, reason, resp.headers.get("Retry-After"))
+
+    def count_over_limits(self, batch: Batch) -> None:
+        """Dash0 truncates what is over its documented limits instead of refusing it: count those
+        records per limit, and say so in the log once per signal and limit."""
+        try:
+            report = dash0_content_report(batch.signal, batch.body)
+        except ValueError:
+            return  # validated at ingest; nothing to count if it does not walk
+        for limit, count in report:
+            if not count:
+                continue
+            telemetry.OVER_LIMIT.inc(count, exporter=self.name, signal=batch.signal, limit=limit)
+            if (batch.signal, limit) not in self._warned:
+                self._warned.add((batch.signal, limit))
+                log.warning(
+                    "records over Dash0's documented content limit; Dash0 truncates them",
+                    extra={"exporter": self.name, "signal": batch.signal, "limit": limit, "records": count},
+                )
 
     def close(self) -> None:
         self.http.close()
