@@ -29,6 +29,7 @@ use crate::json_encode::protobuf_to_json;
 use crate::schema::testgen::{self, Rng};
 use crate::schema::{self, Kind, Msg, MAX_DEPTH};
 use crate::signal::Signal;
+use crate::test_support::{nesting, STRING_PIECES};
 use crate::validate::validate;
 use crate::wire::{self, Fields};
 
@@ -71,25 +72,6 @@ fn decode_error<T>(result: &Result<T>) -> Check {
         prop_assert!(matches!(e, CoreError::Decode(m) if !m.is_empty()), "{e:?}");
     }
     Ok(())
-}
-
-/// How deep objects and arrays nest in a JSON text.
-fn nesting(json: &[u8]) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0, false, false);
-    for &b in json {
-        match (in_string, escaped, b) {
-            (true, true, _) => escaped = false,
-            (true, false, b'\\') => escaped = true,
-            (_, _, b'"') => in_string = !in_string,
-            (false, _, b'{' | b'[') => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            (false, _, b'}' | b']') => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    max
 }
 
 /// `json` was written by `protobuf_to_json`: it is JSON, it decodes to valid protobuf, and that
@@ -466,38 +448,9 @@ impl J {
     }
 }
 
-/// Pieces of generated strings: escapes, controls, astral and separator characters, JSON syntax.
-const PIECES: &[&str] = &[
-    "a",
-    "service.name",
-    " ",
-    "\"",
-    "\\",
-    "/",
-    "\n",
-    "\r\t",
-    "\u{0}",
-    "\u{8}\u{c}",
-    "\u{1f}",
-    "\u{7f}",
-    "é",
-    "中文",
-    "😀",
-    "\u{2028}\u{2029}",
-    "\u{feff}",
-    "\u{fffd}",
-    "\u{10ffff}",
-    "{}",
-    "[",
-    ",",
-    ":",
-    "null",
-    "0",
-];
-
 fn text(rng: &mut Rng) -> String {
     (0..rng.below(5))
-        .map(|_| PIECES[rng.below(PIECES.len() as u64) as usize])
+        .map(|_| STRING_PIECES[rng.below(STRING_PIECES.len() as u64) as usize])
         .collect()
 }
 

@@ -18,10 +18,10 @@ use crate::wire::{self, Fields, LEN, VARINT};
 
 /// Field numbers shared by the three signals: `Export*ServiceRequest.resource_*` (1),
 /// `Resource*.resource` (1), `Resource*.scope_*` (2), `Scope*.<records>` (2).
-const REQUEST_RESOURCES: u32 = 1;
-const RESOURCE_RESOURCE: u32 = 1;
-const RESOURCE_SCOPES: u32 = 2;
-const SCOPE_RECORDS: u32 = 2;
+pub(crate) const REQUEST_RESOURCES: u32 = 1;
+pub(crate) const RESOURCE_RESOURCE: u32 = 1;
+pub(crate) const RESOURCE_SCOPES: u32 = 2;
+pub(crate) const SCOPE_RECORDS: u32 = 2;
 
 /// `Status.code` value STATUS_CODE_ERROR.
 const STATUS_ERROR: i32 = 2;

@@ -873,24 +873,7 @@ mod tests {
         });
     }
 
-    /// How deep objects and arrays nest in a JSON text.
-    fn nesting(json: &[u8]) -> usize {
-        let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0, false, false);
-        for &b in json {
-            match (in_string, escaped, b) {
-                (true, true, _) => escaped = false,
-                (true, false, b'\\') => escaped = true,
-                (true, false, b'"') | (false, _, b'"') => in_string = !in_string,
-                (false, _, b'{' | b'[') => {
-                    depth += 1;
-                    max = max.max(depth);
-                }
-                (false, _, b'}' | b']') => depth -= 1,
-                _ => {}
-            }
-        }
-        max
-    }
+    use crate::test_support::nesting;
 
     fn round_trip(signal: Signal, pb: &[u8]) {
         validate(signal, pb).unwrap();

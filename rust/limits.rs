@@ -6,6 +6,7 @@
 //! the zero-copy field reader; the batch has already been validated at ingest.
 
 use crate::error::Result;
+use crate::ingest::{REQUEST_RESOURCES, RESOURCE_SCOPES, SCOPE_RECORDS};
 use crate::signal::Signal;
 use crate::wire::{Fields, I64, LEN};
 
@@ -73,17 +74,17 @@ pub fn check(signal: Signal, body: &[u8], limits: &ContentLimits, now_ns: u64) -
     }
     for resource in Fields::new(body) {
         let resource = resource?;
-        if resource.number != 1 || resource.wire_type != LEN {
+        if resource.number != REQUEST_RESOURCES || resource.wire_type != LEN {
             continue;
         }
         for scope in Fields::new(resource.data) {
             let scope = scope?;
-            if scope.number != 2 || scope.wire_type != LEN {
+            if scope.number != RESOURCE_SCOPES || scope.wire_type != LEN {
                 continue;
             }
             for record in Fields::new(scope.data) {
                 let record = record?;
-                if record.number != 2 || record.wire_type != LEN {
+                if record.number != SCOPE_RECORDS || record.wire_type != LEN {
                     continue;
                 }
                 match signal {

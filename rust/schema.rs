@@ -974,34 +974,11 @@ pub(crate) mod testgen {
         }
     }
 
-    const PIECES: &[&str] = &[
-        "a",
-        "service.name",
-        " ",
-        "\"",
-        "\\",
-        "/",
-        "\n",
-        "\t",
-        "\u{0}",
-        "\u{1f}",
-        "\u{7f}",
-        "é",
-        "中文",
-        "😀",
-        "\u{2028}",
-        "\u{fffd}",
-        "{}",
-        "[",
-        ",",
-        ":",
-        "null",
-        "0",
-    ];
+    use crate::test_support::STRING_PIECES;
 
     fn string(rng: &mut Rng) -> String {
         (0..1 + rng.below(6))
-            .map(|_| PIECES[rng.below(PIECES.len() as u64) as usize])
+            .map(|_| STRING_PIECES[rng.below(STRING_PIECES.len() as u64) as usize])
             .collect()
     }
 

@@ -19,3 +19,51 @@ pub(crate) fn nested_log_body(levels: usize) -> Vec<u8> {
     });
     body
 }
+
+/// Pieces of generated strings: escapes, controls, astral and separator characters, JSON syntax.
+pub(crate) const STRING_PIECES: &[&str] = &[
+    "a",
+    "service.name",
+    " ",
+    "\"",
+    "\\",
+    "/",
+    "\n",
+    "\r\t",
+    "\u{0}",
+    "\u{8}\u{c}",
+    "\u{1f}",
+    "\u{7f}",
+    "é",
+    "中文",
+    "😀",
+    "\u{2028}\u{2029}",
+    "\u{feff}",
+    "\u{fffd}",
+    "\u{10ffff}",
+    "{}",
+    "[",
+    ",",
+    ":",
+    "null",
+    "0",
+];
+
+/// How deep objects and arrays nest in a JSON text.
+pub(crate) fn nesting(json: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for &b in json {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (_, _, b'"') => in_string = !in_string,
+            (false, _, b'{' | b'[') => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            (false, _, b'}' | b']') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
