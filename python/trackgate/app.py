@@ -134,6 +134,8 @@ class App:
         if scheme.lower() != "bearer":
             return False
         given = token.strip().encode()
+        if not given:
+            return False
         # Compare against every token so the time taken does not reveal which one nearly matched.
         return sum(hmac.compare_digest(given, t) for t in self.tokens) > 0
 
@@ -214,7 +216,14 @@ def setup_self_monitoring(cfg: Config) -> None:
         return
     import sentry_sdk
 
-    sentry_sdk.init(dsn=dsn_value, release=f"trackgate@{__version__}", send_default_pii=False)
+    # No local variables or request bodies: a frame of a receiver holds client data (send_default_pii
+    # is off by default; naming it is deprecated in newer SDKs).
+    sentry_sdk.init(
+        dsn=dsn_value,
+        release=f"trackgate@{__version__}",
+        include_local_variables=False,
+        max_request_body_size="never",
+    )
     log.info("self-monitoring enabled", extra={"sentry": dsn.masked})
 
 

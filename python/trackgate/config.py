@@ -183,40 +183,83 @@ class Config(_Section):
 
 
 def parse_listen(value: str) -> tuple[str, int]:
-    """Splits "HOST:PORT" (IPv6 as "[::1]:4318") and checks both parts."""
+    """Splits "HOST:PORT" (IPv6 as "[::1]:4318") and checks both parts.
+
+    The host must be an IP address (granian binds nothing else) or `localhost`, which becomes
+    127.0.0.1; an IPv4-mapped IPv6 address becomes its IPv4 form, so it is judged and bound as such.
+    """
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"listen address {value!r} must be HOST:PORT with a port between 1 and 65535")
+        raise ConfigError(f"listen address {cut(value)!r} must be HOST:PORT with a port between 1 and 65535")
     host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
+    if host.lower() == "localhost":
+        return "127.0.0.1", int(port)
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(
+            f"listen host {cut(host)!r} is not an IP address: use an address such as 127.0.0.1, 0.0.0.0 or [::] "
+            "(or localhost)"
+        ) from None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return str(addr), int(port)
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        addr = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
 
 
-def parse_key_values(value: str, what: str) -> dict[str, str]:
-    """Parses the W3C-baggage-like "k1=v1,k2=v2" of OTEL_RESOURCE_ATTRIBUTES / OTEL_EXPORTER_OTLP_HEADERS."""
+def cut(text: str, limit: int = 64) -> str:
+    """A short prefix of echoed input, so a message never repeats an unbounded value."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def parse_key_values(value: str, what: str, secret: bool = False) -> dict[str, str]:
+    """Parses the W3C-baggage-like "k1=v1,k2=v2" of OTEL_RESOURCE_ATTRIBUTES / OTEL_EXPORTER_OTLP_HEADERS.
+
+    With `secret` (header values hold credentials) a bad entry is named by its position only.
+    """
     out: dict[str, str] = {}
-    for item in value.split(","):
+    for index, item in enumerate(value.split(","), 1):
         if not item.strip():
             continue
         key, sep, val = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"{what}: entry {item.strip()!r} is not key=value")
+            shown = f"entry {index}" if secret else f"entry {index} ({cut(item.strip())!r})"
+            raise ConfigError(f"{what}: {shown} is not key=value")
         out[urllib.parse.unquote(key.strip())] = urllib.parse.unquote(val.strip())
     return out
 
 
 def _check_url(url: str, where: str) -> None:
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"{where}: endpoint {url!r} must be an http:// or https:// URL")
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        parsed.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(f"{where}: endpoint {cut(mask_url(url))!r} must be an http:// or https:// URL")
+
+
+def _check_tokens(cfg: Config, source: str) -> None:
+    """A blank token would let `Authorization: Bearer` with nothing after it in."""
+    for index, token in enumerate(cfg.server.tokens):
+        if not token.strip():
+            raise ConfigError(f"{source}: server.tokens[{index}] is blank; remove it or set a real token")
+        if token != token.strip() or any(ch.isspace() or not ch.isprintable() for ch in token):
+            raise ConfigError(f"{source}: server.tokens[{index}] contains whitespace or control characters")
+    for index, key in enumerate(cfg.receivers.sentry.public_keys):
+        if not key.strip():
+            raise ConfigError(f"{source}: receivers.sentry.public_keys[{index}] is blank")
 
 
 def check_exposure(cfg: Config, source: str = "<config>") -> None:
@@ -234,6 +277,7 @@ def _validate(cfg: Config, source: str) -> None:
         parse_listen(cfg.server.listen)
     except ConfigError as exc:
         raise ConfigError(f"{source}: server.listen: {exc}") from None
+    _check_tokens(cfg, source)
     for name, exp in cfg.otlp_exporters().items():
         if not exp.endpoint:
             raise ConfigError(f"{source}: exporters.{name}.endpoint is required")
@@ -269,7 +313,7 @@ def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
         otlp = msgspec.structs.replace(otlp, endpoint=env["OTEL_EXPORTER_OTLP_ENDPOINT"])
         exporters = msgspec.structs.replace(exporters, otlp=otlp)
     if env.get("OTEL_EXPORTER_OTLP_HEADERS"):
-        extra = parse_key_values(env["OTEL_EXPORTER_OTLP_HEADERS"], "OTEL_EXPORTER_OTLP_HEADERS")
+        extra = parse_key_values(env["OTEL_EXPORTER_OTLP_HEADERS"], "OTEL_EXPORTER_OTLP_HEADERS", secret=True)
         for name in ("dash0", "otlp"):
             exp: OtlpExporterConfig | None = getattr(exporters, name)
             if exp is not None:
@@ -281,6 +325,8 @@ def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
     server = cfg.server
     if env.get("TRACKGATE_TOKENS"):
         tokens = [t.strip() for t in env["TRACKGATE_TOKENS"].split(",") if t.strip()]
+        if not tokens:  # set but blank: never silently "no auth"
+            raise ConfigError("TRACKGATE_TOKENS is set but holds no token (only blanks and commas)")
         server = msgspec.structs.replace(server, tokens=tokens)
     attrs = dict(cfg.resource.attributes)
     if env.get("OTEL_RESOURCE_ATTRIBUTES"):
@@ -352,9 +398,22 @@ def masked(cfg: Config) -> dict[str, Any]:
 
 
 def mask_url(url: str) -> str:
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.password or parsed.username:
-        host = parsed.hostname or ""
-        port = f":{parsed.port}" if parsed.port else ""
-        return urllib.parse.urlunsplit(parsed._replace(netloc=f"{MASK}@{host}{port}"))
-    return url
+    """The URL with its userinfo and every query value replaced: safe to print or log.
+
+    Works on malformed URLs too (an error message about one must not leak what it holds)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    # Userinfo ends at the last "@" before any query or fragment, even when a password holds "/".
+    end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, end)
+    if at >= 0:
+        rest = f"{MASK}@{rest[at + 1 :]}"
+    netloc, slash, path = rest.partition("/")
+    path, qmark, query = path.partition("?")
+    query, hashmark, _fragment = query.partition("#")
+    if qmark:
+        pairs = [p.partition("=") for p in query.split("&")]
+        query = "&".join(f"{k}={MASK}" if eq else MASK for k, eq, _v in pairs if k or eq)
+    masked = f"{scheme}{sep}{netloc}{slash}{path}{qmark}{query}"
+    return masked + (f"#{MASK}" if hashmark else "")
