@@ -3,6 +3,10 @@
 The runner is the Collector's exporter-helper chain for one (exporter, signal) pair: take a batch
 from the queue, send it with retry and backoff, then acknowledge it. Only retryable outcomes are
 retried; each exporter has its own cursor, so a slow destination holds back only itself.
+
+An acknowledgement lets the queue forget the batch, so a batch is acknowledged only once its
+exporter settled it: delivered, given up on as permanent, or put back in the queue. Anything else,
+an exporter that raises included, is retried.
 """
 
 from __future__ import annotations
@@ -119,28 +123,48 @@ class Runner(threading.Thread):
                     return
                 continue
             self.busy = True
-            settled = True
             try:
-                settled = self.deliver(batch)
-            except Exception:  # an exporter bug must not kill the thread and stall the cursor
-                log.exception("exporter failed unexpectedly; batch dropped", extra=self.labels)
-                telemetry.FAILED_RECORDS.inc(batch.records, reason="internal_error", **self.labels)
+                done = self._settle_with_retry(batch)
             finally:
-                if settled:
-                    self.core.ack(batch)
                 self.busy = False
-            if not settled:
+            if not done:
                 return  # shutting down mid-retry: the batch stays queued (on disk) for the next start
 
-    def deliver(self, batch: Batch) -> bool:
-        """Sends with retry. True when the batch is settled (delivered or given up on): ack it.
-        False when shutdown interrupted the retries: leave it queued."""
+    def _settle_with_retry(self, batch: Batch) -> bool:
+        backoff = Backoff(self.exporter.retry)
+        while True:
+            try:
+                return self._settle(batch)
+            except Exception:  # a bug of the runner's own: never ack what was not settled
+                log.exception("delivery failed unexpectedly; batch stays queued, will retry", extra=self.labels)
+                if self.stop_retrying.wait(backoff.delay(None)):
+                    return False
+
+    def _settle(self, batch: Batch) -> bool:
+        """Delivers `batch`, then acknowledges it. False when shutdown interrupted the retries:
+        leave it queued."""
+        if self.deliver(batch) is None:
+            return False
+        self.core.ack(batch)
+        return True
+
+    def deliver(self, batch: Batch) -> Outcome | None:
+        """Sends with retry. Returns the outcome that settles the batch (ok; drop, when given up
+        on; requeued), or None when shutdown interrupted the retries. An exporter that raises is
+        retried like a retryable failure: the batch was not delivered."""
         backoff = Backoff(self.exporter.retry)
         started = time.monotonic()
         limit = self.exporter.retry.max_elapsed_s
+        raised = False
         while True:
             t0 = time.monotonic()
-            outcome = self.exporter.send(batch)
+            try:
+                outcome = self.exporter.send(batch)
+            except Exception as exc:
+                if not raised:  # the traceback once per batch; the retries are logged below
+                    log.exception("exporter failed unexpectedly; batch stays queued", extra=self.labels)
+                raised = True
+                outcome = Outcome.retry("internal_error", f"exporter raised {type(exc).__name__}: {exc}")
             telemetry.EXPORT_LATENCY.observe(time.monotonic() - t0, **self.labels)
             if outcome.kind == "ok":
                 telemetry.EXPORTED_RECORDS.inc(batch.records - outcome.rejected, **self.labels)
@@ -151,17 +175,17 @@ class Runner(threading.Thread):
                         "destination accepted the batch partially",
                         extra={**self.labels, "rejected": outcome.rejected, "reason": outcome.reason},
                     )
-                return True
+                return outcome
             if outcome.kind == "drop":
                 self._give_up(batch, "permanent_error", outcome.reason)
-                return True
+                return outcome
             if outcome.kind == "requeued":
-                return True
+                return outcome
             delay = backoff.delay(outcome.retry_after)
             elapsed = time.monotonic() - started
             if limit and elapsed + delay > limit:
                 self._give_up(batch, "retries_exhausted", f"{outcome.reason}; gave up after {elapsed:.0f}s")
-                return True
+                return Outcome.drop("retries_exhausted", outcome.reason)
             telemetry.EXPORT_RETRIES.inc(1, cause=outcome.cause or "other", **self.labels)
             log.info(
                 "send failed, will retry",
@@ -171,7 +195,7 @@ class Runner(threading.Thread):
                 log.info(
                     "shutdown interrupted retries; batch stays queued", extra={**self.labels, "records": batch.records}
                 )
-                return False
+                return None
 
     def _give_up(self, batch: Batch, reason: str, detail: str) -> None:
         telemetry.FAILED_RECORDS.inc(batch.records, reason=reason, **self.labels)
