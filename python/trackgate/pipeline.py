@@ -34,7 +34,8 @@ def build_exporters(cfg: Config) -> list[Exporter]:
     exporters: list[Exporter] = [OtlpHttpExporter(name, exp) for name, exp in cfg.otlp_exporters().items()]
     file_cfg = cfg.file_exporter()
     if file_cfg is not None:
-        exporters.append(FileExporter(file_cfg))
+        storage = cfg.storage
+        exporters.append(FileExporter(file_cfg, fsync=storage.fsync, fsync_interval_ms=storage.fsync_interval_ms))
     return exporters
 
 

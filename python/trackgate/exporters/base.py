@@ -5,8 +5,8 @@ from the queue, send it with retry and backoff, then acknowledge it. Only retrya
 retried; each exporter has its own cursor, so a slow destination holds back only itself.
 
 An acknowledgement lets the queue forget the batch, so a batch is acknowledged only once its
-exporter settled it: delivered, given up on as permanent, or put back in the queue. Anything else,
-an exporter that raises included, is retried.
+exporter settled it: delivered (and, for a sink that syncs later, synced), given up on as
+permanent, or put back in the queue. Anything else, an exporter that raises included, is retried.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ log = logging.getLogger("trackgate.exporter")
 # is permanent.
 RETRYABLE = frozenset({429, 502, 503, 504})
 
-SIGNALS: tuple[Literal["logs", "traces", "metrics"], ...] = ("logs", "traces", "metrics")
+Signal = Literal["logs", "traces", "metrics"]
+SIGNALS: tuple[Signal, ...] = ("logs", "traces", "metrics")
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,11 @@ class Outcome:
     cause: str = ""  # short label for metrics: "status_503", "connection", "timeout"...
     rejected: int = 0  # records refused in an OTLP partial success (kind "ok")
     sent_bytes: int = 0
+    unsynced: bool = False  # kind "ok": written, but durable only once the exporter's `sync` succeeds
 
     @classmethod
-    def ok(cls, sent_bytes: int = 0, rejected: int = 0, reason: str = "") -> Outcome:
-        return cls("ok", reason=reason, rejected=rejected, sent_bytes=sent_bytes)
+    def ok(cls, sent_bytes: int = 0, rejected: int = 0, reason: str = "", unsynced: bool = False) -> Outcome:
+        return cls("ok", reason=reason, rejected=rejected, sent_bytes=sent_bytes, unsynced=unsynced)
 
     @classmethod
     def retry(cls, cause: str, reason: str, retry_after: float | None = None) -> Outcome:
@@ -68,9 +70,16 @@ class Exporter(ABC):
 
     name: str
     retry: RetryConfig = RetryConfig()
+    # For an exporter whose `send` may answer ok(unsynced=True): the runner holds the ack of such
+    # batches until `sync` succeeds, and calls it at most this often (seconds).
+    sync_interval_s: float = 0.0
 
     @abstractmethod
     def send(self, batch: Batch) -> Outcome: ...
+
+    def sync(self, signal: Signal) -> None:  # noqa: B027 - optional hook
+        """Makes every unsynced write of `signal` durable; raises OSError when it cannot. After a
+        failure the next call must still cover those writes (by writing them again if need be)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections or files."""
@@ -96,6 +105,9 @@ class Runner(threading.Thread):
 
     # How long one wait for a batch lasts; bounds how fast a flush request is noticed.
     POLL_S = 0.1
+    # Written-but-unsynced data past this is synced early, whatever the interval: the exporter
+    # keeps it in memory to write again should the sync fail.
+    MAX_HELD_BYTES = 64 << 20
 
     def __init__(
         self,
@@ -113,13 +125,20 @@ class Runner(threading.Thread):
         self.stop_retrying = stop_retrying
         self.labels = {"exporter": exporter.name, "signal": signal}
         self.busy = False
+        # The newest batch written but not yet synced: acks are cumulative, so its ack (after the
+        # sync) covers the held batches before it.
+        self.held: Batch | None = None
+        self.held_since = 0.0
+        self.held_bytes = 0
 
     def run(self) -> None:
         while True:
             flush = self.flushing.is_set() or self.core.closed
-            batch = self.core.next_batch(self.exporter.name, self.signal, self.POLL_S, flush)
+            if self.held is not None and (flush or self._sync_due()) and not self._commit():
+                return  # shutting down while the sync fails: the held batches stay queued
+            batch = self.core.next_batch(self.exporter.name, self.signal, self._poll_s(), flush)
             if batch is None:
-                if self.core.closed:
+                if self.core.closed and self.held is None:
                     return
                 continue
             self.busy = True
@@ -141,11 +160,55 @@ class Runner(threading.Thread):
                     return False
 
     def _settle(self, batch: Batch) -> bool:
-        """Delivers `batch`, then acknowledges it. False when shutdown interrupted the retries:
-        leave it queued."""
-        if self.deliver(batch) is None:
+        """Delivers `batch`, then acknowledges it, or holds the ack until the exporter syncs.
+        False when shutdown interrupted the retries: leave it queued."""
+        outcome = self.deliver(batch)
+        if outcome is None:
+            return False
+        if outcome.kind == "ok" and outcome.unsynced:
+            if self.held is None:
+                self.held_since = time.monotonic()
+            self.held = batch
+            self.held_bytes += outcome.sent_bytes
+            return True
+        # An ack covers every batch before it, so whatever is held must be synced first.
+        if self.held is not None and not self._commit():
             return False
         self.core.ack(batch)
+        return True
+
+    def _sync_due(self) -> bool:
+        elapsed = time.monotonic() - self.held_since
+        return elapsed >= self.exporter.sync_interval_s or self.held_bytes >= self.MAX_HELD_BYTES
+
+    def _poll_s(self) -> float:
+        if self.held is None:
+            return self.POLL_S
+        left = self.held_since + self.exporter.sync_interval_s - time.monotonic()
+        return min(self.POLL_S, max(left, 0.001))
+
+    def _commit(self) -> bool:
+        """Syncs the held batches, then acknowledges them. A failing sync is retried with backoff
+        until it succeeds (never given up on: that would ack data that is not on disk); False when
+        shutdown interrupted the retries."""
+        assert self.held is not None
+        backoff = Backoff(self.exporter.retry)
+        while True:
+            try:
+                self.exporter.sync(self.signal)
+                break
+            except Exception as exc:
+                delay = backoff.delay(None)
+                telemetry.EXPORT_RETRIES.inc(1, cause="sync_error", **self.labels)
+                log.warning(
+                    "sync failed; batches stay queued, will retry",
+                    extra={**self.labels, "reason": f"{type(exc).__name__}: {exc}", "retry_in_s": round(delay, 3)},
+                )
+                if self.stop_retrying.wait(delay):
+                    return False
+        self.core.ack(self.held)
+        self.held = None
+        self.held_bytes = 0
         return True
 
     def deliver(self, batch: Batch) -> Outcome | None:
