@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -212,3 +213,36 @@ def test_full_disk_answers_503_and_keeps_serving(gateway_factory, tmp_path) -> N
         gw.stop()
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_unopenable_orphan_shard_is_skipped_and_the_others_adopted(
+    gateway_factory, upstream: Upstream, tmp_path: Path
+) -> None:
+    import gc
+
+    from trackgate import Pipeline
+    from trackgate.config import load
+
+    config = dash0_config(upstream, "[storage]\norphan_scan_s = 1\n")
+    root = tmp_path / "trackgate-data" / "queue"
+    # Shard 0 cannot be opened (its segment is a directory: EISDIR), shard 2 is a healthy orphan.
+    (root / "0" / "seg-00000000000000000001.tgq").mkdir(parents=True)
+    (tmp_path / "orphan.toml").write_text(config)
+    orphan = Pipeline(load(tmp_path / "orphan.toml"), queue_dir=root / "2", register_metrics=False)
+    orphan.ingest("traces", numbered(0, 30))
+    orphan.close(0)
+    del orphan  # a process that is gone: its lock goes with the core
+    gc.collect()
+    assert not upstream.delivered()
+
+    gw: Gateway = gateway_factory(config)  # a new worker starts (it skips shard 0)
+    assert upstream.wait_for(lambda u: set(names(u)) == {f"rec-{i}" for i in range(30)}, timeout=30)
+    deadline = time.monotonic() + 20
+    while '"adopted shard drained"' not in gw.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = gw.log()
+    assert '"adopted shard drained"' in log  # scanned again since: shard 0 was retried
+    assert log.count('"queue shard cannot be opened') == 1
+    assert post(gw.url, numbered(100, 5))[0] == 200
+    assert upstream.wait_for(lambda u: {f"rec-{i}" for i in range(100, 105)} <= set(names(u)))
+    assert sorted(p.name for p in root.iterdir()) == ["0", "1", "2"]

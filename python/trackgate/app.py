@@ -187,7 +187,9 @@ def build_forward_pipeline(cfg: Config, limits: RateLimits) -> Pipeline | None:
     if cfg.exporters.sentry is not None and cfg.exporters.sentry.dsn:
         exporter = SentryExporter(cfg.exporters.sentry, limits)
     elif (file_cfg := cfg.file_exporter()) is not None:
-        exporter = EnvelopeFileExporter(file_cfg)
+        exporter = EnvelopeFileExporter(
+            file_cfg, fsync=cfg.storage.fsync, fsync_interval_ms=cfg.storage.fsync_interval_ms
+        )
     else:
         return None
     # One envelope per request upstream: a batch is one queued envelope.

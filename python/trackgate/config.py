@@ -23,6 +23,8 @@ MASK = "****"
 Ratio = Annotated[float, Meta(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 Seconds = Annotated[float, Meta(ge=0.0)]
+# When writes reach the disk: the queue's policy, which the file sink follows too.
+Fsync = Literal["always", "interval", "never"]
 
 
 class ConfigError(ValueError):
@@ -48,7 +50,7 @@ class StorageConfig(_Section):
     dir: str = "./trackgate-data"  # the queue (queue/<shard>/) and the default file sink (out/)
     queue: Literal["disk", "memory"] = "disk"  # memory: faster, but a crash loses what is queued
     max_bytes: PositiveInt = 1024 * 1024 * 1024  # queue bound; receivers answer 429 past it
-    fsync: Literal["always", "interval", "never"] = "always"  # always: a 200 means fsynced to disk
+    fsync: Fsync = "always"  # always: a 200 means fsynced to disk
     fsync_interval_ms: PositiveInt = 200  # with fsync = "interval"
     segment_bytes: Annotated[int, Meta(ge=4096)] = 64 * 1024 * 1024
     orphan_scan_s: Annotated[float, Meta(gt=0.0)] = 30.0  # how often workers look for shards to adopt

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from trackgate import shards, telemetry
+from trackgate import durable, shards, telemetry
 from trackgate._core import Core, IngestResult, QueueFull
 from trackgate.config import Config
 from trackgate.exporters.base import SIGNALS, Exporter, Runner
@@ -34,7 +34,8 @@ def build_exporters(cfg: Config) -> list[Exporter]:
     exporters: list[Exporter] = [OtlpHttpExporter(name, exp) for name, exp in cfg.otlp_exporters().items()]
     file_cfg = cfg.file_exporter()
     if file_cfg is not None:
-        exporters.append(FileExporter(file_cfg))
+        storage = cfg.storage
+        exporters.append(FileExporter(file_cfg, fsync=storage.fsync, fsync_interval_ms=storage.fsync_interval_ms))
     return exporters
 
 
@@ -70,7 +71,7 @@ class Pipeline:
         elif queue_dir is not None:
             self.queue_dir, self.core = Path(queue_dir), self._open_core(Path(queue_dir))
         else:
-            self.queue_dir, self.core = shards.claim(self.shard_root, self._open_core)
+            self.queue_dir, self.core = shards.claim(self.shard_root, self._open_core, self.durable_dirs)
         self._flushing = threading.Event()
         self._stop_retrying = threading.Event()
         self._runners: list[Runner] = []
@@ -83,6 +84,11 @@ class Pipeline:
     def shard_root(self) -> Path:
         return shards.shard_root(self.config.storage.dir, self.queue_name)
 
+    @property
+    def durable_dirs(self) -> bool:
+        """Whether directories created for the queue are fsynced (so a new shard survives a power cut)."""
+        return self.config.storage.fsync != "never"
+
     def _open_core(self, queue_dir: Path | None) -> Core:
         cfg = self.config
         limits = {
@@ -91,7 +97,7 @@ class Pipeline:
             if (q.max_bytes or q.max_age_s) and name in {e.name for e in self.exporters}
         }
         if queue_dir is not None:
-            queue_dir.mkdir(parents=True, exist_ok=True)
+            durable.make_dirs(queue_dir, self.durable_dirs)
         core = Core(
             exporters=[e.name for e in self.exporters],
             sampling_traces=cfg.sampling.traces,

@@ -4,6 +4,9 @@ Each worker process claims the first shard directory under `<storage.dir>/queue/
 can take (the data plane holds an exclusive flock while the queue is open). A shard left behind by
 a process that is gone (a crash, or fewer workers after a restart) is unlocked: a running worker
 adopts it and delivers what it holds; the empty shard is then free for the next process.
+
+A shard that exists but cannot be opened (a damaged file, a failing disk) is skipped, logged once
+and tried again at every scan: it must not keep a worker from starting or hold back the others.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trackgate import durable
 from trackgate._core import Core, QueueLocked
 
 if TYPE_CHECKING:
@@ -28,16 +32,54 @@ def shard_root(storage_dir: str | Path, name: str = "queue") -> Path:
     return Path(storage_dir) / name
 
 
-def claim(root: Path, open_core: Callable[[Path], Core]) -> tuple[Path, Core]:
-    """Opens the first shard whose lock is free (creating shard directories as needed)."""
-    root.mkdir(parents=True, exist_ok=True)
+class _Unopenable:
+    """The shards that failed to open, so that each is logged once per process, not at every scan."""
+
+    def __init__(self) -> None:
+        self._paths: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def failed(self, path: Path, exc: Exception, action: str) -> None:
+        with self._lock:
+            if path in self._paths:
+                return
+            self._paths.add(path)
+        log.warning(
+            f"queue shard cannot be opened; {action}",
+            extra={"shard": str(path), "error": f"{type(exc).__name__}: {exc}"},
+        )
+
+    def opened(self, path: Path) -> None:
+        with self._lock:
+            if path not in self._paths:
+                return
+            self._paths.discard(path)
+        log.info("queue shard opened again", extra={"shard": str(path)})
+
+
+UNOPENABLE = _Unopenable()
+
+
+def claim(root: Path, open_core: Callable[[Path], Core], durable_dirs: bool = True) -> tuple[Path, Core]:
+    """Opens the first shard whose lock is free (creating shard directories as needed; with
+    `durable_dirs`, fsynced with their parents). An existing shard that cannot be opened is
+    skipped; a new one that cannot be is a storage failure, raised."""
+    durable.make_dirs(root, durable_dirs)
     for index in range(MAX_SHARDS):
         path = root / str(index)
+        existed = path.exists()
         try:
-            return path, open_core(path)
+            core = open_core(path)
         except QueueLocked:
             continue
-    raise RuntimeError(f"all {MAX_SHARDS} queue shards under {root} are locked by other processes")
+        except Exception as exc:
+            if not existed:
+                raise
+            UNOPENABLE.failed(path, exc, "skipped (adopted once it opens)")
+            continue
+        UNOPENABLE.opened(path)
+        return path, core
+    raise RuntimeError(f"all {MAX_SHARDS} queue shards under {root} are locked by other processes or unusable")
 
 
 def candidates(root: Path, exclude: set[Path]) -> list[Path]:
@@ -63,7 +105,10 @@ class Adopter(threading.Thread):
         if self.stop.wait(self.first_delay_s):
             return
         while True:
-            self.scan()
+            try:
+                self.scan()
+            except Exception:  # the next scan tries again; the thread must outlive a bad moment
+                log.exception("scanning for orphaned shards failed")
             if self.stop.wait(self.interval_s):
                 return
 
@@ -90,6 +135,10 @@ class Adopter(threading.Thread):
                 )
             except QueueLocked:
                 continue  # another live process owns it
+            except Exception as exc:  # one damaged shard must not hold back the others
+                UNOPENABLE.failed(path, exc, "will retry")
+                continue
+            UNOPENABLE.opened(path)
             pending = drain.pending()
             if pending == 0:
                 drain.close(0)

@@ -3,6 +3,10 @@
 The runner is the Collector's exporter-helper chain for one (exporter, signal) pair: take a batch
 from the queue, send it with retry and backoff, then acknowledge it. Only retryable outcomes are
 retried; each exporter has its own cursor, so a slow destination holds back only itself.
+
+An acknowledgement lets the queue forget the batch, so a batch is acknowledged only once its
+exporter settled it: delivered (and, for a sink that syncs later, synced), given up on as
+permanent, or put back in the queue. Anything else, an exporter that raises included, is retried.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ log = logging.getLogger("trackgate.exporter")
 # is permanent.
 RETRYABLE = frozenset({429, 502, 503, 504})
 
-SIGNALS: tuple[Literal["logs", "traces", "metrics"], ...] = ("logs", "traces", "metrics")
+Signal = Literal["logs", "traces", "metrics"]
+SIGNALS: tuple[Signal, ...] = ("logs", "traces", "metrics")
 
 
 @dataclass(frozen=True)
@@ -40,10 +45,11 @@ class Outcome:
     cause: str = ""  # short label for metrics: "status_503", "connection", "timeout"...
     rejected: int = 0  # records refused in an OTLP partial success (kind "ok")
     sent_bytes: int = 0
+    unsynced: bool = False  # kind "ok": written, but durable only once the exporter's `sync` succeeds
 
     @classmethod
-    def ok(cls, sent_bytes: int = 0, rejected: int = 0, reason: str = "") -> Outcome:
-        return cls("ok", reason=reason, rejected=rejected, sent_bytes=sent_bytes)
+    def ok(cls, sent_bytes: int = 0, rejected: int = 0, reason: str = "", unsynced: bool = False) -> Outcome:
+        return cls("ok", reason=reason, rejected=rejected, sent_bytes=sent_bytes, unsynced=unsynced)
 
     @classmethod
     def retry(cls, cause: str, reason: str, retry_after: float | None = None) -> Outcome:
@@ -64,9 +70,16 @@ class Exporter(ABC):
 
     name: str
     retry: RetryConfig = RetryConfig()
+    # For an exporter whose `send` may answer ok(unsynced=True): the runner holds the ack of such
+    # batches until `sync` succeeds, and calls it at most this often (seconds).
+    sync_interval_s: float = 0.0
 
     @abstractmethod
     def send(self, batch: Batch) -> Outcome: ...
+
+    def sync(self, signal: Signal) -> None:  # noqa: B027 - optional hook
+        """Makes every unsynced write of `signal` durable; raises OSError when it cannot. After a
+        failure the next call must still cover those writes (by writing them again if need be)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections or files."""
@@ -92,6 +105,9 @@ class Runner(threading.Thread):
 
     # How long one wait for a batch lasts; bounds how fast a flush request is noticed.
     POLL_S = 0.1
+    # Written-but-unsynced data past this is synced early, whatever the interval: the exporter
+    # keeps it in memory to write again should the sync fail.
+    MAX_HELD_BYTES = 64 << 20
 
     def __init__(
         self,
@@ -109,38 +125,109 @@ class Runner(threading.Thread):
         self.stop_retrying = stop_retrying
         self.labels = {"exporter": exporter.name, "signal": signal}
         self.busy = False
+        # The newest batch written but not yet synced: acks are cumulative, so its ack (after the
+        # sync) covers the held batches before it.
+        self.held: Batch | None = None
+        self.held_since = 0.0
+        self.held_bytes = 0
 
     def run(self) -> None:
         while True:
             flush = self.flushing.is_set() or self.core.closed
-            batch = self.core.next_batch(self.exporter.name, self.signal, self.POLL_S, flush)
+            if self.held is not None and (flush or self._sync_due()) and not self._commit():
+                return  # shutting down while the sync fails: the held batches stay queued
+            batch = self.core.next_batch(self.exporter.name, self.signal, self._poll_s(), flush)
             if batch is None:
-                if self.core.closed:
+                if self.core.closed and self.held is None:
                     return
                 continue
             self.busy = True
-            settled = True
             try:
-                settled = self.deliver(batch)
-            except Exception:  # an exporter bug must not kill the thread and stall the cursor
-                log.exception("exporter failed unexpectedly; batch dropped", extra=self.labels)
-                telemetry.FAILED_RECORDS.inc(batch.records, reason="internal_error", **self.labels)
+                done = self._settle_with_retry(batch)
             finally:
-                if settled:
-                    self.core.ack(batch)
                 self.busy = False
-            if not settled:
+            if not done:
                 return  # shutting down mid-retry: the batch stays queued (on disk) for the next start
 
-    def deliver(self, batch: Batch) -> bool:
-        """Sends with retry. True when the batch is settled (delivered or given up on): ack it.
+    def _settle_with_retry(self, batch: Batch) -> bool:
+        backoff = Backoff(self.exporter.retry)
+        while True:
+            try:
+                return self._settle(batch)
+            except Exception:  # a bug of the runner's own: never ack what was not settled
+                log.exception("delivery failed unexpectedly; batch stays queued, will retry", extra=self.labels)
+                if self.stop_retrying.wait(backoff.delay(None)):
+                    return False
+
+    def _settle(self, batch: Batch) -> bool:
+        """Delivers `batch`, then acknowledges it, or holds the ack until the exporter syncs.
         False when shutdown interrupted the retries: leave it queued."""
+        outcome = self.deliver(batch)
+        if outcome is None:
+            return False
+        if outcome.kind == "ok" and outcome.unsynced:
+            if self.held is None:
+                self.held_since = time.monotonic()
+            self.held = batch
+            self.held_bytes += outcome.sent_bytes
+            return True
+        # An ack covers every batch before it, so whatever is held must be synced first.
+        if self.held is not None and not self._commit():
+            return False
+        self.core.ack(batch)
+        return True
+
+    def _sync_due(self) -> bool:
+        elapsed = time.monotonic() - self.held_since
+        return elapsed >= self.exporter.sync_interval_s or self.held_bytes >= self.MAX_HELD_BYTES
+
+    def _poll_s(self) -> float:
+        if self.held is None:
+            return self.POLL_S
+        left = self.held_since + self.exporter.sync_interval_s - time.monotonic()
+        return min(self.POLL_S, max(left, 0.001))
+
+    def _commit(self) -> bool:
+        """Syncs the held batches, then acknowledges them. A failing sync is retried with backoff
+        until it succeeds (never given up on: that would ack data that is not on disk); False when
+        shutdown interrupted the retries."""
+        assert self.held is not None
+        backoff = Backoff(self.exporter.retry)
+        while True:
+            try:
+                self.exporter.sync(self.signal)
+                break
+            except Exception as exc:
+                delay = backoff.delay(None)
+                telemetry.EXPORT_RETRIES.inc(1, cause="sync_error", **self.labels)
+                log.warning(
+                    "sync failed; batches stay queued, will retry",
+                    extra={**self.labels, "reason": f"{type(exc).__name__}: {exc}", "retry_in_s": round(delay, 3)},
+                )
+                if self.stop_retrying.wait(delay):
+                    return False
+        self.core.ack(self.held)
+        self.held = None
+        self.held_bytes = 0
+        return True
+
+    def deliver(self, batch: Batch) -> Outcome | None:
+        """Sends with retry. Returns the outcome that settles the batch (ok; drop, when given up
+        on; requeued), or None when shutdown interrupted the retries. An exporter that raises is
+        retried like a retryable failure: the batch was not delivered."""
         backoff = Backoff(self.exporter.retry)
         started = time.monotonic()
         limit = self.exporter.retry.max_elapsed_s
+        raised = False
         while True:
             t0 = time.monotonic()
-            outcome = self.exporter.send(batch)
+            try:
+                outcome = self.exporter.send(batch)
+            except Exception as exc:
+                if not raised:  # the traceback once per batch; the retries are logged below
+                    log.exception("exporter failed unexpectedly; batch stays queued", extra=self.labels)
+                raised = True
+                outcome = Outcome.retry("internal_error", f"exporter raised {type(exc).__name__}: {exc}")
             telemetry.EXPORT_LATENCY.observe(time.monotonic() - t0, **self.labels)
             if outcome.kind == "ok":
                 telemetry.EXPORTED_RECORDS.inc(batch.records - outcome.rejected, **self.labels)
@@ -151,17 +238,17 @@ class Runner(threading.Thread):
                         "destination accepted the batch partially",
                         extra={**self.labels, "rejected": outcome.rejected, "reason": outcome.reason},
                     )
-                return True
+                return outcome
             if outcome.kind == "drop":
                 self._give_up(batch, "permanent_error", outcome.reason)
-                return True
+                return outcome
             if outcome.kind == "requeued":
-                return True
+                return outcome
             delay = backoff.delay(outcome.retry_after)
             elapsed = time.monotonic() - started
             if limit and elapsed + delay > limit:
                 self._give_up(batch, "retries_exhausted", f"{outcome.reason}; gave up after {elapsed:.0f}s")
-                return True
+                return Outcome.drop("retries_exhausted", outcome.reason)
             telemetry.EXPORT_RETRIES.inc(1, cause=outcome.cause or "other", **self.labels)
             log.info(
                 "send failed, will retry",
@@ -171,7 +258,7 @@ class Runner(threading.Thread):
                 log.info(
                     "shutdown interrupted retries; batch stays queued", extra={**self.labels, "records": batch.records}
                 )
-                return False
+                return None
 
     def _give_up(self, batch: Batch, reason: str, detail: str) -> None:
         telemetry.FAILED_RECORDS.inc(batch.records, reason=reason, **self.labels)

@@ -8,7 +8,7 @@ import time
 import orjson
 
 from trackgate import __version__
-from trackgate._core import Batch, Core, PipelineClosed, envelope_categories, gzip
+from trackgate._core import Batch, Core, PipelineClosed, QueueFull, envelope_categories, gzip
 from trackgate.config import SentryExporterConfig
 from trackgate.dsn import Dsn, parse_dsn
 from trackgate.exporters.base import Exporter, HttpDestination, Outcome, parse_retry_after, status_outcome
@@ -82,14 +82,18 @@ class SentryExporter(Exporter):
         return status_outcome(resp.status, reason, resp.headers.get("Retry-After"))
 
     def _park(self, batch: Batch, reason: str) -> Outcome:
-        """Puts the envelope back at the end of the queue. A closed queue (shutting down) takes
-        nothing more: then it is retried in place instead, so that it stays queued, on disk, for
-        the next start rather than being acknowledged and lost."""
+        """Puts the envelope back at the end of the queue. When the queue takes nothing more (closed
+        while shutting down, full, its disk failing), it is held and retried in place instead: it
+        stays queued, on disk, rather than being acknowledged and lost."""
         assert self.core is not None
         try:
             self.core.enqueue("logs", batch.body, batch.records)
         except PipelineClosed:
             return Outcome.retry("rate_limited", f"{reason}; shutting down", retry_after=PARK_S)
+        except (QueueFull, OSError) as exc:
+            # Parking again after the wait lets other categories flow once the queue has room.
+            detail = f"{reason}; cannot requeue ({type(exc).__name__}: {exc}), held"
+            return Outcome.retry("requeue_failed", detail, retry_after=PARK_S)
         return Outcome.requeued(reason)
 
     def close(self) -> None:
