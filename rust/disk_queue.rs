@@ -21,12 +21,15 @@
 //! starts a segment whose header must sync first. A payload the disk does not return keeps the
 //! exporter's cursor where it is until a later `take` reads it.
 //!
-//! On open, frames are checked in order. At a bad frame the scan looks for the next offset where
-//! a header and its payload both pass their CRCs and skips what lies between; when nothing good
-//! follows, the tail is cut (the file truncated after the last good frame). Each exporter resumes
-//! after its acked seq, or at the oldest retained entry when the ledger has nothing for it (a new
-//! exporter, a lost or corrupt ledger): redelivery rather than loss. Ledger entries of exporters
-//! no longer configured are ignored, so their data is freed.
+//! On open, frames are checked in order. At a bad frame the scan resumes after it when its header
+//! checks out (its length holds, and what it covers is a client's payload, where bytes can look
+//! like a frame), else at the next byte; it takes the next offset where a header and its payload
+//! both pass their CRCs and the seq fits the segment's sequence, and skips what lies between.
+//! When nothing good follows, the tail is cut (the file truncated after the last good frame).
+//! Frames whose seq the segment headers rule out are dropped. Each exporter resumes after its
+//! acked seq, or at the oldest retained entry when the ledger has nothing believable for it (a new
+//! exporter, a lost or corrupt ledger, a position past every frame): redelivery rather than loss.
+//! Ledger entries of exporters no longer configured are ignored, so their data is freed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -49,6 +52,10 @@ pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 pub const MIN_SEGMENT_BYTES: u64 = 256;
 /// Recovery reads a whole segment into memory, so segments stay modest.
 pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
+/// The highest seq recovery believes: a billion appends a second would take a century to reach
+/// it, so a larger one on disk is damage or a frame crafted inside a payload, and refusing it
+/// keeps seq arithmetic (and appends) from overflowing.
+pub const MAX_SEQ: Seq = 1 << 62;
 /// Tries at reading one payload back before `take` gives up on it for now.
 const READ_ATTEMPTS: usize = 3;
 
@@ -222,13 +229,30 @@ pub struct SegmentScan {
     pub cut_at: Option<u64>,
 }
 
-/// The offset of the next good frame at or after `from`.
-fn next_frame(buf: &[u8], from: usize) -> Option<usize> {
+/// Whether a frame found by resyncing after damage can be one this segment holds: a frame
+/// inside a client's payload also passes its CRCs. Each signal's seqs in a segment are
+/// consecutive, so one found `gap` bytes after the last good frame is at most `gap /
+/// FRAME_HEADER` frames past the last seq seen (`last`, from the header before any frame).
+fn fits_sequence(h: &FrameHeader, last: &[Option<Seq>; 3], gap: usize) -> bool {
+    if h.seq == 0 || h.seq > MAX_SEQ {
+        return false;
+    }
+    match last[h.signal.index()] {
+        Some(last) => h.seq > last && h.seq - last <= 1 + (gap / FRAME_HEADER) as u64,
+        None => true,
+    }
+}
+
+/// The offset of the next good frame at or after `from` that fits the sequence after the last
+/// good frame, which ended at `good_end`.
+fn next_frame(buf: &[u8], from: usize, good_end: usize, last: &[Option<Seq>; 3]) -> Option<usize> {
     let mut at = from;
     while let Some(rest) = buf.get(at..) {
         let candidate = at + rest.windows(FRAME_MAGIC.len()).position(|w| w == FRAME_MAGIC)?;
-        if decode_frame(buf.get(candidate..)?).is_ok() {
-            return Some(candidate);
+        if let Ok((h, _)) = decode_frame(buf.get(candidate..)?) {
+            if fits_sequence(&h, last, candidate - good_end) {
+                return Some(candidate);
+            }
         }
         at = candidate + 1;
     }
@@ -247,24 +271,36 @@ pub fn scan_segment(buf: &[u8]) -> SegmentScan {
         scan.cut_at = (!buf.is_empty()).then_some(0);
         return scan;
     }
+    let mut last = scan.header.map_or([None; 3], |h| h.starts.map(|s| s.checked_sub(1)));
     let mut pos = SEGMENT_HEADER;
     while let Some(rest) = buf.get(pos..).filter(|r| !r.is_empty()) {
         match decode_frame(rest) {
             Ok((header, payload)) => {
                 scan.frames.push((header, pos as u64));
+                let seen = &mut last[header.signal.index()];
+                *seen = (*seen).max(Some(header.seq));
                 pos += FRAME_HEADER + payload.len();
             }
-            Err(_) => match next_frame(buf, pos + 1) {
-                Some(next) => {
-                    scan.skipped_bytes += (next - pos) as u64;
-                    scan.skipped_regions += 1;
-                    pos = next;
+            Err(_) => {
+                // A header that passes its check was written by the queue, so its length holds:
+                // the bytes it covers are a client's payload, where a frame may be embedded. Only
+                // a damaged header leaves nothing better than looking at every byte.
+                let resume = match FrameHeader::decode(rest) {
+                    Ok(h) => usize::try_from(h.frame_len()).map_or(usize::MAX, |n| pos.saturating_add(n)),
+                    Err(_) => pos + 1,
+                };
+                match next_frame(buf, resume, pos, &last) {
+                    Some(next) => {
+                        scan.skipped_bytes += (next - pos) as u64;
+                        scan.skipped_regions += 1;
+                        pos = next;
+                    }
+                    None => {
+                        scan.cut_at = Some(pos as u64);
+                        break;
+                    }
                 }
-                None => {
-                    scan.cut_at = Some(pos as u64);
-                    break;
-                }
-            },
+            }
         }
     }
     scan
@@ -420,7 +456,8 @@ pub struct RecoveryReport {
     /// Corrupt bytes skipped in the middle of segments, and in how many places.
     pub skipped_bytes: u64,
     pub skipped_regions: u64,
-    /// Good frames ignored because their seq was not after the one before (a copied file).
+    /// Good frames ignored because their seq does not fit: not after the one before (a copied
+    /// file), or outside what the segment's header and the next segment's allow.
     pub skipped_frames: u64,
     /// Frames known to be missing in segments where bytes were skipped or cut (from seq gaps).
     pub lost_frames: u64,
@@ -433,6 +470,11 @@ pub struct RecoveryReport {
     pub removed_segments: u64,
     /// 1 when the ledger failed its check: every exporter starts over at the oldest entry.
     pub ledger_corrupt: u64,
+    /// 1 when segments were found without a ledger beside them: the same, for a lost ledger.
+    pub ledger_missing: u64,
+    /// Ledger positions past every frame and segment header (frames lost since it was written,
+    /// or a ledger from elsewhere): ignored, so those exporters start over at the oldest entry.
+    pub ledger_ahead: u64,
     /// Ledger entries of exporters no longer configured.
     pub ledger_ignored: u64,
 }
@@ -455,6 +497,8 @@ impl RecoveryReport {
             ("bad_headers", self.bad_headers),
             ("removed_segments", self.removed_segments),
             ("ledger_corrupt", self.ledger_corrupt),
+            ("ledger_missing", self.ledger_missing),
+            ("ledger_ahead", self.ledger_ahead),
             ("ledger_ignored", self.ledger_ignored),
         ]
     }
@@ -1371,14 +1415,17 @@ fn read_segments(config: &Config, report: &mut RecoveryReport) -> Result<Vec<Rec
         let mut scan = scan_segment(&buf);
         drop(buf);
         report.segments += 1;
-        if scan.header.is_some_and(|h| h.id != id) {
+        if scan
+            .header
+            .is_some_and(|h| h.id != id || h.starts.iter().any(|&s| s == 0 || s > MAX_SEQ + 1))
+        {
             scan.header = None;
         }
         if scan.header.is_none() && len >= SEGMENT_HEADER as u64 {
             report.bad_headers += 1;
         }
-        report.skipped_bytes += scan.skipped_bytes;
-        report.skipped_regions += scan.skipped_regions;
+        report.skipped_bytes = report.skipped_bytes.saturating_add(scan.skipped_bytes);
+        report.skipped_regions = report.skipped_regions.saturating_add(scan.skipped_regions);
         let mut size = len;
         if let Some(cut) = scan.cut_at {
             file.set_len(cut)
@@ -1390,7 +1437,7 @@ fn read_segments(config: &Config, report: &mut RecoveryReport) -> Result<Vec<Rec
                     }
                 })
                 .map_err(|e| storage(format_args!("truncating {}", path.display()), e))?;
-            report.cut_bytes += len - cut;
+            report.cut_bytes = report.cut_bytes.saturating_add(len - cut);
             report.cut_segments += 1;
             size = cut;
         }
@@ -1403,6 +1450,36 @@ fn read_segments(config: &Config, report: &mut RecoveryReport) -> Result<Vec<Rec
         });
     }
     Ok(out)
+}
+
+/// Keeps the frames whose seq fits their segment: each signal's seqs in a segment run on from
+/// the header's start, one per frame at most, and stay below where the next segment with a
+/// header starts. Returns how many were dropped. A frame without a header to check it against
+/// is still held to [`MAX_SEQ`].
+fn drop_implausible(segments: &mut [Recovered]) -> u64 {
+    let mut dropped = 0;
+    let mut next: Option<SegmentHeader> = None;
+    for seg in segments.iter_mut().rev() {
+        let room = seg.size.saturating_sub(SEGMENT_HEADER as u64) / FRAME_HEADER as u64;
+        let bounds: [(Seq, Seq); 3] = std::array::from_fn(|s| {
+            let (lo, mut hi) = match seg.scan.header {
+                Some(h) => (h.starts[s], h.starts[s].saturating_add(room)),
+                None => (1, MAX_SEQ + 1),
+            };
+            if let Some(n) = next {
+                hi = hi.min(n.starts[s]);
+            }
+            (lo, hi.min(MAX_SEQ + 1))
+        });
+        let before = seg.scan.frames.len();
+        seg.scan.frames.retain(|(h, _)| {
+            let (lo, hi) = bounds[h.signal.index()];
+            (lo..hi).contains(&h.seq)
+        });
+        dropped += (before - seg.scan.frames.len()) as u64;
+        next = seg.scan.header.or(next);
+    }
+    dropped
 }
 
 /// Frames missing from damaged segments, from the seqs their headers say they start at.
@@ -1433,7 +1510,10 @@ fn count_lost(segments: &[Recovered]) -> u64 {
                 (None, Some(max)) => max.saturating_add(1),
                 (None, None) => header.starts[s],
             };
-            lost += end.saturating_sub(header.starts[s]).saturating_sub(count);
+            lost = end
+                .saturating_sub(header.starts[s])
+                .saturating_sub(count)
+                .saturating_add(lost);
         }
     }
     lost
@@ -1449,11 +1529,17 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
             report.ledger_corrupt = u64::from(ledger.is_none());
             ledger
         }
-        Err(e) if e.kind() == ErrorKind::NotFound => None,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            report.ledger_missing = 1;
+            None
+        }
         Err(e) => return Err(storage("reading the queue ledger", e)),
     };
     let _ = fs::remove_file(config.dir.join(LEDGER_TMP));
-    let recovered = read_segments(config, &mut report)?;
+    let mut recovered = read_segments(config, &mut report)?;
+    // A new queue has neither; segments without a ledger lost it.
+    report.ledger_missing &= u64::from(!recovered.is_empty());
+    report.skipped_frames = drop_implausible(&mut recovered);
     report.lost_frames = count_lost(&recovered);
 
     let mut lanes: [Lane; 3] = Default::default();
@@ -1479,7 +1565,7 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
             // file says.
             let records = h.records.min(u64::from(u32::MAX));
             lane.total_records = lane.total_records.saturating_add(records);
-            lane.total_bytes += u64::from(h.len);
+            lane.total_bytes = lane.total_bytes.saturating_add(u64::from(h.len));
             let age = Duration::from_millis(now_ms.saturating_sub(h.appended_ms));
             lane.metas.push_back(Meta {
                 seq: h.seq,
@@ -1496,7 +1582,7 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
             frames += 1;
             report.frames += 1;
             report.records = report.records.saturating_add(records);
-            report.bytes += u64::from(h.len);
+            report.bytes = report.bytes.saturating_add(u64::from(h.len));
         }
         segments.insert(
             seg.id,
@@ -1511,21 +1597,24 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
         );
     }
 
-    // Seqs continue after anything any source has seen, so a ledger position never covers a new
-    // entry.
+    // Seqs continue after every frame and header. A ledger position past all of them is not
+    // believed (its frames are gone, or it is from elsewhere): reported, and the exporter starts
+    // over at the oldest entry. Clamped to the lane, no ledger position covers a new entry.
     for signal in Signal::ALL {
         let s = signal.index();
         let lane = &mut lanes[s];
-        let mut last = header_last[s].max(lane.metas.back().map_or(0, |m| m.seq));
+        lane.last = header_last[s].max(lane.metas.back().map_or(0, |m| m.seq));
         if let Some(ledger) = &ledger {
-            last = last.max(ledger.last[s]);
-            for (_, sig, acked) in &ledger.acked {
-                if *sig == signal {
-                    last = last.max(*acked);
-                }
-            }
+            let ahead = ledger
+                .acked
+                .iter()
+                .filter(|(name, sig, _)| *sig == signal && config.exporters.contains(name))
+                .map(|(_, _, acked)| *acked)
+                .chain([ledger.last[s]])
+                .filter(|&seq| seq > lane.last)
+                .count();
+            report.ledger_ahead += ahead as u64;
         }
-        lane.last = last;
     }
 
     if let Some(ledger) = &ledger {
@@ -1544,6 +1633,7 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
                 .flat_map(|l| &l.acked)
                 .find(|(n, sig, _)| n == name && sig.index() == s)
                 .map_or(0, |(_, _, seq)| *seq);
+            let stored = if stored > lane.last { 0 } else { stored };
             let acked = stored.max(oldest).min(lane.last);
             let i = lane.after(acked);
             let (read_records, read_bytes) = match i.checked_sub(1).and_then(|j| lane.metas.get(j)) {
@@ -2462,6 +2552,7 @@ mod tests {
             }
             let q = open(&o);
             assert_eq!(q.report().ledger_corrupt, u64::from(damage == "corrupt"));
+            assert_eq!(q.report().ledger_missing, u64::from(damage == "missing"));
             assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [1, 2, 3], "{damage}");
             assert_eq!(q.append(Signal::Logs, 1, payload(0, 1)).unwrap(), 4);
             // The ledger is rewritten whole at open.
@@ -2687,16 +2778,21 @@ mod tests {
         let dir = TempDir::new("dq");
         let o = options(&dir, &["a"]);
         drop(open(&o));
-        // A well-formed frame at the very end of the seq space, with an absurd record count.
+        // Well-formed frames: an absurd record count, and a seq at the very end of the seq space.
         let mut seg = SegmentHeader { id: 2, starts: [1; 3] }.encode().to_vec();
-        let h = FrameHeader::new(Signal::Logs, Seq::MAX, u64::MAX, u64::MAX, b"x").unwrap();
-        seg.extend(encode_frame(&h, b"x"));
+        for (seq, records) in [(1, u64::MAX), (Seq::MAX, 1)] {
+            seg.extend(encode_frame(
+                &FrameHeader::new(Signal::Logs, seq, records, u64::MAX, b"x").unwrap(),
+                b"x",
+            ));
+        }
         fs::write(segment_path(&dir.0, 2), &seg).unwrap();
         let q = open(&o);
-        assert_eq!(q.report().records, u64::from(u32::MAX));
-        let err = q.append(Signal::Logs, 1, payload(0, 1)).unwrap_err();
-        assert!(matches!(err, CoreError::Storage(_)), "{err}");
-        assert_eq!(take_all(&q, "a", Signal::Logs)[0].seq, Seq::MAX);
+        let r = q.report();
+        assert_eq!((r.frames, r.records, r.skipped_frames), (1, u64::from(u32::MAX), 1));
+        // The implausible seq was not believed, so seqs go on.
+        assert_eq!(q.append(Signal::Logs, 1, payload(0, 1)).unwrap(), 2);
+        assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [1, 2]);
         drop(q);
         // The last possible segment id.
         fs::write(segment_path(&dir.0, u64::MAX), b"").unwrap();
@@ -2935,5 +3031,115 @@ mod tests {
         q.ack("a", Signal::Logs, 1).unwrap();
         faults.reads.store(0, Ordering::SeqCst);
         assert_eq!(&take_all(&q, "a", Signal::Logs)[0].payload[..], &[2u8; 100][..]);
+    }
+
+    /// A client's payload that holds well-formed frames, as an OTLP `bytes_value` can.
+    fn payload_with_frames(frames: &[(Signal, Seq)]) -> Vec<u8> {
+        let mut body = b"a log record's bytes_value:".to_vec();
+        for &(signal, seq) in frames {
+            let h = FrameHeader::new(signal, seq, u64::MAX, 0, b"smuggled").unwrap();
+            body.extend(encode_frame(&h, b"smuggled"));
+        }
+        body.extend([0u8; 16]);
+        body
+    }
+
+    #[test]
+    fn a_frame_inside_a_torn_payload_is_not_recovered() {
+        let dir = TempDir::new("dq");
+        let o = options(&dir, &["a"]);
+        let body = payload_with_frames(&[(Signal::Traces, Seq::MAX), (Signal::Traces, 1), (Signal::Logs, 2)]);
+        {
+            let q = open(&o);
+            q.append(Signal::Logs, 1, payload(1, 20)).unwrap();
+            q.append(Signal::Logs, 1, Payload::from(body.clone())).unwrap();
+        }
+        // The second request was torn just before its end: every smuggled frame is intact.
+        let path = segment_path(&dir.0, 1);
+        let end = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(end - 8)
+            .unwrap();
+        let q = open(&o);
+        let r = q.report();
+        assert_eq!((r.frames, r.records, r.cut_segments), (1, 1, 1));
+        assert_eq!(r.cut_bytes, (FRAME_HEADER + body.len() - 8) as u64);
+        assert!(r.lost_frames <= 1, "{r:?}");
+        assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [1]);
+        assert!(take_all(&q, "a", Signal::Traces).is_empty());
+        assert_eq!(q.append(Signal::Traces, 1, payload(0, 5)).unwrap(), 1);
+        assert_eq!(q.append(Signal::Logs, 1, payload(0, 5)).unwrap(), 2);
+        drop(q);
+        let q = open(&o);
+        assert_eq!(q.append(Signal::Traces, 1, payload(0, 5)).unwrap(), 2);
+    }
+
+    #[test]
+    fn resync_after_a_damaged_header_takes_only_frames_that_fit_the_sequence() {
+        let dir = TempDir::new("dq");
+        let o = options(&dir, &["a"]);
+        let body = payload_with_frames(&[(Signal::Traces, Seq::MAX), (Signal::Logs, 1000), (Signal::Logs, 1)]);
+        {
+            let q = open(&o);
+            q.append(Signal::Logs, 1, payload(1, 20)).unwrap();
+            q.append(Signal::Logs, 1, Payload::from(body.clone())).unwrap();
+            q.append(Signal::Logs, 1, payload(3, 20)).unwrap();
+        }
+        // Frame 2's length can no longer be trusted, so the scan looks at every byte of it.
+        flip(
+            &segment_path(&dir.0, 1),
+            (SEGMENT_HEADER + FRAME_HEADER + 20 + 5) as u64,
+        );
+        let q = open(&o);
+        let r = q.report();
+        assert_eq!((r.frames, r.skipped_regions, r.lost_frames), (2, 1, 1), "{r:?}");
+        assert_eq!(r.skipped_bytes, (FRAME_HEADER + body.len()) as u64);
+        let logs = take_all(&q, "a", Signal::Logs);
+        assert_eq!(seqs(&logs), [1, 3]);
+        assert_eq!(&logs[1].payload[..], &[3u8; 20][..]);
+        assert!(take_all(&q, "a", Signal::Traces).is_empty());
+        assert_eq!(q.append(Signal::Traces, 1, payload(0, 5)).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_ledger_past_every_frame_is_reported_and_not_believed() {
+        let dir = TempDir::new("dq");
+        let o = options(&dir, &["a", "b"]);
+        {
+            let q = open(&o);
+            assert_eq!(q.report().ledger_missing, 0, "a new queue has no ledger yet");
+            for i in 1..=2 {
+                q.append(Signal::Logs, 1, payload(i, 10)).unwrap();
+            }
+            take_all(&q, "a", Signal::Logs);
+            q.ack("a", Signal::Logs, 2).unwrap();
+        }
+        // As a resurrected frame left it: positions past anything the segments hold.
+        let ledger = Ledger {
+            last: [10, Seq::MAX, 0],
+            acked: vec![
+                ("a".into(), Signal::Logs, 10),
+                ("a".into(), Signal::Traces, Seq::MAX),
+                ("b".into(), Signal::Logs, 0),
+            ],
+        };
+        fs::write(dir.0.join(LEDGER_FILE), ledger.encode()).unwrap();
+        let q = open(&o);
+        let r = q.report();
+        assert_eq!(
+            (r.ledger_ahead, r.ledger_corrupt, r.pending_entries),
+            (4, 0, 2),
+            "{r:?}"
+        );
+        assert_eq!(
+            seqs(&take_all(&q, "a", Signal::Logs)),
+            [1, 2],
+            "redelivered, not skipped"
+        );
+        assert_eq!(q.append(Signal::Traces, 1, payload(0, 5)).unwrap(), 1);
+        assert_eq!(q.append(Signal::Logs, 1, payload(0, 5)).unwrap(), 3);
     }
 }
