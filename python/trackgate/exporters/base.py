@@ -92,6 +92,8 @@ class Runner(threading.Thread):
 
     # How long one wait for a batch lasts; bounds how fast a flush request is noticed.
     POLL_S = 0.1
+    # How often a queue entry the disk failed to return is tried again.
+    READ_RETRY_S = 1.0
 
     def __init__(
         self,
@@ -109,11 +111,23 @@ class Runner(threading.Thread):
         self.stop_retrying = stop_retrying
         self.labels = {"exporter": exporter.name, "signal": signal}
         self.busy = False
+        self.read_failing = False
 
     def run(self) -> None:
         while True:
             flush = self.flushing.is_set() or self.core.closed
-            batch = self.core.next_batch(self.exporter.name, self.signal, self.POLL_S, flush)
+            try:
+                batch = self.core.next_batch(self.exporter.name, self.signal, self.POLL_S, flush)
+            except OSError as exc:  # the queue could not read the next entry back; its cursor stays
+                if not self.read_failing:
+                    log.error("reading the queue failed; delivery paused", extra={**self.labels, "error": str(exc)})
+                self.read_failing = True
+                if self.stop_retrying.wait(self.READ_RETRY_S):
+                    return  # shutting down: the entry stays on disk for the next start
+                continue
+            if self.read_failing:
+                log.info("reading the queue works again; delivery resumed", extra=self.labels)
+                self.read_failing = False
             if batch is None:
                 if self.core.closed:
                     return
