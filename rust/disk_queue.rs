@@ -16,12 +16,20 @@
 //! dropped by that exporter's limits). Memory holds an index (position and counts per entry) and
 //! a bounded cache of recent payloads; older payloads are read back from disk on `take`.
 //!
-//! On open, frames are checked in order. At a bad frame the scan looks for the next offset where
-//! a header and its payload both pass their CRCs and skips what lies between; when nothing good
-//! follows, the tail is cut (the file truncated after the last good frame). Each exporter resumes
-//! after its acked seq, or at the oldest retained entry when the ledger has nothing for it (a new
-//! exporter, a lost or corrupt ledger): redelivery rather than loss. Ledger entries of exporters
-//! no longer configured are ignored, so their data is freed.
+//! A failed fsync poisons its segment: no write it did not cover is ever reported durable (Linux
+//! reports the error to one fsync only), the segment takes no more frames, and the next append
+//! starts a segment whose header must sync first. A payload the disk does not return keeps the
+//! exporter's cursor where it is until a later `take` reads it.
+//!
+//! On open, frames are checked in order. At a bad frame the scan resumes after it when its header
+//! checks out (its length holds, and what it covers is a client's payload, where bytes can look
+//! like a frame), else at the next byte; it takes the next offset where a header and its payload
+//! both pass their CRCs and the seq fits the segment's sequence, and skips what lies between.
+//! When nothing good follows, the tail is cut (the file truncated after the last good frame).
+//! Frames whose seq the segment headers rule out are dropped. Each exporter resumes after its
+//! acked seq, or at the oldest retained entry when the ledger has nothing believable for it (a new
+//! exporter, a lost or corrupt ledger, a position past every frame): redelivery rather than loss.
+//! Ledger entries of exporters no longer configured are ignored, so their data is freed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -44,6 +52,12 @@ pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 pub const MIN_SEGMENT_BYTES: u64 = 256;
 /// Recovery reads a whole segment into memory, so segments stay modest.
 pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
+/// The highest seq recovery believes: a billion appends a second would take a century to reach
+/// it, so a larger one on disk is damage or a frame crafted inside a payload, and refusing it
+/// keeps seq arithmetic (and appends) from overflowing.
+pub const MAX_SEQ: Seq = 1 << 62;
+/// Tries at reading one payload back before `take` gives up on it for now.
+const READ_ATTEMPTS: usize = 3;
 
 const SEGMENT_MAGIC: [u8; 8] = *b"TGQSEG01";
 const FRAME_MAGIC: [u8; 4] = *b"TGQF";
@@ -215,13 +229,30 @@ pub struct SegmentScan {
     pub cut_at: Option<u64>,
 }
 
-/// The offset of the next good frame at or after `from`.
-fn next_frame(buf: &[u8], from: usize) -> Option<usize> {
+/// Whether a frame found by resyncing after damage can be one this segment holds: a frame
+/// inside a client's payload also passes its CRCs. Each signal's seqs in a segment are
+/// consecutive, so one found `gap` bytes after the last good frame is at most `gap /
+/// FRAME_HEADER` frames past the last seq seen (`last`, from the header before any frame).
+fn fits_sequence(h: &FrameHeader, last: &[Option<Seq>; 3], gap: usize) -> bool {
+    if h.seq == 0 || h.seq > MAX_SEQ {
+        return false;
+    }
+    match last[h.signal.index()] {
+        Some(last) => h.seq > last && h.seq - last <= 1 + (gap / FRAME_HEADER) as u64,
+        None => true,
+    }
+}
+
+/// The offset of the next good frame at or after `from` that fits the sequence after the last
+/// good frame, which ended at `good_end`.
+fn next_frame(buf: &[u8], from: usize, good_end: usize, last: &[Option<Seq>; 3]) -> Option<usize> {
     let mut at = from;
     while let Some(rest) = buf.get(at..) {
         let candidate = at + rest.windows(FRAME_MAGIC.len()).position(|w| w == FRAME_MAGIC)?;
-        if decode_frame(buf.get(candidate..)?).is_ok() {
-            return Some(candidate);
+        if let Ok((h, _)) = decode_frame(buf.get(candidate..)?) {
+            if fits_sequence(&h, last, candidate - good_end) {
+                return Some(candidate);
+            }
         }
         at = candidate + 1;
     }
@@ -240,24 +271,36 @@ pub fn scan_segment(buf: &[u8]) -> SegmentScan {
         scan.cut_at = (!buf.is_empty()).then_some(0);
         return scan;
     }
+    let mut last = scan.header.map_or([None; 3], |h| h.starts.map(|s| s.checked_sub(1)));
     let mut pos = SEGMENT_HEADER;
     while let Some(rest) = buf.get(pos..).filter(|r| !r.is_empty()) {
         match decode_frame(rest) {
             Ok((header, payload)) => {
                 scan.frames.push((header, pos as u64));
+                let seen = &mut last[header.signal.index()];
+                *seen = (*seen).max(Some(header.seq));
                 pos += FRAME_HEADER + payload.len();
             }
-            Err(_) => match next_frame(buf, pos + 1) {
-                Some(next) => {
-                    scan.skipped_bytes += (next - pos) as u64;
-                    scan.skipped_regions += 1;
-                    pos = next;
+            Err(_) => {
+                // A header that passes its check was written by the queue, so its length holds:
+                // the bytes it covers are a client's payload, where a frame may be embedded. Only
+                // a damaged header leaves nothing better than looking at every byte.
+                let resume = match FrameHeader::decode(rest) {
+                    Ok(h) => usize::try_from(h.frame_len()).map_or(usize::MAX, |n| pos.saturating_add(n)),
+                    Err(_) => pos + 1,
+                };
+                match next_frame(buf, resume, pos, &last) {
+                    Some(next) => {
+                        scan.skipped_bytes += (next - pos) as u64;
+                        scan.skipped_regions += 1;
+                        pos = next;
+                    }
+                    None => {
+                        scan.cut_at = Some(pos as u64);
+                        break;
+                    }
                 }
-                None => {
-                    scan.cut_at = Some(pos as u64);
-                    break;
-                }
-            },
+            }
         }
     }
     scan
@@ -378,6 +421,8 @@ pub struct DiskOptions {
     /// Recent payloads kept in memory so the usual `take` does not read the disk.
     pub cache_bytes: usize,
     pub limits: Vec<(String, ExporterLimit)>,
+    #[cfg(test)]
+    pub(crate) faults: Option<Arc<Faults>>,
 }
 
 impl DiskOptions {
@@ -390,6 +435,8 @@ impl DiskOptions {
             fsync: Fsync::Always,
             cache_bytes: DEFAULT_CACHE_BYTES,
             limits: Vec::new(),
+            #[cfg(test)]
+            faults: None,
         }
     }
 }
@@ -409,7 +456,8 @@ pub struct RecoveryReport {
     /// Corrupt bytes skipped in the middle of segments, and in how many places.
     pub skipped_bytes: u64,
     pub skipped_regions: u64,
-    /// Good frames ignored because their seq was not after the one before (a copied file).
+    /// Good frames ignored because their seq does not fit: not after the one before (a copied
+    /// file), or outside what the segment's header and the next segment's allow.
     pub skipped_frames: u64,
     /// Frames known to be missing in segments where bytes were skipped or cut (from seq gaps).
     pub lost_frames: u64,
@@ -422,6 +470,11 @@ pub struct RecoveryReport {
     pub removed_segments: u64,
     /// 1 when the ledger failed its check: every exporter starts over at the oldest entry.
     pub ledger_corrupt: u64,
+    /// 1 when segments were found without a ledger beside them: the same, for a lost ledger.
+    pub ledger_missing: u64,
+    /// Ledger positions past every frame and segment header (frames lost since it was written,
+    /// or a ledger from elsewhere): ignored, so those exporters start over at the oldest entry.
+    pub ledger_ahead: u64,
     /// Ledger entries of exporters no longer configured.
     pub ledger_ignored: u64,
 }
@@ -444,6 +497,8 @@ impl RecoveryReport {
             ("bad_headers", self.bad_headers),
             ("removed_segments", self.removed_segments),
             ("ledger_corrupt", self.ledger_corrupt),
+            ("ledger_missing", self.ledger_missing),
+            ("ledger_ahead", self.ledger_ahead),
             ("ledger_ignored", self.ledger_ignored),
         ]
     }
@@ -485,6 +540,32 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Segment fsyncs and payload reads go through here, so that tests can make them fail the way a
+/// failing disk does ([`Faults`]).
+#[derive(Debug, Clone, Default)]
+struct Io {
+    #[cfg(test)]
+    faults: Option<Arc<Faults>>,
+}
+
+impl Io {
+    fn sync_data(&self, file: &File) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(faults) = &self.faults {
+            faults.before_sync()?;
+        }
+        file.sync_data()
+    }
+
+    fn read_exact_at(&self, file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(faults) = &self.faults {
+            faults.before_read()?;
+        }
+        file.read_exact_at(buf, offset)
+    }
+}
+
 #[derive(Debug)]
 struct Meta {
     seq: Seq,
@@ -516,6 +597,11 @@ struct Cursor {
     need_bytes: u64,
     dropped_records: u64,
     dropped_entries: u64,
+    /// A `take` is reading payloads for this cursor outside the lock: `read` moves only once it
+    /// knows what could be read, and the limits leave the cursor alone meanwhile.
+    reading: bool,
+    /// The entry the last `take` could not read; delivery waits on it.
+    read_failed: Option<Seq>,
 }
 
 #[derive(Debug, Default)]
@@ -554,6 +640,8 @@ struct Segment {
     path: PathBuf,
     file: Arc<File>,
     size: u64,
+    /// How much of the file an fsync is known to have put on disk.
+    durable: u64,
     frames: u64,
     /// Frames some exporter still needs.
     live: u64,
@@ -580,6 +668,12 @@ struct State {
     /// Segments whose `live` count reached 0, to delete once they are not the active one (a
     /// list, so that settling does not walk every segment).
     dead: Vec<u64>,
+    /// Segments an fsync failed on, with how much of each an earlier fsync had put on disk. Linux
+    /// reports a writeback error to one fsync only and marks the pages clean, so a later fsync
+    /// that succeeds proves nothing about what was written before: the frames past that point
+    /// are never reported durable, and the segment takes no more appends. Kept after the file is
+    /// deleted (one entry per failure), for writers still waiting on their sync.
+    poisoned: BTreeMap<u64, u64>,
 }
 
 /// What does not change after open.
@@ -593,6 +687,7 @@ struct Config {
     cache_bytes: usize,
     /// By exporter index.
     limits: Vec<ExporterLimit>,
+    io: Io,
 }
 
 impl State {
@@ -685,9 +780,12 @@ impl State {
     }
 
     /// Drops for exporter `x` the oldest entry of lane `l` it has not been handed. False when
-    /// there is none.
+    /// there is none, or a `take` is reading for that cursor.
     fn drop_oldest_unread(&mut self, l: usize, x: usize) -> bool {
         let lane = &self.lanes[l];
+        if lane.cursors[x].reading {
+            return false;
+        }
         let i = lane.after(lane.cursors[x].read);
         let Some(meta) = lane.metas.get(i) else {
             return false;
@@ -735,6 +833,7 @@ impl State {
         if let Some(max_bytes) = limit.max_bytes {
             while self.lanes.iter().map(|lane| lane.cursors[x].need_bytes).sum::<u64>() > max_bytes {
                 let oldest = (0..self.lanes.len())
+                    .filter(|&l| !self.lanes[l].cursors[x].reading)
                     .filter_map(|l| {
                         let lane = &self.lanes[l];
                         lane.metas
@@ -814,16 +913,19 @@ impl State {
         self.lanes.each_ref().map(|lane| lane.last.saturating_add(1))
     }
 
-    /// Starts a new active segment; the old one is synced first (unless fsync is `never`) so
-    /// that "an older segment" implies "durable" for group commit.
+    /// The active segment as (id, size) while it holds frames no fsync has covered: it is synced
+    /// before it rolls, so that "an older segment" means "on disk" (or poisoned) for group commit.
+    /// The sync runs outside the state lock, in `Shared::sync_upto`, the one place segment fsyncs
+    /// happen: two at once on one file could split an error between them, one reporting success.
+    fn unsynced_active(&self, config: &Config) -> Option<(u64, u64)> {
+        let seg = self.segments.get(&self.active)?;
+        let unsynced = config.fsync.durable() && seg.durable < seg.size && !self.poisoned.contains_key(&self.active);
+        unsynced.then_some((self.active, seg.size))
+    }
+
+    /// Starts a new active segment (its header is synced before it takes a frame). Callers sync
+    /// the old one first, see `unsynced_active`.
     fn roll(&mut self, config: &Config) -> Result<()> {
-        if config.fsync.durable() {
-            if let Some(old) = self.segments.get(&self.active) {
-                old.file
-                    .sync_data()
-                    .map_err(|e| storage(format_args!("syncing {}", old.path.display()), e))?;
-            }
-        }
         let id = next_id(self.active)?;
         let seg = create_segment(config, id, self.starts())?;
         self.used += seg.size;
@@ -834,22 +936,48 @@ impl State {
 
     /// Rolls away the active segment when nobody needs its frames and the space is wanted
     /// (`force`) or the segment itself holds over half the limit: otherwise a fully delivered
-    /// queue would keep those bytes counted (and /readyz failing) until the next append.
-    fn reclaim(&mut self, config: &Config, force: bool) -> Result<()> {
+    /// queue would keep those bytes counted (and /readyz failing) until the next append. Returns
+    /// the (id, size) to sync first when the segment is not on disk yet.
+    fn reclaim(&mut self, config: &Config, force: bool) -> Result<Option<(u64, u64)>> {
         let Some(active) = self.segments.get(&self.active) else {
-            return Ok(());
+            return Ok(None);
         };
         if active.frames > 0 && active.live == 0 && (force || active.size > config.max_bytes / 2) {
+            if let Some(unsynced) = self.unsynced_active(config) {
+                return Ok(Some(unsynced));
+            }
             self.roll(config)?;
             self.settle();
         }
-        Ok(())
+        Ok(None)
     }
 
+    /// A poisoned active segment takes no more frames.
     fn needs_roll(&self, config: &Config, frame_len: u64) -> bool {
-        self.segments
-            .get(&self.active)
-            .is_none_or(|a| a.frames > 0 && a.size + frame_len > config.segment_bytes)
+        self.poisoned.contains_key(&self.active)
+            || self
+                .segments
+                .get(&self.active)
+                .is_none_or(|a| a.frames > 0 && a.size + frame_len > config.segment_bytes)
+    }
+
+    /// Whether segment `id` is on disk up to `end`: `Some(false)` when an fsync failed before
+    /// covering it (it never will be), `None` when no fsync has covered it yet.
+    fn durable(&self, id: u64, end: u64) -> Option<bool> {
+        if let Some(&on_disk) = self.poisoned.get(&id) {
+            return Some(end <= on_disk);
+        }
+        match self.segments.get(&id) {
+            Some(seg) if end > seg.durable => None,
+            // Older segments were synced when they rolled; a deleted one was older.
+            _ => Some(true),
+        }
+    }
+
+    /// An fsync of segment `id` failed (see `poisoned`).
+    fn poison(&mut self, id: u64) {
+        let on_disk = self.segments.get(&id).map_or(SEGMENT_HEADER as u64, |s| s.durable);
+        self.poisoned.entry(id).or_insert(on_disk);
     }
 
     fn fits(&self, config: &Config, frame_len: u64) -> bool {
@@ -877,9 +1005,10 @@ fn create_segment(config: &Config, id: u64, starts: [Seq; 3]) -> Result<Segment>
         .open(&path)
         .map_err(|e| storage(context(), e))?;
     let header = SegmentHeader { id, starts }.encode();
+    // Syncing the header also proves the disk takes writes again after a failed fsync.
     let written = file.write_all_at(&header, 0).and_then(|()| {
         if config.fsync.durable() {
-            file.sync_data()?;
+            config.io.sync_data(&file)?;
             sync_dir(&config.dir)?;
         }
         Ok(())
@@ -892,22 +1021,43 @@ fn create_segment(config: &Config, id: u64, starts: [Seq; 3]) -> Result<Segment>
         path,
         file: Arc::new(file),
         size: SEGMENT_HEADER as u64,
+        durable: SEGMENT_HEADER as u64,
         frames: 0,
         live: 0,
     })
 }
 
+/// Why a payload did not come back from disk.
+#[derive(Debug)]
+enum ReadFailure {
+    /// The read itself failed: the disk may answer the next one.
+    Io(io::Error),
+    /// It read back, but not as what was indexed: the frame is damaged.
+    Damaged,
+}
+
 /// Reads one payload back and checks it against the index.
-fn read_payload(file: &File, offset: u64, signal: Signal, seq: Seq, len: u32) -> Option<Vec<u8>> {
+fn read_payload(
+    io: &Io,
+    file: &File,
+    offset: u64,
+    signal: Signal,
+    seq: Seq,
+    len: u32,
+) -> std::result::Result<Vec<u8>, ReadFailure> {
     let mut header = [0u8; FRAME_HEADER];
-    file.read_exact_at(&mut header, offset).ok()?;
-    let h = FrameHeader::decode(&header).ok()?;
+    io.read_exact_at(file, &mut header, offset).map_err(ReadFailure::Io)?;
+    let h = FrameHeader::decode(&header).map_err(|_| ReadFailure::Damaged)?;
     if h.seq != seq || h.signal != signal || h.len != len {
-        return None;
+        return Err(ReadFailure::Damaged);
     }
-    let mut payload = vec![0u8; usize::try_from(len).ok()?];
-    file.read_exact_at(&mut payload, offset + FRAME_HEADER as u64).ok()?;
-    (crc32c::crc32c(&payload) == h.payload_crc).then_some(payload)
+    let mut payload = vec![0u8; usize::try_from(len).map_err(|_| ReadFailure::Damaged)?];
+    io.read_exact_at(file, &mut payload, offset + FRAME_HEADER as u64)
+        .map_err(ReadFailure::Io)?;
+    if crc32c::crc32c(&payload) != h.payload_crc {
+        return Err(ReadFailure::Damaged);
+    }
+    Ok(payload)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -917,15 +1067,21 @@ fn read_payload(file: &File, offset: u64, signal: Signal, seq: Seq, len: u32) ->
 struct Shared {
     config: Config,
     state: Mutex<State>,
-    /// (segment id, size) known to be on disk, for group commit.
-    synced: Mutex<(u64, u64)>,
+    /// Held across each segment fsync: concurrent appenders queue here and the first one's sync
+    /// usually covers the others' frames too (group commit).
+    syncing: Mutex<()>,
     /// Serializes ledger writes; holds the generation last written.
     ledger_written: Mutex<u64>,
     /// The same, readable without waiting for a write in progress (which may be fsyncing).
     ledger_written_gen: AtomicU64,
     stop: Mutex<bool>,
     stop_wake: Condvar,
+    /// Payload reads that failed (every attempt).
     read_errors: AtomicU64,
+    /// Entries handed out empty because they read back damaged, or were unreadable and had
+    /// never been reported durable.
+    damaged_entries: AtomicU64,
+    /// Failed fsyncs, segment creations, appends and ledger writes.
     storage_errors: AtomicU64,
     report: RecoveryReport,
     /// Holds the directory's flock for as long as the queue is open.
@@ -937,25 +1093,43 @@ impl Shared {
         lock(&self.state)
     }
 
-    /// Returns once the active segment is on disk up to (segment `id`, `end`), syncing it unless
-    /// a concurrent caller's sync already covered it (group commit).
+    /// Returns once segment `id` is on disk up to `end`, syncing it unless a concurrent caller's
+    /// sync already covered it (group commit). Fails for bytes that no fsync covered before one
+    /// on the segment failed, whatever later fsyncs say: every writer waiting on a failed sync
+    /// fails, and so does one that wrote before it and syncs after.
     fn sync_upto(&self, id: u64, end: u64) -> Result<()> {
-        let mut synced = lock(&self.synced);
-        if *synced >= (id, end) {
-            return Ok(());
-        }
-        let (active, size, file) = {
+        let _syncing = lock(&self.syncing);
+        let (file, size) = {
             let st = self.lock();
-            let Some(seg) = st.segments.get(&st.active) else {
+            match st.durable(id, end) {
+                Some(true) => return Ok(()),
+                Some(false) => {
+                    return Err(CoreError::Storage(format!(
+                        "an fsync of queue segment {id} failed before it covered this write"
+                    )))
+                }
+                None => {}
+            }
+            let Some(seg) = st.segments.get(&id) else {
                 return Ok(());
             };
-            (st.active, seg.size, Arc::clone(&seg.file))
+            (Arc::clone(&seg.file), seg.size)
         };
-        // A segment older than the active one was synced when it rolled.
-        file.sync_data()
-            .map_err(|e| storage(format_args!("syncing segment {active}"), e))?;
-        *synced = (*synced).max((active, size));
-        Ok(())
+        let synced = self.config.io.sync_data(&file);
+        let mut st = self.lock();
+        match synced {
+            Ok(()) => {
+                if let Some(seg) = st.segments.get_mut(&id) {
+                    seg.durable = seg.durable.max(size);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                st.poison(id);
+                self.storage_errors.fetch_add(1, Ordering::Relaxed);
+                Err(storage(format_args!("syncing queue segment {id}"), e))
+            }
+        }
     }
 
     fn write_ledger(&self, generation: u64, ledger: &[u8], durable: bool) -> Result<()> {
@@ -983,25 +1157,30 @@ impl Shared {
         Ok(())
     }
 
-    /// Syncs the active segment (when `durable`) and writes the ledger if it changed.
+    /// Syncs the active segment (when `durable`) and writes the ledger if it changed. Failures
+    /// are counted here. A poisoned segment is not synced again: its failure was reported when
+    /// it happened, and the next append moves to a new segment.
     fn sync_all(&self, durable: bool) -> Result<()> {
-        let (active, size, generation, ledger) = {
+        let (active, size, poisoned, generation, ledger) = {
             let st = self.lock();
             let size = st.segments.get(&st.active).map_or(0, |s| s.size);
             let dirty = st.ledger_gen > self.ledger_written_gen.load(Ordering::Acquire);
             let ledger = dirty.then(|| st.ledger(&self.config).encode());
-            (st.active, size, st.ledger_gen, ledger)
+            let poisoned = st.poisoned.contains_key(&st.active);
+            (st.active, size, poisoned, st.ledger_gen, ledger)
         };
-        if durable {
+        if durable && !poisoned {
             self.sync_upto(active, size)?;
         }
         if let Some(ledger) = ledger {
-            self.write_ledger(generation, &ledger, durable)?;
+            let written = self.write_ledger(generation, &ledger, durable);
+            self.count_error(&written);
+            written?;
         }
         Ok(())
     }
 
-    fn count_error<T>(&self, result: Result<T>) {
+    fn count_error<T>(&self, result: &Result<T>) {
         if result.is_err() {
             self.storage_errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -1028,12 +1207,13 @@ impl DiskQueue {
         let shared = Arc::new(Shared {
             config,
             state: Mutex::new(state),
-            synced: Mutex::new((0, 0)),
+            syncing: Mutex::new(()),
             ledger_written: Mutex::new(0),
             ledger_written_gen: AtomicU64::new(0),
             stop: Mutex::new(false),
             stop_wake: Condvar::new(),
             read_errors: AtomicU64::new(0),
+            damaged_entries: AtomicU64::new(0),
             storage_errors: AtomicU64::new(0),
             report,
             _lock: lock_file,
@@ -1062,6 +1242,32 @@ impl DiskQueue {
         &self.shared.config.dir
     }
 
+    /// Reads one payload back, trying again on failure; every failed read is counted.
+    fn read_with_retries(
+        &self,
+        file: &File,
+        offset: u64,
+        signal: Signal,
+        info: &EntryInfo,
+    ) -> std::result::Result<Payload, ReadFailure> {
+        let len = u32::try_from(info.len).unwrap_or(u32::MAX);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match read_payload(&self.shared.config.io, file, offset, signal, info.seq, len) {
+                Ok(payload) => return Ok(Payload::from(payload)),
+                Err(failure) => {
+                    if matches!(failure, ReadFailure::Io(_)) {
+                        self.shared.read_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if attempt >= READ_ATTEMPTS {
+                        return Err(failure);
+                    }
+                }
+            }
+        }
+    }
+
     fn exporter_index(&self, name: &str) -> Result<usize> {
         let exporters = &self.shared.config.exporters;
         exporters
@@ -1083,7 +1289,8 @@ fn run_flusher(shared: &Shared, every: Duration) {
             break;
         }
         drop(stopped);
-        shared.count_error(shared.sync_all(true));
+        // Counted where it failed; the next interval tries again.
+        let _ = shared.sync_all(true);
         stopped = lock(&shared.stop);
     }
 }
@@ -1142,6 +1349,10 @@ fn check_options(options: DiskOptions) -> Result<Config> {
         fsync: options.fsync,
         cache_bytes: options.cache_bytes,
         limits,
+        io: Io {
+            #[cfg(test)]
+            faults: options.faults,
+        },
     })
 }
 
@@ -1204,14 +1415,17 @@ fn read_segments(config: &Config, report: &mut RecoveryReport) -> Result<Vec<Rec
         let mut scan = scan_segment(&buf);
         drop(buf);
         report.segments += 1;
-        if scan.header.is_some_and(|h| h.id != id) {
+        if scan
+            .header
+            .is_some_and(|h| h.id != id || h.starts.iter().any(|&s| s == 0 || s > MAX_SEQ + 1))
+        {
             scan.header = None;
         }
         if scan.header.is_none() && len >= SEGMENT_HEADER as u64 {
             report.bad_headers += 1;
         }
-        report.skipped_bytes += scan.skipped_bytes;
-        report.skipped_regions += scan.skipped_regions;
+        report.skipped_bytes = report.skipped_bytes.saturating_add(scan.skipped_bytes);
+        report.skipped_regions = report.skipped_regions.saturating_add(scan.skipped_regions);
         let mut size = len;
         if let Some(cut) = scan.cut_at {
             file.set_len(cut)
@@ -1223,7 +1437,7 @@ fn read_segments(config: &Config, report: &mut RecoveryReport) -> Result<Vec<Rec
                     }
                 })
                 .map_err(|e| storage(format_args!("truncating {}", path.display()), e))?;
-            report.cut_bytes += len - cut;
+            report.cut_bytes = report.cut_bytes.saturating_add(len - cut);
             report.cut_segments += 1;
             size = cut;
         }
@@ -1236,6 +1450,36 @@ fn read_segments(config: &Config, report: &mut RecoveryReport) -> Result<Vec<Rec
         });
     }
     Ok(out)
+}
+
+/// Keeps the frames whose seq fits their segment: each signal's seqs in a segment run on from
+/// the header's start, one per frame at most, and stay below where the next segment with a
+/// header starts. Returns how many were dropped. A frame without a header to check it against
+/// is still held to [`MAX_SEQ`].
+fn drop_implausible(segments: &mut [Recovered]) -> u64 {
+    let mut dropped = 0;
+    let mut next: Option<SegmentHeader> = None;
+    for seg in segments.iter_mut().rev() {
+        let room = seg.size.saturating_sub(SEGMENT_HEADER as u64) / FRAME_HEADER as u64;
+        let bounds: [(Seq, Seq); 3] = std::array::from_fn(|s| {
+            let (lo, mut hi) = match seg.scan.header {
+                Some(h) => (h.starts[s], h.starts[s].saturating_add(room)),
+                None => (1, MAX_SEQ + 1),
+            };
+            if let Some(n) = next {
+                hi = hi.min(n.starts[s]);
+            }
+            (lo, hi.min(MAX_SEQ + 1))
+        });
+        let before = seg.scan.frames.len();
+        seg.scan.frames.retain(|(h, _)| {
+            let (lo, hi) = bounds[h.signal.index()];
+            (lo..hi).contains(&h.seq)
+        });
+        dropped += (before - seg.scan.frames.len()) as u64;
+        next = seg.scan.header.or(next);
+    }
+    dropped
 }
 
 /// Frames missing from damaged segments, from the seqs their headers say they start at.
@@ -1266,7 +1510,10 @@ fn count_lost(segments: &[Recovered]) -> u64 {
                 (None, Some(max)) => max.saturating_add(1),
                 (None, None) => header.starts[s],
             };
-            lost += end.saturating_sub(header.starts[s]).saturating_sub(count);
+            lost = end
+                .saturating_sub(header.starts[s])
+                .saturating_sub(count)
+                .saturating_add(lost);
         }
     }
     lost
@@ -1282,11 +1529,17 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
             report.ledger_corrupt = u64::from(ledger.is_none());
             ledger
         }
-        Err(e) if e.kind() == ErrorKind::NotFound => None,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            report.ledger_missing = 1;
+            None
+        }
         Err(e) => return Err(storage("reading the queue ledger", e)),
     };
     let _ = fs::remove_file(config.dir.join(LEDGER_TMP));
-    let recovered = read_segments(config, &mut report)?;
+    let mut recovered = read_segments(config, &mut report)?;
+    // A new queue has neither; segments without a ledger lost it.
+    report.ledger_missing &= u64::from(!recovered.is_empty());
+    report.skipped_frames = drop_implausible(&mut recovered);
     report.lost_frames = count_lost(&recovered);
 
     let mut lanes: [Lane; 3] = Default::default();
@@ -1312,7 +1565,7 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
             // file says.
             let records = h.records.min(u64::from(u32::MAX));
             lane.total_records = lane.total_records.saturating_add(records);
-            lane.total_bytes += u64::from(h.len);
+            lane.total_bytes = lane.total_bytes.saturating_add(u64::from(h.len));
             let age = Duration::from_millis(now_ms.saturating_sub(h.appended_ms));
             lane.metas.push_back(Meta {
                 seq: h.seq,
@@ -1329,7 +1582,7 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
             frames += 1;
             report.frames += 1;
             report.records = report.records.saturating_add(records);
-            report.bytes += u64::from(h.len);
+            report.bytes = report.bytes.saturating_add(u64::from(h.len));
         }
         segments.insert(
             seg.id,
@@ -1337,27 +1590,31 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
                 path: seg.path,
                 file: Arc::new(seg.file),
                 size: seg.size,
+                durable: seg.size,
                 frames,
                 live: 0,
             },
         );
     }
 
-    // Seqs continue after anything any source has seen, so a ledger position never covers a new
-    // entry.
+    // Seqs continue after every frame and header. A ledger position past all of them is not
+    // believed (its frames are gone, or it is from elsewhere): reported, and the exporter starts
+    // over at the oldest entry. Clamped to the lane, no ledger position covers a new entry.
     for signal in Signal::ALL {
         let s = signal.index();
         let lane = &mut lanes[s];
-        let mut last = header_last[s].max(lane.metas.back().map_or(0, |m| m.seq));
+        lane.last = header_last[s].max(lane.metas.back().map_or(0, |m| m.seq));
         if let Some(ledger) = &ledger {
-            last = last.max(ledger.last[s]);
-            for (_, sig, acked) in &ledger.acked {
-                if *sig == signal {
-                    last = last.max(*acked);
-                }
-            }
+            let ahead = ledger
+                .acked
+                .iter()
+                .filter(|(name, sig, _)| *sig == signal && config.exporters.contains(name))
+                .map(|(_, _, acked)| *acked)
+                .chain([ledger.last[s]])
+                .filter(|&seq| seq > lane.last)
+                .count();
+            report.ledger_ahead += ahead as u64;
         }
-        lane.last = last;
     }
 
     if let Some(ledger) = &ledger {
@@ -1376,6 +1633,7 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
                 .flat_map(|l| &l.acked)
                 .find(|(n, sig, _)| n == name && sig.index() == s)
                 .map_or(0, |(_, _, seq)| *seq);
+            let stored = if stored > lane.last { 0 } else { stored };
             let acked = stored.max(oldest).min(lane.last);
             let i = lane.after(acked);
             let (read_records, read_bytes) = match i.checked_sub(1).and_then(|j| lane.metas.get(j)) {
@@ -1422,6 +1680,7 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
         cache: Cache::default(),
         ledger_gen: 1,
         dead,
+        poisoned: BTreeMap::new(),
     };
     // Every recovered segment is older than the new active one, so settle deletes the unneeded.
     let id = next_id(max_id)?;
@@ -1450,21 +1709,36 @@ impl Queue for DiskQueue {
             return Err(CoreError::TooLarge { limit });
         };
         let l = signal.index();
-        let (id, end, seq) = {
+        let (id, end, seq) = loop {
             let mut st = sh.lock();
             st.enforce_all(config, now);
             st.settle();
+            // A segment that must be synced before it rolls is synced without the lock, then
+            // everything is looked at again.
+            let mut sync_first = None;
             if !st.fits(config, frame_len) {
-                st.reclaim(config, true)?;
-                if !st.fits(config, frame_len) {
+                let reclaimed = st.reclaim(config, true);
+                sh.count_error(&reclaimed);
+                sync_first = reclaimed?;
+                if sync_first.is_none() && !st.fits(config, frame_len) {
                     return Err(CoreError::QueueFull {
                         used: usize::try_from(st.used).unwrap_or(usize::MAX),
                         limit,
                     });
                 }
             }
-            if st.needs_roll(config, frame_len) {
-                st.roll(config)?;
+            if sync_first.is_none() && st.needs_roll(config, frame_len) {
+                sync_first = st.unsynced_active(config);
+                if sync_first.is_none() {
+                    let rolled = st.roll(config);
+                    sh.count_error(&rolled);
+                    rolled?;
+                }
+            }
+            if let Some((id, size)) = sync_first {
+                drop(st);
+                sh.sync_upto(id, size)?;
+                continue;
             }
             let Some(seq) = st.lanes[l].last.checked_add(1) else {
                 return Err(CoreError::Storage(format!("{signal} seqs are exhausted")));
@@ -1482,6 +1756,7 @@ impl Queue for DiskQueue {
             if let Err(e) = written {
                 // Cut the partial frame so the next append does not follow garbage.
                 let _ = seg.file.set_len(offset);
+                sh.storage_errors.fetch_add(1, Ordering::Relaxed);
                 return Err(storage(format_args!("writing {}", seg.path.display()), e));
             }
             seg.size += frame_len;
@@ -1514,7 +1789,7 @@ impl Queue for DiskQueue {
             st.cache_insert(config, l, seq, &payload);
             st.enforce_all(config, now);
             st.settle();
-            (id, end, seq)
+            break (id, end, seq);
         };
         if config.fsync == Fsync::Always {
             sh.sync_upto(id, end)?;
@@ -1560,88 +1835,130 @@ impl Queue for DiskQueue {
         Ok(())
     }
 
+    /// Reads cache misses outside the lock, and moves the read cursor only past what came back.
+    /// A payload the disk fails to return (after [`READ_ATTEMPTS`]) ends the batch there; when
+    /// it is the first, `take` fails with the cursor where it was, so nothing unread is handed
+    /// out or acked and the next `take` tries again. Entries that read back damaged, or that an
+    /// fsync failure kept from ever being reported durable and cannot be read, are handed out
+    /// empty and counted: nothing would bring them back.
     fn take(&self, exporter: &str, signal: Signal, upto: Seq) -> Result<Vec<Entry>> {
         let x = self.exporter_index(exporter)?;
         let l = signal.index();
-        // Collect under the lock, read cache misses after it: a slow disk read must not hold up
-        // appends. Frames past a read cursor are never deleted, and an open `File` keeps its
-        // data readable anyway.
+        let sh = &*self.shared;
         enum Source {
             Cached(Payload),
             Disk(Arc<File>, u64),
             Missing,
         }
-        let plan: Vec<(EntryInfo, Source)> = {
-            let mut st = self.shared.lock();
-            let State { lanes, segments, .. } = &mut *st;
+        struct Planned {
+            info: EntryInfo,
+            source: Source,
+            /// Lane totals up to and including the entry, for the cursor.
+            totals: (u64, u64),
+            /// No client was told it is on disk (an fsync failed before covering it).
+            unacknowledged: bool,
+        }
+        let plan: Vec<Planned> = {
+            let mut st = sh.lock();
+            let State {
+                lanes,
+                segments,
+                poisoned,
+                ..
+            } = &mut *st;
             let lane = &mut lanes[l];
-            let read = lane.cursors[x].read;
-            let (from, to) = (lane.after(read), lane.after(upto));
-            let Some(last) = lane.metas.get(to.wrapping_sub(1)).filter(|_| upto > read && to > from) else {
+            let cursor = &lane.cursors[x];
+            // Two takes for one cursor at once: the batcher never does this.
+            if cursor.reading {
                 return Ok(Vec::new());
-            };
-            let (last_seq, last_records, last_bytes) = (last.seq, last.total_records, last.total_bytes);
-            let mut plan = Vec::with_capacity(to - from);
-            for m in lane.metas.range(from..to) {
-                let info = EntryInfo {
-                    seq: m.seq,
-                    records: m.records,
-                    len: m.len as usize,
-                    appended: m.appended,
-                };
-                let source = match (&m.cached, segments.get(&m.segment)) {
-                    (Some(p), _) => Source::Cached(p.clone()),
-                    (None, Some(seg)) => Source::Disk(Arc::clone(&seg.file), m.offset),
-                    (None, None) => Source::Missing,
-                };
-                plan.push((info, source));
             }
-            let c = &mut lane.cursors[x];
-            c.read = last_seq;
-            c.read_records = last_records;
-            c.read_bytes = last_bytes;
+            let (from, to) = (lane.after(cursor.read), lane.after(upto));
+            if upto <= cursor.read || to <= from {
+                return Ok(Vec::new());
+            }
+            let plan = lane
+                .metas
+                .range(from..to)
+                .map(|m| Planned {
+                    info: EntryInfo {
+                        seq: m.seq,
+                        records: m.records,
+                        len: m.len as usize,
+                        appended: m.appended,
+                    },
+                    source: match (&m.cached, segments.get(&m.segment)) {
+                        (Some(p), _) => Source::Cached(p.clone()),
+                        (None, Some(seg)) => Source::Disk(Arc::clone(&seg.file), m.offset),
+                        (None, None) => Source::Missing,
+                    },
+                    totals: (m.total_records, m.total_bytes),
+                    unacknowledged: poisoned
+                        .get(&m.segment)
+                        .is_some_and(|&on_disk| m.offset + FRAME_HEADER as u64 + u64::from(m.len) > on_disk),
+                })
+                .collect();
+            lane.cursors[x].reading = true;
             plan
         };
-        let entries = plan
-            .into_iter()
-            .map(|(info, source)| {
-                let payload = match source {
-                    Source::Cached(p) => Some(p),
-                    Source::Disk(file, offset) => {
-                        let len = u32::try_from(info.len).unwrap_or(u32::MAX);
-                        read_payload(&file, offset, signal, info.seq, len).map(Payload::from)
-                    }
-                    Source::Missing => None,
-                };
-                match payload {
-                    Some(payload) => Entry {
-                        seq: info.seq,
-                        records: info.records,
-                        payload,
-                        appended: info.appended,
-                    },
-                    None => {
-                        // Damaged since it was indexed: hand out an empty entry so the batch
-                        // still acks past it, and count it.
-                        self.shared.read_errors.fetch_add(1, Ordering::Relaxed);
-                        Entry {
-                            seq: info.seq,
-                            records: 0,
-                            payload: Payload::from(Vec::new()),
-                            appended: info.appended,
-                        }
-                    }
+        let mut entries = Vec::with_capacity(plan.len());
+        let mut totals = None;
+        let mut failure = None;
+        for planned in plan {
+            let Planned {
+                info,
+                source,
+                totals: entry_totals,
+                unacknowledged,
+            } = planned;
+            let payload = match source {
+                Source::Cached(p) => Ok(p),
+                Source::Disk(file, offset) => self.read_with_retries(&file, offset, signal, &info),
+                Source::Missing => Err(ReadFailure::Damaged),
+            };
+            let (payload, records) = match payload {
+                Ok(payload) => (payload, info.records),
+                Err(ReadFailure::Io(e)) if !unacknowledged => {
+                    failure = Some((info.seq, e));
+                    break;
                 }
-            })
-            .collect();
-        Ok(entries)
+                Err(_) => {
+                    sh.damaged_entries.fetch_add(1, Ordering::Relaxed);
+                    (Payload::from(Vec::new()), 0)
+                }
+            };
+            entries.push(Entry {
+                seq: info.seq,
+                records,
+                payload,
+                appended: info.appended,
+            });
+            totals = Some(entry_totals);
+        }
+        {
+            let mut st = sh.lock();
+            let c = &mut st.lanes[l].cursors[x];
+            c.reading = false;
+            if let (Some(last), Some((records, bytes))) = (entries.last(), totals) {
+                c.read = last.seq;
+                c.read_records = records;
+                c.read_bytes = bytes;
+            }
+            c.read_failed = failure.as_ref().map(|(seq, _)| *seq);
+        }
+        match failure {
+            Some((seq, e)) if entries.is_empty() => Err(storage(
+                format_args!("reading {signal} entry {seq} back from the queue"),
+                e,
+            )),
+            _ => Ok(entries),
+        }
     }
 
     fn ack(&self, exporter: &str, signal: Signal, upto: Seq) -> Result<()> {
         let x = self.exporter_index(exporter)?;
         let l = signal.index();
         let sh = &*self.shared;
-        let ledger = {
+        let (ledger, sync_first) = {
             let mut st = sh.lock();
             let c = &st.lanes[l].cursors[x];
             if upto <= c.acked {
@@ -1656,17 +1973,25 @@ impl Queue for DiskQueue {
             st.ack(l, x, upto);
             st.settle();
             let reclaimed = st.reclaim(&sh.config, false);
-            sh.count_error(reclaimed);
-            match sh.config.fsync {
+            sh.count_error(&reclaimed);
+            let ledger = match sh.config.fsync {
                 Fsync::Interval(_) => None,
                 _ => Some((st.ledger_gen, st.ledger(&sh.config).encode())),
-            }
+            };
+            (ledger, reclaimed.ok().flatten())
         };
         // The ack stands in memory either way; a ledger that could not be written means
         // redelivery after a restart, not loss, so it is counted rather than raised (raising
         // would stop the exporter's delivery loop).
         if let Some((generation, ledger)) = ledger {
-            sh.count_error(sh.write_ledger(generation, &ledger, sh.config.fsync.durable()));
+            sh.count_error(&sh.write_ledger(generation, &ledger, sh.config.fsync.durable()));
+        }
+        // The delivered active segment was not on disk yet: sync it, then try once more.
+        if let Some((id, size)) = sync_first {
+            if sh.sync_upto(id, size).is_ok() {
+                let reclaimed = sh.lock().reclaim(&sh.config, false);
+                sh.count_error(&reclaimed);
+            }
         }
         Ok(())
     }
@@ -1689,14 +2014,27 @@ impl Queue for DiskQueue {
         self.shared.sync_all(true)
     }
 
-    /// `queue_segments`, `queue_read_errors`, `queue_storage_errors`, and for each exporter with
-    /// limits `<exporter>_<signal>_dropped_records` and `..._dropped_entries`.
+    /// `queue_segments`, `queue_read_errors` (failed payload reads), `queue_read_stalled`
+    /// (cursors waiting on a payload the disk did not return), `queue_damaged_entries`,
+    /// `queue_storage_errors`, and for each exporter with limits
+    /// `<exporter>_<signal>_dropped_records` and `..._dropped_entries`.
     fn counters(&self) -> Vec<(String, u64)> {
         let sh = &*self.shared;
         let st = sh.lock();
+        let stalled = st
+            .lanes
+            .iter()
+            .flat_map(|lane| &lane.cursors)
+            .filter(|c| c.read_failed.is_some_and(|seq| seq > c.read))
+            .count();
         let mut out = vec![
             ("queue_segments".to_owned(), st.segments.len() as u64),
             ("queue_read_errors".to_owned(), sh.read_errors.load(Ordering::Relaxed)),
+            ("queue_read_stalled".to_owned(), stalled as u64),
+            (
+                "queue_damaged_entries".to_owned(),
+                sh.damaged_entries.load(Ordering::Relaxed),
+            ),
             (
                 "queue_storage_errors".to_owned(),
                 sh.storage_errors.load(Ordering::Relaxed),
@@ -1717,6 +2055,60 @@ impl Queue for DiskQueue {
 
     fn recovery(&self) -> Vec<(&'static str, u64)> {
         self.shared.report.items()
+    }
+}
+
+/// Fault injection for tests: segment fsyncs and payload reads fail with EIO on command, the way a
+/// failing disk answers them (an fsync reports a writeback error once; the next one succeeds).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    /// Segment fsyncs to fail, from the next one on.
+    pub(crate) syncs: AtomicU64,
+    /// Payload reads to fail, from the next one on; `u64::MAX` fails every one.
+    pub(crate) reads: AtomicU64,
+    /// While true, segment fsyncs wait before running (to line writers up behind one).
+    held: Mutex<bool>,
+    released: Condvar,
+    /// Fsyncs waiting while held.
+    pub(crate) waiting: AtomicU64,
+}
+
+#[cfg(test)]
+impl Faults {
+    pub(crate) fn hold(&self, held: bool) {
+        *lock(&self.held) = held;
+        self.released.notify_all();
+    }
+
+    /// Consumes one failure from `count`.
+    fn fail(count: &AtomicU64) -> io::Result<()> {
+        let left = count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+            0 => None,
+            u64::MAX => Some(n),
+            _ => Some(n - 1),
+        });
+        match left {
+            Ok(_) => Err(io::Error::from_raw_os_error(5)), // EIO
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn before_sync(&self) -> io::Result<()> {
+        let mut held = lock(&self.held);
+        if *held {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            while *held {
+                held = self.released.wait(held).unwrap_or_else(PoisonError::into_inner);
+            }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        drop(held);
+        Self::fail(&self.syncs)
+    }
+
+    fn before_read(&self) -> io::Result<()> {
+        Self::fail(&self.reads)
     }
 }
 
@@ -2160,6 +2552,7 @@ mod tests {
             }
             let q = open(&o);
             assert_eq!(q.report().ledger_corrupt, u64::from(damage == "corrupt"));
+            assert_eq!(q.report().ledger_missing, u64::from(damage == "missing"));
             assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [1, 2, 3], "{damage}");
             assert_eq!(q.append(Signal::Logs, 1, payload(0, 1)).unwrap(), 4);
             // The ledger is rewritten whole at open.
@@ -2358,7 +2751,7 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_damaged_after_open_is_handed_out_empty_and_counted() {
+    fn a_frame_damaged_on_disk_after_open_is_handed_out_empty_and_counted() {
         let dir = TempDir::new("dq");
         let q = open(&DiskOptions {
             cache_bytes: 0,
@@ -2374,7 +2767,9 @@ mod tests {
         assert_eq!(seqs(&taken), [1, 2]);
         assert_eq!((taken[0].records, taken[0].payload.len()), (0, 0));
         assert_eq!(&taken[1].payload[..], &[2u8; 50][..]);
-        assert_eq!(counter(&q, "queue_read_errors"), Some(1));
+        // It read back fine each time, just not as written: nothing to wait for.
+        assert_eq!(counter(&q, "queue_damaged_entries"), Some(1));
+        assert_eq!(counter(&q, "queue_read_errors"), Some(0));
         q.ack("a", Signal::Logs, 2).unwrap();
     }
 
@@ -2383,16 +2778,21 @@ mod tests {
         let dir = TempDir::new("dq");
         let o = options(&dir, &["a"]);
         drop(open(&o));
-        // A well-formed frame at the very end of the seq space, with an absurd record count.
+        // Well-formed frames: an absurd record count, and a seq at the very end of the seq space.
         let mut seg = SegmentHeader { id: 2, starts: [1; 3] }.encode().to_vec();
-        let h = FrameHeader::new(Signal::Logs, Seq::MAX, u64::MAX, u64::MAX, b"x").unwrap();
-        seg.extend(encode_frame(&h, b"x"));
+        for (seq, records) in [(1, u64::MAX), (Seq::MAX, 1)] {
+            seg.extend(encode_frame(
+                &FrameHeader::new(Signal::Logs, seq, records, u64::MAX, b"x").unwrap(),
+                b"x",
+            ));
+        }
         fs::write(segment_path(&dir.0, 2), &seg).unwrap();
         let q = open(&o);
-        assert_eq!(q.report().records, u64::from(u32::MAX));
-        let err = q.append(Signal::Logs, 1, payload(0, 1)).unwrap_err();
-        assert!(matches!(err, CoreError::Storage(_)), "{err}");
-        assert_eq!(take_all(&q, "a", Signal::Logs)[0].seq, Seq::MAX);
+        let r = q.report();
+        assert_eq!((r.frames, r.records, r.skipped_frames), (1, u64::from(u32::MAX), 1));
+        // The implausible seq was not believed, so seqs go on.
+        assert_eq!(q.append(Signal::Logs, 1, payload(0, 1)).unwrap(), 2);
+        assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [1, 2]);
         drop(q);
         // The last possible segment id.
         fs::write(segment_path(&dir.0, u64::MAX), b"").unwrap();
@@ -2459,5 +2859,287 @@ mod tests {
             }),
             Err(CoreError::Storage(_))
         ));
+    }
+
+    fn with_faults(o: DiskOptions, faults: &Arc<Faults>) -> DiskOptions {
+        DiskOptions {
+            faults: Some(Arc::clone(faults)),
+            ..o
+        }
+    }
+
+    /// Waits for another thread to get somewhere (a guard against hanging, not a timing check).
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "gave up waiting until {what}"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn is_storage<T: std::fmt::Debug>(result: Result<T>) -> bool {
+        matches!(result, Err(CoreError::Storage(_)))
+    }
+
+    #[test]
+    fn a_failed_fsync_fails_every_write_it_did_not_cover() {
+        let dir = TempDir::new("dq");
+        let faults = Arc::new(Faults::default());
+        let q = Arc::new(open(&with_faults(
+            DiskOptions {
+                fsync: Fsync::Always,
+                ..options(&dir, &["a"])
+            },
+            &faults,
+        )));
+        assert_eq!(q.append(Signal::Logs, 1, payload(1, 10)).unwrap(), 1);
+        // A's fsync starts and fails; C writes while it runs, then waits to sync (group commit).
+        faults.hold(true);
+        faults.syncs.store(1, Ordering::SeqCst);
+        let append = |fill: u8| {
+            let q = Arc::clone(&q);
+            thread::spawn(move || q.append(Signal::Logs, 1, payload(fill, 10)))
+        };
+        let a = append(2);
+        wait_until("A is in its fsync", || faults.waiting.load(Ordering::SeqCst) == 1);
+        let c = append(3);
+        wait_until("C wrote", || q.pending("a", Signal::Logs).unwrap().entries == 3);
+        faults.hold(false);
+        assert!(is_storage(a.join().unwrap()), "A's fsync failed");
+        // Linux reports a writeback error to one fsync: C's own fsync would succeed, yet nothing
+        // ever covered its write.
+        assert!(is_storage(c.join().unwrap()), "C wrote before the failed fsync");
+        assert_eq!(counter(&q, "queue_storage_errors"), Some(1));
+        // Acked writes stay acked; the segment takes no more frames.
+        assert_eq!(q.append(Signal::Logs, 1, payload(4, 10)).unwrap(), 4);
+        assert_eq!(segment_ids(&dir), [1, 2]);
+        // The unacknowledged frames may still be delivered: duplicates at worst, never a loss.
+        assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [1, 2, 3, 4]);
+        q.sync().unwrap();
+    }
+
+    #[test]
+    fn after_a_failed_fsync_a_new_segment_must_sync_before_appends_succeed() {
+        let dir = TempDir::new("dq");
+        let faults = Arc::new(Faults::default());
+        let o = with_faults(
+            DiskOptions {
+                fsync: Fsync::Always,
+                cache_bytes: 0,
+                ..options(&dir, &["a"])
+            },
+            &faults,
+        );
+        let q = open(&o);
+        // The append's fsync fails, then so does the header fsync of the segment it moves to.
+        faults.syncs.store(2, Ordering::SeqCst);
+        assert!(is_storage(q.append(Signal::Logs, 1, payload(1, 10))));
+        assert!(is_storage(q.append(Signal::Logs, 1, payload(2, 10))));
+        assert_eq!(segment_ids(&dir), [1], "the segment that failed to sync was removed");
+        assert_eq!(q.append(Signal::Logs, 1, payload(3, 10)).unwrap(), 2);
+        assert_eq!(segment_ids(&dir), [1, 2]);
+        assert_eq!(counter(&q, "queue_storage_errors"), Some(2));
+        // Unreadable: seq 1 was never reported durable, so it is not waited for; seq 2 was.
+        faults.reads.store(u64::MAX, Ordering::SeqCst);
+        let taken = take_all(&q, "a", Signal::Logs);
+        assert_eq!((seqs(&taken), taken[0].payload.len()), (vec![1], 0));
+        assert_eq!(counter(&q, "queue_damaged_entries"), Some(1));
+        assert_eq!(counter(&q, "queue_read_stalled"), Some(1));
+        faults.reads.store(0, Ordering::SeqCst);
+        assert_eq!(&take_all(&q, "a", Signal::Logs)[0].payload[..], &[3u8; 10][..]);
+    }
+
+    #[test]
+    fn a_segment_whose_sync_fails_as_it_rolls_takes_no_more_frames() {
+        let dir = TempDir::new("dq");
+        let faults = Arc::new(Faults::default());
+        // One 200-byte frame per segment; the interval never comes, so rolling syncs.
+        let q = open(&with_faults(
+            DiskOptions {
+                fsync: Fsync::Interval(Duration::from_secs(3600)),
+                segment_bytes: 256,
+                ..options(&dir, &["a"])
+            },
+            &faults,
+        ));
+        q.append(Signal::Logs, 1, payload(1, 200)).unwrap();
+        faults.syncs.store(1, Ordering::SeqCst);
+        assert!(is_storage(q.append(Signal::Logs, 1, payload(2, 200))));
+        assert_eq!(q.append(Signal::Logs, 1, payload(2, 200)).unwrap(), 2);
+        assert_eq!(segment_ids(&dir), [1, 2]);
+        assert_eq!(counter(&q, "queue_storage_errors"), Some(1));
+    }
+
+    #[test]
+    fn a_read_error_keeps_the_cursor_until_the_read_succeeds() {
+        let dir = TempDir::new("dq");
+        let faults = Arc::new(Faults::default());
+        let q = open(&with_faults(
+            DiskOptions {
+                cache_bytes: 0,
+                ..options(&dir, &["a"])
+            },
+            &faults,
+        ));
+        for i in 1..=3 {
+            q.append(Signal::Logs, 2, payload(i, 50)).unwrap();
+        }
+        // Transient: tried again at once, and nothing shows but the count.
+        faults.reads.store(2, Ordering::SeqCst);
+        let taken = q.take("a", Signal::Logs, 1).unwrap();
+        assert_eq!((taken[0].records, &taken[0].payload[..]), (2, &[1u8; 50][..]));
+        assert_eq!(counter(&q, "queue_read_errors"), Some(2));
+        // Persistent: nothing is handed out, so nothing can be acked past.
+        faults.reads.store(u64::MAX, Ordering::SeqCst);
+        for _ in 0..3 {
+            assert!(is_storage(q.take("a", Signal::Logs, Seq::MAX)));
+        }
+        assert_eq!(counter(&q, "queue_read_stalled"), Some(1));
+        assert!(counter(&q, "queue_read_errors").unwrap() >= 2 + 3 * READ_ATTEMPTS as u64);
+        assert!(matches!(q.ack("a", Signal::Logs, 2), Err(CoreError::Usage(_))));
+        assert_eq!(q.pending("a", Signal::Logs).unwrap().entries, 2);
+        q.ack("a", Signal::Logs, 1).unwrap();
+        faults.reads.store(0, Ordering::SeqCst);
+        let taken = take_all(&q, "a", Signal::Logs);
+        assert_eq!(seqs(&taken), [2, 3]);
+        assert_eq!(&taken[1].payload[..], &[3u8; 50][..]);
+        assert_eq!(counter(&q, "queue_read_stalled"), Some(0));
+        assert_eq!(counter(&q, "queue_damaged_entries"), Some(0));
+        q.ack("a", Signal::Logs, 3).unwrap();
+    }
+
+    #[test]
+    fn a_read_error_mid_batch_hands_out_only_what_came_back() {
+        let dir = TempDir::new("dq");
+        let faults = Arc::new(Faults::default());
+        // Seq 1 stays in the cache, seq 2 is too large for it.
+        let q = open(&with_faults(
+            DiskOptions {
+                cache_bytes: 50,
+                ..options(&dir, &["a"])
+            },
+            &faults,
+        ));
+        q.append(Signal::Logs, 1, payload(1, 10)).unwrap();
+        q.append(Signal::Logs, 1, payload(2, 100)).unwrap();
+        faults.reads.store(u64::MAX, Ordering::SeqCst);
+        assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [1]);
+        assert_eq!(counter(&q, "queue_read_stalled"), Some(1));
+        q.ack("a", Signal::Logs, 1).unwrap();
+        faults.reads.store(0, Ordering::SeqCst);
+        assert_eq!(&take_all(&q, "a", Signal::Logs)[0].payload[..], &[2u8; 100][..]);
+    }
+
+    /// A client's payload that holds well-formed frames, as an OTLP `bytes_value` can.
+    fn payload_with_frames(frames: &[(Signal, Seq)]) -> Vec<u8> {
+        let mut body = b"a log record's bytes_value:".to_vec();
+        for &(signal, seq) in frames {
+            let h = FrameHeader::new(signal, seq, u64::MAX, 0, b"smuggled").unwrap();
+            body.extend(encode_frame(&h, b"smuggled"));
+        }
+        body.extend([0u8; 16]);
+        body
+    }
+
+    #[test]
+    fn a_frame_inside_a_torn_payload_is_not_recovered() {
+        let dir = TempDir::new("dq");
+        let o = options(&dir, &["a"]);
+        let body = payload_with_frames(&[(Signal::Traces, Seq::MAX), (Signal::Traces, 1), (Signal::Logs, 2)]);
+        {
+            let q = open(&o);
+            q.append(Signal::Logs, 1, payload(1, 20)).unwrap();
+            q.append(Signal::Logs, 1, Payload::from(body.clone())).unwrap();
+        }
+        // The second request was torn just before its end: every smuggled frame is intact.
+        let path = segment_path(&dir.0, 1);
+        let end = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(end - 8)
+            .unwrap();
+        let q = open(&o);
+        let r = q.report();
+        assert_eq!((r.frames, r.records, r.cut_segments), (1, 1, 1));
+        assert_eq!(r.cut_bytes, (FRAME_HEADER + body.len() - 8) as u64);
+        assert!(r.lost_frames <= 1, "{r:?}");
+        assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [1]);
+        assert!(take_all(&q, "a", Signal::Traces).is_empty());
+        assert_eq!(q.append(Signal::Traces, 1, payload(0, 5)).unwrap(), 1);
+        assert_eq!(q.append(Signal::Logs, 1, payload(0, 5)).unwrap(), 2);
+        drop(q);
+        let q = open(&o);
+        assert_eq!(q.append(Signal::Traces, 1, payload(0, 5)).unwrap(), 2);
+    }
+
+    #[test]
+    fn resync_after_a_damaged_header_takes_only_frames_that_fit_the_sequence() {
+        let dir = TempDir::new("dq");
+        let o = options(&dir, &["a"]);
+        let body = payload_with_frames(&[(Signal::Traces, Seq::MAX), (Signal::Logs, 1000), (Signal::Logs, 1)]);
+        {
+            let q = open(&o);
+            q.append(Signal::Logs, 1, payload(1, 20)).unwrap();
+            q.append(Signal::Logs, 1, Payload::from(body.clone())).unwrap();
+            q.append(Signal::Logs, 1, payload(3, 20)).unwrap();
+        }
+        // Frame 2's length can no longer be trusted, so the scan looks at every byte of it.
+        flip(
+            &segment_path(&dir.0, 1),
+            (SEGMENT_HEADER + FRAME_HEADER + 20 + 5) as u64,
+        );
+        let q = open(&o);
+        let r = q.report();
+        assert_eq!((r.frames, r.skipped_regions, r.lost_frames), (2, 1, 1), "{r:?}");
+        assert_eq!(r.skipped_bytes, (FRAME_HEADER + body.len()) as u64);
+        let logs = take_all(&q, "a", Signal::Logs);
+        assert_eq!(seqs(&logs), [1, 3]);
+        assert_eq!(&logs[1].payload[..], &[3u8; 20][..]);
+        assert!(take_all(&q, "a", Signal::Traces).is_empty());
+        assert_eq!(q.append(Signal::Traces, 1, payload(0, 5)).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_ledger_past_every_frame_is_reported_and_not_believed() {
+        let dir = TempDir::new("dq");
+        let o = options(&dir, &["a", "b"]);
+        {
+            let q = open(&o);
+            assert_eq!(q.report().ledger_missing, 0, "a new queue has no ledger yet");
+            for i in 1..=2 {
+                q.append(Signal::Logs, 1, payload(i, 10)).unwrap();
+            }
+            take_all(&q, "a", Signal::Logs);
+            q.ack("a", Signal::Logs, 2).unwrap();
+        }
+        // As a resurrected frame left it: positions past anything the segments hold.
+        let ledger = Ledger {
+            last: [10, Seq::MAX, 0],
+            acked: vec![
+                ("a".into(), Signal::Logs, 10),
+                ("a".into(), Signal::Traces, Seq::MAX),
+                ("b".into(), Signal::Logs, 0),
+            ],
+        };
+        fs::write(dir.0.join(LEDGER_FILE), ledger.encode()).unwrap();
+        let q = open(&o);
+        let r = q.report();
+        assert_eq!(
+            (r.ledger_ahead, r.ledger_corrupt, r.pending_entries),
+            (4, 0, 2),
+            "{r:?}"
+        );
+        assert_eq!(
+            seqs(&take_all(&q, "a", Signal::Logs)),
+            [1, 2],
+            "redelivered, not skipped"
+        );
+        assert_eq!(q.append(Signal::Traces, 1, payload(0, 5)).unwrap(), 1);
+        assert_eq!(q.append(Signal::Logs, 1, payload(0, 5)).unwrap(), 3);
     }
 }

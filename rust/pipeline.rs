@@ -161,7 +161,8 @@ impl Pipeline {
     /// The next batch for `exporter`, waiting up to `timeout` (`None`: until one is due or the
     /// pipeline closes). A batch is due at the batch limits or when its oldest entry is
     /// `max_delay` old; `flush` takes whatever is pending at once. Once closed, returns what is
-    /// left without waiting, then `None`.
+    /// left without waiting, then `None`. A storage error means the queue could not read the next
+    /// entry back: nothing was handed out, and asking again tries again.
     pub fn next_batch(
         &self,
         exporter: &str,

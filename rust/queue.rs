@@ -136,7 +136,9 @@ pub trait Queue: Send + Sync {
     fn read(&self, exporter: &str, signal: Signal, visit: &mut dyn FnMut(&EntryInfo) -> bool) -> Result<()>;
 
     /// Hands `exporter` the entries after its read cursor up to and including `upto`, and moves
-    /// the read cursor there. Returns nothing when the cursor is already at or past `upto`.
+    /// the read cursor there. Returns nothing when the cursor is already at or past `upto`. A
+    /// queue that reads payloads back from storage may hand out fewer (the cursor moves past
+    /// what it hands out), or fail with the cursor unmoved when the first cannot be read.
     fn take(&self, exporter: &str, signal: Signal, upto: Seq) -> Result<Vec<Entry>>;
 
     /// Commits `exporter`'s entries up to and including `upto`. Acking again, or below the

@@ -160,7 +160,7 @@ class App:
     async def _readyz(self, request: Request) -> Response:
         if self.pipeline is not None and self.pipeline.ready:
             return Response(200, b"ready\n")
-        return Response(503, b"not ready: queue full or shutting down\n", headers=[("Retry-After", "1")])
+        return Response(503, b"not ready: queue full or unreadable, or shutting down\n", headers=[("Retry-After", "1")])
 
     async def _metrics(self, request: Request) -> Response:
         peers = await asyncio.to_thread(self.peers.peers) if self.peers is not None else []

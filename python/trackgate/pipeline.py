@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -28,6 +28,22 @@ Signal = Literal["logs", "traces", "metrics"]
 READY_MAX_FILL = 0.9
 NOT_READY_AFTER_FULL_S = 1.0
 Format = Literal["protobuf", "json"]
+# Recovery report items that mean the queue found damage (logged as a warning): the rest count
+# what was found.
+RECOVERY_DAMAGE = frozenset(
+    {
+        "skipped_bytes",
+        "skipped_regions",
+        "skipped_frames",
+        "lost_frames",
+        "cut_bytes",
+        "cut_segments",
+        "bad_headers",
+        "ledger_corrupt",
+        "ledger_missing",
+        "ledger_ahead",
+    }
+)
 
 
 def build_exporters(cfg: Config) -> list[Exporter]:
@@ -117,7 +133,7 @@ class Pipeline:
         )
         if queue_dir is not None:
             report = core.recovery()
-            damage = any(v for k, v in report.items() if any(w in k for w in ("cut", "skipped", "lost", "corrupt")))
+            damage = any(report.get(k) for k in RECOVERY_DAMAGE)
             level = logging.WARNING if damage else logging.INFO
             log.log(level, "queue opened", extra={"queue_dir": str(queue_dir), **report})
         return core
@@ -152,6 +168,9 @@ class Pipeline:
             stats = self.core.stats()
             return [(("used",), stats.get("queue_bytes", 0)), (("limit",), stats.get("queue_max_bytes", 0))]
 
+        def core_counter(key: str) -> Callable[[], list[tuple[tuple[str, ...], float]]]:
+            return lambda: [((), self.core.stats().get(key, 0))]
+
         reg = telemetry.REGISTRY
         reg.observed(
             "trackgate_receiver_records_total",
@@ -176,6 +195,27 @@ class Pipeline:
             kind="counter",
         )
         reg.observed("trackgate_queue_bytes", "Queue bytes in use and the limit.", ("kind",), queue_bytes)
+        reg.observed(
+            "trackgate_queue_read_errors_total",
+            "Reads of queued entries the disk failed (delivery waits and retries; /readyz is 503 meanwhile).",
+            (),
+            core_counter("queue_read_errors"),
+            kind="counter",
+        )
+        reg.observed(
+            "trackgate_queue_storage_errors_total",
+            "Queue writes, fsyncs and ledger updates that failed.",
+            (),
+            core_counter("queue_storage_errors"),
+            kind="counter",
+        )
+        reg.observed(
+            "trackgate_queue_damaged_entries_total",
+            "Queued entries that read back damaged, or unreadable and never acknowledged, and were skipped.",
+            (),
+            core_counter("queue_damaged_entries"),
+            kind="counter",
+        )
 
     # -- intake ---------------------------------------------------------------------------------
 
@@ -197,9 +237,12 @@ class Pipeline:
 
     @property
     def ready(self) -> bool:
+        """False while shutting down, (nearly) full, or waiting on a queue entry the disk does not return."""
         if self.core.closed or time.monotonic() - self._last_full < NOT_READY_AFTER_FULL_S:
             return False
         stats = self.core.stats()
+        if stats.get("queue_read_stalled", 0):
+            return False
         return stats.get("queue_bytes", 0) < READY_MAX_FILL * stats.get("queue_max_bytes", 1)
 
     # -- delivery -------------------------------------------------------------------------------

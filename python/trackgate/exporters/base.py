@@ -108,6 +108,8 @@ class Runner(threading.Thread):
     # Written-but-unsynced data past this is synced early, whatever the interval: the exporter
     # keeps it in memory to write again should the sync fail.
     MAX_HELD_BYTES = 64 << 20
+    # How often a queue entry the disk failed to return is tried again.
+    READ_RETRY_S = 1.0
 
     def __init__(
         self,
@@ -130,13 +132,25 @@ class Runner(threading.Thread):
         self.held: Batch | None = None
         self.held_since = 0.0
         self.held_bytes = 0
+        self.read_failing = False
 
     def run(self) -> None:
         while True:
             flush = self.flushing.is_set() or self.core.closed
             if self.held is not None and (flush or self._sync_due()) and not self._commit():
                 return  # shutting down while the sync fails: the held batches stay queued
-            batch = self.core.next_batch(self.exporter.name, self.signal, self._poll_s(), flush)
+            try:
+                batch = self.core.next_batch(self.exporter.name, self.signal, self._poll_s(), flush)
+            except OSError as exc:  # the queue could not read the next entry back; its cursor stays
+                if not self.read_failing:
+                    log.error("reading the queue failed; delivery paused", extra={**self.labels, "error": str(exc)})
+                self.read_failing = True
+                if self.stop_retrying.wait(self.READ_RETRY_S):
+                    return  # shutting down: the entry stays on disk for the next start
+                continue
+            if self.read_failing:
+                log.info("reading the queue works again; delivery resumed", extra=self.labels)
+                self.read_failing = False
             if batch is None:
                 if self.core.closed and self.held is None:
                     return
