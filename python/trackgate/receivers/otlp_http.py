@@ -21,8 +21,8 @@ MEDIA_TYPE: dict[Format, str] = {"protobuf": "application/x-protobuf", "json": "
 # google.rpc.Code values for the Status body.
 CODE_INVALID_ARGUMENT, CODE_UNAUTHENTICATED, CODE_RESOURCE_EXHAUSTED, CODE_UNAVAILABLE = 3, 16, 8, 14
 CODE_OUT_OF_RANGE, CODE_UNIMPLEMENTED, CODE_DEADLINE_EXCEEDED = 11, 12, 4
-# Bodies above this size (and any ingest that waits for fsync) run off the event loop, so that
-# other connections keep flowing.
+# Bodies above this size, encoded bodies (whatever they inflate to) and any ingest that waits
+# for fsync run off the event loop, so that other connections keep flowing.
 INLINE_LIMIT = 256 * 1024
 RETRY_AFTER_FULL_S = "1"
 RETRY_AFTER_CLOSED_S = "5"
@@ -32,6 +32,12 @@ def status_response(
     http: int, code: int, message: str, fmt: Format, headers: list[tuple[str, str]] | None = None
 ) -> Response:
     return Response(http, status_body(code, message, fmt), MEDIA_TYPE[fmt], headers or [])
+
+
+def is_encoded(encoding: str | None) -> bool:
+    """Whether a Content-Encoding compresses: the body's compressed size says nothing about the
+    work it costs (64 KB of gzip can hold 33 million empty log records)."""
+    return encoding is not None and encoding.strip().lower() not in ("", "identity")
 
 
 class OtlpHttpReceiver:
@@ -57,7 +63,7 @@ class OtlpHttpReceiver:
             return status_response(408, CODE_DEADLINE_EXCEEDED, str(exc), fmt, [("Connection", "close")])
         encoding = request.header("content-encoding") or None
         try:
-            if len(body) > INLINE_LIMIT or self.pipeline.blocking_ingest:
+            if is_encoded(encoding) or len(body) > INLINE_LIMIT or self.pipeline.blocking_ingest:
                 result = await asyncio.to_thread(self.pipeline.ingest, signal, body, fmt, encoding)
             else:
                 result = self.pipeline.ingest(signal, body, fmt, encoding)

@@ -123,7 +123,8 @@ class SentryReceiver:
         if encoding.lower() in ("", "utf-8", "identity"):  # sentry-sdk may say UTF-8: not an encoding
             encoding = ""
         try:
-            if len(body) > INLINE_LIMIT:
+            # An encoded body can inflate to far more work than its size shows: always off the loop.
+            if encoding or len(body) > INLINE_LIMIT:
                 result = await asyncio.to_thread(self.processor.process, body, project, encoding or None, store)
             else:
                 result = self.processor.process(body, project, encoding or None, store)
