@@ -38,6 +38,8 @@ class ServerConfig(_Section):
     workers: PositiveInt = 1
     max_body_bytes: PositiveInt = 64 * 1024 * 1024  # measured after decompression
     body_timeout_s: Annotated[float, Meta(gt=0.0)] = 30.0  # a body trickling in slower gets 408
+    # Bytes of request bodies buffered at once per worker (503 + Retry-After beyond).
+    max_inflight_bytes: PositiveInt = 256 * 1024 * 1024
     tokens: list[str] = field(default_factory=list)  # if set, "Authorization: Bearer <t>" is required
     # A listener beyond loopback with no tokens is refused unless this says it is intended.
     allow_unauthenticated: bool = False
@@ -234,6 +236,11 @@ def _validate(cfg: Config, source: str) -> None:
         parse_listen(cfg.server.listen)
     except ConfigError as exc:
         raise ConfigError(f"{source}: server.listen: {exc}") from None
+    if cfg.server.max_inflight_bytes < cfg.server.max_body_bytes:
+        raise ConfigError(
+            f"{source}: server.max_inflight_bytes ({cfg.server.max_inflight_bytes}) is below server.max_body_bytes "
+            f"({cfg.server.max_body_bytes}): a body of the largest allowed size could never be accepted"
+        )
     for name, exp in cfg.otlp_exporters().items():
         if not exp.endpoint:
             raise ConfigError(f"{source}: exporters.{name}.endpoint is required")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from trackgate import telemetry
 from trackgate._core import export_response, status_body
-from trackgate.asgi import BodyTimeout, BodyTooLarge, Request, Response
+from trackgate.asgi import BodyTimeout, BodyTooLarge, BudgetSpent, Request, Response
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
 from trackgate.pipeline import Format, Pipeline, Signal
 
@@ -25,6 +26,7 @@ CODE_OUT_OF_RANGE, CODE_UNIMPLEMENTED, CODE_DEADLINE_EXCEEDED = 11, 12, 4
 # for fsync run off the event loop, so that other connections keep flowing.
 INLINE_LIMIT = 256 * 1024
 RETRY_AFTER_FULL_S = "1"
+RETRY_AFTER_BUSY_S = "1"
 RETRY_AFTER_CLOSED_S = "5"
 
 
@@ -61,6 +63,10 @@ class OtlpHttpReceiver:
             return status_response(413, CODE_OUT_OF_RANGE, str(exc), fmt)
         except BodyTimeout as exc:
             return status_response(408, CODE_DEADLINE_EXCEEDED, str(exc), fmt, [("Connection", "close")])
+        except BudgetSpent as exc:
+            telemetry.HTTP_REFUSED.inc(reason="inflight_bytes")
+            headers = [("Retry-After", RETRY_AFTER_BUSY_S)] + ([] if exc.drained else [("Connection", "close")])
+            return status_response(503, CODE_UNAVAILABLE, str(exc), fmt, headers)
         encoding = request.header("content-encoding") or None
         try:
             if is_encoded(encoding) or len(body) > INLINE_LIMIT or self.pipeline.blocking_ingest:

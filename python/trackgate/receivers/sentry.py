@@ -17,7 +17,7 @@ import orjson
 
 from trackgate import telemetry
 from trackgate._core import SentryProcessor, SentryResult
-from trackgate.asgi import BodyTimeout, BodyTooLarge, Request, Response
+from trackgate.asgi import BodyTimeout, BodyTooLarge, BudgetSpent, Request, Response
 from trackgate.config import Config, is_loopback, parse_listen
 from trackgate.dsn import DsnError, parse_dsn
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
@@ -28,6 +28,7 @@ log = logging.getLogger("trackgate.receiver.sentry")
 
 ROUTE = re.compile(r"^/api/(?P<project>\d+)/(?P<kind>envelope|store)/?$")
 INLINE_LIMIT = 256 * 1024
+RETRY_AFTER_BUSY_S = "1"
 _KEY = re.compile(r"sentry_key\s*=\s*([^,\s]+)")
 
 ENVELOPES = telemetry.REGISTRY.counter(
@@ -119,6 +120,8 @@ class SentryReceiver:
         except BodyTimeout as exc:
             ENVELOPES.inc(outcome="rejected")
             return error(408, str(exc), [("Connection", "close")])
+        except BudgetSpent as exc:
+            return self._budget_spent(exc)
         encoding = request.header("content-encoding").strip()
         if encoding.lower() in ("", "utf-8", "identity"):  # sentry-sdk may say UTF-8: not an encoding
             encoding = ""
@@ -171,6 +174,12 @@ class SentryReceiver:
         SENTRY_ITEMS.inc(result.items_scrubbed, outcome="scrubbed")
         SENTRY_ITEMS.inc(result.transactions_sampled_out, outcome="sampled_out")
         return json_response(200, {"id": result.event_id} if result.event_id else {})
+
+    def _budget_spent(self, exc: BudgetSpent) -> Response:
+        telemetry.HTTP_REFUSED.inc(reason="inflight_bytes")
+        ENVELOPES.inc(outcome="rejected")
+        headers = [("Retry-After", RETRY_AFTER_BUSY_S)] + ([] if exc.drained else [("Connection", "close")])
+        return error(503, str(exc), headers)
 
     def _dsn_refusal(self, result: SentryResult) -> str | None:
         """Why the envelope header's `dsn` does not authenticate the request (None: it does)."""
