@@ -11,8 +11,10 @@ import pytest
 from trackgate.asgi import (
     RESERVE_STEP,
     BodyBudget,
+    BodyTooLarge,
     BudgetSpent,
     ClientDisconnected,
+    ClientSlots,
     Request,
 )
 
@@ -76,6 +78,22 @@ def test_chunked_body_reserves_as_it_grows() -> None:
     assert budget.used == 0
 
 
+def test_reading_piece_by_piece_reserves_only_what_arrived() -> None:
+    budget = BodyBudget(10 * RESERVE_STEP)
+    rest = b"r" * (5 * RESERVE_STEP - 8)
+    req = request([b"{", b'"a":1}\n', rest], budget, content_length=5 * RESERVE_STEP)
+    run(req.read_chunk(10 * RESERVE_STEP))
+    assert req.buffered() == b"{" and not req.complete
+    assert budget.used == RESERVE_STEP  # not the declared 5 steps
+    run(req.read_chunk(10 * RESERVE_STEP))
+    assert req.buffered() == b'{"a":1}\n' and req.received == 8
+    # The rest continues where the pieces stopped (and now reserves the declared length).
+    assert run(req.body(10 * RESERVE_STEP)) == b'{"a":1}\n' + rest
+    assert budget.used == 5 * RESERVE_STEP
+    req.release()
+    assert budget.used == 0
+
+
 def test_disconnect_while_reading() -> None:
     budget = BodyBudget(10_000)
     req = request([b"x" * 100], budget, content_length=1000, ends=False)
@@ -83,3 +101,25 @@ def test_disconnect_while_reading() -> None:
         run(req.body(10_000))
     req.release()
     assert budget.used == 0
+
+
+def test_over_the_limit_while_reading_piece_by_piece() -> None:
+    req = request([b"x" * 100, b"y" * 100], BodyBudget(10_000))
+    run(req.read_chunk(150))
+    with pytest.raises(BodyTooLarge):
+        run(req.read_chunk(150))
+    declared = request([b"x"], BodyBudget(10_000), content_length=1000)
+    with pytest.raises(BodyTooLarge):
+        run(declared.read_chunk(150))
+
+
+def test_client_slots() -> None:
+    slots = ClientSlots(2)
+    assert slots.enter("a") and slots.enter("a") and not slots.enter("a")
+    assert slots.enter("b")
+    slots.leave("a")
+    assert slots.enter("a") and not slots.enter("a")
+    for _ in range(3):
+        slots.leave("a")
+    slots.leave("b")
+    assert slots.held == {}

@@ -72,6 +72,28 @@ class BodyBudget:
         self.used -= size
 
 
+class ClientSlots:
+    """Requests at once per client address, up to `limit` each (for requests not yet authenticated)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held: dict[str, int] = {}
+
+    def enter(self, client: str) -> bool:
+        count = self.held.get(client, 0)
+        if count >= self.limit:
+            return False
+        self.held[client] = count + 1
+        return True
+
+    def leave(self, client: str) -> None:
+        count = self.held.get(client, 0) - 1
+        if count > 0:
+            self.held[client] = count
+        else:
+            self.held.pop(client, None)
+
+
 @dataclass
 class Response:
     status: int
@@ -108,6 +130,12 @@ class Request:
         return self.headers.get(name, default)
 
     @property
+    def client_host(self) -> str:
+        """The peer's address (no proxy header is trusted: behind a proxy, the proxy's)."""
+        client = self.scope.get("client")
+        return str(client[0]) if client else ""
+
+    @property
     def received(self) -> int:
         """Bytes of the body received so far."""
         return self._received
@@ -129,6 +157,16 @@ class Request:
         if self._budget is not None and self._reserved:
             self._budget.release(self._reserved)
             self._reserved = 0
+
+    async def read_chunk(self, limit: int) -> None:
+        """Receives the next piece of the body into the buffer, reserving budget only for what
+        arrived (for a request not authenticated yet, which must not claim its declared size)."""
+        if self._complete:
+            return
+        declared = self._declared()
+        if declared is not None and declared > limit:
+            raise BodyTooLarge(limit)
+        self._take(await self._receive(), limit)
 
     async def body(self, limit: int, timeout_s: float = 30.0) -> bytes:
         """The whole body within `timeout_s` (a client trickling it slower is cut off: BodyTimeout)."""

@@ -38,8 +38,15 @@ class ServerConfig(_Section):
     workers: PositiveInt = 1
     max_body_bytes: PositiveInt = 64 * 1024 * 1024  # measured after decompression
     body_timeout_s: Annotated[float, Meta(gt=0.0)] = 30.0  # a body trickling in slower gets 408
+    # A request whose key is not in its headers or query (a Sentry envelope authenticating by its
+    # header's dsn) must deliver its first line within this, else 408.
+    preauth_timeout_s: Annotated[float, Meta(gt=0.0)] = 5.0
+    # Such not-yet-authenticated requests at once from one client address (429 beyond).
+    max_preauth_per_client: PositiveInt = 64
     # Bytes of request bodies buffered at once per worker (503 + Retry-After beyond).
     max_inflight_bytes: PositiveInt = 256 * 1024 * 1024
+    # granian's backpressure: connections each worker serves at once; more wait in the listen backlog.
+    backpressure: PositiveInt = 1024
     tokens: list[str] = field(default_factory=list)  # if set, "Authorization: Bearer <t>" is required
     # A listener beyond loopback with no tokens is refused unless this says it is intended.
     allow_unauthenticated: bool = False

@@ -279,7 +279,7 @@ HTTP_REQUESTS = REGISTRY.counter(
 HTTP_REFUSED = REGISTRY.counter(
     "trackgate_http_refused_total",
     "Requests refused before their body was buffered, by reason (inflight_bytes: the worker's budget for "
-    "request bodies was spent, 503).",
+    "request bodies was spent, 503; preauth_per_client: too many unauthenticated requests from one address, 429).",
     ("reason",),
 )
 HTTP_LATENCY = REGISTRY.histogram(
