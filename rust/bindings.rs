@@ -22,7 +22,7 @@ use crate::ingest::{Format, IngestOptions, Ingested};
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::queue::Seq;
 use crate::scrub::ScrubOptions;
-use crate::sentry::{self, Processed, SentryOptions};
+use crate::sentry::{self, HeaderDsn, Processed, SentryOptions};
 use crate::signal::Signal;
 use crate::{decompress, encode, json_decode, json_encode, limits};
 
@@ -67,7 +67,9 @@ fn to_py(err: CoreError) -> PyErr {
     let msg = err.to_string();
     match err {
         CoreError::Decode(_) => DecodeError::new_err(msg),
-        CoreError::TooLarge { .. } | CoreError::ItemTooLarge { .. } => PayloadTooLarge::new_err(msg),
+        CoreError::TooLarge { .. } | CoreError::ItemTooLarge { .. } | CoreError::LineTooLong { .. } => {
+            PayloadTooLarge::new_err(msg)
+        }
         CoreError::Unsupported(_) => UnsupportedMedia::new_err(msg),
         CoreError::QueueFull { .. } => QueueFull::new_err(msg),
         CoreError::Closed => PipelineClosed::new_err(msg),
@@ -532,6 +534,26 @@ impl SentryProcessor {
             }
         })?;
         Ok(out.into())
+    }
+
+    /// The envelope header's `dsn` from the start of a body, decoding no further than the first
+    /// line: `(True, dsn)` once the line is complete, `(False, None)` while `prefix` (of a body
+    /// not `complete` yet) does not hold it all.
+    #[pyo3(signature = (prefix, content_encoding = None, complete = true))]
+    fn header_dsn(
+        &self,
+        py: Python<'_>,
+        prefix: &[u8],
+        content_encoding: Option<&str>,
+        complete: bool,
+    ) -> PyResult<(bool, Option<String>)> {
+        let found = guarded(py, || {
+            sentry::header_dsn(prefix, content_encoding, complete, self.max_bytes)
+        })?;
+        Ok(match found {
+            HeaderDsn::NeedMore => (false, None),
+            HeaderDsn::Found(dsn) => (true, dsn),
+        })
     }
 }
 

@@ -105,6 +105,122 @@ pub fn decompress<'a>(body: &'a [u8], encoding: Option<&str>, limit: usize) -> R
     }
 }
 
+/// What decoding the start of a body yields, up to its first newline (see `first_line`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirstLine<'a> {
+    /// The first line, without its newline; `ended` says whether a newline ended it (else it is
+    /// the whole decoded body).
+    Line { line: Cow<'a, [u8]>, ended: bool },
+    /// The line is longer than the limit (found without decoding further).
+    TooLong,
+    /// The prefix decodes to less than a line: read more of the body.
+    Incomplete,
+}
+
+/// Decodes `prefix` (the body received so far; `complete` when that is all of it) only as far as
+/// its first newline, at most `line_limit` bytes of output, so a request can be checked by its
+/// first line before the rest is read or inflated. `body_limit` is the whole body's limit
+/// (it bounds the zstd window, as in `decompress`).
+///
+/// Errors: `Unsupported` for an unknown encoding; `Decode` for corrupt data in a complete body (in
+/// an incomplete one a decoder error may be the cut, so the answer is `Incomplete`).
+pub fn first_line<'a>(
+    prefix: &'a [u8],
+    encoding: Option<&str>,
+    complete: bool,
+    line_limit: usize,
+    body_limit: usize,
+) -> Result<FirstLine<'a>> {
+    let encoding = Encoding::parse(encoding)?;
+    if encoding == Encoding::Identity || prefix.is_empty() {
+        let window = &prefix[..prefix.len().min(line_limit.saturating_add(1))];
+        return Ok(match window.iter().position(|&b| b == b'\n') {
+            Some(n) => FirstLine::Line {
+                line: Cow::Borrowed(&prefix[..n]),
+                ended: true,
+            },
+            None if window.len() > line_limit => FirstLine::TooLong,
+            None if complete => FirstLine::Line {
+                line: Cow::Borrowed(prefix),
+                ended: false,
+            },
+            None => FirstLine::Incomplete,
+        });
+    }
+    let reader: Box<dyn Read + '_> = match encoding {
+        Encoding::Gzip => Box::new(MultiGzDecoder::new(prefix)),
+        Encoding::Deflate if looks_like_zlib(prefix) => Box::new(ZlibDecoder::new(prefix)),
+        Encoding::Deflate => Box::new(DeflateDecoder::new(prefix)),
+        Encoding::Zstd => match zstd_decoder(prefix, body_limit) {
+            Ok(decoder) => Box::new(decoder),
+            Err(_) if !complete => return Ok(FirstLine::Incomplete),
+            Err(ReadError::Io(err)) => return Err(CoreError::decode(format!("invalid zstd data: {err}"))),
+            Err(ReadError::TooLarge) => return Err(CoreError::TooLarge { limit: body_limit }),
+        },
+        Encoding::Brotli => Box::new(brotli_decompressor::Decompressor::new(prefix, CHUNK)),
+        Encoding::Identity => unreachable!("handled above"),
+    };
+    match read_line(reader, line_limit) {
+        // A zlib-looking header can be a raw stream's first bytes by chance (as in `decompress`).
+        Err(_) if encoding == Encoding::Deflate && looks_like_zlib(prefix) => {
+            match read_line(DeflateDecoder::new(prefix), line_limit) {
+                Ok(found) => Ok(line_or_more(found, complete)),
+                Err(_) if !complete => Ok(FirstLine::Incomplete),
+                Err(err) => Err(CoreError::decode(format!("invalid deflate data: {err}"))),
+            }
+        }
+        Ok(found) => Ok(line_or_more(found, complete)),
+        Err(_) if !complete => Ok(FirstLine::Incomplete),
+        Err(err) => Err(CoreError::decode(format!("invalid {} data: {err}", encoding.label()))),
+    }
+}
+
+/// What `read_line` found: a line ended by a newline, one over the limit, or the end of the output.
+enum LineRead {
+    Ended(Vec<u8>),
+    TooLong,
+    End(Vec<u8>),
+}
+
+fn line_or_more(found: LineRead, complete: bool) -> FirstLine<'static> {
+    match found {
+        LineRead::Ended(line) => FirstLine::Line {
+            line: Cow::Owned(line),
+            ended: true,
+        },
+        LineRead::TooLong => FirstLine::TooLong,
+        LineRead::End(line) if complete => FirstLine::Line {
+            line: Cow::Owned(line),
+            ended: false,
+        },
+        LineRead::End(_) => FirstLine::Incomplete,
+    }
+}
+
+/// Reads `reader` up to its first newline, never holding more than `limit` + one small chunk.
+fn read_line(mut reader: impl Read, limit: usize) -> io::Result<LineRead> {
+    // Small reads: the decoder stops soon after the newline instead of a whole chunk later.
+    let mut chunk = [0u8; 4096];
+    let mut line = Vec::new();
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => return Ok(LineRead::End(line)),
+            Ok(n) => n.min(chunk.len()),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        let data = &chunk[..n];
+        let end = data.iter().position(|&b| b == b'\n');
+        line.extend_from_slice(&data[..end.unwrap_or(n)]);
+        if line.len() > limit {
+            return Ok(LineRead::TooLong);
+        }
+        if end.is_some() {
+            return Ok(LineRead::Ended(line));
+        }
+    }
+}
+
 enum ReadError {
     TooLarge,
     Io(io::Error),
@@ -409,6 +525,104 @@ mod tests {
             decompress(&gzip(b"a"), Some("gzip"), 0),
             Err(CoreError::TooLarge { limit: 0 })
         );
+    }
+
+    fn line(prefix: &[u8], enc: Option<&str>, complete: bool, limit: usize) -> FirstLine<'static> {
+        match first_line(prefix, enc, complete, limit, MIB).unwrap() {
+            FirstLine::Line { line, ended } => FirstLine::Line {
+                line: Cow::Owned(line.into_owned()),
+                ended,
+            },
+            FirstLine::TooLong => FirstLine::TooLong,
+            FirstLine::Incomplete => FirstLine::Incomplete,
+        }
+    }
+
+    fn ended(text: &[u8]) -> FirstLine<'static> {
+        FirstLine::Line {
+            line: Cow::Owned(text.to_vec()),
+            ended: true,
+        }
+    }
+
+    #[test]
+    fn first_line_of_every_encoding() {
+        let body = b"{\"dsn\":\"x\"}\nsecond line\n".to_vec();
+        let encoded: Vec<(Option<&str>, Vec<u8>)> = vec![
+            (None, body.clone()),
+            (Some("gzip"), gzip(&body)),
+            (Some("deflate"), zlib(&body)),
+            (Some("deflate"), raw_deflate(&body)),
+            (Some("zstd"), zstd::stream::encode_all(&body[..], 3).unwrap()),
+            (
+                Some("br"),
+                unhex("8b0b807b2264736e223a2278227d0a7365636f6e64206c696e650a03"),
+            ),
+        ];
+        for (enc, data) in &encoded {
+            assert_eq!(line(data, *enc, true, 64), ended(b"{\"dsn\":\"x\"}"), "{enc:?}");
+            // Every prefix either says the line is incomplete or finds it whole.
+            for n in 0..data.len() {
+                let got = line(&data[..n], *enc, false, 64);
+                assert!(
+                    got == FirstLine::Incomplete || got == ended(b"{\"dsn\":\"x\"}"),
+                    "{enc:?} {n}: {got:?}"
+                );
+            }
+            assert_eq!(line(data, *enc, false, 10), FirstLine::TooLong, "{enc:?}");
+            assert_eq!(line(data, *enc, true, 11), ended(b"{\"dsn\":\"x\"}"), "{enc:?}");
+        }
+    }
+
+    #[test]
+    fn first_line_without_newline() {
+        // The whole body is the line when it is complete; an empty body is an empty line.
+        let whole = FirstLine::Line {
+            line: Cow::Owned(b"{}".to_vec()),
+            ended: false,
+        };
+        assert_eq!(line(b"{}", None, true, 64), whole);
+        assert_eq!(line(&gzip(b"{}"), Some("gzip"), true, 64), whole);
+        assert_eq!(line(b"{}", None, false, 64), FirstLine::Incomplete);
+        let empty = FirstLine::Line {
+            line: Cow::Owned(Vec::new()),
+            ended: false,
+        };
+        assert_eq!(line(b"", Some("gzip"), true, 64), empty);
+        assert_eq!(line(b"", None, false, 64), FirstLine::Incomplete);
+    }
+
+    #[test]
+    fn first_line_of_a_bomb_stops_at_the_limit() {
+        // 10 MiB without a newline in ~10 KiB of gzip: refused after inflating the limit.
+        let bomb = gzip(&vec![b'0'; 10 * MIB]);
+        assert_eq!(line(&bomb, Some("gzip"), true, 64 * 1024), FirstLine::TooLong);
+        assert_eq!(
+            line(&bomb[..bomb.len() / 2], Some("gzip"), false, 64 * 1024),
+            FirstLine::TooLong
+        );
+        // Identity: only the limit (plus one byte) is searched.
+        let mut plain = vec![b'0'; 10 * MIB];
+        plain.push(b'\n');
+        assert_eq!(line(&plain, None, true, 64 * 1024), FirstLine::TooLong);
+    }
+
+    #[test]
+    fn first_line_errors() {
+        assert!(matches!(
+            first_line(b"x", Some("lz4"), true, 64, MIB),
+            Err(CoreError::Unsupported(_))
+        ));
+        // Corrupt data: an error once the body is complete; before that it may be the cut.
+        assert!(matches!(
+            first_line(b"not gzip", Some("gzip"), true, 64, MIB),
+            Err(CoreError::Decode(m)) if m.starts_with("invalid gzip data")
+        ));
+        assert_eq!(line(b"not gzip", Some("gzip"), false, 64), FirstLine::Incomplete);
+        assert!(matches!(
+            first_line(b"\xff\xfe not zstd", Some("zstd"), true, 64, MIB),
+            Err(CoreError::Decode(m)) if m.starts_with("invalid zstd data")
+        ));
     }
 
     #[test]

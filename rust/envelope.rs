@@ -8,11 +8,17 @@
 //! Headers are parsed to check them and to read the few keys the gateway acts on; they are
 //! forwarded as the bytes they arrived as, so unknown keys and unknown item types pass through
 //! untouched. Only an item whose payload is replaced gets a rewritten header (its `length`).
+//!
+//! Header lines are capped at `MAX_HEADER_LINE` bytes, checked before they are parsed. Item
+//! headers are checked as JSON but only `type`, `length` and `content_type` are kept: the rest is
+//! skipped without building values, so the memory an envelope costs does not grow with what its
+//! item headers hold. `header_dsn` reads the envelope header's `dsn` the same way, to
+//! authenticate a request from its first line before the rest is read.
 
 use std::cell::Cell;
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::error::{CoreError, Result};
@@ -20,6 +26,10 @@ use crate::error::{CoreError, Result};
 /// Most items one envelope may hold. SDKs send a handful (logs and sessions are batched into one
 /// item each); the cap bounds the memory a body of tiny items can cost.
 pub const MAX_ITEMS: usize = 10_000;
+
+/// Longest envelope or item header line, in bytes (without its newline). SDKs write a few hundred
+/// bytes; the cap bounds what a header costs to parse before the request is authenticated.
+pub const MAX_HEADER_LINE: usize = 64 * 1024;
 
 /// A parsed envelope. Every slice borrows the body it was parsed from.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,8 +52,8 @@ pub struct Item<'a> {
     pub ty: String,
     /// The `length` header, when present.
     pub length: Option<usize>,
-    /// The item header, parsed (every key, known or not).
-    pub header: Map<String, Value>,
+    /// The `content_type` header, when it is a string. Other keys are only in `header_raw`.
+    pub content_type: Option<String>,
     /// The item header line as received, without its newline.
     pub header_raw: &'a [u8],
     pub payload: &'a [u8],
@@ -54,7 +64,7 @@ pub struct Item<'a> {
 
 impl Item<'_> {
     pub fn content_type(&self) -> Option<&str> {
-        self.header.get("content_type").and_then(Value::as_str)
+        self.content_type.as_deref()
     }
 
     /// A short name for messages: `item 2 (attachment)`.
@@ -69,13 +79,13 @@ impl Item<'_> {
 /// a JSON object; more than one `sent_at`; an `event_id` that is not a UUID; an item header that
 /// is not a JSON object, lacks a string `type`, or has a `length` that is not a non-negative
 /// integer; a sized payload that runs past the end or is followed by something other than a
-/// newline; more than `MAX_ITEMS` items. Whitespace-only lines where an item header is expected
-/// are skipped.
+/// newline; more than `MAX_ITEMS` items. `CoreError::LineTooLong`: a header line over
+/// `MAX_HEADER_LINE`. Whitespace-only lines where an item header is expected are skipped.
 pub fn parse(body: &[u8]) -> Result<Envelope<'_>> {
     if body.is_empty() {
-        return Err(invalid("the body is empty; expected an envelope header"));
+        return Err(empty_body());
     }
-    let (header_raw, mut pos) = line_at(body, 0);
+    let (header_raw, mut pos) = header_line_at(body, 0).ok_or_else(|| header_too_long("the envelope header line"))?;
     let header =
         parse_object(header_raw, &["sent_at"]).map_err(|fault| invalid(format!("the envelope header {fault}")))?;
     let event_id = match header.get("event_id") {
@@ -94,18 +104,19 @@ pub fn parse(body: &[u8]) -> Result<Envelope<'_>> {
     let mut items = Vec::new();
     while pos < body.len() {
         let start = pos;
-        let (line, after_header) = line_at(body, pos);
+        let index = items.len();
+        let (line, after_header) = header_line_at(body, pos)
+            .ok_or_else(|| header_too_long(&format!("envelope item {index}: the item header line")))?;
         if line.iter().all(u8::is_ascii_whitespace) {
             pos = after_header;
             continue;
         }
-        let index = items.len();
         if index == MAX_ITEMS {
             return Err(invalid(format!("more than {MAX_ITEMS} items")));
         }
-        let header = parse_object(line, &["type", "length"])
-            .map_err(|fault| invalid(format!("item {index}: the item header {fault}")))?;
-        let ty = match header.get("type") {
+        let header =
+            parse_item_header(line).map_err(|fault| invalid(format!("item {index}: the item header {fault}")))?;
+        let ty = match &header.ty {
             Some(Value::String(s)) => s.clone(),
             None => return Err(invalid(format!("item {index}: the item header has no type"))),
             Some(other) => {
@@ -116,7 +127,7 @@ pub fn parse(body: &[u8]) -> Result<Envelope<'_>> {
             }
         };
         let length =
-            match header.get("length") {
+            match &header.length {
                 None | Some(Value::Null) => None,
                 Some(v) => Some(v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
                     invalid(format!("item {index} ({ty}): length {v} is not a non-negative integer"))
@@ -148,7 +159,7 @@ pub fn parse(body: &[u8]) -> Result<Envelope<'_>> {
             index,
             ty,
             length,
-            header,
+            content_type: header.content_type,
             header_raw: line,
             payload,
             raw: &body[start..end],
@@ -215,7 +226,9 @@ fn write_item_header(out: &mut Vec<u8>, item: &Item<'_>, payload: &[u8]) {
         out.extend_from_slice(item.header_raw);
         return;
     }
-    let mut header = item.header.clone();
+    // The line parsed as a JSON object when the envelope was read (and is at most
+    // MAX_HEADER_LINE bytes): only now is it built into a tree, to set `length` in it.
+    let mut header: Map<String, Value> = serde_json::from_slice(item.header_raw).unwrap_or_default();
     header.insert("length".to_owned(), Value::from(payload.len()));
     // A map of JSON values always serializes.
     serde_json::to_writer(&mut *out, &header).expect("JSON object serializes");
@@ -234,6 +247,42 @@ pub fn normalize_event_id(s: &str) -> Option<String> {
 
 fn invalid(fault: impl fmt::Display) -> CoreError {
     CoreError::decode(format!("invalid envelope: {fault}"))
+}
+
+/// The envelope header's `dsn` (None when absent or not a string; a repeated key: the last),
+/// from the header line alone. The other keys are checked as JSON and skipped, never built.
+///
+/// Errors: `Decode` when the line is not a JSON object; `LineTooLong` over `MAX_HEADER_LINE`.
+pub fn header_dsn(line: &[u8]) -> Result<Option<String>> {
+    if line.len() > MAX_HEADER_LINE {
+        return Err(header_too_long("the envelope header line"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(line);
+    let result = de::Deserializer::deserialize_map(&mut de, DsnVisitor).and_then(|dsn| de.end().map(|()| dsn));
+    result.map_err(|e| invalid(format!("the envelope header {}", json_fault(&e))))
+}
+
+pub(crate) fn empty_body() -> CoreError {
+    invalid("the body is empty; expected an envelope header")
+}
+
+pub(crate) fn header_too_long(line: &str) -> CoreError {
+    CoreError::LineTooLong {
+        line: line.to_owned(),
+        limit: MAX_HEADER_LINE,
+    }
+}
+
+/// Like `line_at`, for a header line: None when it is longer than `MAX_HEADER_LINE` (found
+/// without searching past the cap).
+fn header_line_at(body: &[u8], pos: usize) -> Option<(&[u8], usize)> {
+    let rest = &body[pos..];
+    let window = &rest[..rest.len().min(MAX_HEADER_LINE + 1)];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(n) => Some((&rest[..n], pos + n + 1)),
+        None if window.len() > MAX_HEADER_LINE => None,
+        None => Some((rest, body.len())),
+    }
 }
 
 /// The line starting at `pos` (without its newline) and the position after the newline.
@@ -271,11 +320,207 @@ fn parse_object(line: &[u8], unique: &'static [&'static str]) -> std::result::Re
         if let Some(key) = repeated.get() {
             return format!("has more than one {key:?} key");
         }
-        match e.classify() {
-            serde_json::error::Category::Data => format!("is not a JSON object ({e})"),
-            _ => format!("is not valid JSON ({e})"),
-        }
+        json_fault(&e)
     })
+}
+
+/// Completes "the ... header" for a line that did not parse as a JSON object.
+fn json_fault(e: &serde_json::Error) -> String {
+    match e.classify() {
+        serde_json::error::Category::Data => format!("is not a JSON object ({e})"),
+        _ => format!("is not valid JSON ({e})"),
+    }
+}
+
+/// The keys of an item header the parser acts on; `type` and `length` as values (checked by
+/// the caller, which names what is wrong with them).
+struct ItemHeader {
+    ty: Option<Value>,
+    length: Option<Value>,
+    content_type: Option<String>,
+}
+
+fn parse_item_header(line: &[u8]) -> std::result::Result<ItemHeader, String> {
+    let repeated = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(line);
+    let result = de::Deserializer::deserialize_map(&mut de, ItemHeaderVisitor { repeated: &repeated })
+        .and_then(|header| de.end().map(|()| header));
+    result.map_err(|e| match repeated.get() {
+        Some(key) => format!("has more than one {key:?} key"),
+        None => json_fault(&e),
+    })
+}
+
+struct ItemHeaderVisitor<'c> {
+    repeated: &'c Cell<Option<&'static str>>,
+}
+
+impl<'de> Visitor<'de> for ItemHeaderVisitor<'_> {
+    type Value = ItemHeader;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> std::result::Result<Self::Value, A::Error> {
+        let mut header = ItemHeader {
+            ty: None,
+            length: None,
+            content_type: None,
+        };
+        while let Some(key) = access.next_key::<KeyName>()? {
+            let (slot, name) = match key {
+                KeyName::Type => (&mut header.ty, "type"),
+                KeyName::Length => (&mut header.length, "length"),
+                KeyName::ContentType => {
+                    header.content_type = access.next_value::<MaybeString>()?.0;
+                    continue;
+                }
+                KeyName::Other => {
+                    access.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if slot.is_some() {
+                self.repeated.set(Some(name));
+                return Err(de::Error::custom(format!("more than one {name:?} key")));
+            }
+            *slot = Some(access.next_value()?);
+        }
+        Ok(header)
+    }
+}
+
+/// An item-header key, read without keeping names the parser does not act on.
+enum KeyName {
+    Type,
+    Length,
+    ContentType,
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for KeyName {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = KeyName;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+
+            fn visit_str<E: de::Error>(self, key: &str) -> std::result::Result<KeyName, E> {
+                Ok(match key {
+                    "type" => KeyName::Type,
+                    "length" => KeyName::Length,
+                    "content_type" => KeyName::ContentType,
+                    _ => KeyName::Other,
+                })
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// The envelope header's `dsn`, every other key skipped.
+struct DsnVisitor;
+
+impl<'de> Visitor<'de> for DsnVisitor {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> std::result::Result<Self::Value, A::Error> {
+        let mut dsn = None;
+        while let Some(IsDsn(is_dsn)) = access.next_key()? {
+            if is_dsn {
+                dsn = access.next_value::<MaybeString>()?.0;
+            } else {
+                access.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(dsn)
+    }
+}
+
+/// Whether a key is `dsn`, read without keeping it.
+struct IsDsn(bool);
+
+impl<'de> de::Deserialize<'de> for IsDsn {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = IsDsn;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+
+            fn visit_str<E: de::Error>(self, key: &str) -> std::result::Result<IsDsn, E> {
+                Ok(IsDsn(key == "dsn"))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// A JSON string, or None for any other value (skipped without building it).
+struct MaybeString(Option<String>);
+
+impl<'de> de::Deserialize<'de> for MaybeString {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_any(MaybeStringVisitor).map(MaybeString)
+    }
+}
+
+struct MaybeStringVisitor;
+
+impl<'de> Visitor<'de> for MaybeStringVisitor {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+        Ok(Some(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> std::result::Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> std::result::Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> std::result::Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> std::result::Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> std::result::Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
 }
 
 struct ObjectSeed<'c> {
@@ -413,7 +658,11 @@ mod tests {
         let env = parse(body).unwrap();
         assert_eq!(env.header["future_key"][1]["x"], Value::Null);
         assert_eq!(env.items[0].ty, "brand_new_type");
-        assert_eq!(env.items[0].header["weird"]["a"], 1);
+        // Unknown item-header keys are kept as received, not parsed into values.
+        assert_eq!(
+            env.items[0].header_raw,
+            b"{\"type\":\"brand_new_type\",\"weird\":{\"a\":1},\"length\":3}"
+        );
         let keep: Vec<_> = env.items.iter().map(Out::Keep).collect();
         assert_eq!(serialize(env.header_raw, &keep), &body[..]);
         // Dropping an item keeps the others byte-for-byte.
@@ -541,6 +790,89 @@ mod tests {
         assert_eq!(parse(&body).unwrap().items.len(), MAX_ITEMS);
         body.extend_from_slice(b"{\"type\":\"a\"}\n");
         assert_eq!(err(&body), "invalid envelope: more than 10000 items");
+    }
+
+    #[test]
+    fn header_lines_are_capped() {
+        let too_long = |line: &str| CoreError::LineTooLong {
+            line: line.to_owned(),
+            limit: MAX_HEADER_LINE,
+        };
+        // A header line of exactly the cap is read; one byte more is refused, without a newline
+        // anywhere after it being searched for.
+        let pad = |n: usize| format!("{{\"p\":\"{}\"}}", "x".repeat(n - 8));
+        let at_cap = pad(MAX_HEADER_LINE);
+        assert_eq!(at_cap.len(), MAX_HEADER_LINE);
+        assert!(parse(format!("{at_cap}\n").as_bytes()).is_ok());
+        assert!(parse(at_cap.as_bytes()).is_ok());
+        let over = pad(MAX_HEADER_LINE + 1);
+        assert_eq!(parse(over.as_bytes()), Err(too_long("the envelope header line")));
+        let mut body = format!("{over}\n").into_bytes();
+        body.extend(std::iter::repeat_n(b'x', 1 << 20));
+        assert_eq!(parse(&body), Err(too_long("the envelope header line")));
+        // Item headers likewise, named by index; their payload lines are not capped.
+        let item = format!("{{\"type\":\"a\",{}", &pad(MAX_HEADER_LINE)[1..]);
+        assert_eq!(item.len(), MAX_HEADER_LINE + 11);
+        let big_payload = "y".repeat(MAX_HEADER_LINE * 2);
+        let env = format!("{{}}\n{{\"type\":\"a\"}}\n{big_payload}\n{item}\n");
+        assert_eq!(
+            parse(env.as_bytes()),
+            Err(too_long("envelope item 1: the item header line"))
+        );
+        assert_eq!(
+            too_long("the envelope header line").to_string(),
+            "the envelope header line is longer than the limit of 65536 bytes"
+        );
+    }
+
+    #[test]
+    fn item_headers_keep_only_what_the_parser_acts_on() {
+        let env = parse(
+            b"{}\n{\"type\":\"attachment\",\"content_type\":\"text/plain\",\"big\":[[1,2],{\"a\":[3]}],\"length\":1}\nx\n\
+{\"type\":\"event\",\"content_type\":[\"not\",\"a\",\"string\"]}\n{}\n",
+        )
+        .unwrap();
+        assert_eq!(env.items[0].content_type(), Some("text/plain"));
+        assert_eq!(env.items[0].length, Some(1));
+        assert_eq!(env.items[1].content_type(), None);
+        // A skipped value is still checked as JSON.
+        let e = err(b"{}\n{\"type\":\"a\",\"x\":[1,}\n");
+        assert!(
+            e.starts_with("invalid envelope: item 0: the item header is not valid JSON ("),
+            "{e}"
+        );
+        // Escaped key names are the keys they spell.
+        assert_eq!(
+            err(b"{}\n{\"type\":\"a\",\"typ\\u0065\":\"b\"}\n"),
+            "invalid envelope: item 0: the item header has more than one \"type\" key"
+        );
+        let env = parse(b"{}\n{\"typ\\u0065\":\"a\",\"length\":0}\n").unwrap();
+        assert_eq!(env.items[0].ty, "a");
+    }
+
+    #[test]
+    fn dsn_from_the_header_line_alone() {
+        let dsn = |line: &[u8]| header_dsn(line);
+        assert_eq!(
+            dsn(b"{\"event_id\":\"x\",\"dsn\":\"http://k@h/1\",\"a\":[0,0,{\"dsn\":\"no\"}]}"),
+            Ok(Some("http://k@h/1".to_owned()))
+        );
+        assert_eq!(dsn(b"{}"), Ok(None));
+        assert_eq!(dsn(b" { \"dsn\" : 5 } "), Ok(None));
+        assert_eq!(dsn(b"{\"dsn\":{\"a\":\"b\"}}"), Ok(None));
+        // A repeated key: the last wins, as for the other header keys.
+        assert_eq!(dsn(b"{\"dsn\":\"a\",\"dsn\":\"b\"}"), Ok(Some("b".to_owned())));
+        assert_eq!(dsn(b"{\"ds\\u006e\":\"esc\"}"), Ok(Some("esc".to_owned())));
+        for bad in [&b""[..], b"[1]", b"{\"dsn\":\"a\"} x", b"{\"a\":[1,}", b"\"dsn\""] {
+            match dsn(bad) {
+                Err(CoreError::Decode(m)) => {
+                    assert!(m.starts_with("invalid envelope: the envelope header is not "), "{m}")
+                }
+                other => panic!("{other:?} for {bad:?}"),
+            }
+        }
+        let over = format!("{{\"dsn\":\"{}\"}}", "k".repeat(MAX_HEADER_LINE));
+        assert!(matches!(dsn(over.as_bytes()), Err(CoreError::LineTooLong { .. })));
     }
 
     #[test]

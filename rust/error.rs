@@ -14,6 +14,10 @@ pub enum CoreError {
     /// One item of a Sentry envelope is over its limit (the envelope is rejected whole, as Relay does). HTTP 413.
     #[error("{item} is {size} bytes, over the limit of {limit} bytes")]
     ItemTooLarge { item: String, size: usize, limit: usize },
+    /// A header line (a Sentry envelope's or item's) longer than its cap, found without reading
+    /// the line to its end. HTTP 413.
+    #[error("{line} is longer than the limit of {limit} bytes")]
+    LineTooLong { line: String, limit: usize },
     /// Content-Encoding or content type the gateway does not speak. HTTP 415.
     #[error("{0}")]
     Unsupported(String),

@@ -2013,6 +2013,7 @@ mod sentry_fuzz {
             prop_assert!(
                 matches!(e, CoreError::Decode(m) if !m.is_empty())
                     || matches!(e, CoreError::ItemTooLarge { size, limit, .. } if size > limit)
+                    || matches!(e, CoreError::LineTooLong { limit, .. } if *limit == crate::envelope::MAX_HEADER_LINE)
                     || matches!(e, CoreError::TooLarge { .. }),
                 "{e:?}"
             );

@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use serde_json::Value;
 
+use crate::decompress::{self, FirstLine};
 use crate::envelope::{self, Envelope, Item, Out};
 use crate::error::{CoreError, Result};
 use crate::sample::Sampler;
@@ -207,6 +208,42 @@ pub fn process(body: &[u8], project_id: &str, options: &SentryOptions) -> Result
     out.log_records = logs.len();
     out.otlp_logs = logs.finish();
     Ok(out)
+}
+
+/// What the first line of an envelope says about how it authenticates (see `header_dsn`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderDsn {
+    /// The prefix does not hold the whole envelope header line yet: read more of the body.
+    NeedMore,
+    /// The envelope header's `dsn` (None: absent, or not a string).
+    Found(Option<String>),
+}
+
+/// The envelope header's `dsn`, from the start of a request body (`complete` when `prefix` is
+/// all of it): decoded only as far as the first newline, at most `envelope::MAX_HEADER_LINE`
+/// bytes, and read without building the header's other values. This authenticates a request
+/// that carries its key only there before the rest is read, inflated or parsed.
+///
+/// Errors: `LineTooLong` past the cap; `Decode` for an empty body, a header line that is not a
+/// JSON object, or corrupt compressed data (once complete); `Unsupported` for an unknown encoding.
+pub fn header_dsn(
+    prefix: &[u8],
+    encoding: Option<&str>,
+    complete: bool,
+    max_envelope_bytes: usize,
+) -> Result<HeaderDsn> {
+    match decompress::first_line(
+        prefix,
+        encoding,
+        complete,
+        envelope::MAX_HEADER_LINE,
+        max_envelope_bytes,
+    )? {
+        FirstLine::Incomplete => Ok(HeaderDsn::NeedMore),
+        FirstLine::TooLong => Err(envelope::header_too_long("the envelope header line")),
+        FirstLine::Line { line, ended: false } if line.is_empty() => Err(envelope::empty_body()),
+        FirstLine::Line { line, .. } => envelope::header_dsn(&line).map(HeaderDsn::Found),
+    }
 }
 
 /// The data categories of an envelope's items (for rate limits), each once, in order.
@@ -1421,6 +1458,45 @@ mod tests {
                  {{\"type\":\"event\",\"length\":50}}\n{{\"message\":\"ok\",\"extra\":{{\"password\":\"[Filtered]\"}}}}\n\
                  {{\"type\":\"session\"}}\n{{\"sid\":\"x\"}}"
             )
+        );
+    }
+
+    #[test]
+    fn dsn_from_the_first_line() {
+        use std::io::Write as _;
+        const MIB: usize = 1 << 20;
+        let gzip = |data: &[u8]| {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            enc.write_all(data).unwrap();
+            enc.finish().unwrap()
+        };
+        let body = b"{\"dsn\":\"http://k@h/1\",\"event_id\":\"nonsense\"}\n{\"type\":\"event\"}\nnot json\n";
+        let found = HeaderDsn::Found(Some("http://k@h/1".to_owned()));
+        // Only the first line is read: the rest (invalid here) is not looked at.
+        assert_eq!(header_dsn(body, None, true, MIB), Ok(found.clone()));
+        assert_eq!(header_dsn(&gzip(body), Some("gzip"), true, MIB), Ok(found.clone()));
+        assert_eq!(header_dsn(&body[..10], None, false, MIB), Ok(HeaderDsn::NeedMore));
+        assert_eq!(header_dsn(b"{}\n", None, false, MIB), Ok(HeaderDsn::Found(None)));
+        assert_eq!(header_dsn(b"{}", None, true, MIB), Ok(HeaderDsn::Found(None)));
+        assert_eq!(header_dsn(b"", None, true, MIB), Err(envelope::empty_body()));
+        assert_eq!(
+            header_dsn(&gzip(b""), Some("gzip"), true, MIB),
+            Err(envelope::empty_body())
+        );
+        assert!(
+            matches!(header_dsn(b"\n{}", None, true, MIB), Err(CoreError::Decode(m)) if m.contains("not valid JSON"))
+        );
+        // The issue's bomb: a header line of zeros, inflated no further than the cap.
+        let mut line = b"{\"dsn\":\"http://wrong@h/1\",\"a\":[".to_vec();
+        line.extend(b"0,".repeat(4 * MIB));
+        line.extend(b"0]}\n");
+        let bomb = gzip(&line);
+        assert_eq!(
+            header_dsn(&bomb, Some("gzip"), true, 64 * MIB),
+            Err(CoreError::LineTooLong {
+                line: "the envelope header line".to_owned(),
+                limit: envelope::MAX_HEADER_LINE
+            })
         );
     }
 

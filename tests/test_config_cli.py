@@ -30,6 +30,9 @@ def write(tmp_path: Path, text: str) -> Path:
         ("[exporters.otlp]\nendpoint = 'ftp://x'\n", ["http"]),
         ("[server]\nlisten = 'nowhere'\n", ["HOST:PORT"]),
         ("[server\n", ["invalid TOML"]),
+        ("[server]\nmax_inflight_bytes = 1000\n", ["server.max_inflight_bytes", "server.max_body_bytes"]),
+        ("[server]\nmax_preauth_per_client = 0\n", ["$.server.max_preauth_per_client"]),
+        ("[server]\npreauth_timeout_s = 0\n", ["$.server.preauth_timeout_s"]),
     ],
 )
 def test_errors_name_key_and_file(tmp_path: Path, text: str, words: list[str]) -> None:
@@ -97,3 +100,24 @@ def test_check_config_reports_errors(tmp_path: Path) -> None:
     )
     assert run.returncode == 2
     assert "max_records" in run.stderr and str(path) in run.stderr
+
+
+def test_check_config_prints_the_admission_limits(tmp_path: Path) -> None:
+    """The limits on unauthenticated work and buffered bodies are keys of [server], with defaults."""
+    path = write(tmp_path, "[server]\nmax_preauth_per_client = 8\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "trackgate", "check-config", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode == 0, run.stderr
+    server = json.loads(run.stdout)["server"]
+    assert server["max_preauth_per_client"] == 8
+    assert server["preauth_timeout_s"] == 5.0
+    assert server["max_inflight_bytes"] == 256 * 1024 * 1024
+    assert server["backpressure"] == 1024
+
+
+def test_inflight_budget_follows_a_raised_body_limit(tmp_path: Path) -> None:
+    """Raising max_body_bytes alone keeps working: the default budget grows with it."""
+    cfg = config.load(write(tmp_path, "[server]\nmax_body_bytes = 536870912\n"), env={})
+    assert cfg.server.inflight_budget() == 536870912
+    assert config.load(None, env={}).server.inflight_budget() == 256 * 1024 * 1024

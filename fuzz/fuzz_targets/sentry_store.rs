@@ -4,14 +4,14 @@
 
 use _core::envelope;
 use _core::sentry::process_store;
-use fuzz_support::{assert_decode_error, assert_sentry_error, sentry_options, Input};
+use fuzz_support::{assert_sentry_error, sentry_options, Input};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let options = sentry_options(input.byte());
     let body = input.rest();
-    assert_decode_error(&envelope::parse(body));
+    assert_sentry_error(&envelope::parse(body));
     let result = process_store(body, "1", &options);
     assert_sentry_error(&result);
     if let Ok(out) = result {

@@ -130,6 +130,7 @@ pub fn assert_sentry_error<T: std::fmt::Debug>(result: &Result<T>) {
         assert!(
             matches!(e, CoreError::Decode(m) if !m.is_empty())
                 || matches!(e, CoreError::ItemTooLarge { size, limit, .. } if size > limit)
+                || matches!(e, CoreError::LineTooLong { limit, .. } if *limit == _core::envelope::MAX_HEADER_LINE)
                 || matches!(e, CoreError::TooLarge { .. }),
             "{e:?}"
         );

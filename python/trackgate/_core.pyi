@@ -170,3 +170,6 @@ class SentryProcessor:
     def process(
         self, body: bytes, project_id: str, content_encoding: str | None = None, store: bool = False
     ) -> SentryResult: ...
+    def header_dsn(
+        self, prefix: bytes, content_encoding: str | None = None, complete: bool = True
+    ) -> tuple[bool, str | None]: ...

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from trackgate import __version__, telemetry
 from trackgate import config as config_mod
-from trackgate.asgi import ClientDisconnected, Receive, Request, Response, Scope, Send
+from trackgate.asgi import BodyBudget, ClientDisconnected, Receive, Request, Response, Scope, Send
 from trackgate.config import Config
 from trackgate.pipeline import Format, Pipeline
 from trackgate.ratelimits import RateLimits
@@ -35,6 +35,14 @@ class App:
         self.forward: Pipeline | None = None  # Sentry envelopes on their way upstream
         self.peers: telemetry.PeerSnapshots | None = None
         self.tokens = [t.encode() for t in cfg.server.tokens]
+        # Request bodies buffered at once in this worker; every request reserves before it buffers.
+        self.budget = BodyBudget(cfg.server.inflight_budget())
+        telemetry.REGISTRY.observed(
+            "trackgate_http_inflight_bytes",
+            "Bytes of request bodies reserved (being received or processed) now, of server.max_inflight_bytes.",
+            (),
+            lambda: [((), float(self.budget.used))],
+        )
         self.routes: dict[str, tuple[str, Handler]] = {
             "/v1/traces": ("POST", self._otlp("traces")),
             "/v1/logs": ("POST", self._otlp("logs")),
@@ -93,7 +101,7 @@ class App:
         if scope["type"] != "http":
             return
         started = time.perf_counter()
-        request = Request(scope, receive)
+        request = Request(scope, receive, self.budget)
         route = request.path if request.path in self.routes else route_label(request.path)
         try:
             response = await self._dispatch(request)
@@ -108,6 +116,8 @@ class App:
         except Exception:
             log.exception("unhandled error", extra={"path": request.path})
             response = Response(500, b"internal error\n")
+        finally:
+            request.release()  # the body's budget, whatever happened
         await response.send(send)
         telemetry.HTTP_REQUESTS.inc(route=route, code=str(response.status))
         telemetry.HTTP_LATENCY.observe(time.perf_counter() - started, route=route)

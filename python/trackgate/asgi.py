@@ -15,6 +15,11 @@ Send = Callable[[Message], Awaitable[None]]
 
 # How much of a refused body is read and thrown away before answering 413 (see Request.body).
 DRAIN_LIMIT = 8 * 1024 * 1024
+# A body refused for want of budget is read and thrown away only when this small (else the
+# connection is closed): a cheap way to let the client read the 503.
+BUDGET_DRAIN_LIMIT = 64 * 1024
+# A body of undeclared length (chunked) reserves budget in steps of at least this.
+RESERVE_STEP = 64 * 1024
 
 
 class BodyTimeout(Exception):
@@ -33,6 +38,62 @@ class ClientDisconnected(Exception):
     pass
 
 
+class BudgetSpent(Exception):
+    """The worker's budget for buffered request bodies is spent. `drained`: the body was read and
+    dropped, so the connection may stay open; else the answer must close it."""
+
+    def __init__(self, limit: int, drained: bool) -> None:
+        super().__init__(
+            f"request bodies in flight use this worker's budget of {limit} bytes (server.max_inflight_bytes); "
+            "retry later"
+        )
+        self.limit = limit
+        self.drained = drained
+
+
+class BodyBudget:
+    """Bytes of request bodies buffered at once in one worker (`server.max_inflight_bytes`).
+
+    Requests reserve before they buffer (a declared Content-Length at once, a chunked body as it
+    grows) and release when they are done. Only the event loop's thread touches it: no lock.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def reserve(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.used -= size
+
+
+class ClientSlots:
+    """Requests at once per client address, up to `limit` each (for requests not yet authenticated)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held: dict[str, int] = {}
+
+    def enter(self, client: str) -> bool:
+        count = self.held.get(client, 0)
+        if count >= self.limit:
+            return False
+        self.held[client] = count + 1
+        return True
+
+    def leave(self, client: str) -> None:
+        count = self.held.get(client, 0) - 1
+        if count > 0:
+            self.held[client] = count
+        else:
+            self.held.pop(client, None)
+
+
 @dataclass
 class Response:
     status: int
@@ -48,7 +109,7 @@ class Response:
 
 
 class Request:
-    def __init__(self, scope: Scope, receive: Receive) -> None:
+    def __init__(self, scope: Scope, receive: Receive, budget: BodyBudget | None = None) -> None:
         self.scope = scope
         self._receive = receive
         self.method: str = scope["method"]
@@ -59,9 +120,53 @@ class Request:
             text = value.decode("latin-1")
             # Repeated headers fold into one comma-separated value, as HTTP allows.
             self.headers[name] = f"{self.headers[name]}, {text}" if name in self.headers else text
+        self._budget = budget
+        self._reserved = 0  # bytes of the budget this request holds
+        self._chunks: list[bytes] = []  # the body received so far
+        self._received = 0
+        self._complete = False
 
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name, default)
+
+    @property
+    def client_host(self) -> str:
+        """The peer's address (no proxy header is trusted: behind a proxy, the proxy's)."""
+        client = self.scope.get("client")
+        return str(client[0]) if client else ""
+
+    @property
+    def received(self) -> int:
+        """Bytes of the body received so far."""
+        return self._received
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body has been received."""
+        return self._complete
+
+    def buffered(self) -> bytes:
+        """The body received so far."""
+        if len(self._chunks) > 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0] if self._chunks else b""
+
+    def release(self) -> None:
+        """Drops the buffered body and gives its budget back (when the request is done)."""
+        self._chunks = []
+        if self._budget is not None and self._reserved:
+            self._budget.release(self._reserved)
+            self._reserved = 0
+
+    async def read_chunk(self, limit: int) -> None:
+        """Receives the next piece of the body into the buffer, reserving budget only for what
+        arrived (for a request not authenticated yet, which must not claim its declared size)."""
+        if self._complete:
+            return
+        declared = self._declared()
+        if declared is not None and declared > limit:
+            raise BodyTooLarge(limit)
+        self._take(await self._receive(), limit)
 
     async def body(self, limit: int, timeout_s: float = 30.0) -> bytes:
         """The whole body within `timeout_s` (a client trickling it slower is cut off: BodyTimeout)."""
@@ -71,34 +176,61 @@ class Request:
             raise BodyTimeout(timeout_s) from None
 
     async def _body(self, limit: int) -> bytes:
-        """Reads the whole body, refusing (before reading) a declared or (while reading) an actual excess.
+        """Reads the rest of the body, refusing (before reading) a declared or (while reading) an
+        actual excess, or a body the worker's budget has no room for (BudgetSpent).
 
         A refused body of modest size is read and discarded first, so the client gets to read
-        the 413 instead of a reset connection while it is still sending.
+        the 413 (or 503) instead of a reset connection while it is still sending.
         """
-        declared = self.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            if int(declared) <= limit + DRAIN_LIMIT:
+        declared = self._declared()
+        if declared is not None and declared > limit:
+            if declared <= limit + DRAIN_LIMIT:
                 await self._discard(DRAIN_LIMIT + limit)
             raise BodyTooLarge(limit)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
+        if declared is not None and not self._complete:
+            try:
+                self._reserve_up_to(declared)
+            except BudgetSpent as exc:
+                if declared - self._received > BUDGET_DRAIN_LIMIT:
+                    raise
+                await self._discard(BUDGET_DRAIN_LIMIT)
+                raise BudgetSpent(exc.limit, drained=True) from None
+        while not self._complete:
             message = await self._receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnected()
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    chunks.clear()
-                    if message.get("more_body", False):
-                        await self._discard(DRAIN_LIMIT)
-                    raise BodyTooLarge(limit)
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            try:
+                self._take(message, limit)
+            except BodyTooLarge:
+                self._chunks = []
+                if message.get("more_body", False):
+                    await self._discard(DRAIN_LIMIT)
+                raise
+        return self.buffered()
+
+    def _declared(self) -> int | None:
+        declared = self.headers.get("content-length", "")
+        return int(declared) if declared.isdigit() else None
+
+    def _take(self, message: Message, limit: int) -> None:
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected()
+        chunk = message.get("body", b"")
+        if chunk:
+            size = self._received + len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            if size > self._reserved:
+                self._reserve_up_to(min(max(size, self._reserved + RESERVE_STEP), limit))
+            self._chunks.append(chunk)
+            self._received = size
+        if not message.get("more_body", False):
+            self._complete = True
+
+    def _reserve_up_to(self, size: int) -> None:
+        if self._budget is None or size <= self._reserved:
+            return
+        if not self._budget.reserve(size - self._reserved):
+            raise BudgetSpent(self._budget.limit, drained=False)
+        self._reserved = size
 
     async def _discard(self, budget: int) -> None:
         while budget > 0:

@@ -53,6 +53,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=port,
         interface=Interfaces.ASGI,
         workers=cfg.server.workers,
+        # Connections each worker serves at once (granian's default would be 1024 / workers);
+        # more wait in the listen backlog. Set explicitly so it does not shrink with --workers.
+        backpressure=cfg.server.backpressure,
         factory=True,
         log_access=False,
         workers_kill_timeout=int(cfg.server.shutdown_grace_s) + 5,

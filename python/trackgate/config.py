@@ -40,10 +40,24 @@ class ServerConfig(_Section):
     workers: PositiveInt = 1
     max_body_bytes: PositiveInt = 64 * 1024 * 1024  # measured after decompression
     body_timeout_s: Annotated[float, Meta(gt=0.0)] = 30.0  # a body trickling in slower gets 408
+    # A request whose key is not in its headers or query (a Sentry envelope authenticating by its
+    # header's dsn) must deliver its first line within this, else 408.
+    preauth_timeout_s: Annotated[float, Meta(gt=0.0)] = 5.0
+    # Such not-yet-authenticated requests at once from one client address (429 beyond).
+    max_preauth_per_client: PositiveInt = 64
+    # Bytes of request bodies buffered at once per worker (503 + Retry-After beyond).
+    # 0: the larger of 256 MiB and max_body_bytes, so raising the body limit alone keeps working.
+    max_inflight_bytes: Annotated[int, Meta(ge=0)] = 0
+    # granian's backpressure: connections each worker serves at once; more wait in the listen backlog.
+    backpressure: PositiveInt = 1024
     tokens: list[str] = field(default_factory=list)  # if set, "Authorization: Bearer <t>" is required
     # A listener beyond loopback with no tokens is refused unless this says it is intended.
     allow_unauthenticated: bool = False
     shutdown_grace_s: Seconds = 10.0
+
+    def inflight_budget(self) -> int:
+        """`max_inflight_bytes`, or its default when 0."""
+        return self.max_inflight_bytes or max(256 * 1024 * 1024, self.max_body_bytes)
 
 
 class StorageConfig(_Section):
@@ -280,6 +294,11 @@ def _validate(cfg: Config, source: str) -> None:
     except ConfigError as exc:
         raise ConfigError(f"{source}: server.listen: {exc}") from None
     _check_tokens(cfg, source)
+    if 0 < cfg.server.max_inflight_bytes < cfg.server.max_body_bytes:
+        raise ConfigError(
+            f"{source}: server.max_inflight_bytes ({cfg.server.max_inflight_bytes}) is below server.max_body_bytes "
+            f"({cfg.server.max_body_bytes}): a body of the largest allowed size could never be accepted"
+        )
     for name, exp in cfg.otlp_exporters().items():
         if not exp.endpoint:
             raise ConfigError(f"{source}: exporters.{name}.endpoint is required")
@@ -384,6 +403,7 @@ def masked(cfg: Config) -> dict[str, Any]:
     """The effective config as plain data with every secret replaced: safe to print or log."""
     doc: dict[str, Any] = msgspec.to_builtins(cfg)
     doc["server"]["tokens"] = [MASK for _ in cfg.server.tokens]
+    doc["server"]["max_inflight_bytes"] = cfg.server.inflight_budget()  # the effective value, not 0
     for name in ("dash0", "otlp"):
         exp = doc["exporters"].get(name)
         if exp:

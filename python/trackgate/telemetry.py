@@ -276,6 +276,12 @@ REGISTRY = Registry()
 HTTP_REQUESTS = REGISTRY.counter(
     "trackgate_http_requests_total", "HTTP requests answered, by route and status code.", ("route", "code")
 )
+HTTP_REFUSED = REGISTRY.counter(
+    "trackgate_http_refused_total",
+    "Requests refused before their body was buffered, by reason (inflight_bytes: the worker's budget for "
+    "request bodies was spent, 503; preauth_per_client: too many unauthenticated requests from one address, 429).",
+    ("reason",),
+)
 HTTP_LATENCY = REGISTRY.histogram(
     "trackgate_http_request_duration_seconds", "Time from request start to response, by route.", ("route",)
 )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from trackgate import telemetry
 from trackgate._core import export_response, status_body
-from trackgate.asgi import BodyTimeout, BodyTooLarge, Request, Response
+from trackgate.asgi import BodyTimeout, BodyTooLarge, BudgetSpent, Request, Response
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
 from trackgate.pipeline import Format, Pipeline, Signal
 
@@ -21,10 +22,11 @@ MEDIA_TYPE: dict[Format, str] = {"protobuf": "application/x-protobuf", "json": "
 # google.rpc.Code values for the Status body.
 CODE_INVALID_ARGUMENT, CODE_UNAUTHENTICATED, CODE_RESOURCE_EXHAUSTED, CODE_UNAVAILABLE = 3, 16, 8, 14
 CODE_OUT_OF_RANGE, CODE_UNIMPLEMENTED, CODE_DEADLINE_EXCEEDED = 11, 12, 4
-# Bodies above this size (and any ingest that waits for fsync) run off the event loop, so that
-# other connections keep flowing.
+# Bodies above this size, encoded bodies (whatever they inflate to) and any ingest that waits
+# for fsync run off the event loop, so that other connections keep flowing.
 INLINE_LIMIT = 256 * 1024
 RETRY_AFTER_FULL_S = "1"
+RETRY_AFTER_BUSY_S = "1"
 RETRY_AFTER_CLOSED_S = "5"
 
 
@@ -32,6 +34,12 @@ def status_response(
     http: int, code: int, message: str, fmt: Format, headers: list[tuple[str, str]] | None = None
 ) -> Response:
     return Response(http, status_body(code, message, fmt), MEDIA_TYPE[fmt], headers or [])
+
+
+def is_encoded(encoding: str | None) -> bool:
+    """Whether a Content-Encoding compresses: the body's compressed size says nothing about the
+    work it costs (64 KB of gzip can hold 33 million empty log records)."""
+    return encoding is not None and encoding.strip().lower() not in ("", "identity")
 
 
 class OtlpHttpReceiver:
@@ -55,9 +63,13 @@ class OtlpHttpReceiver:
             return status_response(413, CODE_OUT_OF_RANGE, str(exc), fmt)
         except BodyTimeout as exc:
             return status_response(408, CODE_DEADLINE_EXCEEDED, str(exc), fmt, [("Connection", "close")])
+        except BudgetSpent as exc:
+            telemetry.HTTP_REFUSED.inc(reason="inflight_bytes")
+            headers = [("Retry-After", RETRY_AFTER_BUSY_S)] + ([] if exc.drained else [("Connection", "close")])
+            return status_response(503, CODE_UNAVAILABLE, str(exc), fmt, headers)
         encoding = request.header("content-encoding") or None
         try:
-            if len(body) > INLINE_LIMIT or self.pipeline.blocking_ingest:
+            if is_encoded(encoding) or len(body) > INLINE_LIMIT or self.pipeline.blocking_ingest:
                 result = await asyncio.to_thread(self.pipeline.ingest, signal, body, fmt, encoding)
             else:
                 result = self.pipeline.ingest(signal, body, fmt, encoding)

@@ -3,6 +3,14 @@
 sentry-sdk talks to it unchanged (DSN `http://<key>@<gateway>:4318/<project_id>`). Envelopes are
 scrubbed and sampled in the data plane, queued durably for the upstream Sentry, and their error
 events and log items also flow to the OTLP exporters as log records.
+
+Authentication comes first. A key in X-Sentry-Auth, Authorization or the query is checked before
+the body is read. A request without one (an envelope whose header line carries the `dsn`) gets a
+bounded read of that first line only: within `server.preauth_timeout_s`, at most
+`server.max_preauth_per_client` such requests per client address, decoded no further than the
+first newline (64 KiB at most); the rest is read, inflated and parsed once the key checks out.
+The legacy store endpoint's body is a bare event with no header line: it needs the key in the
+headers or query (sentry-sdk always sends X-Sentry-Auth), else 401 before the body is read.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import orjson
 
 from trackgate import telemetry
 from trackgate._core import SentryProcessor, SentryResult
-from trackgate.asgi import BodyTimeout, BodyTooLarge, Request, Response
+from trackgate.asgi import BodyTimeout, BodyTooLarge, BudgetSpent, ClientSlots, Request, Response
 from trackgate.config import Config, is_loopback, parse_listen
 from trackgate.dsn import DsnError, parse_dsn
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
@@ -28,6 +36,11 @@ log = logging.getLogger("trackgate.receiver.sentry")
 
 ROUTE = re.compile(r"^/api/(?P<project>\d+)/(?P<kind>envelope|store)/?$")
 INLINE_LIMIT = 256 * 1024
+# Raw bytes, at most, read before the envelope header line must be complete (it inflates to at
+# most 64 KiB; any encoder emits that within this).
+PREAUTH_MAX_BYTES = 256 * 1024
+RETRY_AFTER_BUSY_S = "1"
+CLOSE = ("Connection", "close")  # the body was not read: the connection cannot carry another request
 _KEY = re.compile(r"sentry_key\s*=\s*([^,\s]+)")
 
 ENVELOPES = telemetry.REGISTRY.counter(
@@ -74,6 +87,14 @@ class SentryReceiver:
         self.pipeline = pipeline  # OTLP logs made from events go here
         self.forward = forward  # envelopes for the upstream Sentry (or the file sink)
         self.limits = limits
+        # Requests authenticating by their envelope header, at once per client address.
+        self.preauth = ClientSlots(cfg.server.max_preauth_per_client)
+        telemetry.REGISTRY.observed(
+            "trackgate_sentry_preauth_requests",
+            "Requests reading their envelope header line to authenticate by its dsn, now.",
+            (),
+            lambda: [((), float(sum(self.preauth.held.values())))],
+        )
         self.processor = SentryProcessor(
             scrub=rcv.scrub,
             scrub_extra_keys=rcv.scrub_extra_keys,
@@ -111,6 +132,21 @@ class SentryReceiver:
         if key is not None and not self._key_ok(key):
             ENVELOPES.inc(outcome="unauthorized")
             return error(401, self._unknown_key_message())
+        encoding = request.header("content-encoding").strip()
+        if encoding.lower() in ("", "utf-8", "identity"):  # sentry-sdk may say UTF-8: not an encoding
+            encoding = ""
+        if key is None:
+            if store:
+                ENVELOPES.inc(outcome="unauthorized")
+                return error(
+                    401,
+                    "missing authentication: the store endpoint needs a sentry_key in X-Sentry-Auth, "
+                    "Authorization or the query",
+                    [CLOSE],
+                )
+            refused = await self._authenticate_by_header(request, encoding)
+            if refused is not None:
+                return refused
         try:
             body = await request.body(self.cfg.server.max_body_bytes, self.cfg.server.body_timeout_s)
         except BodyTooLarge as exc:
@@ -118,12 +154,12 @@ class SentryReceiver:
             return error(413, str(exc))
         except BodyTimeout as exc:
             ENVELOPES.inc(outcome="rejected")
-            return error(408, str(exc), [("Connection", "close")])
-        encoding = request.header("content-encoding").strip()
-        if encoding.lower() in ("", "utf-8", "identity"):  # sentry-sdk may say UTF-8: not an encoding
-            encoding = ""
+            return error(408, str(exc), [CLOSE])
+        except BudgetSpent as exc:
+            return self._budget_spent(exc)
         try:
-            if len(body) > INLINE_LIMIT:
+            # An encoded body can inflate to far more work than its size shows: always off the loop.
+            if encoding or len(body) > INLINE_LIMIT:
                 result = await asyncio.to_thread(self.processor.process, body, project, encoding or None, store)
             else:
                 result = self.processor.process(body, project, encoding or None, store)
@@ -139,11 +175,6 @@ class SentryReceiver:
         except UnsupportedMedia as exc:
             ENVELOPES.inc(outcome="rejected")
             return error(415, str(exc))
-        if key is None:
-            refused = self._dsn_refusal(result)
-            if refused:
-                ENVELOPES.inc(outcome="unauthorized")
-                return error(401, refused)
         limited = self.limits.limited(result.categories)
         if limited:
             ENVELOPES.inc(outcome="rate_limited")
@@ -171,12 +202,81 @@ class SentryReceiver:
         SENTRY_ITEMS.inc(result.transactions_sampled_out, outcome="sampled_out")
         return json_response(200, {"id": result.event_id} if result.event_id else {})
 
-    def _dsn_refusal(self, result: SentryResult) -> str | None:
+    async def _authenticate_by_header(self, request: Request, encoding: str) -> Response | None:
+        """For a request with no key in its headers or query: reads the body only as far as the
+        envelope header line and checks its `dsn` (None: it authenticates the request)."""
+        server = self.cfg.server
+        client = request.client_host
+        if not self.preauth.enter(client):
+            telemetry.HTTP_REFUSED.inc(reason="preauth_per_client")
+            ENVELOPES.inc(outcome="rejected")
+            return error(
+                429,
+                f"too many requests from this address awaiting authentication (server.max_preauth_per_client = "
+                f"{server.max_preauth_per_client}); send the key in X-Sentry-Auth, or retry later",
+                [("Retry-After", RETRY_AFTER_BUSY_S), CLOSE],
+            )
+        timeout_s = min(server.preauth_timeout_s, server.body_timeout_s)
+        try:
+            dsn = await asyncio.wait_for(self._header_dsn(request, encoding), timeout_s)
+        except TimeoutError:
+            ENVELOPES.inc(outcome="rejected")
+            return error(
+                408,
+                f"envelope header not received within {timeout_s:g}s (server.preauth_timeout_s: the request has "
+                "no sentry_key in its headers or query)",
+                [CLOSE],
+            )
+        except BodyTooLarge as exc:
+            ENVELOPES.inc(outcome="rejected")
+            return error(413, str(exc), [CLOSE])
+        except BudgetSpent as exc:
+            return self._budget_spent(exc)
+        except DecodeError as exc:
+            ENVELOPES.inc(outcome="rejected")
+            return error(400, str(exc), [CLOSE])
+        except PayloadTooLarge as exc:
+            ENVELOPES.inc(outcome="rejected")
+            return error(413, str(exc), [CLOSE])
+        except UnsupportedMedia as exc:
+            ENVELOPES.inc(outcome="rejected")
+            return error(415, str(exc), [CLOSE])
+        finally:
+            self.preauth.leave(client)
+        refused = self._dsn_refusal(dsn)
+        if refused:
+            ENVELOPES.inc(outcome="unauthorized")
+            return error(401, refused, [CLOSE])
+        return None
+
+    async def _header_dsn(self, request: Request, encoding: str) -> str | None:
+        """Reads the body piece by piece until its first line decodes, and returns the `dsn` in it."""
+        probe_at = 0  # decode again once this much has arrived (doubling: linear cost overall)
+        while True:
+            await request.read_chunk(self.cfg.server.max_body_bytes)
+            size = request.received
+            if request.complete or size >= probe_at or size > PREAUTH_MAX_BYTES:
+                done, dsn = self.processor.header_dsn(request.buffered(), encoding or None, request.complete)
+                if done:
+                    return dsn
+                if size > PREAUTH_MAX_BYTES:
+                    raise PayloadTooLarge(
+                        f"the envelope header line is not complete within the first {PREAUTH_MAX_BYTES} bytes "
+                        "of the body"
+                    )
+                probe_at = 2 * size
+
+    def _budget_spent(self, exc: BudgetSpent) -> Response:
+        telemetry.HTTP_REFUSED.inc(reason="inflight_bytes")
+        ENVELOPES.inc(outcome="rejected")
+        return error(503, str(exc), [("Retry-After", RETRY_AFTER_BUSY_S)] + ([] if exc.drained else [CLOSE]))
+
+    def _dsn_refusal(self, dsn: str | None) -> str | None:
         """Why the envelope header's `dsn` does not authenticate the request (None: it does)."""
-        if result.dsn is None:
+        if dsn is None:
             return "missing authentication: no sentry_key in X-Sentry-Auth, Authorization, query or dsn"
         try:
-            key = parse_dsn(result.dsn).public_key
+            key = parse_dsn(dsn).public_key
         except DsnError as exc:
             return f"invalid dsn in the envelope header: {exc}"
         return None if self._key_ok(key) else self._unknown_key_message()
