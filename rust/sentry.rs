@@ -16,7 +16,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use crate::envelope::{self, Envelope, Item, Out};
-use crate::error::{CoreError, Result};
+use crate::error::{quote, CoreError, Result};
 use crate::sample::Sampler;
 use crate::scrub::{self, ScrubOptions, Scrubber};
 use crate::wire;
@@ -244,8 +244,12 @@ pub fn process_store(body: &[u8], project_id: &str, options: &SentryOptions) -> 
     };
     let event_id = match event.get("event_id") {
         None | Some(Value::Null) => new_event_id(),
-        Some(Value::String(s)) => envelope::normalize_event_id(s)
-            .ok_or_else(|| CoreError::decode(format!("invalid store request: event_id {s:?} is not a UUID")))?,
+        Some(Value::String(s)) => envelope::normalize_event_id(s).ok_or_else(|| {
+            CoreError::decode(format!(
+                "invalid store request: event_id {} is not a UUID",
+                quote(s.as_bytes())
+            ))
+        })?,
         Some(other) => {
             return Err(CoreError::decode(format!(
                 "invalid store request: event_id is {}, not a string",

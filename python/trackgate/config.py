@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct, field
 
+from trackgate.echo import shorten
+
 DEFAULT_DASH0_ENDPOINT = "https://ingress.eu-west-1.aws.dash0.com"
 MASK = "****"
 
@@ -186,7 +188,7 @@ def parse_listen(value: str) -> tuple[str, int]:
     """Splits "HOST:PORT" (IPv6 as "[::1]:4318") and checks both parts."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"listen address {value!r} must be HOST:PORT with a port between 1 and 65535")
+        raise ConfigError(f"listen address {shorten(value)!r} must be HOST:PORT with a port between 1 and 65535")
     host = host.strip("[]") or "127.0.0.1"
     return host, int(port)
 
@@ -208,7 +210,7 @@ def parse_key_values(value: str, what: str) -> dict[str, str]:
             continue
         key, sep, val = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"{what}: entry {item.strip()!r} is not key=value")
+            raise ConfigError(f"{what}: entry {shorten(item.strip())!r} is not key=value")
         out[urllib.parse.unquote(key.strip())] = urllib.parse.unquote(val.strip())
     return out
 
@@ -216,7 +218,7 @@ def parse_key_values(value: str, what: str) -> dict[str, str]:
 def _check_url(url: str, where: str) -> None:
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"{where}: endpoint {url!r} must be an http:// or https:// URL")
+        raise ConfigError(f"{where}: endpoint {shorten(url)!r} must be an http:// or https:// URL")
 
 
 def check_exposure(cfg: Config, source: str = "<config>") -> None:
@@ -224,7 +226,7 @@ def check_exposure(cfg: Config, source: str = "<config>") -> None:
     host, _ = parse_listen(cfg.server.listen)
     if not is_loopback(host) and not cfg.server.tokens and not cfg.server.allow_unauthenticated:
         raise ConfigError(
-            f"{source}: server.listen {cfg.server.listen!r} is reachable beyond this machine and no "
+            f"{source}: server.listen {shorten(cfg.server.listen)!r} is reachable beyond this machine and no "
             "server.tokens are set; set tokens (or TRACKGATE_TOKENS), or server.allow_unauthenticated = true"
         )
 
