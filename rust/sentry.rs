@@ -2,9 +2,10 @@
 //! transactions sampled) and an OTLP logs request of its error/message events and log items out.
 //!
 //! The envelope is parsed into slices of the body (`envelope`); an item is copied through as
-//! received unless scrubbing changed its payload (`scrub`) or sampling removed it. Events and
-//! transactions are parsed to `serde_json::Value` (at most 1 MiB each); the OTLP records are
-//! built from the scrubbed events, so nothing filtered from the forwarded event reaches OTLP.
+//! received unless scrubbing changed its payload (`scrub`) or sampling removed it. Events,
+//! transactions and the other JSON items (all but `UNSCRUBBED_TYPES`) are parsed to
+//! `serde_json::Value` (at most their item limit each); the OTLP records are built from the
+//! scrubbed events, so nothing filtered from the forwarded event reaches OTLP.
 
 use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
