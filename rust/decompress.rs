@@ -10,7 +10,7 @@ use std::io::{self, Read};
 
 use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
 
-use crate::error::{CoreError, Result};
+use crate::error::{quote, CoreError, Result};
 
 /// Bytes read from a decoder per call; also the most the output can overshoot `limit` in memory.
 const CHUNK: usize = 32 * 1024;
@@ -51,9 +51,10 @@ impl Encoding {
             .map(|&(_, encoding)| encoding)
             .ok_or_else(|| {
                 // Echo a hostile 64 KiB header back as a short prefix only.
-                let shown: String = name.chars().take(64).collect();
-                let more = if shown.len() < name.len() { "..." } else { "" };
-                CoreError::Unsupported(format!("unsupported Content-Encoding {shown:?}{more} ({SUPPORTED})"))
+                CoreError::Unsupported(format!(
+                    "unsupported Content-Encoding {} ({SUPPORTED})",
+                    quote(name.as_bytes())
+                ))
             })
     }
 
@@ -502,6 +503,14 @@ mod tests {
             CoreError::Unsupported(
                 "unsupported Content-Encoding \"lz4\" (supported: gzip, deflate, zstd, br, identity)".to_string()
             )
+        );
+        let long = "x".repeat(64 * 1024);
+        let CoreError::Unsupported(m) = decompress(b"x", Some(&long), MIB).unwrap_err() else {
+            panic!("expected Unsupported")
+        };
+        assert!(
+            m.len() < 200 && m.starts_with("unsupported Content-Encoding \"xxx") && m.contains("…\""),
+            "{m}"
         );
         for enc in ["gzip, br", "gzip,identity", "compress", "snappy", "utf-8"] {
             assert!(

@@ -21,7 +21,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::error::{CoreError, Result};
+use crate::error::{quote, shorten, CoreError, Result};
 
 /// Most items one envelope may hold. SDKs send a handful (logs and sessions are batched into one
 /// item each); the cap bounds the memory a body of tiny items can cost.
@@ -67,9 +67,9 @@ impl Item<'_> {
         self.content_type.as_deref()
     }
 
-    /// A short name for messages: `item 2 (attachment)`.
+    /// A short name for messages: `item 2 (attachment)` (a long type cut short).
     pub fn describe(&self) -> String {
-        format!("item {} ({})", self.index, self.ty)
+        describe(self.index, &self.ty)
     }
 }
 
@@ -90,10 +90,12 @@ pub fn parse(body: &[u8]) -> Result<Envelope<'_>> {
         parse_object(header_raw, &["sent_at"]).map_err(|fault| invalid(format!("the envelope header {fault}")))?;
     let event_id = match header.get("event_id") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(
-            normalize_event_id(s)
-                .ok_or_else(|| invalid(format!("the envelope header's event_id {s:?} is not a UUID")))?,
-        ),
+        Some(Value::String(s)) => Some(normalize_event_id(s).ok_or_else(|| {
+            invalid(format!(
+                "the envelope header's event_id {} is not a UUID",
+                quote(s.as_bytes())
+            ))
+        })?),
         Some(other) => {
             return Err(invalid(format!(
                 "the envelope header's event_id is {}, not a string",
@@ -126,19 +128,23 @@ pub fn parse(body: &[u8]) -> Result<Envelope<'_>> {
                 )))
             }
         };
-        let length =
-            match &header.length {
-                None | Some(Value::Null) => None,
-                Some(v) => Some(v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
-                    invalid(format!("item {index} ({ty}): length {v} is not a non-negative integer"))
-                })?),
-            };
+        let length = match &header.length {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
+                invalid(format!(
+                    "{}: length {} is not a non-negative integer",
+                    describe(index, &ty),
+                    shorten(&v.to_string())
+                ))
+            })?),
+        };
         let (payload, end) = match length {
             Some(n) => {
                 let left = body.len() - after_header;
                 if n > left {
                     return Err(invalid(format!(
-                        "item {index} ({ty}): length {n} runs past the end of the envelope ({left} bytes left)"
+                        "{}: length {n} runs past the end of the envelope ({left} bytes left)",
+                        describe(index, &ty)
                     )));
                 }
                 let payload_end = after_header + n;
@@ -147,7 +153,8 @@ pub fn parse(body: &[u8]) -> Result<Envelope<'_>> {
                     Some(b'\n') => (&body[after_header..payload_end], payload_end + 1),
                     Some(&b) => {
                         return Err(invalid(format!(
-                            "item {index} ({ty}): the payload of length {n} is followed by {:?} instead of a newline",
+                            "{}: the payload of length {n} is followed by {:?} instead of a newline",
+                            describe(index, &ty),
                             char::from(b)
                         )))
                     }
@@ -245,6 +252,11 @@ pub fn normalize_event_id(s: &str) -> Option<String> {
     (hex.len() == 32 && hex.bytes().all(|c| c.is_ascii_hexdigit())).then(|| hex.to_ascii_lowercase())
 }
 
+/// `item 2 (attachment)`, with a long type cut short.
+fn describe(index: usize, ty: &str) -> String {
+    format!("item {index} ({})", shorten(ty))
+}
+
 fn invalid(fault: impl fmt::Display) -> CoreError {
     CoreError::decode(format!("invalid envelope: {fault}"))
 }
@@ -259,7 +271,7 @@ pub fn header_dsn(line: &[u8]) -> Result<Option<String>> {
     }
     let mut de = serde_json::Deserializer::from_slice(line);
     let result = de::Deserializer::deserialize_map(&mut de, DsnVisitor).and_then(|dsn| de.end().map(|()| dsn));
-    result.map_err(|e| invalid(format!("the envelope header {}", json_fault(&e))))
+    result.map_err(|e| invalid(format!("the envelope header {}", json_fault(line, &e))))
 }
 
 pub(crate) fn empty_body() -> CoreError {
@@ -320,14 +332,25 @@ fn parse_object(line: &[u8], unique: &'static [&'static str]) -> std::result::Re
         if let Some(key) = repeated.get() {
             return format!("has more than one {key:?} key");
         }
-        json_fault(&e)
+        json_fault(line, &e)
     })
 }
 
 /// Completes "the ... header" for a line that did not parse as a JSON object.
-fn json_fault(e: &serde_json::Error) -> String {
+fn json_fault(line: &[u8], e: &serde_json::Error) -> String {
+    // serde_json's message for a value of the wrong type holds the value (`invalid type:
+    // string "…"`): name its type instead.
+    let found = match line.trim_ascii_start().first() {
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        Some(b'-' | b'0'..=b'9') => "a number",
+        _ => "",
+    };
     match e.classify() {
-        serde_json::error::Category::Data => format!("is not a JSON object ({e})"),
+        serde_json::error::Category::Data if !found.is_empty() => format!("is not a JSON object (it is {found})"),
+        serde_json::error::Category::Data => format!("is not a JSON object ({})", shorten(&e.to_string())),
         _ => format!("is not valid JSON ({e})"),
     }
 }
@@ -347,7 +370,7 @@ fn parse_item_header(line: &[u8]) -> std::result::Result<ItemHeader, String> {
         .and_then(|header| de.end().map(|()| header));
     result.map_err(|e| match repeated.get() {
         Some(key) => format!("has more than one {key:?} key"),
-        None => json_fault(&e),
+        None => json_fault(line, &e),
     })
 }
 
@@ -778,6 +801,45 @@ mod tests {
         assert_eq!(
             err(b"{}\n{\"type\":\"attachment\",\"length\":2}\nabc\n"),
             "invalid envelope: item 0 (attachment): the payload of length 2 is followed by 'c' instead of a newline"
+        );
+    }
+
+    #[test]
+    fn long_input_is_echoed_as_a_short_prefix() {
+        let huge = "z".repeat(5 * 1024 * 1024);
+        let cases = [
+            (format!("{{\"event_id\":\"{huge}\"}}\n"), "event_id \"zzz"),
+            (
+                format!("{{}}\n{{\"type\":\"{huge}\",\"length\":99}}\nab\n"),
+                "runs past the end",
+            ),
+            (
+                format!("{{}}\n{{\"type\":\"a\",\"length\":\"{huge}\"}}\nab\n"),
+                "is not a non-negative integer",
+            ),
+            (
+                format!("{{}}\n{{\"type\":\"a\",\"length\":1{}}}\nab\n", "0".repeat(5_000_000)),
+                "number out of range",
+            ),
+            (
+                format!(
+                    "{{}}\n{{\"type\":\"a\",\"length\":-0.{}1}}\nab\n",
+                    "0".repeat(5_000_000)
+                ),
+                "length -0.0 is not",
+            ),
+            (format!("{{}}\n\"{huge}\"\n"), "is not a JSON object (it is a string)"),
+            (format!("[\"{huge}\"]\n"), "is not a JSON object (it is an array)"),
+        ];
+        for (body, words) in cases {
+            let e = err(body.as_bytes());
+            assert!(e.len() < 300, "{}…", &e[..300]);
+            assert!(e.contains(words), "{e}");
+        }
+        let e = err(format!("{{}}\n{{\"type\":\"{huge}\",\"length\":99}}\nab\n").as_bytes());
+        assert!(
+            e.starts_with("invalid envelope: item 0 (zzzz") && e.contains("…)"),
+            "{e}"
         );
     }
 

@@ -1,6 +1,8 @@
 //! One error type for the data plane; the bindings map each variant to one Python exception
 //! and each receiver maps that exception to one HTTP status.
 
+use std::borrow::Cow;
+
 use thiserror::Error;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -45,3 +47,50 @@ impl CoreError {
 }
 
 pub type Result<T> = std::result::Result<T, CoreError>;
+
+/// Most characters of client input an error message repeats: a hostile 5 MB value comes back as
+/// a short prefix, never whole.
+pub const ECHO_CHARS: usize = 64;
+
+/// `text` for an error message: its first `ECHO_CHARS` characters, with `…` when cut.
+pub fn shorten(text: &str) -> Cow<'_, str> {
+    match text.char_indices().nth(ECHO_CHARS) {
+        None => Cow::Borrowed(text),
+        Some((cut, _)) => Cow::Owned(format!("{}…", &text[..cut])),
+    }
+}
+
+/// `bytes` (lossy UTF-8) for an error message, cut short like `shorten`. Only the prefix is
+/// decoded: bounded work for any input.
+pub fn shorten_bytes(bytes: &[u8]) -> String {
+    let head = &bytes[..bytes.len().min(ECHO_CHARS * 4)];
+    let mut shown = shorten(&String::from_utf8_lossy(head)).into_owned();
+    if head.len() < bytes.len() && !shown.ends_with('…') {
+        shown.push('…');
+    }
+    shown
+}
+
+/// `bytes` as a quoted string for an error message, cut short like `shorten`.
+pub fn quote(bytes: &[u8]) -> String {
+    format!("{:?}", shorten_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoes_are_short() {
+        assert_eq!(shorten("abc"), "abc");
+        let long = "é".repeat(5_000_000);
+        let cut = shorten(&long);
+        assert_eq!(cut.chars().count(), ECHO_CHARS + 1);
+        assert!(cut.ends_with('…'));
+        assert_eq!(shorten(&"x".repeat(ECHO_CHARS)), "x".repeat(ECHO_CHARS));
+        assert_eq!(quote(b"a\"b"), "\"a\\\"b\"");
+        let q = quote(&vec![b'x'; 5_000_000]);
+        assert!(q.len() < 80 && q.starts_with("\"xxx") && q.ends_with("…\""), "{q}");
+        assert!(quote(b"\xff\xfe").contains('\u{fffd}'));
+    }
+}

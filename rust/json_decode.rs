@@ -16,7 +16,7 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::{alphabet, Engine as _};
 
-use crate::error::{CoreError, Result};
+use crate::error::{quote, shorten_bytes, CoreError, Result};
 use crate::schema::{self, Field, Kind, Msg, Trail, MAX_DEPTH};
 use crate::signal::Signal;
 use crate::wire;
@@ -594,13 +594,7 @@ impl<'a> Parser<'a> {
         let Some(number) = Number::parse(token) else {
             return Err(Trail::new(format!("expected {what}, got {}", quote(token))));
         };
-        let shown = || {
-            if quoted {
-                quote(token)
-            } else {
-                String::from_utf8_lossy(token).into_owned()
-            }
-        };
+        let shown = || if quoted { quote(token) } else { shorten_bytes(token) };
         match number.integer() {
             Some(v) if (min..=max).contains(&v) => Ok(v),
             Some(_) | None if number.is_integral() => {
@@ -637,7 +631,7 @@ impl<'a> Parser<'a> {
             Some(v) if v.is_finite() => Ok(v),
             _ => Err(Trail::new(format!(
                 "{} is out of range for a double",
-                String::from_utf8_lossy(token)
+                shorten_bytes(token)
             ))),
         }
     }
@@ -791,16 +785,6 @@ fn hex_digit(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
-}
-
-/// A JSON string for an error message, cut short when long.
-fn quote(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let mut shown: String = text.chars().take(64).collect();
-    if shown.len() < text.len() {
-        shown.push('…');
-    }
-    format!("{shown:?}")
 }
 
 // proto3 JSON accepts standard and URL-safe base64, padded or not; be lenient about trailing
@@ -1394,6 +1378,26 @@ mod tests {
             e,
             "resourceSpans[0].resource.droppedAttributesCount: 4294967296 is out of range for uint32"
         );
+        // A 5 MB number comes back as a short prefix, whichever way it is wrong.
+        let digits = "9".repeat(5 * 1024 * 1024);
+        for (json, words) in [
+            (span(&digits), "is out of range for fixed64"),
+            (span(&format!("\"{digits}\"")), "is out of range for fixed64"),
+            (span(&format!("1.{digits}")), "expected an integer, got 1.999"),
+            (log(&format!("-{digits}")), "is out of range for int64"),
+        ] {
+            let signal = if json.contains("resourceLogs") {
+                Signal::Logs
+            } else {
+                Signal::Traces
+            };
+            let e = decode_err(signal, &json);
+            assert!(
+                e.len() < 300 && e.contains(words) && e.contains('…'),
+                "{}",
+                &e[..e.len().min(300)]
+            );
+        }
     }
 
     #[test]
@@ -1498,6 +1502,12 @@ mod tests {
         assert!(
             e.ends_with("body.doubleValue: 1e400 is out of range for a double"),
             "{e}"
+        );
+        let e = decode_err(Signal::Logs, &body(&format!("1{}", "0".repeat(5 * 1024 * 1024))));
+        assert!(
+            e.len() < 300 && e.ends_with("… is out of range for a double"),
+            "{}",
+            &e[..e.len().min(300)]
         );
         let e = decode_err(Signal::Logs, &body("\"nan\""));
         assert!(e.ends_with("body.doubleValue: expected a number, got \"nan\""), "{e}");

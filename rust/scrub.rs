@@ -1,18 +1,36 @@
-//! PII scrubbing of Sentry event JSON, on by default, modelled on Relay's default rules.
+//! PII scrubbing of Sentry item payloads (events, transactions, logs, spans, feedback, user
+//! reports, security reports, check-ins, replay events, unknown JSON items), on by default,
+//! modelled on Relay's default rules. One pass over the parsed JSON; strings that nothing can
+//! match in are not copied.
 //!
 //! Replaced with `[Filtered]`:
-//! - every value under a key that contains (case-insensitive) one of `DEFAULT_KEYS` or a
-//!   configured extra pattern, anywhere in the event: `extra`, `contexts`, `tags`, stack frame
-//!   `vars`, `request.data`, `request.headers` (`Authorization`, `Cookie`, `Set-Cookie`, object or
-//!   list-of-pairs form), `request.cookies`, breadcrumb `data`, span `data`. Objects and arrays
-//!   under such a key keep their shape; their leaves are filtered.
-//! - in every string value: credit-card numbers (13–19 digits, optionally grouped by single
-//!   spaces or dashes, first digit 2–6, Luhn-valid), the body of PEM private key blocks, and the
-//!   password of URLs (`scheme://user:pass@host` → `scheme://user:[Filtered]@host`).
-//! - integers that look like credit-card numbers.
+//! - every value under a key that contains one of `DEFAULT_KEYS` or a configured extra pattern,
+//!   anywhere in the payload: `extra`, `contexts`, `tags`, stack frame `vars`, `request.data`,
+//!   `request.headers`, `request.cookies`, breadcrumb `data`, span `data`, log attributes. Keys
+//!   match case-insensitively with `-` and `_` the same (`X-Api-Key` contains `api_key`).
+//!   Objects and arrays under such a key keep their shape; their leaves are filtered. A typed
+//!   attribute (`{"value": …, "type": …}`, Sentry logs and spans) keeps its shape: the value
+//!   becomes the string `[Filtered]` and the type `string`.
+//! - `[key, value]` pairs (headers, cookies, query strings, tags in list form) are judged one by
+//!   one by their key, wherever they are: a list that also holds something else is no escape.
+//! - in every string value:
+//!   - a string holding a JSON object or array is parsed, scrubbed like the payload, and written
+//!     back (compact) when something in it was filtered;
+//!   - query strings, in URLs (`…?a=1&token=x#access_token=y`) and whole strings shaped like a
+//!     form body or query string (`a=1&password=x`, `sessionid=1; theme=dark`): each key is
+//!     (percent-)decoded and judged by the key rules; a sensitive key's value is filtered;
+//!   - the password of URLs (`scheme://user:pass@host` → `scheme://user:[Filtered]@host`, a
+//!     password may hold `/` or `@`);
+//!   - `Bearer <token>` (case-insensitive), when the token looks like one: it holds a digit, one
+//!     of `-._~+/=`, or both upper- and lower-case letters (`bearer of bad news` stays);
+//!   - the body of PEM private key blocks (`-----BEGIN … PRIVATE KEY-----`, `… PRIVATE KEY
+//!     BLOCK-----` for PGP);
+//!   - credit-card numbers: 13–19 digits, first digit 2–6, Luhn-valid, written whole or in groups
+//!     of 4–6 digits (the last 1–6) separated by up to three spaces, `-`, `.` or `/`.
+//! - numbers (integers, and integral floats) that are credit-card numbers.
 //!
 //! Keys are never changed. A payload nothing matched in is left alone by the caller, so it is
-//! forwarded byte-for-byte.
+//! forwarded byte-for-byte. `safe_keys` are exempt from the key rules (also as query keys).
 
 use serde_json::{Map, Value};
 
@@ -22,7 +40,7 @@ pub const FILTERED: &str = "[Filtered]";
 
 /// Substrings of key names whose values are always filtered. Beyond Relay's password rule:
 /// `cookie` (the `Cookie`/`Set-Cookie` headers and `request.cookies`) and the usual session and
-/// CSRF cookie names, wherever cookies end up.
+/// CSRF cookie names, wherever cookies end up. Written normalized: lower case, `_` for `-`.
 pub const DEFAULT_KEYS: &[&str] = &[
     "password",
     "secret",
@@ -44,14 +62,17 @@ pub const DEFAULT_KEYS: &[&str] = &[
     "connect.sid",
 ];
 
+/// How deep JSON held in strings is parsed (a JSON string in a JSON string in the payload).
+const MAX_EMBEDDED: u8 = 2;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScrubOptions {
     /// Off: events are forwarded and converted as received.
     pub enabled: bool,
     /// Matched like `DEFAULT_KEYS`: case-insensitive substrings of key names.
     pub extra_keys: Vec<String>,
-    /// Key names (case-insensitive, whole name) never filtered by the key rules, e.g. `author`
-    /// (which contains `auth`). String values under them are still scanned.
+    /// Key names (case-insensitive, whole name, `-` and `_` the same) never filtered by the key
+    /// rules, e.g. `author` (which contains `auth`). String values under them are still scanned.
     pub safe_keys: Vec<String>,
 }
 
@@ -69,6 +90,7 @@ impl Default for ScrubOptions {
 #[derive(Debug, Clone)]
 pub struct Scrubber {
     enabled: bool,
+    /// Normalized (`normalize_key`).
     keys: Vec<String>,
     safe: Vec<String>,
 }
@@ -84,13 +106,13 @@ impl Scrubber {
         let keys = DEFAULT_KEYS
             .iter()
             .map(|k| (*k).to_owned())
-            .chain(options.extra_keys.iter().map(|k| k.to_lowercase()))
+            .chain(options.extra_keys.iter().map(|k| normalize_key(k)))
             .filter(|k| !k.is_empty())
             .collect();
         Scrubber {
             enabled: options.enabled,
             keys,
-            safe: options.safe_keys.iter().map(|k| k.to_lowercase()).collect(),
+            safe: options.safe_keys.iter().map(|k| normalize_key(k)).collect(),
         }
     }
 
@@ -98,59 +120,33 @@ impl Scrubber {
         self.enabled
     }
 
-    /// Whether values under `key` are filtered whatever they hold.
+    /// Whether values under `key` are filtered whatever they hold. Allocates nothing for ASCII
+    /// keys.
     pub fn sensitive_key(&self, key: &str) -> bool {
-        let key = key.to_lowercase();
-        !self.safe.contains(&key) && self.keys.iter().any(|k| key.contains(k.as_str()))
+        if key.is_ascii() {
+            let key = key.as_bytes();
+            !self.safe.iter().any(|s| eq_normalized(key, s.as_bytes()))
+                && self.keys.iter().any(|k| contains_normalized(key, k.as_bytes()))
+        } else {
+            let key = normalize_key(key);
+            !self.safe.contains(&key) && self.keys.iter().any(|k| key.contains(k.as_str()))
+        }
     }
 
-    /// Scrubs a parsed event (or any JSON) in place; returns whether anything changed.
+    /// Scrubs a parsed payload (or any JSON) in place; returns whether anything changed.
     pub fn scrub_value(&self, value: &mut Value) -> bool {
-        self.enabled && self.walk(value)
+        self.enabled && self.walk(value, 0)
     }
 
-    /// Scrubs a Sentry `log` item payload (`{"items": [{"body", "attributes": {k: {"value",
-    /// "type"}}}]}`) in place: bodies are scanned as strings; a typed attribute under a
-    /// sensitive key gets the string value `[Filtered]`, others have their value scanned.
-    pub fn scrub_log_payload(&self, value: &mut Value) -> bool {
-        if !self.enabled {
-            return false;
-        }
-        let Some(items) = value.get_mut("items").and_then(Value::as_array_mut) else {
-            return false;
-        };
-        let mut changed = false;
-        for item in items.iter_mut().filter_map(Value::as_object_mut) {
-            if let Some(body) = item.get_mut("body") {
-                changed |= self.walk(body);
-            }
-            let Some(attributes) = item.get_mut("attributes").and_then(Value::as_object_mut) else {
-                continue;
-            };
-            for (key, attr) in attributes.iter_mut() {
-                let sensitive = self.sensitive_key(key);
-                match attr.as_object_mut() {
-                    Some(typed) if typed.contains_key("value") => {
-                        let value = typed.get_mut("value").expect("checked");
-                        if !sensitive {
-                            changed |= self.walk(value);
-                        } else if !is_blank(value) {
-                            *value = Value::from(FILTERED);
-                            typed.insert("type".to_owned(), Value::from("string"));
-                            changed = true;
-                        }
-                    }
-                    _ if sensitive => changed |= filter_all(attr),
-                    _ => changed |= self.walk(attr),
-                }
-            }
-        }
-        changed
+    /// Applies the string rules to `s`; `None` when nothing matched (the common case, which
+    /// allocates nothing).
+    pub fn scrub_str(&self, s: &str) -> Option<String> {
+        self.string(s, 0)
     }
 
-    fn walk(&self, value: &mut Value) -> bool {
+    fn walk(&self, value: &mut Value, embedded: u8) -> bool {
         match value {
-            Value::String(s) => match scrub_str(s) {
+            Value::String(s) => match self.string(s, embedded) {
                 Some(new) => {
                     *s = new;
                     true
@@ -158,42 +154,139 @@ impl Scrubber {
                 None => false,
             },
             Value::Number(n) => {
-                if n.as_u64().is_some_and(card_number) {
+                if card_json_number(n) {
                     *value = Value::from(FILTERED);
                     true
                 } else {
                     false
                 }
             }
-            Value::Array(items) if is_pair_list(items) => {
-                let mut changed = false;
-                for pair in items.iter_mut() {
-                    let Value::Array(pair) = pair else { continue };
-                    let sensitive = pair[0].as_str().is_some_and(|k| self.sensitive_key(k));
-                    changed |= if sensitive {
-                        filter_all(&mut pair[1])
-                    } else {
-                        self.walk(&mut pair[1])
-                    };
-                }
-                changed
-            }
-            Value::Array(items) => items.iter_mut().fold(false, |c, v| self.walk(v) | c),
-            Value::Object(map) => self.walk_object(map),
+            Value::Array(items) => items.iter_mut().fold(false, |c, item| self.element(item, embedded) | c),
+            Value::Object(map) => self.walk_object(map, embedded),
             Value::Null | Value::Bool(_) => false,
         }
     }
 
-    fn walk_object(&self, map: &mut Map<String, Value>) -> bool {
+    /// One element of an array: a `[key, value]` pair is judged by its key, anything else is
+    /// walked.
+    fn element(&self, item: &mut Value, embedded: u8) -> bool {
+        let Some([key, value]) = pair_mut(item) else {
+            return self.walk(item, embedded);
+        };
+        let sensitive = key.as_str().is_some_and(|k| self.sensitive_key(k));
+        // The key itself is scanned too: a list of two-string lists may be plain data.
+        let key_changed = self.walk(key, embedded);
+        key_changed
+            | if sensitive {
+                filter_all(value)
+            } else {
+                self.walk(value, embedded)
+            }
+    }
+
+    fn walk_object(&self, map: &mut Map<String, Value>, embedded: u8) -> bool {
+        let typed_non_string = is_typed(map) && !map["value"].is_string();
         let mut changed = false;
         for (key, value) in map.iter_mut() {
             changed |= if self.sensitive_key(key) {
                 filter_all(value)
             } else {
-                self.walk(value)
+                self.walk(value, embedded)
             };
         }
+        // A typed attribute whose value became a string says so.
+        if changed && typed_non_string && map["value"].is_string() {
+            map.insert("type".to_owned(), Value::from("string"));
+        }
         changed
+    }
+
+    fn string(&self, s: &str, embedded: u8) -> Option<String> {
+        if embedded < MAX_EMBEDDED && looks_like_json(s) {
+            if let Ok(mut inner) = serde_json::from_str::<Value>(s) {
+                if inner.is_object() || inner.is_array() {
+                    return self
+                        .walk(&mut inner, embedded + 1)
+                        .then(|| serde_json::to_string(&inner).expect("JSON value serializes"));
+                }
+            }
+        }
+        // Cheap pre-checks keep the common string allocation-free.
+        let mut out: Option<String> = None;
+        if s.contains("PRIVATE KEY") {
+            out = pem_keys(out.as_deref().unwrap_or(s)).or(out);
+        }
+        if s.contains("://") {
+            out = url_passwords(out.as_deref().unwrap_or(s)).or(out);
+        }
+        if s.contains('=') {
+            out = self.query_values(out.as_deref().unwrap_or(s)).or(out);
+        }
+        if contains_ignore_case(s.as_bytes(), b"bearer") {
+            out = bearer_tokens(out.as_deref().unwrap_or(s)).or(out);
+        }
+        if s.bytes().filter(u8::is_ascii_digit).nth(12).is_some() {
+            out = card_numbers(out.as_deref().unwrap_or(s)).or(out);
+        }
+        out
+    }
+
+    /// Values of sensitive keys in query strings: in the whole string when it is shaped like a
+    /// form body, and after each `?` or `#` (URLs, also inside a form value).
+    fn query_values(&self, s: &str) -> Option<String> {
+        let mut ranges = Vec::new();
+        if is_form(s) {
+            self.pairs(s, 0, s.len(), &mut ranges);
+        }
+        let b = s.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if !matches!(b[i], b'?' | b'#') {
+                i += 1;
+                continue;
+            }
+            let start = i + 1;
+            let end = b[start..]
+                .iter()
+                .position(|&c| c == b'#' || c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'<' | b'>' | b'`'))
+                .map_or(b.len(), |n| start + n);
+            self.pairs(s, start, end, &mut ranges);
+            i = end;
+        }
+        // A query inside a form value gives a range inside another: keep the outer one.
+        ranges.sort_unstable();
+        ranges.dedup_by(|next, kept| {
+            let inside = next.0 < kept.1;
+            if inside {
+                kept.1 = kept.1.max(next.1);
+            }
+            inside
+        });
+        replace_ranges(s, &ranges)
+    }
+
+    /// `key=value` pairs of `s[start..end]`, separated by `&` or `;`: the value ranges of
+    /// sensitive keys.
+    fn pairs(&self, s: &str, start: usize, end: usize, ranges: &mut Vec<(usize, usize)>) {
+        let mut pos = start;
+        for part in s[start..end].split(['&', ';']) {
+            let part_start = pos;
+            pos += part.len() + 1;
+            let Some(eq) = part.find('=') else { continue };
+            let value = &part[eq + 1..];
+            if value.is_empty() || value == FILTERED {
+                continue;
+            }
+            let key = part[..eq].trim_start();
+            let sensitive = if key.contains(['%', '+']) {
+                self.sensitive_key(&percent_decode(key))
+            } else {
+                self.sensitive_key(key)
+            };
+            if sensitive {
+                ranges.push((part_start + eq + 1, part_start + part.len()));
+            }
+        }
     }
 }
 
@@ -216,6 +309,36 @@ pub(crate) fn to_json(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).expect("JSON value serializes")
 }
 
+/// Lower case, `_` for `-`: `X-Api-Key` → `x_api_key`.
+fn normalize_key(key: &str) -> String {
+    key.replace('-', "_").to_lowercase()
+}
+
+fn normalized(b: u8) -> u8 {
+    if b == b'-' {
+        b'_'
+    } else {
+        b.to_ascii_lowercase()
+    }
+}
+
+/// `key == pattern` after normalizing `key` (`pattern` is normalized already).
+fn eq_normalized(key: &[u8], pattern: &[u8]) -> bool {
+    key.len() == pattern.len() && key.iter().zip(pattern).all(|(&k, &p)| normalized(k) == p)
+}
+
+/// Whether normalized `key` contains `pattern` (normalized already).
+fn contains_normalized(key: &[u8], pattern: &[u8]) -> bool {
+    pattern.is_empty()
+        || key
+            .windows(pattern.len())
+            .any(|w| w.iter().zip(pattern).all(|(&k, &p)| normalized(k) == p))
+}
+
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 fn is_blank(v: &Value) -> bool {
     match v {
         Value::Null => true,
@@ -224,26 +347,43 @@ fn is_blank(v: &Value) -> bool {
     }
 }
 
-/// A list of `[key, value]` pairs, the form Sentry uses for headers, cookies, query strings and
-/// tags.
-fn is_pair_list(items: &[Value]) -> bool {
-    !items.is_empty()
-        && items
-            .iter()
-            .all(|p| matches!(p, Value::Array(pair) if pair.len() == 2 && pair[0].is_string()))
+/// The two elements of a `[key, value]` pair (a two-element array whose first is a string).
+fn pair_mut(item: &mut Value) -> Option<&mut [Value; 2]> {
+    match item {
+        Value::Array(pair) if pair.len() == 2 && pair[0].is_string() => <&mut [Value; 2]>::try_from(&mut pair[..]).ok(),
+        _ => None,
+    }
 }
 
-/// Replaces every leaf of `value` with `[Filtered]`, keeping the shape of objects, arrays and
-/// the keys of pair lists. Null and empty strings stay as they are.
+/// A typed attribute of Sentry logs and spans: `{"value": …, "type": "…"}` (and maybe `unit`).
+fn is_typed(map: &Map<String, Value>) -> bool {
+    map.get("type").is_some_and(Value::is_string)
+        && map.contains_key("value")
+        && map.keys().all(|k| matches!(k.as_str(), "value" | "type" | "unit"))
+}
+
+/// Replaces every leaf of `value` with `[Filtered]`, keeping the shape of objects, arrays, the
+/// keys of pairs and typed attributes (value `[Filtered]`, type `string`). Null and empty
+/// strings stay as they are.
 fn filter_all(value: &mut Value) -> bool {
     match value {
         _ if is_blank(value) => false,
+        Value::Object(map) if is_typed(map) => {
+            if is_blank(&map["value"]) {
+                return false;
+            }
+            map.insert("value".to_owned(), Value::from(FILTERED));
+            map.insert("type".to_owned(), Value::from("string"));
+            true
+        }
         Value::Object(map) => map.values_mut().fold(false, |c, v| filter_all(v) | c),
-        Value::Array(items) if is_pair_list(items) => items.iter_mut().fold(false, |c, pair| {
-            let Value::Array(pair) = pair else { return c };
-            filter_all(&mut pair[1]) | c
+        Value::Array(items) => items.iter_mut().fold(false, |c, item| {
+            let changed = match pair_mut(item) {
+                Some([_, value]) => filter_all(value),
+                None => filter_all(item),
+            };
+            changed | c
         }),
-        Value::Array(items) => items.iter_mut().fold(false, |c, v| filter_all(v) | c),
         _ => {
             *value = Value::from(FILTERED);
             true
@@ -251,20 +391,50 @@ fn filter_all(value: &mut Value) -> bool {
     }
 }
 
-/// Applies the string rules; `None` when nothing matched.
-pub fn scrub_str(s: &str) -> Option<String> {
-    // Cheap pre-checks keep the common string allocation-free.
-    let mut out: Option<String> = None;
-    if s.contains("PRIVATE KEY") {
-        out = pem_keys(out.as_deref().unwrap_or(s)).or(out);
+/// A string that may hold a JSON object or array (checked before parsing).
+fn looks_like_json(s: &str) -> bool {
+    let t = s.trim_ascii();
+    t.len() >= 2
+        && matches!(
+            (t.as_bytes()[0], t.as_bytes()[t.len() - 1]),
+            (b'{', b'}') | (b'[', b']')
+        )
+}
+
+/// A whole string shaped like a form body or query string: `key=value` parts separated by `&`
+/// or `;`, each key non-empty and without whitespace or `?#/:` (not a URL), no line breaks.
+fn is_form(s: &str) -> bool {
+    !s.contains(['\n', '\r'])
+        && s.split(['&', ';']).all(|part| match part.find('=') {
+            Some(eq) => {
+                let key = part[..eq].trim_start();
+                !key.is_empty() && !key.contains(|c: char| c.is_whitespace() || matches!(c, '?' | '#' | '/' | ':'))
+            }
+            None => part.trim().is_empty(),
+        })
+}
+
+/// `%XX` escapes and `+` (space) decoded, for judging a query key.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let hex = |c: Option<&u8>| c.and_then(|&c| char::from(c).to_digit(16));
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (hex(b.get(i + 1)), hex(b.get(i + 2))) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
     }
-    if s.contains("://") {
-        out = url_passwords(out.as_deref().unwrap_or(s)).or(out);
-    }
-    if s.bytes().filter(u8::is_ascii_digit).nth(12).is_some() {
-        out = card_numbers(out.as_deref().unwrap_or(s)).or(out);
-    }
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Rebuilds `s` with each byte range replaced by `[Filtered]`. Ranges are sorted, disjoint and
@@ -284,8 +454,8 @@ fn replace_ranges(s: &str, ranges: &[(usize, usize)]) -> Option<String> {
     Some(out)
 }
 
-/// The text between `-----BEGIN … PRIVATE KEY-----` and the matching `-----END` (or the end of
-/// the string when the block is cut short).
+/// The text between `-----BEGIN … PRIVATE KEY-----` (or `… PRIVATE KEY BLOCK-----`, PGP) and
+/// the matching `-----END` (or the end of the string when the block is cut short).
 fn pem_keys(s: &str) -> Option<String> {
     const BEGIN: &str = "-----BEGIN ";
     let mut ranges = Vec::new();
@@ -297,7 +467,8 @@ fn pem_keys(s: &str) -> Option<String> {
         };
         let label = &s[label_start..label_start + label_len];
         let body_start = label_start + label_len + 5;
-        if !label.ends_with("PRIVATE KEY") || !label.bytes().all(|b| b.is_ascii_uppercase() || b == b' ') {
+        let private = label.ends_with("PRIVATE KEY") || label.ends_with("PRIVATE KEY BLOCK");
+        if !private || !label.bytes().all(|b| b.is_ascii_uppercase() || b == b' ') {
             from = body_start;
             continue;
         }
@@ -311,35 +482,83 @@ fn pem_keys(s: &str) -> Option<String> {
     replace_ranges(s, &ranges)
 }
 
-/// The password part of `scheme://user:password@host` URLs.
+/// The password part of `scheme://user:password@host` URLs. The user name holds none of
+/// `:/?#@`; the password runs to the last `@` before the host (it may hold `/` and `@`), unless
+/// what looks like one is a port and a path (`host:8080/users/@ann`).
 fn url_passwords(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut ranges = Vec::new();
     let mut from = 0;
     while let Some(found) = s[from..].find("://") {
         let sep = from + found;
-        let authority_start = sep + 3;
-        from = authority_start;
-        let scheme_ok = sep > 0 && b[sep - 1].is_ascii_alphanumeric();
-        if !scheme_ok {
+        let start = sep + 3;
+        from = start;
+        if sep == 0 || !b[sep - 1].is_ascii_alphanumeric() {
             continue;
         }
-        let authority_end = b[authority_start..]
+        let run_end = b[start..]
             .iter()
-            .position(|&c| {
-                matches!(c, b'/' | b'?' | b'#' | b'"' | b'\'' | b'<' | b'>' | b'`') || c.is_ascii_whitespace()
-            })
-            .map_or(b.len(), |n| authority_start + n);
-        let authority = &s[authority_start..authority_end];
-        let Some(at) = authority.rfind('@') else { continue };
-        let userinfo = &authority[..at];
-        if let Some(colon) = userinfo.find(':') {
-            let password = &userinfo[colon + 1..];
-            if !password.is_empty() && password != FILTERED {
-                ranges.push((authority_start + colon + 1, authority_start + at));
+            .position(|&c| c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'<' | b'>' | b'`'))
+            .map_or(b.len(), |n| start + n);
+        let run = &b[start..run_end];
+        let Some(colon) = run.iter().position(|c| matches!(c, b':' | b'/' | b'?' | b'#' | b'@')) else {
+            continue;
+        };
+        if run[colon] != b':' {
+            continue;
+        }
+        let rest = &run[colon + 1..];
+        let mut at = None;
+        for (i, &c) in rest.iter().enumerate() {
+            match c {
+                b'@' => at = Some(i),
+                b'/' | b'?' | b'#' if at.is_some() => break,
+                _ => {}
             }
         }
-        from = authority_end;
+        let Some(at) = at else { continue };
+        let password = &rest[..at];
+        if let Some(slash) = password.iter().position(|c| matches!(c, b'/' | b'?' | b'#')) {
+            if password[..slash].iter().all(u8::is_ascii_digit) {
+                continue; // host:port/path
+            }
+        }
+        if !password.is_empty() && password != FILTERED.as_bytes() {
+            ranges.push((start + colon + 1, start + colon + 1 + at));
+        }
+        from = start + colon + 1 + at;
+    }
+    replace_ranges(s, &ranges)
+}
+
+/// The token after `Bearer ` (any case, as a word), when it looks like a credential: it holds
+/// a digit, one of `-._~+/=`, or upper- and lower-case letters.
+fn bearer_tokens(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let token_char = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=');
+    let mut ranges = Vec::new();
+    let mut i = 0;
+    while i + 6 < b.len() {
+        let word_start = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+        if !(word_start && b[i..i + 6].eq_ignore_ascii_case(b"bearer")) {
+            i += 1;
+            continue;
+        }
+        let mut start = i + 6;
+        while start < b.len() && matches!(b[start], b' ' | b'\t') {
+            start += 1;
+        }
+        let end = b[start..]
+            .iter()
+            .position(|&c| !token_char(c))
+            .map_or(b.len(), |n| start + n);
+        let token = &b[start..end];
+        let credential = token.iter().any(|c| !c.is_ascii_alphabetic())
+            || (token.iter().any(u8::is_ascii_uppercase) && token.iter().any(u8::is_ascii_lowercase));
+        if start > i + 6 && !token.is_empty() && credential {
+            ranges.push((start, end));
+        }
+        i = end.max(i + 6);
     }
     replace_ranges(s, &ranges)
 }
@@ -354,7 +573,7 @@ fn card_numbers(s: &str) -> Option<String> {
             i += 1;
             continue;
         }
-        // A run: digit groups joined by single spaces or dashes.
+        // A run: digit groups joined by up to three spaces, dashes, dots or slashes.
         let start = i;
         let mut groups = Vec::new();
         loop {
@@ -363,8 +582,12 @@ fn card_numbers(s: &str) -> Option<String> {
                 i += 1;
             }
             groups.push((group_start, i));
-            if i + 1 < n && matches!(b[i], b' ' | b'-') && b[i + 1].is_ascii_digit() {
-                i += 1;
+            let mut j = i;
+            while j < n && j - i < 3 && matches!(b[j], b' ' | b'-' | b'.' | b'/') {
+                j += 1;
+            }
+            if j > i && j < n && b[j].is_ascii_digit() {
+                i = j;
             } else {
                 break;
             }
@@ -381,12 +604,24 @@ fn card_numbers(s: &str) -> Option<String> {
     replace_ranges(s, &ranges)
 }
 
-/// Finds runs of whole consecutive groups that form a card number (a run may hold several
-/// numbers separated by a space).
+/// Finds runs of whole consecutive groups that form a card number. A run may hold several
+/// numbers, split where only spaces or dashes separate groups (a `.` or `/` there belongs to
+/// something else: a decimal, a date).
 fn card_windows(b: &[u8], groups: &[(usize, usize)], ranges: &mut Vec<(usize, usize)>) {
+    let splittable = |g: usize| {
+        b[groups[g - 1].1..groups[g].0]
+            .iter()
+            .all(|&c| matches!(c, b' ' | b'-'))
+    };
     let mut g = 0;
     while g < groups.len() {
-        g = match card_window_from(b, &groups[g..]) {
+        if g > 0 && !splittable(g) {
+            g += 1;
+            continue;
+        }
+        let found =
+            card_window_from(b, &groups[g..]).filter(|&last| g + last + 1 == groups.len() || splittable(g + last + 1));
+        g = match found {
             Some(last) => {
                 ranges.push((groups[g].0, groups[g + last].1));
                 g + last + 1
@@ -396,15 +631,19 @@ fn card_windows(b: &[u8], groups: &[(usize, usize)], ranges: &mut Vec<(usize, us
     }
 }
 
-/// The index of the last group of a card number starting at `groups[0]`, if there is one.
+/// The index of the last group of a card number starting at `groups[0]`, if there is one:
+/// one group of 13–19 digits, or groups of 4–6 digits and a last one of 1–6.
 fn card_window_from(b: &[u8], groups: &[(usize, usize)]) -> Option<usize> {
     let mut digits = Vec::with_capacity(20);
     for (h, &(start, end)) in groups.iter().enumerate() {
+        if h > 0 && !(4..=6).contains(&(groups[h - 1].1 - groups[h - 1].0)) {
+            return None;
+        }
         digits.extend(b[start..end].iter().map(|d| d - b'0'));
         if digits.len() > 19 {
             return None;
         }
-        if digits.len() >= 13 && card_digits(&digits) {
+        if digits.len() >= 13 && (h == 0 || end - start <= 6) && card_digits(&digits) {
             return Some(h);
         }
     }
@@ -419,6 +658,15 @@ fn card_digits(digits: &[u8]) -> bool {
 fn card_number(n: u64) -> bool {
     let digits: Vec<u8> = n.to_string().bytes().map(|d| d - b'0').collect();
     card_digits(&digits)
+}
+
+/// An integer, or a float holding an integer exactly (below 2^53), that is a card number.
+fn card_json_number(n: &serde_json::Number) -> bool {
+    match (n.as_u64(), n.as_f64()) {
+        (Some(u), _) => card_number(u),
+        (None, Some(f)) if f.fract() == 0.0 && (1e12..9_007_199_254_740_992.0).contains(&f) => card_number(f as u64),
+        _ => false,
+    }
 }
 
 fn luhn(digits: &[u8]) -> bool {
@@ -451,6 +699,10 @@ mod tests {
     fn scrub(mut v: Value) -> Value {
         Scrubber::default().scrub_value(&mut v);
         v
+    }
+
+    fn scrub_str(s: &str) -> Option<String> {
+        Scrubber::default().scrub_str(s)
     }
 
     #[test]
@@ -626,7 +878,7 @@ mod tests {
             "card": {"value": "4111111111111111", "type": "string"},
             "count": {"value": 3, "type": "integer"},
         }}]});
-        assert!(Scrubber::default().scrub_log_payload(&mut v));
+        assert!(Scrubber::default().scrub_value(&mut v));
         assert_eq!(
             v,
             json!({"items": [{"body": "login with postgres://a:[Filtered]@h", "attributes": {
@@ -636,6 +888,280 @@ mod tests {
                 "count": {"value": 3, "type": "integer"},
             }}]})
         );
+    }
+
+    #[test]
+    fn query_strings_in_both_forms_and_urls() {
+        let out = scrub(json!({"request": {
+            "query_string": "page=2&password=hunter2&q=shoes",
+            "url": "https://shop.example/cart?token=abc123&item=7#frag",
+        }}));
+        assert_eq!(out["request"]["query_string"], "page=2&password=[Filtered]&q=shoes");
+        assert_eq!(
+            out["request"]["url"],
+            "https://shop.example/cart?token=[Filtered]&item=7#frag"
+        );
+        // The list-of-pairs form sentry-sdk may send.
+        let out = scrub(json!({"request": {"query_string": [["page", "2"], ["password", "hunter2"]]}}));
+        assert_eq!(
+            out["request"]["query_string"],
+            json!([["page", "2"], ["password", FILTERED]])
+        );
+        // In free text, fragments, percent-encoded and `;`-separated keys.
+        assert_eq!(
+            scrub_str("GET /login?user=ann&api%5Fkey=k1 failed").as_deref(),
+            Some("GET /login?user=ann&api%5Fkey=[Filtered] failed")
+        );
+        assert_eq!(
+            scrub_str("https://app.example/cb#access_token=t0k&state=s").as_deref(),
+            Some("https://app.example/cb#access_token=[Filtered]&state=s")
+        );
+        assert_eq!(
+            scrub_str("a=1;Auth_Token=z").as_deref(),
+            Some("a=1;Auth_Token=[Filtered]")
+        );
+        // Nothing sensitive: untouched (and not copied).
+        assert_eq!(scrub_str("https://shop.example/cart?page=2&q=shoes"), None);
+        assert_eq!(scrub_str("https://shop.example/tokens/list?page=2"), None);
+        assert_eq!(scrub_str("page=2&sort=desc"), None);
+        assert_eq!(scrub_str("password="), None);
+    }
+
+    #[test]
+    fn form_encoded_request_data() {
+        let out = scrub(json!({"request": {"data": "username=ann&password=hunter2&remember=1"}}));
+        assert_eq!(out["request"]["data"], "username=ann&password=[Filtered]&remember=1");
+        assert_eq!(
+            scrub_str("user=a+b&new+password=x%20y").as_deref(),
+            Some("user=a+b&new+password=[Filtered]")
+        );
+        assert_eq!(
+            scrub_str("sessionid=1; theme=dark").as_deref(),
+            Some("sessionid=[Filtered]; theme=dark")
+        );
+        // A value holding a URL with its own query: both levels are judged.
+        assert_eq!(
+            scrub_str("password=x&next=/a?b=1&token=t").as_deref(),
+            Some("password=[Filtered]&next=/a?b=1&token=[Filtered]")
+        );
+        assert_eq!(
+            scrub_str("next=/a?token=t&password=p?q").as_deref(),
+            Some("next=/a?token=[Filtered]&password=[Filtered]")
+        );
+        // Not form bodies: prose, SQL, base64 padding.
+        assert_eq!(scrub_str("the password = unchanged"), None);
+        assert_eq!(scrub_str("WHERE password = 'x'"), None);
+        assert_eq!(scrub_str("dG9rZW4="), None);
+        assert_eq!(scrub_str("a=1\npassword=x"), None);
+    }
+
+    #[test]
+    fn json_inside_strings() {
+        let out = scrub(json!({"extra": {
+            "body": "{\"user\": \"ann\", \"password\": \"x\", \"n\": [1.50, \"ok\"]}",
+            "list": "[{\"token\":\"t\"}]",
+            "nested": "{\"inner\": \"{\\\"secret\\\": \\\"s\\\"}\"}",
+            "plain": "{\"user\": \"ann\",  \"n\": 1.50}",
+            "not_json": "{password: x}",
+        }}));
+        assert_eq!(
+            out["extra"]["body"],
+            r#"{"user":"ann","password":"[Filtered]","n":[1.5,"ok"]}"#
+        );
+        assert_eq!(out["extra"]["list"], r#"[{"token":"[Filtered]"}]"#);
+        assert_eq!(out["extra"]["nested"], r#"{"inner":"{\"secret\":\"[Filtered]\"}"}"#);
+        // Nothing to filter: the string is kept as written.
+        assert_eq!(out["extra"]["plain"], "{\"user\": \"ann\",  \"n\": 1.50}");
+        assert_eq!(out["extra"]["not_json"], "{password: x}");
+        // The string rules still apply inside.
+        assert_eq!(
+            scrub_str(r#"{"url": "postgres://a:b@db/x"}"#).as_deref(),
+            Some(r#"{"url":"postgres://a:[Filtered]@db/x"}"#)
+        );
+    }
+
+    #[test]
+    fn hyphenated_header_names() {
+        let out = scrub(json!({"request": {"headers": {
+            "X-Api-Key": "k1", "Api-Key": "k2", "X-Auth-Token": "k3", "X-Request-Id": "r1", "Content-Type": "json",
+        }}}));
+        assert_eq!(
+            out["request"]["headers"],
+            json!({"X-Api-Key": FILTERED, "Api-Key": FILTERED, "X-Auth-Token": FILTERED, "X-Request-Id": "r1",
+                   "Content-Type": "json"})
+        );
+        let out = scrub(json!({"request": {"headers": [["x-api-key", "k1"], ["Accept", "*/*"]]}}));
+        assert_eq!(
+            out["request"]["headers"],
+            json!([["x-api-key", FILTERED], ["Accept", "*/*"]])
+        );
+        let s = Scrubber::default();
+        assert!(s.sensitive_key("PRIVATE-KEY") && s.sensitive_key("Session-Key") && s.sensitive_key("x_csrf"));
+        assert!(!s.sensitive_key("X-Request-Id") && !s.sensitive_key("key") && !s.sensitive_key("apiversion"));
+        // Non-ASCII keys take the allocating path and agree.
+        assert!(s.sensitive_key("Größe-Api-Key") && !s.sensitive_key("Größe"));
+    }
+
+    #[test]
+    fn bearer_tokens_in_free_text() {
+        let out = scrub(json!({
+            "message": "call failed with Authorization: Bearer eyJhbGciOi.eyJzdWIi.c2lnbmF0dXJl",
+            "breadcrumbs": {"values": [{"message": "curl -H 'authorization: bearer AbCdEfGh' https://x"}]},
+        }));
+        assert_eq!(out["message"], "call failed with Authorization: Bearer [Filtered]");
+        assert_eq!(
+            out["breadcrumbs"]["values"][0]["message"],
+            "curl -H 'authorization: bearer [Filtered]' https://x"
+        );
+        assert_eq!(
+            scrub_str("token: BEARER\tabc123").as_deref(),
+            Some("token: BEARER\t[Filtered]")
+        );
+        // Prose is not a token; neither is an already filtered one.
+        assert_eq!(scrub_str("the bearer of bad news uses bearer tokens"), None);
+        assert_eq!(scrub_str("Bearer [Filtered]"), None);
+        assert_eq!(scrub_str("Bearer"), None);
+        assert_eq!(scrub_str("Bearer <token>"), None);
+        assert_eq!(scrub_str("xbearer abc123"), None);
+    }
+
+    #[test]
+    fn url_passwords_with_slashes_and_at_signs() {
+        assert_eq!(
+            scrub_str("https://user:pa/ss@host.example/path").as_deref(),
+            Some("https://user:[Filtered]@host.example/path")
+        );
+        assert_eq!(
+            scrub_str("redis://:p@ss@cache:6379/0 ok").as_deref(),
+            Some("redis://:[Filtered]@cache:6379/0 ok")
+        );
+        assert_eq!(
+            scrub_str("https://u:p@host/a/b@c").as_deref(),
+            Some("https://u:[Filtered]@host/a/b@c")
+        );
+        // A port and a path with an `@` in it are not credentials.
+        assert_eq!(scrub_str("http://localhost:8080/users/@ann"), None);
+        assert_eq!(scrub_str("https://social.example/@ann"), None);
+        assert_eq!(scrub_str("https://host:443/x?y=@z"), None);
+    }
+
+    #[test]
+    fn header_pairs_are_judged_one_by_one() {
+        let out = scrub(json!({"request": {"headers": [
+            ["Authorization", "Basic dXNlcjpwYXNz"], ["X-Broken"], "stray", null,
+            ["Cookie", "sessionid=abc"], ["Accept", "*/*"], ["X-Api-Key", "k", "extra"],
+        ]}}));
+        assert_eq!(
+            out["request"]["headers"],
+            json!([
+                ["Authorization", FILTERED],
+                ["X-Broken"],
+                "stray",
+                null,
+                ["Cookie", FILTERED],
+                ["Accept", "*/*"],
+                ["X-Api-Key", "k", "extra"]
+            ])
+        );
+        // Under a sensitive key, pairs keep their keys.
+        let out = scrub(json!({"cookies": [["sessionid", "1"], 5, ["theme", "dark"]]}));
+        assert_eq!(
+            out["cookies"],
+            json!([["sessionid", FILTERED], FILTERED, ["theme", FILTERED]])
+        );
+    }
+
+    #[test]
+    fn card_numbers_with_other_separators_and_as_numbers() {
+        for (text, want) in [
+            ("card 4111.1111.1111.1111 ok", "card [Filtered] ok"),
+            ("card 4111  1111  1111  1111 ok", "card [Filtered] ok"),
+            ("card 4111/1111/1111/1111 ok", "card [Filtered] ok"),
+            ("card 4111 - 1111 - 1111 - 1111", "card [Filtered]"),
+            ("amex 3782 822463 10005", "amex [Filtered]"),
+        ] {
+            assert_eq!(scrub_str(text).as_deref(), Some(want), "{text}");
+        }
+        let out = scrub(json!({"extra": {"i": 4111111111111111u64, "f": 4111111111111111.0, "ok": 1234567890123u64}}));
+        assert_eq!(
+            out["extra"],
+            json!({"i": FILTERED, "f": FILTERED, "ok": 1234567890123u64})
+        );
+        // A typed attribute whose number was a card becomes a string attribute.
+        let mut v = json!({"items": [{"attributes": {"n": {"value": 4111111111111111u64, "type": "integer"}}}]});
+        assert!(Scrubber::default().scrub_value(&mut v));
+        assert_eq!(
+            v["items"][0]["attributes"]["n"],
+            json!({"value": FILTERED, "type": "string"})
+        );
+    }
+
+    #[test]
+    fn legitimate_numbers_ids_and_dates_pass() {
+        for text in [
+            "1234567890123",      // not Luhn-valid, first digit 1
+            "4111111111111112",   // not Luhn-valid
+            "0.4111111111111111", // a decimal
+            "1.4111111111111111",
+            "4111111111111111.5",
+            "1714564800.123456", // a timestamp
+            "2024-05-01T12:00:00.123456Z",
+            "2024/05/01 2024/05/02 12.30.45.123",   // dates and times
+            "4bf92f3577b34da6a3ce929d0e0e4736",     // a trace id
+            "12345678-1234-1234-1234-123456789012", // a digits-only UUID
+            "41111111-1111-1111-1111-111111111111",
+            "+49 30 12345678 90", // a phone number
+            "10.0.0.1:8080 192.168.100.200",
+            "v4111.1111.1111.1111",
+        ] {
+            assert_eq!(scrub_str(text), None, "{text}");
+        }
+        let event = json!({
+            "event_id": "9ec79c33ec9942ab8353589fcb2e04dc",
+            "timestamp": 1714564800.123,
+            "contexts": {"trace": {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7"}},
+            "extra": {"n": 1234567890123u64, "ratio": 0.5, "id": "550e8400-e29b-41d4-a716-446655440000"},
+            "tags": [["author", "ann"]],
+        });
+        let custom = Scrubber::new(&ScrubOptions {
+            safe_keys: vec!["Author".into(), "X-Auth-Mode".into()],
+            ..ScrubOptions::default()
+        });
+        let mut v = event.clone();
+        assert!(!custom.scrub_value(&mut v));
+        assert_eq!(v, event);
+        let mut v = json!({"x_auth_mode": "on", "q": "x-auth-mode=on&auth=1"});
+        assert!(custom.scrub_value(&mut v));
+        assert_eq!(v, json!({"x_auth_mode": "on", "q": "x-auth-mode=on&auth=[Filtered]"}));
+    }
+
+    #[test]
+    fn pgp_private_key_blocks() {
+        let pgp = "-----BEGIN PGP PRIVATE KEY BLOCK-----\nVersion: x\n\nlQOYBF\n-----END PGP PRIVATE KEY BLOCK-----";
+        assert_eq!(
+            scrub_str(pgp).as_deref(),
+            Some("-----BEGIN PGP PRIVATE KEY BLOCK-----[Filtered]-----END PGP PRIVATE KEY BLOCK-----")
+        );
+        assert_eq!(
+            scrub_str("-----BEGIN PGP PUBLIC KEY BLOCK-----\nmQEN\n-----END PGP PUBLIC KEY BLOCK-----"),
+            None
+        );
+    }
+
+    #[test]
+    fn every_rule_is_idempotent() {
+        let s = Scrubber::default();
+        for text in [
+            "https://u:pa/ss@h/p?token=x&a=1#access_token=y",
+            "a=1&password=x",
+            "Authorization: Bearer abc.def",
+            "card 4111.1111.1111.1111",
+            "{\"password\": \"x\", \"u\": \"https://a:b@c\"}",
+            "-----BEGIN PGP PRIVATE KEY BLOCK-----\nx",
+        ] {
+            let once = s.scrub_str(text).unwrap_or_else(|| panic!("{text}"));
+            assert_eq!(s.scrub_str(&once), None, "{once}");
+        }
     }
 
     #[test]
@@ -656,6 +1182,13 @@ mod tests {
             " 4111111111111111",
             "ü4111111111111111ü",
             "1 2 3 4 5 6 7 8 9 0 1 2 3 4",
+            "é?é=é&pässword=é#tökén=ü",
+            "p%ZZ=1&%70assword=2&%=3&+=4",
+            "x://a:b/c@",
+            "Bearer é",
+            "bearer\t",
+            "{\"a\": \"{\\\"b\\\": 1}\"}",
+            "[\"4111.1111.1111.1111\"]",
         ];
         for s in samples {
             for n in 0..=s.len() {
@@ -664,5 +1197,63 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn combined_pieces_are_scrubbed_once() {
+        // Strings glued from pieces every rule looks at: scrubbing never panics, and a second
+        // pass changes nothing.
+        const PIECES: &[&str] = &[
+            "https://",
+            "u:p/w@h",
+            "?",
+            "#",
+            "&",
+            ";",
+            "=",
+            "token",
+            "password",
+            "page",
+            "Bearer ",
+            "abc123",
+            "4111",
+            " ",
+            "  ",
+            ".",
+            "/",
+            "-",
+            "1111",
+            "{\"password\":\"x\"}",
+            "[",
+            "]",
+            "{",
+            "}",
+            "\"",
+            "%61",
+            "-----BEGIN PGP PRIVATE KEY BLOCK-----",
+            "é",
+            "\n",
+            "@",
+            ":",
+            "5555",
+            "4444",
+        ];
+        let s = Scrubber::default();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut scrubbed = 0;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..(state % 12 + 1) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                text.push_str(PIECES[(state % PIECES.len() as u64) as usize]);
+            }
+            if let Some(once) = s.scrub_str(&text) {
+                assert_eq!(s.scrub_str(&once), None, "{text:?} -> {once:?}");
+                scrubbed += 1;
+            }
+        }
+        assert!(scrubbed > 1_000, "{scrubbed}");
     }
 }

@@ -2,9 +2,10 @@
 //! transactions sampled) and an OTLP logs request of its error/message events and log items out.
 //!
 //! The envelope is parsed into slices of the body (`envelope`); an item is copied through as
-//! received unless scrubbing changed its payload (`scrub`) or sampling removed it. Events and
-//! transactions are parsed to `serde_json::Value` (at most 1 MiB each); the OTLP records are
-//! built from the scrubbed events, so nothing filtered from the forwarded event reaches OTLP.
+//! received unless scrubbing changed its payload (`scrub`) or sampling removed it. Events,
+//! transactions and the other JSON items (all but `UNSCRUBBED_TYPES`) are parsed to
+//! `serde_json::Value` (at most their item limit each); the OTLP records are built from the
+//! scrubbed events, so nothing filtered from the forwarded event reaches OTLP.
 
 use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
@@ -17,7 +18,7 @@ use serde_json::Value;
 
 use crate::decompress::{self, FirstLine};
 use crate::envelope::{self, Envelope, Item, Out};
-use crate::error::{CoreError, Result};
+use crate::error::{quote, CoreError, Result};
 use crate::sample::Sampler;
 use crate::scrub::{self, ScrubOptions, Scrubber};
 use crate::wire;
@@ -26,8 +27,11 @@ use crate::wire;
 /// rejected whole (`CoreError::ItemTooLarge`, HTTP 413).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemLimits {
-    /// `event`, `transaction`, `security`, `raw_security`; also the store endpoint's event.
+    /// `event`, `transaction`, `security`, `raw_security`, `span`, `otel_span`, `feedback`,
+    /// `user_report`, `replay_event` (the JSON items that are scrubbed); also the store
+    /// endpoint's event, and how much of an item of a type unknown today is parsed to scrub it.
     pub event: usize,
+    /// `log`, `trace_metric`.
     pub log: usize,
     pub check_in: usize,
     pub attachment: usize,
@@ -47,8 +51,9 @@ impl Default for ItemLimits {
 impl ItemLimits {
     pub fn for_type(&self, ty: &str) -> Option<usize> {
         match ty {
-            "event" | "transaction" | "security" | "raw_security" => Some(self.event),
-            "log" => Some(self.log),
+            "event" | "transaction" | "security" | "raw_security" | "span" | "otel_span" | "feedback"
+            | "user_report" | "replay_event" => Some(self.event),
+            "log" | "trace_metric" => Some(self.log),
             "check_in" => Some(self.check_in),
             "attachment" => Some(self.attachment),
             _ => None,
@@ -166,13 +171,16 @@ pub fn process(body: &[u8], project_id: &str, options: &SentryOptions) -> Result
             }
             "log" if scrubber.enabled() || options.to_otlp => {
                 let mut payload = json_object(item)?;
-                let scrubbed = scrubber.scrub_log_payload(&mut payload);
+                let scrubbed = scrubber.scrub_value(&mut payload);
                 if options.to_otlp {
                     for record in log_item_records(&payload, observed) {
                         logs.add(record);
                     }
                 }
                 replace_if(scrubbed, &payload)
+            }
+            ty if scrubber.enabled() && !UNSCRUBBED_TYPES.contains(&ty) => {
+                scrub_json_item(&scrubber, item, &options.limits)
             }
             _ => Decision::Keep,
         };
@@ -281,8 +289,12 @@ pub fn process_store(body: &[u8], project_id: &str, options: &SentryOptions) -> 
     };
     let event_id = match event.get("event_id") {
         None | Some(Value::Null) => new_event_id(),
-        Some(Value::String(s)) => envelope::normalize_event_id(s)
-            .ok_or_else(|| CoreError::decode(format!("invalid store request: event_id {s:?} is not a UUID")))?,
+        Some(Value::String(s)) => envelope::normalize_event_id(s).ok_or_else(|| {
+            CoreError::decode(format!(
+                "invalid store request: event_id {} is not a UUID",
+                quote(s.as_bytes())
+            ))
+        })?,
         Some(other) => {
             return Err(CoreError::decode(format!(
                 "invalid store request: event_id is {}, not a string",
@@ -306,6 +318,40 @@ enum Decision {
     Keep,
     Replace(Vec<u8>),
     Drop,
+}
+
+/// Item types whose payloads are never scrubbed: binary or compressed data (attachments,
+/// profiles, replay recordings and videos) and types that carry no user-supplied text (client
+/// reports, sessions, metrics). Every other item whose payload is a JSON object or array is
+/// scrubbed like an event: `span`, `otel_span`, `feedback`, `user_report`, `security`,
+/// `raw_security`, `check_in`, `replay_event`, `trace_metric`, and types unknown today.
+pub const UNSCRUBBED_TYPES: &[&str] = &[
+    "attachment",
+    "profile",
+    "profile_chunk",
+    "replay_recording",
+    "replay_video",
+    "client_report",
+    "session",
+    "sessions",
+    "statsd",
+    "metric_buckets",
+];
+
+/// Scrubs an item of a type other than event, transaction and log when its payload is JSON;
+/// anything else is forwarded as received. A type with a size limit of its own
+/// (`ItemLimits::for_type`) was checked against it; others are parsed up to the event limit, and
+/// a larger payload of a type unknown today passes as received.
+fn scrub_json_item(scrubber: &Scrubber, item: &Item<'_>, limits: &ItemLimits) -> Decision {
+    let json = matches!(item.payload.trim_ascii_start().first(), Some(b'{' | b'['));
+    let bounded = limits.for_type(&item.ty).is_some() || item.payload.len() <= limits.event;
+    if !(json && bounded) {
+        return Decision::Keep;
+    }
+    match serde_json::from_slice::<Value>(item.payload) {
+        Ok(mut value) => replace_if(scrubber.scrub_value(&mut value), &value),
+        Err(_) => Decision::Keep,
+    }
 }
 
 fn replace_if(changed: bool, value: &Value) -> Decision {
@@ -1633,6 +1679,118 @@ mod tests {
                 .to_string();
             assert!(e.starts_with(msg), "{e}");
         }
+    }
+
+    #[test]
+    fn store_event_id_is_echoed_short() {
+        let body = format!(r#"{{"event_id":"{}","message":"x"}}"#, "z".repeat(500_000));
+        let e = process_store(body.as_bytes(), "3", &SentryOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.len() < 200 && e.contains("event_id \"zzz") && e.contains("…\" is not a UUID"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_json_item_type_is_scrubbed_but_binary_and_non_pii_ones() {
+        let secret = json!({"extra": {"password": "hunter2"}, "message": "Bearer abc123def"});
+        let scrubbed_types = [
+            "span",
+            "otel_span",
+            "feedback",
+            "user_report",
+            "security",
+            "raw_security",
+            "check_in",
+            "replay_event",
+            "trace_metric",
+            "brand_new_type",
+        ];
+        for ty in scrubbed_types {
+            let body = envelope(
+                &json!({"event_id": EVENT_ID}),
+                &[(ty, serde_json::to_vec(&secret).unwrap())],
+            );
+            let p = process(&body, "1", &SentryOptions::default()).unwrap();
+            assert_eq!(p.items_scrubbed, 1, "{ty}");
+            let env = envelope::parse(&p.envelope).unwrap();
+            assert_eq!(env.items[0].ty, ty);
+            let out: Value = serde_json::from_slice(env.items[0].payload).unwrap();
+            assert_eq!(
+                out,
+                json!({"extra": {"password": "[Filtered]"}, "message": "Bearer [Filtered]"}),
+                "{ty}"
+            );
+        }
+        // A JSON array payload too; a payload that is not JSON passes as received.
+        let body = envelope(
+            &json!({}),
+            &[
+                ("span", br#"[{"data": {"db.password": "x"}}]"#.to_vec()),
+                ("user_report", b"not json password=x".to_vec()),
+            ],
+        );
+        let p = process(&body, "1", &SentryOptions::default()).unwrap();
+        let env = envelope::parse(&p.envelope).unwrap();
+        assert_eq!(env.items[0].payload, br#"[{"data":{"db.password":"[Filtered]"}}]"#);
+        assert_eq!(env.items[1].payload, b"not json password=x");
+        // Binary and non-PII types are forwarded byte-for-byte.
+        for ty in UNSCRUBBED_TYPES {
+            let body = envelope(
+                &json!({"event_id": EVENT_ID}),
+                &[(ty, serde_json::to_vec(&secret).unwrap())],
+            );
+            let p = process(&body, "1", &SentryOptions::default()).unwrap();
+            assert_eq!((p.items_scrubbed, &p.envelope), (0, &body), "{ty}");
+        }
+        // Scrubbing off: nothing is parsed or changed.
+        let off = SentryOptions {
+            scrub: ScrubOptions {
+                enabled: false,
+                ..ScrubOptions::default()
+            },
+            ..SentryOptions::default()
+        };
+        let body = envelope(&json!({}), &[("span", serde_json::to_vec(&secret).unwrap())]);
+        assert_eq!(process(&body, "1", &off).unwrap().envelope, body);
+        // A span item v2 (typed attributes) keeps its attribute types valid.
+        let spans = json!({"items": [{"trace_id": TRACE_ID, "attributes": {
+            "db.password": {"type": "string", "value": "x"},
+            "http.url": {"type": "string", "value": "https://h/p?token=t1&a=1"},
+            "card": {"type": "integer", "value": 4111111111111111u64},
+            "count": {"type": "integer", "value": 3},
+        }}]});
+        let body = envelope(&json!({}), &[("span", serde_json::to_vec(&spans).unwrap())]);
+        let p = process(&body, "1", &SentryOptions::default()).unwrap();
+        let env = envelope::parse(&p.envelope).unwrap();
+        let out: Value = serde_json::from_slice(env.items[0].payload).unwrap();
+        assert_eq!(
+            out["items"][0]["attributes"],
+            json!({
+                "db.password": {"type": "string", "value": "[Filtered]"},
+                "http.url": {"type": "string", "value": "https://h/p?token=[Filtered]&a=1"},
+                "card": {"type": "string", "value": "[Filtered]"},
+                "count": {"type": "integer", "value": 3},
+            })
+        );
+    }
+
+    #[test]
+    fn item_limits_of_scrubbed_types() {
+        let big = serde_json::to_vec(&json!({"pad": "x".repeat(1024 * 1024)})).unwrap();
+        for ty in ["span", "feedback", "user_report", "replay_event"] {
+            let body = envelope(&json!({}), &[(ty, big.clone())]);
+            let e = process(&body, "1", &SentryOptions::default()).unwrap_err();
+            assert!(matches!(e, CoreError::ItemTooLarge { .. }), "{ty}: {e:?}");
+        }
+        // A type unknown today is not refused: over the event limit it passes unparsed.
+        let mut big_secret = big.clone();
+        big_secret.splice(1..1, br#""password":"x","#.iter().copied());
+        let body = envelope(&json!({}), &[("brand_new_type", big_secret)]);
+        let p = process(&body, "1", &SentryOptions::default()).unwrap();
+        assert_eq!((p.items_scrubbed, &p.envelope), (0, &body));
     }
 
     #[test]

@@ -15,6 +15,7 @@ from trackgate import __version__, telemetry
 from trackgate import config as config_mod
 from trackgate.asgi import BodyBudget, ClientDisconnected, Receive, Request, Response, Scope, Send
 from trackgate.config import Config
+from trackgate.echo import shorten
 from trackgate.pipeline import Format, Pipeline
 from trackgate.ratelimits import RateLimits
 from trackgate.receivers import sentry as sentry_receiver
@@ -114,7 +115,7 @@ class App:
                 await Response(400, b"request body could not be read (malformed framing or client gone)\n").send(send)
             return
         except Exception:
-            log.exception("unhandled error", extra={"path": request.path})
+            log.exception("unhandled error", extra={"path": shorten(request.path)})
             response = Response(500, b"internal error\n")
         finally:
             request.release()  # the body's budget, whatever happened
@@ -130,7 +131,7 @@ class App:
                 response = await self.sentry.handle(request)
                 if response is not None:
                     return response
-            return Response(404, f"no route for {request.path}\n".encode())
+            return Response(404, f"no route for {shorten(request.path)}\n".encode())
         method, handler = entry
         if request.method != method:
             return Response(405, f"{request.path} accepts {method} only\n".encode(), headers=[("Allow", method)])

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct, field
 
+from trackgate.echo import shorten
+
 DEFAULT_DASH0_ENDPOINT = "https://ingress.eu-west-1.aws.dash0.com"
 MASK = "****"
 
@@ -206,7 +208,7 @@ def parse_listen(value: str) -> tuple[str, int]:
     """
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"listen address {cut(value)!r} must be HOST:PORT with a port between 1 and 65535")
+        raise ConfigError(f"listen address {shorten(value)!r} must be HOST:PORT with a port between 1 and 65535")
     host = host.strip("[]") or "127.0.0.1"
     if host.lower() == "localhost":
         return "127.0.0.1", int(port)
@@ -214,7 +216,7 @@ def parse_listen(value: str) -> tuple[str, int]:
         addr = ipaddress.ip_address(host)
     except ValueError:
         raise ConfigError(
-            f"listen host {cut(host)!r} is not an IP address: use an address such as 127.0.0.1, 0.0.0.0 or [::] "
+            f"listen host {shorten(host)!r} is not an IP address: use an address such as 127.0.0.1, 0.0.0.0 or [::] "
             "(or localhost)"
         ) from None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
@@ -234,11 +236,6 @@ def is_loopback(host: str) -> bool:
     return addr.is_loopback
 
 
-def cut(text: str, limit: int = 64) -> str:
-    """A short prefix of echoed input, so a message never repeats an unbounded value."""
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
 def parse_key_values(value: str, what: str, secret: bool = False) -> dict[str, str]:
     """Parses the W3C-baggage-like "k1=v1,k2=v2" of OTEL_RESOURCE_ATTRIBUTES / OTEL_EXPORTER_OTLP_HEADERS.
 
@@ -250,7 +247,7 @@ def parse_key_values(value: str, what: str, secret: bool = False) -> dict[str, s
             continue
         key, sep, val = item.partition("=")
         if not sep or not key.strip():
-            shown = f"entry {index}" if secret else f"entry {index} ({cut(item.strip())!r})"
+            shown = f"entry {index}" if secret else f"entry {index} ({shorten(item.strip())!r})"
             raise ConfigError(f"{what}: {shown} is not key=value")
         out[urllib.parse.unquote(key.strip())] = urllib.parse.unquote(val.strip())
     return out
@@ -263,7 +260,7 @@ def _check_url(url: str, where: str) -> None:
     except ValueError:
         parsed = None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ConfigError(f"{where}: endpoint {cut(mask_url(url))!r} must be an http:// or https:// URL")
+        raise ConfigError(f"{where}: endpoint {shorten(mask_url(url))!r} must be an http:// or https:// URL")
 
 
 def _check_tokens(cfg: Config, source: str) -> None:
@@ -283,7 +280,7 @@ def check_exposure(cfg: Config, source: str = "<config>") -> None:
     host, _ = parse_listen(cfg.server.listen)
     if not is_loopback(host) and not cfg.server.tokens and not cfg.server.allow_unauthenticated:
         raise ConfigError(
-            f"{source}: server.listen {cfg.server.listen!r} is reachable beyond this machine and no "
+            f"{source}: server.listen {shorten(cfg.server.listen)!r} is reachable beyond this machine and no "
             "server.tokens are set; set tokens (or TRACKGATE_TOKENS), or server.allow_unauthenticated = true"
         )
 

@@ -8,6 +8,7 @@ import logging
 from trackgate import telemetry
 from trackgate._core import export_response, status_body
 from trackgate.asgi import BodyTimeout, BodyTooLarge, BudgetSpent, Request, Response
+from trackgate.echo import shorten
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
 from trackgate.pipeline import Format, Pipeline, Signal
 
@@ -53,7 +54,7 @@ class OtlpHttpReceiver:
         fmt = CONTENT_TYPES.get(media)
         if fmt is None:
             supported = ", ".join(CONTENT_TYPES)
-            got = (media[:64] + "...") if len(media) > 64 else (media or "none")
+            got = shorten(media) if media else "none"
             return status_response(
                 415, CODE_UNIMPLEMENTED, f"unsupported content type {got!r} (supported: {supported})", "json"
             )
