@@ -21,13 +21,19 @@ def _load(args: argparse.Namespace, serving: bool = False) -> Config:
     if getattr(args, "listen", None):
         config_mod.parse_listen(args.listen)
         server = msgspec.structs.replace(server, listen=args.listen)
+    if getattr(args, "grpc_listen", None):
+        config_mod.parse_listen(args.grpc_listen)
+        grpc = msgspec.structs.replace(cfg.receivers.otlp_grpc, listen=args.grpc_listen)
+        cfg = msgspec.structs.replace(cfg, receivers=msgspec.structs.replace(cfg.receivers, otlp_grpc=grpc))
     if getattr(args, "workers", None):
         if args.workers < 1:
             raise ConfigError("--workers must be at least 1")
         server = msgspec.structs.replace(server, workers=args.workers)
     cfg = msgspec.structs.replace(cfg, server=server)
     if serving:
-        config_mod.check_exposure(cfg, "--listen" if getattr(args, "listen", None) else (args.config or "<defaults>"))
+        given = [f for f in ("listen", "grpc_listen") if getattr(args, f, None)]
+        source = "/".join("--" + f.replace("_", "-") for f in given) if given else (args.config or "<defaults>")
+        config_mod.check_exposure(cfg, source)
     return cfg
 
 
@@ -45,7 +51,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.getLogger("trackgate").info(
         "starting",
-        extra={"listen": cfg.server.listen, "workers": cfg.server.workers, "exporters": cfg.exporter_names()},
+        extra={
+            "listen": cfg.server.listen,
+            "grpc_listen": cfg.receivers.otlp_grpc.listen if cfg.receivers.otlp_grpc.enabled else None,
+            "workers": cfg.server.workers,
+            "exporters": cfg.exporter_names(),
+        },
     )
     Granian(
         "trackgate.app:create_app",
@@ -111,6 +122,7 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", help="TOML config file (default: $TRACKGATE_CONFIG, else built-in defaults)")
     serve.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:4318)")
+    serve.add_argument("--grpc-listen", help="HOST:PORT for OTLP/gRPC (default 127.0.0.1:4317)")
     serve.add_argument("--workers", type=int, help="worker processes")
     serve.set_defaults(func=cmd_serve)
 

@@ -132,8 +132,20 @@ class SentryReceiverConfig(_Section):
     scrub_safe_keys: list[str] = field(default_factory=list)  # key names never scrubbed (e.g. "author")
 
 
+class OtlpGrpcReceiverConfig(_Section):
+    # OTLP/gRPC, served by the extension's network runtime beside granian (which cannot do gRPC).
+    # Same tokens, body limit, sampling and queue as OTLP/HTTP. With several workers, each binds
+    # the port with SO_REUSEPORT and the kernel spreads connections over them.
+    enabled: bool = True
+    listen: str = "127.0.0.1:4317"
+    max_concurrent_streams: PositiveInt = 100  # per HTTP/2 connection
+    keepalive_interval_s: Seconds = 60.0  # HTTP/2 PING to each client this often (0 = never)
+    keepalive_timeout_s: Annotated[float, Meta(gt=0.0)] = 20.0  # no PING answer within this: close
+
+
 class ReceiversConfig(_Section):
     sentry: SentryReceiverConfig = field(default_factory=SentryReceiverConfig)
+    otlp_grpc: OtlpGrpcReceiverConfig = field(default_factory=OtlpGrpcReceiverConfig)
 
 
 class SelfMonitoringConfig(_Section):
@@ -221,12 +233,16 @@ def _check_url(url: str, where: str) -> None:
 
 def check_exposure(cfg: Config, source: str = "<config>") -> None:
     """Refuses a listener beyond loopback that anyone could write to, unless explicitly allowed."""
-    host, _ = parse_listen(cfg.server.listen)
-    if not is_loopback(host) and not cfg.server.tokens and not cfg.server.allow_unauthenticated:
-        raise ConfigError(
-            f"{source}: server.listen {cfg.server.listen!r} is reachable beyond this machine and no "
-            "server.tokens are set; set tokens (or TRACKGATE_TOKENS), or server.allow_unauthenticated = true"
-        )
+    listeners = [("server.listen", cfg.server.listen)]
+    if cfg.receivers.otlp_grpc.enabled:
+        listeners.append(("receivers.otlp_grpc.listen", cfg.receivers.otlp_grpc.listen))
+    for key, listen in listeners:
+        host, _ = parse_listen(listen)
+        if not is_loopback(host) and not cfg.server.tokens and not cfg.server.allow_unauthenticated:
+            raise ConfigError(
+                f"{source}: {key} {listen!r} is reachable beyond this machine and no "
+                "server.tokens are set; set tokens (or TRACKGATE_TOKENS), or server.allow_unauthenticated = true"
+            )
 
 
 def _validate(cfg: Config, source: str) -> None:
@@ -234,6 +250,10 @@ def _validate(cfg: Config, source: str) -> None:
         parse_listen(cfg.server.listen)
     except ConfigError as exc:
         raise ConfigError(f"{source}: server.listen: {exc}") from None
+    try:
+        parse_listen(cfg.receivers.otlp_grpc.listen)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: receivers.otlp_grpc.listen: {exc}") from None
     for name, exp in cfg.otlp_exporters().items():
         if not exp.endpoint:
             raise ConfigError(f"{source}: exporters.{name}.endpoint is required")
