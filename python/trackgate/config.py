@@ -90,7 +90,11 @@ class RetryConfig(_Section):
 
 
 class OtlpExporterConfig(_Section):
-    endpoint: str = ""  # base URL; /v1/{logs,metrics,traces} is appended
+    # http: base URL, /v1/{logs,metrics,traces} appended. grpc: http(s)://host:port (e.g.
+    # https://ingress.eu-west-1.aws.dash0.com:4317); https means TLS unless `insecure`.
+    endpoint: str = ""
+    protocol: Literal["http", "grpc"] = "http"
+    insecure: bool | None = None  # grpc only: None = TLS for https:// endpoints, plaintext for http://
     token: str = ""  # sent as Authorization: Bearer <token>
     dataset: str = ""  # sent as Dash0-Dataset when set
     headers: dict[str, str] = field(default_factory=dict)
@@ -258,6 +262,12 @@ def _validate(cfg: Config, source: str) -> None:
         if not exp.endpoint:
             raise ConfigError(f"{source}: exporters.{name}.endpoint is required")
         _check_url(exp.endpoint, f"{source}: exporters.{name}")
+        if exp.protocol == "grpc" and urllib.parse.urlsplit(exp.endpoint).path.strip("/"):
+            raise ConfigError(
+                f"{source}: exporters.{name}.endpoint: a grpc endpoint is scheme://host:port, without a path"
+            )
+        if exp.protocol != "grpc" and exp.insecure is not None:
+            raise ConfigError(f'{source}: exporters.{name}.insecure applies to protocol = "grpc" only')
         if exp.retry.max_interval_s < exp.retry.initial_interval_s:
             raise ConfigError(f"{source}: exporters.{name}.retry.max_interval_s is below initial_interval_s")
     from trackgate.dsn import DsnError, parse_dsn

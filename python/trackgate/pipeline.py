@@ -18,6 +18,7 @@ from trackgate._core import Core, IngestResult, QueueFull
 from trackgate.config import Config
 from trackgate.exporters.base import SIGNALS, Exporter, Runner
 from trackgate.exporters.file import FileExporter
+from trackgate.exporters.otlp_grpc import OtlpGrpcExporter
 from trackgate.exporters.otlp_http import OtlpHttpExporter
 
 log = logging.getLogger("trackgate.pipeline")
@@ -31,7 +32,10 @@ Format = Literal["protobuf", "json"]
 
 
 def build_exporters(cfg: Config) -> list[Exporter]:
-    exporters: list[Exporter] = [OtlpHttpExporter(name, exp) for name, exp in cfg.otlp_exporters().items()]
+    exporters: list[Exporter] = [
+        OtlpGrpcExporter(name, exp) if exp.protocol == "grpc" else OtlpHttpExporter(name, exp)
+        for name, exp in cfg.otlp_exporters().items()
+    ]
     file_cfg = cfg.file_exporter()
     if file_cfg is not None:
         exporters.append(FileExporter(file_cfg))
