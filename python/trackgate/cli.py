@@ -101,17 +101,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from trackgate.loadgen import run
 
+    url = args.url or ("http://127.0.0.1:4317" if args.protocol == "grpc" else "http://127.0.0.1:4318")
     result = run(
-        args.url,
+        url,
         signal=args.signal,
         records=args.records,
         concurrency=args.concurrency,
         duration=args.duration,
         compress=args.gzip,
         token=args.token or os.environ.get("TRACKGATE_BENCH_TOKEN", ""),
+        protocol=args.protocol,
     )
     print(result.report())
-    return 0 if result.statuses.get(200) else 1
+    return 0 if result.ok else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -138,7 +140,8 @@ def parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_replay)
 
     bench = sub.add_parser("bench", help="load a running gateway and report records/s and latency percentiles")
-    bench.add_argument("--url", default="http://127.0.0.1:4318", help="gateway base URL")
+    bench.add_argument("--url", help="gateway base URL (default http://127.0.0.1:4318, with grpc :4317)")
+    bench.add_argument("--protocol", choices=["http", "grpc"], default="http", help="OTLP/HTTP or OTLP/gRPC")
     bench.add_argument("--signal", choices=["traces", "logs"], default="traces")
     bench.add_argument("--records", type=int, default=100, help="spans or log records per request")
     bench.add_argument("--concurrency", type=int, default=4, help="client threads, one connection each")
