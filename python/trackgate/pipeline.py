@@ -79,6 +79,7 @@ class Pipeline:
         self._stop_retrying = threading.Event()
         self._runners: list[Runner] = []
         self._last_full = -1e9
+        self._refusals_seen = 0
         self._adopter: shards.Adopter | None = None
         if register_metrics and not secondary:
             self._register_gauges()
@@ -195,9 +196,15 @@ class Pipeline:
 
     @property
     def ready(self) -> bool:
+        stats = self.core.stats()
+        # Refusals the core counted, including those of the gRPC listener (which never passes
+        # through `ingest` here), restart the not-ready window too.
+        refusals = stats.get("queue_full_refusals", 0)
+        if refusals != self._refusals_seen:
+            self._refusals_seen = refusals
+            self._last_full = time.monotonic()
         if self.core.closed or time.monotonic() - self._last_full < NOT_READY_AFTER_FULL_S:
             return False
-        stats = self.core.stats()
         return stats.get("queue_bytes", 0) < READY_MAX_FILL * stats.get("queue_max_bytes", 1)
 
     # -- delivery -------------------------------------------------------------------------------
