@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import socket
+import subprocess
+import sys
 import threading
+import urllib.error
 import urllib.request
 from collections import Counter
 
@@ -17,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from conftest import Gateway, dash0_config
+from conftest import Gateway, dash0_config, free_port
 from otel_clients import Sdk, attrs
 from upstream import Reply, Upstream
 
@@ -196,6 +200,12 @@ def test_full_queue_answers_unavailable_with_retry_info(gateway_factory, upstrea
     info = error_details_pb2.RetryInfo()
     assert detail.Unpack(info)
     assert info.retry_delay.seconds >= 1
+    try:  # a refusal over gRPC takes the gateway out of rotation, as one over HTTP does
+        urllib.request.urlopen(gw.url + "/readyz", timeout=5)
+        ready_status = 200
+    except urllib.error.HTTPError as exc:
+        ready_status = exc.code
+    assert ready_status == 503
 
     accepted = {f"rec-{i * 20 + j}" for i, c in enumerate(codes) if c == grpc.StatusCode.OK for j in range(20)}
     upstream.default = Reply(200)  # the destination comes back: everything acknowledged arrives
@@ -254,3 +264,26 @@ def test_concurrent_calls_on_one_connection(gateway_factory, upstream: Upstream)
     assert codes == [grpc.StatusCode.OK] * 16
     assert upstream.wait_for(lambda u: len(names(u)) == 160)
     client.close()
+
+
+def test_non_loopback_grpc_listen_without_tokens_is_refused(tmp_path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "trackgate", "serve", "--grpc-listen", "0.0.0.0:4999"],
+        capture_output=True, text=True, timeout=30, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "receivers.otlp_grpc.listen" in run.stderr and "tokens" in run.stderr
+
+
+def test_grpc_port_in_use_fails_the_start(tmp_path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "trackgate", "serve", "--listen", f"127.0.0.1:{free_port()}",
+             "--grpc-listen", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+    assert run.returncode != 0
+    assert f"cannot listen for OTLP/gRPC on 127.0.0.1:{port}" in run.stdout + run.stderr

@@ -57,7 +57,14 @@ class App:
             self.forward = build_forward_pipeline(self.config, limits)
             self.sentry = sentry_receiver.SentryReceiver(self.config, self.pipeline, self.forward, limits)
             if self.config.receivers.otlp_grpc.enabled:
-                self.listeners = start_listeners(self.config, self.pipeline)
+                try:
+                    self.listeners = start_listeners(self.config, self.pipeline)
+                except OSError:
+                    for pipeline in (self.forward, self.pipeline):
+                        if pipeline is not None:
+                            pipeline.close(0.0)  # release the queue shards for the next start
+                    self.pipeline = self.forward = None
+                    raise
             if self.config.server.workers > 1:
                 # Each worker process counts for itself; /metrics adds the others' figures in.
                 self.peers = telemetry.PeerSnapshots(Path(self.config.storage.dir) / "metrics", telemetry.REGISTRY)
@@ -199,7 +206,7 @@ def start_listeners(cfg: Config, pipeline: Pipeline) -> Listeners:
         )
     except OSError as exc:
         listeners.close(0.0)
-        raise OSError(exc.errno, f"cannot listen for OTLP/gRPC on {grpc.listen}: {exc.strerror or exc}") from exc
+        raise OSError(f"cannot listen for OTLP/gRPC on {grpc.listen} (receivers.otlp_grpc.listen): {exc}") from exc
     telemetry.REGISTRY.observed(
         "trackgate_grpc_requests_total",
         "OTLP/gRPC calls answered, by method and status code.",
