@@ -166,3 +166,14 @@ def test_config_checks(tmp_path) -> None:
         load(path, env={})
     path.write_text('[exporters.dash0]\nendpoint = "https://x:4317"\nprotocol = "grpc"\n')
     assert load(path, env={}).exporters.dash0.protocol == "grpc"  # type: ignore[union-attr]
+
+
+def test_otel_exporter_otlp_protocol_env() -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    cfg = load(None, env=env)
+    assert cfg.exporters.otlp is not None and cfg.exporters.otlp.protocol == "grpc"
+    env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
+    assert load(None, env=env).exporters.otlp.protocol == "http"  # type: ignore[union-attr]
+    env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "carrier-pigeon"
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        load(None, env=env)

@@ -283,6 +283,10 @@ def _validate(cfg: Config, source: str) -> None:
                 raise ConfigError(f"{source}: {where}: {exc}") from None
 
 
+# OTEL_EXPORTER_OTLP_PROTOCOL values: the exporter always sends protobuf over HTTP.
+OTLP_PROTOCOLS: dict[str, Literal["http", "grpc"]] = {"grpc": "grpc", "http/protobuf": "http", "http/json": "http"}
+
+
 def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
     """Standard variables override the file: the same variables the SDKs and Dash0's docs use."""
     exporters = cfg.exporters
@@ -298,6 +302,14 @@ def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
         otlp = exporters.otlp or OtlpExporterConfig()
         otlp = msgspec.structs.replace(otlp, endpoint=env["OTEL_EXPORTER_OTLP_ENDPOINT"])
         exporters = msgspec.structs.replace(exporters, otlp=otlp)
+    if env.get("OTEL_EXPORTER_OTLP_PROTOCOL") and exporters.otlp is not None:
+        protocol = OTLP_PROTOCOLS.get(env["OTEL_EXPORTER_OTLP_PROTOCOL"].strip())
+        if protocol is None:
+            raise ConfigError(
+                f"OTEL_EXPORTER_OTLP_PROTOCOL {env['OTEL_EXPORTER_OTLP_PROTOCOL']!r}: expected one of "
+                + ", ".join(OTLP_PROTOCOLS)
+            )
+        exporters = msgspec.structs.replace(exporters, otlp=msgspec.structs.replace(exporters.otlp, protocol=protocol))
     if env.get("OTEL_EXPORTER_OTLP_HEADERS"):
         extra = parse_key_values(env["OTEL_EXPORTER_OTLP_HEADERS"], "OTEL_EXPORTER_OTLP_HEADERS")
         for name in ("dash0", "otlp"):
