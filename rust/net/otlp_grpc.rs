@@ -33,6 +33,8 @@ pub const METRICS_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.Metric
 
 /// How long a client may take to open HTTP/2 (preface and settings) before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 4 << 20;
 /// The retry delays sent in RetryInfo, as the HTTP receiver's Retry-After.
 pub const RETRY_FULL: Duration = Duration::from_secs(1);
 pub const RETRY_CLOSED: Duration = Duration::from_secs(5);
@@ -310,8 +312,13 @@ pub async fn serve(listener: TcpListener, service: Arc<Service>, shutdown: Shutd
 
 async fn serve_connection(stream: TcpStream, service: Arc<Service>, shutdown: Shutdown) {
     let mut builder = h2::server::Builder::new();
+    // Windows of 1 MiB per stream, 4 MiB per connection (h2's default is 64 KiB): a message of a
+    // few MiB arrives without a round trip per 64 KiB. Bodies are read as they come, so memory is
+    // bounded by streams × max_body_bytes either way.
     builder
         .max_concurrent_streams(service.config.max_concurrent_streams)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .max_header_list_size(64 * 1024);
     let Ok(Ok(mut conn)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, builder.handshake::<_, Bytes>(stream)).await else {
         return;
@@ -374,6 +381,170 @@ async fn keepalive(mut pings: PingPong, interval: Duration, timeout: Duration, d
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::Limits;
+    use crate::ingest::IngestOptions;
+    use crate::net::Listeners;
+    use crate::pipeline::PipelineOptions;
+    use crate::wire;
+    use h2::client::SendRequest;
+    use std::net::SocketAddr;
+
+    fn logs_request(text: &str) -> Vec<u8> {
+        let mut record = Vec::new();
+        wire::put_message(&mut record, 5, |v| wire::put_bytes(v, 1, text.as_bytes()));
+        let mut scope = Vec::new();
+        wire::put_bytes(&mut scope, 2, &record);
+        let mut resource = Vec::new();
+        wire::put_bytes(&mut resource, 2, &scope);
+        let mut request = Vec::new();
+        wire::put_bytes(&mut request, 1, &resource);
+        request
+    }
+
+    fn serve(queue_max_bytes: usize) -> (Arc<Pipeline>, Listeners, SocketAddr) {
+        let pipeline = Arc::new(
+            Pipeline::new(PipelineOptions {
+                exporters: vec!["a".into()],
+                ingest: IngestOptions {
+                    sampling_traces: 1.0,
+                    sampling_logs: 1.0,
+                    keep_errors: true,
+                    resource_attributes: Vec::new(),
+                    max_body_bytes: 4096,
+                },
+                queue_max_bytes,
+                batch: Limits::new(100, 1 << 20, Duration::from_secs(60)).unwrap(),
+            })
+            .unwrap(),
+        );
+        let config = Config {
+            tokens: vec![b"tok".to_vec()],
+            max_body_bytes: 4096,
+            max_concurrent_streams: 8,
+            keepalive_interval: Some(Duration::from_millis(50)),
+            keepalive_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(5),
+        };
+        let listeners = Listeners::new(1).unwrap();
+        let addr = listeners
+            .add_otlp_grpc("127.0.0.1", 0, false, Service::new(pipeline.clone(), config))
+            .unwrap();
+        (pipeline, listeners, addr)
+    }
+
+    /// One unary call: (headers and trailers merged, response message bytes with prefix).
+    async fn call(client: &mut SendRequest<Bytes>, path: &str, token: Option<&str>, body: Bytes) -> (HeaderMap, Bytes) {
+        let mut req = Request::builder()
+            .method("POST")
+            .uri(format!("http://localhost{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let (resp, mut send) = client.send_request(req.body(()).unwrap(), false).unwrap();
+        send.send_data(body, true).unwrap();
+        let (parts, mut recv) = resp.await.unwrap().into_parts();
+        assert_eq!(parts.status, StatusCode::OK);
+        let mut data = BytesMut::new();
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk.unwrap();
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            data.extend_from_slice(&chunk);
+        }
+        let mut headers = parts.headers;
+        if let Some(trailers) = recv.trailers().await.unwrap() {
+            headers.extend(trailers);
+        }
+        (headers, data.freeze())
+    }
+
+    fn code(headers: &HeaderMap) -> &str {
+        headers["grpc-status"].to_str().unwrap()
+    }
+
+    #[test]
+    fn export_calls_over_h2() {
+        let (pipeline, listeners, addr) = serve(1 << 20);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(conn);
+            let mut client = client.ready().await.unwrap();
+            let ok = grpc::encode_frame(&logs_request("hello"));
+
+            let (h, data) = call(&mut client, LOGS_PATH, Some("tok"), ok.clone()).await;
+            assert_eq!(code(&h), "0");
+            // An empty ExportLogsServiceResponse, length-prefixed.
+            assert_eq!(&data[..], b"\x00\x00\x00\x00\x00");
+            assert_eq!(
+                pipeline
+                    .stats()
+                    .iter()
+                    .find(|(k, _)| k == "logs_accepted_records")
+                    .unwrap()
+                    .1,
+                1
+            );
+
+            let (h, _) = call(&mut client, LOGS_PATH, None, ok.clone()).await;
+            assert_eq!(code(&h), "16");
+            let (h, _) = call(&mut client, LOGS_PATH, Some("tok"), grpc::encode_frame(b"\xff\xff")).await;
+            assert_eq!(code(&h), "3");
+            let (h, _) = call(&mut client, LOGS_PATH, Some("tok"), grpc::encode_frame(&[0u8; 5000])).await;
+            assert_eq!(code(&h), "8");
+            let (h, _) = call(&mut client, "/x.Y/Export", Some("tok"), ok.clone()).await;
+            assert_eq!(code(&h), "12");
+            // Keep-alive PINGs (every 50 ms here) are answered by the client: the connection stays.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let (h, _) = call(&mut client, LOGS_PATH, Some("tok"), ok).await;
+            assert_eq!(code(&h), "0");
+        });
+        listeners.close(Duration::from_secs(1));
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "closed listeners release the port"
+        );
+    }
+
+    #[test]
+    fn full_queue_and_closed_pipeline_answer_unavailable_with_retry_info() {
+        let message = logs_request("0123456789");
+        let (pipeline, listeners, addr) = serve(message.len() * 2);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(conn);
+            let mut client = client.ready().await.unwrap();
+            let frame = grpc::encode_frame(&message);
+            let mut codes = Vec::new();
+            for _ in 0..4 {
+                let (h, _) = call(&mut client, LOGS_PATH, Some("tok"), frame.clone()).await;
+                codes.push(code(&h).to_string());
+                if code(&h) == "14" {
+                    let details = h["grpc-status-details-bin"].to_str().unwrap();
+                    let details =
+                        base64::Engine::decode(&base64::engine::general_purpose::STANDARD_NO_PAD, details).unwrap();
+                    assert_eq!(grpc::retry_delay(&details), Ok(Some(RETRY_FULL)));
+                }
+            }
+            assert_eq!(codes[0], "0");
+            assert!(codes.contains(&"14".to_string()), "{codes:?}");
+            pipeline.close();
+            let (h, _) = call(&mut client, LOGS_PATH, Some("tok"), frame).await;
+            assert_eq!(code(&h), "14");
+            assert!(h["grpc-message"].to_str().unwrap().contains("shutting down"));
+        });
+        listeners.close(Duration::from_secs(1));
+    }
 
     #[test]
     fn methods() {
