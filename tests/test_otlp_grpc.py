@@ -287,3 +287,34 @@ def test_grpc_port_in_use_fails_the_start(tmp_path) -> None:
         )  # fmt: skip
     assert run.returncode != 0
     assert f"cannot listen for OTLP/gRPC on 127.0.0.1:{port}" in run.stdout + run.stderr
+
+
+def test_gateway_to_gateway_over_grpc(gateway_factory, upstream: Upstream, tmp_path) -> None:
+    """In and out: an edge gateway exports over OTLP/gRPC (gzip) into a central gateway's gRPC port."""
+    central = gateway_factory(dash0_config(upstream))
+    edge_dir = tmp_path / "edge"
+    edge_dir.mkdir()
+    edge = Gateway(
+        edge_dir,
+        f"""
+[batch]
+max_delay_ms = 50
+
+[exporters.otlp]
+endpoint = "http://{central.grpc_target}"
+protocol = "grpc"
+compression = "gzip"
+retry = {{ initial_interval_s = 0.2, max_interval_s = 1.0, max_elapsed_s = 30.0 }}
+""",
+        env={"MACHINE_ID": "edge-1"},
+    )
+    try:
+        client = Client(edge.grpc_target)
+        assert client.call(numbered(0, 30))[0] == grpc.StatusCode.OK
+        client.close()
+        wanted = {f"rec-{i}" for i in range(30)}
+        assert upstream.wait_for(lambda u: wanted <= set(names(u)))
+        resource = attrs(upstream.delivered("/v1/traces")[0].message.resource_spans[0].resource.attributes)
+        assert resource["machine.id"] == "edge-1"  # added by the edge, carried through the central
+    finally:
+        edge.close()
