@@ -8,6 +8,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::create_exception;
@@ -19,6 +20,7 @@ use crate::batch::Limits;
 use crate::disk_queue::{DiskOptions, DiskQueue, ExporterLimit, Fsync};
 use crate::error::{CoreError, Result};
 use crate::ingest::{Format, IngestOptions, Ingested};
+use crate::net::{otlp_grpc, Listeners as NetListeners};
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::queue::Seq;
 use crate::scrub::ScrubOptions;
@@ -231,7 +233,8 @@ impl Batch {
 #[pyclass(frozen, module = "trackgate._core")]
 struct Core {
     id: u64,
-    pipeline: Pipeline,
+    /// Shared with the listeners of the network runtime, which ingest without Python.
+    pipeline: Arc<Pipeline>,
 }
 
 #[pymethods]
@@ -310,7 +313,7 @@ impl Core {
         })?;
         Ok(Core {
             id: NEXT_CORE_ID.fetch_add(1, Ordering::Relaxed),
-            pipeline,
+            pipeline: Arc::new(pipeline),
         })
     }
 
@@ -405,6 +408,74 @@ impl Core {
             self.pipeline.exporters(),
             self.pipeline.is_closed()
         )
+    }
+}
+
+/// The non-ASGI listeners: one network runtime (tokio) in the extension, one shutdown path.
+#[pyclass(frozen, module = "trackgate._core")]
+struct Listeners {
+    inner: NetListeners,
+}
+
+fn parse_seconds(name: &str, value: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| PyValueError::new_err(format!("{name} must be a finite number of seconds >= 0 (got {value})")))
+}
+
+#[pymethods]
+impl Listeners {
+    #[new]
+    #[pyo3(signature = (threads = 2))]
+    fn new(threads: usize) -> PyResult<Self> {
+        Ok(Listeners {
+            inner: NetListeners::new(threads)?,
+        })
+    }
+
+    /// Serves OTLP/gRPC on host:port into `core`; returns the bound port.
+    #[pyo3(signature = (core, host, port, *, tokens = Vec::new(), max_body_bytes = 67_108_864,
+        max_concurrent_streams = 100, keepalive_interval_s = 60.0, keepalive_timeout_s = 20.0,
+        body_timeout_s = 30.0, reuse_port = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_otlp_grpc(
+        &self,
+        py: Python<'_>,
+        core: &Bound<'_, Core>,
+        host: &str,
+        port: u16,
+        tokens: Vec<String>,
+        max_body_bytes: usize,
+        max_concurrent_streams: u32,
+        keepalive_interval_s: f64,
+        keepalive_timeout_s: f64,
+        body_timeout_s: f64,
+        reuse_port: bool,
+    ) -> PyResult<u16> {
+        let keepalive = parse_seconds("keepalive_interval_s", keepalive_interval_s)?;
+        let config = otlp_grpc::Config {
+            tokens: tokens.into_iter().map(String::into_bytes).collect(),
+            max_body_bytes,
+            max_concurrent_streams,
+            keepalive_interval: (!keepalive.is_zero()).then_some(keepalive),
+            keepalive_timeout: parse_seconds("keepalive_timeout_s", keepalive_timeout_s)?,
+            body_timeout: parse_seconds("body_timeout_s", body_timeout_s)?,
+        };
+        let service = otlp_grpc::Service::new(core.get().pipeline.clone(), config);
+        let addr = py.detach(|| self.inner.add_otlp_grpc(host, port, reuse_port, service))?;
+        Ok(addr.port())
+    }
+
+    /// Calls served over gRPC: (method, code, count).
+    fn stats(&self) -> Vec<(&'static str, &'static str, u64)> {
+        self.inner.stats()
+    }
+
+    /// Stops accepting and lets calls in flight finish within `grace_s`. Idempotent.
+    #[pyo3(signature = (grace_s = 5.0))]
+    fn close(&self, py: Python<'_>, grace_s: f64) -> PyResult<()> {
+        let grace = parse_seconds("grace_s", grace_s)?;
+        py.detach(|| self.inner.close(grace));
+        Ok(())
     }
 }
 
@@ -633,6 +704,13 @@ fn gzip<'py>(py: Python<'py>, data: &[u8], level: u32) -> PyResult<Bound<'py, Py
     Ok(PyBytes::new(py, &out))
 }
 
+/// The RetryInfo delay (seconds) in a gRPC `grpc-status-details-bin`, or None.
+#[pyfunction]
+fn grpc_retry_delay(py: Python<'_>, status_details: &[u8]) -> PyResult<Option<f64>> {
+    let delay = guarded(py, || crate::net::grpc::retry_delay(status_details))?;
+    Ok(delay.map(|d| d.as_secs_f64()))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -646,6 +724,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<IngestResult>()?;
     m.add_class::<Batch>()?;
     m.add_class::<Core>()?;
+    m.add_class::<Listeners>()?;
     m.add_function(wrap_pyfunction!(to_json, m)?)?;
     m.add_function(wrap_pyfunction!(to_protobuf, m)?)?;
     m.add_function(wrap_pyfunction!(export_response, m)?)?;
@@ -655,6 +734,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_rate_limits, m)?)?;
     m.add_function(wrap_pyfunction!(envelope_categories, m)?)?;
     m.add_function(wrap_pyfunction!(dash0_content_report, m)?)?;
+    m.add_function(wrap_pyfunction!(grpc_retry_delay, m)?)?;
     m.add_class::<SentryProcessor>()?;
     m.add_class::<SentryResult>()?;
     Ok(())

@@ -49,6 +49,9 @@ pub struct Pipeline {
     /// One per signal, so an ingest only wakes the exporters waiting on its signal.
     ready: [Condvar; 3],
     counters: [Counters; 3],
+    /// Requests refused because the queue was full, whichever receiver sent them (HTTP through
+    /// Python, gRPC straight from the network runtime): readiness watches it.
+    refused_full: AtomicU64,
 }
 
 fn check_ratio(name: &str, ratio: f64) -> Result<()> {
@@ -83,6 +86,7 @@ impl Pipeline {
             }),
             ready: [Condvar::new(), Condvar::new(), Condvar::new()],
             counters: Default::default(),
+            refused_full: AtomicU64::new(0),
         })
     }
 
@@ -155,6 +159,9 @@ impl Pipeline {
         } else {
             self.ready[signal.index()].notify_all();
         }
+        if matches!(appended, Err(CoreError::QueueFull { .. })) {
+            self.refused_full.fetch_add(1, Ordering::Relaxed);
+        }
         appended.map(|_| ())
     }
 
@@ -220,7 +227,8 @@ impl Pipeline {
 
     /// Counters and gauges: `<signal>_<name>` for received_records, accepted_records,
     /// rejected_records, sampled_out_records, received_bytes, queued_records, queued_bytes; then
-    /// queue_bytes and queue_max_bytes; then the queue's own ([`Queue::counters`]).
+    /// queue_bytes, queue_max_bytes and queue_full_refusals (requests refused as queue-full);
+    /// then the queue's own ([`Queue::counters`]).
     pub fn stats(&self) -> Vec<(String, u64)> {
         let usage = self.queue.usage();
         let mut out = Vec::with_capacity(Signal::ALL.len() * 7 + 2);
@@ -241,6 +249,7 @@ impl Pipeline {
         }
         out.push(("queue_bytes".into(), usage.bytes as u64));
         out.push(("queue_max_bytes".into(), usage.max_bytes as u64));
+        out.push(("queue_full_refusals".into(), self.refused_full.load(Ordering::Relaxed)));
         out.extend(self.queue.counters());
         out
     }
@@ -324,7 +333,8 @@ mod tests {
         assert!(stat(&p, "logs_received_bytes") > 0);
         assert!(stat(&p, "queue_bytes") > 0);
         assert_eq!(stat(&p, "queue_max_bytes"), 1 << 20);
-        assert_eq!(p.stats().len(), 23);
+        assert_eq!(stat(&p, "queue_full_refusals"), 0);
+        assert_eq!(p.stats().len(), 24);
 
         // Nothing is due (delay 60 s), so a zero timeout returns nothing; flush takes it all.
         assert!(p
@@ -490,6 +500,7 @@ mod tests {
         };
         assert!(matches!(err, CoreError::QueueFull { .. }), "{err}");
         assert!(accepted >= 1);
+        assert_eq!(stat(&p, "queue_full_refusals"), 1);
         assert_eq!(
             stat(&p, "logs_accepted_records"),
             accepted,

@@ -46,6 +46,8 @@ class Gateway:
         self.tmp = tmp
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = free_port()  # never the default 4317: tests run beside each other
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.config_path = tmp / "trackgate.toml"
         self.config_path.write_text(config)
         self.log_path = tmp / "gateway.log"
@@ -59,7 +61,8 @@ class Gateway:
     def start(self, workers: int | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trackgate", "serve", "--config", str(self.config_path),
-             "--listen", f"127.0.0.1:{self.port}", "--workers", str(workers or self.workers)],
+             "--listen", f"127.0.0.1:{self.port}", "--grpc-listen", self.grpc_target,
+             "--workers", str(workers or self.workers)],
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.tmp, start_new_session=True,
         )  # fmt: skip
         self._wait_ready()

@@ -1,11 +1,15 @@
-"""The real OpenTelemetry Python SDK, wired to send to a gateway over OTLP/HTTP protobuf."""
+"""The real OpenTelemetry Python SDK, wired to send to a gateway over OTLP/HTTP protobuf or OTLP/gRPC."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
+import grpc
 from opentelemetry._logs import SeverityNumber
+from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -45,16 +49,24 @@ class Sdk:
         compression: Compression = Compression.NoCompression,
         headers: dict[str, str] | None = None,
         resource: dict[str, str] | None = None,
+        grpc_target: str | None = None,
     ) -> Sdk:
+        """OTLP/HTTP to `base_url`, or OTLP/gRPC (plaintext) to `grpc_target` ("host:port") when given."""
         res = Resource.create({"service.name": service, **(resource or {})})
-        kw = {"compression": compression, "headers": headers or {}, "timeout": 5}
         tp = TracerProvider(resource=res)
-        tp.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{base_url}/v1/traces", **kw)))
         lp = LoggerProvider(resource=res)
-        lp.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=f"{base_url}/v1/logs", **kw)))
-        reader = PeriodicExportingMetricReader(
-            OTLPMetricExporter(endpoint=f"{base_url}/v1/metrics", **kw), export_interval_millis=3_600_000
-        )
+        if grpc_target is None:
+            kw = {"compression": compression, "headers": headers or {}, "timeout": 5}
+            spans = OTLPSpanExporter(endpoint=f"{base_url}/v1/traces", **kw)
+            logs = OTLPLogExporter(endpoint=f"{base_url}/v1/logs", **kw)
+            metrics = OTLPMetricExporter(endpoint=f"{base_url}/v1/metrics", **kw)
+        else:
+            gz = grpc.Compression.Gzip if compression == Compression.Gzip else grpc.Compression.NoCompression
+            gkw = {"endpoint": grpc_target, "insecure": True, "headers": headers or {}, "timeout": 5, "compression": gz}
+            spans, logs, metrics = GrpcSpanExporter(**gkw), GrpcLogExporter(**gkw), GrpcMetricExporter(**gkw)
+        tp.add_span_processor(SimpleSpanProcessor(spans))
+        lp.add_log_record_processor(SimpleLogRecordProcessor(logs))
+        reader = PeriodicExportingMetricReader(metrics, export_interval_millis=3_600_000)
         mp = MeterProvider(resource=res, metric_readers=[reader])
         logger = logging.getLogger(f"sdk-test-{service}-{id(lp)}")
         logger.propagate = False

@@ -7,6 +7,7 @@ __all__ = [
     "Core",
     "DecodeError",
     "IngestResult",
+    "Listeners",
     "PayloadTooLarge",
     "PipelineClosed",
     "QueueFull",
@@ -18,6 +19,7 @@ __all__ = [
     "dash0_content_report",
     "envelope_categories",
     "export_response",
+    "grpc_retry_delay",
     "gzip",
     "parse_partial_success",
     "parse_rate_limits",
@@ -118,6 +120,35 @@ class Core:
     def close(self) -> None: ...
     @property
     def closed(self) -> bool: ...
+
+@final
+class Listeners:
+    """The extension's network runtime: listeners granian cannot host (OTLP/gRPC), one shutdown."""
+
+    def __new__(cls, threads: int = 2) -> Self: ...
+    def add_otlp_grpc(
+        self,
+        core: Core,
+        host: str,
+        port: int,
+        *,
+        tokens: list[str] = ...,
+        max_body_bytes: int = 67108864,
+        max_concurrent_streams: int = 100,
+        keepalive_interval_s: float = 60.0,
+        keepalive_timeout_s: float = 20.0,
+        body_timeout_s: float = 30.0,
+        reuse_port: bool = False,
+    ) -> int:
+        """Serves OTLP/gRPC Export calls into `core`; returns the bound port (0 picks one).
+        Raises OSError when the address cannot be bound."""
+    def stats(self) -> list[tuple[str, str, int]]:
+        """Calls answered: (method, gRPC code name, count)."""
+    def close(self, grace_s: float = 5.0) -> None:
+        """Stops accepting; calls in flight finish within `grace_s`. Idempotent."""
+
+def grpc_retry_delay(status_details: bytes) -> float | None:
+    """The google.rpc.RetryInfo delay in seconds in a `grpc-status-details-bin` value, or None."""
 
 def to_json(signal: _Signal, body: bytes) -> bytes: ...
 def to_protobuf(signal: _Signal, body: bytes) -> bytes: ...

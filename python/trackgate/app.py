@@ -13,6 +13,7 @@ from pathlib import Path
 
 from trackgate import __version__, telemetry
 from trackgate import config as config_mod
+from trackgate._core import Listeners
 from trackgate.asgi import BodyBudget, ClientDisconnected, Receive, Request, Response, Scope, Send
 from trackgate.config import Config
 from trackgate.echo import shorten
@@ -35,6 +36,7 @@ class App:
         self.pipeline: Pipeline | None = None
         self.forward: Pipeline | None = None  # Sentry envelopes on their way upstream
         self.peers: telemetry.PeerSnapshots | None = None
+        self.listeners: Listeners | None = None  # the extension's network runtime (OTLP/gRPC)
         self.tokens = [t.encode() for t in cfg.server.tokens]
         # Request bodies buffered at once in this worker; every request reserves before it buffers.
         self.budget = BodyBudget(cfg.server.inflight_budget())
@@ -63,6 +65,15 @@ class App:
             limits = RateLimits()
             self.forward = build_forward_pipeline(self.config, limits)
             self.sentry = sentry_receiver.SentryReceiver(self.config, self.pipeline, self.forward, limits)
+            if self.config.receivers.otlp_grpc.enabled:
+                try:
+                    self.listeners = start_listeners(self.config, self.pipeline)
+                except OSError:
+                    for pipeline in (self.forward, self.pipeline):
+                        if pipeline is not None:
+                            pipeline.close(0.0)  # release the queue shards for the next start
+                    self.pipeline = self.forward = None
+                    raise
             if self.config.server.workers > 1:
                 # Each worker process counts for itself; /metrics adds the others' figures in.
                 self.peers = telemetry.PeerSnapshots(Path(self.config.storage.dir) / "metrics", telemetry.REGISTRY)
@@ -73,6 +84,9 @@ class App:
     async def stop(self) -> None:
         if self.peers is not None:
             self.peers.close()
+        if self.listeners is not None:
+            # First stop intake over gRPC (calls in flight finish), then drain the queue.
+            await asyncio.to_thread(self.listeners.close, self.config.server.shutdown_grace_s)
         for pipeline in (self.forward, self.pipeline):
             if pipeline is not None:
                 await asyncio.to_thread(pipeline.close)
@@ -182,6 +196,39 @@ def route_label(path: str) -> str:
     """A bounded set of metric labels: Sentry paths without their project id, the rest as "other"."""
     match = sentry_receiver.ROUTE.match(path)
     return f"/api/:project/{match.group('kind')}/" if match else "other"
+
+
+def start_listeners(cfg: Config, pipeline: Pipeline) -> Listeners:
+    """The OTLP/gRPC listener, on the extension's network runtime, ingesting straight into the
+    pipeline's core (no Python per call). Each worker binds the port with SO_REUSEPORT."""
+    grpc = cfg.receivers.otlp_grpc
+    host, port = config_mod.parse_listen(grpc.listen)
+    listeners = Listeners()
+    try:
+        bound = listeners.add_otlp_grpc(
+            pipeline.core,
+            host,
+            port,
+            tokens=cfg.server.tokens,
+            max_body_bytes=cfg.server.max_body_bytes,
+            max_concurrent_streams=grpc.max_concurrent_streams,
+            keepalive_interval_s=grpc.keepalive_interval_s,
+            keepalive_timeout_s=grpc.keepalive_timeout_s,
+            body_timeout_s=cfg.server.body_timeout_s,
+            reuse_port=cfg.server.workers > 1,
+        )
+    except OSError as exc:
+        listeners.close(0.0)
+        raise OSError(f"cannot listen for OTLP/gRPC on {grpc.listen} (receivers.otlp_grpc.listen): {exc}") from exc
+    telemetry.REGISTRY.observed(
+        "trackgate_grpc_requests_total",
+        "OTLP/gRPC calls answered, by method and status code.",
+        ("method", "code"),
+        lambda: [((method, code), float(n)) for method, code, n in listeners.stats()],
+        kind="counter",
+    )
+    log.info("OTLP/gRPC listening", extra={"listen": f"{host}:{bound}", "pid": os.getpid()})
+    return listeners
 
 
 def build_forward_pipeline(cfg: Config, limits: RateLimits) -> Pipeline | None:

@@ -108,7 +108,11 @@ class RetryConfig(_Section):
 
 
 class OtlpExporterConfig(_Section):
-    endpoint: str = ""  # base URL; /v1/{logs,metrics,traces} is appended
+    # http: base URL, /v1/{logs,metrics,traces} appended. grpc: http(s)://host:port (e.g.
+    # https://ingress.eu-west-1.aws.dash0.com:4317); https means TLS unless `insecure`.
+    endpoint: str = ""
+    protocol: Literal["http", "grpc"] = "http"
+    insecure: bool | None = None  # grpc only: None = TLS for https:// endpoints, plaintext for http://
     token: str = ""  # sent as Authorization: Bearer <token>
     dataset: str = ""  # sent as Dash0-Dataset when set
     headers: dict[str, str] = field(default_factory=dict)
@@ -150,8 +154,20 @@ class SentryReceiverConfig(_Section):
     scrub_safe_keys: list[str] = field(default_factory=list)  # key names never scrubbed (e.g. "author")
 
 
+class OtlpGrpcReceiverConfig(_Section):
+    # OTLP/gRPC, served by the extension's network runtime beside granian (which cannot do gRPC).
+    # Same tokens, body limit, sampling and queue as OTLP/HTTP. With several workers, each binds
+    # the port with SO_REUSEPORT and the kernel spreads connections over them.
+    enabled: bool = True
+    listen: str = "127.0.0.1:4317"
+    max_concurrent_streams: PositiveInt = 100  # per HTTP/2 connection
+    keepalive_interval_s: Seconds = 60.0  # HTTP/2 PING to each client this often (0 = never)
+    keepalive_timeout_s: Annotated[float, Meta(gt=0.0)] = 20.0  # no PING answer within this: close
+
+
 class ReceiversConfig(_Section):
     sentry: SentryReceiverConfig = field(default_factory=SentryReceiverConfig)
+    otlp_grpc: OtlpGrpcReceiverConfig = field(default_factory=OtlpGrpcReceiverConfig)
 
 
 class SelfMonitoringConfig(_Section):
@@ -277,12 +293,16 @@ def _check_tokens(cfg: Config, source: str) -> None:
 
 def check_exposure(cfg: Config, source: str = "<config>") -> None:
     """Refuses a listener beyond loopback that anyone could write to, unless explicitly allowed."""
-    host, _ = parse_listen(cfg.server.listen)
-    if not is_loopback(host) and not cfg.server.tokens and not cfg.server.allow_unauthenticated:
-        raise ConfigError(
-            f"{source}: server.listen {shorten(cfg.server.listen)!r} is reachable beyond this machine and no "
-            "server.tokens are set; set tokens (or TRACKGATE_TOKENS), or server.allow_unauthenticated = true"
-        )
+    listeners = [("server.listen", cfg.server.listen)]
+    if cfg.receivers.otlp_grpc.enabled:
+        listeners.append(("receivers.otlp_grpc.listen", cfg.receivers.otlp_grpc.listen))
+    for key, listen in listeners:
+        host, _ = parse_listen(listen)
+        if not is_loopback(host) and not cfg.server.tokens and not cfg.server.allow_unauthenticated:
+            raise ConfigError(
+                f"{source}: {key} {shorten(listen)!r} is reachable beyond this machine and no "
+                "server.tokens are set; set tokens (or TRACKGATE_TOKENS), or server.allow_unauthenticated = true"
+            )
 
 
 def _validate(cfg: Config, source: str) -> None:
@@ -290,6 +310,10 @@ def _validate(cfg: Config, source: str) -> None:
         parse_listen(cfg.server.listen)
     except ConfigError as exc:
         raise ConfigError(f"{source}: server.listen: {exc}") from None
+    try:
+        parse_listen(cfg.receivers.otlp_grpc.listen)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: receivers.otlp_grpc.listen: {exc}") from None
     _check_tokens(cfg, source)
     if 0 < cfg.server.max_inflight_bytes < cfg.server.max_body_bytes:
         raise ConfigError(
@@ -300,6 +324,12 @@ def _validate(cfg: Config, source: str) -> None:
         if not exp.endpoint:
             raise ConfigError(f"{source}: exporters.{name}.endpoint is required")
         _check_url(exp.endpoint, f"{source}: exporters.{name}")
+        if exp.protocol == "grpc" and urllib.parse.urlsplit(exp.endpoint).path.strip("/"):
+            raise ConfigError(
+                f"{source}: exporters.{name}.endpoint: a grpc endpoint is scheme://host:port, without a path"
+            )
+        if exp.protocol != "grpc" and exp.insecure is not None:
+            raise ConfigError(f'{source}: exporters.{name}.insecure applies to protocol = "grpc" only')
         if exp.retry.max_interval_s < exp.retry.initial_interval_s:
             raise ConfigError(f"{source}: exporters.{name}.retry.max_interval_s is below initial_interval_s")
     from trackgate.dsn import DsnError, parse_dsn
@@ -313,6 +343,10 @@ def _validate(cfg: Config, source: str) -> None:
                 parse_dsn(value)
             except DsnError as exc:  # the message never repeats the DSN: it holds a key
                 raise ConfigError(f"{source}: {where}: {exc}") from None
+
+
+# OTEL_EXPORTER_OTLP_PROTOCOL values: the exporter always sends protobuf over HTTP.
+OTLP_PROTOCOLS: dict[str, Literal["http", "grpc"]] = {"grpc": "grpc", "http/protobuf": "http", "http/json": "http"}
 
 
 def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
@@ -330,6 +364,14 @@ def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
         otlp = exporters.otlp or OtlpExporterConfig()
         otlp = msgspec.structs.replace(otlp, endpoint=env["OTEL_EXPORTER_OTLP_ENDPOINT"])
         exporters = msgspec.structs.replace(exporters, otlp=otlp)
+    if env.get("OTEL_EXPORTER_OTLP_PROTOCOL") and exporters.otlp is not None:
+        protocol = OTLP_PROTOCOLS.get(env["OTEL_EXPORTER_OTLP_PROTOCOL"].strip())
+        if protocol is None:
+            raise ConfigError(
+                f"OTEL_EXPORTER_OTLP_PROTOCOL {env['OTEL_EXPORTER_OTLP_PROTOCOL']!r}: expected one of "
+                + ", ".join(OTLP_PROTOCOLS)
+            )
+        exporters = msgspec.structs.replace(exporters, otlp=msgspec.structs.replace(exporters.otlp, protocol=protocol))
     if env.get("OTEL_EXPORTER_OTLP_HEADERS"):
         extra = parse_key_values(env["OTEL_EXPORTER_OTLP_HEADERS"], "OTEL_EXPORTER_OTLP_HEADERS", secret=True)
         for name in ("dash0", "otlp"):

@@ -1,7 +1,8 @@
 """`trackgate bench`: a small load generator for a running gateway (records/s, latency percentiles).
 
 Each of `concurrency` threads holds one keep-alive connection and posts the same OTLP request
-(built once, `records` spans or log records with random ids) until `duration` passes.
+(built once, `records` spans or log records with random ids) until `duration` passes: over
+OTLP/HTTP, or with `protocol="grpc"` as OTLP/gRPC unary calls (one channel per thread).
 """
 
 from __future__ import annotations
@@ -71,15 +72,20 @@ class BenchResult:
     seconds: float
     records_per_request: int
     latencies: list[float] = field(default_factory=list)
-    statuses: Counter[int] = field(default_factory=Counter)
+    statuses: Counter[int | str] = field(default_factory=Counter)  # HTTP status, or gRPC code name
+    ok_status: int | str = 200
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get(self.ok_status, 0)
 
     def percentile(self, p: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
 
     def report(self) -> str:
-        ok = self.statuses.get(200, 0)
-        answers = dict(sorted(self.statuses.items()))
+        ok = self.ok
+        answers = dict(sorted(self.statuses.items(), key=lambda kv: str(kv[0])))
         rps, records = ok / self.seconds, ok * self.records_per_request / self.seconds
         lines = [
             f"requests: {sum(self.statuses.values())} in {self.seconds:.1f}s, answers {answers}",
@@ -99,7 +105,10 @@ def run(
     duration: float = 10.0,
     compress: bool = False,
     token: str = "",
+    protocol: str = "http",
 ) -> BenchResult:
+    if protocol == "grpc":
+        return run_grpc(url, signal, records, concurrency, duration, compress, token)
     body = request_body(signal, records)
     headers = {"Content-Type": "application/x-protobuf"}
     if compress:
@@ -116,7 +125,7 @@ def run(
     def worker() -> None:
         conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port or 80, timeout=30)
         latencies: list[float] = []
-        statuses: Counter[int] = Counter()
+        statuses: Counter[int | str] = Counter()
         while time.monotonic() < deadline:
             t0 = time.perf_counter()
             try:
@@ -130,6 +139,55 @@ def run(
                 conn.close()
                 conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port or 80, timeout=30)
         conn.close()
+        with lock:
+            result.latencies.extend(latencies)
+            result.statuses.update(statuses)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+GRPC_METHODS = {
+    "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    "logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+}
+
+
+def run_grpc(
+    url: str, signal: str, records: int, concurrency: int, duration: float, compress: bool, token: str
+) -> BenchResult:
+    import grpc
+
+    body = request_body(signal, records)
+    parsed = urllib.parse.urlsplit(url if "//" in url else f"http://{url}")
+    target = f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 4317}"
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    compression = grpc.Compression.Gzip if compress else grpc.Compression.NoCompression
+    result = BenchResult(duration, records, ok_status="OK")
+    lock = threading.Lock()
+    deadline = time.monotonic() + duration
+
+    def worker() -> None:
+        # One channel (one HTTP/2 connection) per thread, as the HTTP bench holds one connection each.
+        channel = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        call = channel.unary_unary(GRPC_METHODS[signal], request_serializer=None, response_deserializer=None)
+        latencies: list[float] = []
+        statuses: Counter[int | str] = Counter()
+        while time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            try:
+                call(body, timeout=30, metadata=metadata, compression=compression)
+                statuses["OK"] += 1
+                latencies.append(time.perf_counter() - t0)
+            except grpc.RpcError as exc:
+                statuses[exc.code().name] += 1
+        channel.close()
         with lock:
             result.latencies.extend(latencies)
             result.statuses.update(statuses)

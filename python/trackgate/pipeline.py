@@ -18,6 +18,7 @@ from trackgate._core import Core, IngestResult, QueueFull
 from trackgate.config import Config
 from trackgate.exporters.base import SIGNALS, Exporter, Runner
 from trackgate.exporters.file import FileExporter
+from trackgate.exporters.otlp_grpc import OtlpGrpcExporter
 from trackgate.exporters.otlp_http import OtlpHttpExporter
 
 log = logging.getLogger("trackgate.pipeline")
@@ -47,7 +48,10 @@ RECOVERY_DAMAGE = frozenset(
 
 
 def build_exporters(cfg: Config) -> list[Exporter]:
-    exporters: list[Exporter] = [OtlpHttpExporter(name, exp) for name, exp in cfg.otlp_exporters().items()]
+    exporters: list[Exporter] = [
+        OtlpGrpcExporter(name, exp) if exp.protocol == "grpc" else OtlpHttpExporter(name, exp)
+        for name, exp in cfg.otlp_exporters().items()
+    ]
     file_cfg = cfg.file_exporter()
     if file_cfg is not None:
         storage = cfg.storage
@@ -92,6 +96,7 @@ class Pipeline:
         self._stop_retrying = threading.Event()
         self._runners: list[Runner] = []
         self._last_full = -1e9
+        self._refusals_seen = 0
         self._adopter: shards.Adopter | None = None
         if register_metrics and not secondary:
             self._register_gauges()
@@ -238,9 +243,15 @@ class Pipeline:
     @property
     def ready(self) -> bool:
         """False while shutting down, (nearly) full, or waiting on a queue entry the disk does not return."""
+        stats = self.core.stats()
+        # Refusals the core counted, including those of the gRPC listener (which never passes
+        # through `ingest` here), restart the not-ready window too.
+        refusals = stats.get("queue_full_refusals", 0)
+        if refusals != self._refusals_seen:
+            self._refusals_seen = refusals
+            self._last_full = time.monotonic()
         if self.core.closed or time.monotonic() - self._last_full < NOT_READY_AFTER_FULL_S:
             return False
-        stats = self.core.stats()
         if stats.get("queue_read_stalled", 0):
             return False
         return stats.get("queue_bytes", 0) < READY_MAX_FILL * stats.get("queue_max_bytes", 1)

@@ -62,25 +62,29 @@ class OtlpHttpExporter(Exporter):
         return status_outcome(status, reason, resp.headers.get("Retry-After"))
 
     def count_over_limits(self, batch: Batch) -> None:
-        """Dash0 truncates what is over its documented limits instead of refusing it: count those
-        records per limit, and say so in the log once per signal and limit."""
-        try:
-            report = dash0_content_report(batch.signal, batch.body)
-        except ValueError:
-            return  # validated at ingest; nothing to count if it does not walk
-        for limit, count in report:
-            if not count:
-                continue
-            telemetry.OVER_LIMIT.inc(count, exporter=self.name, signal=batch.signal, limit=limit)
-            if (batch.signal, limit) not in self._warned:
-                self._warned.add((batch.signal, limit))
-                log.warning(
-                    "records over Dash0's documented content limit; Dash0 truncates them",
-                    extra={"exporter": self.name, "signal": batch.signal, "limit": limit, "records": count},
-                )
+        count_over_dash0_limits(self.name, batch, self._warned)
 
     def close(self) -> None:
         self.http.close()
+
+
+def count_over_dash0_limits(exporter: str, batch: Batch, warned: set[tuple[str, str]]) -> None:
+    """Dash0 truncates what is over its documented limits instead of refusing it: count those
+    records per limit, and say so in the log once per signal and limit (`warned` remembers)."""
+    try:
+        report = dash0_content_report(batch.signal, batch.body)
+    except ValueError:
+        return  # validated at ingest; nothing to count if it does not walk
+    for limit, count in report:
+        if not count:
+            continue
+        telemetry.OVER_LIMIT.inc(count, exporter=exporter, signal=batch.signal, limit=limit)
+        if (batch.signal, limit) not in warned:
+            warned.add((batch.signal, limit))
+            log.warning(
+                "records over Dash0's documented content limit; Dash0 truncates them",
+                extra={"exporter": exporter, "signal": batch.signal, "limit": limit, "records": count},
+            )
 
 
 def _short(data: bytes, limit: int = 200) -> str:

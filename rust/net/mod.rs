@@ -1,0 +1,234 @@
+//! The non-ASGI listeners: one tokio runtime and one shutdown path for every protocol granian
+//! cannot serve (OTLP/gRPC today; the Fluent forward and Fluent-http-input listeners later).
+//!
+//! [`Listeners`] owns the runtime. Each `add_*` binds a socket (errors surface at once, in the
+//! caller) and spawns its accept loop; [`Listeners::close`] stops every accept loop, asks each
+//! connection to finish its in-flight requests, waits up to a grace period, then drops the rest.
+
+pub mod grpc;
+pub mod otlp_grpc;
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio::sync::{watch, Notify};
+
+pub enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// Whichever of two futures finishes first (the other is dropped): `select!` without tokio's
+/// proc-macro feature.
+pub async fn race<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
+    let mut a = pin!(a);
+    let mut b = pin!(b);
+    poll_fn(|cx| {
+        if let Poll::Ready(x) = a.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(x));
+        }
+        if let Poll::Ready(y) = b.as_mut().poll(cx) {
+            return Poll::Ready(Either::Right(y));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// What every listener task shares: the shutdown signal and the count of live tasks.
+#[derive(Clone)]
+pub struct Shutdown {
+    signal: watch::Receiver<bool>,
+    tasks: Arc<Tasks>,
+}
+
+#[derive(Default)]
+struct Tasks {
+    live: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held by a task while it runs: `close` waits for every guard to drop.
+pub struct TaskGuard(Arc<Tasks>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Shutdown {
+    pub fn is_set(&self) -> bool {
+        *self.signal.borrow()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn wait(&self) {
+        let mut rx = self.signal.clone();
+        // An error means the sender is gone: that is shutdown too.
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+
+    pub fn guard(&self) -> TaskGuard {
+        self.tasks.live.fetch_add(1, Ordering::AcqRel);
+        TaskGuard(self.tasks.clone())
+    }
+}
+
+/// Binds a TCP listener. With `reuse_port`, several processes (the gateway's workers) bind the
+/// same port and the kernel spreads connections over them.
+pub fn bind(host: &str, port: u16, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let addr: SocketAddr = (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::AddrNotAvailable, format!("{host} resolves to nothing")))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Accepts connections until shutdown and hands each to `serve` in a task of its own.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: Shutdown, serve: F)
+where
+    F: Fn(TcpStream, Shutdown) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let _guard = shutdown.guard();
+    loop {
+        match race(listener.accept(), shutdown.wait()).await {
+            Either::Left(Ok((stream, _peer))) => {
+                let _ = stream.set_nodelay(true);
+                let guard = shutdown.guard();
+                let task = serve(stream, shutdown.clone());
+                tokio::spawn(async move {
+                    task.await;
+                    drop(guard);
+                });
+            }
+            // Out of file descriptors and the like: back off instead of spinning.
+            Either::Left(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Either::Right(()) => return, // dropping the listener closes the port
+        }
+    }
+}
+
+/// The runtime and every listener running on it.
+pub struct Listeners {
+    runtime: Mutex<Option<Runtime>>,
+    stop: watch::Sender<bool>,
+    shutdown: Shutdown,
+    grpc: Mutex<Vec<Arc<otlp_grpc::Stats>>>,
+}
+
+impl Listeners {
+    pub fn new(threads: usize) -> io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("trackgate-net")
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let (stop, signal) = watch::channel(false);
+        Ok(Listeners {
+            runtime: Mutex::new(Some(runtime)),
+            stop,
+            shutdown: Shutdown {
+                signal,
+                tasks: Arc::default(),
+            },
+            grpc: Mutex::default(),
+        })
+    }
+
+    /// Runs `f` inside the runtime's context (to register sockets, spawn tasks).
+    fn with_runtime<T>(&self, f: impl FnOnce(&Runtime) -> io::Result<T>) -> io::Result<T> {
+        let guard = self.runtime.lock().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(rt) if !self.shutdown.is_set() => f(rt),
+            _ => Err(io::Error::other("listeners are closed")),
+        }
+    }
+
+    /// Starts an OTLP/gRPC listener; returns the address it is bound to.
+    pub fn add_otlp_grpc(
+        &self,
+        host: &str,
+        port: u16,
+        reuse_port: bool,
+        service: otlp_grpc::Service,
+    ) -> io::Result<SocketAddr> {
+        let std_listener = bind(host, port, reuse_port)?;
+        let addr = std_listener.local_addr()?;
+        let stats = service.stats.clone();
+        self.with_runtime(|rt| {
+            let _enter = rt.enter();
+            let listener = TcpListener::from_std(std_listener)?;
+            rt.spawn(otlp_grpc::serve(listener, Arc::new(service), self.shutdown.clone()));
+            Ok(())
+        })?;
+        self.grpc.lock().unwrap_or_else(PoisonError::into_inner).push(stats);
+        Ok(addr)
+    }
+
+    /// Calls served by the gRPC listeners: (method, code, count).
+    pub fn stats(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let all = self.grpc.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<(&'static str, &'static str, u64)> = Vec::new();
+        for (method, code, n) in all.iter().flat_map(|s| s.snapshot()) {
+            match out.iter_mut().find(|(m, c, _)| (*m, *c) == (method, code)) {
+                Some(entry) => entry.2 += n,
+                None => out.push((method, code, n)),
+            }
+        }
+        out
+    }
+
+    /// Stops accepting, lets in-flight requests finish within `grace`, then stops the runtime.
+    /// Idempotent.
+    pub fn close(&self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let Some(runtime) = self.runtime.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+            return;
+        };
+        let tasks = self.shutdown.tasks.clone();
+        runtime.block_on(async move {
+            let drained = async {
+                loop {
+                    let idle = tasks.idle.notified();
+                    if tasks.live.load(Ordering::Acquire) == 0 {
+                        return;
+                    }
+                    idle.await;
+                }
+            };
+            let _ = tokio::time::timeout(grace, drained).await;
+        });
+        runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        self.close(Duration::ZERO);
+    }
+}
