@@ -435,7 +435,7 @@ impl Listeners {
     /// Serves OTLP/gRPC on host:port into `core`; returns the bound port.
     #[pyo3(signature = (core, host, port, *, tokens = Vec::new(), max_body_bytes = 67_108_864,
         max_concurrent_streams = 100, keepalive_interval_s = 60.0, keepalive_timeout_s = 20.0,
-        body_timeout_s = 30.0, reuse_port = false))]
+        body_timeout_s = 30.0, max_inflight_bytes = 268_435_456, reuse_port = false))]
     #[allow(clippy::too_many_arguments)]
     fn add_otlp_grpc(
         &self,
@@ -449,6 +449,7 @@ impl Listeners {
         keepalive_interval_s: f64,
         keepalive_timeout_s: f64,
         body_timeout_s: f64,
+        max_inflight_bytes: usize,
         reuse_port: bool,
     ) -> PyResult<u16> {
         let keepalive = parse_seconds("keepalive_interval_s", keepalive_interval_s)?;
@@ -459,6 +460,7 @@ impl Listeners {
             keepalive_interval: (!keepalive.is_zero()).then_some(keepalive),
             keepalive_timeout: parse_seconds("keepalive_timeout_s", keepalive_timeout_s)?,
             body_timeout: parse_seconds("body_timeout_s", body_timeout_s)?,
+            max_inflight_bytes,
         };
         let service = otlp_grpc::Service::new(core.get().pipeline.clone(), config);
         let addr = py.detach(|| self.inner.add_otlp_grpc(host, port, reuse_port, service))?;

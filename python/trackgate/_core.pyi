@@ -138,6 +138,7 @@ class Listeners:
         keepalive_interval_s: float = 60.0,
         keepalive_timeout_s: float = 20.0,
         body_timeout_s: float = 30.0,
+        max_inflight_bytes: int = 268435456,
         reuse_port: bool = False,
     ) -> int:
         """Serves OTLP/gRPC Export calls into `core`; returns the bound port (0 picks one).

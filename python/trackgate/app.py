@@ -215,6 +215,7 @@ def start_listeners(cfg: Config, pipeline: Pipeline) -> Listeners:
             keepalive_interval_s=grpc.keepalive_interval_s,
             keepalive_timeout_s=grpc.keepalive_timeout_s,
             body_timeout_s=cfg.server.body_timeout_s,
+            max_inflight_bytes=cfg.server.inflight_budget(),
             reuse_port=cfg.server.workers > 1,
         )
     except OSError as exc:

@@ -8,7 +8,7 @@
 //! as over HTTP — and `partial_success` in the response when some records were refused.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use super::grpc::{self, Code, Status};
 use super::{accept_loop, race, Either, Shutdown};
 use crate::encode;
-use crate::error::CoreError;
+use crate::error::{shorten_bytes, CoreError};
 use crate::ingest::Format;
 use crate::pipeline::Pipeline;
 use crate::signal::Signal;
@@ -50,12 +50,42 @@ pub struct Config {
     pub keepalive_timeout: Duration,
     /// A request whose message has not fully arrived within this is answered DEADLINE_EXCEEDED.
     pub body_timeout: Duration,
+    /// Bytes of messages buffered at once across every connection (`server.max_inflight_bytes`):
+    /// beyond it a call is answered UNAVAILABLE with RetryInfo, so memory stays bounded however
+    /// many connections and streams arrive.
+    pub max_inflight_bytes: usize,
+}
+
+/// Bytes of one call's message counted against the listener's budget, given back on drop.
+struct Reservation<'a> {
+    used: &'a AtomicUsize,
+    bytes: usize,
+}
+
+impl Reservation<'_> {
+    /// Adds `more` bytes if the budget has room for them.
+    fn grow(&mut self, more: usize, limit: usize) -> bool {
+        let grown = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            used.checked_add(more).filter(|total| *total <= limit)
+        });
+        if grown.is_ok() {
+            self.bytes += more;
+        }
+        grown.is_ok()
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 pub struct Service {
     pipeline: Arc<Pipeline>,
     config: Config,
     pub stats: Arc<Stats>,
+    inflight: AtomicUsize,
 }
 
 /// Calls by method (logs, traces, metrics, other) and status code.
@@ -114,7 +144,7 @@ pub fn ingest_status(signal: Signal, err: &CoreError) -> Status {
             Code::InvalidArgument,
             format!("cannot decode OTLP protobuf {}: {err}", signal.as_str()),
         ),
-        CoreError::TooLarge { .. } | CoreError::ItemTooLarge { .. } => {
+        CoreError::TooLarge { .. } | CoreError::ItemTooLarge { .. } | CoreError::LineTooLong { .. } => {
             Status::new(Code::ResourceExhausted, err.to_string())
         }
         CoreError::Unsupported(_) => Status::new(Code::Unimplemented, err.to_string()),
@@ -140,7 +170,7 @@ pub fn request_encoding(value: Option<&[u8]>) -> Result<Option<&'static str>, St
             Code::Unimplemented,
             format!(
                 "unsupported grpc-encoding {:?} (supported: identity, gzip, deflate, zstd)",
-                String::from_utf8_lossy(other)
+                shorten_bytes(other)
             ),
         )),
     }
@@ -152,6 +182,7 @@ impl Service {
             pipeline,
             config,
             stats: Arc::default(),
+            inflight: AtomicUsize::new(0),
         }
     }
 
@@ -176,11 +207,18 @@ impl Service {
     }
 
     /// Reads the request body: at most one length prefix plus `max_body_bytes`.
-    async fn read_body(&self, body: &mut RecvStream) -> Result<Bytes, Status> {
+    async fn read_body(&self, body: &mut RecvStream, reserved: &mut Reservation<'_>) -> Result<Bytes, Status> {
         let limit = grpc::PREFIX + self.config.max_body_bytes;
         let mut buf = BytesMut::new();
         while let Some(chunk) = body.data().await {
             let chunk = chunk.map_err(|e| Status::new(Code::Cancelled, format!("request stream failed: {e}")))?;
+            if !reserved.grow(chunk.len(), self.config.max_inflight_bytes) {
+                let message = format!(
+                    "messages in flight use the listener's budget of {} bytes (server.max_inflight_bytes); retry later",
+                    self.config.max_inflight_bytes
+                );
+                return Err(Status::new(Code::Unavailable, message).with_retry(RETRY_FULL));
+            }
             let _ = body.flow_control().release_capacity(chunk.len());
             if buf.len() + chunk.len() > limit {
                 return Err(Status::new(
@@ -200,7 +238,12 @@ impl Service {
         encoding: Option<&'static str>,
         body: &mut RecvStream,
     ) -> Result<Bytes, Status> {
-        let body = match tokio::time::timeout(self.config.body_timeout, self.read_body(body)).await {
+        // Held until the message is ingested: the buffered bytes live that long.
+        let mut reserved = Reservation {
+            used: &self.inflight,
+            bytes: 0,
+        };
+        let body = match tokio::time::timeout(self.config.body_timeout, self.read_body(body, &mut reserved)).await {
             Ok(read) => read?,
             Err(_) => {
                 return Err(Status::new(
@@ -402,6 +445,10 @@ mod tests {
     }
 
     fn serve(queue_max_bytes: usize) -> (Arc<Pipeline>, Listeners, SocketAddr) {
+        serve_with(queue_max_bytes, 1 << 20)
+    }
+
+    fn serve_with(queue_max_bytes: usize, max_inflight_bytes: usize) -> (Arc<Pipeline>, Listeners, SocketAddr) {
         let pipeline = Arc::new(
             Pipeline::new(PipelineOptions {
                 exporters: vec!["a".into()],
@@ -424,6 +471,7 @@ mod tests {
             keepalive_interval: Some(Duration::from_millis(50)),
             keepalive_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(5),
+            max_inflight_bytes,
         };
         let listeners = Listeners::new(1).unwrap();
         let addr = listeners
@@ -543,6 +591,42 @@ mod tests {
             assert_eq!(code(&h), "14");
             assert!(h["grpc-message"].to_str().unwrap().contains("shutting down"));
         });
+        listeners.close(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn messages_beyond_the_inflight_budget_answer_unavailable_and_give_it_back() {
+        let (pipeline, listeners, addr) = serve_with(1 << 20, 200);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(conn);
+            let mut client = client.ready().await.unwrap();
+            let big = grpc::encode_frame(&logs_request(&"x".repeat(400)));
+            let (h, _) = call(&mut client, LOGS_PATH, Some("tok"), big).await;
+            assert_eq!(code(&h), "14");
+            assert!(h["grpc-message"].to_str().unwrap().contains("max_inflight_bytes"));
+            let details = h["grpc-status-details-bin"].to_str().unwrap();
+            let details = base64::Engine::decode(&base64::engine::general_purpose::STANDARD_NO_PAD, details).unwrap();
+            assert_eq!(grpc::retry_delay(&details), Ok(Some(RETRY_FULL)));
+            // The refused call gave its bytes back: small calls keep fitting, one after another.
+            for _ in 0..3 {
+                let (h, _) = call(
+                    &mut client,
+                    LOGS_PATH,
+                    Some("tok"),
+                    grpc::encode_frame(&logs_request("ok")),
+                )
+                .await;
+                assert_eq!(code(&h), "0");
+            }
+        });
+        let accepted = pipeline.stats().into_iter().find(|(k, _)| k == "logs_accepted_records");
+        assert_eq!(accepted.map(|(_, v)| v), Some(3));
         listeners.close(Duration::from_secs(1));
     }
 
