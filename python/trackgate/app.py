@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trackgate import __version__, telemetry
 from trackgate import config as config_mod
@@ -21,6 +22,9 @@ from trackgate.pipeline import Format, Pipeline
 from trackgate.ratelimits import RateLimits
 from trackgate.receivers import sentry as sentry_receiver
 from trackgate.receivers.otlp_http import CODE_UNAUTHENTICATED, OtlpHttpReceiver, status_response
+
+if TYPE_CHECKING:
+    from trackgate.hostmetrics.collector import GatewayReporter
 
 log = logging.getLogger("trackgate.app")
 
@@ -37,6 +41,7 @@ class App:
         self.forward: Pipeline | None = None  # Sentry envelopes on their way upstream
         self.peers: telemetry.PeerSnapshots | None = None
         self.listeners: Listeners | None = None  # the extension's network runtime (OTLP/gRPC)
+        self.hostmetrics: GatewayReporter | None = None
         self.tokens = [t.encode() for t in cfg.server.tokens]
         # Request bodies buffered at once in this worker; every request reserves before it buffers.
         self.budget = BodyBudget(cfg.server.inflight_budget())
@@ -74,6 +79,8 @@ class App:
                             pipeline.close(0.0)  # release the queue shards for the next start
                     self.pipeline = self.forward = None
                     raise
+            if self.config.hostmetrics.enabled:
+                self.hostmetrics = start_hostmetrics(self.config, self.pipeline)
             if self.config.server.workers > 1:
                 # Each worker process counts for itself; /metrics adds the others' figures in.
                 self.peers = telemetry.PeerSnapshots(Path(self.config.storage.dir) / "metrics", telemetry.REGISTRY)
@@ -82,6 +89,8 @@ class App:
         return self.pipeline
 
     async def stop(self) -> None:
+        if self.hostmetrics is not None:
+            await asyncio.to_thread(self.hostmetrics.stop)
         if self.peers is not None:
             self.peers.close()
         if self.listeners is not None:
@@ -230,6 +239,21 @@ def start_listeners(cfg: Config, pipeline: Pipeline) -> Listeners:
     )
     log.info("OTLP/gRPC listening", extra={"listen": f"{host}:{bound}", "pid": os.getpid()})
     return listeners
+
+
+def start_hostmetrics(cfg: Config, pipeline: Pipeline) -> GatewayReporter:
+    """Host and GPU metrics into this pipeline. Every worker starts the thread, but only the one
+    holding `<storage.dir>/hostmetrics.lock` collects, so the host is reported once however many
+    workers run; if that worker exits, another takes the lock within one interval."""
+    from trackgate.hostmetrics.collector import GatewayReporter
+
+    hm = cfg.hostmetrics
+    interval = (
+        float(hm.interval) if isinstance(hm.interval, (int, float)) else config_mod.DEFAULT_HOSTMETRICS_INTERVAL_S
+    )
+    reporter = GatewayReporter(pipeline, interval, hm.gpu, Path(cfg.storage.dir) / "hostmetrics.lock")
+    reporter.start()
+    return reporter
 
 
 def build_forward_pipeline(cfg: Config, limits: RateLimits) -> Pipeline | None:

@@ -170,6 +170,39 @@ class ReceiversConfig(_Section):
     otlp_grpc: OtlpGrpcReceiverConfig = field(default_factory=OtlpGrpcReceiverConfig)
 
 
+class HostMetricsConfig(_Section):
+    # CPU, memory, disk, network (psutil) and NVIDIA GPUs (NVML), fed into the pipeline like OTLP.
+    enabled: bool = False
+    # Seconds, or a string such as "30s", "500ms", "1m". Unset: [metrics] interval when that
+    # section exists (METRICS_COLLECTION_INTERVAL overriding it), else 30. Resolved at load.
+    interval: float | str | None = None
+    gpu: Literal["auto"] | bool = "auto"
+
+
+DEFAULT_HOSTMETRICS_INTERVAL_S = 30.0
+
+
+def parse_interval(value: float | int | str, where: str) -> float:
+    """Seconds from a number or a string with a unit ("30", "30s", "500ms", "2m"); above 0."""
+    seconds: float | None = None
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = value.strip().lower()
+        for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0), ("", 1.0)):
+            if text.endswith(suffix):
+                try:
+                    seconds = float(text[: len(text) - len(suffix)] if suffix else text) * scale
+                except ValueError:
+                    seconds = None
+                break
+    if seconds is None or not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise ConfigError(
+            f'{where}: {shorten(str(value))!r} is not an interval (seconds, or e.g. "30s", "500ms", "1m")'
+        )
+    return seconds
+
+
 class SelfMonitoringConfig(_Section):
     sentry_dsn: str = ""  # the gateway's own unexpected exceptions go here (never to itself)
 
@@ -183,6 +216,7 @@ class Config(_Section):
     receivers: ReceiversConfig = field(default_factory=ReceiversConfig)
     exporters: ExportersConfig = field(default_factory=ExportersConfig)
     self_monitoring: SelfMonitoringConfig = field(default_factory=SelfMonitoringConfig)
+    hostmetrics: HostMetricsConfig = field(default_factory=HostMetricsConfig)
 
     def otlp_exporters(self) -> dict[str, OtlpExporterConfig]:
         found = {"dash0": self.exporters.dash0, "otlp": self.exporters.otlp}
@@ -396,8 +430,27 @@ def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
     if env.get("WORKER_ID"):
         attrs["worker.id"] = env["WORKER_ID"]
     return msgspec.structs.replace(
-        cfg, server=server, exporters=exporters, resource=msgspec.structs.replace(cfg.resource, attributes=attrs)
+        cfg,
+        server=server,
+        exporters=exporters,
+        resource=msgspec.structs.replace(cfg.resource, attributes=attrs),
+        hostmetrics=_resolve_hostmetrics(cfg, env),
     )
+
+
+def _resolve_hostmetrics(cfg: Config, env: Mapping[str, str]) -> HostMetricsConfig:
+    """The interval in seconds: its own, else the [metrics] interval (when the config has that
+    section; METRICS_COLLECTION_INTERVAL overrides it), else 30."""
+    hm = cfg.hostmetrics
+    if hm.interval is not None:
+        seconds = parse_interval(hm.interval, "hostmetrics.interval")
+    elif env.get("METRICS_COLLECTION_INTERVAL"):
+        seconds = parse_interval(env["METRICS_COLLECTION_INTERVAL"], "METRICS_COLLECTION_INTERVAL")
+    elif (metrics := getattr(cfg, "metrics", None)) is not None and getattr(metrics, "interval", None) is not None:
+        seconds = parse_interval(metrics.interval, "metrics.interval")
+    else:
+        seconds = DEFAULT_HOSTMETRICS_INTERVAL_S
+    return msgspec.structs.replace(hm, interval=seconds)
 
 
 def _convert(data: Any, source: str) -> Config:
