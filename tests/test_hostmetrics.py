@@ -1,5 +1,5 @@
 """Host and GPU metrics: the GPU part against a stand-in NVML, the encoder decoded with
-opentelemetry-proto, and the config."""
+opentelemetry-proto, the config, and the agent's buffer while its target is down."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ import pynvml
 import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 
+from conftest import free_port
 from fake_nvml import FakeGpu, FakeNvml
 from trackgate import config as config_mod
 from trackgate.config import ConfigError
 from trackgate.hostmetrics import Collector, GpuCollector, Metric, encode_request
+from trackgate.hostmetrics.agent import Agent, metrics_url
+from upstream import Upstream
 
 
 class Records(logging.Handler):
@@ -254,3 +257,57 @@ def test_hostmetrics_config_defaults_and_interval_forms(tmp_path: Any) -> None:
 def test_hostmetrics_config_errors_name_the_key(tmp_path: Any, body: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         config_mod.load(write(tmp_path, f"[hostmetrics]\n{body}\n"), env={})
+
+
+# -- the agent's buffer ------------------------------------------------------------------------------
+
+
+def test_metrics_url() -> None:
+    assert metrics_url("http://gw:4318") == "http://gw:4318/v1/metrics"
+    assert metrics_url("http://gw:4318/v1/metrics/") == "http://gw:4318/v1/metrics"
+
+
+def test_agent_buffers_while_down_drops_oldest_then_delivers(logs: Records) -> None:
+    port = free_port()
+    agent = Agent(f"http://127.0.0.1:{port}", token="tok", interval=1.0, gpu=False, buffer=3, timeout_s=2.0)
+    try:
+        for _ in range(5):
+            agent.sample()
+            agent.deliver(ignore_backoff=True)  # nothing listens: each try fails
+        assert agent.stats.sent == 0 and agent.stats.dropped_full == 2 and len(agent.buffer) == 3
+        assert len(logs.messages("buffer full")) == 1
+        assert len(logs.messages("unreachable")) == 1
+
+        up = Upstream(port)
+        try:
+            agent.deliver(ignore_backoff=True)
+            assert agent.stats.sent == 3 and not agent.buffer
+            got = up.delivered("/v1/metrics")
+            assert len(got) == 3
+            assert all(r.headers["authorization"] == "Bearer tok" for r in got)
+            times = [
+                r.message.resource_metrics[0].scope_metrics[0].metrics[0].gauge.data_points[0].time_unix_nano  # type: ignore[union-attr]
+                for r in got
+            ]
+            assert times == sorted(times)  # oldest kept sample first
+            assert len(logs.messages("answers again")) == 1
+        finally:
+            up.close()
+    finally:
+        agent.close()
+
+
+def test_agent_drops_a_sample_the_target_refuses_for_good(upstream: Upstream) -> None:
+    from upstream import Reply
+
+    upstream.script = [Reply(400, body=b"bad"), Reply(503), Reply(200)]
+    agent = Agent(upstream.url, interval=1.0, gpu=False, buffer=5)
+    try:
+        agent.sample()
+        agent.sample()
+        agent.deliver(ignore_backoff=True)  # 400: first dropped; 503: second kept for a retry
+        assert agent.stats.dropped_rejected == 1 and len(agent.buffer) == 1
+        agent.deliver(ignore_backoff=True)
+        assert agent.stats.sent == 1 and not agent.buffer
+    finally:
+        agent.close()

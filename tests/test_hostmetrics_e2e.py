@@ -1,12 +1,16 @@
-"""End to end: the gateway with [hostmetrics] enabled delivers host metrics to the OTLP stand-in."""
+"""End to end: the gateway with [hostmetrics] enabled, and `trackgate agent` pointed at a gateway
+(and at a target that is down at first), deliver host metrics to the OTLP stand-in."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import Gateway, dash0_config
+from conftest import Gateway, dash0_config, free_port
 from upstream import Upstream
 
 pytestmark = pytest.mark.slow
@@ -87,3 +91,60 @@ def test_gateway_with_workers_reports_the_host_from_one_process(
     gw = gateway_factory(dash0_config(upstream) + HOSTMETRICS, workers=2)
     assert upstream.wait_for(lambda u: host_samples(u) >= 3), gw.log()
     assert gw.log().count("host metrics reporting from this process") == 1, gw.log()
+
+
+def agent(to: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    import os
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACKGATE_"))}
+    full_env.update(env or {}, NO_PROXY="*")
+    return subprocess.Popen(
+        [sys.executable, "-m", "trackgate", "agent", "--to", to, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env,
+    )  # fmt: skip
+
+
+def test_agent_into_a_gateway_with_a_token(gateway_factory: type[Gateway], upstream: Upstream) -> None:
+    gw = gateway_factory(dash0_config(upstream) + '[server]\ntokens = ["agent-secret"]\n')
+    proc = agent(gw.url, "--token", "agent-secret", "--interval", "0.2", "--gpu", "auto", "--samples", "3",
+                 env={"MACHINE_ID": "gpu-box-1", "WORKER_ID": "comfy-3"})  # fmt: skip
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode()
+    assert b"3 samples, 3 sent" in out, out.decode()
+    assert upstream.wait_for(lambda u: host_samples(u) >= 3), gw.log()
+    check_metrics(upstream)
+    res = next(r for r in resources(upstream) if "host.name" in r)
+    assert res["machine.id"] == "gpu-box-1" and res["worker.id"] == "comfy-3"
+    assert res["service.name"] == "trackgate-agent"
+
+
+def test_agent_without_token_is_refused_and_says_so(gateway_factory: type[Gateway], upstream: Upstream) -> None:
+    gw = gateway_factory(dash0_config(upstream) + '[server]\ntokens = ["agent-secret"]\n')
+    proc = agent(gw.url, "--interval", "0.2", "--gpu", "off", "--samples", "1")
+    out, _ = proc.communicate(timeout=60)
+    assert b"refused" in out and b"0 sent" in out, out.decode()
+
+
+def test_agent_buffers_while_the_target_is_down_then_delivers(tmp_path: Path) -> None:
+    port = free_port()
+    proc = agent(f"http://127.0.0.1:{port}", "--interval", "0.2", "--gpu", "off", "--buffer", "4")
+    up: Upstream | None = None
+    try:
+        assert proc.stdout is not None
+        seen = b""
+        while b"buffer full" not in seen:  # wait until samples were dropped from the full buffer
+            line = proc.stdout.readline()
+            assert line, seen.decode()
+            seen += line
+        up = Upstream(port)
+        assert up.wait_for(lambda u: len(u.delivered("/v1/metrics")) >= 6, timeout=30)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+        if up is not None:
+            up.close()
+    log = seen + out
+    assert log.count(b"unreachable") == 1, log.decode()
+    assert log.count(b"agent buffer full") == 1, log.decode()
+    assert b"0 dropped (buffer full)" not in log, log.decode()
+    assert b"answers again" in log, log.decode()

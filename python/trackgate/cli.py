@@ -1,4 +1,4 @@
-"""`trackgate` command line: serve, check-config, replay."""
+"""`trackgate` command line: serve, check-config, replay, bench, agent."""
 
 from __future__ import annotations
 
@@ -119,6 +119,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    import signal
+
+    from trackgate.hostmetrics.agent import Agent
+
+    interval = config_mod.parse_interval(args.interval, "--interval")
+    if not args.to.startswith(("http://", "https://")):
+        raise ConfigError(f"--to {args.to!r} must be an http:// or https:// URL")
+    gpu = {"auto": "auto", "on": True, "off": False}[args.gpu]
+    telemetry.setup_logging(os.environ.get("TRACKGATE_LOG_LEVEL", "info"))
+    token = args.token or os.environ.get("TRACKGATE_AGENT_TOKEN", "")
+    agent = Agent(args.to, token=token, interval=interval, gpu=gpu, buffer=args.buffer)  # type: ignore[arg-type]
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: agent.stop())
+    stats = agent.run(samples=args.samples)
+    print(
+        f"trackgate agent: {stats.samples} samples, {stats.sent} sent, {stats.dropped_full} dropped (buffer full), "
+        f"{stats.dropped_rejected} refused by the target",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trackgate", description="Telemetry ingestion gateway.")
     p.add_argument("--version", action="version", version=f"trackgate {__version__}")
@@ -141,6 +164,15 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--signal", choices=["traces", "logs", "metrics"], help="signal of protobuf files")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
     rep.set_defaults(func=cmd_replay)
+
+    agent = sub.add_parser("agent", help="send this host's CPU, memory, disk, network and GPU metrics over OTLP/HTTP")
+    agent.add_argument("--to", required=True, help="gateway or OTLP/HTTP base URL (/v1/metrics appended)")
+    agent.add_argument("--token", help="bearer token (or TRACKGATE_AGENT_TOKEN)")
+    agent.add_argument("--interval", default="30", help='seconds between samples, or e.g. "30s" (default 30)')
+    agent.add_argument("--gpu", choices=["auto", "on", "off"], default="auto", help="NVIDIA GPU metrics (default auto)")
+    agent.add_argument("--buffer", type=int, default=120, help="samples kept while the target is down (default 120)")
+    agent.add_argument("--samples", type=int, help=argparse.SUPPRESS)  # stop after this many (tests, measurements)
+    agent.set_defaults(func=cmd_agent)
 
     bench = sub.add_parser("bench", help="load a running gateway and report records/s and latency percentiles")
     bench.add_argument("--url", help="gateway base URL (default http://127.0.0.1:4318, with grpc :4317)")
