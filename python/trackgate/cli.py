@@ -130,7 +130,17 @@ def cmd_agent(args: argparse.Namespace) -> int:
     gpu = {"auto": "auto", "on": True, "off": False}[args.gpu]
     telemetry.setup_logging(os.environ.get("TRACKGATE_LOG_LEVEL", "info"))
     token = args.token or os.environ.get("TRACKGATE_AGENT_TOKEN", "")
-    agent = Agent(args.to, token=token, interval=interval, gpu=gpu, buffer=args.buffer)  # type: ignore[arg-type]
+    headers: dict[str, str] = {}
+    if os.environ.get("OTEL_EXPORTER_OTLP_HEADERS"):
+        headers.update(
+            config_mod.parse_key_values(os.environ["OTEL_EXPORTER_OTLP_HEADERS"], "OTEL_EXPORTER_OTLP_HEADERS", True)
+        )
+    for item in args.header or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError("--header: expected NAME=VALUE")
+        headers[name.strip()] = value.strip()
+    agent = Agent(args.to, token=token, headers=headers, interval=interval, gpu=gpu, buffer=args.buffer)  # type: ignore[arg-type]
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.stop())
     stats = agent.run(samples=args.samples)
@@ -168,6 +178,11 @@ def parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="send this host's CPU, memory, disk, network and GPU metrics over OTLP/HTTP")
     agent.add_argument("--to", required=True, help="gateway or OTLP/HTTP base URL (/v1/metrics appended)")
     agent.add_argument("--token", help="bearer token (or TRACKGATE_AGENT_TOKEN)")
+    agent.add_argument(
+        "--header",
+        action="append",
+        help="extra request header NAME=VALUE, repeatable (also OTEL_EXPORTER_OTLP_HEADERS)",
+    )
     agent.add_argument("--interval", default="30", help='seconds between samples, or e.g. "30s" (default 30)')
     agent.add_argument("--gpu", choices=["auto", "on", "off"], default="auto", help="NVIDIA GPU metrics (default auto)")
     agent.add_argument("--buffer", type=int, default=120, help="samples kept while the target is down (default 120)")

@@ -47,6 +47,7 @@ class Agent:
         to: str,
         *,
         token: str = "",
+        headers: dict[str, str] | None = None,
         interval: float = 30.0,
         gpu: GpuMode = "auto",
         buffer: int = DEFAULT_BUFFER,
@@ -65,6 +66,7 @@ class Agent:
             "Content-Encoding": "gzip",
             "User-Agent": f"trackgate-agent/{__version__}",
         }
+        self.headers.update(headers or {})
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
         self.http = urllib3.PoolManager(
