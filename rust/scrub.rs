@@ -655,6 +655,16 @@ fn card_digits(digits: &[u8]) -> bool {
     (13..=19).contains(&digits.len()) && (2..=6).contains(&digits[0]) && luhn(digits)
 }
 
+/// Whether an integer is a credit-card number (13–19 digits, Luhn-valid); cheap for small ones.
+pub fn card_int(n: u64) -> bool {
+    n >= 1_000_000_000_000 && card_number(n)
+}
+
+/// Whether a double is an integral credit-card number.
+pub fn card_double(f: f64) -> bool {
+    f.fract() == 0.0 && (1e12..9_007_199_254_740_992.0).contains(&f) && card_number(f as u64)
+}
+
 fn card_number(n: u64) -> bool {
     let digits: Vec<u8> = n.to_string().bytes().map(|d| d - b'0').collect();
     card_digits(&digits)
