@@ -227,6 +227,32 @@ mod tests {
     }
 
     #[test]
+    fn mutated_records_never_panic() {
+        let s = Scrubber::default();
+        let record = log(
+            "https://u:pw@h/?token=t 4111 1111 1111 1111",
+            &[kv_str("password", "x"), kv_int("n", 4111111111111111)],
+        );
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..5_000 {
+            let mut m = record.clone();
+            for _ in 0..(next() % 4 + 1) {
+                let i = (next() % m.len() as u64) as usize;
+                m[i] = next() as u8;
+            }
+            for signal in [Signal::Logs, Signal::Traces, Signal::Metrics] {
+                let _ = scrub_record(&s, signal, &m);
+            }
+        }
+    }
+
+    #[test]
     fn nested_maps_lists_and_span_events() {
         let s = Scrubber::new(&ScrubOptions {
             extra_keys: vec!["ssn".into()],
