@@ -195,3 +195,51 @@ def test_core_logs(benchmark) -> None:
     body = make_logs()
     c = core()
     benchmark(core_pipeline, c, "logs", body)
+
+
+def make_logs_with_attributes(n: int = SPANS, secrets: bool = False) -> bytes:
+    """Log records with a body and 4 attributes; with `secrets`, every 10th record holds a
+    password attribute and a URL with a token (what scrubbing rewrites)."""
+    msg = ExportLogsServiceRequest()
+    rl = msg.resource_logs.add()
+    rl.resource.attributes.add(key="service.name").value.string_value = "api"
+    records = rl.scope_logs.add()
+    for i in range(n):
+        r = records.log_records.add()
+        r.time_unix_nano = 1_700_000_000_000_000_000 + i
+        r.severity_number = 9
+        r.body.string_value = f"GET /jobs/{i}?page=2 answered 200 in 12 ms for worker w-{i % 13}"
+        for key in ("job.id", "http.route", "user.agent"):
+            r.attributes.add(key=key).value.string_value = f"{key}-{i % 97}"
+        r.attributes.add(key="http.status_code").value.int_value = 200
+        if secrets and i % 10 == 0:
+            r.attributes.add(key="db.password").value.string_value = "hunter2"
+            r.body.string_value += f" https://api.example/cb?token=t{i}"
+    return msg.SerializeToString()
+
+
+def scrub_core(on: bool) -> _core.Core:
+    return _core.Core(exporters=["bench"], batch_max_delay_ms=0, queue_max_bytes=1 << 34, scrub_otlp=on)
+
+
+@pytest.mark.benchmark(group="logs-scrub-2000-records")
+def test_core_logs_scrub_off(benchmark) -> None:
+    body = make_logs_with_attributes(secrets=True)
+    benchmark(core_pipeline, scrub_core(False), "logs", body)
+
+
+@pytest.mark.benchmark(group="logs-scrub-2000-records")
+def test_core_logs_scrub_on_clean(benchmark) -> None:
+    """Scrubbing on, nothing to filter: every record takes the zero-copy path."""
+    body = make_logs_with_attributes(secrets=False)
+    benchmark(core_pipeline, scrub_core(True), "logs", body)
+
+
+@pytest.mark.benchmark(group="logs-scrub-2000-records")
+def test_core_logs_scrub_on_secrets(benchmark) -> None:
+    """Scrubbing on, one record in ten rewritten."""
+    body = make_logs_with_attributes(secrets=True)
+    c = scrub_core(True)
+    out = ExportLogsServiceRequest.FromString(core_pipeline(c, "logs", body))
+    assert b"hunter2" not in out.SerializeToString()
+    benchmark(core_pipeline, c, "logs", body)

@@ -257,6 +257,9 @@ impl Core {
         fsync_interval_ms = 200,
         segment_bytes = 67_108_864,
         exporter_limits = None,
+        scrub_otlp = false,
+        scrub_extra_keys = Vec::new(),
+        scrub_safe_keys = Vec::new(),
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -276,6 +279,9 @@ impl Core {
         fsync_interval_ms: u64,
         segment_bytes: u64,
         exporter_limits: Option<HashMap<String, (u64, f64)>>,
+        scrub_otlp: bool,
+        scrub_extra_keys: Vec<String>,
+        scrub_safe_keys: Vec<String>,
     ) -> PyResult<Self> {
         let fsync = Fsync::parse(fsync, Duration::from_millis(fsync_interval_ms)).map_err(to_py)?;
         let limits = parse_limits(exporter_limits.unwrap_or_default())?;
@@ -291,6 +297,11 @@ impl Core {
                 keep_errors,
                 resource_attributes,
                 max_body_bytes,
+                scrub: scrub_otlp.then_some(ScrubOptions {
+                    enabled: true,
+                    extra_keys: scrub_extra_keys,
+                    safe_keys: scrub_safe_keys,
+                }),
             };
             let Some(dir) = storage_dir else {
                 if !limits.is_empty() {
@@ -317,7 +328,7 @@ impl Core {
         })
     }
 
-    #[pyo3(signature = (signal, body, format, content_encoding = None))]
+    #[pyo3(signature = (signal, body, format, content_encoding = None, scrub = true))]
     fn ingest(
         &self,
         py: Python<'_>,
@@ -325,10 +336,13 @@ impl Core {
         body: &[u8],
         format: &str,
         content_encoding: Option<&str>,
+        scrub: bool,
     ) -> PyResult<IngestResult> {
         let signal = parse_signal(signal)?;
         let format = parse_format(format)?;
-        let out = guarded(py, || self.pipeline.ingest(signal, body, format, content_encoding))?;
+        let out = guarded(py, || {
+            self.pipeline.ingest_with(signal, body, format, content_encoding, scrub)
+        })?;
         Ok(IngestResult::new(signal, out))
     }
 
@@ -485,6 +499,7 @@ impl Listeners {
 struct SentryResult {
     envelope: Vec<u8>,
     otlp_logs: Vec<u8>,
+    otlp_traces: Vec<u8>,
     #[pyo3(get)]
     event_id: Option<String>,
     #[pyo3(get)]
@@ -503,6 +518,10 @@ struct SentryResult {
     log_records: usize,
     #[pyo3(get)]
     transactions_sampled_out: usize,
+    #[pyo3(get)]
+    transactions_converted: usize,
+    #[pyo3(get)]
+    spans: usize,
 }
 
 impl From<Processed> for SentryResult {
@@ -510,6 +529,7 @@ impl From<Processed> for SentryResult {
         SentryResult {
             envelope: p.envelope,
             otlp_logs: p.otlp_logs,
+            otlp_traces: p.otlp_traces,
             event_id: p.event_id,
             dsn: p.dsn,
             categories: p.categories,
@@ -519,6 +539,8 @@ impl From<Processed> for SentryResult {
             events_converted: p.events_converted,
             log_records: p.log_records,
             transactions_sampled_out: p.transactions_sampled_out,
+            transactions_converted: p.transactions_converted,
+            spans: p.spans,
         }
     }
 }
@@ -535,10 +557,15 @@ impl SentryResult {
         PyBytes::new(py, &self.otlp_logs)
     }
 
+    #[getter]
+    fn otlp_traces<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.otlp_traces)
+    }
+
     fn __repr__(&self) -> String {
         format!(
-            "SentryResult(event_id={:?}, items={}, forwarded={}, scrubbed={}, log_records={})",
-            self.event_id, self.items, self.items_forwarded, self.items_scrubbed, self.log_records
+            "SentryResult(event_id={:?}, items={}, forwarded={}, scrubbed={}, log_records={}, spans={})",
+            self.event_id, self.items, self.items_forwarded, self.items_scrubbed, self.log_records, self.spans
         )
     }
 }

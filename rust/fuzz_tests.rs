@@ -1270,6 +1270,7 @@ fn options() -> impl Strategy<Value = IngestOptions> {
                 keep_errors,
                 resource_attributes,
                 max_body_bytes,
+                scrub: None,
             },
         )
 }

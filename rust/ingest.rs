@@ -13,6 +13,8 @@ use crate::decompress::decompress;
 use crate::enrich::Enricher;
 use crate::error::{CoreError, Result};
 use crate::sample::Sampler;
+use crate::scrub::{ScrubOptions, Scrubber};
+use crate::scrub_otlp::scrub_record;
 use crate::signal::Signal;
 use crate::wire::{self, Fields, LEN, VARINT};
 
@@ -76,6 +78,9 @@ pub struct IngestOptions {
     pub resource_attributes: Vec<(String, String)>,
     /// Limit on the body after decompression.
     pub max_body_bytes: usize,
+    /// Scrubbing of log bodies and attributes and of span, span event and span link attributes
+    /// (`scrub_otlp`), in the same walk; `None`: records pass as they came.
+    pub scrub: Option<ScrubOptions>,
 }
 
 impl Default for IngestOptions {
@@ -86,6 +91,7 @@ impl Default for IngestOptions {
             keep_errors: true,
             resource_attributes: Vec::new(),
             max_body_bytes: 64 * 1024 * 1024,
+            scrub: None,
         }
     }
 }
@@ -105,6 +111,8 @@ pub struct Ingested {
     pub error_message: String,
     /// Size of the body after decompression (before JSON transcoding).
     pub decoded_bytes: usize,
+    /// Records kept that scrubbing changed.
+    pub scrubbed: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +122,7 @@ pub struct Ingester {
     keep_errors: bool,
     enricher: Enricher,
     max_body_bytes: usize,
+    scrubber: Option<Scrubber>,
 }
 
 impl Ingester {
@@ -124,6 +133,7 @@ impl Ingester {
             keep_errors: options.keep_errors,
             enricher: Enricher::new(options.resource_attributes),
             max_body_bytes: options.max_body_bytes,
+            scrubber: options.scrub.as_ref().filter(|o| o.enabled).map(Scrubber::new),
         }
     }
 
@@ -136,6 +146,19 @@ impl Ingester {
     /// Errors: `Unsupported` (encoding), `TooLarge` (after decompression), `Decode` (not valid OTLP).
     /// Per-record problems are not errors: those records are counted in `rejected`.
     pub fn ingest(&self, signal: Signal, body: &[u8], format: Format, encoding: Option<&str>) -> Result<Ingested> {
+        self.ingest_with(signal, body, format, encoding, true)
+    }
+
+    /// `ingest`, scrubbing only when `scrub` (and configured): data converted from a track that
+    /// scrubbed it already (Sentry) passes with `false`.
+    pub fn ingest_with(
+        &self,
+        signal: Signal,
+        body: &[u8],
+        format: Format,
+        encoding: Option<&str>,
+        scrub: bool,
+    ) -> Result<Ingested> {
         let decoded = decompress(body, encoding, self.max_body_bytes)?;
         let decoded_bytes = decoded.len();
         let request: Cow<[u8]> = match format {
@@ -148,6 +171,7 @@ impl Ingester {
         let mut walk = Walk {
             ingester: self,
             signal,
+            scrubber: self.scrubber.as_ref().filter(|_| scrub),
             tally: Tally::default(),
         };
         let payload = walk.request(&request)?;
@@ -161,6 +185,7 @@ impl Ingester {
             sampled_out: tally.sampled_out,
             error_message: tally.message(signal),
             decoded_bytes,
+            scrubbed: tally.scrubbed,
         })
     }
 }
@@ -169,6 +194,7 @@ impl Ingester {
 struct Walk<'i> {
     ingester: &'i Ingester,
     signal: Signal,
+    scrubber: Option<&'i Scrubber>,
     tally: Tally,
 }
 
@@ -255,7 +281,17 @@ impl Walk<'_> {
             match (field.number, field.wire_type) {
                 (SCOPE_RECORDS, LEN) => {
                     if self.keep(field.data)? {
-                        out.extend_from_slice(field.raw);
+                        // Rewritten only when scrubbing changed something; else the bytes as they came.
+                        match self.scrubber {
+                            Some(s) => match scrub_record(s, self.signal, field.data)? {
+                                Some(new) => {
+                                    wire::put_bytes(out, SCOPE_RECORDS, &new);
+                                    self.tally.scrubbed += 1;
+                                }
+                                None => out.extend_from_slice(field.raw),
+                            },
+                            None => out.extend_from_slice(field.raw),
+                        }
                         kept_any = true;
                     }
                 }
@@ -432,6 +468,7 @@ struct Tally {
     sampled_out: u64,
     reasons: Vec<(Reason, u64)>,
     other_reasons: u64,
+    scrubbed: u64,
 }
 
 impl Tally {
@@ -708,6 +745,7 @@ mod tests {
             keep_errors,
             resource_attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             max_body_bytes: 1 << 20,
+            scrub: None,
         })
     }
 
@@ -891,6 +929,48 @@ mod tests {
             out.error_message,
             "1 log record rejected: trace_id must be empty or 16 bytes (got 5)"
         );
+    }
+
+    #[test]
+    fn scrubbing_in_the_walk_rewrites_only_records_that_match() {
+        let clean = log(&tid(1), &sid(1), 9, "job 7 done");
+        let secret = log(&tid(2), &sid(2), 9, "login https://u:pw@db/x failed");
+        let body = request(&[resource_x(
+            Some(&[("service.name", "api")]),
+            &[scope_x("s", &[clean.clone(), secret.clone()])],
+        )]);
+        let on = Ingester::new(IngestOptions {
+            scrub: Some(ScrubOptions::default()),
+            ..IngestOptions::default()
+        });
+        let out = run(&on, Signal::Logs, &body);
+        assert_eq!(out.scrubbed, 1);
+        let records = all_records(&out.payload);
+        assert_eq!(records[0], clean); // the zero-copy path: the bytes as they came
+        assert_eq!(
+            records[1],
+            log(&tid(2), &sid(2), 9, "login https://u:[Filtered]@db/x failed")
+        );
+        // Not asked for (data another track scrubbed), or not configured: the input as it came.
+        let out = on
+            .ingest_with(Signal::Logs, &body, Format::Protobuf, None, false)
+            .unwrap();
+        assert_eq!((out.scrubbed, out.payload.as_slice()), (0, body.as_slice()));
+        let out = run(&ingester(1.0, 1.0, true, &[]), Signal::Logs, &body);
+        assert_eq!((out.scrubbed, out.payload.as_slice()), (0, body.as_slice()));
+        // Metrics are never scrubbed.
+        let m = request(&[resource_x(None, &[scope_x("s", &[metric("password", 5, 1)])])]);
+        let out = run(&on, Signal::Metrics, &m);
+        assert_eq!((out.scrubbed, out.payload.as_slice()), (0, m.as_slice()));
+    }
+
+    #[test]
+    fn metric_with_a_name_and_no_points_is_kept() {
+        let empty = metric("jobs.queued", 5, 0);
+        let body = request(&[resource_x(None, &[scope_x("s", std::slice::from_ref(&empty))])]);
+        let out = run(&ingester(1.0, 1.0, true, &[]), Signal::Metrics, &body);
+        assert_eq!((out.received, out.accepted, out.rejected), (0, 0, 0));
+        assert_eq!(all_records(&out.payload), vec![empty]);
     }
 
     #[test]

@@ -29,6 +29,7 @@ struct Counters {
     accepted_records: AtomicU64,
     rejected_records: AtomicU64,
     sampled_out_records: AtomicU64,
+    scrubbed_records: AtomicU64,
     received_bytes: AtomicU64,
 }
 
@@ -106,11 +107,25 @@ impl Pipeline {
     /// Decodes, filters and queues one request body. The returned `payload` is empty: it now
     /// lives in the queue.
     pub fn ingest(&self, signal: Signal, body: &[u8], format: Format, encoding: Option<&str>) -> Result<Ingested> {
+        self.ingest_with(signal, body, format, encoding, true)
+    }
+
+    /// `ingest`; with `scrub` false, no scrubbing (for data another track scrubbed already).
+    pub fn ingest_with(
+        &self,
+        signal: Signal,
+        body: &[u8],
+        format: Format,
+        encoding: Option<&str>,
+        scrub: bool,
+    ) -> Result<Ingested> {
         if self.is_closed() {
             return Err(CoreError::Closed);
         }
-        let mut out = self.ingester.ingest(signal, body, format, encoding)?;
-        if out.accepted > 0 {
+        let mut out = self.ingester.ingest_with(signal, body, format, encoding, scrub)?;
+        // Not `accepted > 0`: a metric with a name and no data points is forwarded (as the
+        // Collector does) though it counts no data point.
+        if !out.payload.is_empty() {
             self.append(signal, out.accepted, Payload::from(std::mem::take(&mut out.payload)))?;
         }
         let c = &self.counters[signal.index()];
@@ -118,6 +133,7 @@ impl Pipeline {
         c.accepted_records.fetch_add(out.accepted, Ordering::Relaxed);
         c.rejected_records.fetch_add(out.rejected, Ordering::Relaxed);
         c.sampled_out_records.fetch_add(out.sampled_out, Ordering::Relaxed);
+        c.scrubbed_records.fetch_add(out.scrubbed, Ordering::Relaxed);
         c.received_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
         Ok(out)
     }
@@ -226,12 +242,13 @@ impl Pipeline {
     }
 
     /// Counters and gauges: `<signal>_<name>` for received_records, accepted_records,
-    /// rejected_records, sampled_out_records, received_bytes, queued_records, queued_bytes; then
+    /// rejected_records, sampled_out_records, scrubbed_records, received_bytes, queued_records,
+    /// queued_bytes; then
     /// queue_bytes, queue_max_bytes and queue_full_refusals (requests refused as queue-full);
     /// then the queue's own ([`Queue::counters`]).
     pub fn stats(&self) -> Vec<(String, u64)> {
         let usage = self.queue.usage();
-        let mut out = Vec::with_capacity(Signal::ALL.len() * 7 + 2);
+        let mut out = Vec::with_capacity(Signal::ALL.len() * 8 + 2);
         for signal in Signal::ALL {
             let i = signal.index();
             let c = &self.counters[i];
@@ -240,6 +257,7 @@ impl Pipeline {
                 ("accepted_records", c.accepted_records.load(Ordering::Relaxed)),
                 ("rejected_records", c.rejected_records.load(Ordering::Relaxed)),
                 ("sampled_out_records", c.sampled_out_records.load(Ordering::Relaxed)),
+                ("scrubbed_records", c.scrubbed_records.load(Ordering::Relaxed)),
                 ("received_bytes", c.received_bytes.load(Ordering::Relaxed)),
                 ("queued_records", usage.records_by_signal[i]),
                 ("queued_bytes", usage.bytes_by_signal[i]),
@@ -284,6 +302,7 @@ mod tests {
                 keep_errors: true,
                 resource_attributes: Vec::new(),
                 max_body_bytes: 1 << 20,
+                scrub: None,
             },
             queue_max_bytes,
             batch: Limits::new(max_records, 1 << 20, Duration::from_millis(delay_ms)).unwrap(),
@@ -320,6 +339,20 @@ mod tests {
     const WAIT: Option<Duration> = Some(Duration::from_secs(10));
 
     #[test]
+    fn a_metric_without_points_is_queued() {
+        let p = Pipeline::new(options(&["a"], 100, 0, 1 << 20)).unwrap();
+        let body = br#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"jobs.queued","gauge":{}}]}]}]}"#;
+        let out = p.ingest(Signal::Metrics, body, Format::Json, None).unwrap();
+        assert_eq!((out.received, out.accepted), (0, 0));
+        let batch = p
+            .next_batch("a", Signal::Metrics, Some(Duration::ZERO), true)
+            .unwrap()
+            .unwrap();
+        let json = crate::json_encode::protobuf_to_json(Signal::Metrics, &batch.body()).unwrap();
+        assert!(String::from_utf8(json).unwrap().contains("jobs.queued"));
+    }
+
+    #[test]
     fn ingest_batch_ack() {
         let p = pipeline(&["otlp", "file"], 100, 60_000);
         for i in 0..3 {
@@ -334,7 +367,7 @@ mod tests {
         assert!(stat(&p, "queue_bytes") > 0);
         assert_eq!(stat(&p, "queue_max_bytes"), 1 << 20);
         assert_eq!(stat(&p, "queue_full_refusals"), 0);
-        assert_eq!(p.stats().len(), 24);
+        assert_eq!(p.stats().len(), 27);
 
         // Nothing is due (delay 60 s), so a zero timeout returns nothing; flush takes it all.
         assert!(p

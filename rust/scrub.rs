@@ -123,7 +123,20 @@ impl Scrubber {
     /// Whether values under `key` are filtered whatever they hold. Allocates nothing for ASCII
     /// keys.
     pub fn sensitive_key(&self, key: &str) -> bool {
-        if key.is_ascii() {
+        if key.is_ascii() && key.len() <= 128 {
+            // Normalized once on the stack, then plain byte comparisons per pattern.
+            let mut buf = [0u8; 128];
+            let norm = &mut buf[..key.len()];
+            for (n, &b) in norm.iter_mut().zip(key.as_bytes()) {
+                *n = normalized(b);
+            }
+            let norm = &*norm;
+            !self.safe.iter().any(|s| norm == s.as_bytes())
+                && self
+                    .keys
+                    .iter()
+                    .any(|k| k.is_empty() || norm.windows(k.len()).any(|w| w == k.as_bytes()))
+        } else if key.is_ascii() {
             let key = key.as_bytes();
             !self.safe.iter().any(|s| eq_normalized(key, s.as_bytes()))
                 && self.keys.iter().any(|k| contains_normalized(key, k.as_bytes()))
@@ -653,6 +666,16 @@ fn card_window_from(b: &[u8], groups: &[(usize, usize)]) -> Option<usize> {
 /// 13–19 digits, a payment-card major industry identifier (2–6), Luhn-valid.
 fn card_digits(digits: &[u8]) -> bool {
     (13..=19).contains(&digits.len()) && (2..=6).contains(&digits[0]) && luhn(digits)
+}
+
+/// Whether an integer is a credit-card number (13–19 digits, Luhn-valid); cheap for small ones.
+pub fn card_int(n: u64) -> bool {
+    n >= 1_000_000_000_000 && card_number(n)
+}
+
+/// Whether a double is an integral credit-card number.
+pub fn card_double(f: f64) -> bool {
+    f.fract() == 0.0 && (1e12..9_007_199_254_740_992.0).contains(&f) && card_number(f as u64)
 }
 
 fn card_number(n: u64) -> bool {

@@ -21,6 +21,7 @@ use crate::envelope::{self, Envelope, Item, Out};
 use crate::error::{quote, CoreError, Result};
 use crate::sample::Sampler;
 use crate::scrub::{self, ScrubOptions, Scrubber};
+use crate::sentry_spans::TracesBuilder;
 use crate::wire;
 
 /// Payload limits per item type, as in Relay. An envelope with an item over its limit is
@@ -67,7 +68,8 @@ pub struct SentryOptions {
     /// Fraction of transactions kept, consistent by trace id. Error events are always kept.
     pub transaction_sample_rate: f64,
     pub limits: ItemLimits,
-    /// Build `Processed::otlp_logs` from events and log items.
+    /// Build `Processed::otlp_logs` from events and log items, and `Processed::otlp_traces` from
+    /// the transactions kept.
     pub to_otlp: bool,
 }
 
@@ -113,6 +115,12 @@ pub struct Processed {
     pub items_sampled_out: usize,
     /// An `ExportLogsServiceRequest` (protobuf); empty when there are no records.
     pub otlp_logs: Vec<u8>,
+    /// `transaction` items (kept by sampling) turned into spans.
+    pub transactions_converted: usize,
+    /// Spans in `otlp_traces`: each converted transaction's root span and its children.
+    pub spans: usize,
+    /// An `ExportTraceServiceRequest` (protobuf, see `sentry_spans`); empty when there are no spans.
+    pub otlp_traces: Vec<u8>,
 }
 
 /// Processes a decompressed envelope. `project_id` comes from the route
@@ -128,6 +136,7 @@ pub fn process(body: &[u8], project_id: &str, options: &SentryOptions) -> Result
     let sampler = Sampler::new(options.transaction_sample_rate);
     let observed = now_nanos();
     let mut logs = LogsBuilder::new(project_id);
+    let mut traces = TracesBuilder::default();
     let mut out = Processed {
         event_id: env.event_id.clone(),
         dsn: env.header.get("dsn").and_then(Value::as_str).map(str::to_owned),
@@ -163,7 +172,14 @@ pub fn process(body: &[u8], project_id: &str, options: &SentryOptions) -> Result
                 let trace_id = header_trace.or_else(|| str_at(&event, &["contexts", "trace", "trace_id"]));
                 if keep_transaction(&sampler, trace_id, env.event_id.as_deref(), item.payload) {
                     transactions_kept += 1;
-                    replace_if(scrubber.scrub_value(&mut event), &event)
+                    let scrubbed = scrubber.scrub_value(&mut event);
+                    // Built from the scrubbed event, like the log records of errors.
+                    if options.to_otlp
+                        && traces.add_transaction(&event, header_trace, env.event_id.as_deref(), project_id) > 0
+                    {
+                        out.transactions_converted += 1;
+                    }
+                    replace_if(scrubbed, &event)
                 } else {
                     out.transactions_sampled_out += 1;
                     Decision::Drop
@@ -215,6 +231,8 @@ pub fn process(body: &[u8], project_id: &str, options: &SentryOptions) -> Result
     };
     out.log_records = logs.len();
     out.otlp_logs = logs.finish();
+    out.spans = traces.len();
+    out.otlp_traces = traces.finish();
     Ok(out)
 }
 
@@ -499,16 +517,16 @@ pub fn parse_rate_limits(header: &str) -> Vec<RateLimit> {
 
 // ---- OTLP conversion ----
 
-const ANY_STRING: u32 = 1;
-const ANY_BOOL: u32 = 2;
-const ANY_INT: u32 = 3;
-const ANY_DOUBLE: u32 = 4;
+pub(crate) const ANY_STRING: u32 = 1;
+pub(crate) const ANY_BOOL: u32 = 2;
+pub(crate) const ANY_INT: u32 = 3;
+pub(crate) const ANY_DOUBLE: u32 = 4;
 
 /// Correlation ids lifted into attributes, by base name: `job` → `job.id` (also read as `job_id`).
-const CORRELATION: &[&str] = &["job", "worker", "machine", "session", "request"];
+pub(crate) const CORRELATION: &[&str] = &["job", "worker", "machine", "session", "request"];
 
 #[derive(Debug, Clone, PartialEq)]
-enum Attr {
+pub(crate) enum Attr {
     Str(String),
     Int(i64),
     Double(f64),
@@ -581,12 +599,12 @@ impl Record {
     }
 }
 
-fn put_fixed64(out: &mut Vec<u8>, number: u32, value: u64) {
+pub(crate) fn put_fixed64(out: &mut Vec<u8>, number: u32, value: u64) {
     wire::put_tag(out, number, wire::I64);
     out.extend_from_slice(&value.to_le_bytes());
 }
 
-fn put_kv(out: &mut Vec<u8>, number: u32, key: &str, value: &Attr) {
+pub(crate) fn put_kv(out: &mut Vec<u8>, number: u32, key: &str, value: &Attr) {
     wire::put_message(out, number, |kv| {
         wire::put_bytes(kv, 1, key.as_bytes());
         wire::put_message(kv, 2, |any| value.put(any));
@@ -596,7 +614,7 @@ fn put_kv(out: &mut Vec<u8>, number: u32, key: &str, value: &Attr) {
 /// Resource attributes of a record.
 type ResourceKey = Vec<(&'static str, String)>;
 /// Instrumentation scope name and version.
-type ScopeKey = (String, String);
+pub(crate) type ScopeKey = (String, String);
 
 struct ResourceGroup {
     resource: ResourceKey,
@@ -791,7 +809,7 @@ fn log_item_records(payload: &Value, observed: u64) -> Vec<Record> {
     out
 }
 
-fn sdk_scope(name: Option<&str>, version: Option<&str>) -> ScopeKey {
+pub(crate) fn sdk_scope(name: Option<&str>, version: Option<&str>) -> ScopeKey {
     (
         name.filter(|n| !n.is_empty()).unwrap_or("sentry").to_owned(),
         version.unwrap_or_default().to_owned(),
@@ -936,7 +954,7 @@ fn render_traceback(exceptions: &[&Value]) -> String {
 
 /// A correlation id from tags (`job.id`, `job_id`), contexts (`contexts.job.id`, or
 /// `job.id`/`job_id` in any context) or `extra`.
-fn correlation_id(event: &Value, base: &str) -> Option<String> {
+pub(crate) fn correlation_id(event: &Value, base: &str) -> Option<String> {
     let dotted = format!("{base}.id");
     let underscored = format!("{base}_id");
     let keys = [dotted.as_str(), underscored.as_str()];
@@ -963,7 +981,7 @@ fn correlation_id(event: &Value, base: &str) -> Option<String> {
 }
 
 /// A tag value; tags are an object or a list of `[key, value]` pairs.
-fn tag(event: &Value, key: &str) -> Option<String> {
+pub(crate) fn tag(event: &Value, key: &str) -> Option<String> {
     match event.get("tags")? {
         Value::Object(m) => m.get(key).and_then(scalar),
         Value::Array(pairs) => pairs.iter().find_map(|p| match p.as_array().map(Vec::as_slice) {
@@ -975,16 +993,16 @@ fn tag(event: &Value, key: &str) -> Option<String> {
     .filter(|v| !v.is_empty())
 }
 
-fn str_at<'v>(value: &'v Value, path: &[&str]) -> Option<&'v str> {
+pub(crate) fn str_at<'v>(value: &'v Value, path: &[&str]) -> Option<&'v str> {
     path.iter().try_fold(value, |v, k| v.get(*k))?.as_str()
 }
 
-fn scalar_at(value: &Value, path: &[&str]) -> Option<String> {
+pub(crate) fn scalar_at(value: &Value, path: &[&str]) -> Option<String> {
     path.iter().try_fold(value, |v, k| v.get(*k)).and_then(scalar)
 }
 
 /// A string, number or boolean as text.
-fn scalar(v: &Value) -> Option<String> {
+pub(crate) fn scalar(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -994,7 +1012,7 @@ fn scalar(v: &Value) -> Option<String> {
 }
 
 /// Lowercase or uppercase hex of exactly N bytes, not all zero (an invalid id in OTel).
-fn hex_id<const N: usize>(s: &str) -> Option<[u8; N]> {
+pub(crate) fn hex_id<const N: usize>(s: &str) -> Option<[u8; N]> {
     let b = s.as_bytes();
     if b.len() != 2 * N {
         return None;
@@ -1009,7 +1027,7 @@ fn hex_id<const N: usize>(s: &str) -> Option<[u8; N]> {
 }
 
 /// A Sentry timestamp: seconds since the epoch as a number (or numeric string), or RFC 3339.
-fn timestamp_nanos(v: &Value) -> Option<u64> {
+pub(crate) fn timestamp_nanos(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n.as_f64().and_then(seconds_to_nanos),
         Value::String(s) => parse_rfc3339(s).or_else(|| s.trim().parse::<f64>().ok().and_then(seconds_to_nanos)),
@@ -1107,7 +1125,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
-fn now_nanos() -> u64 {
+pub(crate) fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))

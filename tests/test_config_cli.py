@@ -121,3 +121,26 @@ def test_inflight_budget_follows_a_raised_body_limit(tmp_path: Path) -> None:
     cfg = config.load(write(tmp_path, "[server]\nmax_body_bytes = 536870912\n"), env={})
     assert cfg.server.inflight_budget() == 536870912
     assert config.load(None, env={}).server.inflight_budget() == 256 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("text", "sentry", "otlp", "extra", "safe"),
+    [
+        ("", True, False, [], []),
+        ('[scrub]\ntracks = ["all"]\n', True, True, [], []),
+        ('[scrub]\ntracks = ["otlp", "fluent", "events"]\n', False, True, [], []),
+        ('[scrub]\ntracks = []\nextra_keys = ["ssn"]\nsafe_keys = ["author"]\n', False, False, ["ssn"], ["author"]),
+        # The older [receivers.sentry] keys still work, merged into [scrub].
+        ('[receivers.sentry]\nscrub = false\nscrub_extra_keys = ["pin"]\n', False, False, ["pin"], []),
+        ('[scrub]\ntracks = ["otlp"]\nextra_keys = ["ssn"]\n'
+         '[receivers.sentry]\nscrub = true\nscrub_safe_keys = ["a"]\n', True, True, ["ssn"], ["a"]),
+    ],
+)  # fmt: skip
+def test_scrub_section(tmp_path: Path, text: str, sentry: bool, otlp: bool, extra: list[str], safe: list[str]) -> None:
+    cfg = config.load(write(tmp_path, text), env={})
+    assert (cfg.scrubs("sentry"), cfg.scrubs("otlp"), cfg.scrub_keys()) == (sentry, otlp, (extra, safe))
+
+
+def test_scrub_unknown_track_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"scrub\.tracks"):
+        config.load(write(tmp_path, '[scrub]\ntracks = ["sentri"]\n'), env={})

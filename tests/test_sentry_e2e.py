@@ -179,7 +179,7 @@ def test_message_transaction_and_logs_arrive(
     assert log["body"] == "rendered 24 frames"
     assert log["trace_id"] == tx.trace_id
 
-    # Events and Sentry logs also become OTLP log records; transactions do not.
+    # Events and Sentry logs also become OTLP log records; the transaction becomes spans.
     assert upstream.wait_for(lambda u: len(u.log_records()) == 2)
     records = {r.body.string_value: r for r in upstream.log_records()}
     assert set(records) == {"queue is backing up", "rendered 24 frames"}
@@ -188,7 +188,8 @@ def test_message_transaction_and_logs_arrive(
     assert rendered.severity_number == 9  # INFO
     assert rendered.trace_id.hex() == tx.trace_id
     assert attrs(rendered.attributes)["job.id"] == "job-7"
-    assert upstream.spans() == []
+    assert upstream.wait_for(lambda u: len(u.spans()) == 3)
+    assert {s.name for s in upstream.spans()} == {"job.run", "render frames", "upload result"}
 
 
 def test_envelope_dsn_auth_is_rewritten_for_upstream(

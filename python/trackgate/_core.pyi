@@ -100,6 +100,9 @@ class Core:
         fsync_interval_ms: int = 200,
         segment_bytes: int = 67108864,
         exporter_limits: dict[str, tuple[int, float]] | None = None,
+        scrub_otlp: bool = False,
+        scrub_extra_keys: list[str] = ...,
+        scrub_safe_keys: list[str] = ...,
     ) -> Self:
         """A pipeline over a durable queue in `storage_dir` (in memory when None).
 
@@ -109,7 +112,12 @@ class Core:
         `QueueLocked` when another process holds `storage_dir`, `OSError` when it cannot be used.
         """
     def ingest(
-        self, signal: _Signal, body: bytes, format: _Format, content_encoding: str | None = None
+        self,
+        signal: _Signal,
+        body: bytes,
+        format: _Format,
+        content_encoding: str | None = None,
+        scrub: bool = True,
     ) -> IngestResult: ...
     def enqueue(self, signal: _Signal, payload: bytes, records: int) -> None: ...
     def next_batch(self, exporter: str, signal: _Signal, timeout: float, flush: bool = False) -> Batch | None: ...
@@ -168,6 +176,8 @@ class SentryResult:
     @property
     def otlp_logs(self) -> bytes: ...
     @property
+    def otlp_traces(self) -> bytes: ...
+    @property
     def event_id(self) -> str | None: ...
     @property
     def dsn(self) -> str | None: ...
@@ -185,6 +195,10 @@ class SentryResult:
     def log_records(self) -> int: ...
     @property
     def transactions_sampled_out(self) -> int: ...
+    @property
+    def transactions_converted(self) -> int: ...
+    @property
+    def spans(self) -> int: ...
 
 @final
 class SentryProcessor:

@@ -149,9 +149,25 @@ class SentryReceiverConfig(_Section):
     # Accepted client keys (the DSN's public key). Empty: any key, but only on a loopback listener.
     public_keys: list[str] = field(default_factory=list)
     max_event_bytes: PositiveInt = 1024 * 1024  # per event/transaction item, after decompression
-    scrub: bool = True  # Relay-style PII scrubbing of events before they go anywhere
-    scrub_extra_keys: list[str] = field(default_factory=list)  # more key patterns to scrub
-    scrub_safe_keys: list[str] = field(default_factory=list)  # key names never scrubbed (e.g. "author")
+    # The older form of [scrub], still honoured: false takes "sentry" out of [scrub] tracks; the
+    # key lists are added to [scrub]'s. None: as [scrub] says.
+    scrub: bool | None = None
+    scrub_extra_keys: list[str] = field(default_factory=list)
+    scrub_safe_keys: list[str] = field(default_factory=list)
+
+
+# Tracks the scrubber can run on. fluent and events name tracks that land separately; they are
+# accepted here so one config serves every build.
+ScrubTrack = Literal["all", "sentry", "otlp", "fluent", "events"]
+SCRUB_TRACKS: tuple[str, ...] = ("sentry", "otlp", "fluent", "events")
+
+
+class ScrubConfig(_Section):
+    # Relay-style PII scrubbing, one set of rules for every track. Default: Sentry only (as
+    # Relay does for Sentry); OTLP passes untouched unless asked, as OTLP users expect.
+    tracks: list[ScrubTrack] = field(default_factory=lambda: ["sentry"])
+    extra_keys: list[str] = field(default_factory=list)  # more key substrings whose values are filtered
+    safe_keys: list[str] = field(default_factory=list)  # whole key names never filtered (e.g. "author")
 
 
 class OtlpGrpcReceiverConfig(_Section):
@@ -214,9 +230,23 @@ class Config(_Section):
     batch: BatchConfig = field(default_factory=BatchConfig)
     resource: ResourceConfig = field(default_factory=ResourceConfig)
     receivers: ReceiversConfig = field(default_factory=ReceiversConfig)
+    scrub: ScrubConfig = field(default_factory=ScrubConfig)
     exporters: ExportersConfig = field(default_factory=ExportersConfig)
     self_monitoring: SelfMonitoringConfig = field(default_factory=SelfMonitoringConfig)
     hostmetrics: HostMetricsConfig = field(default_factory=HostMetricsConfig)
+
+    def scrubs(self, track: str) -> bool:
+        """Whether `track` is scrubbed: [scrub] tracks, with [receivers.sentry] scrub on top."""
+        if track == "sentry" and self.receivers.sentry.scrub is not None:
+            return self.receivers.sentry.scrub
+        return "all" in self.scrub.tracks or track in self.scrub.tracks
+
+    def scrub_keys(self) -> tuple[list[str], list[str]]:
+        """(extra_keys, safe_keys): [scrub]'s and [receivers.sentry]'s together."""
+        rcv = self.receivers.sentry
+        extra = list(dict.fromkeys([*self.scrub.extra_keys, *rcv.scrub_extra_keys]))
+        safe = list(dict.fromkeys([*self.scrub.safe_keys, *rcv.scrub_safe_keys]))
+        return extra, safe
 
     def otlp_exporters(self) -> dict[str, OtlpExporterConfig]:
         found = {"dash0": self.exporters.dash0, "otlp": self.exporters.otlp}

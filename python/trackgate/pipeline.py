@@ -135,6 +135,9 @@ class Pipeline:
             fsync_interval_ms=cfg.storage.fsync_interval_ms,
             segment_bytes=cfg.storage.segment_bytes,
             exporter_limits=limits or None,
+            scrub_otlp=cfg.scrubs("otlp"),
+            scrub_extra_keys=cfg.scrub_keys()[0],
+            scrub_safe_keys=cfg.scrub_keys()[1],
         )
         if queue_dir is not None:
             report = core.recovery()
@@ -151,6 +154,11 @@ class Pipeline:
                 for s in SIGNALS
                 for outcome in ("received", "accepted", "rejected", "sampled_out")
             ]
+
+        def scrubbed() -> list[tuple[tuple[str, ...], float]]:
+            stats = self.core.stats()
+            otlp = sum(stats.get(f"{s}_scrubbed_records", 0) for s in SIGNALS)
+            return [(("otlp",), otlp), (("sentry",), telemetry.SENTRY_SCRUBBED.value())]
 
         def received_bytes() -> list[tuple[tuple[str, ...], float]]:
             stats = self.core.stats()
@@ -182,6 +190,14 @@ class Pipeline:
             "Records received, by signal and outcome (received, accepted, rejected, sampled_out).",
             ("signal", "outcome"),
             records,
+            kind="counter",
+        )
+        reg.observed(
+            "trackgate_scrubbed_records_total",
+            "Records in which scrubbing filtered something, by track (otlp: log records and spans; sentry: "
+            "envelope items). The values themselves are never logged.",
+            ("track",),
+            scrubbed,
             kind="counter",
         )
         reg.observed(
@@ -225,11 +241,20 @@ class Pipeline:
     # -- intake ---------------------------------------------------------------------------------
 
     def ingest(
-        self, signal: Signal, body: bytes, format: Format = "protobuf", content_encoding: str | None = None
+        self,
+        signal: Signal,
+        body: bytes,
+        format: Format = "protobuf",
+        content_encoding: str | None = None,
+        *,
+        scrub: bool = True,
     ) -> IngestResult:
-        """Decode, filter and queue one OTLP export request. Raises trackgate.exceptions errors."""
+        """Decode, filter and queue one OTLP export request. Raises trackgate.exceptions errors.
+
+        `scrub=False`: no OTLP scrubbing, for records converted from a track that scrubbed already.
+        """
         try:
-            return self.core.ingest(signal, body, format, content_encoding)
+            return self.core.ingest(signal, body, format, content_encoding, scrub)
         except QueueFull:
             self._last_full = time.monotonic()
             raise

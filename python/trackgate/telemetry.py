@@ -313,6 +313,9 @@ OVER_LIMIT = REGISTRY.counter(
     "Records sent over a destination's documented content limits (Dash0 truncates them), by limit.",
     ("exporter", "signal", "limit"),
 )
+# Sentry items scrubbing changed; read into trackgate_scrubbed_records_total{track="sentry"} beside
+# the core's OTLP count (not registered itself: one metric, two sources).
+SENTRY_SCRUBBED = Counter("trackgate_sentry_scrubbed_items", "Sentry items scrubbing changed.")
 EXPORT_LATENCY = REGISTRY.histogram(
     "trackgate_exporter_send_duration_seconds", "Duration of one send attempt.", ("exporter", "signal")
 )

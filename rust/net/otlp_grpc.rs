@@ -458,6 +458,7 @@ mod tests {
                     keep_errors: true,
                     resource_attributes: Vec::new(),
                     max_body_bytes: 4096,
+                    scrub: None,
                 },
                 queue_max_bytes,
                 batch: Limits::new(100, 1 << 20, Duration::from_secs(60)).unwrap(),

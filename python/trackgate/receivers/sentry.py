@@ -96,9 +96,9 @@ class SentryReceiver:
             lambda: [((), float(sum(self.preauth.held.values())))],
         )
         self.processor = SentryProcessor(
-            scrub=rcv.scrub,
-            scrub_extra_keys=rcv.scrub_extra_keys,
-            scrub_safe_keys=rcv.scrub_safe_keys,
+            scrub=cfg.scrubs("sentry"),
+            scrub_extra_keys=cfg.scrub_keys()[0],
+            scrub_safe_keys=cfg.scrub_keys()[1],
             transaction_sample_rate=cfg.sampling.sentry_transactions,
             max_envelope_bytes=cfg.server.max_body_bytes,
             max_event_bytes=rcv.max_event_bytes,
@@ -199,6 +199,7 @@ class SentryReceiver:
         ENVELOPES.inc(outcome="accepted")
         SENTRY_ITEMS.inc(result.items, outcome="received")
         SENTRY_ITEMS.inc(result.items_scrubbed, outcome="scrubbed")
+        telemetry.SENTRY_SCRUBBED.inc(result.items_scrubbed)
         SENTRY_ITEMS.inc(result.transactions_sampled_out, outcome="sampled_out")
         return json_response(200, {"id": result.event_id} if result.event_id else {})
 
@@ -285,5 +286,9 @@ class SentryReceiver:
         if self.forward is not None and result.items_forwarded:
             self.forward.core.enqueue("logs", result.envelope, result.items_forwarded)
             SENTRY_ITEMS.inc(result.items_forwarded, outcome="forwarded")
+        # Converted from the scrubbed items (or from unscrubbed ones when the sentry track is
+        # off): the OTLP track's scrubbing does not run on them again.
         if result.otlp_logs:
-            self.pipeline.ingest("logs", result.otlp_logs, "protobuf")
+            self.pipeline.ingest("logs", result.otlp_logs, "protobuf", scrub=False)
+        if result.otlp_traces:
+            self.pipeline.ingest("traces", result.otlp_traces, "protobuf", scrub=False)
