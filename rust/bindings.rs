@@ -260,6 +260,7 @@ impl Core {
         scrub_otlp = false,
         scrub_extra_keys = Vec::new(),
         scrub_safe_keys = Vec::new(),
+        scrub_patterns = Vec::new(),
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -282,7 +283,9 @@ impl Core {
         scrub_otlp: bool,
         scrub_extra_keys: Vec<String>,
         scrub_safe_keys: Vec<String>,
+        scrub_patterns: Vec<String>,
     ) -> PyResult<Self> {
+        check_patterns(&scrub_patterns)?;
         let fsync = Fsync::parse(fsync, Duration::from_millis(fsync_interval_ms)).map_err(to_py)?;
         let limits = parse_limits(exporter_limits.unwrap_or_default())?;
         let pipeline = guarded(py, || {
@@ -301,6 +304,7 @@ impl Core {
                     enabled: true,
                     extra_keys: scrub_extra_keys,
                     safe_keys: scrub_safe_keys,
+                    patterns: scrub_patterns,
                 }),
             };
             let Some(dir) = storage_dir else {
@@ -570,6 +574,24 @@ impl SentryResult {
     }
 }
 
+/// A ValueError naming the first scrub pattern that cannot be used.
+fn check_patterns(patterns: &[String]) -> PyResult<()> {
+    for (index, pattern) in patterns.iter().enumerate() {
+        if let Some(why) = crate::scrub::check_pattern(pattern) {
+            return Err(PyValueError::new_err(format!(
+                "scrub pattern {index} is not usable: {why}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Why a `[scrub] extra_patterns` entry cannot be used, or None when it can.
+#[pyfunction]
+fn scrub_pattern_error(pattern: &str) -> Option<String> {
+    crate::scrub::check_pattern(pattern)
+}
+
 /// The Sentry track's data plane: decompress, parse, scrub, sample and convert envelopes.
 #[pyclass(frozen, module = "trackgate._core")]
 struct SentryProcessor {
@@ -581,13 +603,14 @@ struct SentryProcessor {
 impl SentryProcessor {
     #[new]
     #[pyo3(signature = (*, scrub = true, scrub_extra_keys = Vec::new(), scrub_safe_keys = Vec::new(),
-        transaction_sample_rate = 1.0, to_otlp = true, max_envelope_bytes = 200 * 1024 * 1024,
+        scrub_patterns = Vec::new(), transaction_sample_rate = 1.0, to_otlp = true, max_envelope_bytes = 200 * 1024 * 1024,
         max_event_bytes = 1024 * 1024))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         scrub: bool,
         scrub_extra_keys: Vec<String>,
         scrub_safe_keys: Vec<String>,
+        scrub_patterns: Vec<String>,
         transaction_sample_rate: f64,
         to_otlp: bool,
         max_envelope_bytes: usize,
@@ -598,11 +621,13 @@ impl SentryProcessor {
                 "transaction_sample_rate must be between 0 and 1 (got {transaction_sample_rate})"
             )));
         }
+        check_patterns(&scrub_patterns)?;
         let mut options = SentryOptions {
             scrub: ScrubOptions {
                 enabled: scrub,
                 extra_keys: scrub_extra_keys,
                 safe_keys: scrub_safe_keys,
+                patterns: scrub_patterns,
             },
             transaction_sample_rate,
             to_otlp,
@@ -764,6 +789,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(envelope_categories, m)?)?;
     m.add_function(wrap_pyfunction!(dash0_content_report, m)?)?;
     m.add_function(wrap_pyfunction!(grpc_retry_delay, m)?)?;
+    m.add_function(wrap_pyfunction!(scrub_pattern_error, m)?)?;
     m.add_class::<SentryProcessor>()?;
     m.add_class::<SentryResult>()?;
     Ok(())

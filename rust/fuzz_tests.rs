@@ -2001,6 +2001,7 @@ mod sentry_fuzz {
                         enabled,
                         extra_keys,
                         safe_keys,
+                        patterns: Vec::new(),
                     },
                     transaction_sample_rate,
                     limits,

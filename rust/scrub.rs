@@ -32,7 +32,9 @@
 //! Keys are never changed. A payload nothing matched in is left alone by the caller, so it is
 //! forwarded byte-for-byte. `safe_keys` are exempt from the key rules (also as query keys).
 
+use regex::{Regex, RegexBuilder};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 use crate::error::{CoreError, Result};
 
@@ -74,6 +76,26 @@ pub struct ScrubOptions {
     /// Key names (case-insensitive, whole name, `-` and `_` the same) never filtered by the key
     /// rules, e.g. `author` (which contains `auth`). String values under them are still scanned.
     pub safe_keys: Vec<String>,
+    /// Regular expressions (Rust `regex` syntax) whose matches in any string become `[Filtered]`.
+    /// Checked with `check_pattern` first: one that does not compile is left out here.
+    pub patterns: Vec<String>,
+}
+
+/// Why `pattern` cannot be used in `ScrubOptions::patterns` (None: it can).
+pub fn check_pattern(pattern: &str) -> Option<String> {
+    if pattern.is_empty() {
+        return Some("an empty pattern would match everywhere".to_owned());
+    }
+    match compile(pattern) {
+        Ok(re) if re.is_match("") => Some("the pattern matches the empty string".to_owned()),
+        Ok(_) => None,
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+fn compile(pattern: &str) -> std::result::Result<Regex, regex::Error> {
+    // Bounded compiled size: a config cannot make the scrubber huge.
+    RegexBuilder::new(pattern).size_limit(1 << 20).build()
 }
 
 impl Default for ScrubOptions {
@@ -82,6 +104,7 @@ impl Default for ScrubOptions {
             enabled: true,
             extra_keys: Vec::new(),
             safe_keys: Vec::new(),
+            patterns: Vec::new(),
         }
     }
 }
@@ -93,6 +116,7 @@ pub struct Scrubber {
     /// Normalized (`normalize_key`).
     keys: Vec<String>,
     safe: Vec<String>,
+    patterns: Vec<Regex>,
 }
 
 impl Default for Scrubber {
@@ -113,6 +137,12 @@ impl Scrubber {
             enabled: options.enabled,
             keys,
             safe: options.safe_keys.iter().map(|k| normalize_key(k)).collect(),
+            patterns: options
+                .patterns
+                .iter()
+                .filter(|p| check_pattern(p).is_none())
+                .filter_map(|p| compile(p).ok())
+                .collect(),
         }
     }
 
@@ -240,6 +270,11 @@ impl Scrubber {
         }
         if s.bytes().filter(u8::is_ascii_digit).nth(12).is_some() {
             out = card_numbers(out.as_deref().unwrap_or(s)).or(out);
+        }
+        for re in &self.patterns {
+            if let Cow::Owned(new) = re.replace_all(out.as_deref().unwrap_or(s), FILTERED) {
+                out = Some(new);
+            }
         }
         out
     }
@@ -871,6 +906,7 @@ mod tests {
             enabled: true,
             extra_keys: vec!["SSN".into()],
             safe_keys: vec!["Author".into()],
+            patterns: Vec::new(),
         });
         let mut v = json!({"user_ssn": "1", "author": "ann", "auth": "x"});
         assert!(custom.scrub_value(&mut v));
@@ -1278,5 +1314,29 @@ mod tests {
             }
         }
         assert!(scrubbed > 1_000, "{scrubbed}");
+    }
+
+    #[test]
+    fn extra_patterns_filter_their_matches_everywhere() {
+        let s = Scrubber::new(&ScrubOptions {
+            patterns: vec![r"JOB-SECRET-\d+".into(), "(?i)internal-[a-z]+".into()],
+            ..ScrubOptions::default()
+        });
+        let mut v = json!({"msg": "ref JOB-SECRET-4711 and Internal-abc", "n": ["JOB-SECRET-1"], "ok": "job-1"});
+        assert!(s.scrub_value(&mut v));
+        assert_eq!(
+            v,
+            json!({"msg": "ref [Filtered] and [Filtered]", "n": ["[Filtered]"], "ok": "job-1"})
+        );
+        assert_eq!(s.scrub_str("nothing here"), None);
+    }
+
+    #[test]
+    fn unusable_patterns_are_named() {
+        assert!(check_pattern("(").is_some());
+        assert!(check_pattern("").unwrap().contains("empty"));
+        assert!(check_pattern("x*").unwrap().contains("empty string"));
+        assert!(check_pattern("(?=x)").is_some(), "look-around is not supported");
+        assert_eq!(check_pattern(r"tok_[A-Za-z0-9]{20}"), None);
     }
 }

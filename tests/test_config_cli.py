@@ -144,3 +144,22 @@ def test_scrub_section(tmp_path: Path, text: str, sentry: bool, otlp: bool, extr
 def test_scrub_unknown_track_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"scrub\.tracks"):
         config.load(write(tmp_path, '[scrub]\ntracks = ["sentri"]\n'), env={})
+
+
+@pytest.mark.parametrize(
+    ("pattern", "words"),
+    [("(unclosed", "scrub.extra_patterns[0]"), ("a*", "matches the empty string"), ("(?=x)y", "not usable")],
+)
+def test_scrub_patterns_are_checked(tmp_path: Path, pattern: str, words: str) -> None:
+    path = write(tmp_path, f"[scrub]\nextra_patterns = [{pattern!r}]\n".replace("'", '"'))
+    with pytest.raises(ConfigError) as err:
+        config.load(path, env={})
+    assert words in str(err.value) and str(path) in str(err.value)
+
+
+def test_scrub_patterns_reach_the_scrubber() -> None:
+    from trackgate._core import SentryProcessor
+
+    with pytest.raises(ValueError, match="scrub pattern 0"):
+        SentryProcessor(scrub_patterns=[""])
+    assert config.load(None, env={}).scrub.extra_patterns == []

@@ -44,6 +44,7 @@ ROWS = [
     ("header", "Bearer eyJhbGciOi.x1", "Bearer [Filtered]"),
     ("key", PEM, PEM_OUT),
     ("plain", "nothing to see", "nothing to see"),
+    ("note", "ref JOB-SECRET-4711 done", "ref [Filtered] done"),  # extra pattern
 ]
 
 
@@ -82,6 +83,7 @@ def config(upstream: Upstream, sentry: SentryUpstream, tracks: str) -> str:
 tracks = {tracks}
 extra_keys = ["ssn"]
 safe_keys = ["author"]
+extra_patterns = ["JOB-SECRET-[0-9]+"]
 
 [exporters.sentry]
 dsn = "{sentry.dsn()}"

@@ -103,6 +103,7 @@ class Core:
         scrub_otlp: bool = False,
         scrub_extra_keys: list[str] = ...,
         scrub_safe_keys: list[str] = ...,
+        scrub_patterns: list[str] = ...,
     ) -> Self:
         """A pipeline over a durable queue in `storage_dir` (in memory when None).
 
@@ -156,6 +157,9 @@ class Listeners:
     def close(self, grace_s: float = 5.0) -> None:
         """Stops accepting; calls in flight finish within `grace_s`. Idempotent."""
 
+def scrub_pattern_error(pattern: str) -> str | None:
+    """Why `pattern` cannot be a `[scrub] extra_patterns` entry, or None when it can."""
+
 def grpc_retry_delay(status_details: bytes) -> float | None:
     """The google.rpc.RetryInfo delay in seconds in a `grpc-status-details-bin` value, or None."""
 
@@ -208,6 +212,7 @@ class SentryProcessor:
         scrub: bool = True,
         scrub_extra_keys: list[str] = ...,
         scrub_safe_keys: list[str] = ...,
+        scrub_patterns: list[str] = ...,
         transaction_sample_rate: float = 1.0,
         to_otlp: bool = True,
         max_envelope_bytes: int = ...,

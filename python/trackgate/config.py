@@ -168,6 +168,9 @@ class ScrubConfig(_Section):
     tracks: list[ScrubTrack] = field(default_factory=lambda: ["sentry"])
     extra_keys: list[str] = field(default_factory=list)  # more key substrings whose values are filtered
     safe_keys: list[str] = field(default_factory=list)  # whole key names never filtered (e.g. "author")
+    # Regular expressions (Rust regex syntax: linear time, no look-around or backreferences); every
+    # match in any scanned string becomes "[Filtered]".
+    extra_patterns: list[str] = field(default_factory=list)
 
 
 class OtlpGrpcReceiverConfig(_Section):
@@ -379,6 +382,12 @@ def _validate(cfg: Config, source: str) -> None:
     except ConfigError as exc:
         raise ConfigError(f"{source}: receivers.otlp_grpc.listen: {exc}") from None
     _check_tokens(cfg, source)
+    from trackgate._core import scrub_pattern_error
+
+    for index, pattern in enumerate(cfg.scrub.extra_patterns):
+        why = scrub_pattern_error(pattern)
+        if why is not None:
+            raise ConfigError(f"{source}: scrub.extra_patterns[{index}] is not usable: {shorten(why)}")
     if 0 < cfg.server.max_inflight_bytes < cfg.server.max_body_bytes:
         raise ConfigError(
             f"{source}: server.max_inflight_bytes ({cfg.server.max_inflight_bytes}) is below server.max_body_bytes "

@@ -138,6 +138,7 @@ class Pipeline:
             scrub_otlp=cfg.scrubs("otlp"),
             scrub_extra_keys=cfg.scrub_keys()[0],
             scrub_safe_keys=cfg.scrub_keys()[1],
+            scrub_patterns=cfg.scrub.extra_patterns,
         )
         if queue_dir is not None:
             report = core.recovery()

@@ -99,6 +99,7 @@ class SentryReceiver:
             scrub=cfg.scrubs("sentry"),
             scrub_extra_keys=cfg.scrub_keys()[0],
             scrub_safe_keys=cfg.scrub_keys()[1],
+            scrub_patterns=cfg.scrub.extra_patterns,
             transaction_sample_rate=cfg.sampling.sentry_transactions,
             max_envelope_bytes=cfg.server.max_body_bytes,
             max_event_bytes=rcv.max_event_bytes,
