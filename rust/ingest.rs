@@ -145,12 +145,18 @@ impl Ingester {
             }
             Format::Json => Cow::Owned(crate::json_decode::json_to_protobuf(signal, &decoded)?),
         };
+        self.ingest_request(signal, &request, decoded_bytes)
+    }
+
+    /// Walks a request the gateway built itself (already a valid protobuf request, e.g. converted
+    /// from Fluent records): sampling, enrichment and record checks as for `ingest`.
+    pub fn ingest_request(&self, signal: Signal, request: &[u8], decoded_bytes: usize) -> Result<Ingested> {
         let mut walk = Walk {
             ingester: self,
             signal,
             tally: Tally::default(),
         };
-        let payload = walk.request(&request)?;
+        let payload = walk.request(request)?;
         let tally = walk.tally;
         Ok(Ingested {
             signal,

@@ -9,9 +9,12 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::batch::{Batch, Batcher, Limits, Poll};
+use crate::decompress::decompress;
 use crate::error::{CoreError, Result};
+use crate::fluent;
 use crate::ingest::{Format, IngestOptions, Ingested, Ingester};
 use crate::queue::{MemoryQueue, Payload, Queue, Seq};
+use crate::sentry::now_nanos;
 use crate::signal::Signal;
 
 pub struct PipelineOptions {
@@ -109,7 +112,54 @@ impl Pipeline {
         if self.is_closed() {
             return Err(CoreError::Closed);
         }
-        let mut out = self.ingester.ingest(signal, body, format, encoding)?;
+        let out = self.ingester.ingest(signal, body, format, encoding)?;
+        self.queue_ingested(out, body.len())
+    }
+
+    /// Decodes a Fluent body (`fluent::BodyFormat`), converts its records to OTLP logs and queues
+    /// them as `ingest` does. Events that are not records count as rejected (partial success).
+    pub fn ingest_fluent(
+        &self,
+        body: &[u8],
+        format: fluent::BodyFormat,
+        encoding: Option<&str>,
+        tag: &str,
+    ) -> Result<Ingested> {
+        if self.is_closed() {
+            return Err(CoreError::Closed);
+        }
+        let decoded = decompress(body, encoding, self.ingester.max_body_bytes())?;
+        let converted = fluent::convert_body(&decoded, format, tag, now_nanos())?;
+        self.ingest_converted(converted, decoded.len(), body.len())
+    }
+
+    /// Queues records converted elsewhere (Fluent http bodies, forward entries).
+    pub fn ingest_converted(
+        &self,
+        converted: fluent::Converted,
+        decoded_bytes: usize,
+        body_bytes: usize,
+    ) -> Result<Ingested> {
+        if self.is_closed() {
+            return Err(CoreError::Closed);
+        }
+        let mut out = self
+            .ingester
+            .ingest_request(Signal::Logs, &converted.payload, decoded_bytes)?;
+        if converted.rejected > 0 {
+            out.received += converted.rejected;
+            out.rejected += converted.rejected;
+            out.error_message = if out.error_message.is_empty() {
+                converted.error_message
+            } else {
+                format!("{}; {}", converted.error_message, out.error_message)
+            };
+        }
+        self.queue_ingested(out, body_bytes)
+    }
+
+    fn queue_ingested(&self, mut out: Ingested, body_bytes: usize) -> Result<Ingested> {
+        let signal = out.signal;
         if out.accepted > 0 {
             self.append(signal, out.accepted, Payload::from(std::mem::take(&mut out.payload)))?;
         }
@@ -118,7 +168,7 @@ impl Pipeline {
         c.accepted_records.fetch_add(out.accepted, Ordering::Relaxed);
         c.rejected_records.fetch_add(out.rejected, Ordering::Relaxed);
         c.sampled_out_records.fetch_add(out.sampled_out, Ordering::Relaxed);
-        c.received_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+        c.received_bytes.fetch_add(body_bytes as u64, Ordering::Relaxed);
         Ok(out)
     }
 

@@ -994,7 +994,7 @@ fn scalar(v: &Value) -> Option<String> {
 }
 
 /// Lowercase or uppercase hex of exactly N bytes, not all zero (an invalid id in OTel).
-fn hex_id<const N: usize>(s: &str) -> Option<[u8; N]> {
+pub(crate) fn hex_id<const N: usize>(s: &str) -> Option<[u8; N]> {
     let b = s.as_bytes();
     if b.len() != 2 * N {
         return None;
@@ -1028,7 +1028,7 @@ fn seconds_to_nanos(secs: f64) -> Option<u64> {
 }
 
 /// `YYYY-MM-DD[T ]hh:mm:ss[.fraction][Z|±hh:mm|±hhmm]`; no offset means UTC (as Sentry reads it).
-fn parse_rfc3339(s: &str) -> Option<u64> {
+pub(crate) fn parse_rfc3339(s: &str) -> Option<u64> {
     let b = s.trim().as_bytes();
     let num = |from: usize, to: usize| -> Option<i64> {
         let part = b.get(from..to)?;
@@ -1107,7 +1107,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
-fn now_nanos() -> u64 {
+pub(crate) fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
