@@ -234,6 +234,16 @@ class Pipeline:
             self._last_full = time.monotonic()
             raise
 
+    def ingest_fluent(
+        self, body: bytes, media_type: str, tag: str, content_encoding: str | None = None
+    ) -> IngestResult:
+        """Convert a Fluent body (JSON, NDJSON, msgpack, text) to OTLP logs and queue them."""
+        try:
+            return self.core.ingest_fluent(body, media_type, tag, content_encoding)
+        except QueueFull:
+            self._last_full = time.monotonic()
+            raise
+
     @property
     def blocking_ingest(self) -> bool:
         """Whether ingest waits for the disk: callers on an event loop should run it in a thread
