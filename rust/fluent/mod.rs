@@ -392,4 +392,6 @@ fn percent_decode(s: &[u8]) -> String {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;
