@@ -20,7 +20,7 @@ use crate::batch::Limits;
 use crate::disk_queue::{DiskOptions, DiskQueue, ExporterLimit, Fsync};
 use crate::error::{CoreError, Result};
 use crate::ingest::{Format, IngestOptions, Ingested};
-use crate::net::{otlp_grpc, Listeners as NetListeners};
+use crate::net::{fluent_http, forward, otlp_grpc, Listeners as NetListeners};
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::queue::Seq;
 use crate::scrub::ScrubOptions;
@@ -258,6 +258,7 @@ impl Core {
         segment_bytes = 67_108_864,
         exporter_limits = None,
         scrub_otlp = false,
+        scrub_fluent = false,
         scrub_extra_keys = Vec::new(),
         scrub_safe_keys = Vec::new(),
         scrub_patterns = Vec::new(),
@@ -281,6 +282,7 @@ impl Core {
         segment_bytes: u64,
         exporter_limits: Option<HashMap<String, (u64, f64)>>,
         scrub_otlp: bool,
+        scrub_fluent: bool,
         scrub_extra_keys: Vec<String>,
         scrub_safe_keys: Vec<String>,
         scrub_patterns: Vec<String>,
@@ -300,7 +302,7 @@ impl Core {
                 keep_errors,
                 resource_attributes,
                 max_body_bytes,
-                scrub: scrub_otlp.then_some(ScrubOptions {
+                scrub: (scrub_otlp || scrub_fluent).then_some(ScrubOptions {
                     enabled: true,
                     extra_keys: scrub_extra_keys,
                     safe_keys: scrub_safe_keys,
@@ -326,6 +328,7 @@ impl Core {
             })?;
             Pipeline::with_queue(ingest, Box::new(queue), batch)
         })?;
+        pipeline.set_scrub_tracks(scrub_otlp, scrub_fluent);
         Ok(Core {
             id: NEXT_CORE_ID.fetch_add(1, Ordering::Relaxed),
             pipeline: Arc::new(pipeline),
@@ -348,6 +351,24 @@ impl Core {
             self.pipeline.ingest_with(signal, body, format, content_encoding, scrub)
         })?;
         Ok(IngestResult::new(signal, out))
+    }
+
+    /// Converts a Fluent body (Fluent Bit's `http` output or input: JSON, NDJSON, msgpack, text,
+    /// form) to OTLP logs and queues them. `media_type` is the Content-Type without parameters.
+    #[pyo3(signature = (body, media_type, tag, content_encoding = None))]
+    fn ingest_fluent(
+        &self,
+        py: Python<'_>,
+        body: &[u8],
+        media_type: &str,
+        tag: &str,
+        content_encoding: Option<&str>,
+    ) -> PyResult<IngestResult> {
+        let out = guarded(py, || {
+            let format = crate::fluent::BodyFormat::from_media_type(media_type)?;
+            self.pipeline.ingest_fluent(body, format, content_encoding, tag)
+        })?;
+        Ok(IngestResult::new(Signal::Logs, out))
     }
 
     /// Queues `payload` as is (no OTLP decoding): used for Sentry envelopes.
@@ -483,6 +504,58 @@ impl Listeners {
         let service = otlp_grpc::Service::new(core.get().pipeline.clone(), config);
         let addr = py.detach(|| self.inner.add_otlp_grpc(host, port, reuse_port, service))?;
         Ok(addr.port())
+    }
+
+    /// Serves the Fluentd forward protocol on host:port into `core`; returns the bound port.
+    #[pyo3(signature = (core, host, port, *, max_message_bytes = 67_108_864, reuse_port = false))]
+    fn add_forward(
+        &self,
+        py: Python<'_>,
+        core: &Bound<'_, Core>,
+        host: &str,
+        port: u16,
+        max_message_bytes: usize,
+        reuse_port: bool,
+    ) -> PyResult<u16> {
+        let service = forward::Service {
+            pipeline: core.get().pipeline.clone(),
+            config: forward::Config { max_message_bytes },
+            stats: Arc::default(),
+        };
+        let addr = py.detach(|| self.inner.add_forward(host, port, reuse_port, service))?;
+        Ok(addr.port())
+    }
+
+    /// Serves a drop-in for Fluent Bit's `http` input into `core`; returns the bound port.
+    #[pyo3(signature = (core, host, port, *, tokens = Vec::new(), max_body_bytes = 67_108_864,
+        body_timeout_s = 30.0, reuse_port = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_fluent_http(
+        &self,
+        py: Python<'_>,
+        core: &Bound<'_, Core>,
+        host: &str,
+        port: u16,
+        tokens: Vec<String>,
+        max_body_bytes: usize,
+        body_timeout_s: f64,
+        reuse_port: bool,
+    ) -> PyResult<u16> {
+        let service = fluent_http::Service {
+            pipeline: core.get().pipeline.clone(),
+            config: fluent_http::Config {
+                tokens: tokens.into_iter().map(String::into_bytes).collect(),
+                max_body_bytes,
+                body_timeout: parse_seconds("body_timeout_s", body_timeout_s)?,
+            },
+        };
+        let addr = py.detach(|| self.inner.add_fluent_http(host, port, reuse_port, service))?;
+        Ok(addr.port())
+    }
+
+    /// Forward-protocol counters: (name, count).
+    fn forward_stats(&self) -> Vec<(&'static str, u64)> {
+        self.inner.forward_stats()
     }
 
     /// Calls served over gRPC: (method, code, count).

@@ -168,13 +168,25 @@ impl Ingester {
             }
             Format::Json => Cow::Owned(crate::json_decode::json_to_protobuf(signal, &decoded)?),
         };
+        self.ingest_request(signal, &request, decoded_bytes, scrub)
+    }
+
+    /// Walks a request the gateway built itself (already a valid protobuf request, e.g. converted
+    /// from Fluent records): sampling, enrichment and record checks as for `ingest`.
+    pub fn ingest_request(
+        &self,
+        signal: Signal,
+        request: &[u8],
+        decoded_bytes: usize,
+        scrub: bool,
+    ) -> Result<Ingested> {
         let mut walk = Walk {
             ingester: self,
             signal,
             scrubber: self.scrubber.as_ref().filter(|_| scrub),
             tally: Tally::default(),
         };
-        let payload = walk.request(&request)?;
+        let payload = walk.request(request)?;
         let tally = walk.tally;
         Ok(Ingested {
             signal,

@@ -4,14 +4,17 @@
 //! [`Pipeline::next_batch`] (blocking up to a timeout) and [`Pipeline::ack`] once the batch is
 //! delivered or given up on. [`Pipeline::close`] refuses new data and lets exporters drain.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::batch::{Batch, Batcher, Limits, Poll};
+use crate::decompress::decompress;
 use crate::error::{CoreError, Result};
+use crate::fluent;
 use crate::ingest::{Format, IngestOptions, Ingested, Ingester};
 use crate::queue::{MemoryQueue, Payload, Queue, Seq};
+use crate::sentry::now_nanos;
 use crate::signal::Signal;
 
 pub struct PipelineOptions {
@@ -53,6 +56,10 @@ pub struct Pipeline {
     /// Requests refused because the queue was full, whichever receiver sent them (HTTP through
     /// Python, gRPC straight from the network runtime): readiness watches it.
     refused_full: AtomicU64,
+    /// Which tracks the ingester's scrubber (when configured) runs on: OTLP requests (HTTP and
+    /// gRPC) and records converted from Fluent. Both on unless `set_scrub_tracks` says otherwise.
+    scrub_otlp: AtomicBool,
+    scrub_fluent: AtomicBool,
 }
 
 fn check_ratio(name: &str, ratio: f64) -> Result<()> {
@@ -88,7 +95,15 @@ impl Pipeline {
             ready: [Condvar::new(), Condvar::new(), Condvar::new()],
             counters: Default::default(),
             refused_full: AtomicU64::new(0),
+            scrub_otlp: AtomicBool::new(true),
+            scrub_fluent: AtomicBool::new(true),
         })
+    }
+
+    /// Which tracks the configured scrubber runs on (it runs on none when not configured).
+    pub fn set_scrub_tracks(&self, otlp: bool, fluent: bool) {
+        self.scrub_otlp.store(otlp, Ordering::Relaxed);
+        self.scrub_fluent.store(fluent, Ordering::Relaxed);
     }
 
     /// A panic while holding this lock leaves only a flag and a count, so poisoning is ignored.
@@ -122,7 +137,58 @@ impl Pipeline {
         if self.is_closed() {
             return Err(CoreError::Closed);
         }
-        let mut out = self.ingester.ingest_with(signal, body, format, encoding, scrub)?;
+        let scrub = scrub && self.scrub_otlp.load(Ordering::Relaxed);
+        let out = self.ingester.ingest_with(signal, body, format, encoding, scrub)?;
+        self.queue_ingested(out, body.len())
+    }
+
+    /// Decodes a Fluent body (`fluent::BodyFormat`), converts its records to OTLP logs and queues
+    /// them as `ingest` does. Events that are not records count as rejected (partial success).
+    pub fn ingest_fluent(
+        &self,
+        body: &[u8],
+        format: fluent::BodyFormat,
+        encoding: Option<&str>,
+        tag: &str,
+    ) -> Result<Ingested> {
+        if self.is_closed() {
+            return Err(CoreError::Closed);
+        }
+        let decoded = decompress(body, encoding, self.ingester.max_body_bytes())?;
+        let converted = fluent::convert_body(&decoded, format, tag, now_nanos())?;
+        self.ingest_converted(converted, decoded.len(), body.len())
+    }
+
+    /// Queues records converted elsewhere (Fluent http bodies, forward entries).
+    pub fn ingest_converted(
+        &self,
+        converted: fluent::Converted,
+        decoded_bytes: usize,
+        body_bytes: usize,
+    ) -> Result<Ingested> {
+        if self.is_closed() {
+            return Err(CoreError::Closed);
+        }
+        let mut out = self.ingester.ingest_request(
+            Signal::Logs,
+            &converted.payload,
+            decoded_bytes,
+            self.scrub_fluent.load(Ordering::Relaxed),
+        )?;
+        if converted.rejected > 0 {
+            out.received += converted.rejected;
+            out.rejected += converted.rejected;
+            out.error_message = if out.error_message.is_empty() {
+                converted.error_message
+            } else {
+                format!("{}; {}", converted.error_message, out.error_message)
+            };
+        }
+        self.queue_ingested(out, body_bytes)
+    }
+
+    fn queue_ingested(&self, mut out: Ingested, body_bytes: usize) -> Result<Ingested> {
+        let signal = out.signal;
         // Not `accepted > 0`: a metric with a name and no data points is forwarded (as the
         // Collector does) though it counts no data point.
         if !out.payload.is_empty() {
@@ -134,7 +200,7 @@ impl Pipeline {
         c.rejected_records.fetch_add(out.rejected, Ordering::Relaxed);
         c.sampled_out_records.fetch_add(out.sampled_out, Ordering::Relaxed);
         c.scrubbed_records.fetch_add(out.scrubbed, Ordering::Relaxed);
-        c.received_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+        c.received_bytes.fetch_add(body_bytes as u64, Ordering::Relaxed);
         Ok(out)
     }
 

@@ -101,6 +101,7 @@ class Core:
         segment_bytes: int = 67108864,
         exporter_limits: dict[str, tuple[int, float]] | None = None,
         scrub_otlp: bool = False,
+        scrub_fluent: bool = False,
         scrub_extra_keys: list[str] = ...,
         scrub_safe_keys: list[str] = ...,
         scrub_patterns: list[str] = ...,
@@ -119,6 +120,9 @@ class Core:
         format: _Format,
         content_encoding: str | None = None,
         scrub: bool = True,
+    ) -> IngestResult: ...
+    def ingest_fluent(
+        self, body: bytes, media_type: str, tag: str, content_encoding: str | None = None
     ) -> IngestResult: ...
     def enqueue(self, signal: _Signal, payload: bytes, records: int) -> None: ...
     def next_batch(self, exporter: str, signal: _Signal, timeout: float, flush: bool = False) -> Batch | None: ...
@@ -152,6 +156,26 @@ class Listeners:
     ) -> int:
         """Serves OTLP/gRPC Export calls into `core`; returns the bound port (0 picks one).
         Raises OSError when the address cannot be bound."""
+    def add_forward(
+        self, core: Core, host: str, port: int, *, max_message_bytes: int = 67108864, reuse_port: bool = False
+    ) -> int:
+        """Serves the Fluentd forward protocol into `core`; returns the bound port (0 picks one).
+        Raises OSError when the address cannot be bound."""
+    def add_fluent_http(
+        self,
+        core: Core,
+        host: str,
+        port: int,
+        *,
+        tokens: list[str] = ...,
+        max_body_bytes: int = 67108864,
+        body_timeout_s: float = 30.0,
+        reuse_port: bool = False,
+    ) -> int:
+        """Serves a drop-in for Fluent Bit's `http` input (path = tag, answers 201) into `core`;
+        returns the bound port (0 picks one). Raises OSError when the address cannot be bound."""
+    def forward_stats(self) -> list[tuple[str, int]]:
+        """Forward-protocol counters: (name, count)."""
     def stats(self) -> list[tuple[str, str, int]]:
         """Calls answered: (method, gRPC code name, count)."""
     def close(self, grace_s: float = 5.0) -> None:

@@ -20,6 +20,7 @@ from trackgate.config import Config
 from trackgate.echo import shorten
 from trackgate.pipeline import Format, Pipeline
 from trackgate.ratelimits import RateLimits
+from trackgate.receivers import fluent as fluent_receiver
 from trackgate.receivers import sentry as sentry_receiver
 from trackgate.receivers.otlp_http import CODE_UNAUTHENTICATED, OtlpHttpReceiver, status_response
 
@@ -58,7 +59,10 @@ class App:
             "/healthz": ("GET", self._healthz),
             "/readyz": ("GET", self._readyz),
             "/metrics": ("GET", self._metrics),
+            fluent_receiver.ROUTE_PREFIX: ("POST", self._fluent_route),
         }
+        for path in cfg.receivers.fluent.http_paths:
+            self.routes.setdefault(path, ("POST", self._fluent_route))
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -67,10 +71,14 @@ class App:
             self.pipeline = Pipeline(self.config).start(adopt_orphans=True)
             server = self.config.server
             self.otlp = OtlpHttpReceiver(self.pipeline, server.max_body_bytes, server.body_timeout_s)
+            self.fluent = fluent_receiver.FluentHttpReceiver(
+                self.pipeline, server.max_body_bytes, server.body_timeout_s, self.config.receivers.fluent.tag_header
+            )
             limits = RateLimits()
             self.forward = build_forward_pipeline(self.config, limits)
             self.sentry = sentry_receiver.SentryReceiver(self.config, self.pipeline, self.forward, limits)
-            if self.config.receivers.otlp_grpc.enabled:
+            receivers = self.config.receivers
+            if receivers.otlp_grpc.enabled or receivers.forward.listen or receivers.fluent_http.listen:
                 try:
                     self.listeners = start_listeners(self.config, self.pipeline)
                 except OSError:
@@ -148,6 +156,8 @@ class App:
 
     async def _dispatch(self, request: Request) -> Response:
         entry = self.routes.get(request.path)
+        if entry is None and fluent_receiver.path_tag(request.path) is not None:
+            entry = ("POST", self._fluent_route)
         if entry is None:
             if sentry_receiver.ROUTE.match(request.path):
                 self.start()
@@ -188,6 +198,13 @@ class App:
 
         return handle
 
+    async def _fluent_route(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return fluent_receiver.error(
+                401, "missing or invalid bearer token", [("WWW-Authenticate", 'Bearer realm="trackgate"')]
+            )
+        return await self.fluent.handle(request, fluent_receiver.path_tag(request.path) or "")
+
     async def _healthz(self, request: Request) -> Response:
         return Response(200, b"ok\n")
 
@@ -204,15 +221,62 @@ class App:
 def route_label(path: str) -> str:
     """A bounded set of metric labels: Sentry paths without their project id, the rest as "other"."""
     match = sentry_receiver.ROUTE.match(path)
-    return f"/api/:project/{match.group('kind')}/" if match else "other"
+    if match:
+        return f"/api/:project/{match.group('kind')}/"
+    return "/v1/fluent/:tag" if fluent_receiver.path_tag(path) is not None else "other"
 
 
 def start_listeners(cfg: Config, pipeline: Pipeline) -> Listeners:
-    """The OTLP/gRPC listener, on the extension's network runtime, ingesting straight into the
-    pipeline's core (no Python per call). Each worker binds the port with SO_REUSEPORT."""
+    """The OTLP/gRPC and forward listeners, on the extension's network runtime, ingesting straight
+    into the pipeline's core (no Python per call). Each worker binds the ports with SO_REUSEPORT."""
+    listeners = Listeners()
+    if cfg.receivers.otlp_grpc.enabled:
+        add_otlp_grpc(listeners, cfg, pipeline)
+    fluent_http = cfg.receivers.fluent_http
+    if fluent_http.listen:
+        host, port = config_mod.parse_listen(fluent_http.listen)
+        try:
+            bound = listeners.add_fluent_http(
+                pipeline.core,
+                host,
+                port,
+                tokens=cfg.server.tokens,
+                max_body_bytes=cfg.server.max_body_bytes,
+                body_timeout_s=cfg.server.body_timeout_s,
+                reuse_port=cfg.server.workers > 1,
+            )
+        except OSError as exc:
+            listeners.close(0.0)
+            raise OSError(f"cannot listen on {fluent_http.listen} (receivers.fluent_http.listen): {exc}") from exc
+        log.info("Fluent http input listening", extra={"listen": f"{host}:{bound}", "pid": os.getpid()})
+    forward = cfg.receivers.forward
+    if forward.listen:
+        host, port = config_mod.parse_listen(forward.address())
+        try:
+            bound = listeners.add_forward(
+                pipeline.core,
+                host,
+                port,
+                max_message_bytes=forward.max_message_bytes,
+                reuse_port=cfg.server.workers > 1,
+            )
+        except OSError as exc:
+            listeners.close(0.0)
+            raise OSError(f"cannot listen for forward on {forward.listen} (receivers.forward.listen): {exc}") from exc
+        telemetry.REGISTRY.observed(
+            "trackgate_forward_events_total",
+            "Fluentd forward protocol: messages, records, rejected entries, acks, malformed frames, queue-full waits.",
+            ("kind",),
+            lambda: [((name,), float(n)) for name, n in listeners.forward_stats()],
+            kind="counter",
+        )
+        log.info("forward listening", extra={"listen": f"{host}:{bound}", "pid": os.getpid()})
+    return listeners
+
+
+def add_otlp_grpc(listeners: Listeners, cfg: Config, pipeline: Pipeline) -> None:
     grpc = cfg.receivers.otlp_grpc
     host, port = config_mod.parse_listen(grpc.listen)
-    listeners = Listeners()
     try:
         bound = listeners.add_otlp_grpc(
             pipeline.core,
@@ -238,7 +302,6 @@ def start_listeners(cfg: Config, pipeline: Pipeline) -> Listeners:
         kind="counter",
     )
     log.info("OTLP/gRPC listening", extra={"listen": f"{host}:{bound}", "pid": os.getpid()})
-    return listeners
 
 
 def start_hostmetrics(cfg: Config, pipeline: Pipeline) -> GatewayReporter:

@@ -184,9 +184,38 @@ class OtlpGrpcReceiverConfig(_Section):
     keepalive_timeout_s: Annotated[float, Meta(gt=0.0)] = 20.0  # no PING answer within this: close
 
 
+class FluentReceiverConfig(_Section):
+    # Fluent Bit's `http` output on the main listener: POST /v1/fluent, /v1/fluent/{tag}, and these
+    # paths (the `uri` a Fluent Bit config already has). Same tokens, limits and queue as OTLP/HTTP.
+    http_paths: list[str] = field(default_factory=lambda: ["/logs/ingest"])
+    # The header that carries the tag (Fluent Bit's `header_tag` names it; it has no default).
+    tag_header: str = "FLUENT-TAG"
+
+
+class FluentHttpReceiverConfig(_Section):
+    # A drop-in for Fluent Bit's `http` input (e.g. "127.0.0.1:9880"; empty: off): the URL path is
+    # the tag, answers 201. Served by the extension's network runtime; same tokens, body limit,
+    # sampling and queue as OTLP/HTTP.
+    listen: str = ""
+
+
+class ForwardReceiverConfig(_Section):
+    # The Fluentd forward protocol over TCP (Fluent Bit's `forward` output), served by the
+    # extension's network runtime. "HOST:PORT" (or "HOST", port 24224); empty: off. It has no
+    # authentication yet (no shared_key), so beyond loopback it needs server.allow_unauthenticated.
+    listen: str = ""
+    max_message_bytes: PositiveInt = 64 * 1024 * 1024  # one message, and a compressed chunk inflated
+
+    def address(self) -> str:
+        return self.listen if ":" in self.listen.rsplit("]", 1)[-1] else f"{self.listen}:24224"
+
+
 class ReceiversConfig(_Section):
     sentry: SentryReceiverConfig = field(default_factory=SentryReceiverConfig)
     otlp_grpc: OtlpGrpcReceiverConfig = field(default_factory=OtlpGrpcReceiverConfig)
+    fluent: FluentReceiverConfig = field(default_factory=FluentReceiverConfig)
+    forward: ForwardReceiverConfig = field(default_factory=ForwardReceiverConfig)
+    fluent_http: FluentHttpReceiverConfig = field(default_factory=FluentHttpReceiverConfig)
 
 
 class HostMetricsConfig(_Section):
@@ -363,6 +392,17 @@ def check_exposure(cfg: Config, source: str = "<config>") -> None:
     listeners = [("server.listen", cfg.server.listen)]
     if cfg.receivers.otlp_grpc.enabled:
         listeners.append(("receivers.otlp_grpc.listen", cfg.receivers.otlp_grpc.listen))
+    if cfg.receivers.fluent_http.listen:
+        listeners.append(("receivers.fluent_http.listen", cfg.receivers.fluent_http.listen))
+    forward = cfg.receivers.forward
+    if forward.listen:
+        host, _ = parse_listen(forward.address())
+        if not is_loopback(host) and not cfg.server.allow_unauthenticated:
+            raise ConfigError(
+                f"{source}: receivers.forward.listen {shorten(forward.listen)!r} is reachable beyond this machine "
+                "and the forward protocol has no authentication here (shared_key is not supported yet); "
+                "listen on loopback, or set server.allow_unauthenticated = true"
+            )
     for key, listen in listeners:
         host, _ = parse_listen(listen)
         if not is_loopback(host) and not cfg.server.tokens and not cfg.server.allow_unauthenticated:
@@ -381,6 +421,16 @@ def _validate(cfg: Config, source: str) -> None:
         parse_listen(cfg.receivers.otlp_grpc.listen)
     except ConfigError as exc:
         raise ConfigError(f"{source}: receivers.otlp_grpc.listen: {exc}") from None
+    if cfg.receivers.fluent_http.listen:
+        try:
+            parse_listen(cfg.receivers.fluent_http.listen)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: receivers.fluent_http.listen: {exc}") from None
+    if cfg.receivers.forward.listen:
+        try:
+            parse_listen(cfg.receivers.forward.address())
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: receivers.forward.listen: {exc}") from None
     _check_tokens(cfg, source)
     from trackgate._core import scrub_pattern_error
 
@@ -388,6 +438,11 @@ def _validate(cfg: Config, source: str) -> None:
         why = scrub_pattern_error(pattern)
         if why is not None:
             raise ConfigError(f"{source}: scrub.extra_patterns[{index}] is not usable: {shorten(why)}")
+    for index, path in enumerate(cfg.receivers.fluent.http_paths):
+        if not path.startswith("/") or any(ch.isspace() or ch in "?#" for ch in path):
+            raise ConfigError(
+                f"{source}: receivers.fluent.http_paths[{index}] {shorten(path)!r} must be a path starting with '/'"
+            )
     if 0 < cfg.server.max_inflight_bytes < cfg.server.max_body_bytes:
         raise ConfigError(
             f"{source}: server.max_inflight_bytes ({cfg.server.max_inflight_bytes}) is below server.max_body_bytes "

@@ -136,6 +136,7 @@ class Pipeline:
             segment_bytes=cfg.storage.segment_bytes,
             exporter_limits=limits or None,
             scrub_otlp=cfg.scrubs("otlp"),
+            scrub_fluent=cfg.scrubs("fluent"),
             scrub_extra_keys=cfg.scrub_keys()[0],
             scrub_safe_keys=cfg.scrub_keys()[1],
             scrub_patterns=cfg.scrub.extra_patterns,
@@ -256,6 +257,16 @@ class Pipeline:
         """
         try:
             return self.core.ingest(signal, body, format, content_encoding, scrub)
+        except QueueFull:
+            self._last_full = time.monotonic()
+            raise
+
+    def ingest_fluent(
+        self, body: bytes, media_type: str, tag: str, content_encoding: str | None = None
+    ) -> IngestResult:
+        """Convert a Fluent body (JSON, NDJSON, msgpack, text) to OTLP logs and queue them."""
+        try:
+            return self.core.ingest_fluent(body, media_type, tag, content_encoding)
         except QueueFull:
             self._last_full = time.monotonic()
             raise

@@ -5,6 +5,8 @@
 //! caller) and spawns its accept loop; [`Listeners::close`] stops every accept loop, asks each
 //! connection to finish its in-flight requests, waits up to a grace period, then drops the rest.
 
+pub mod fluent_http;
+pub mod forward;
 pub mod grpc;
 pub mod otlp_grpc;
 
@@ -138,6 +140,7 @@ pub struct Listeners {
     stop: watch::Sender<bool>,
     shutdown: Shutdown,
     grpc: Mutex<Vec<Arc<otlp_grpc::Stats>>>,
+    forward: Mutex<Vec<Arc<forward::Stats>>>,
 }
 
 impl Listeners {
@@ -157,6 +160,7 @@ impl Listeners {
                 tasks: Arc::default(),
             },
             grpc: Mutex::default(),
+            forward: Mutex::default(),
         })
     }
 
@@ -188,6 +192,59 @@ impl Listeners {
         })?;
         self.grpc.lock().unwrap_or_else(PoisonError::into_inner).push(stats);
         Ok(addr)
+    }
+
+    /// Starts a Fluentd forward-protocol listener; returns the address it is bound to.
+    pub fn add_forward(
+        &self,
+        host: &str,
+        port: u16,
+        reuse_port: bool,
+        service: forward::Service,
+    ) -> io::Result<SocketAddr> {
+        let std_listener = bind(host, port, reuse_port)?;
+        let addr = std_listener.local_addr()?;
+        let stats = service.stats.clone();
+        self.with_runtime(|rt| {
+            let _enter = rt.enter();
+            let listener = TcpListener::from_std(std_listener)?;
+            rt.spawn(forward::serve(listener, Arc::new(service), self.shutdown.clone()));
+            Ok(())
+        })?;
+        self.forward.lock().unwrap_or_else(PoisonError::into_inner).push(stats);
+        Ok(addr)
+    }
+
+    /// Starts a drop-in for Fluent Bit's `http` input; returns the address it is bound to.
+    pub fn add_fluent_http(
+        &self,
+        host: &str,
+        port: u16,
+        reuse_port: bool,
+        service: fluent_http::Service,
+    ) -> io::Result<SocketAddr> {
+        let std_listener = bind(host, port, reuse_port)?;
+        let addr = std_listener.local_addr()?;
+        self.with_runtime(|rt| {
+            let _enter = rt.enter();
+            let listener = TcpListener::from_std(std_listener)?;
+            rt.spawn(fluent_http::serve(listener, Arc::new(service), self.shutdown.clone()));
+            Ok(())
+        })?;
+        Ok(addr)
+    }
+
+    /// Forward-protocol counters summed over the forward listeners.
+    pub fn forward_stats(&self) -> Vec<(&'static str, u64)> {
+        let all = self.forward.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<(&'static str, u64)> = Vec::new();
+        for (name, n) in all.iter().flat_map(|s| s.snapshot()) {
+            match out.iter_mut().find(|(k, _)| *k == name) {
+                Some(entry) => entry.1 += n,
+                None => out.push((name, n)),
+            }
+        }
+        out
     }
 
     /// Calls served by the gRPC listeners: (method, code, count).
