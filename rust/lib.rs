@@ -11,6 +11,7 @@ pub mod encode;
 pub mod enrich;
 pub mod envelope;
 pub mod error;
+pub mod events;
 pub mod ingest;
 pub mod json_decode;
 pub mod json_encode;

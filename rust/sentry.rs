@@ -1028,7 +1028,7 @@ fn seconds_to_nanos(secs: f64) -> Option<u64> {
 }
 
 /// `YYYY-MM-DD[T ]hh:mm:ss[.fraction][Z|±hh:mm|±hhmm]`; no offset means UTC (as Sentry reads it).
-fn parse_rfc3339(s: &str) -> Option<u64> {
+pub(crate) fn parse_rfc3339(s: &str) -> Option<u64> {
     let b = s.trim().as_bytes();
     let num = |from: usize, to: usize| -> Option<i64> {
         let part = b.get(from..to)?;
