@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -138,11 +139,24 @@ class SentryExporterConfig(_Section):
     queue: ExporterQueueConfig = field(default_factory=ExporterQueueConfig)
 
 
+class RedisExporterConfig(_Section):
+    # redis://[:password@]host:port/db, or rediss:// for TLS (or REDIS_URL). Empty: no event bus.
+    url: str = ""
+    # Events of type T go to the stream "<stream_prefix>:T" (e.g. trackgate:events:job_completed);
+    # with per_type = false, every event goes to "<stream_prefix>" itself.
+    stream_prefix: str = "trackgate:events"
+    per_type: bool = False
+    maxlen: Annotated[int, Meta(ge=0)] = 1_000_000  # XADD MAXLEN ~ (approximate trimming); 0 = no trimming
+    timeout_s: Annotated[float, Meta(gt=0.0)] = 10.0
+    retry: RetryConfig = field(default_factory=lambda: RetryConfig(initial_interval_s=0.5, max_interval_s=5.0))
+
+
 class ExportersConfig(_Section):
     dash0: OtlpExporterConfig | None = None
     otlp: OtlpExporterConfig | None = None
     file: FileExporterConfig | None = None
     sentry: SentryExporterConfig | None = None
+    redis: RedisExporterConfig | None = None
 
 
 class SentryReceiverConfig(_Section):
@@ -170,6 +184,51 @@ class ReceiversConfig(_Section):
     otlp_grpc: OtlpGrpcReceiverConfig = field(default_factory=OtlpGrpcReceiverConfig)
 
 
+LIFECYCLE_TYPES = ["job_received", "job_started", "job_progress", "job_completed", "job_failed"]
+
+
+class EventsConfig(_Section):
+    # A log record (OTLP over HTTP) whose attributes or JSON body carry an `event_type` in `types`
+    # also goes to the event bus as an event (only when [exporters.redis] is set).
+    from_logs: bool = True
+    types: list[str] = field(default_factory=lambda: list(LIFECYCLE_TYPES))  # snake_case
+
+    def normalized_types(self) -> list[str]:
+        """`types` in the form events carry (`jobCompleted` → `job_completed`)."""
+        return [re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", t.strip()).replace("-", "_").lower() for t in self.types]
+
+
+def parse_seconds(value: float | str, where: str) -> float:
+    """A duration in seconds: a number, or a string such as "30", "30s", "500ms", "2m"."""
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip().lower()
+        scale = 1.0
+        for suffix, factor in (("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+            if text.endswith(suffix):
+                text, scale = text[: -len(suffix)].strip(), factor
+                break
+        try:
+            seconds = float(text) * scale
+        except ValueError:
+            raise ConfigError(f'{where}: {shorten(value)!r} is not a duration (e.g. 30, "30s", "500ms")') from None
+    if not seconds > 0:
+        raise ConfigError(f"{where}: the duration must be above 0")
+    return seconds
+
+
+class MetricsConfig(_Section):
+    # Job metrics derived from lifecycle events, exported as OTLP metrics this often (seconds, or
+    # "30s"); METRICS_COLLECTION_INTERVAL overrides.
+    enabled: bool = True
+    interval: float | str = 30.0
+    job_timeout_s: Annotated[float, Meta(gt=0.0)] = 3600.0  # a started job with no end: status="timeout"
+
+    def interval_s(self) -> float:
+        return parse_seconds(self.interval, "metrics.interval")
+
+
 class SelfMonitoringConfig(_Section):
     sentry_dsn: str = ""  # the gateway's own unexpected exceptions go here (never to itself)
 
@@ -183,6 +242,8 @@ class Config(_Section):
     receivers: ReceiversConfig = field(default_factory=ReceiversConfig)
     exporters: ExportersConfig = field(default_factory=ExportersConfig)
     self_monitoring: SelfMonitoringConfig = field(default_factory=SelfMonitoringConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def otlp_exporters(self) -> dict[str, OtlpExporterConfig]:
         found = {"dash0": self.exporters.dash0, "otlp": self.exporters.otlp}
@@ -332,6 +393,17 @@ def _validate(cfg: Config, source: str) -> None:
             raise ConfigError(f'{source}: exporters.{name}.insecure applies to protocol = "grpc" only')
         if exp.retry.max_interval_s < exp.retry.initial_interval_s:
             raise ConfigError(f"{source}: exporters.{name}.retry.max_interval_s is below initial_interval_s")
+    try:
+        cfg.metrics.interval_s()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    redis = cfg.exporters.redis
+    if redis is not None and redis.url:
+        scheme = urllib.parse.urlsplit(redis.url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(f"{source}: exporters.redis.url must be a redis://, rediss:// or unix:// URL")
+        if not redis.stream_prefix.strip():
+            raise ConfigError(f"{source}: exporters.redis.stream_prefix is empty")
     from trackgate.dsn import DsnError, parse_dsn
 
     for where, value in (
@@ -379,6 +451,9 @@ def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
             if exp is not None:
                 merged = {**exp.headers, **extra}
                 exporters = msgspec.structs.replace(exporters, **{name: msgspec.structs.replace(exp, headers=merged)})
+    if env.get("REDIS_URL"):
+        redis = exporters.redis or RedisExporterConfig()
+        exporters = msgspec.structs.replace(exporters, redis=msgspec.structs.replace(redis, url=env["REDIS_URL"]))
     if env.get("SENTRY_DSN"):
         sentry = exporters.sentry or SentryExporterConfig()
         exporters = msgspec.structs.replace(exporters, sentry=msgspec.structs.replace(sentry, dsn=env["SENTRY_DSN"]))
@@ -388,6 +463,10 @@ def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
         if not tokens:  # set but blank: never silently "no auth"
             raise ConfigError("TRACKGATE_TOKENS is set but holds no token (only blanks and commas)")
         server = msgspec.structs.replace(server, tokens=tokens)
+    metrics = cfg.metrics
+    if env.get("METRICS_COLLECTION_INTERVAL"):
+        parse_seconds(env["METRICS_COLLECTION_INTERVAL"], "METRICS_COLLECTION_INTERVAL")
+        metrics = msgspec.structs.replace(metrics, interval=env["METRICS_COLLECTION_INTERVAL"])
     attrs = dict(cfg.resource.attributes)
     if env.get("OTEL_RESOURCE_ATTRIBUTES"):
         attrs.update(parse_key_values(env["OTEL_RESOURCE_ATTRIBUTES"], "OTEL_RESOURCE_ATTRIBUTES"))
@@ -396,7 +475,11 @@ def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
     if env.get("WORKER_ID"):
         attrs["worker.id"] = env["WORKER_ID"]
     return msgspec.structs.replace(
-        cfg, server=server, exporters=exporters, resource=msgspec.structs.replace(cfg.resource, attributes=attrs)
+        cfg,
+        server=server,
+        exporters=exporters,
+        metrics=metrics,
+        resource=msgspec.structs.replace(cfg.resource, attributes=attrs),
     )
 
 
@@ -454,6 +537,8 @@ def masked(cfg: Config) -> dict[str, Any]:
         doc["exporters"]["sentry"]["dsn"] = mask_url(doc["exporters"]["sentry"]["dsn"])
     if doc["self_monitoring"]["sentry_dsn"]:
         doc["self_monitoring"]["sentry_dsn"] = mask_url(doc["self_monitoring"]["sentry_dsn"])
+    if doc["exporters"].get("redis") and doc["exporters"]["redis"]["url"]:
+        doc["exporters"]["redis"]["url"] = mask_url(doc["exporters"]["redis"]["url"])
     doc["receivers"]["sentry"]["public_keys"] = [MASK for _ in cfg.receivers.sentry.public_keys]
     return doc
 
