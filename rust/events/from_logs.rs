@@ -76,15 +76,7 @@ fn derived_id(record: &[u8]) -> String {
     bytes[8..].copy_from_slice(&b.finish().to_be_bytes());
     bytes[6] = (bytes[6] & 0x0f) | 0x80; // UUIDv8: custom
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    super::id::format_uuid(&bytes)
 }
 
 /// The event one LogRecord carries, if its `event_type` (normalized) is in `types`.

@@ -50,15 +50,21 @@ pub fn uuid_v7(_hint_ns: u64) -> std::result::Result<String, String> {
     b[7] = counter as u8;
     b[8..].copy_from_slice(&rand.to_be_bytes());
     b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    ))
+    Ok(format_uuid(&b))
+}
+
+/// 8-4-4-4-12 lowercase hex.
+pub fn format_uuid(b: &[u8; 16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(36);
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push(HEX[usize::from(x >> 4)] as char);
+        s.push(HEX[usize::from(x & 0x0f)] as char);
+    }
+    s
 }
 
 #[cfg(test)]
@@ -74,5 +80,6 @@ mod tests {
             assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
         }
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+        assert_eq!(format_uuid(&[0xab; 16]), "abababab-abab-abab-abab-abababababab");
     }
 }

@@ -368,11 +368,32 @@ impl Event {
 }
 
 /// One compact JSON object per line, each line ending in `\n` (so queued entries concatenate).
+/// Written field by field (the same object as `Event::to_json`, without building it).
 pub fn to_ndjson(events: &[Event]) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, key: &str, value: &str) {
+        out.push(b',');
+        serde_json::to_writer(&mut *out, key).expect("a str always serializes");
+        out.push(b':');
+        serde_json::to_writer(&mut *out, value).expect("a str always serializes");
+    }
     let mut out = Vec::with_capacity(events.len() * 256);
     for e in events {
-        serde_json::to_writer(&mut out, &e.to_json()).expect("a Value always serializes");
-        out.push(b'\n');
+        out.extend_from_slice(b"{\"event_id\":");
+        serde_json::to_writer(&mut out, &e.event_id).expect("a str always serializes");
+        field(&mut out, "event_type", &e.event_type);
+        out.extend_from_slice(format!(",\"time_unix_nano\":{}", e.time_unix_nano).as_bytes());
+        if let Some(s) = &e.service {
+            field(&mut out, "service", s);
+        }
+        for (k, v) in &e.ids {
+            field(&mut out, k, v);
+        }
+        if let Some(t) = &e.trace_id {
+            field(&mut out, "trace_id", t);
+        }
+        out.extend_from_slice(b",\"data\":");
+        serde_json::to_writer(&mut out, &e.data).expect("a Map always serializes");
+        out.extend_from_slice(b"}\n");
     }
     out
 }
@@ -606,6 +627,9 @@ mod tests {
         .unwrap();
         let nd = to_ndjson(&d.events);
         assert_eq!(nd.iter().filter(|&&b| b == b'\n').count(), 2);
+        for (line, e) in nd.split(|&b| b == b'\n').zip(&d.events) {
+            assert_eq!(serde_json::from_slice::<Value>(line).unwrap(), e.to_json());
+        }
         assert_eq!(from_ndjson(&nd).unwrap(), d.events);
         let otlp = to_otlp_logs(&d.events, NOW);
         let json = crate::json_encode::protobuf_to_json(crate::signal::Signal::Logs, &otlp).unwrap();
