@@ -357,3 +357,18 @@ def test_events_tail_filters_by_job_and_reads_as_a_group(redis_server: RedisServ
     assert main(["events", "tail", "--url", redis_server.url, "--group", "ops", "--from-start", "--count", "3"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3
     assert client.xpending(STREAM, "ops")["pending"] == 0
+
+
+@pytest.mark.slow
+def test_bench_signal_events_fills_the_stream(gateway_factory: type[Gateway], redis_server: RedisServer) -> None:
+    import subprocess
+    import sys
+
+    gw = gateway_factory(redis_config(redis_server))
+    argv = [sys.executable, "-m", "trackgate", "bench", "--url", gw.url, "--signal", "events"]
+    run = subprocess.run([*argv, "--duration", "1", "--records", "10"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "records/s" in run.stdout
+    assert wait_until(lambda: len(stream_entries(redis_server)) >= 10)
+    refused = subprocess.run([*argv, "--protocol", "grpc"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "HTTP only" in refused.stderr

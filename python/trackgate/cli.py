@@ -104,6 +104,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from trackgate.loadgen import run
 
+    if args.protocol == "grpc" and args.signal == "events":
+        raise ConfigError("--signal events is posted over HTTP only (/v1/events): drop --protocol grpc")
     url = args.url or ("http://127.0.0.1:4317" if args.protocol == "grpc" else "http://127.0.0.1:4318")
     result = run(
         url,
@@ -168,8 +170,8 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="load a running gateway and report records/s and latency percentiles")
     bench.add_argument("--url", help="gateway base URL (default http://127.0.0.1:4318, with grpc :4317)")
     bench.add_argument("--protocol", choices=["http", "grpc"], default="http", help="OTLP/HTTP or OTLP/gRPC")
-    bench.add_argument("--signal", choices=["traces", "logs"], default="traces")
-    bench.add_argument("--records", type=int, default=100, help="spans or log records per request")
+    bench.add_argument("--signal", choices=["traces", "logs", "events"], default="traces")
+    bench.add_argument("--records", type=int, default=100, help="spans, log records or events per request")
     bench.add_argument("--concurrency", type=int, default=4, help="client threads, one connection each")
     bench.add_argument("--duration", type=float, default=10.0, help="seconds")
     bench.add_argument("--gzip", action="store_true", help="send gzip bodies")
