@@ -35,7 +35,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
 from typing import Any, Protocol
 
 import orjson
@@ -65,10 +64,15 @@ class Histogram:
         self.count += 1
 
 
+# One state operation: ("r" received | "s" started | "f" finished, job id, service, event time).
+Op = tuple[str, str, str, float]
+# Its result: (counted: the start made the job active / the end removed an active job, a time:
+# received time for "s", started time for "f").
+OpResult = tuple[bool, float | None]
+
+
 class JobState(Protocol):
-    def received(self, job: str, ts: float) -> None: ...
-    def start(self, job: str, service: str, ts: float) -> tuple[bool, float | None]: ...
-    def finish(self, job: str) -> tuple[bool, float | None]: ...
+    def run(self, ops: list[Op]) -> list[OpResult]: ...
     def expired(self, before: float) -> list[tuple[str, str]]: ...
 
 
@@ -79,6 +83,18 @@ class LocalState:
         self.received_at: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.active: dict[str, tuple[str, float]] = {}
         self.done: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def run(self, ops: list[Op]) -> list[OpResult]:
+        out: list[OpResult] = []
+        for op, job, service, ts in ops:
+            if op == "r":
+                self.received(job, ts)
+                out.append((False, None))
+            elif op == "s":
+                out.append(self.start(job, service, ts))
+            else:
+                out.append(self.finish(job))
+        return out
 
     def received(self, job: str, ts: float) -> None:
         self.received_at[job] = ts
@@ -110,6 +126,41 @@ class LocalState:
         return out
 
 
+# KEYS: received, active, service. ARGV: done prefix, keep seconds, then (op, job, service, ts)...
+# Received times older than 10 x keep are trimmed as they go (jobs never started).
+STATE_SCRIPT = """
+local out = {}
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 10 * tonumber(ARGV[2]))
+for i = 3, #ARGV, 4 do
+  local op, job, svc, ts = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if op == 'r' then
+    redis.call('ZADD', KEYS[1], ts, job)
+    out[#out + 1] = '0|'
+  elseif op == 's' then
+    local rec = redis.call('ZSCORE', KEYS[1], job)
+    redis.call('ZREM', KEYS[1], job)
+    local counted = 0
+    if redis.call('EXISTS', ARGV[1] .. job) == 0 then
+      counted = redis.call('ZADD', KEYS[2], 'NX', ts, job)
+      if counted == 1 then redis.call('HSET', KEYS[3], job, svc) end
+    end
+    out[#out + 1] = counted .. '|' .. (rec or '')
+  else
+    local started = redis.call('ZSCORE', KEYS[2], job)
+    if redis.call('ZREM', KEYS[2], job) == 1 then
+      redis.call('HDEL', KEYS[3], job)
+      out[#out + 1] = '1|' .. (started or '')
+    else
+      redis.call('SET', ARGV[1] .. job, 1, 'EX', ARGV[2])
+      out[#out + 1] = '0|'
+    end
+  end
+end
+return out
+"""
+
+
 class RedisState:
     """Job state shared by every process and replica, in Redis next to the stream."""
 
@@ -122,34 +173,23 @@ class RedisState:
         self.service_key = f"{prefix}:jobs:service"
         self.done_prefix = f"{prefix}:jobs:done:"
         self.keep_s = max(int(timeout_s * 2), 60)
+        self.script = self.client.register_script(STATE_SCRIPT)
 
-    def received(self, job: str, ts: float) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(self.received_key, {job: ts})
-        pipe.zremrangebyscore(self.received_key, "-inf", time.time() - self.keep_s * 10)
-        pipe.execute()
-
-    def start(self, job: str, service: str, ts: float) -> tuple[bool, float | None]:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zscore(self.received_key, job)
-        pipe.zrem(self.received_key, job)
-        pipe.exists(self.done_prefix + job)
-        received, _, done = pipe.execute()
-        if done:
-            return False, received
-        added = self.client.zadd(self.active_key, {job: ts}, nx=True)
-        if added:
-            self.client.hset(self.service_key, job, service)
-        return bool(added), received
-
-    def finish(self, job: str) -> tuple[bool, float | None]:
-        started = self.client.zscore(self.active_key, job)
-        removed = self.client.zrem(self.active_key, job)
-        if not removed:
-            self.client.set(self.done_prefix + job, 1, ex=self.keep_s)
-            return False, None
-        self.client.hdel(self.service_key, job)
-        return True, started
+    def run(self, ops: list[Op]) -> list[OpResult]:
+        """Every operation of one request in one round trip (a Lua script: atomic, in order)."""
+        if not ops:
+            return []
+        args: list[str | float] = [self.done_prefix, self.keep_s]
+        for op, job, service, ts in ops:
+            args.extend((op, job, service, repr(ts)))
+        keys = [self.received_key, self.active_key, self.service_key]
+        replies: Any = self.script(keys=keys, args=args)
+        out: list[OpResult] = []
+        for reply in replies:
+            text = reply.decode() if isinstance(reply, bytes) else str(reply)
+            flag, _, when = text.partition("|")
+            out.append((flag == "1", float(when) if when else None))
+        return out
 
     def expired(self, before: float) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
@@ -207,16 +247,25 @@ class JobMetrics:
         the timeout)."""
         events = [orjson.loads(line) for line in ndjson.splitlines() if line.strip()]
         with self.lock:
-            for event in events:
-                try:
-                    self.apply([event])
-                except Exception as exc:
-                    log.warning("job metrics: shared state unavailable", extra={"error": str(exc)})
-                    self.state_failures += 1
+            try:
+                self.apply(events)
+            except Exception as exc:
+                log.warning("job metrics: shared state unavailable", extra={"error": str(exc)})
+                self.state_failures += 1
+                self.apply(events, use_state=False)
 
     # -- the metrics thread ---------------------------------------------------------------------
 
-    def apply(self, events: Iterable[dict[str, Any]]) -> None:
+    def apply(self, events: list[dict[str, Any]], use_state: bool = True) -> None:
+        """Counts `events`; their shared-state operations go in one batch (`use_state` False:
+        counted without the shared state)."""
+        ops: list[Op] = []
+        for e in events:
+            kind, job = e.get("event_type"), e.get("job_id")
+            if job and (kind in ("job_received", "job_started") or kind in END_TYPES):
+                op = "r" if kind == "job_received" else "s" if kind == "job_started" else "f"
+                ops.append((op, str(job), str(e.get("service") or "unknown_service"), e.get("time_unix_nano", 0) / 1e9))
+        results = iter(self.state.run(ops) if use_state else [(False, None)] * len(ops))
         for e in events:
             kind = e.get("event_type")
             job = e.get("job_id")
@@ -225,12 +274,12 @@ class JobMetrics:
             ts = e.get("time_unix_nano", 0) / 1e9
             if kind == "job_received":
                 if job:
-                    self.state.received(job, ts)
+                    next(results)
                 size = _float(data.get("input_size"))
                 if size is not None:
                     self.input_bytes[service] += int(size)
             elif kind == "job_started" and job:
-                counted, received = self.state.start(job, service, ts)
+                counted, received = next(results)
                 if counted:
                     self.active[service] += 1
                 if received is not None and ts >= received:
@@ -239,7 +288,7 @@ class JobMetrics:
                 status = END_TYPES[kind]
                 started: float | None = None
                 if job:
-                    was_active, started = self.state.finish(job)
+                    was_active, started = next(results)
                     if was_active:
                         self.active[service] -= 1
                 self.processed[(status, service)] += 1
