@@ -8,7 +8,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_QUIET := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: all venv build serve test test-rust test-python lint format bench fuzz clean
+.PHONY: all venv build serve test test-rust test-python lint format bench fuzz clean redis-server
 
 all: build
 
@@ -42,7 +42,15 @@ format: $(PY)
 test-rust:
 	cargo test --quiet
 
-test-python: build
+# The event-bus tests start a real redis-server (Debian's package; CI runs as root).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q redis-server >/dev/null 2>&1 || \
+		{ $$SUDO apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q redis-server >/dev/null; } || \
+		echo "redis-server could not be installed: the event-bus tests will be skipped"; }
+
+test-python: build redis-server
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint test-rust test-python

@@ -26,7 +26,7 @@ use crate::queue::Seq;
 use crate::scrub::ScrubOptions;
 use crate::sentry::{self, HeaderDsn, Processed, SentryOptions};
 use crate::signal::Signal;
-use crate::{decompress, encode, json_decode, json_encode, limits};
+use crate::{decompress, encode, events, json_decode, json_encode, limits};
 
 create_exception!(
     trackgate.exceptions,
@@ -838,6 +838,114 @@ fn grpc_retry_delay(py: Python<'_>, status_details: &[u8]) -> PyResult<Option<f6
     Ok(delay.map(|d| d.as_secs_f64()))
 }
 
+/// What one `POST /v1/events` body decoded to.
+#[pyclass(frozen, module = "trackgate._core")]
+struct EventsResult {
+    #[pyo3(get)]
+    accepted: usize,
+    #[pyo3(get)]
+    rejected: usize,
+    /// (index in the body, reason) of the first refused events.
+    #[pyo3(get)]
+    errors: Vec<(usize, String)>,
+    #[pyo3(get)]
+    error_message: String,
+    #[pyo3(get)]
+    event_ids: Vec<String>,
+    ndjson: Vec<u8>,
+    otlp_logs: Vec<u8>,
+}
+
+#[pymethods]
+impl EventsResult {
+    /// The accepted events, normalized, one JSON object per line (what the event bus carries).
+    #[getter]
+    fn ndjson<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.ndjson)
+    }
+
+    /// The accepted events as an OTLP logs request (protobuf).
+    #[getter]
+    fn otlp_logs<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.otlp_logs)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("EventsResult(accepted={}, rejected={})", self.accepted, self.rejected)
+    }
+}
+
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Decodes, validates and normalizes a `POST /v1/events` body (one event, an array, or NDJSON).
+#[pyfunction]
+#[pyo3(signature = (body, content_encoding = None, max_body_bytes = 67_108_864))]
+fn decode_events(
+    py: Python<'_>,
+    body: &[u8],
+    content_encoding: Option<&str>,
+    max_body_bytes: usize,
+) -> PyResult<EventsResult> {
+    guarded(py, || {
+        let body = decompress::decompress(body, content_encoding, max_body_bytes)?;
+        let now = unix_nanos();
+        let decoded = events::decode(&body, now)?;
+        Ok(EventsResult::new(decoded, now))
+    })
+}
+
+impl EventsResult {
+    fn new(decoded: events::Decoded, now: u64) -> Self {
+        EventsResult {
+            accepted: decoded.events.len(),
+            rejected: decoded.rejected_count,
+            error_message: decoded.error_message(),
+            event_ids: decoded.events.iter().map(|e| e.event_id.clone()).collect(),
+            ndjson: events::to_ndjson(&decoded.events),
+            otlp_logs: events::to_otlp_logs(&decoded.events, now),
+            errors: decoded.rejected,
+        }
+    }
+}
+
+/// The events carried by an OTLP logs request (records with an `event_type` in `types`, in their
+/// attributes or JSON body). Cheap when none do: a body without `event_type` is not walked.
+#[pyfunction]
+#[pyo3(signature = (body, format, types, content_encoding = None, max_body_bytes = 67_108_864))]
+fn events_from_logs(
+    py: Python<'_>,
+    body: &[u8],
+    format: &str,
+    types: Vec<String>,
+    content_encoding: Option<&str>,
+    max_body_bytes: usize,
+) -> PyResult<EventsResult> {
+    let format = parse_format(format)?;
+    guarded(py, || {
+        let body = decompress::decompress(body, content_encoding, max_body_bytes)?;
+        let now = unix_nanos();
+        let found = if format == Format::Json {
+            if body.windows(10).any(|w| w == b"event_type") {
+                let pb = json_decode::json_to_protobuf(Signal::Logs, &body)?;
+                events::from_logs::events_from_logs(&pb, &types, now)?
+            } else {
+                Vec::new()
+            }
+        } else {
+            events::from_logs::events_from_logs(&body, &types, now)?
+        };
+        let decoded = events::Decoded {
+            events: found,
+            ..Default::default()
+        };
+        Ok(EventsResult::new(decoded, now))
+    })
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -865,5 +973,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scrub_pattern_error, m)?)?;
     m.add_class::<SentryProcessor>()?;
     m.add_class::<SentryResult>()?;
+    m.add_class::<EventsResult>()?;
+    m.add_function(wrap_pyfunction!(decode_events, m)?)?;
+    m.add_function(wrap_pyfunction!(events_from_logs, m)?)?;
     Ok(())
 }

@@ -361,10 +361,13 @@ impl Walk<'_> {
     fn log(&mut self, record: &[u8]) -> Result<bool> {
         let (mut trace_id, mut span_id): (&[u8], &[u8]) = (&[], &[]);
         let mut severity = 0i32;
+        let mut is_event = false;
         for field in Fields::new(record) {
             let field = field?;
             match (field.number, field.wire_type) {
                 (9, LEN) => trace_id = field.data,
+                // `event_name`: an operational event (track 1), never sampled.
+                (12, LEN) => is_event = !field.data.is_empty(),
                 (10, LEN) => span_id = field.data,
                 // An enum is an int32 on the wire, sign-extended to 64 bits when negative.
                 (2, VARINT) => severity = field.int as i32,
@@ -381,7 +384,7 @@ impl Walk<'_> {
             return Ok(false);
         }
         let sampler = &self.ingester.logs;
-        let keep = if sampler.keeps_all() || (self.ingester.keep_errors && severity >= SEVERITY_ERROR) {
+        let keep = if sampler.keeps_all() || is_event || (self.ingester.keep_errors && severity >= SEVERITY_ERROR) {
             true
         } else if sampler.keeps_none() {
             false

@@ -12,6 +12,7 @@ pub mod enrich;
 pub mod envelope;
 pub mod error;
 pub mod fluent;
+pub mod events;
 pub mod ingest;
 pub mod json_decode;
 pub mod json_encode;

@@ -20,6 +20,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 from upstream import Upstream
 
 
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[object]:
+    """A real redis-server (Debian's package, installed by `make test`), stopped after the test."""
+    from redis_server import RedisServer
+
+    try:
+        server = RedisServer(tmp_path, free_port())
+    except FileNotFoundError:
+        pytest.skip("redis-server is not installed and could not be installed (make redis-server)")
+    yield server
+    server.stop()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,7 +64,11 @@ class Gateway:
         self.config_path = tmp / "trackgate.toml"
         self.config_path.write_text(config)
         self.log_path = tmp / "gateway.log"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DASH0_", "TRACKGATE_"))}
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("OTEL_", "DASH0_", "TRACKGATE_", "REDIS_URL", "METRICS_COLLECTION_INTERVAL"))
+        }
         self.env.update(env or {})
         self.env["NO_PROXY"] = "*"
         self.workers = workers

@@ -18,10 +18,12 @@ from trackgate._core import Listeners
 from trackgate.asgi import BodyBudget, ClientDisconnected, Receive, Request, Response, Scope, Send
 from trackgate.config import Config
 from trackgate.echo import shorten
+from trackgate.jobmetrics import JobMetrics, JobState, LocalState, RedisState
 from trackgate.pipeline import Format, Pipeline
 from trackgate.ratelimits import RateLimits
 from trackgate.receivers import fluent as fluent_receiver
 from trackgate.receivers import sentry as sentry_receiver
+from trackgate.receivers.events import EventsReceiver
 from trackgate.receivers.otlp_http import CODE_UNAUTHENTICATED, OtlpHttpReceiver, status_response
 
 if TYPE_CHECKING:
@@ -40,6 +42,8 @@ class App:
         self.config = cfg
         self.pipeline: Pipeline | None = None
         self.forward: Pipeline | None = None  # Sentry envelopes on their way upstream
+        self.bus: Pipeline | None = None  # operational events on their way to the Redis event bus
+        self.jobmetrics: JobMetrics | None = None  # job metrics derived from the events
         self.peers: telemetry.PeerSnapshots | None = None
         self.listeners: Listeners | None = None  # the extension's network runtime (OTLP/gRPC)
         self.hostmetrics: GatewayReporter | None = None
@@ -56,6 +60,7 @@ class App:
             "/v1/traces": ("POST", self._otlp("traces")),
             "/v1/logs": ("POST", self._otlp("logs")),
             "/v1/metrics": ("POST", self._otlp("metrics")),
+            "/v1/events": ("POST", self._events),
             "/healthz": ("GET", self._healthz),
             "/readyz": ("GET", self._readyz),
             "/metrics": ("GET", self._metrics),
@@ -77,15 +82,29 @@ class App:
             limits = RateLimits()
             self.forward = build_forward_pipeline(self.config, limits)
             self.sentry = sentry_receiver.SentryReceiver(self.config, self.pipeline, self.forward, limits)
+            self.bus = build_events_pipeline(self.config)
+            events_cfg = self.config.events
+            self.events = EventsReceiver(
+                self.pipeline,
+                self.bus,
+                server.max_body_bytes,
+                server.body_timeout_s,
+                events_cfg.normalized_types(),
+            )
+            if self.bus is not None and events_cfg.from_logs:
+                self.otlp.events_from_logs = self.events.from_logs
+            self.jobmetrics = build_job_metrics(self.config, self.pipeline)
+            if self.jobmetrics is not None:
+                self.events.on_accepted = self.jobmetrics.offer
             receivers = self.config.receivers
             if receivers.otlp_grpc.enabled or receivers.forward.listen or receivers.fluent_http.listen:
                 try:
                     self.listeners = start_listeners(self.config, self.pipeline)
                 except OSError:
-                    for pipeline in (self.forward, self.pipeline):
+                    for pipeline in (self.bus, self.forward, self.pipeline):
                         if pipeline is not None:
                             pipeline.close(0.0)  # release the queue shards for the next start
-                    self.pipeline = self.forward = None
+                    self.pipeline = self.forward = self.bus = None
                     raise
             if self.config.hostmetrics.enabled:
                 self.hostmetrics = start_hostmetrics(self.config, self.pipeline)
@@ -101,10 +120,12 @@ class App:
             await asyncio.to_thread(self.hostmetrics.stop)
         if self.peers is not None:
             self.peers.close()
+        if self.jobmetrics is not None:
+            await asyncio.to_thread(self.jobmetrics.close)
         if self.listeners is not None:
             # First stop intake over gRPC (calls in flight finish), then drain the queue.
             await asyncio.to_thread(self.listeners.close, self.config.server.shutdown_grace_s)
-        for pipeline in (self.forward, self.pipeline):
+        for pipeline in (self.bus, self.forward, self.pipeline):
             if pipeline is not None:
                 await asyncio.to_thread(pipeline.close)
 
@@ -204,6 +225,16 @@ class App:
                 401, "missing or invalid bearer token", [("WWW-Authenticate", 'Bearer realm="trackgate"')]
             )
         return await self.fluent.handle(request, fluent_receiver.path_tag(request.path) or "")
+
+    async def _events(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return Response(
+                401,
+                b'{"error":"missing or invalid bearer token"}',
+                "application/json",
+                [("WWW-Authenticate", 'Bearer realm="trackgate"')],
+            )
+        return await self.events.handle(request)
 
     async def _healthz(self, request: Request) -> Response:
         return Response(200, b"ok\n")
@@ -344,6 +375,33 @@ def build_forward_pipeline(cfg: Config, limits: RateLimits) -> Pipeline | None:
     if isinstance(exporter, SentryExporter):
         exporter.core = forward.core
     return forward.start(adopt_orphans=True)
+
+
+def build_events_pipeline(cfg: Config) -> Pipeline | None:
+    """Events for the Redis event bus, in their own durable queue (`<storage.dir>/events-queue/`),
+    when `[exporters.redis] url` (or REDIS_URL) is set; without it, events reach the OTLP and file
+    exporters only (as log records, through the main pipeline)."""
+    redis_cfg = cfg.exporters.redis
+    if redis_cfg is None or not redis_cfg.url:
+        return None
+    from trackgate.exporters.redis import RedisExporter
+
+    return Pipeline(cfg, [RedisExporter(redis_cfg)], queue_name="events-queue", register_metrics=False).start(
+        adopt_orphans=True
+    )
+
+
+def build_job_metrics(cfg: Config, pipeline: Pipeline) -> JobMetrics | None:
+    """Job metrics from the events, with their shared state in Redis when the event bus is set."""
+    if not cfg.metrics.enabled:
+        return None
+    redis_cfg = cfg.exporters.redis
+    state: JobState = (
+        RedisState(redis_cfg.url, redis_cfg.stream_prefix, cfg.metrics.job_timeout_s)
+        if redis_cfg is not None and redis_cfg.url
+        else LocalState()
+    )
+    return JobMetrics(pipeline, cfg.metrics.interval_s(), cfg.metrics.job_timeout_s, state).start()
 
 
 def setup_self_monitoring(cfg: Config) -> None:

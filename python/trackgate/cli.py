@@ -1,4 +1,4 @@
-"""`trackgate` command line: serve, check-config, replay, bench, agent."""
+"""`trackgate` command line: serve, check-config, replay, bench, agent, events tail."""
 
 from __future__ import annotations
 
@@ -104,6 +104,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from trackgate.loadgen import run
 
+    if args.protocol == "grpc" and args.signal == "events":
+        raise ConfigError("--signal events is posted over HTTP only (/v1/events): drop --protocol grpc")
     url = args.url or ("http://127.0.0.1:4317" if args.protocol == "grpc" else "http://127.0.0.1:4318")
     result = run(
         url,
@@ -152,6 +154,29 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events_tail(args: argparse.Namespace) -> int:
+    import redis
+
+    from trackgate.events_tail import tail
+
+    cfg = config_mod.load(args.config)
+    redis_cfg = cfg.exporters.redis
+    url = args.url or (redis_cfg.url if redis_cfg is not None else "")
+    if not url:
+        raise ConfigError("no event bus: set [exporters.redis] url, REDIS_URL or --url")
+    prefix = redis_cfg.stream_prefix if redis_cfg is not None else "trackgate:events"
+    stream = args.stream or prefix
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        tail(client, stream, group=args.group, job=args.job, from_start=args.from_start, count=args.count)
+    except redis.exceptions.ConnectionError as exc:
+        print(f"trackgate: cannot reach the event bus at {config_mod.mask_url(url)}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trackgate", description="Telemetry ingestion gateway.")
     p.add_argument("--version", action="version", version=f"trackgate {__version__}")
@@ -192,13 +217,25 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="load a running gateway and report records/s and latency percentiles")
     bench.add_argument("--url", help="gateway base URL (default http://127.0.0.1:4318, with grpc :4317)")
     bench.add_argument("--protocol", choices=["http", "grpc"], default="http", help="OTLP/HTTP or OTLP/gRPC")
-    bench.add_argument("--signal", choices=["traces", "logs"], default="traces")
-    bench.add_argument("--records", type=int, default=100, help="spans or log records per request")
+    bench.add_argument("--signal", choices=["traces", "logs", "events"], default="traces")
+    bench.add_argument("--records", type=int, default=100, help="spans, log records or events per request")
     bench.add_argument("--concurrency", type=int, default=4, help="client threads, one connection each")
     bench.add_argument("--duration", type=float, default=10.0, help="seconds")
     bench.add_argument("--gzip", action="store_true", help="send gzip bodies")
     bench.add_argument("--token", help="bearer token (or TRACKGATE_BENCH_TOKEN)")
     bench.set_defaults(func=cmd_bench)
+
+    events = sub.add_parser("events", help="the operational event bus (Redis Streams)")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    etail = events_sub.add_parser("tail", help="watch the event bus live, one JSON line per event")
+    etail.add_argument("--config", help="TOML config file (for [exporters.redis])")
+    etail.add_argument("--url", help="Redis URL (default: [exporters.redis] url or REDIS_URL)")
+    etail.add_argument("--stream", help="stream key (default: exporters.redis.stream_prefix)")
+    etail.add_argument("--group", help="read as a member of this consumer group (created if missing), acking")
+    etail.add_argument("--job", help="only events of this job_id")
+    etail.add_argument("--from-start", action="store_true", help="from the start of the stream, not its end")
+    etail.add_argument("--count", type=int, default=0, help="exit after this many events (0: run until ^C)")
+    etail.set_defaults(func=cmd_events_tail)
     return p
 
 

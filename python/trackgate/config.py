@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -138,11 +139,24 @@ class SentryExporterConfig(_Section):
     queue: ExporterQueueConfig = field(default_factory=ExporterQueueConfig)
 
 
+class RedisExporterConfig(_Section):
+    # redis://[:password@]host:port/db, or rediss:// for TLS (or REDIS_URL). Empty: no event bus.
+    url: str = ""
+    # Events of type T go to the stream "<stream_prefix>:T" (e.g. trackgate:events:job_completed);
+    # with per_type = false, every event goes to "<stream_prefix>" itself.
+    stream_prefix: str = "trackgate:events"
+    per_type: bool = False
+    maxlen: Annotated[int, Meta(ge=0)] = 1_000_000  # XADD MAXLEN ~ (approximate trimming); 0 = no trimming
+    timeout_s: Annotated[float, Meta(gt=0.0)] = 10.0
+    retry: RetryConfig = field(default_factory=lambda: RetryConfig(initial_interval_s=0.5, max_interval_s=5.0))
+
+
 class ExportersConfig(_Section):
     dash0: OtlpExporterConfig | None = None
     otlp: OtlpExporterConfig | None = None
     file: FileExporterConfig | None = None
     sentry: SentryExporterConfig | None = None
+    redis: RedisExporterConfig | None = None
 
 
 class SentryReceiverConfig(_Section):
@@ -251,6 +265,31 @@ def parse_interval(value: float | int | str, where: str) -> float:
     return seconds
 
 
+LIFECYCLE_TYPES = ["job_received", "job_started", "job_progress", "job_completed", "job_failed"]
+
+
+class EventsConfig(_Section):
+    # A log record (OTLP over HTTP) whose attributes or JSON body carry an `event_type` in `types`
+    # also goes to the event bus as an event (only when [exporters.redis] is set).
+    from_logs: bool = True
+    types: list[str] = field(default_factory=lambda: list(LIFECYCLE_TYPES))  # snake_case
+
+    def normalized_types(self) -> list[str]:
+        """`types` in the form events carry (`jobCompleted` → `job_completed`)."""
+        return [re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", t.strip()).replace("-", "_").lower() for t in self.types]
+
+
+class MetricsConfig(_Section):
+    # Job metrics derived from lifecycle events, exported as OTLP metrics this often (seconds, or
+    # "30s"); METRICS_COLLECTION_INTERVAL overrides.
+    enabled: bool = True
+    interval: float | str = 30.0
+    job_timeout_s: Annotated[float, Meta(gt=0.0)] = 3600.0  # a started job with no end: status="timeout"
+
+    def interval_s(self) -> float:
+        return parse_interval(self.interval, "metrics.interval")
+
+
 class SelfMonitoringConfig(_Section):
     sentry_dsn: str = ""  # the gateway's own unexpected exceptions go here (never to itself)
 
@@ -266,6 +305,8 @@ class Config(_Section):
     exporters: ExportersConfig = field(default_factory=ExportersConfig)
     self_monitoring: SelfMonitoringConfig = field(default_factory=SelfMonitoringConfig)
     hostmetrics: HostMetricsConfig = field(default_factory=HostMetricsConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def scrubs(self, track: str) -> bool:
         """Whether `track` is scrubbed: [scrub] tracks, with [receivers.sentry] scrub on top."""
@@ -460,6 +501,17 @@ def _validate(cfg: Config, source: str) -> None:
             raise ConfigError(f'{source}: exporters.{name}.insecure applies to protocol = "grpc" only')
         if exp.retry.max_interval_s < exp.retry.initial_interval_s:
             raise ConfigError(f"{source}: exporters.{name}.retry.max_interval_s is below initial_interval_s")
+    try:
+        cfg.metrics.interval_s()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    redis = cfg.exporters.redis
+    if redis is not None and redis.url:
+        scheme = urllib.parse.urlsplit(redis.url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(f"{source}: exporters.redis.url must be a redis://, rediss:// or unix:// URL")
+        if not redis.stream_prefix.strip():
+            raise ConfigError(f"{source}: exporters.redis.stream_prefix is empty")
     from trackgate.dsn import DsnError, parse_dsn
 
     for where, value in (
@@ -507,6 +559,9 @@ def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
             if exp is not None:
                 merged = {**exp.headers, **extra}
                 exporters = msgspec.structs.replace(exporters, **{name: msgspec.structs.replace(exp, headers=merged)})
+    if env.get("REDIS_URL"):
+        redis = exporters.redis or RedisExporterConfig()
+        exporters = msgspec.structs.replace(exporters, redis=msgspec.structs.replace(redis, url=env["REDIS_URL"]))
     if env.get("SENTRY_DSN"):
         sentry = exporters.sentry or SentryExporterConfig()
         exporters = msgspec.structs.replace(exporters, sentry=msgspec.structs.replace(sentry, dsn=env["SENTRY_DSN"]))
@@ -516,6 +571,10 @@ def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
         if not tokens:  # set but blank: never silently "no auth"
             raise ConfigError("TRACKGATE_TOKENS is set but holds no token (only blanks and commas)")
         server = msgspec.structs.replace(server, tokens=tokens)
+    metrics = cfg.metrics
+    if env.get("METRICS_COLLECTION_INTERVAL"):
+        parse_interval(env["METRICS_COLLECTION_INTERVAL"], "METRICS_COLLECTION_INTERVAL")
+        metrics = msgspec.structs.replace(metrics, interval=env["METRICS_COLLECTION_INTERVAL"])
     attrs = dict(cfg.resource.attributes)
     if env.get("OTEL_RESOURCE_ATTRIBUTES"):
         attrs.update(parse_key_values(env["OTEL_RESOURCE_ATTRIBUTES"], "OTEL_RESOURCE_ATTRIBUTES"))
@@ -527,23 +586,21 @@ def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
         cfg,
         server=server,
         exporters=exporters,
+        metrics=metrics,
         resource=msgspec.structs.replace(cfg.resource, attributes=attrs),
         hostmetrics=_resolve_hostmetrics(cfg, env),
     )
 
 
 def _resolve_hostmetrics(cfg: Config, env: Mapping[str, str]) -> HostMetricsConfig:
-    """The interval in seconds: its own, else the [metrics] interval (when the config has that
-    section; METRICS_COLLECTION_INTERVAL overrides it), else 30."""
+    """The interval in seconds: its own, else METRICS_COLLECTION_INTERVAL, else [metrics] interval."""
     hm = cfg.hostmetrics
     if hm.interval is not None:
         seconds = parse_interval(hm.interval, "hostmetrics.interval")
     elif env.get("METRICS_COLLECTION_INTERVAL"):
         seconds = parse_interval(env["METRICS_COLLECTION_INTERVAL"], "METRICS_COLLECTION_INTERVAL")
-    elif (metrics := getattr(cfg, "metrics", None)) is not None and getattr(metrics, "interval", None) is not None:
-        seconds = parse_interval(metrics.interval, "metrics.interval")
     else:
-        seconds = DEFAULT_HOSTMETRICS_INTERVAL_S
+        seconds = parse_interval(cfg.metrics.interval, "metrics.interval")  # 30 s unless set
     return msgspec.structs.replace(hm, interval=seconds)
 
 
@@ -601,6 +658,8 @@ def masked(cfg: Config) -> dict[str, Any]:
         doc["exporters"]["sentry"]["dsn"] = mask_url(doc["exporters"]["sentry"]["dsn"])
     if doc["self_monitoring"]["sentry_dsn"]:
         doc["self_monitoring"]["sentry_dsn"] = mask_url(doc["self_monitoring"]["sentry_dsn"])
+    if doc["exporters"].get("redis") and doc["exporters"]["redis"]["url"]:
+        doc["exporters"]["redis"]["url"] = mask_url(doc["exporters"]["redis"]["url"])
     doc["receivers"]["sentry"]["public_keys"] = [MASK for _ in cfg.receivers.sentry.public_keys]
     return doc
 

@@ -20,8 +20,30 @@ import orjson
 from trackgate._core import gzip, to_protobuf
 
 
+def events_body(records: int) -> bytes:
+    """NDJSON of `records` job lifecycle events (POST /v1/events)."""
+    now = time.time_ns()
+    kinds = ("job_received", "job_started", "job_progress", "job_completed")
+    lines = [
+        orjson.dumps(
+            {
+                "event_type": kinds[i % 4],
+                "job_id": f"job-{i // 4}",
+                "service": "bench",
+                "worker_id": "w-1",
+                "timestamp": now + i,
+                "data": {"progress": i % 100, "duration_ms": 1200, "output_size": 4096},
+            }
+        )
+        for i in range(records)
+    ]
+    return b"\n".join(lines) + b"\n"
+
+
 def request_body(signal: str, records: int) -> bytes:
     """An OTLP protobuf request of `records` spans or log records, as a job worker would send."""
+    if signal == "events":
+        return events_body(records)
     now = time.time_ns()
     common = [{"key": "job.id", "value": {"stringValue": "job-1"}}, {"key": "gpu.index", "value": {"intValue": "0"}}]
     if signal == "traces":
@@ -108,9 +130,11 @@ def run(
     protocol: str = "http",
 ) -> BenchResult:
     if protocol == "grpc":
+        if signal == "events":
+            raise ValueError("events are posted over HTTP only (/v1/events)")
         return run_grpc(url, signal, records, concurrency, duration, compress, token)
     body = request_body(signal, records)
-    headers = {"Content-Type": "application/x-protobuf"}
+    headers = {"Content-Type": "application/x-ndjson" if signal == "events" else "application/x-protobuf"}
     if compress:
         body = gzip(body)
         headers["Content-Encoding"] = "gzip"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from trackgate import telemetry
-from trackgate._core import export_response, status_body
+from trackgate._core import IngestResult, export_response, status_body
 from trackgate.asgi import BodyTimeout, BodyTooLarge, BudgetSpent, Request, Response
 from trackgate.echo import shorten
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
@@ -48,6 +49,15 @@ class OtlpHttpReceiver:
         self.pipeline = pipeline
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        # Set when log records may carry events for the event bus (events.from_logs): called with
+        # each accepted logs body after it is queued.
+        self.events_from_logs: Callable[[bytes, Format, str | None], None] | None = None
+
+    def ingest(self, signal: Signal, body: bytes, fmt: Format, encoding: str | None) -> IngestResult:
+        result = self.pipeline.ingest(signal, body, fmt, encoding)
+        if signal == "logs" and self.events_from_logs is not None and result.accepted:
+            self.events_from_logs(body, fmt, encoding)
+        return result
 
     async def handle(self, request: Request, signal: Signal) -> Response:
         media = request.header("content-type").split(";", 1)[0].strip().lower()
@@ -71,9 +81,9 @@ class OtlpHttpReceiver:
         encoding = request.header("content-encoding") or None
         try:
             if is_encoded(encoding) or len(body) > INLINE_LIMIT or self.pipeline.blocking_ingest:
-                result = await asyncio.to_thread(self.pipeline.ingest, signal, body, fmt, encoding)
+                result = await asyncio.to_thread(self.ingest, signal, body, fmt, encoding)
             else:
-                result = self.pipeline.ingest(signal, body, fmt, encoding)
+                result = self.ingest(signal, body, fmt, encoding)
         except DecodeError as exc:
             return status_response(400, CODE_INVALID_ARGUMENT, f"cannot decode OTLP {fmt} {signal}: {exc}", fmt)
         except PayloadTooLarge as exc:

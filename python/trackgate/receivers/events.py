@@ -1,0 +1,155 @@
+"""Events receiver: `POST /v1/events` (track 1, operational events).
+
+A body is one JSON event, a JSON array of events, or NDJSON, optionally gzip/zstd/deflate/br.
+The data plane decodes and validates it (`decode_events`): invalid events are refused one by one
+with their index and reason, the valid ones go on. Before the answer, the accepted events are
+queued durably twice: as OTLP log records in the main pipeline (never sampled: they carry
+`event_name`), and, when an event bus is configured, as normalized events in the events pipeline
+that feeds the Redis exporter. The events queue is written last: a failure before it makes the
+client retry, and only the OTLP copy can repeat.
+
+Answer (JSON): `{"accepted": n, "event_ids": [...]}` plus, when events were refused,
+`"partialSuccess": {"rejectedEvents": m, "errorMessage": "...", "errors": [{"index": i, "reason": r}]}`.
+200 when at least one event was accepted (or the body held none), 400 when every event was refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import orjson
+
+from trackgate import telemetry
+from trackgate._core import EventsResult, decode_events, events_from_logs
+from trackgate.asgi import BodyTimeout, BodyTooLarge, BudgetSpent, Request, Response
+from trackgate.echo import shorten
+from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
+from trackgate.pipeline import Format, Pipeline
+
+log = logging.getLogger("trackgate.receiver.events")
+
+CONTENT_TYPES = frozenset(
+    {
+        "",
+        "application/json",
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/jsonl",
+        "application/jsonlines",
+        "application/x-jsonlines",
+        "text/plain",
+    }
+)
+INLINE_LIMIT = 256 * 1024
+
+EVENTS = telemetry.REGISTRY.counter(
+    "trackgate_events_total",
+    "Operational events received, by outcome (accepted, rejected on /v1/events; from_logs: found in OTLP logs).",
+    ("outcome",),
+)
+
+
+def json_response(status: int, doc: object, headers: list[tuple[str, str]] | None = None) -> Response:
+    return Response(status, orjson.dumps(doc), "application/json", headers or [])
+
+
+def error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    return json_response(status, {"error": message}, headers)
+
+
+def answer(result: EventsResult) -> Response:
+    doc: dict[str, object] = {"accepted": result.accepted, "event_ids": result.event_ids}
+    if result.rejected:
+        doc["partialSuccess"] = {
+            "rejectedEvents": result.rejected,
+            "errorMessage": result.error_message,
+            "errors": [{"index": i, "reason": r} for i, r in result.errors],
+        }
+    status = 400 if result.rejected and not result.accepted else 200
+    return json_response(status, doc)
+
+
+class EventsReceiver:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        bus: Pipeline | None,
+        max_body_bytes: int,
+        body_timeout_s: float = 30.0,
+        from_logs_types: list[str] | None = None,
+    ) -> None:
+        self.pipeline = pipeline  # events as OTLP log records, for the OTLP/file exporters
+        self.bus = bus  # normalized events for the Redis exporter (None: no event bus configured)
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.from_logs_types = from_logs_types or []
+        self.on_accepted: Callable[[bytes], None] | None = None  # the job metrics' intake
+
+    async def handle(self, request: Request) -> Response:
+        media = request.header("content-type").split(";", 1)[0].strip().lower()
+        if media not in CONTENT_TYPES:
+            return error(
+                415, f"unsupported content type {shorten(media)!r} (send application/json or application/x-ndjson)"
+            )
+        try:
+            body = await request.body(self.max_body_bytes, self.body_timeout_s)
+        except BodyTooLarge as exc:
+            return error(413, str(exc))
+        except BodyTimeout as exc:
+            return error(408, str(exc), [("Connection", "close")])
+        except BudgetSpent as exc:
+            telemetry.HTTP_REFUSED.inc(reason="inflight_bytes")
+            return error(503, str(exc), [("Retry-After", "1")] + ([] if exc.drained else [("Connection", "close")]))
+        encoding = request.header("content-encoding") or None
+        offload = (encoding is not None and encoding.strip().lower() not in ("", "identity")) or len(
+            body
+        ) > INLINE_LIMIT
+        try:
+            if offload:
+                result = await asyncio.to_thread(decode_events, body, encoding, self.max_body_bytes)
+            else:
+                result = decode_events(body, encoding, self.max_body_bytes)
+        except DecodeError as exc:
+            return error(400, f"cannot decode events: {exc}")
+        except PayloadTooLarge as exc:
+            return error(413, str(exc))
+        except UnsupportedMedia as exc:
+            return error(415, str(exc))
+        EVENTS.inc(result.rejected, outcome="rejected")
+        if result.accepted:
+            try:
+                if self.pipeline.blocking_ingest or (self.bus is not None and self.bus.blocking_ingest):
+                    await asyncio.to_thread(self.queue, result)
+                else:
+                    self.queue(result)
+            except QueueFull as exc:
+                return error(429, f"{exc}; retry later", [("Retry-After", "1")])
+            except PipelineClosed:
+                return error(503, "gateway is shutting down", [("Retry-After", "5")])
+            except OSError as exc:  # the queue's disk failed: nothing was acknowledged
+                log.error("queue storage failed", extra={"error": str(exc)})
+                return error(503, "queue storage unavailable; retry later", [("Retry-After", "5")])
+            EVENTS.inc(result.accepted, outcome="accepted")
+        if result.rejected:
+            log.info("events refused", extra={"rejected": result.rejected, "reason": result.error_message})
+        return answer(result)
+
+    def queue(self, result: EventsResult) -> None:
+        self.pipeline.ingest("logs", result.otlp_logs, "protobuf")
+        if self.bus is not None:
+            self.bus.core.enqueue("logs", result.ndjson, result.accepted)
+        if self.on_accepted is not None:
+            self.on_accepted(result.ndjson)
+
+    def from_logs(self, body: bytes, fmt: Format, encoding: str | None) -> None:
+        """Queues for the event bus the events carried by an OTLP logs body that was just accepted."""
+        if self.bus is None:
+            return
+        result = events_from_logs(body, fmt, self.from_logs_types, encoding, self.max_body_bytes)
+        if result.accepted:
+            self.bus.core.enqueue("logs", result.ndjson, result.accepted)
+            EVENTS.inc(result.accepted, outcome="from_logs")
+            if self.on_accepted is not None:
+                self.on_accepted(result.ndjson)

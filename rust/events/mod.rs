@@ -1,0 +1,653 @@
+//! Operational events (track 1): `POST /v1/events` bodies decoded, validated and normalized.
+//!
+//! A body is one JSON event, a JSON array of events, or NDJSON (one event per line). Each event is
+//! checked on its own: an invalid one is refused with its index and reason, the valid ones in the
+//! same body go on. A valid event comes out normalized (`Event`), written two ways:
+//! - `to_ndjson`: one compact JSON object per line, what the event-bus queue holds and the Redis
+//!   exporter appends to the stream;
+//! - `to_otlp_logs`: an OTLP `ExportLogsServiceRequest` (protobuf), one LogRecord per event with
+//!   `event_name` set and the correlation ids as the attributes the other tracks use.
+
+pub mod from_logs;
+pub mod id;
+
+use serde_json::{Map, Value};
+
+use crate::error::{quote, shorten, CoreError, Result};
+use crate::wire;
+
+/// The job lifecycle types (the default set taken from logs as events).
+pub const LIFECYCLE_TYPES: &[&str] = &[
+    "job_received",
+    "job_started",
+    "job_progress",
+    "job_completed",
+    "job_failed",
+];
+/// Optional id fields: (event key, OTLP attribute). `event_id` and `trace_id` are handled apart.
+pub const ID_FIELDS: &[(&str, &str)] = &[
+    ("job_id", "job.id"),
+    ("worker_id", "worker.id"),
+    ("machine_id", "machine.id"),
+    ("session_id", "session.id"),
+    ("request_id", "request.id"),
+];
+/// Longest `event_type` and id value accepted.
+pub const MAX_TYPE_CHARS: usize = 128;
+pub const MAX_ID_CHARS: usize = 256;
+/// Most events one body may hold (each refused one costs a line of the answer).
+pub const MAX_EVENTS: usize = 100_000;
+/// Reasons listed in the answer at most; the rest are counted.
+pub const MAX_REASONS: usize = 100;
+
+const SEVERITY_INFO: u64 = 9;
+const SEVERITY_ERROR: u64 = 17;
+const ANY_STRING: u32 = 1;
+const ANY_BOOL: u32 = 2;
+const ANY_INT: u32 = 3;
+const ANY_DOUBLE: u32 = 4;
+
+/// One valid event, normalized.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub event_id: String,
+    /// snake_case (`jobCompleted` → `job_completed`).
+    pub event_type: String,
+    pub time_unix_nano: u64,
+    pub service: Option<String>,
+    /// Present ids, in `ID_FIELDS` order: (event key, value).
+    pub ids: Vec<(&'static str, String)>,
+    /// 32 lowercase hex digits.
+    pub trace_id: Option<String>,
+    pub data: Map<String, Value>,
+}
+
+/// What one body decoded to.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Decoded {
+    pub events: Vec<Event>,
+    /// Refused events: (index in the body, reason), the first `MAX_REASONS` of them.
+    pub rejected: Vec<(usize, String)>,
+    pub rejected_count: usize,
+}
+
+impl Decoded {
+    /// The partial-success message: every listed reason, then how many more were refused.
+    pub fn error_message(&self) -> String {
+        let mut parts: Vec<String> = self.rejected.iter().map(|(i, r)| format!("event {i}: {r}")).collect();
+        if self.rejected_count > self.rejected.len() {
+            parts.push(format!("and {} more", self.rejected_count - self.rejected.len()));
+        }
+        parts.join("; ")
+    }
+
+    fn reject(&mut self, index: usize, reason: String) {
+        self.rejected_count += 1;
+        if self.rejected.len() < MAX_REASONS {
+            self.rejected.push((index, reason));
+        }
+    }
+}
+
+/// `jobCompleted`, `JobCompleted`, `job-completed`, `job.completed` → `job_completed`; a name with
+/// anything but ASCII letters, digits, `_`, `-`, `.`, `:` is refused (it names a stream).
+pub fn normalize_type(raw: &str) -> std::result::Result<String, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err("event_type is empty".into());
+    }
+    if raw.chars().count() > MAX_TYPE_CHARS {
+        return Err(format!("event_type is longer than {MAX_TYPE_CHARS} characters"));
+    }
+    let mut out = String::with_capacity(raw.len() + 4);
+    let mut prev_lower_or_digit = false;
+    for c in raw.chars() {
+        match c {
+            'A'..='Z' => {
+                if prev_lower_or_digit {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_lowercase());
+                prev_lower_or_digit = false;
+            }
+            'a'..='z' | '0'..='9' => {
+                out.push(c);
+                prev_lower_or_digit = true;
+            }
+            '_' | '-' | '.' => {
+                if !out.ends_with('_') {
+                    out.push('_');
+                }
+                prev_lower_or_digit = false;
+            }
+            ':' => {
+                out.push(':');
+                prev_lower_or_digit = false;
+            }
+            _ => {
+                return Err(format!(
+                    "event_type {} has a character other than A-Z a-z 0-9 _ - . :",
+                    quote(raw.as_bytes())
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Epoch numbers by magnitude: seconds below 1e11, milliseconds below 1e14, microseconds below
+/// 1e17, else nanoseconds (any date after 1973 reads right).
+pub fn epoch_to_nanos(value: f64) -> Option<u64> {
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    let nanos = if value < 1e11 {
+        value * 1e9
+    } else if value < 1e14 {
+        value * 1e6
+    } else if value < 1e17 {
+        value * 1e3
+    } else {
+        value
+    };
+    (nanos < 1.8e19).then_some(nanos.round() as u64)
+}
+
+/// `epoch_to_nanos` for integers, exactly.
+pub fn epoch_int_to_nanos(value: u64) -> Option<u64> {
+    match value {
+        0..100_000_000_000 => value.checked_mul(1_000_000_000),
+        100_000_000_000..100_000_000_000_000 => value.checked_mul(1_000_000),
+        100_000_000_000_000..100_000_000_000_000_000 => value.checked_mul(1_000),
+        _ => Some(value),
+    }
+}
+
+fn timestamp(value: &Value) -> std::result::Result<u64, String> {
+    match value {
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                // Integers scaled exactly (an f64 would round nanoseconds).
+                return epoch_int_to_nanos(u).ok_or_else(|| format!("timestamp {n} is not a valid epoch time"));
+            }
+            n.as_f64()
+                .and_then(epoch_to_nanos)
+                .ok_or_else(|| format!("timestamp {n} is not a valid epoch time"))
+        }
+        Value::String(s) => crate::sentry::parse_rfc3339(s)
+            .or_else(|| s.trim().parse::<u64>().ok().and_then(epoch_int_to_nanos))
+            .or_else(|| s.trim().parse::<f64>().ok().and_then(epoch_to_nanos))
+            .ok_or_else(|| {
+                format!(
+                    "timestamp {} is neither RFC 3339 nor epoch s/ms/us/ns",
+                    quote(s.as_bytes())
+                )
+            }),
+        _ => Err("timestamp must be a string (RFC 3339) or a number (epoch)".into()),
+    }
+}
+
+fn id_value(key: &str, value: &Value) -> std::result::Result<Option<String>, String> {
+    let s = match value {
+        Value::Null => return Ok(None),
+        Value::String(s) => s.trim().to_owned(),
+        Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
+        _ => return Err(format!("{key} must be a string")),
+    };
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.chars().count() > MAX_ID_CHARS {
+        return Err(format!("{key} is longer than {MAX_ID_CHARS} characters"));
+    }
+    Ok(Some(s))
+}
+
+/// The camelCase spelling of a snake_case key (`job_id` → `jobId`), accepted as an alias.
+fn camel(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut upper = false;
+    for c in key.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn take(obj: &mut Map<String, Value>, key: &str) -> Option<Value> {
+    obj.shift_remove(key).or_else(|| obj.shift_remove(&camel(key)))
+}
+
+/// Validates and normalizes one event. `now` (Unix ns) stands in for a missing timestamp.
+pub fn event_from_value(value: Value, now: u64) -> std::result::Result<Event, String> {
+    let Value::Object(mut obj) = value else {
+        return Err("an event must be a JSON object".into());
+    };
+    let event_type = match take(&mut obj, "event_type") {
+        Some(Value::String(s)) => normalize_type(&s)?,
+        Some(_) => return Err("event_type must be a string".into()),
+        None => return Err("event_type is missing".into()),
+    };
+    let time_unix_nano = match take(&mut obj, "timestamp") {
+        Some(Value::Null) | None => now,
+        Some(v) => timestamp(&v)?,
+    };
+    let event_id = match take(&mut obj, "event_id") {
+        Some(v) => id_value("event_id", &v)?,
+        None => None,
+    }
+    .map_or_else(|| id::uuid_v7(time_unix_nano), Ok)?;
+    let service = match take(&mut obj, "service") {
+        Some(v) => id_value("service", &v)?,
+        None => None,
+    };
+    let mut ids = Vec::new();
+    for (key, _) in ID_FIELDS {
+        if let Some(v) = take(&mut obj, key) {
+            if let Some(s) = id_value(key, &v)? {
+                ids.push((*key, s));
+            }
+        }
+    }
+    let trace_id = match take(&mut obj, "trace_id") {
+        Some(v) => match id_value("trace_id", &v)? {
+            Some(s) => {
+                let hex = s.to_ascii_lowercase();
+                if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) || hex.bytes().all(|b| b == b'0') {
+                    return Err(format!(
+                        "trace_id {} is not 32 hex digits (non-zero)",
+                        quote(s.as_bytes())
+                    ));
+                }
+                Some(hex)
+            }
+            None => None,
+        },
+        None => None,
+    };
+    let mut data = match obj.shift_remove("data") {
+        Some(Value::Object(m)) => m,
+        Some(Value::Null) | None => Map::new(),
+        Some(_) => return Err("data must be a JSON object".into()),
+    };
+    // Other top-level keys (a ConnectorLogger line's `duration`, `error`…) join `data`.
+    for (k, v) in obj {
+        data.entry(k).or_insert(v);
+    }
+    Ok(Event {
+        event_id,
+        event_type,
+        time_unix_nano,
+        service,
+        ids,
+        trace_id,
+        data,
+    })
+}
+
+/// Decodes a (decompressed) body: one event, an array of events, or NDJSON.
+///
+/// Errors (`Decode`, HTTP 400) only when nothing in the body can be read as events at all: not
+/// UTF-8 JSON, or more than `MAX_EVENTS`. A body with events that are all invalid decodes to
+/// zero events and every reason.
+pub fn decode(body: &[u8], now: u64) -> Result<Decoded> {
+    let text = body.trim_ascii();
+    if text.is_empty() {
+        return Err(CoreError::decode(
+            "empty body: expected a JSON event, an array of events or NDJSON",
+        ));
+    }
+    let mut out = Decoded::default();
+    let mut values: Vec<std::result::Result<Value, String>> = Vec::new();
+    match serde_json::from_slice::<Value>(text) {
+        Ok(Value::Array(items)) => values.extend(items.into_iter().map(Ok)),
+        Ok(v) => values.push(Ok(v)),
+        Err(whole) => {
+            // NDJSON: each non-blank line on its own; a line that does not parse is one refused event.
+            let mut lines = 0usize;
+            for line in text.split(|&b| b == b'\n') {
+                let line = line.trim_ascii();
+                if line.is_empty() {
+                    continue;
+                }
+                lines += 1;
+                if lines > MAX_EVENTS {
+                    break;
+                }
+                values.push(serde_json::from_slice::<Value>(line).map_err(|e| format!("not JSON: {e}")));
+            }
+            if lines <= 1 {
+                return Err(CoreError::decode(format!(
+                    "body is not JSON ({}): expected a JSON event, an array of events or NDJSON",
+                    shorten(&whole.to_string())
+                )));
+            }
+        }
+    }
+    if values.len() > MAX_EVENTS {
+        return Err(CoreError::decode(format!("more than {MAX_EVENTS} events in one body")));
+    }
+    for (index, value) in values.into_iter().enumerate() {
+        match value.and_then(|v| event_from_value(v, now)) {
+            Ok(event) => out.events.push(event),
+            Err(reason) => out.reject(index, reason),
+        }
+    }
+    Ok(out)
+}
+
+impl Event {
+    /// The normalized event as one JSON object (field order fixed).
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("event_id".into(), Value::String(self.event_id.clone()));
+        m.insert("event_type".into(), Value::String(self.event_type.clone()));
+        m.insert("time_unix_nano".into(), Value::from(self.time_unix_nano));
+        if let Some(s) = &self.service {
+            m.insert("service".into(), Value::String(s.clone()));
+        }
+        for (k, v) in &self.ids {
+            m.insert((*k).into(), Value::String(v.clone()));
+        }
+        if let Some(t) = &self.trace_id {
+            m.insert("trace_id".into(), Value::String(t.clone()));
+        }
+        m.insert("data".into(), Value::Object(self.data.clone()));
+        Value::Object(m)
+    }
+
+    pub fn id(&self, key: &str) -> Option<&str> {
+        self.ids.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One compact JSON object per line, each line ending in `\n` (so queued entries concatenate).
+/// Written field by field (the same object as `Event::to_json`, without building it).
+pub fn to_ndjson(events: &[Event]) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, key: &str, value: &str) {
+        out.push(b',');
+        serde_json::to_writer(&mut *out, key).expect("a str always serializes");
+        out.push(b':');
+        serde_json::to_writer(&mut *out, value).expect("a str always serializes");
+    }
+    let mut out = Vec::with_capacity(events.len() * 256);
+    for e in events {
+        out.extend_from_slice(b"{\"event_id\":");
+        serde_json::to_writer(&mut out, &e.event_id).expect("a str always serializes");
+        field(&mut out, "event_type", &e.event_type);
+        out.extend_from_slice(format!(",\"time_unix_nano\":{}", e.time_unix_nano).as_bytes());
+        if let Some(s) = &e.service {
+            field(&mut out, "service", s);
+        }
+        for (k, v) in &e.ids {
+            field(&mut out, k, v);
+        }
+        if let Some(t) = &e.trace_id {
+            field(&mut out, "trace_id", t);
+        }
+        out.extend_from_slice(b",\"data\":");
+        serde_json::to_writer(&mut out, &e.data).expect("a Map always serializes");
+        out.extend_from_slice(b"}\n");
+    }
+    out
+}
+
+/// Parses what `to_ndjson` wrote (the queue's entries) back into events.
+pub fn from_ndjson(body: &[u8]) -> Result<Vec<Event>> {
+    let mut events = Vec::new();
+    for line in body.split(|&b| b == b'\n') {
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(line).map_err(|e| CoreError::decode(format!("queued event: {e}")))?;
+        let mut v = v;
+        // `time_unix_nano` is ours; read it back as the timestamp.
+        if let Value::Object(m) = &mut v {
+            if let Some(t) = m.shift_remove("time_unix_nano") {
+                m.insert("timestamp".into(), t);
+            }
+        }
+        events.push(event_from_value(v, 0).map_err(CoreError::decode)?);
+    }
+    Ok(events)
+}
+
+fn put_fixed64(out: &mut Vec<u8>, number: u32, value: u64) {
+    wire::put_tag(out, number, wire::I64);
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+fn put_any(any: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::String(s) => wire::put_bytes(any, ANY_STRING, s.as_bytes()),
+        Value::Bool(b) => wire::put_uint(any, ANY_BOOL, u64::from(*b)),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => wire::put_uint(any, ANY_INT, i as u64),
+            None => put_fixed64(any, ANY_DOUBLE, n.as_f64().unwrap_or(0.0).to_bits()),
+        },
+        other => wire::put_bytes(any, ANY_STRING, other.to_string().as_bytes()),
+    }
+}
+
+fn put_kv(out: &mut Vec<u8>, number: u32, key: &str, value: &Value) {
+    wire::put_message(out, number, |kv| {
+        wire::put_bytes(kv, 1, key.as_bytes());
+        wire::put_message(kv, 2, |any| put_any(any, value));
+    });
+}
+
+fn hex16(s: &str) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn put_record(lr: &mut Vec<u8>, e: &Event, observed: u64) {
+    put_fixed64(lr, 1, e.time_unix_nano);
+    let failed = e.event_type.ends_with("failed") || e.event_type.ends_with("error");
+    wire::put_uint(lr, 2, if failed { SEVERITY_ERROR } else { SEVERITY_INFO });
+    wire::put_bytes(lr, 3, if failed { b"ERROR" } else { b"INFO" });
+    wire::put_message(lr, 5, |any| wire::put_bytes(any, ANY_STRING, e.event_type.as_bytes()));
+    put_kv(lr, 6, "event.name", &Value::String(e.event_type.clone()));
+    put_kv(lr, 6, "event.id", &Value::String(e.event_id.clone()));
+    for (key, value) in &e.ids {
+        let attr = ID_FIELDS.iter().find(|(k, _)| k == key).map_or(*key, |(_, a)| a);
+        put_kv(lr, 6, attr, &Value::String(value.clone()));
+    }
+    for (key, value) in &e.data {
+        put_kv(lr, 6, &format!("event.data.{key}"), value);
+    }
+    if let Some(id) = e.trace_id.as_deref().and_then(hex16) {
+        wire::put_bytes(lr, 9, &id);
+    }
+    put_fixed64(lr, 11, observed);
+    wire::put_bytes(lr, 12, e.event_type.as_bytes());
+}
+
+/// An `ExportLogsServiceRequest`: one ResourceLogs per `service` (as `service.name`), scope
+/// `trackgate.events`, one LogRecord per event with `event_name` (field 12) set.
+pub fn to_otlp_logs(events: &[Event], observed: u64) -> Vec<u8> {
+    let mut services: Vec<Option<&str>> = Vec::new();
+    for e in events {
+        if !services.contains(&e.service.as_deref()) {
+            services.push(e.service.as_deref());
+        }
+    }
+    let mut out = Vec::new();
+    for service in services {
+        wire::put_message(&mut out, 1, |rl| {
+            wire::put_message(rl, 1, |res| {
+                put_kv(
+                    res,
+                    1,
+                    "service.name",
+                    &Value::String(service.unwrap_or("unknown_service").to_owned()),
+                );
+            });
+            wire::put_message(rl, 2, |sl| {
+                wire::put_message(sl, 1, |scope| wire::put_bytes(scope, 1, b"trackgate.events"));
+                for e in events.iter().filter(|e| e.service.as_deref() == service) {
+                    wire::put_message(sl, 2, |lr| put_record(lr, e, observed));
+                }
+            });
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000_000_000_000;
+
+    fn one(json: &str) -> std::result::Result<Event, String> {
+        event_from_value(serde_json::from_str(json).unwrap(), NOW)
+    }
+
+    #[test]
+    fn types_normalized() {
+        for (raw, want) in [
+            ("jobCompleted", "job_completed"),
+            ("JobFailed", "job_failed"),
+            ("job_started", "job_started"),
+            ("job-progress", "job_progress"),
+            ("deploy.done", "deploy_done"),
+            ("gpu2Ready", "gpu2_ready"),
+        ] {
+            assert_eq!(normalize_type(raw).unwrap(), want, "{raw}");
+        }
+        assert!(normalize_type("").is_err());
+        assert!(normalize_type("job completed").is_err());
+        assert!(normalize_type(&"a".repeat(200)).is_err());
+    }
+
+    #[test]
+    fn timestamps_by_magnitude() {
+        let secs = 1_714_564_800u64;
+        let want = secs * 1_000_000_000;
+        for v in [
+            Value::from(secs),
+            Value::from(secs * 1000),
+            Value::from(secs * 1_000_000),
+            Value::from(want),
+            Value::from("2024-05-01T12:00:00Z"),
+            Value::from("1714564800"),
+        ] {
+            assert_eq!(timestamp(&v).unwrap(), want, "{v}");
+        }
+        assert_eq!(timestamp(&Value::from(1.5)).unwrap(), 1_500_000_000);
+        assert_eq!(
+            timestamp(&Value::from(1_714_564_800_123u64)).unwrap(),
+            1_714_564_800_123_000_000
+        );
+        assert!(timestamp(&Value::from("yesterday")).is_err());
+        assert!(timestamp(&Value::from(-1)).is_err());
+        assert!(timestamp(&Value::Bool(true)).is_err());
+    }
+
+    #[test]
+    fn event_normalized_with_aliases_and_assigned_id() {
+        let e = one(
+            r#"{"event_type":"jobCompleted","jobId":"j1","worker_id":7,"service":"ocr",
+            "trace_id":"0AF7651916CD43DD8448EB211C80319C","data":{"duration_ms":1200},"outputSize":5}"#,
+        )
+        .unwrap();
+        assert_eq!(e.event_type, "job_completed");
+        assert_eq!(e.id("job_id"), Some("j1"));
+        assert_eq!(e.id("worker_id"), Some("7"));
+        assert_eq!(e.trace_id.as_deref(), Some("0af7651916cd43dd8448eb211c80319c"));
+        assert_eq!(e.time_unix_nano, NOW);
+        assert_eq!(e.data["duration_ms"], 1200);
+        assert_eq!(e.data["outputSize"], 5);
+        assert_eq!(e.event_id.len(), 36);
+        let again = one(r#"{"event_type":"x","event_id":"abc"}"#).unwrap();
+        assert_eq!(again.event_id, "abc");
+    }
+
+    #[test]
+    fn invalid_events_have_reasons() {
+        for (json, reason) in [
+            ("[1]", "an event must be a JSON object"),
+            (r#"{"job_id":"j"}"#, "event_type is missing"),
+            (r#"{"event_type":5}"#, "event_type must be a string"),
+            (r#"{"event_type":"a b"}"#, "character other than"),
+            (r#"{"event_type":"x","timestamp":"soon"}"#, "neither RFC 3339"),
+            (r#"{"event_type":"x","job_id":{"a":1}}"#, "job_id must be a string"),
+            (r#"{"event_type":"x","trace_id":"xyz"}"#, "not 32 hex digits"),
+            (r#"{"event_type":"x","data":[1]}"#, "data must be a JSON object"),
+        ] {
+            let v: Value = serde_json::from_str(json).unwrap();
+            let v = if let Value::Array(mut a) = v { a.remove(0) } else { v };
+            let err = event_from_value(v, NOW).unwrap_err();
+            assert!(err.contains(reason), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn bodies_single_array_ndjson_mixed() {
+        let d = decode(br#"{"event_type":"a"}"#, NOW).unwrap();
+        assert_eq!((d.events.len(), d.rejected_count), (1, 0));
+        let d = decode(br#"[{"event_type":"a"},{"nope":1},{"event_type":"b"}]"#, NOW).unwrap();
+        assert_eq!((d.events.len(), d.rejected_count), (2, 1));
+        assert_eq!(d.rejected[0], (1, "event_type is missing".to_string()));
+        assert!(d.error_message().starts_with("event 1: event_type is missing"));
+        let d = decode(b"{\"event_type\":\"a\"}\n\n{bad\n{\"event_type\":\"c\"}\n", NOW).unwrap();
+        assert_eq!(d.events.len(), 2);
+        assert_eq!(d.rejected[0].0, 1);
+        assert!(d.rejected[0].1.starts_with("not JSON"));
+        assert!(decode(b"", NOW).is_err());
+        assert!(decode(b"{nope", NOW).is_err());
+    }
+
+    #[test]
+    fn ids_unique_and_ordered() {
+        let d = decode(&b"{\"event_type\":\"a\"}\n".repeat(1000), NOW).unwrap();
+        let ids: Vec<_> = d.events.iter().map(|e| e.event_id.clone()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, ids, "assigned ids are unique and increasing");
+    }
+
+    #[test]
+    fn ndjson_round_trip_and_otlp() {
+        let d = decode(
+            br#"[{"event_type":"job_failed","job_id":"j1","service":"s","data":{"error":"boom"},"trace_id":"0af7651916cd43dd8448eb211c80319c"},{"event_type":"job_started","job_id":"j2"}]"#,
+            NOW,
+        )
+        .unwrap();
+        let nd = to_ndjson(&d.events);
+        assert_eq!(nd.iter().filter(|&&b| b == b'\n').count(), 2);
+        for (line, e) in nd.split(|&b| b == b'\n').zip(&d.events) {
+            assert_eq!(serde_json::from_slice::<Value>(line).unwrap(), e.to_json());
+        }
+        assert_eq!(from_ndjson(&nd).unwrap(), d.events);
+        let otlp = to_otlp_logs(&d.events, NOW);
+        let json = crate::json_encode::protobuf_to_json(crate::signal::Signal::Logs, &otlp).unwrap();
+        let v: Value = serde_json::from_slice(&json).unwrap();
+        let rl = v["resourceLogs"].as_array().unwrap();
+        assert_eq!(rl.len(), 2, "one resource per service");
+        let rec = &rl[0]["scopeLogs"][0]["logRecords"][0];
+        assert_eq!(rec["severityNumber"], 17);
+        let attrs = rec["attributes"].as_array().unwrap();
+        let get = |k: &str| {
+            attrs
+                .iter()
+                .find(|a| a["key"] == k)
+                .map(|a| a["value"]["stringValue"].clone())
+        };
+        assert_eq!(get("event.name").unwrap(), "job_failed");
+        assert_eq!(get("job.id").unwrap(), "j1");
+        assert_eq!(get("event.data.error").unwrap(), "boom");
+        assert_eq!(rec["traceId"], "0af7651916cd43dd8448eb211c80319c");
+    }
+}

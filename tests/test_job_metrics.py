@@ -1,0 +1,146 @@
+"""Job metrics derived from lifecycle events, across two gateway workers, at the OTLP stand-in."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from conftest import Gateway, dash0_config
+from http_client import call
+from redis_server import RedisServer
+from trackgate.jobmetrics import DURATION_BOUNDS, JobMetrics, LocalState
+from upstream import Upstream
+
+
+def totals(up: Upstream) -> dict[tuple[str, tuple[tuple[str, str], ...]], Any]:
+    """The latest value of each series per instance (`service.instance.id`), summed over instances."""
+    latest: dict[tuple[str, str, tuple[tuple[str, str], ...]], tuple[int, Any]] = {}
+    for req in up.delivered("/v1/metrics"):
+        for rm in req.message.resource_metrics:  # type: ignore[union-attr]
+            res = {kv.key: kv.value.string_value for kv in rm.resource.attributes}
+            instance = res.get("service.instance.id", "")
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    kind = m.WhichOneof("data")
+                    for p in getattr(m, kind).data_points:
+                        attrs = tuple(sorted((kv.key, kv.value.string_value) for kv in p.attributes))
+                        if kind == "histogram":
+                            value: Any = (p.count, tuple(p.bucket_counts))
+                        else:
+                            value = p.as_int
+                        key = (instance, m.name, attrs)
+                        if key not in latest or latest[key][0] <= p.time_unix_nano:
+                            latest[key] = (p.time_unix_nano, value)
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+    for (_inst, name, attrs), (_t, value) in latest.items():
+        key = (name, attrs)
+        if isinstance(value, tuple):
+            count, buckets = out.get(key, (0, (0,) * len(value[1])))
+            out[key] = (count + value[0], tuple(a + b for a, b in zip(buckets, value[1], strict=True)))
+        else:
+            out[key] = out.get(key, 0) + value
+    return out
+
+
+def buckets(*values: float) -> tuple[int, tuple[int, ...]]:
+    counts = [0] * (len(DURATION_BOUNDS) + 1)
+    for v in values:
+        counts[next((i for i, b in enumerate(DURATION_BOUNDS) if v <= b), len(DURATION_BOUNDS))] += 1
+    return len(values), tuple(counts)
+
+
+@pytest.mark.slow
+def test_lifecycle_events_across_two_workers_yield_the_job_metrics(
+    gateway_factory: type[Gateway], redis_server: RedisServer, upstream: Upstream
+) -> None:
+    config = f"""
+[exporters.redis]
+url = "{redis_server.url}"
+
+[metrics]
+interval = 30
+job_timeout_s = 60
+""" + dash0_config(upstream)
+    gw = gateway_factory(config, env={"METRICS_COLLECTION_INTERVAL": "300ms"}, workers=2)
+    now = time.time()
+    ns = lambda t: int(t * 1e9)  # noqa: E731
+    script = [
+        {"event_type": "job_received", "job_id": "j1", "service": "ocr", "timestamp": ns(now - 10),
+         "data": {"input_size": 100}},
+        {"event_type": "job_started", "job_id": "j1", "service": "ocr", "timestamp": ns(now - 8.5)},
+        {"event_type": "job_completed", "job_id": "j1", "service": "ocr", "timestamp": ns(now),
+         "data": {"duration_ms": 1500, "output_size": 50}},
+        {"event_type": "job_received", "job_id": "j2", "service": "ocr", "timestamp": ns(now - 20)},
+        {"event_type": "job_started", "job_id": "j2", "service": "ocr", "timestamp": ns(now - 0.3)},
+        {"event_type": "jobFailed", "job_id": "j2", "service": "ocr", "timestamp": ns(now),
+         "data": {"duration_ms": 200000, "error_type": "OOM", "error": "CUDA out of memory"}},
+        # Started long ago, never ends: timed out.
+        {"event_type": "job_started", "job_id": "j3", "service": "ocr", "timestamp": ns(now - 3600)},
+        {"event_type": "job_started", "job_id": "j4", "service": "asr", "timestamp": ns(now)},
+        {"event_type": "job_completed", "job_id": "j4", "service": "asr", "timestamp": ns(now),
+         "data": {"duration_ms": 50}},
+        {"event_type": "job_started", "job_id": "j5", "service": "asr", "timestamp": ns(now)},
+    ]  # fmt: skip
+    for event in script:  # one request each: the two workers share them
+        status, _, body = call(gw.url + "/v1/events", orjson.dumps(event), {"Content-Type": "application/json"})
+        assert status == 200, body
+    expected = {
+        ("jobs_processed_total", (("service", "ocr"), ("status", "completed"))): 1,
+        ("jobs_processed_total", (("service", "ocr"), ("status", "failed"))): 1,
+        ("jobs_processed_total", (("service", "ocr"), ("status", "timeout"))): 1,
+        ("jobs_processed_total", (("service", "asr"), ("status", "completed"))): 1,
+        ("errors_total", (("error_type", "OOM"), ("service", "ocr"))): 1,
+        ("jobs_active", (("service", "ocr"),)): 0,
+        ("jobs_active", (("service", "asr"),)): 1,
+        ("job_duration_seconds", (("service", "ocr"),)): buckets(1.5, 200.0),
+        ("job_duration_seconds", (("service", "asr"),)): buckets(0.05),
+        ("job_queue_wait_seconds", (("service", "ocr"),)): buckets(1.5, 19.7),
+        ("job_input_bytes_total", (("service", "ocr"),)): 100,
+        ("job_output_bytes_total", (("service", "ocr"),)): 50,
+    }
+
+    def matches(up: Upstream) -> bool:
+        got = totals(up)
+        return all(got.get(k) == v for k, v in expected.items())
+
+    ok = upstream.wait_for(matches, timeout=30)
+    got = totals(upstream)
+    assert ok, {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
+    instances = {
+        kv.value.string_value
+        for r in upstream.delivered("/v1/metrics")
+        for rm in r.message.resource_metrics  # type: ignore[union-attr]
+        for kv in rm.resource.attributes
+        if kv.key == "service.instance.id"
+    }
+    assert len(instances) >= 1
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    def ingest(self, signal: Any, body: bytes, format: Any = "json", content_encoding: str | None = None) -> None:
+        assert signal == "metrics" and format == "json"
+        self.bodies.append(body)
+
+
+def test_an_end_seen_before_its_start_leaves_no_active_job() -> None:
+    sink = Sink()
+    metrics = JobMetrics(sink, 30.0, 60.0, LocalState())
+    t = time.time_ns()
+    metrics.apply(
+        [
+            {"event_type": "job_completed", "job_id": "x", "service": "s", "time_unix_nano": t, "data": {}},
+            {"event_type": "job_started", "job_id": "x", "service": "s", "time_unix_nano": t, "data": {}},
+        ]
+    )
+    assert metrics.active["s"] == 0
+    assert metrics.processed[("completed", "s")] == 1
+    metrics.export()
+    doc = orjson.loads(sink.bodies[-1])
+    names = [m["name"] for m in doc["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]]
+    assert "jobs_processed_total" in names
