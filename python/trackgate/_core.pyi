@@ -23,6 +23,7 @@ __all__ = [
     "events_from_logs",
     "export_response",
     "grpc_retry_delay",
+    "scrub_pattern_error",
     "gzip",
     "parse_partial_success",
     "parse_rate_limits",
