@@ -852,6 +852,9 @@ struct EventsResult {
     error_message: String,
     #[pyo3(get)]
     event_ids: Vec<String>,
+    /// Events whose `data` scrubbing changed.
+    #[pyo3(get)]
+    scrubbed: usize,
     ndjson: Vec<u8>,
     otlp_logs: Vec<u8>,
 }
@@ -882,19 +885,52 @@ fn unix_nanos() -> u64 {
 }
 
 /// Decodes, validates and normalizes a `POST /v1/events` body (one event, an array, or NDJSON).
+/// Scrubs each event's `data` with `options` (None: untouched); returns how many changed.
+fn scrub_events(decoded: &mut events::Decoded, options: Option<ScrubOptions>) -> usize {
+    let Some(options) = options else { return 0 };
+    let scrubber = crate::scrub::Scrubber::new(&options);
+    let mut scrubbed = 0;
+    for event in &mut decoded.events {
+        let mut data = serde_json::Value::Object(std::mem::take(&mut event.data));
+        scrubbed += usize::from(scrubber.scrub_value(&mut data));
+        if let serde_json::Value::Object(map) = data {
+            event.data = map;
+        }
+    }
+    scrubbed
+}
+
+/// With `scrub`, each event's `data` goes through the PII rules (`[scrub] tracks` with `events`)
+/// before anything is built from it.
 #[pyfunction]
-#[pyo3(signature = (body, content_encoding = None, max_body_bytes = 67_108_864))]
+#[pyo3(signature = (body, content_encoding = None, max_body_bytes = 67_108_864, *, scrub = false,
+    scrub_extra_keys = Vec::new(), scrub_safe_keys = Vec::new(), scrub_patterns = Vec::new()))]
+#[allow(clippy::too_many_arguments)]
 fn decode_events(
     py: Python<'_>,
     body: &[u8],
     content_encoding: Option<&str>,
     max_body_bytes: usize,
+    scrub: bool,
+    scrub_extra_keys: Vec<String>,
+    scrub_safe_keys: Vec<String>,
+    scrub_patterns: Vec<String>,
 ) -> PyResult<EventsResult> {
+    check_patterns(&scrub_patterns)?;
+    let options = ScrubOptions {
+        enabled: true,
+        extra_keys: scrub_extra_keys,
+        safe_keys: scrub_safe_keys,
+        patterns: scrub_patterns,
+    };
     guarded(py, || {
         let body = decompress::decompress(body, content_encoding, max_body_bytes)?;
         let now = unix_nanos();
-        let decoded = events::decode(&body, now)?;
-        Ok(EventsResult::new(decoded, now))
+        let mut decoded = events::decode(&body, now)?;
+        let scrubbed = scrub_events(&mut decoded, scrub.then_some(options));
+        let mut result = EventsResult::new(decoded, now);
+        result.scrubbed = scrubbed;
+        Ok(result)
     })
 }
 
@@ -905,6 +941,7 @@ impl EventsResult {
             rejected: decoded.rejected_count,
             error_message: decoded.error_message(),
             event_ids: decoded.events.iter().map(|e| e.event_id.clone()).collect(),
+            scrubbed: 0,
             ndjson: events::to_ndjson(&decoded.events),
             otlp_logs: events::to_otlp_logs(&decoded.events, now),
             errors: decoded.rejected,
@@ -915,7 +952,9 @@ impl EventsResult {
 /// The events carried by an OTLP logs request (records with an `event_type` in `types`, in their
 /// attributes or JSON body). Cheap when none do: a body without `event_type` is not walked.
 #[pyfunction]
-#[pyo3(signature = (body, format, types, content_encoding = None, max_body_bytes = 67_108_864))]
+#[pyo3(signature = (body, format, types, content_encoding = None, max_body_bytes = 67_108_864, *,
+    scrub = false, scrub_extra_keys = Vec::new(), scrub_safe_keys = Vec::new(), scrub_patterns = Vec::new()))]
+#[allow(clippy::too_many_arguments)]
 fn events_from_logs(
     py: Python<'_>,
     body: &[u8],
@@ -923,8 +962,19 @@ fn events_from_logs(
     types: Vec<String>,
     content_encoding: Option<&str>,
     max_body_bytes: usize,
+    scrub: bool,
+    scrub_extra_keys: Vec<String>,
+    scrub_safe_keys: Vec<String>,
+    scrub_patterns: Vec<String>,
 ) -> PyResult<EventsResult> {
     let format = parse_format(format)?;
+    check_patterns(&scrub_patterns)?;
+    let options = ScrubOptions {
+        enabled: true,
+        extra_keys: scrub_extra_keys,
+        safe_keys: scrub_safe_keys,
+        patterns: scrub_patterns,
+    };
     guarded(py, || {
         let body = decompress::decompress(body, content_encoding, max_body_bytes)?;
         let now = unix_nanos();
@@ -938,11 +988,14 @@ fn events_from_logs(
         } else {
             events::from_logs::events_from_logs(&body, &types, now)?
         };
-        let decoded = events::Decoded {
+        let mut decoded = events::Decoded {
             events: found,
             ..Default::default()
         };
-        Ok(EventsResult::new(decoded, now))
+        let scrubbed = scrub_events(&mut decoded, scrub.then_some(options));
+        let mut result = EventsResult::new(decoded, now);
+        result.scrubbed = scrubbed;
+        Ok(result)
     })
 }
 

@@ -158,3 +158,31 @@ def test_default_leaves_otlp_untouched_and_forwards_metrics_without_points(
     sent_span = trace_service_pb2.ExportTraceServiceRequest.FromString(traces_request())
     assert span.SerializeToString() == sent_span.resource_spans[0].scope_spans[0].spans[0].SerializeToString()
     assert [m.name for m in upstream.metrics()] == ["jobs.queued"]
+
+
+def test_fluent_and_events_tracks_are_scrubbed_and_otlp_left_alone(gateway_factory, upstream: Upstream) -> None:
+    """`tracks = ["fluent", "events"]`: a Fluent Bit record and a job event lose their secrets; an
+    OTLP log in the same gateway (track not listed) arrives as sent."""
+    gw = gateway_factory(dash0_config(upstream) + '\n[scrub]\ntracks = ["fluent", "events"]\n')
+    record = [{"date": 1.7e9, "log": "login ok", "password": "fluent-hunter2", "user": "ann"}]
+    status, _, answer = call(
+        f"http://127.0.0.1:{gw.port}/v1/fluent/app", json.dumps(record).encode(), {"Content-Type": "application/json"}
+    )
+    assert status == 200, answer
+    event = {"event_type": "job_failed", "job_id": "j-1", "timestamp": 1_700_000_000,
+             "data": {"error": "db down", "api_key": "event-hunter2"}}  # fmt: skip
+    status, _, answer = call(
+        f"http://127.0.0.1:{gw.port}/v1/events", json.dumps(event).encode(), {"Content-Type": "application/json"}
+    )
+    assert status == 200, answer
+    post(gw, "/v1/logs", logs_request("otlp password=otlp-hunter2"))
+
+    assert upstream.wait_for(lambda u: len(u.log_records()) == 3)
+    sent = [r.SerializeToString() for r in upstream.log_records()]
+    assert not any(b"fluent-hunter2" in r or b"event-hunter2" in r for r in sent)
+    assert sum(b"[Filtered]" in r for r in sent) >= 2
+    assert any(b"otlp password=otlp-hunter2" in r for r in sent)  # OTLP is not a listed track
+    assert any(b"ann" in r for r in sent) and any(b"db down" in r for r in sent)  # the rest is kept
+    status, _, metrics = call(f"http://127.0.0.1:{gw.port}/metrics")
+    assert 'trackgate_scrubbed_records_total{track="events"} 1' in metrics.decode()
+    assert 'trackgate_scrubbed_records_total{track="otlp"} 1' in metrics.decode()  # the Fluent record

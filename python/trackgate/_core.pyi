@@ -196,13 +196,29 @@ def to_protobuf(signal: _Signal, body: bytes) -> bytes: ...
 def export_response(signal: _Signal, rejected: int, error_message: str, format: _Format) -> bytes: ...
 def status_body(code: int, message: str, format: _Format) -> bytes: ...
 def gzip(data: bytes, level: int = 6) -> bytes: ...
-def decode_events(body: bytes, content_encoding: str | None = None, max_body_bytes: int = 67108864) -> EventsResult: ...
+def decode_events(
+    body: bytes,
+    content_encoding: str | None = None,
+    max_body_bytes: int = 67108864,
+    *,
+    scrub: bool = False,
+    scrub_extra_keys: list[str] = ...,
+    scrub_safe_keys: list[str] = ...,
+    scrub_patterns: list[str] = ...,
+) -> EventsResult:
+    """Decodes a `/v1/events` body; with `scrub`, each event's `data` goes through the PII rules."""
+
 def events_from_logs(
     body: bytes,
     format: _Format,
     types: list[str],
     content_encoding: str | None = None,
     max_body_bytes: int = 67108864,
+    *,
+    scrub: bool = False,
+    scrub_extra_keys: list[str] = ...,
+    scrub_safe_keys: list[str] = ...,
+    scrub_patterns: list[str] = ...,
 ) -> EventsResult: ...
 
 @final
@@ -217,6 +233,8 @@ class EventsResult:
     def error_message(self) -> str: ...
     @property
     def event_ids(self) -> list[str]: ...
+    @property
+    def scrubbed(self) -> int: ...
     @property
     def ndjson(self) -> bytes: ...
     @property

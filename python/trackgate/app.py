@@ -90,6 +90,7 @@ class App:
                 server.max_body_bytes,
                 server.body_timeout_s,
                 events_cfg.normalized_types(),
+                (*self.config.scrub_keys(), self.config.scrub.extra_patterns) if self.config.scrubs("events") else None,
             )
             if self.bus is not None and events_cfg.from_logs:
                 self.otlp.events_from_logs = self.events.from_logs

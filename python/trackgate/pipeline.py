@@ -160,7 +160,11 @@ class Pipeline:
         def scrubbed() -> list[tuple[tuple[str, ...], float]]:
             stats = self.core.stats()
             otlp = sum(stats.get(f"{s}_scrubbed_records", 0) for s in SIGNALS)
-            return [(("otlp",), otlp), (("sentry",), telemetry.SENTRY_SCRUBBED.value())]
+            return [
+                (("otlp",), otlp),
+                (("sentry",), telemetry.SENTRY_SCRUBBED.value()),
+                (("events",), telemetry.EVENTS_SCRUBBED.value()),
+            ]
 
         def received_bytes() -> list[tuple[tuple[str, ...], float]]:
             stats = self.core.stats()
@@ -196,8 +200,8 @@ class Pipeline:
         )
         reg.observed(
             "trackgate_scrubbed_records_total",
-            "Records in which scrubbing filtered something, by track (otlp: log records and spans; sentry: "
-            "envelope items). The values themselves are never logged.",
+            "Records in which scrubbing filtered something, by track (otlp: log records and spans, Fluent "
+            "records included; sentry: envelope items; events: job events). The values are never logged.",
             ("track",),
             scrubbed,
             kind="counter",

@@ -316,6 +316,7 @@ OVER_LIMIT = REGISTRY.counter(
 # Sentry items scrubbing changed; read into trackgate_scrubbed_records_total{track="sentry"} beside
 # the core's OTLP count (not registered itself: one metric, two sources).
 SENTRY_SCRUBBED = Counter("trackgate_sentry_scrubbed_items", "Sentry items scrubbing changed.")
+EVENTS_SCRUBBED = Counter("trackgate_events_scrubbed", "Job events whose data scrubbing changed.")
 EXPORT_LATENCY = REGISTRY.histogram(
     "trackgate_exporter_send_duration_seconds", "Duration of one send attempt.", ("exporter", "signal")
 )

@@ -79,12 +79,15 @@ class EventsReceiver:
         max_body_bytes: int,
         body_timeout_s: float = 30.0,
         from_logs_types: list[str] | None = None,
+        scrub: tuple[list[str], list[str], list[str]] | None = None,
     ) -> None:
         self.pipeline = pipeline  # events as OTLP log records, for the OTLP/file exporters
         self.bus = bus  # normalized events for the Redis exporter (None: no event bus configured)
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.from_logs_types = from_logs_types or []
+        # (extra keys, safe keys, patterns) when `[scrub] tracks` covers events; None: untouched.
+        self.scrub = scrub
         self.on_accepted: Callable[[bytes], None] | None = None  # the job metrics' intake
 
     async def handle(self, request: Request) -> Response:
@@ -108,9 +111,9 @@ class EventsReceiver:
         ) > INLINE_LIMIT
         try:
             if offload:
-                result = await asyncio.to_thread(decode_events, body, encoding, self.max_body_bytes)
+                result = await asyncio.to_thread(self._decode, body, encoding)
             else:
-                result = decode_events(body, encoding, self.max_body_bytes)
+                result = self._decode(body, encoding)
         except DecodeError as exc:
             return error(400, f"cannot decode events: {exc}")
         except PayloadTooLarge as exc:
@@ -143,11 +146,37 @@ class EventsReceiver:
         if self.on_accepted is not None:
             self.on_accepted(result.ndjson)
 
+    def _decode(self, body: bytes, encoding: str | None) -> EventsResult:
+        extra, safe, patterns = self.scrub or ([], [], [])
+        result = decode_events(
+            body,
+            encoding,
+            self.max_body_bytes,
+            scrub=self.scrub is not None,
+            scrub_extra_keys=extra,
+            scrub_safe_keys=safe,
+            scrub_patterns=patterns,
+        )
+        telemetry.EVENTS_SCRUBBED.inc(result.scrubbed)
+        return result
+
     def from_logs(self, body: bytes, fmt: Format, encoding: str | None) -> None:
         """Queues for the event bus the events carried by an OTLP logs body that was just accepted."""
         if self.bus is None:
             return
-        result = events_from_logs(body, fmt, self.from_logs_types, encoding, self.max_body_bytes)
+        extra, safe, patterns = self.scrub or ([], [], [])
+        result = events_from_logs(
+            body,
+            fmt,
+            self.from_logs_types,
+            encoding,
+            self.max_body_bytes,
+            scrub=self.scrub is not None,
+            scrub_extra_keys=extra,
+            scrub_safe_keys=safe,
+            scrub_patterns=patterns,
+        )
+        telemetry.EVENTS_SCRUBBED.inc(result.scrubbed)
         if result.accepted:
             self.bus.core.enqueue("logs", result.ndjson, result.accepted)
             EVENTS.inc(result.accepted, outcome="from_logs")
