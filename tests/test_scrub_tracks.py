@@ -186,3 +186,27 @@ def test_fluent_and_events_tracks_are_scrubbed_and_otlp_left_alone(gateway_facto
     status, _, metrics = call(f"http://127.0.0.1:{gw.port}/metrics")
     assert 'trackgate_scrubbed_records_total{track="events"} 1' in metrics.decode()
     assert 'trackgate_scrubbed_records_total{track="otlp"} 1' in metrics.decode()  # the Fluent record
+
+
+def test_fluent_and_events_tables(gateway_factory, upstream: Upstream) -> None:
+    """Every row (each default rule, an extra key, a safe key, a pattern) on a Fluent record and on a
+    job event's data."""
+    cfg = dash0_config(upstream) + (
+        '\n[scrub]\ntracks = ["fluent", "events"]\nextra_keys = ["ssn"]\nsafe_keys = ["author"]\n'
+        'extra_patterns = ["JOB-SECRET-[0-9]+"]\n'
+    )
+    gw = gateway_factory(cfg)
+    record = {"date": 1.7e9, "log": "fluent line", **{k: v for k, v, _ in ROWS}}
+    status, _, answer = call(
+        f"http://127.0.0.1:{gw.port}/v1/fluent/app", json.dumps([record]).encode(), {"Content-Type": "application/json"}
+    )
+    assert status == 200, answer
+    event = {"event_type": "job_started", "job_id": "j-2", "timestamp": 1_700_000_000, "data": dict(record)}
+    status, _, answer = call(
+        f"http://127.0.0.1:{gw.port}/v1/events", json.dumps(event).encode(), {"Content-Type": "application/json"}
+    )
+    assert status == 200, answer
+    assert upstream.wait_for(lambda u: len(u.log_records()) == 2)
+    by_event = {bool(attrs(r.attributes).get("event.name")): attrs(r.attributes) for r in upstream.log_records()}
+    check_rows(by_event[False])  # the Fluent record: fields as attributes
+    check_rows({k.removeprefix("event.data."): v for k, v in by_event[True].items()})
