@@ -173,6 +173,23 @@ impl Listeners {
         }
     }
 
+    /// Binds host:port and runs `serve` on the listener in the runtime; returns the bound address.
+    fn start<F, Fut>(&self, host: &str, port: u16, reuse_port: bool, serve: F) -> io::Result<SocketAddr>
+    where
+        F: FnOnce(TcpListener, Shutdown) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let std_listener = bind(host, port, reuse_port)?;
+        let addr = std_listener.local_addr()?;
+        self.with_runtime(|rt| {
+            let _enter = rt.enter();
+            let listener = TcpListener::from_std(std_listener)?;
+            rt.spawn(serve(listener, self.shutdown.clone()));
+            Ok(())
+        })?;
+        Ok(addr)
+    }
+
     /// Starts an OTLP/gRPC listener; returns the address it is bound to.
     pub fn add_otlp_grpc(
         &self,
@@ -181,14 +198,10 @@ impl Listeners {
         reuse_port: bool,
         service: otlp_grpc::Service,
     ) -> io::Result<SocketAddr> {
-        let std_listener = bind(host, port, reuse_port)?;
-        let addr = std_listener.local_addr()?;
         let stats = service.stats.clone();
-        self.with_runtime(|rt| {
-            let _enter = rt.enter();
-            let listener = TcpListener::from_std(std_listener)?;
-            rt.spawn(otlp_grpc::serve(listener, Arc::new(service), self.shutdown.clone()));
-            Ok(())
+        let service = Arc::new(service);
+        let addr = self.start(host, port, reuse_port, |l, shutdown| {
+            otlp_grpc::serve(l, service, shutdown)
         })?;
         self.grpc.lock().unwrap_or_else(PoisonError::into_inner).push(stats);
         Ok(addr)
@@ -202,14 +215,10 @@ impl Listeners {
         reuse_port: bool,
         service: forward::Service,
     ) -> io::Result<SocketAddr> {
-        let std_listener = bind(host, port, reuse_port)?;
-        let addr = std_listener.local_addr()?;
         let stats = service.stats.clone();
-        self.with_runtime(|rt| {
-            let _enter = rt.enter();
-            let listener = TcpListener::from_std(std_listener)?;
-            rt.spawn(forward::serve(listener, Arc::new(service), self.shutdown.clone()));
-            Ok(())
+        let service = Arc::new(service);
+        let addr = self.start(host, port, reuse_port, |l, shutdown| {
+            forward::serve(l, service, shutdown)
         })?;
         self.forward.lock().unwrap_or_else(PoisonError::into_inner).push(stats);
         Ok(addr)
@@ -223,15 +232,10 @@ impl Listeners {
         reuse_port: bool,
         service: fluent_http::Service,
     ) -> io::Result<SocketAddr> {
-        let std_listener = bind(host, port, reuse_port)?;
-        let addr = std_listener.local_addr()?;
-        self.with_runtime(|rt| {
-            let _enter = rt.enter();
-            let listener = TcpListener::from_std(std_listener)?;
-            rt.spawn(fluent_http::serve(listener, Arc::new(service), self.shutdown.clone()));
-            Ok(())
-        })?;
-        Ok(addr)
+        let service = Arc::new(service);
+        self.start(host, port, reuse_port, |l, shutdown| {
+            fluent_http::serve(l, service, shutdown)
+        })
     }
 
     /// Forward-protocol counters summed over the forward listeners.
