@@ -287,7 +287,7 @@ impl Core {
         scrub_safe_keys: Vec<String>,
         scrub_patterns: Vec<String>,
     ) -> PyResult<Self> {
-        check_patterns(&scrub_patterns)?;
+        let scrub = scrub_options(true, scrub_extra_keys, scrub_safe_keys, scrub_patterns)?;
         let fsync = Fsync::parse(fsync, Duration::from_millis(fsync_interval_ms)).map_err(to_py)?;
         let limits = parse_limits(exporter_limits.unwrap_or_default())?;
         let pipeline = guarded(py, || {
@@ -302,12 +302,7 @@ impl Core {
                 keep_errors,
                 resource_attributes,
                 max_body_bytes,
-                scrub: (scrub_otlp || scrub_fluent).then_some(ScrubOptions {
-                    enabled: true,
-                    extra_keys: scrub_extra_keys,
-                    safe_keys: scrub_safe_keys,
-                    patterns: scrub_patterns,
-                }),
+                scrub: (scrub_otlp || scrub_fluent).then_some(scrub),
             };
             let Some(dir) = storage_dir else {
                 if !limits.is_empty() {
@@ -647,8 +642,14 @@ impl SentryResult {
     }
 }
 
-/// A ValueError naming the first scrub pattern that cannot be used.
-fn check_patterns(patterns: &[String]) -> PyResult<()> {
+/// The scrub rules from a binding's keyword arguments; a ValueError names the first pattern that
+/// cannot be used.
+fn scrub_options(
+    enabled: bool,
+    extra_keys: Vec<String>,
+    safe_keys: Vec<String>,
+    patterns: Vec<String>,
+) -> PyResult<ScrubOptions> {
     for (index, pattern) in patterns.iter().enumerate() {
         if let Some(why) = crate::scrub::check_pattern(pattern) {
             return Err(PyValueError::new_err(format!(
@@ -656,7 +657,12 @@ fn check_patterns(patterns: &[String]) -> PyResult<()> {
             )));
         }
     }
-    Ok(())
+    Ok(ScrubOptions {
+        enabled,
+        extra_keys,
+        safe_keys,
+        patterns,
+    })
 }
 
 /// Why a `[scrub] extra_patterns` entry cannot be used, or None when it can.
@@ -694,14 +700,8 @@ impl SentryProcessor {
                 "transaction_sample_rate must be between 0 and 1 (got {transaction_sample_rate})"
             )));
         }
-        check_patterns(&scrub_patterns)?;
         let mut options = SentryOptions {
-            scrub: ScrubOptions {
-                enabled: scrub,
-                extra_keys: scrub_extra_keys,
-                safe_keys: scrub_safe_keys,
-                patterns: scrub_patterns,
-            },
+            scrub: scrub_options(scrub, scrub_extra_keys, scrub_safe_keys, scrub_patterns)?,
             transaction_sample_rate,
             to_otlp,
             ..SentryOptions::default()
@@ -916,13 +916,7 @@ fn decode_events(
     scrub_safe_keys: Vec<String>,
     scrub_patterns: Vec<String>,
 ) -> PyResult<EventsResult> {
-    check_patterns(&scrub_patterns)?;
-    let options = ScrubOptions {
-        enabled: true,
-        extra_keys: scrub_extra_keys,
-        safe_keys: scrub_safe_keys,
-        patterns: scrub_patterns,
-    };
+    let options = scrub_options(true, scrub_extra_keys, scrub_safe_keys, scrub_patterns)?;
     guarded(py, || {
         let body = decompress::decompress(body, content_encoding, max_body_bytes)?;
         let now = unix_nanos();
@@ -968,13 +962,7 @@ fn events_from_logs(
     scrub_patterns: Vec<String>,
 ) -> PyResult<EventsResult> {
     let format = parse_format(format)?;
-    check_patterns(&scrub_patterns)?;
-    let options = ScrubOptions {
-        enabled: true,
-        extra_keys: scrub_extra_keys,
-        safe_keys: scrub_safe_keys,
-        patterns: scrub_patterns,
-    };
+    let options = scrub_options(true, scrub_extra_keys, scrub_safe_keys, scrub_patterns)?;
     guarded(py, || {
         let body = decompress::decompress(body, content_encoding, max_body_bytes)?;
         let now = unix_nanos();

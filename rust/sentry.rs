@@ -526,7 +526,7 @@ pub(crate) const ANY_DOUBLE: u32 = 4;
 pub(crate) const CORRELATION: &[&str] = &["job", "worker", "machine", "session", "request"];
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Attr {
+pub enum Attr {
     Str(String),
     Int(i64),
     Double(f64),
@@ -599,10 +599,7 @@ impl Record {
     }
 }
 
-pub(crate) fn put_fixed64(out: &mut Vec<u8>, number: u32, value: u64) {
-    wire::put_tag(out, number, wire::I64);
-    out.extend_from_slice(&value.to_le_bytes());
-}
+pub(crate) use crate::wire::put_fixed64;
 
 pub(crate) fn put_kv(out: &mut Vec<u8>, number: u32, key: &str, value: &Attr) {
     wire::put_message(out, number, |kv| {

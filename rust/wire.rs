@@ -143,6 +143,12 @@ pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 }
 
 #[inline]
+/// A fixed64 field (`double`, `fixed64`): the value's 8 bytes, little-endian.
+pub fn put_fixed64(out: &mut Vec<u8>, number: u32, value: u64) {
+    put_tag(out, number, I64);
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
 pub fn put_tag(out: &mut Vec<u8>, number: u32, wire_type: u8) {
     put_varint(out, (u64::from(number) << 3) | u64::from(wire_type));
 }

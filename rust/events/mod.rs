@@ -14,7 +14,7 @@ pub mod id;
 use serde_json::{Map, Value};
 
 use crate::error::{quote, shorten, CoreError, Result};
-use crate::wire;
+use crate::wire::{self, put_fixed64};
 
 /// The job lifecycle types (the default set taken from logs as events).
 pub const LIFECYCLE_TYPES: &[&str] = &[
@@ -416,11 +416,6 @@ pub fn from_ndjson(body: &[u8]) -> Result<Vec<Event>> {
         events.push(event_from_value(v, 0).map_err(CoreError::decode)?);
     }
     Ok(events)
-}
-
-fn put_fixed64(out: &mut Vec<u8>, number: u32, value: u64) {
-    wire::put_tag(out, number, wire::I64);
-    out.extend_from_slice(&value.to_le_bytes());
 }
 
 fn put_any(any: &mut Vec<u8>, value: &Value) {

@@ -3,13 +3,13 @@
 
 use serde_json::{Map, Value};
 
+// One attribute model and encoder for every record the gateway builds itself.
+pub(crate) use crate::sentry::put_kv;
+pub use crate::sentry::Attr;
 use crate::sentry::{hex_id, parse_rfc3339};
-use crate::wire;
+use crate::wire::{self, put_fixed64};
 
 const ANY_STRING: u32 = 1;
-const ANY_BOOL: u32 = 2;
-const ANY_INT: u32 = 3;
-const ANY_DOUBLE: u32 = 4;
 
 /// Keys read for the body, in order.
 pub const BODY_KEYS: &[&str] = &["log", "message", "msg"];
@@ -49,26 +49,6 @@ const RESOURCE_FIELDS: &[(&str, &str)] = &[
 ];
 /// Deepest object flattened into dotted attribute keys; deeper values become JSON text.
 const FLATTEN_DEPTH: usize = 4;
-
-/// An attribute value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Attr {
-    Str(String),
-    Int(i64),
-    Double(f64),
-    Bool(bool),
-}
-
-impl Attr {
-    fn put(&self, any: &mut Vec<u8>) {
-        match self {
-            Attr::Str(s) => wire::put_bytes(any, ANY_STRING, s.as_bytes()),
-            Attr::Bool(b) => wire::put_uint(any, ANY_BOOL, u64::from(*b)),
-            Attr::Int(i) => wire::put_uint(any, ANY_INT, *i as u64),
-            Attr::Double(d) => put_fixed64(any, ANY_DOUBLE, d.to_bits()),
-        }
-    }
-}
 
 /// Resource attributes, in a stable order, used as the grouping key.
 pub type Resource = Vec<(String, String)>;
@@ -123,18 +103,6 @@ impl LogRecord {
         }
         put_fixed64(out, 11, self.observed);
     }
-}
-
-pub(crate) fn put_fixed64(out: &mut Vec<u8>, number: u32, value: u64) {
-    wire::put_tag(out, number, wire::I64);
-    out.extend_from_slice(&value.to_le_bytes());
-}
-
-pub(crate) fn put_kv(out: &mut Vec<u8>, number: u32, key: &str, value: &Attr) {
-    wire::put_message(out, number, |kv| {
-        wire::put_bytes(kv, 1, key.as_bytes());
-        wire::put_message(kv, 2, |any| value.put(any));
-    });
 }
 
 /// Converts one record. `event_time` (ns) wins over any time field; `observed` (ns) is the
