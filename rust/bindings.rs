@@ -18,6 +18,7 @@ use pyo3::types::{PyBytes, PyDict};
 
 use crate::batch::Limits;
 use crate::disk_queue::{DiskOptions, DiskQueue, ExporterLimit, Fsync};
+use crate::fluent::handshake::Auth;
 use crate::error::{CoreError, Result};
 use crate::ingest::{Format, IngestOptions, Ingested};
 use crate::net::{fluent_http, forward, otlp_grpc, Listeners as NetListeners};
@@ -366,6 +367,13 @@ impl Core {
         Ok(IngestResult::new(Signal::Logs, out))
     }
 
+    /// Converts one whole Fluentd forward-protocol message (e.g. a PackedForward
+    /// `[tag, entries, option]`) to OTLP logs and queues them, as the forward listener does.
+    fn ingest_forward(&self, py: Python<'_>, message: &[u8]) -> PyResult<IngestResult> {
+        let out = guarded(py, || self.pipeline.ingest_forward(message))?;
+        Ok(IngestResult::new(Signal::Logs, out))
+    }
+
     /// Queues `payload` as is (no OTLP decoding): used for Sentry envelopes.
     fn enqueue(&self, py: Python<'_>, signal: &str, payload: Vec<u8>, records: u64) -> PyResult<()> {
         let signal = parse_signal(signal)?;
@@ -502,7 +510,11 @@ impl Listeners {
     }
 
     /// Serves the Fluentd forward protocol on host:port into `core`; returns the bound port.
-    #[pyo3(signature = (core, host, port, *, max_message_bytes = 67_108_864, reuse_port = false))]
+    /// With `shared_key`, every connection must pass the handshake first (and name one of
+    /// `users`, (username, password) pairs, when that is not empty).
+    #[pyo3(signature = (core, host, port, *, max_message_bytes = 67_108_864, reuse_port = false,
+        shared_key = None, self_hostname = String::from("localhost"), users = Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
     fn add_forward(
         &self,
         py: Python<'_>,
@@ -511,10 +523,26 @@ impl Listeners {
         port: u16,
         max_message_bytes: usize,
         reuse_port: bool,
+        shared_key: Option<String>,
+        self_hostname: String,
+        users: Vec<(String, String)>,
     ) -> PyResult<u16> {
+        let auth = match shared_key {
+            Some(key) if key.is_empty() => return Err(PyValueError::new_err("shared_key is empty")),
+            Some(key) => Some(Auth {
+                shared_key: key.into_bytes(),
+                hostname: self_hostname,
+                users: users
+                    .into_iter()
+                    .map(|(u, p)| (u.into_bytes(), p.into_bytes()))
+                    .collect(),
+            }),
+            None if !users.is_empty() => return Err(PyValueError::new_err("users need a shared_key")),
+            None => None,
+        };
         let service = forward::Service {
             pipeline: core.get().pipeline.clone(),
-            config: forward::Config { max_message_bytes },
+            config: forward::Config { max_message_bytes, auth },
             stats: Arc::default(),
         };
         let addr = py.detach(|| self.inner.add_forward(host, port, reuse_port, service))?;

@@ -159,6 +159,24 @@ impl Pipeline {
         self.ingest_converted(converted, decoded.len(), body.len())
     }
 
+    /// Decodes one whole forward-protocol message (any mode: Message, Forward, PackedForward,
+    /// CompressedPackedForward) and queues its entries as the forward listener does; the `chunk`
+    /// option is ignored (there is no connection to ack on).
+    pub fn ingest_forward(&self, message: &[u8]) -> Result<Ingested> {
+        if self.is_closed() {
+            return Err(CoreError::Closed);
+        }
+        let max = self.ingester.max_body_bytes();
+        match fluent::forward::next_frame(message, max, now_nanos())? {
+            fluent::forward::Frame::Message(m) if m.wire_bytes == message.len() => {
+                self.ingest_converted(m.builder.finish(), message.len(), message.len())
+            }
+            fluent::forward::Frame::Message(_) => Err(CoreError::decode("bytes after the forward message")),
+            fluent::forward::Frame::Incomplete => Err(CoreError::decode("forward message cut short")),
+            fluent::forward::Frame::Heartbeat(_) => Err(CoreError::decode("a heartbeat (nil), not a forward message")),
+        }
+    }
+
     /// Queues records converted elsewhere (Fluent http bodies, forward entries).
     pub fn ingest_converted(
         &self,

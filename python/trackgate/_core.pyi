@@ -128,6 +128,9 @@ class Core:
     def ingest_fluent(
         self, body: bytes, media_type: str, tag: str, content_encoding: str | None = None
     ) -> IngestResult: ...
+    def ingest_forward(self, message: bytes) -> IngestResult:
+        """Converts one whole forward-protocol message (Message, Forward, PackedForward or
+        CompressedPackedForward mode) to OTLP logs and queues them; its `chunk` option is ignored."""
     def enqueue(self, signal: _Signal, payload: bytes, records: int) -> None: ...
     def next_batch(self, exporter: str, signal: _Signal, timeout: float, flush: bool = False) -> Batch | None: ...
     def ack(self, batch: Batch) -> None: ...
@@ -161,10 +164,21 @@ class Listeners:
         """Serves OTLP/gRPC Export calls into `core`; returns the bound port (0 picks one).
         Raises OSError when the address cannot be bound."""
     def add_forward(
-        self, core: Core, host: str, port: int, *, max_message_bytes: int = 67108864, reuse_port: bool = False
+        self,
+        core: Core,
+        host: str,
+        port: int,
+        *,
+        max_message_bytes: int = 67108864,
+        reuse_port: bool = False,
+        shared_key: str | None = None,
+        self_hostname: str = "localhost",
+        users: list[tuple[str, str]] = ...,
     ) -> int:
         """Serves the Fluentd forward protocol into `core`; returns the bound port (0 picks one).
-        Raises OSError when the address cannot be bound."""
+        With `shared_key`, every connection must pass the HELO/PING/PONG handshake first (and name
+        one of `users`, (username, password), when given). Raises OSError when the address cannot
+        be bound, ValueError for an empty key or users without a key."""
     def add_fluent_http(
         self,
         core: Core,

@@ -7,6 +7,7 @@ import contextlib
 import hmac
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -291,18 +292,25 @@ def start_listeners(cfg: Config, pipeline: Pipeline) -> Listeners:
                 port,
                 max_message_bytes=forward.max_message_bytes,
                 reuse_port=cfg.server.workers > 1,
+                shared_key=forward.shared_key,
+                self_hostname=forward.self_hostname or socket.gethostname(),
+                users=[(u.username, u.password) for u in forward.users],
             )
         except OSError as exc:
             listeners.close(0.0)
             raise OSError(f"cannot listen for forward on {forward.listen} (receivers.forward.listen): {exc}") from exc
         telemetry.REGISTRY.observed(
             "trackgate_forward_events_total",
-            "Fluentd forward protocol: messages, records, rejected entries, acks, malformed frames, queue-full waits.",
+            "Fluentd forward protocol: messages, records, rejected entries, acks, malformed frames, "
+            "queue-full waits, failed handshakes (auth_failed).",
             ("kind",),
             lambda: [((name,), float(n)) for name, n in listeners.forward_stats()],
             kind="counter",
         )
-        log.info("forward listening", extra={"listen": f"{host}:{bound}", "pid": os.getpid()})
+        log.info(
+            "forward listening",
+            extra={"listen": f"{host}:{bound}", "pid": os.getpid(), "shared_key": forward.shared_key is not None},
+        )
     return listeners
 
 

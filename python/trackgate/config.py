@@ -213,12 +213,24 @@ class FluentHttpReceiverConfig(_Section):
     listen: str = ""
 
 
+class ForwardUser(_Section):
+    # Fluentd's `<user>`: the PING must also carry this username and a digest of the password.
+    username: str
+    password: str
+
+
 class ForwardReceiverConfig(_Section):
     # The Fluentd forward protocol over TCP (Fluent Bit's `forward` output), served by the
-    # extension's network runtime. "HOST:PORT" (or "HOST", port 24224); empty: off. It has no
-    # authentication yet (no shared_key), so beyond loopback it needs server.allow_unauthenticated.
+    # extension's network runtime. "HOST:PORT" (or "HOST", port 24224); empty: off.
     listen: str = ""
     max_message_bytes: PositiveInt = 64 * 1024 * 1024  # one message, and a compressed chunk inflated
+    # The forward protocol's handshake (Fluent Bit's `Shared_Key`): when set, every connection must
+    # prove it knows the key before anything is accepted. Beyond loopback, either this or
+    # server.allow_unauthenticated is required. Also TRACKGATE_FORWARD_SHARED_KEY.
+    shared_key: str | None = None
+    # The name sent back in the PONG (Fluentd's `self_hostname`); empty: this machine's hostname.
+    self_hostname: str = ""
+    users: list[ForwardUser] = field(default_factory=list)  # optional, on top of shared_key
 
     def address(self) -> str:
         return self.listen if ":" in self.listen.rsplit("]", 1)[-1] else f"{self.listen}:24224"
@@ -426,6 +438,14 @@ def _check_tokens(cfg: Config, source: str) -> None:
     for index, key in enumerate(cfg.receivers.sentry.public_keys):
         if not key.strip():
             raise ConfigError(f"{source}: receivers.sentry.public_keys[{index}] is blank")
+    forward = cfg.receivers.forward
+    if forward.shared_key is not None and not forward.shared_key.strip():
+        raise ConfigError(f"{source}: receivers.forward.shared_key is blank; remove it or set a real key")
+    if forward.users and forward.shared_key is None:
+        raise ConfigError(f"{source}: receivers.forward.users need receivers.forward.shared_key (the handshake)")
+    for index, user in enumerate(forward.users):
+        if not user.username.strip() or not user.password:
+            raise ConfigError(f"{source}: receivers.forward.users[{index}] needs a username and a password")
 
 
 def check_exposure(cfg: Config, source: str = "<config>") -> None:
@@ -438,10 +458,10 @@ def check_exposure(cfg: Config, source: str = "<config>") -> None:
     forward = cfg.receivers.forward
     if forward.listen:
         host, _ = parse_listen(forward.address())
-        if not is_loopback(host) and not cfg.server.allow_unauthenticated:
+        if not is_loopback(host) and forward.shared_key is None and not cfg.server.allow_unauthenticated:
             raise ConfigError(
                 f"{source}: receivers.forward.listen {shorten(forward.listen)!r} is reachable beyond this machine "
-                "and the forward protocol has no authentication here (shared_key is not supported yet); "
+                "and no receivers.forward.shared_key is set; set it (or TRACKGATE_FORWARD_SHARED_KEY), "
                 "listen on loopback, or set server.allow_unauthenticated = true"
             )
     for key, listen in listeners:
@@ -566,6 +586,13 @@ def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
         sentry = exporters.sentry or SentryExporterConfig()
         exporters = msgspec.structs.replace(exporters, sentry=msgspec.structs.replace(sentry, dsn=env["SENTRY_DSN"]))
     server = cfg.server
+    receivers = cfg.receivers
+    if "TRACKGATE_FORWARD_SHARED_KEY" in env:
+        key = env["TRACKGATE_FORWARD_SHARED_KEY"]
+        if not key.strip():  # set but blank: never silently "no auth"
+            raise ConfigError("TRACKGATE_FORWARD_SHARED_KEY is set but blank")
+        forward = msgspec.structs.replace(receivers.forward, shared_key=key)
+        receivers = msgspec.structs.replace(receivers, forward=forward)
     if env.get("TRACKGATE_TOKENS"):
         tokens = [t.strip() for t in env["TRACKGATE_TOKENS"].split(",") if t.strip()]
         if not tokens:  # set but blank: never silently "no auth"
@@ -585,6 +612,7 @@ def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
     return msgspec.structs.replace(
         cfg,
         server=server,
+        receivers=receivers,
         exporters=exporters,
         metrics=metrics,
         resource=msgspec.structs.replace(cfg.resource, attributes=attrs),
@@ -661,6 +689,11 @@ def masked(cfg: Config) -> dict[str, Any]:
     if doc["exporters"].get("redis") and doc["exporters"]["redis"]["url"]:
         doc["exporters"]["redis"]["url"] = mask_url(doc["exporters"]["redis"]["url"])
     doc["receivers"]["sentry"]["public_keys"] = [MASK for _ in cfg.receivers.sentry.public_keys]
+    forward = doc["receivers"]["forward"]
+    if forward["shared_key"] is not None:
+        forward["shared_key"] = MASK
+    for user in forward["users"]:
+        user["password"] = MASK
     return doc
 
 

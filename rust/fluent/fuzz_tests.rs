@@ -2,12 +2,15 @@
 //! framing (beside `crate::fuzz_tests`, same conventions: a fixed seed in `cargo test`,
 //! `PROPTEST_CASES=N` for longer runs). Whatever the bytes: nothing panics, errors are `Decode`
 //! (or `TooLarge`/`Unsupported`), what converts is a valid OTLP logs request, `skip` and `value`
-//! agree on where a value ends, and a message cut short is `Incomplete`, never an error.
+//! agree on where a value ends, and a message cut short is `Incomplete`, never an error. The
+//! handshake: no bytes but a PING with the right digest authenticate, and every right PING does.
 
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 
 use super::forward::{next_frame, Frame};
+use super::handshake::{shared_key_digest, Answer, Auth, Challenge};
+use super::msgpack::{self, Mp};
 use super::msgpack::{ReadError, Reader};
 use super::{convert_body, BodyFormat};
 use crate::error::CoreError;
@@ -94,5 +97,53 @@ proptest! {
             Ok(_) => {}
             Err(e) => prop_assert!(allowed(&e), "{e:?}"),
         }
+    }
+
+    #[test]
+    fn ping_bytes_never_authenticate_by_chance(bytes in msgpackish()) {
+        let auth = Auth { shared_key: b"key".to_vec(), hostname: "gw".into(), users: Vec::new() };
+        let challenge = Challenge::from_parts([7; 16], [9; 16]);
+        match challenge.answer(&auth, &bytes) {
+            Answer::Incomplete => prop_assert!(Reader::new(&bytes).skip() == Err(ReadError::Truncated)),
+            Answer::Accepted { .. } => prop_assert!(false, "random bytes authenticated"),
+            Answer::Refused { pong, .. } => {
+                let v = Reader::new(&pong).value().unwrap();
+                let Mp::Array(items) = v else { panic!("PONG not an array") };
+                prop_assert_eq!(&items[1], &Mp::Bool(false));
+            }
+        }
+    }
+
+    #[test]
+    fn every_right_ping_authenticates_and_any_flipped_digest_byte_does_not(
+        hostname in prop::collection::vec(any::<u8>(), 0..40),
+        salt in prop::collection::vec(any::<u8>(), 0..24),
+        key in prop::collection::vec(any::<u8>(), 1..40),
+        nonce in any::<[u8; 16]>(),
+        flip in 0usize..128,
+    ) {
+        let auth = Auth { shared_key: key.clone(), hostname: "gw".into(), users: Vec::new() };
+        let challenge = Challenge::from_parts(nonce, [0; 16]);
+        let digest = shared_key_digest(&salt, &hostname, &nonce, &key);
+        let ping = |digest: &[u8]| {
+            let mut out = vec![0x96];
+            for part in [b"PING".as_slice(), &hostname, &salt, digest, b"", b""] {
+                msgpack::put_str(&mut out, part);
+            }
+            out
+        };
+        let good = ping(&digest);
+        match challenge.answer(&auth, &good) {
+            Answer::Accepted { used, pong } => {
+                prop_assert_eq!(used, good.len());
+                let server = shared_key_digest(&salt, b"gw", &nonce, &key);
+                prop_assert!(pong.ends_with(&server));
+            }
+            other => prop_assert!(false, "{:?}", other),
+        }
+        let mut bad = digest;
+        bad[flip] ^= 0x01;
+        let refused = matches!(challenge.answer(&auth, &ping(&bad)), Answer::Refused { reason: "shared_key mismatch", .. });
+        prop_assert!(refused);
     }
 }

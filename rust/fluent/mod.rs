@@ -4,6 +4,7 @@
 //! OTLP logs request does (sampling, enrichment, queue and exporters unchanged).
 
 pub mod forward;
+pub mod handshake;
 pub mod msgpack;
 pub mod record;
 

@@ -209,7 +209,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Writes the few values the forward protocol answers with (a map of strings, e.g. `{"ack": id}`).
+/// Writes the few values the forward protocol answers with (`{"ack": id}`, the handshake).
 pub fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     match s.len() {
         n if n < 32 => out.push(0xa0 | n as u8),
@@ -224,6 +224,22 @@ pub fn put_str(out: &mut Vec<u8>, s: &[u8]) {
         }
     }
     out.extend_from_slice(s);
+}
+
+/// A binary (the handshake's nonce and salt: random bytes, not UTF-8).
+pub fn put_bin(out: &mut Vec<u8>, b: &[u8]) {
+    match b.len() {
+        n if n < 256 => out.extend_from_slice(&[0xc4, n as u8]),
+        n if n < 65_536 => {
+            out.push(0xc5);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0xc6);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(b);
 }
 
 /// The header of a map with `n` entries (n < 16 in what the gateway writes).

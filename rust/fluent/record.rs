@@ -408,7 +408,8 @@ fn severity_name(number: u64) -> &'static str {
 
 /// A timestamp as nanoseconds: numbers (and numeric strings) by magnitude — seconds (with a
 /// fraction), milliseconds, microseconds or nanoseconds — or RFC 3339 / ISO 8601 text, also with a
-/// space for the `T` (`java_sql_timestamp`); text without an offset is UTC.
+/// space for the `T` (`java_sql_timestamp`); text without an offset is UTC (what Fluent Bit's
+/// parsers assume for a time without `%z` unless `Time_Offset` / `Time_System_Timezone` is set).
 pub fn time_nanos(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => match n.as_u64() {
@@ -525,6 +526,13 @@ mod tests {
                 Some(s * 1_000_000_000 + 68_743_000),
             ),
             (json!("2026-11-29T08:13:07+01:00"), Some(s * 1_000_000_000)),
+            (json!("2026-11-29T06:13:07-0100"), Some(s * 1_000_000_000)),
+            // No offset: UTC, as Fluent Bit's parsers read a time without %z (no Time_Offset).
+            (json!("2026-11-29T07:13:07"), Some(s * 1_000_000_000)),
+            (json!("2026-11-29 07:13:07"), Some(s * 1_000_000_000)),
+            (json!("2026-11-29t07:13:07.5z"), Some(s * 1_000_000_000 + 500_000_000)),
+            (json!("2026-11-29T07:13"), None),
+            (json!("29/Nov/2026:07:13:07 +0000"), None),
             (json!("1795936387"), Some(s * 1_000_000_000)),
             (json!("yesterday"), None),
             (json!(0), None),

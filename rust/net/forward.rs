@@ -6,6 +6,10 @@
 //! Queue full: the message is retried until it fits and nothing more is read from that connection
 //! meanwhile (TCP backpressure; the ack waits too). Nothing is dropped. A malformed frame, or a
 //! message over `max_message_bytes`, closes that connection only.
+//!
+//! With a shared key, every connection starts with the handshake ([`crate::fluent::handshake`]):
+//! nothing is decoded or ingested before a PING with the right digest, and a wrong one gets PONG
+//! false with the reason, then the connection is closed.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{accept_loop, race, Either, Shutdown};
 use crate::error::CoreError;
 use crate::fluent::forward::{ack, next_frame, Frame};
+use crate::fluent::handshake::{Answer, Auth, Challenge};
 use crate::fluent::msgpack::{ReadError, Reader};
 use crate::pipeline::Pipeline;
 use crate::sentry::now_nanos;
@@ -25,11 +30,18 @@ use crate::sentry::now_nanos;
 /// How long a full queue is waited on between tries.
 const FULL_RETRY: Duration = Duration::from_millis(200);
 const READ_CHUNK: usize = 64 * 1024;
+/// A client that has not authenticated within this is disconnected.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a refusal, how long the rest of what the client sent is read and discarded, so that
+/// closing does not reset the connection before the client has read its PONG.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Largest message (one msgpack value on the wire, and a compressed chunk once inflated).
     pub max_message_bytes: usize,
+    /// The shared-key handshake, required on every connection when set.
+    pub auth: Option<Auth>,
 }
 
 /// Counters for /metrics.
@@ -41,6 +53,7 @@ pub struct Stats {
     pub acks: AtomicU64,
     pub malformed: AtomicU64,
     pub queue_full_waits: AtomicU64,
+    pub auth_failed: AtomicU64,
 }
 
 impl Stats {
@@ -52,6 +65,7 @@ impl Stats {
             ("acks", &self.acks),
             ("malformed", &self.malformed),
             ("queue_full_waits", &self.queue_full_waits),
+            ("auth_failed", &self.auth_failed),
         ]
         .into_iter()
         .map(|(k, v)| (k, v.load(Ordering::Relaxed)))
@@ -69,20 +83,52 @@ pub async fn serve(listener: TcpListener, service: Arc<Service>, shutdown: Shutd
     accept_loop(listener, shutdown, move |stream, shutdown| {
         let service = service.clone();
         async move {
-            if let Err(reason) = connection(stream, &service, &shutdown).await {
-                service.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                eprintln!("trackgate forward: connection closed: {reason}");
+            match connection(stream, &service, &shutdown).await {
+                Ok(()) => {}
+                Err(Closed::Malformed(reason)) => {
+                    service.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("trackgate forward: connection closed: {reason}");
+                }
+                Err(Closed::Unauthenticated(reason)) => {
+                    service.stats.auth_failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("trackgate forward: client not authenticated: {reason}");
+                }
             }
         }
     })
     .await;
 }
 
+/// Why a connection was closed early (the reason is logged; never holds a secret).
+enum Closed {
+    Malformed(String),
+    Unauthenticated(String),
+}
+
+impl From<String> for Closed {
+    fn from(reason: String) -> Self {
+        Closed::Malformed(reason)
+    }
+}
+
 /// Serves one connection until EOF, shutdown, or an error (the reason it is closed).
-async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdown) -> Result<(), String> {
+async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdown) -> Result<(), Closed> {
     let max = service.config.max_message_bytes;
     let mut buf: Vec<u8> = Vec::new();
-    let mut checked = true; // nothing new in `buf` since the last look
+    if let Some(auth) = &service.config.auth {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, authenticate(&mut stream, auth, &mut buf, shutdown)).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return Ok(()), // EOF or shutdown before authenticating
+            Ok(Err(closed)) => return Err(closed),
+            Err(_) => {
+                return Err(Closed::Unauthenticated(format!(
+                    "no PING within {} s",
+                    HANDSHAKE_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    }
+    let mut checked = buf.is_empty(); // nothing new in `buf` since the last look
     loop {
         while !checked {
             // Cheap completeness check first: no allocation while a large message trickles in.
@@ -91,7 +137,7 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
                     checked = true;
                     continue;
                 }
-                Err(ReadError::Invalid(why)) => return Err(format!("malformed msgpack: {why}")),
+                Err(ReadError::Invalid(why)) => return Err(format!("malformed msgpack: {why}").into()),
                 Ok(()) => {}
             }
             let frame = next_frame(&buf, max, now_nanos()).map_err(|e| e.to_string())?;
@@ -124,8 +170,8 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
                                 }
                             }
                             Ok(Ok(Err(CoreError::Closed))) => return Ok(()),
-                            Ok(Ok(Err(e))) => return Err(format!("cannot queue message: {e}")),
-                            Ok(Err(_)) | Err(_) => return Err("internal error while ingesting".into()),
+                            Ok(Ok(Err(e))) => return Err(format!("cannot queue message: {e}").into()),
+                            Ok(Err(_)) | Err(_) => return Err(String::from("internal error while ingesting").into()),
                         }
                     }
                     if let Some(chunk) = m.chunk {
@@ -143,7 +189,7 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
             }
         }
         if buf.len() > max {
-            return Err(format!("message over the limit of {max} bytes"));
+            return Err(format!("message over the limit of {max} bytes").into());
         }
         let start = buf.len();
         buf.resize(start + READ_CHUNK, 0);
@@ -154,15 +200,66 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
                 return if buf.is_empty() {
                     Ok(())
                 } else {
-                    Err("connection ended inside a message".into())
+                    Err(String::from("connection ended inside a message").into())
                 };
             }
             Either::Left(Ok(n)) => {
                 buf.truncate(start + n);
                 checked = false;
             }
-            Either::Left(Err(e)) => return Err(format!("read failed: {e}")),
+            Either::Left(Err(e)) => return Err(format!("read failed: {e}").into()),
             Either::Right(()) => return Ok(()),
         }
     }
+}
+
+/// Sends HELO and reads the PING. `Ok(true)`: authenticated, and what the client sent after its
+/// PING is left in `buf`. `Ok(false)`: EOF or shutdown first.
+async fn authenticate(stream: &mut TcpStream, auth: &Auth, buf: &mut Vec<u8>, shutdown: &Shutdown) -> Result<bool, Closed> {
+    let challenge = Challenge::new().map_err(|e| format!("no random source for the handshake: {e}"))?;
+    stream
+        .write_all(&challenge.helo(auth))
+        .await
+        .map_err(|e| format!("writing HELO: {e}"))?;
+    loop {
+        match challenge.answer(auth, buf) {
+            Answer::Incomplete => {}
+            Answer::Accepted { used, pong } => {
+                stream
+                    .write_all(&pong)
+                    .await
+                    .map_err(|e| format!("writing PONG: {e}"))?;
+                buf.drain(..used);
+                return Ok(true);
+            }
+            Answer::Refused { reason, pong } => {
+                if stream.write_all(&pong).await.is_ok() && stream.shutdown().await.is_ok() {
+                    linger(stream).await;
+                }
+                return Err(Closed::Unauthenticated(reason.to_string()));
+            }
+        }
+        let start = buf.len();
+        buf.resize(start + READ_CHUNK, 0);
+        match race(stream.read(&mut buf[start..]), shutdown.wait()).await {
+            Either::Left(Ok(0)) | Either::Right(()) => return Ok(false),
+            Either::Left(Ok(n)) => buf.truncate(start + n),
+            Either::Left(Err(e)) => return Err(format!("read failed: {e}").into()),
+        }
+    }
+}
+
+/// Reads and discards until EOF (bounded in time and bytes), after our side is shut down.
+async fn linger(stream: &mut TcpStream) {
+    let mut scratch = [0u8; 4096];
+    let mut budget: usize = 1 << 20;
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        while let Ok(n @ 1..) = stream.read(&mut scratch).await {
+            budget = budget.saturating_sub(n);
+            if budget == 0 {
+                return;
+            }
+        }
+    })
+    .await;
 }
