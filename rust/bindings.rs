@@ -18,8 +18,8 @@ use pyo3::types::{PyBytes, PyDict};
 
 use crate::batch::Limits;
 use crate::disk_queue::{DiskOptions, DiskQueue, ExporterLimit, Fsync};
-use crate::fluent::handshake::Auth;
 use crate::error::{CoreError, Result};
+use crate::fluent::handshake::Auth;
 use crate::ingest::{Format, IngestOptions, Ingested};
 use crate::net::{fluent_http, forward, otlp_grpc, Listeners as NetListeners};
 use crate::pipeline::{Pipeline, PipelineOptions};
@@ -542,7 +542,10 @@ impl Listeners {
         };
         let service = forward::Service {
             pipeline: core.get().pipeline.clone(),
-            config: forward::Config { max_message_bytes, auth },
+            config: forward::Config {
+                max_message_bytes,
+                auth,
+            },
             stats: Arc::default(),
         };
         let addr = py.detach(|| self.inner.add_forward(host, port, reuse_port, service))?;

@@ -178,4 +178,3 @@ def test_real_fluent_bit_forward_with_shared_key(gateway_factory, upstream: Upst
         proc.wait(10)
     assert bodies(upstream) == sorted(f"keyed line {i}" for i in range(25))  # every line, once
     assert "not authenticated" not in gw.log()
-

@@ -172,7 +172,7 @@ class Listeners:
         max_message_bytes: int = 67108864,
         reuse_port: bool = False,
         shared_key: str | None = None,
-        self_hostname: str = "localhost",
+        self_hostname: str = ...,
         users: list[tuple[str, str]] = ...,
     ) -> int:
         """Serves the Fluentd forward protocol into `core`; returns the bound port (0 picks one).

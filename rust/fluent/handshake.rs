@@ -95,7 +95,10 @@ impl Challenge {
         match self.check(auth, &value) {
             Ok(salt) => Answer::Accepted {
                 used,
-                pong: pong_ok(&auth.hostname, &shared_key_digest(salt, auth.hostname.as_bytes(), &self.nonce, &auth.shared_key)),
+                pong: pong_ok(
+                    &auth.hostname,
+                    &shared_key_digest(salt, auth.hostname.as_bytes(), &self.nonce, &auth.shared_key),
+                ),
             },
             Err(reason) => Answer::refuse(reason),
         }
@@ -300,9 +303,15 @@ d08f8c0c78405353a17c8e2c15b8216c1cc6bf0375fcfc196215f340332ba157";
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (ping("client", b"csalt", &wrong, b"", b""), "shared_key mismatch"),
             (ping("client", b"csalt", &wrong[..127], b"", b""), "shared_key mismatch"),
-            (vec![0x93, 0xa3, b'a', b'p', b'p', 0x01, 0x80], "expected a PING message (authentication required)"),
+            (
+                vec![0x93, 0xa3, b'a', b'p', b'p', 0x01, 0x80],
+                "expected a PING message (authentication required)",
+            ),
             (vec![0xc0], "expected a PING message (authentication required)"),
-            (vec![0x92, 0xa4, b'P', b'I', b'N', b'G', 0x01], "PING must have 6 elements"),
+            (
+                vec![0x92, 0xa4, b'P', b'I', b'N', b'G', 0x01],
+                "PING must have 6 elements",
+            ),
             (vec![0xc1], "expected a PING message (authentication required)"),
         ];
         for (msg, reason) in cases {
@@ -341,11 +350,17 @@ d08f8c0c78405353a17c8e2c15b8216c1cc6bf0375fcfc196215f340332ba157";
         let key = shared_key_digest(b"s", b"h", b"nonce-0123456789", b"secret");
         let good = password_digest_hex(b"usersalt-0123456", b"alice", b"hunter2");
         let bad = password_digest_hex(b"usersalt-0123456", b"alice", b"pw");
-        assert!(matches!(c.answer(&a, &ping("h", b"s", &key, b"alice", &good)), Answer::Accepted { .. }));
+        assert!(matches!(
+            c.answer(&a, &ping("h", b"s", &key, b"alice", &good)),
+            Answer::Accepted { .. }
+        ));
         for (user, pw) in [(b"alice".as_slice(), bad.as_slice()), (b"carol", &good), (b"", b"")] {
             assert!(matches!(
                 c.answer(&a, &ping("h", b"s", &key, user, pw)),
-                Answer::Refused { reason: "username/password mismatch", .. }
+                Answer::Refused {
+                    reason: "username/password mismatch",
+                    ..
+                }
             ));
         }
     }
@@ -361,6 +376,9 @@ d08f8c0c78405353a17c8e2c15b8216c1cc6bf0375fcfc196215f340332ba157";
     #[test]
     fn auth_debug_hides_secrets() {
         let shown = format!("{:?}", auth(&[("alice", "hunter2")]));
-        assert!(!shown.contains("secret") && !shown.contains("hunter2") && !shown.contains("alice"), "{shown}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("hunter2") && !shown.contains("alice"),
+            "{shown}"
+        );
     }
 }

@@ -215,7 +215,12 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
 
 /// Sends HELO and reads the PING. `Ok(true)`: authenticated, and what the client sent after its
 /// PING is left in `buf`. `Ok(false)`: EOF or shutdown first.
-async fn authenticate(stream: &mut TcpStream, auth: &Auth, buf: &mut Vec<u8>, shutdown: &Shutdown) -> Result<bool, Closed> {
+async fn authenticate(
+    stream: &mut TcpStream,
+    auth: &Auth,
+    buf: &mut Vec<u8>,
+    shutdown: &Shutdown,
+) -> Result<bool, Closed> {
     let challenge = Challenge::new().map_err(|e| format!("no random source for the handshake: {e}"))?;
     stream
         .write_all(&challenge.helo(auth))
