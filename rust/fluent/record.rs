@@ -27,6 +27,15 @@ pub const SEVERITY_KEYS: &[&str] = &[
 ];
 /// Correlation ids: `job_id` / `jobId` / `job.id` → the attribute `job.id`.
 pub const CORRELATION: &[&str] = &["job", "worker", "machine", "session", "request"];
+/// The field names of each of `CORRELATION` and the attribute it becomes, spelled out so no
+/// record pays for building them.
+const CORRELATION_KEYS: [(&[&str], &str); 5] = [
+    (&["job_id", "jobId", "job.id"], "job.id"),
+    (&["worker_id", "workerId", "worker.id"], "worker.id"),
+    (&["machine_id", "machineId", "machine.id"], "machine.id"),
+    (&["session_id", "sessionId", "session.id"], "session.id"),
+    (&["request_id", "requestId", "request.id"], "request.id"),
+];
 const TRACE_KEYS: &[&str] = &["trace_id", "traceId", "trace.id", "traceid"];
 const SPAN_KEYS: &[&str] = &["span_id", "spanId", "span.id", "spanid"];
 /// Fluent Bit's kubernetes filter fields → resource attributes.
@@ -155,11 +164,9 @@ pub fn convert(mut rec: Map<String, Value>, event_time: Option<u64>, tag: &str, 
         out.severity_text = text;
     }
     // Correlation ids.
-    for base in CORRELATION {
-        let keys = [format!("{base}_id"), format!("{base}Id"), format!("{base}.id")];
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        if let Some(id) = take_first(&mut rec, &keys).and_then(|(_, v)| scalar(&v)) {
-            out.attr(&format!("{base}.id"), Attr::Str(id));
+    for (keys, name) in CORRELATION_KEYS {
+        if let Some(id) = take_first(&mut rec, keys).and_then(|(_, v)| scalar(&v)) {
+            out.attr(name, Attr::Str(id));
         }
     }
     lift_id(&mut rec, TRACE_KEYS, "trace_id", &mut out, |s| {
@@ -506,6 +513,16 @@ mod tests {
         }
         assert_eq!(severity(&json!(50)).unwrap().0, "ERROR");
         assert_eq!(severity(&json!("Warn")).unwrap().0, "Warn");
+    }
+
+    #[test]
+    fn correlation_keys_follow_correlation() {
+        let names: Vec<&str> = CORRELATION_KEYS.iter().map(|(_, n)| *n).collect();
+        let want: Vec<String> = CORRELATION.iter().map(|b| format!("{b}.id")).collect();
+        assert_eq!(names, want);
+        for ((keys, _), base) in CORRELATION_KEYS.iter().zip(CORRELATION) {
+            assert_eq!(*keys, [format!("{base}_id"), format!("{base}Id"), format!("{base}.id")]);
+        }
     }
 
     #[test]
