@@ -178,3 +178,25 @@ def test_real_fluent_bit_forward_with_shared_key(gateway_factory, upstream: Upst
         proc.wait(10)
     assert bodies(upstream) == sorted(f"keyed line {i}" for i in range(25))  # every line, once
     assert "not authenticated" not in gw.log()
+
+
+def test_core_ingest_forward_takes_one_whole_message() -> None:
+    """`Core.ingest_forward` (the benchmarks' entry point): one message of any mode, nothing else."""
+    from trackgate._core import Core, DecodeError
+
+    core = Core(exporters=["t"], batch_max_delay_ms=0)
+    entries = b"".join(msgpack.packb([[event_time(T0, i), {}], {"log": f"e{i}"}]) for i in range(3))
+    message = msgpack.packb(["app", entries, {"chunk": "c"}])
+    result = core.ingest_forward(message)
+    assert (result.accepted, result.rejected) == (3, 0)
+    batch = core.next_batch("t", "logs", 1.0, True)
+    assert batch is not None and batch.records == 3
+    for bad, why in [
+        (message[:-3], "cut short"),
+        (message + b"\xc0", "bytes after"),
+        (b"\xc0", "heartbeat"),
+        (msgpack.packb(["app", 5]), "without a record"),
+    ]:
+        with pytest.raises(DecodeError, match=why):
+            core.ingest_forward(bad)
+    core.close()
