@@ -263,6 +263,7 @@ impl Core {
         scrub_extra_keys = Vec::new(),
         scrub_safe_keys = Vec::new(),
         scrub_patterns = Vec::new(),
+        fluent_utc_offset_s = 0,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -287,6 +288,7 @@ impl Core {
         scrub_extra_keys: Vec<String>,
         scrub_safe_keys: Vec<String>,
         scrub_patterns: Vec<String>,
+        fluent_utc_offset_s: i32,
     ) -> PyResult<Self> {
         let scrub = scrub_options(true, scrub_extra_keys, scrub_safe_keys, scrub_patterns)?;
         let fsync = Fsync::parse(fsync, Duration::from_millis(fsync_interval_ms)).map_err(to_py)?;
@@ -325,6 +327,7 @@ impl Core {
             Pipeline::with_queue(ingest, Box::new(queue), batch)
         })?;
         pipeline.set_scrub_tracks(scrub_otlp, scrub_fluent);
+        pipeline.set_fluent_utc_offset(fluent_utc_offset_s);
         Ok(Core {
             id: NEXT_CORE_ID.fetch_add(1, Ordering::Relaxed),
             pipeline: Arc::new(pipeline),

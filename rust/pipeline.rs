@@ -4,7 +4,7 @@
 //! [`Pipeline::next_batch`] (blocking up to a timeout) and [`Pipeline::ack`] once the batch is
 //! delivered or given up on. [`Pipeline::close`] refuses new data and lets exporters drain.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,8 @@ pub struct Pipeline {
     /// gRPC) and records converted from Fluent. Both on unless `set_scrub_tracks` says otherwise.
     scrub_otlp: AtomicBool,
     scrub_fluent: AtomicBool,
+    /// Seconds east of UTC at which Fluent time fields written without an offset are read.
+    fluent_utc_offset_s: AtomicI32,
 }
 
 fn check_ratio(name: &str, ratio: f64) -> Result<()> {
@@ -97,6 +99,7 @@ impl Pipeline {
             refused_full: AtomicU64::new(0),
             scrub_otlp: AtomicBool::new(true),
             scrub_fluent: AtomicBool::new(true),
+            fluent_utc_offset_s: AtomicI32::new(0),
         })
     }
 
@@ -104,6 +107,11 @@ impl Pipeline {
     pub fn set_scrub_tracks(&self, otlp: bool, fluent: bool) {
         self.scrub_otlp.store(otlp, Ordering::Relaxed);
         self.scrub_fluent.store(fluent, Ordering::Relaxed);
+    }
+
+    /// `[receivers.fluent] default_utc_offset`, in seconds east of UTC.
+    pub fn set_fluent_utc_offset(&self, seconds: i32) {
+        self.fluent_utc_offset_s.store(seconds, Ordering::Relaxed);
     }
 
     /// A panic while holding this lock leaves only a flag and a count, so poisoning is ignored.
@@ -155,7 +163,8 @@ impl Pipeline {
             return Err(CoreError::Closed);
         }
         let decoded = decompress(body, encoding, self.ingester.max_body_bytes())?;
-        let converted = fluent::convert_body(&decoded, format, tag, now_nanos())?;
+        let offset = self.fluent_utc_offset_s.load(Ordering::Relaxed);
+        let converted = fluent::convert_body_at(&decoded, format, tag, now_nanos(), offset)?;
         self.ingest_converted(converted, decoded.len(), body.len())
     }
 

@@ -109,6 +109,7 @@ class Core:
         scrub_extra_keys: list[str] = ...,
         scrub_safe_keys: list[str] = ...,
         scrub_patterns: list[str] = ...,
+        fluent_utc_offset_s: int = 0,
     ) -> Self:
         """A pipeline over a durable queue in `storage_dir` (in memory when None).
 

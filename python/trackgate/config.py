@@ -204,6 +204,13 @@ class FluentReceiverConfig(_Section):
     http_paths: list[str] = field(default_factory=lambda: ["/logs/ingest"])
     # The header that carries the tag (Fluent Bit's `header_tag` names it; it has no default).
     tag_header: str = "FLUENT-TAG"
+    # Time fields written without an offset ("2026-11-29 07:13:07") are read at this offset from
+    # UTC, "+HH:MM" or "-HH:MM" (like Fluent Bit's parser `Time_Offset`); default UTC. Text with
+    # `Z` or an offset, epochs, and the event time of msgpack/forward events are never shifted.
+    default_utc_offset: str = "+00:00"
+
+    def utc_offset_seconds(self) -> int:
+        return parse_utc_offset(self.default_utc_offset)
 
 
 class FluentHttpReceiverConfig(_Section):
@@ -389,6 +396,19 @@ def parse_listen(value: str) -> tuple[str, int]:
     return str(addr), int(port)
 
 
+_UTC_OFFSET = re.compile(r"([+-])([01][0-9]|2[0-3]):?([0-5][0-9])")
+
+
+def parse_utc_offset(value: str) -> int:
+    """ "+HH:MM" / "-HHMM" as seconds east of UTC."""
+    match = _UTC_OFFSET.fullmatch(value.strip())
+    if match is None:
+        raise ConfigError(f'{shorten(value)!r} is not a UTC offset such as "+01:00" or "-0530"')
+    sign, hours, minutes = match.groups()
+    seconds = int(hours) * 3600 + int(minutes) * 60
+    return -seconds if sign == "-" else seconds
+
+
 def is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -499,6 +519,10 @@ def _validate(cfg: Config, source: str) -> None:
         why = scrub_pattern_error(pattern)
         if why is not None:
             raise ConfigError(f"{source}: scrub.extra_patterns[{index}] is not usable: {shorten(why)}")
+    try:
+        cfg.receivers.fluent.utc_offset_seconds()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: receivers.fluent.default_utc_offset: {exc}") from None
     for index, path in enumerate(cfg.receivers.fluent.http_paths):
         if not path.startswith("/") or any(ch.isspace() or ch in "?#" for ch in path):
             raise ConfigError(

@@ -140,6 +140,7 @@ class Pipeline:
             scrub_extra_keys=cfg.scrub_keys()[0],
             scrub_safe_keys=cfg.scrub_keys()[1],
             scrub_patterns=cfg.scrub.extra_patterns,
+            fluent_utc_offset_s=cfg.receivers.fluent.utc_offset_seconds(),
         )
         if queue_dir is not None:
             report = core.recovery()

@@ -89,6 +89,7 @@ pub struct Converted {
 pub struct LogsBuilder {
     tag: String,
     observed: u64,
+    utc_offset_s: i32,
     groups: Vec<(Resource, Vec<u8>)>,
     index: HashMap<Resource, usize>,
     records: u64,
@@ -101,12 +102,19 @@ impl LogsBuilder {
         LogsBuilder {
             tag: tag.to_owned(),
             observed,
+            utc_offset_s: 0,
             groups: Vec::new(),
             index: HashMap::new(),
             records: 0,
             rejected: 0,
             reasons: Vec::new(),
         }
+    }
+
+    /// Reads time fields written without an offset at `utc_offset_s` east of UTC (default UTC).
+    pub fn with_utc_offset(mut self, utc_offset_s: i32) -> Self {
+        self.utc_offset_s = utc_offset_s;
+        self
     }
 
     pub fn set_tag(&mut self, tag: &str) {
@@ -118,7 +126,7 @@ impl LogsBuilder {
     }
 
     pub fn add(&mut self, event: Event) {
-        let record = record::convert(event.record, event.time, &self.tag, self.observed);
+        let record = record::convert(event.record, event.time, &self.tag, self.observed, self.utc_offset_s);
         let at = match self.index.get(&record.resource) {
             Some(&i) => i,
             None => {
@@ -180,7 +188,18 @@ impl LogsBuilder {
 /// Converts one (decompressed) body. Errors (`Decode`) only when the framing itself is broken;
 /// a single event that is not a record is refused and counted.
 pub fn convert_body(body: &[u8], format: BodyFormat, tag: &str, observed: u64) -> Result<Converted> {
-    let mut b = LogsBuilder::new(tag, observed);
+    convert_body_at(body, format, tag, observed, 0)
+}
+
+/// `convert_body`, with time fields that carry no offset read at `utc_offset_s` east of UTC.
+pub fn convert_body_at(
+    body: &[u8],
+    format: BodyFormat,
+    tag: &str,
+    observed: u64,
+    utc_offset_s: i32,
+) -> Result<Converted> {
+    let mut b = LogsBuilder::new(tag, observed).with_utc_offset(utc_offset_s);
     match format {
         BodyFormat::Json => json_values(body, &mut b)?,
         BodyFormat::Lines => json_lines(body, &mut b),

@@ -115,8 +115,15 @@ impl LogRecord {
 }
 
 /// Converts one record. `event_time` (ns) wins over any time field; `observed` (ns) is the
-/// receive time and also stands in for a missing timestamp.
-pub fn convert(mut rec: Map<String, Value>, event_time: Option<u64>, tag: &str, observed: u64) -> LogRecord {
+/// receive time and also stands in for a missing timestamp. A time field written without an
+/// offset is read at `utc_offset_s` seconds east of UTC (`[receivers.fluent] default_utc_offset`).
+pub fn convert(
+    mut rec: Map<String, Value>,
+    event_time: Option<u64>,
+    tag: &str,
+    observed: u64,
+    utc_offset_s: i32,
+) -> LogRecord {
     rec.remove("__internal__");
     let mut out = LogRecord {
         resource: Vec::new(),
@@ -157,7 +164,7 @@ pub fn convert(mut rec: Map<String, Value>, event_time: Option<u64>, tag: &str, 
         out.body = Value::Object(rec.clone()).to_string();
     }
     if out.time.is_none() {
-        out.time = take_parsed(&mut rec, TIME_KEYS, time_nanos);
+        out.time = take_parsed(&mut rec, TIME_KEYS, |v| time_nanos_at(v, utc_offset_s));
     }
     if let Some((text, number)) = take_parsed(&mut rec, SEVERITY_KEYS, severity) {
         out.severity = number;
@@ -437,6 +444,24 @@ pub fn time_nanos(v: &Value) -> Option<u64> {
     }
 }
 
+/// `time_nanos`, with date-time text that has no offset read at `utc_offset_s` east of UTC
+/// (numbers are epochs: UTC by definition).
+pub fn time_nanos_at(v: &Value, utc_offset_s: i32) -> Option<u64> {
+    let nanos = time_nanos(v)?;
+    match v {
+        Value::String(s) if utc_offset_s != 0 && is_zoneless_date_time(s.trim().as_bytes()) => {
+            let shifted = i128::from(nanos) - i128::from(utc_offset_s) * 1_000_000_000;
+            u64::try_from(shifted).ok().filter(|n| *n > 0)
+        }
+        _ => Some(nanos),
+    }
+}
+
+/// `YYYY-MM-DD…` with nothing after the seconds that names a zone (`Z`, `+hh…`, `-hh…`).
+fn is_zoneless_date_time(t: &[u8]) -> bool {
+    t.len() >= 19 && t[4] == b'-' && !t[19..].iter().any(|c| matches!(c, b'Z' | b'z' | b'+' | b'-'))
+}
+
 fn int_nanos(i: u64) -> Option<u64> {
     if i == 0 {
         return None;
@@ -516,6 +541,25 @@ mod tests {
     }
 
     #[test]
+    fn zoneless_text_at_the_default_offset() {
+        let s = 1_795_936_387u64 * 1_000_000_000;
+        // At +01:00, 08:13:07 written without a zone is 07:13:07 UTC.
+        assert_eq!(time_nanos_at(&json!("2026-11-29T08:13:07"), 3600), Some(s));
+        assert_eq!(
+            time_nanos_at(&json!("2026-11-29 06:13:07.5"), -3600),
+            Some(s + 500_000_000)
+        );
+        // An explicit zone, and epochs, are never shifted.
+        assert_eq!(time_nanos_at(&json!("2026-11-29T07:13:07Z"), 3600), Some(s));
+        assert_eq!(time_nanos_at(&json!("2026-11-29T08:13:07+01:00"), -7200), Some(s));
+        assert_eq!(time_nanos_at(&json!("2026-11-29T06:13:07-0100"), 7200), Some(s));
+        assert_eq!(time_nanos_at(&json!(1795936387), 3600), Some(s));
+        assert_eq!(time_nanos_at(&json!("1795936387"), 3600), Some(s));
+        assert_eq!(time_nanos_at(&json!("2026-11-29T07:13:07"), 0), Some(s));
+        assert_eq!(time_nanos_at(&json!("1970-01-01T00:00:01"), 3600), None);
+    }
+
+    #[test]
     fn correlation_keys_follow_correlation() {
         let names: Vec<&str> = CORRELATION_KEYS.iter().map(|(_, n)| *n).collect();
         let want: Vec<String> = CORRELATION.iter().map(|b| format!("{b}.id")).collect();
@@ -578,6 +622,7 @@ mod tests {
             None,
             "kube.var.log",
             7,
+            0,
         );
         assert_eq!(r.body, "boom");
         assert_eq!((r.severity, r.severity_text.as_str()), (17, "error"));
@@ -617,7 +662,7 @@ mod tests {
             ),
         ];
         for (input, key, want) in cases {
-            let r = convert(rec(input.clone()), None, "", 1);
+            let r = convert(rec(input.clone()), None, "", 1, 0);
             assert_eq!(attr(&r, key), Some(&Attr::Str((*want).into())), "{input}");
         }
         let r = convert(
@@ -625,6 +670,7 @@ mod tests {
             None,
             "",
             1,
+            0,
         );
         assert_eq!(r.severity, 13);
         assert!(r.trace_id.is_some());
@@ -632,7 +678,7 @@ mod tests {
 
     #[test]
     fn whole_record_as_body_and_docker_fields() {
-        let r = convert(rec(json!({"test": "message", "job_id": "j"})), Some(5), "logs", 9);
+        let r = convert(rec(json!({"test": "message", "job_id": "j"})), Some(5), "logs", 9, 0);
         assert_eq!(r.body, r#"{"test":"message","job_id":"j"}"#);
         assert_eq!(r.time, Some(5));
         assert!(attr(&r, "test").is_none());
@@ -645,6 +691,7 @@ mod tests {
             None,
             "",
             9,
+            0,
         );
         assert_eq!(r.body, "hi\n");
         assert_eq!(r.time, None);
