@@ -49,7 +49,14 @@ def test_event_type_lines_on_every_log_path_reach_the_stream(
 
     # The forward protocol: the ack comes once the record and its event are queued.
     c = Client(forward_port)
-    c.send(["app.fwd", event_time(T0), {"log": "finished", "event_type": "job_completed", "job_id": "fw-1"}, {"chunk": "a"}])
+    c.send(
+        [
+            "app.fwd",
+            event_time(T0),
+            {"log": "finished", "event_type": "job_completed", "job_id": "fw-1"},
+            {"chunk": "a"},
+        ]
+    )
     assert c.answer() == {"ack": "a"}
     c.send(["app.fwd", event_time(T0), {"log": "nothing special", "job_id": "fw-2"}, {"chunk": "b"}])
     assert c.answer() == {"ack": "b"}

@@ -1,8 +1,9 @@
 """Job metrics derived from lifecycle events (the seed system's Track 4), exported as OTLP metrics.
 
 Every `[metrics] interval` (METRICS_COLLECTION_INTERVAL overrides), each gateway process sends
-its own series (cumulative, or delta with `[metrics] temporality = "delta"`) to the OTLP exporters, through its main pipeline, with its own
-`service.instance.id` on the resource: the backend sums the instances. An event is counted by
+its own series (cumulative, or delta with `[metrics] temporality = "delta"`) to the OTLP
+exporters, through its main pipeline, with its own `service.instance.id` on the resource: the
+backend sums the instances. An event is counted by
 the one process that accepted it, so totals count each event once whichever worker or replica
 received it; a restarted process is a new instance whose series start again at 0 (the old
 instance's last values stay in the backend).
@@ -468,7 +469,11 @@ class JobMetrics:
                 }
                 for svc, h in sorted(hists.items())
             ]
-            return {"name": name, "unit": "s", "histogram": {"aggregationTemporality": temporality, "dataPoints": points}}
+            return {
+                "name": name,
+                "unit": "s",
+                "histogram": {"aggregationTemporality": temporality, "dataPoints": points},
+            }
 
         metrics = []
         if t.processed:
