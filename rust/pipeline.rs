@@ -465,7 +465,10 @@ mod tests {
             Ok(())
         })));
         ingest(&p, "an ordinary line, an event loop");
-        assert!(seen.lock().unwrap().is_empty(), "no `event_type`/`event.name`: the tap is not called");
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "no `event_type`/`event.name`: the tap is not called"
+        );
         let request = logs_request(r#"{"event_type":"job_started"}"#);
         p.ingest(Signal::Logs, &request, Format::Protobuf, None).unwrap();
         assert_eq!(seen.lock().unwrap().last().unwrap(), &(request.clone(), 2));
@@ -479,7 +482,10 @@ mod tests {
         assert_eq!(seen.lock().unwrap().len(), 2, "converted Fluent records are tapped too");
         fail.store(true, Ordering::Relaxed);
         let err = p.ingest(Signal::Logs, &request, Format::Protobuf, None).unwrap_err();
-        assert!(matches!(err, CoreError::QueueFull { .. }), "the call fails: the client resends");
+        assert!(
+            matches!(err, CoreError::QueueFull { .. }),
+            "the call fails: the client resends"
+        );
         p.set_events_tap(None);
         p.ingest(Signal::Logs, &request, Format::Protobuf, None).unwrap();
         assert_eq!(seen.lock().unwrap().len(), 3);

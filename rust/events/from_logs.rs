@@ -132,7 +132,10 @@ fn record_event(record: &[u8], service: Option<&str>, types: &[String], now: u64
             obj.insert(k, v);
         }
     }
-    if let (Some(name), false) = (event_name, obj.contains_key("event_type") || obj.contains_key("eventType")) {
+    if let (Some(name), false) = (
+        event_name,
+        obj.contains_key("event_type") || obj.contains_key("eventType"),
+    ) {
         obj.insert("event_type".into(), name);
     }
     let Some(Value::String(raw_type)) = obj.get("event_type").or_else(|| obj.get("eventType")) else {
@@ -287,7 +290,10 @@ mod tests {
         let pb = json_to_protobuf(Signal::Logs, json).unwrap();
         let events = events_from_logs(&pb, &types(), 1).unwrap();
         assert_eq!(events.len(), 1, "{events:?}");
-        assert_eq!((events[0].event_type.as_str(), events[0].id("job_id")), ("job_started", Some("f1")));
+        assert_eq!(
+            (events[0].event_type.as_str(), events[0].id("job_id")),
+            ("job_started", Some("f1"))
+        );
         assert!(may_carry_events(b"..event.name..") && may_carry_events(b"event_type"));
         assert!(!may_carry_events(b"an event loop, eventual events"));
     }
