@@ -129,6 +129,10 @@ class App:
         for pipeline in (self.bus, self.forward, self.pipeline):
             if pipeline is not None:
                 await asyncio.to_thread(pipeline.close)
+        if self.pipeline is not None:
+            # The tap holds the events receiver (and through it this pipeline): drop the cycle
+            # once the pipeline takes nothing more.
+            self.pipeline.core.set_events_tap(None, [])
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
