@@ -744,6 +744,39 @@ mod tests {
     }
 
     #[test]
+    fn data_survives_both_writers_whatever_its_text() {
+        let datas = [
+            r#"{}"#,
+            r#"{ "a" : 1 , "b" : [ 1 , { "c" : "x y" } ] }"#,
+            r#"{"q":"quote \" backslash \\ tab \t nl \n u \u0001 é 😀","n":-1.5e3,"big":18446744073709551615}"#,
+            "{\n  \"pretty\": true,\n  \"nested\": {\"k\": null}\n}",
+            r#"{"dup":1,"dup":2}"#,
+        ];
+        for data in datas {
+            let body = format!(r#"{{"event_type":"job_progress","data":{data},"extra key":"v \" w","jobId":"j"}}"#);
+            let d = decode(body.as_bytes(), NOW).unwrap();
+            assert_eq!(d.events.len(), 1, "{body}: {:?}", d.rejected);
+            let nd = to_ndjson(&d.events);
+            assert_eq!(nd.iter().filter(|&&b| b == b'\n').count(), 1, "one line: {body}");
+            let line: Value = serde_json::from_slice(&nd).unwrap();
+            let mut want: Value = serde_json::from_str(data).unwrap();
+            want.as_object_mut()
+                .unwrap()
+                .insert("extra key".into(), Value::from("v \" w"));
+            assert_eq!(line["data"], want, "{body}");
+            assert_eq!(line["job_id"], "j");
+            let otlp = to_otlp_logs(&d.events, NOW);
+            crate::json_encode::protobuf_to_json(crate::signal::Signal::Logs, &otlp).unwrap();
+        }
+        // Every cut of a valid body decodes or fails cleanly.
+        let body =
+            br#"[{"event_type":"a","data":{"x":"y\u00e9","z":[1,{"w":null}]},"timestamp":"2024-05-01T12:00:00Z"}]"#;
+        for cut in 0..body.len() {
+            let _ = decode(&body[..cut], NOW);
+        }
+    }
+
+    #[test]
     fn ids_unique_and_ordered() {
         let d = decode(&b"{\"event_type\":\"a\"}\n".repeat(1000), NOW).unwrap();
         let ids: Vec<_> = d.events.iter().map(|e| e.event_id.clone()).collect();
