@@ -357,11 +357,11 @@ fn event_from_pairs(pairs: &Pairs<'_>, now: u64) -> std::result::Result<Event, S
                 minify_into(data, value.get());
             };
             for (key, value) in &inner {
-                put(&mut data, key, *value);
+                put(&mut data, key, value);
             }
             for (key, value) in pairs {
                 if known_slot(key).is_none() && !inner.iter().any(|(k, _)| k == key) {
-                    put(&mut data, key, *value);
+                    put(&mut data, key, value);
                 }
             }
             data.push('}');
