@@ -22,7 +22,7 @@ use crate::error::{CoreError, Result};
 use crate::fluent::handshake::Auth;
 use crate::ingest::{Format, IngestOptions, Ingested};
 use crate::net::{fluent_http, forward, otlp_grpc, Listeners as NetListeners};
-use crate::pipeline::{Pipeline, PipelineOptions};
+use crate::pipeline::{EventsTap, Pipeline, PipelineOptions};
 use crate::queue::Seq;
 use crate::scrub::ScrubOptions;
 use crate::sentry::{self, HeaderDsn, Processed, SentryOptions};
@@ -375,6 +375,65 @@ impl Core {
     fn ingest_forward(&self, py: Python<'_>, message: &[u8]) -> PyResult<IngestResult> {
         let out = guarded(py, || self.pipeline.ingest_forward(message))?;
         Ok(IngestResult::new(Signal::Logs, out))
+    }
+
+    /// Takes the events carried by every logs request this core ingests (OTLP/HTTP, OTLP/gRPC,
+    /// Fluent http, the Fluent http input and forward listeners): records whose attributes or
+    /// JSON body hold an `event_type` in `types` are queued on `bus` (the event bus's core) after
+    /// the records themselves, before the call answers; then `on_events(ndjson, accepted,
+    /// scrubbed)` is called (with the GIL, only when events were found). A request without the
+    /// bytes `event_type` costs one byte scan. `bus` and `on_events` both None: no tap.
+    #[pyo3(signature = (bus, types, on_events = None, *, scrub = false, scrub_extra_keys = Vec::new(),
+        scrub_safe_keys = Vec::new(), scrub_patterns = Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
+    fn set_events_tap(
+        &self,
+        bus: Option<PyRef<'_, Core>>,
+        types: Vec<String>,
+        on_events: Option<Py<PyAny>>,
+        scrub: bool,
+        scrub_extra_keys: Vec<String>,
+        scrub_safe_keys: Vec<String>,
+        scrub_patterns: Vec<String>,
+    ) -> PyResult<()> {
+        let options = scrub_options(true, scrub_extra_keys, scrub_safe_keys, scrub_patterns)?;
+        let bus = bus.map(|core| core.pipeline.clone());
+        if bus.is_none() && on_events.is_none() {
+            self.pipeline.set_events_tap(None);
+            return Ok(());
+        }
+        let scrubber = scrub.then(|| crate::scrub::Scrubber::new(&options));
+        let tap: EventsTap = Arc::new(move |request: &[u8]| {
+            // The records are queued already: a request the walk cannot read has no events.
+            let found = match events::from_logs::events_from_logs(request, &types, unix_nanos()) {
+                Err(CoreError::Decode(_)) => return Ok(()),
+                found => found?,
+            };
+            if found.is_empty() {
+                return Ok(());
+            }
+            let mut decoded = events::Decoded {
+                events: found,
+                ..Default::default()
+            };
+            let scrubbed = scrubber.as_ref().map_or(0, |s| scrub_events_with(&mut decoded, s));
+            let accepted = decoded.events.len();
+            let ndjson = events::to_ndjson(&decoded.events);
+            if let Some(bus) = &bus {
+                bus.enqueue(Signal::Logs, accepted as u64, ndjson.clone())?;
+            }
+            if let Some(callback) = &on_events {
+                Python::attach(|py| {
+                    // The events are queued: a failing callback (metrics) must not fail the logs.
+                    if let Err(err) = callback.call1(py, (PyBytes::new(py, &ndjson), accepted, scrubbed)) {
+                        err.write_unraisable(py, None);
+                    }
+                });
+            }
+            Ok(())
+        });
+        self.pipeline.set_events_tap(Some(tap));
+        Ok(())
     }
 
     /// Queues `payload` as is (no OTLP decoding): used for Sentry envelopes.
@@ -922,13 +981,16 @@ fn unix_nanos() -> u64 {
 /// Scrubs each event's `data` with `options` (None: untouched); returns how many changed.
 fn scrub_events(decoded: &mut events::Decoded, options: Option<ScrubOptions>) -> usize {
     let Some(options) = options else { return 0 };
-    let scrubber = crate::scrub::Scrubber::new(&options);
+    scrub_events_with(decoded, &crate::scrub::Scrubber::new(&options))
+}
+
+fn scrub_events_with(decoded: &mut events::Decoded, scrubber: &crate::scrub::Scrubber) -> usize {
     let mut scrubbed = 0;
     for event in &mut decoded.events {
-        let mut data = serde_json::Value::Object(std::mem::take(&mut event.data));
-        scrubbed += usize::from(scrubber.scrub_value(&mut data));
-        if let serde_json::Value::Object(map) = data {
-            event.data = map;
+        let mut data = event.data_value();
+        if scrubber.scrub_value(&mut data) {
+            scrubbed += 1;
+            event.data = data.to_string();
         }
     }
     scrubbed
@@ -977,50 +1039,6 @@ impl EventsResult {
     }
 }
 
-/// The events carried by an OTLP logs request (records with an `event_type` in `types`, in their
-/// attributes or JSON body). Cheap when none do: a body without `event_type` is not walked.
-#[pyfunction]
-#[pyo3(signature = (body, format, types, content_encoding = None, max_body_bytes = 67_108_864, *,
-    scrub = false, scrub_extra_keys = Vec::new(), scrub_safe_keys = Vec::new(), scrub_patterns = Vec::new()))]
-#[allow(clippy::too_many_arguments)]
-fn events_from_logs(
-    py: Python<'_>,
-    body: &[u8],
-    format: &str,
-    types: Vec<String>,
-    content_encoding: Option<&str>,
-    max_body_bytes: usize,
-    scrub: bool,
-    scrub_extra_keys: Vec<String>,
-    scrub_safe_keys: Vec<String>,
-    scrub_patterns: Vec<String>,
-) -> PyResult<EventsResult> {
-    let format = parse_format(format)?;
-    let options = scrub_options(true, scrub_extra_keys, scrub_safe_keys, scrub_patterns)?;
-    guarded(py, || {
-        let body = decompress::decompress(body, content_encoding, max_body_bytes)?;
-        let now = unix_nanos();
-        let found = if format == Format::Json {
-            if body.windows(10).any(|w| w == b"event_type") {
-                let pb = json_decode::json_to_protobuf(Signal::Logs, &body)?;
-                events::from_logs::events_from_logs(&pb, &types, now)?
-            } else {
-                Vec::new()
-            }
-        } else {
-            events::from_logs::events_from_logs(&body, &types, now)?
-        };
-        let mut decoded = events::Decoded {
-            events: found,
-            ..Default::default()
-        };
-        let scrubbed = scrub_events(&mut decoded, scrub.then_some(options));
-        let mut result = EventsResult::new(decoded, now);
-        result.scrubbed = scrubbed;
-        Ok(result)
-    })
-}
-
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -1050,6 +1068,5 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SentryResult>()?;
     m.add_class::<EventsResult>()?;
     m.add_function(wrap_pyfunction!(decode_events, m)?)?;
-    m.add_function(wrap_pyfunction!(events_from_logs, m)?)?;
     Ok(())
 }

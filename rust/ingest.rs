@@ -159,6 +159,19 @@ impl Ingester {
         encoding: Option<&str>,
         scrub: bool,
     ) -> Result<Ingested> {
+        let (request, decoded_bytes) = self.decode_request(signal, body, format, encoding)?;
+        self.ingest_request(signal, &request, decoded_bytes, scrub)
+    }
+
+    /// A body decompressed, checked and (JSON) transcoded: the protobuf request and the body's
+    /// size after decompression.
+    pub fn decode_request<'b>(
+        &self,
+        signal: Signal,
+        body: &'b [u8],
+        format: Format,
+        encoding: Option<&str>,
+    ) -> Result<(Cow<'b, [u8]>, usize)> {
         let decoded = decompress(body, encoding, self.max_body_bytes)?;
         let decoded_bytes = decoded.len();
         let request: Cow<[u8]> = match format {
@@ -168,7 +181,7 @@ impl Ingester {
             }
             Format::Json => Cow::Owned(crate::json_decode::json_to_protobuf(signal, &decoded)?),
         };
-        self.ingest_request(signal, &request, decoded_bytes, scrub)
+        Ok((request, decoded_bytes))
     }
 
     /// Walks a request the gateway built itself (already a valid protobuf request, e.g. converted

@@ -5,7 +5,7 @@
 //! delivered or given up on. [`Pipeline::close`] refuses new data and lets exporters drain.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::batch::{Batch, Batcher, Limits, Poll};
@@ -23,6 +23,12 @@ pub struct PipelineOptions {
     pub queue_max_bytes: usize,
     pub batch: Limits,
 }
+
+/// Takes the events a logs request carries (`events::from_logs`) to the event bus. Called with the
+/// whole request (protobuf, before sampling: events are never sampled) after its records were
+/// queued, and only when its bytes hold `event_type` or `event.name`; an error fails the ingest call (the client
+/// resends: its log records may repeat, its events come back with the same `event_id`).
+pub type EventsTap = Arc<dyn Fn(&[u8]) -> Result<()> + Send + Sync>;
 
 /// Counters of successful ingest calls for one signal (a call that fails counts nowhere: the
 /// client gets an error and will usually retry).
@@ -62,6 +68,9 @@ pub struct Pipeline {
     scrub_fluent: AtomicBool,
     /// Seconds east of UTC at which Fluent time fields written without an offset are read.
     fluent_utc_offset_s: AtomicI32,
+    /// Set when `[events] from_logs` feeds the event bus from every log path (OTLP/HTTP, OTLP/gRPC,
+    /// Fluent http, Fluent http input, forward).
+    events_tap: RwLock<Option<EventsTap>>,
 }
 
 fn check_ratio(name: &str, ratio: f64) -> Result<()> {
@@ -100,6 +109,7 @@ impl Pipeline {
             scrub_otlp: AtomicBool::new(true),
             scrub_fluent: AtomicBool::new(true),
             fluent_utc_offset_s: AtomicI32::new(0),
+            events_tap: RwLock::new(None),
         })
     }
 
@@ -112,6 +122,22 @@ impl Pipeline {
     /// `[receivers.fluent] default_utc_offset`, in seconds east of UTC.
     pub fn set_fluent_utc_offset(&self, seconds: i32) {
         self.fluent_utc_offset_s.store(seconds, Ordering::Relaxed);
+    }
+
+    /// Sets (or, with None, removes) the hook that takes events out of ingested logs.
+    pub fn set_events_tap(&self, tap: Option<EventsTap>) {
+        *self.events_tap.write().unwrap_or_else(PoisonError::into_inner) = tap;
+    }
+
+    /// Hands a logs request to the events tap when one is set and the request's bytes hold
+    /// `event_type` or `event.name` (one memchr-accelerated scan: logs without events cost
+    /// nothing more).
+    pub fn tap_events(&self, request: &[u8]) -> Result<()> {
+        let tap = self.events_tap.read().unwrap_or_else(PoisonError::into_inner).clone();
+        match tap {
+            Some(tap) if crate::events::from_logs::may_carry_events(request) => tap(request),
+            _ => Ok(()),
+        }
     }
 
     /// A panic while holding this lock leaves only a flag and a count, so poisoning is ignored.
@@ -146,8 +172,13 @@ impl Pipeline {
             return Err(CoreError::Closed);
         }
         let scrub = scrub && self.scrub_otlp.load(Ordering::Relaxed);
-        let out = self.ingester.ingest_with(signal, body, format, encoding, scrub)?;
-        self.queue_ingested(out, body.len())
+        let (request, decoded_bytes) = self.ingester.decode_request(signal, body, format, encoding)?;
+        let out = self.ingester.ingest_request(signal, &request, decoded_bytes, scrub)?;
+        let out = self.queue_ingested(out, body.len())?;
+        if signal == Signal::Logs {
+            self.tap_events(&request)?;
+        }
+        Ok(out)
     }
 
     /// Decodes a Fluent body (`fluent::BodyFormat`), converts its records to OTLP logs and queues
@@ -186,10 +217,24 @@ impl Pipeline {
         }
     }
 
-    /// Queues records converted elsewhere (Fluent http bodies, forward entries).
+    /// Queues records converted elsewhere (Fluent http bodies, forward entries), then the events
+    /// they carry (`tap_events`).
     pub fn ingest_converted(
         &self,
         converted: fluent::Converted,
+        decoded_bytes: usize,
+        body_bytes: usize,
+    ) -> Result<Ingested> {
+        let out = self.queue_converted(&converted, decoded_bytes, body_bytes)?;
+        self.tap_events(&converted.payload)?;
+        Ok(out)
+    }
+
+    /// `ingest_converted` without the events: the caller runs `tap_events` (the forward listener,
+    /// which retries only that step while the events' queue is full).
+    pub fn queue_converted(
+        &self,
+        converted: &fluent::Converted,
         decoded_bytes: usize,
         body_bytes: usize,
     ) -> Result<Ingested> {
@@ -206,7 +251,7 @@ impl Pipeline {
             out.received += converted.rejected;
             out.rejected += converted.rejected;
             out.error_message = if out.error_message.is_empty() {
-                converted.error_message
+                converted.error_message.clone()
             } else {
                 format!("{}; {}", converted.error_message, out.error_message)
             };
@@ -430,6 +475,48 @@ mod tests {
     }
 
     const WAIT: Option<Duration> = Some(Duration::from_secs(10));
+
+    #[test]
+    fn the_events_tap_sees_logs_with_event_bytes_after_they_are_queued_and_can_fail_the_call() {
+        let p = Arc::new(pipeline(&["a"], 100, 0));
+        let seen = Arc::new(Mutex::new(Vec::<(Vec<u8>, u64)>::new()));
+        let fail = Arc::new(AtomicBool::new(false));
+        let (tap_seen, tap_fail, tap_p) = (seen.clone(), fail.clone(), Arc::downgrade(&p));
+        p.set_events_tap(Some(Arc::new(move |request: &[u8]| {
+            // The records are in the queue by the time the tap runs.
+            let queued = tap_p.upgrade().map_or(0, |p| stat(&p, "logs_accepted_records"));
+            tap_seen.lock().unwrap().push((request.to_vec(), queued));
+            if tap_fail.load(Ordering::Relaxed) {
+                return Err(CoreError::QueueFull { used: 1, limit: 1 });
+            }
+            Ok(())
+        })));
+        ingest(&p, "an ordinary line, an event loop");
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "no `event_type`/`event.name`: the tap is not called"
+        );
+        let request = logs_request(r#"{"event_type":"job_started"}"#);
+        p.ingest(Signal::Logs, &request, Format::Protobuf, None).unwrap();
+        assert_eq!(seen.lock().unwrap().last().unwrap(), &(request.clone(), 2));
+        let converted = fluent::Converted {
+            payload: logs_request("x event.name y"),
+            records: 1,
+            rejected: 0,
+            error_message: String::new(),
+        };
+        p.ingest_converted(converted, 10, 10).unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 2, "converted Fluent records are tapped too");
+        fail.store(true, Ordering::Relaxed);
+        let err = p.ingest(Signal::Logs, &request, Format::Protobuf, None).unwrap_err();
+        assert!(
+            matches!(err, CoreError::QueueFull { .. }),
+            "the call fails: the client resends"
+        );
+        p.set_events_tap(None);
+        p.ingest(Signal::Logs, &request, Format::Protobuf, None).unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 3);
+    }
 
     #[test]
     fn a_metric_without_points_is_queued() {

@@ -11,7 +11,7 @@ import pytest
 from conftest import Gateway, dash0_config
 from http_client import call
 from redis_server import RedisServer
-from trackgate.jobmetrics import DURATION_BOUNDS, JobMetrics, LocalState
+from trackgate.jobmetrics import DURATION_BOUNDS, JobMetrics, LocalState, RedisState, state_key_base
 from upstream import Upstream
 
 
@@ -144,3 +144,127 @@ def test_an_end_seen_before_its_start_leaves_no_active_job() -> None:
     doc = orjson.loads(sink.bodies[-1])
     names = [m["name"] for m in doc["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]]
     assert "jobs_processed_total" in names
+
+
+# -- temporality ----------------------------------------------------------------------------------
+
+
+def decoded(body: bytes) -> dict[str, Any]:
+    """One export, decoded with opentelemetry-proto: name → (metric, its points)."""
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    req = json_format.Parse(body, ExportMetricsServiceRequest())
+    out: dict[str, Any] = {}
+    for m in req.resource_metrics[0].scope_metrics[0].metrics:
+        data = getattr(m, m.WhichOneof("data"))
+        out[m.name] = (data, list(data.data_points))
+    return out
+
+
+def lifecycle(job: str, duration_ms: int, t: int) -> list[dict[str, Any]]:
+    return [
+        {"event_type": "job_started", "job_id": job, "service": "s", "time_unix_nano": t, "data": {}},
+        {"event_type": "job_completed", "job_id": job, "service": "s", "time_unix_nano": t,
+         "data": {"duration_ms": duration_ms}},
+    ]  # fmt: skip
+
+
+def test_cumulative_points_start_at_the_process_start() -> None:
+    sink = Sink()
+    metrics = JobMetrics(sink, 30.0, 60.0, LocalState())
+    t = time.time_ns()
+    metrics.apply(lifecycle("a", 300, t))
+    metrics.export()
+    metrics.apply(lifecycle("b", 3000, t))
+    metrics.export()
+    first, second = decoded(sink.bodies[0]), decoded(sink.bodies[1])
+    data, points = second["jobs_processed_total"]
+    assert data.aggregation_temporality == 2 and data.is_monotonic
+    assert [p.as_int for p in points] == [2]
+    assert points[0].start_time_unix_nano == metrics.start_ns
+    assert first["jobs_processed_total"][1][0].start_time_unix_nano == metrics.start_ns
+    hist, (h,) = second["job_duration_seconds"]
+    assert hist.aggregation_temporality == 2 and h.count == 2
+
+
+def test_delta_points_carry_the_change_since_the_last_export() -> None:
+    sink = Sink()
+    metrics = JobMetrics(sink, 30.0, 60.0, LocalState(), temporality="delta")
+    t = time.time_ns()
+    metrics.apply(lifecycle("a", 300, t) + lifecycle("b", 400, t))
+    metrics.apply([{"event_type": "job_started", "job_id": "c", "service": "s", "time_unix_nano": t, "data": {}}])
+    metrics.export()
+    first = decoded(sink.bodies[-1])
+    data, (p1,) = first["jobs_processed_total"]
+    assert data.aggregation_temporality == 1 and data.is_monotonic
+    assert p1.as_int == 2 and p1.start_time_unix_nano == metrics.start_ns
+    hist, (h1,) = first["job_duration_seconds"]
+    assert hist.aggregation_temporality == 1 and (h1.count, tuple(h1.bucket_counts)) == buckets(0.3, 0.4)
+    # jobs_active is an up/down counter: cumulative in both modes (the OTel SDK's delta preference).
+    active, (a1,) = first["jobs_active"]
+    assert active.aggregation_temporality == 2 and a1.as_int == 1 and a1.start_time_unix_nano == metrics.start_ns
+
+    metrics.apply(lifecycle("d", 70_000, t))
+    metrics.export()
+    second = decoded(sink.bodies[-1])
+    _, (p2,) = second["jobs_processed_total"]
+    assert p2.as_int == 1
+    assert p2.start_time_unix_nano == p1.time_unix_nano, "each delta starts where the last one ended"
+    _, (h2,) = second["job_duration_seconds"]
+    assert (h2.count, tuple(h2.bucket_counts)) == buckets(70.0)
+    assert h2.sum == pytest.approx(70.0)
+
+    # No change: the counters and histograms are left out; the active jobs stay.
+    metrics.export()
+    assert set(decoded(sink.bodies[-1])) == {"jobs_active"}
+
+
+def test_a_delta_that_was_not_queued_is_carried_into_the_next() -> None:
+    class Failing(Sink):
+        fail = True
+
+        def ingest(self, signal: Any, body: bytes, format: Any = "json", content_encoding: str | None = None) -> None:
+            if self.fail:
+                raise RuntimeError("queue is full")
+            super().ingest(signal, body, format, content_encoding)
+
+    sink = Failing()
+    metrics = JobMetrics(sink, 30.0, 60.0, LocalState(), temporality="delta")
+    t = time.time_ns()
+    metrics.apply(lifecycle("a", 100, t))
+    metrics.export()  # refused: nothing reported
+    sink.fail = False
+    metrics.apply(lifecycle("b", 100, t))
+    metrics.export()
+    (body,) = sink.bodies
+    _, (p,) = decoded(body)["jobs_processed_total"]
+    assert p.as_int == 2 and p.start_time_unix_nano == metrics.start_ns
+
+
+def test_temporality_is_checked() -> None:
+    with pytest.raises(ValueError, match="temporality"):
+        JobMetrics(Sink(), 30.0, 60.0, LocalState(), temporality="sometimes")
+
+
+# -- Redis Cluster: the shared-state keys share one hash slot -------------------------------------
+
+
+def test_state_keys_carry_a_hash_tag() -> None:
+    assert state_key_base("trackgate:events") == "{trackgate:events}"
+    assert state_key_base("{bus}:events") == "{bus}:events"  # a tag of its own is kept
+    assert state_key_base("a{}b") == "{a{}b}"  # an empty tag is no tag for Cluster
+
+
+def test_shared_state_keys_in_one_slot_and_single_node_unchanged(redis_server: RedisServer) -> None:
+    from redis.crc import key_slot
+
+    state = RedisState(redis_server.url, "trackgate:events", 60.0)
+    t = time.time()
+    assert state.run([("r", "j1", "s", t - 2), ("s", "j1", "s", t - 1)]) == [(False, None), (True, t - 2)]
+    assert state.run([("f", "j1", "s", t), ("f", "j2", "s", t)]) == [(True, t - 1), (False, None)]
+    assert state.run([("s", "j2", "s", t)]) == [(False, None)], "an end before its start: never active"
+    keys = [state.received_key, state.active_key, state.service_key, state.done_prefix + "j2"]
+    assert all(k.startswith("{trackgate:events}:jobs:") for k in keys)
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+    assert redis_server.client().exists(state.done_prefix + "j2") == 1

@@ -1,5 +1,6 @@
 """Type stub for the compiled data plane, `trackgate._core` (built from `rust/`)."""
 
+from collections.abc import Callable
 from typing import Literal, Self, TypeAlias, final
 
 __all__ = [
@@ -20,7 +21,6 @@ __all__ = [
     "dash0_content_report",
     "decode_events",
     "envelope_categories",
-    "events_from_logs",
     "export_response",
     "grpc_retry_delay",
     "gzip",
@@ -132,6 +132,18 @@ class Core:
     def ingest_forward(self, message: bytes) -> IngestResult:
         """Converts one whole forward-protocol message (Message, Forward, PackedForward or
         CompressedPackedForward mode) to OTLP logs and queues them; its `chunk` option is ignored."""
+    def set_events_tap(
+        self,
+        bus: Core | None,
+        types: list[str],
+        on_events: Callable[[bytes, int, int], object] | None = None,
+        *,
+        scrub: bool = False,
+        scrub_extra_keys: list[str] = ...,
+        scrub_safe_keys: list[str] = ...,
+        scrub_patterns: list[str] = ...,
+    ) -> None:
+        """Events in every logs request this core ingests go to `bus`, then `on_events(ndjson, accepted, scrubbed)`."""
     def enqueue(self, signal: _Signal, payload: bytes, records: int) -> None: ...
     def next_batch(self, exporter: str, signal: _Signal, timeout: float, flush: bool = False) -> Batch | None: ...
     def ack(self, batch: Batch) -> None: ...
@@ -222,19 +234,6 @@ def decode_events(
     scrub_patterns: list[str] = ...,
 ) -> EventsResult:
     """Decodes a `/v1/events` body; with `scrub`, each event's `data` goes through the PII rules."""
-
-def events_from_logs(
-    body: bytes,
-    format: _Format,
-    types: list[str],
-    content_encoding: str | None = None,
-    max_body_bytes: int = 67108864,
-    *,
-    scrub: bool = False,
-    scrub_extra_keys: list[str] = ...,
-    scrub_safe_keys: list[str] = ...,
-    scrub_patterns: list[str] = ...,
-) -> EventsResult: ...
 
 @final
 class EventsResult:

@@ -93,11 +93,11 @@ class App:
                 events_cfg.normalized_types(),
                 (*self.config.scrub_keys(), self.config.scrub.extra_patterns) if self.config.scrubs("events") else None,
             )
-            if self.bus is not None and events_cfg.from_logs:
-                self.otlp.events_from_logs = self.events.from_logs
             self.jobmetrics = build_job_metrics(self.config, self.pipeline)
             if self.jobmetrics is not None:
                 self.events.on_accepted = self.jobmetrics.offer
+            if events_cfg.from_logs and (self.bus is not None or self.jobmetrics is not None):
+                self.events.install_tap(self.pipeline.core)
             receivers = self.config.receivers
             if receivers.otlp_grpc.enabled or receivers.forward.listen or receivers.fluent_http.listen:
                 try:
@@ -130,6 +130,10 @@ class App:
         for pipeline in (self.bus, self.forward, self.pipeline):
             if pipeline is not None:
                 await asyncio.to_thread(pipeline.close)
+        if self.pipeline is not None:
+            # The tap holds the events receiver (and through it this pipeline): drop the cycle
+            # once the pipeline takes nothing more.
+            self.pipeline.core.set_events_tap(None, [])
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -410,7 +414,9 @@ def build_job_metrics(cfg: Config, pipeline: Pipeline) -> JobMetrics | None:
         if redis_cfg is not None and redis_cfg.url
         else LocalState()
     )
-    return JobMetrics(pipeline, cfg.metrics.interval_s(), cfg.metrics.job_timeout_s, state).start()
+    return JobMetrics(
+        pipeline, cfg.metrics.interval_s(), cfg.metrics.job_timeout_s, state, temporality=cfg.metrics.temporality
+    ).start()
 
 
 def setup_self_monitoring(cfg: Config) -> None:

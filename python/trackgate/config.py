@@ -304,6 +304,8 @@ class MetricsConfig(_Section):
     enabled: bool = True
     interval: float | str = 30.0
     job_timeout_s: Annotated[float, Meta(gt=0.0)] = 3600.0  # a started job with no end: status="timeout"
+    # "cumulative" (what Dash0 expects) or "delta" (counters and histograms; jobs_active stays cumulative).
+    temporality: Literal["cumulative", "delta"] = "cumulative"
 
     def interval_s(self) -> float:
         return parse_interval(self.interval, "metrics.interval")

@@ -1,8 +1,9 @@
 """Job metrics derived from lifecycle events (the seed system's Track 4), exported as OTLP metrics.
 
 Every `[metrics] interval` (METRICS_COLLECTION_INTERVAL overrides), each gateway process sends
-its own cumulative series to the OTLP exporters, through its main pipeline, with its own
-`service.instance.id` on the resource: the backend sums the instances. An event is counted by
+its own series (cumulative, or delta with `[metrics] temporality = "delta"`) to the OTLP
+exporters, through its main pipeline, with its own `service.instance.id` on the resource: the
+backend sums the instances. An event is counted by
 the one process that accepted it, so totals count each event once whichever worker or replica
 received it; a restarted process is a new instance whose series start again at 0 (the old
 instance's last values stay in the backend).
@@ -29,6 +30,7 @@ Metrics: `jobs_processed_total{status,service}`, `errors_total{error_type,servic
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import socket
@@ -50,6 +52,10 @@ class Ingest(Protocol):
     def ingest(self, signal: Any, body: bytes, format: Any = ..., content_encoding: str | None = ...) -> Any: ...
 
 
+# AggregationTemporality in the OTLP metrics proto.
+DELTA, CUMULATIVE = 1, 2
+
+
 class Histogram:
     def __init__(self, bounds: list[float]) -> None:
         self.bounds = bounds
@@ -62,6 +68,53 @@ class Histogram:
         self.counts[index] += 1
         self.sum += value
         self.count += 1
+
+    def copy(self) -> Histogram:
+        h = Histogram(self.bounds)
+        h.counts, h.sum, h.count = list(self.counts), self.sum, self.count
+        return h
+
+    def minus(self, earlier: Histogram | None) -> Histogram:
+        if earlier is None:
+            return self.copy()
+        h = Histogram(self.bounds)
+        h.counts = [a - b for a, b in zip(self.counts, earlier.counts, strict=True)]
+        h.sum, h.count = self.sum - earlier.sum, self.count - earlier.count
+        return h
+
+
+def _changed(now: collections.Counter[Any], before: collections.Counter[Any]) -> collections.Counter[Any]:
+    return collections.Counter({k: n - before.get(k, 0) for k, n in now.items() if n != before.get(k, 0)})
+
+
+@dataclasses.dataclass
+class Totals:
+    """The monotonic series at one moment (what a delta export subtracts)."""
+
+    processed: collections.Counter[tuple[str, str]] = dataclasses.field(default_factory=collections.Counter)
+    errors: collections.Counter[tuple[str, str]] = dataclasses.field(default_factory=collections.Counter)
+    active: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    input_bytes: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    output_bytes: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    duration: dict[str, Histogram] = dataclasses.field(default_factory=dict)
+    queue_wait: dict[str, Histogram] = dataclasses.field(default_factory=dict)
+
+    def minus(self, earlier: Totals) -> Totals:
+        """What changed since `earlier` (series without change left out; `active` as it is)."""
+
+        def hists(now: dict[str, Histogram], before: dict[str, Histogram]) -> dict[str, Histogram]:
+            out = {k: h.minus(before.get(k)) for k, h in now.items()}
+            return {k: h for k, h in out.items() if h.count}
+
+        return Totals(
+            processed=_changed(self.processed, earlier.processed),
+            errors=_changed(self.errors, earlier.errors),
+            active=self.active,
+            input_bytes=_changed(self.input_bytes, earlier.input_bytes),
+            output_bytes=_changed(self.output_bytes, earlier.output_bytes),
+            duration=hists(self.duration, earlier.duration),
+            queue_wait=hists(self.queue_wait, earlier.queue_wait),
+        )
 
 
 # One state operation: ("r" received | "s" started | "f" finished, job id, service, event time).
@@ -161,6 +214,17 @@ return out
 """
 
 
+def state_key_base(prefix: str) -> str:
+    """The shared-state keys' common part, a Redis Cluster hash tag: the script touches the
+    received, active and service keys and the `done:<job>` keys in one call, which Cluster allows
+    only within one hash slot. `trackgate:events` → `{trackgate:events}` (so
+    `{trackgate:events}:jobs:active`); a prefix that already holds a tag (`{bus}:events`) is kept."""
+    opening = prefix.find("{")
+    if opening >= 0 and prefix.find("}", opening + 2) > opening:  # a non-empty tag, as Cluster reads it
+        return prefix
+    return "{" + prefix + "}"
+
+
 class RedisState:
     """Job state shared by every process and replica, in Redis next to the stream."""
 
@@ -168,10 +232,11 @@ class RedisState:
         import redis
 
         self.client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-        self.received_key = f"{prefix}:jobs:received"
-        self.active_key = f"{prefix}:jobs:active"
-        self.service_key = f"{prefix}:jobs:service"
-        self.done_prefix = f"{prefix}:jobs:done:"
+        base = state_key_base(prefix)
+        self.received_key = f"{base}:jobs:received"
+        self.active_key = f"{base}:jobs:active"
+        self.service_key = f"{base}:jobs:service"
+        self.done_prefix = f"{base}:jobs:done:"
         self.keep_s = max(int(timeout_s * 2), 60)
         self.script = self.client.register_script(STATE_SCRIPT)
 
@@ -217,6 +282,7 @@ class JobMetrics:
         job_timeout_s: float,
         state: JobState | None = None,
         resource: dict[str, str] | None = None,
+        temporality: str = "cumulative",
     ) -> None:
         self.pipeline = pipeline
         self.interval_s = interval_s
@@ -225,6 +291,13 @@ class JobMetrics:
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.resource = {"service.name": "trackgate", **(resource or {}), "service.instance.id": self.instance_id}
         self.start_ns = time.time_ns()
+        if temporality not in ("cumulative", "delta"):
+            raise ValueError(f"temporality must be 'cumulative' or 'delta' (got {temporality!r})")
+        self.delta = temporality == "delta"
+        # Delta: what the last export that reached the queue reported, and when (the next
+        # points' start time).
+        self.reported: Totals = Totals()
+        self.reported_ns = self.start_ns
         self.state_failures = 0
         self.lock = threading.Lock()
         self.processed: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -326,29 +399,61 @@ class JobMetrics:
 
     def export(self) -> None:
         with self.lock:
-            body = self.otlp_json()
-        if body is None:
-            return
-        try:
-            self.pipeline.ingest("metrics", body, "json")
-        except Exception as exc:  # a full queue or shutdown: the next export carries the totals
-            log.warning("job metrics export skipped", extra={"error": str(exc)})
+            now_ns = time.time_ns()
+            totals = self.totals()
+            body = self.otlp_json(now_ns, totals)
+        if body is not None:
+            try:
+                self.pipeline.ingest("metrics", body, "json")
+            except Exception as exc:  # a full queue or shutdown: the next export carries it
+                log.warning("job metrics export skipped", extra={"error": str(exc)})
+                return
+        if self.delta:
+            with self.lock:
+                self.reported, self.reported_ns = totals, now_ns
 
-    def otlp_json(self) -> bytes | None:
-        now = str(time.time_ns())
-        start = str(self.start_ns)
+    def totals(self) -> Totals:
+        """A copy of the running totals (cumulative since this process started)."""
+        return Totals(
+            processed=collections.Counter(self.processed),
+            errors=collections.Counter(self.errors),
+            active=collections.Counter(self.active),
+            input_bytes=collections.Counter(self.input_bytes),
+            output_bytes=collections.Counter(self.output_bytes),
+            duration={k: h.copy() for k, h in self.duration.items()},
+            queue_wait={k: h.copy() for k, h in self.queue_wait.items()},
+        )
+
+    def otlp_json(self, now_ns: int | None = None, totals: Totals | None = None) -> bytes | None:
+        """The metrics as an OTLP/JSON request. Cumulative: every series, from the process start.
+        Delta (the OTel SDK's `delta` preference): counters and histograms carry what changed
+        since the last export that was queued (series without change are left out), from that
+        export's time; `jobs_active`, an up/down counter, stays cumulative."""
+        now = str(time.time_ns() if now_ns is None else now_ns)
+        t = self.totals() if totals is None else totals
+        if self.delta:
+            t = t.minus(self.reported)
+        start = str(self.reported_ns if self.delta else self.start_ns)
+        temporality = DELTA if self.delta else CUMULATIVE
 
         def attrs(**kv: str) -> list[dict[str, Any]]:
             return [{"key": k, "value": {"stringValue": v}} for k, v in kv.items()]
 
-        def point(attributes: list[dict[str, Any]], value: int) -> dict[str, Any]:
-            return {"attributes": attributes, "startTimeUnixNano": start, "timeUnixNano": now, "asInt": str(value)}
+        def point(attributes: list[dict[str, Any]], value: int, since: str | None = None) -> dict[str, Any]:
+            return {
+                "attributes": attributes,
+                "startTimeUnixNano": since or start,
+                "timeUnixNano": now,
+                "asInt": str(value),
+            }
 
-        def sum_metric(name: str, unit: str, monotonic: bool, points: list[dict[str, Any]]) -> dict[str, Any]:
+        def sum_metric(
+            name: str, unit: str, monotonic: bool, points: list[dict[str, Any]], kind: int = temporality
+        ) -> dict[str, Any]:
             return {
                 "name": name,
                 "unit": unit,
-                "sum": {"aggregationTemporality": 2, "isMonotonic": monotonic, "dataPoints": points},
+                "sum": {"aggregationTemporality": kind, "isMonotonic": monotonic, "dataPoints": points},
             }
 
         def hist_metric(name: str, hists: dict[str, Histogram]) -> dict[str, Any]:
@@ -364,29 +469,35 @@ class JobMetrics:
                 }
                 for svc, h in sorted(hists.items())
             ]
-            return {"name": name, "unit": "s", "histogram": {"aggregationTemporality": 2, "dataPoints": points}}
+            return {
+                "name": name,
+                "unit": "s",
+                "histogram": {"aggregationTemporality": temporality, "dataPoints": points},
+            }
 
         metrics = []
-        if self.processed:
-            points = [point(attrs(status=st, service=svc), n) for (st, svc), n in sorted(self.processed.items())]
+        if t.processed:
+            points = [point(attrs(status=st, service=svc), n) for (st, svc), n in sorted(t.processed.items())]
             metrics.append(sum_metric("jobs_processed_total", "1", True, points))
-        if self.errors:
-            points = [point(attrs(error_type=et, service=svc), n) for (et, svc), n in sorted(self.errors.items())]
+        if t.errors:
+            points = [point(attrs(error_type=et, service=svc), n) for (et, svc), n in sorted(t.errors.items())]
             metrics.append(sum_metric("errors_total", "1", True, points))
-        if self.active:
-            points = [point(attrs(service=svc), n) for svc, n in sorted(self.active.items())]
-            metrics.append(sum_metric("jobs_active", "1", False, points))
+        if t.active:
+            # Always cumulative (a gauge-like sum): the current count, from the process start.
+            since = str(self.start_ns)
+            points = [point(attrs(service=svc), n, since) for svc, n in sorted(t.active.items())]
+            metrics.append(sum_metric("jobs_active", "1", False, points, CUMULATIVE))
         for name, counter in (
-            ("job_input_bytes_total", self.input_bytes),
-            ("job_output_bytes_total", self.output_bytes),
+            ("job_input_bytes_total", t.input_bytes),
+            ("job_output_bytes_total", t.output_bytes),
         ):
             if counter:
                 points = [point(attrs(service=svc), n) for svc, n in sorted(counter.items())]
                 metrics.append(sum_metric(name, "By", True, points))
-        if self.duration:
-            metrics.append(hist_metric("job_duration_seconds", self.duration))
-        if self.queue_wait:
-            metrics.append(hist_metric("job_queue_wait_seconds", self.queue_wait))
+        if t.duration:
+            metrics.append(hist_metric("job_duration_seconds", t.duration))
+        if t.queue_wait:
+            metrics.append(hist_metric("job_queue_wait_seconds", t.queue_wait))
         if not metrics:
             return None
         doc = {

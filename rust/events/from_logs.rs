@@ -2,7 +2,8 @@
 //! an `event_type` of a configured set is also taken as an event (what a ConnectorLogger writing
 //! `{"event_type": "job_completed", "jobId": ...}` lines produces).
 //!
-//! The check is cheap: a body without the bytes `event_type` anywhere is not walked at all. A
+//! Fluent records arrive converted, their `event_type` as the attribute `event.name`, which counts
+//! the same. The check is cheap: a body without those bytes anywhere is not walked at all. A
 //! record's event gets the record's `event_id` attribute, else an id derived from the record's
 //! bytes, so the same log line sent twice (a client retry) gives the same `event_id`.
 
@@ -14,11 +15,22 @@ use super::{event_from_value, normalize_type, Event};
 use crate::error::Result;
 use crate::wire::{Fields, I64, LEN, VARINT};
 
-const NEEDLE: &[u8] = b"event_type";
+/// Whether `bytes` may hold an event: they contain `event_type` (an OTLP attribute key, a JSON
+/// body's field) or `event.name` (what the Fluent conversion makes of a record's `event_type`).
+/// One memchr-accelerated scan for `event`; bytes without it cost nothing more.
+pub fn may_carry_events(bytes: &[u8]) -> bool {
+    memchr::memmem::find_iter(bytes, b"event").any(|i| {
+        let rest = &bytes[i + 5..];
+        rest.starts_with(b"_type") || rest.starts_with(b".name")
+    })
+}
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
+
+/// The scope the `/v1/events` receiver writes its own records under: those are events already.
+const EVENTS_SCOPE: &[u8] = b"trackgate.events";
 
 /// An `AnyValue` as JSON (string, bool, int, double; other kinds skipped).
 fn any_value(buf: &[u8]) -> Result<Option<Value>> {
@@ -83,6 +95,7 @@ fn derived_id(record: &[u8]) -> String {
 fn record_event(record: &[u8], service: Option<&str>, types: &[String], now: u64) -> Result<Option<Event>> {
     let mut obj = Map::new();
     let mut body_obj: Option<Map<String, Value>> = None;
+    let mut event_name: Option<Value> = None;
     let (mut time, mut observed, mut trace_id) = (0u64, 0u64, None);
     for field in Fields::new(record) {
         let field = field?;
@@ -94,7 +107,7 @@ fn record_event(record: &[u8], service: Option<&str>, types: &[String], now: u64
             }
             (5, LEN) => {
                 if let Some(Value::String(text)) = any_value(field.data)? {
-                    if contains(text.as_bytes(), NEEDLE) {
+                    if contains(text.as_bytes(), b"event_type") {
                         if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(text.trim()) {
                             body_obj = Some(m);
                         }
@@ -103,7 +116,11 @@ fn record_event(record: &[u8], service: Option<&str>, types: &[String], now: u64
             }
             (6, LEN) => {
                 if let Some((k, v)) = key_value(field.data)? {
-                    obj.insert(event_key(&k).to_owned(), v);
+                    if k == "event.name" {
+                        event_name = Some(v);
+                    } else {
+                        obj.insert(event_key(&k).to_owned(), v);
+                    }
                 }
             }
             _ => {}
@@ -114,6 +131,12 @@ fn record_event(record: &[u8], service: Option<&str>, types: &[String], now: u64
         for (k, v) in body {
             obj.insert(k, v);
         }
+    }
+    if let (Some(name), false) = (
+        event_name,
+        obj.contains_key("event_type") || obj.contains_key("eventType"),
+    ) {
+        obj.insert("event_type".into(), name);
     }
     let Some(Value::String(raw_type)) = obj.get("event_type").or_else(|| obj.get("eventType")) else {
         return Ok(None);
@@ -163,16 +186,32 @@ fn resource_service(resource: &[u8]) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// A `ScopeLogs`' scope name.
+fn scope_name(scope_logs: &[u8]) -> Result<Option<&[u8]>> {
+    for field in Fields::new(scope_logs) {
+        let field = field?;
+        if (field.number, field.wire_type) == (1, LEN) {
+            for f in Fields::new(field.data) {
+                let f = f?;
+                if (f.number, f.wire_type) == (1, LEN) {
+                    return Ok(Some(f.data));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// The events in an OTLP `ExportLogsServiceRequest` (protobuf, decompressed). `types` are
 /// normalized event types (snake_case).
 pub fn events_from_logs(body: &[u8], types: &[String], now: u64) -> Result<Vec<Event>> {
     let mut out = Vec::new();
-    if !contains(body, NEEDLE) {
+    if !may_carry_events(body) {
         return Ok(out);
     }
     for rl in Fields::new(body) {
         let rl = rl?;
-        if (rl.number, rl.wire_type) != (1, LEN) || !contains(rl.data, NEEDLE) {
+        if (rl.number, rl.wire_type) != (1, LEN) || !may_carry_events(rl.data) {
             continue;
         }
         let mut service = None;
@@ -184,12 +223,12 @@ pub fn events_from_logs(body: &[u8], types: &[String], now: u64) -> Result<Vec<E
         }
         for sl in Fields::new(rl.data) {
             let sl = sl?;
-            if (sl.number, sl.wire_type) != (2, LEN) {
+            if (sl.number, sl.wire_type) != (2, LEN) || scope_name(sl.data)? == Some(EVENTS_SCOPE) {
                 continue;
             }
             for lr in Fields::new(sl.data) {
                 let lr = lr?;
-                if (lr.number, lr.wire_type) == (2, LEN) && contains(lr.data, NEEDLE) {
+                if (lr.number, lr.wire_type) == (2, LEN) && may_carry_events(lr.data) {
                     if let Some(event) = record_event(lr.data, service.as_deref(), types, now)? {
                         out.push(event);
                     }
@@ -229,14 +268,33 @@ mod tests {
         assert_eq!(events[0].id("job_id"), Some("j1"));
         assert_eq!(events[0].service.as_deref(), Some("ocr"));
         assert_eq!(events[0].time_unix_nano, 1_714_564_800_000_000_000);
-        assert_eq!(events[0].data["duration_ms"], 1200);
+        assert_eq!(events[0].data_value()["duration_ms"], 1200);
         assert_eq!(events[1].event_type, "job_failed");
         assert_eq!(events[1].id("job_id"), Some("j2"));
-        assert_eq!(events[1].data["error"], "boom");
+        assert_eq!(events[1].data_value()["error"], "boom");
         assert_eq!(events[1].time_unix_nano, now);
         // The same record again: the same id.
         let again = events_from_logs(&pb, &types(), now + 1).unwrap();
         assert_eq!(again[1].event_id, events[1].event_id);
         assert!(events_from_logs(b"\x0a\x00", &types(), 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn fluent_event_names_count_and_the_events_receivers_own_records_do_not() {
+        let json = br#"{"resourceLogs":[{"scopeLogs":[
+            {"scope":{"name":"trackgate.fluent"},"logRecords":[{"attributes":[
+              {"key":"event.name","value":{"stringValue":"jobStarted"}},{"key":"job.id","value":{"stringValue":"f1"}}]}]},
+            {"scope":{"name":"trackgate.events"},"logRecords":[{"attributes":[
+              {"key":"event.name","value":{"stringValue":"job_started"}},{"key":"job.id","value":{"stringValue":"e1"}}]}]}
+          ]}]}"#;
+        let pb = json_to_protobuf(Signal::Logs, json).unwrap();
+        let events = events_from_logs(&pb, &types(), 1).unwrap();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(
+            (events[0].event_type.as_str(), events[0].id("job_id")),
+            ("job_started", Some("f1"))
+        );
+        assert!(may_carry_events(b"..event.name..") && may_carry_events(b"event_type"));
+        assert!(!may_carry_events(b"an event loop, eventual events"));
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! A body is one JSON event, a JSON array of events, or NDJSON (one event per line). Each event is
 //! checked on its own: an invalid one is refused with its index and reason, the valid ones in the
-//! same body go on. A valid event comes out normalized (`Event`), written two ways:
+//! same body go on. Decoding is typed and borrowing: each event object is read once into its
+//! (key, raw value) pairs (no `Value` tree, no order-preserving map), the known fields are read
+//! from their raw text and `data` is kept as compact JSON text. A valid event comes out
+//! normalized (`Event`), written two ways:
 //! - `to_ndjson`: one compact JSON object per line, what the event-bus queue holds and the Redis
 //!   exporter appends to the stream;
 //! - `to_otlp_logs`: an OTLP `ExportLogsServiceRequest` (protobuf), one LogRecord per event with
@@ -10,8 +13,12 @@
 
 pub mod from_logs;
 pub mod id;
+mod raw;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use raw::{minify_into, Body, Item, Pairs};
 
 use crate::error::{quote, shorten, CoreError, Result};
 use crate::wire::{self, put_fixed64};
@@ -59,7 +66,8 @@ pub struct Event {
     pub ids: Vec<(&'static str, String)>,
     /// 32 lowercase hex digits.
     pub trace_id: Option<String>,
-    pub data: Map<String, Value>,
+    /// A JSON object, compact (no whitespace outside strings, so never a newline).
+    pub data: String,
 }
 
 /// What one body decoded to.
@@ -187,11 +195,33 @@ fn timestamp(value: &Value) -> std::result::Result<u64, String> {
     }
 }
 
-fn id_value(key: &str, value: &Value) -> std::result::Result<Option<String>, String> {
-    let s = match value {
-        Value::Null => return Ok(None),
-        Value::String(s) => s.trim().to_owned(),
-        Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
+/// A raw timestamp: an integer read straight from its digits, anything else through `timestamp`.
+fn raw_timestamp(raw: &RawValue) -> std::result::Result<u64, String> {
+    let text = raw.get();
+    if !text.is_empty() && text.len() <= 20 && text.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(u) = text.parse::<u64>() {
+            return epoch_int_to_nanos(u).ok_or_else(|| format!("timestamp {u} is not a valid epoch time"));
+        }
+    }
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("timestamp: {e}"))?;
+    timestamp(&value)
+}
+
+/// An id field's raw value: a string (trimmed) or an integer; null or empty: absent.
+fn raw_id(key: &str, raw: &RawValue) -> std::result::Result<Option<String>, String> {
+    let text = raw.get();
+    let s = match text.as_bytes().first() {
+        Some(b'"') => {
+            let s: std::borrow::Cow<'_, str> = raw::string(raw).map_err(|_| format!("{key} must be a string"))?;
+            s.trim().to_owned()
+        }
+        Some(b'n') => return Ok(None),
+        Some(b'-' | b'0'..=b'9') if text.bytes().skip(1).all(|b| b.is_ascii_digit()) => {
+            match serde_json::from_str::<serde_json::Number>(text) {
+                Ok(n) if n.is_u64() || n.is_i64() => n.to_string(),
+                _ => return Err(format!("{key} must be a string")),
+            }
+        }
         _ => return Err(format!("{key} must be a string")),
     };
     if s.is_empty() {
@@ -203,60 +233,87 @@ fn id_value(key: &str, value: &Value) -> std::result::Result<Option<String>, Str
     Ok(Some(s))
 }
 
-/// The camelCase spelling of a snake_case key (`job_id` → `jobId`), accepted as an alias.
-fn camel(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    let mut upper = false;
-    for c in key.chars() {
-        if c == '_' {
-            upper = true;
-        } else if upper {
-            out.push(c.to_ascii_uppercase());
-            upper = false;
+/// The known keys: (snake_case, camelCase) → slot in `Known`.
+const KNOWN: &[(&str, &str)] = &[
+    ("event_type", "eventType"),
+    ("timestamp", "timestamp"),
+    ("event_id", "eventId"),
+    ("service", "service"),
+    ("job_id", "jobId"),
+    ("worker_id", "workerId"),
+    ("machine_id", "machineId"),
+    ("session_id", "sessionId"),
+    ("request_id", "requestId"),
+    ("trace_id", "traceId"),
+    ("data", "data"),
+];
+const K_TYPE: usize = 0;
+const K_TIME: usize = 1;
+const K_EVENT_ID: usize = 2;
+const K_SERVICE: usize = 3;
+const K_IDS: usize = 4; // ..K_IDS + ID_FIELDS.len()
+const K_TRACE: usize = 9;
+const K_DATA: usize = 10;
+
+fn known_slot(key: &str) -> Option<(usize, bool)> {
+    KNOWN.iter().enumerate().find_map(|(i, (snake, camel))| {
+        if key == *snake {
+            Some((i, true))
+        } else if key == *camel {
+            Some((i, false))
         } else {
-            out.push(c);
+            None
+        }
+    })
+}
+
+/// Validates and normalizes one event read as (key, raw value) pairs. `now` (Unix ns) stands in
+/// for a missing timestamp.
+fn event_from_pairs(pairs: &Pairs<'_>, now: u64) -> std::result::Result<Event, String> {
+    // Per known key: the raw value, snake_case winning over camelCase, the last of each winning.
+    let mut known: [Option<(&RawValue, bool)>; 11] = [None; 11];
+    let mut extra = false;
+    for (key, value) in pairs {
+        match known_slot(key) {
+            Some((slot, snake)) => {
+                if snake || !known[slot].is_some_and(|(_, s)| s) {
+                    known[slot] = Some((*value, snake));
+                }
+            }
+            None => extra = true,
         }
     }
-    out
-}
-
-fn take(obj: &mut Map<String, Value>, key: &str) -> Option<Value> {
-    obj.shift_remove(key).or_else(|| obj.shift_remove(&camel(key)))
-}
-
-/// Validates and normalizes one event. `now` (Unix ns) stands in for a missing timestamp.
-pub fn event_from_value(value: Value, now: u64) -> std::result::Result<Event, String> {
-    let Value::Object(mut obj) = value else {
-        return Err("an event must be a JSON object".into());
-    };
-    let event_type = match take(&mut obj, "event_type") {
-        Some(Value::String(s)) => normalize_type(&s)?,
+    let get = |slot: usize| known[slot].map(|(v, _)| v);
+    let event_type = match get(K_TYPE) {
+        Some(raw) if raw.get().starts_with('"') => {
+            normalize_type(&raw::string(raw).map_err(|_| "event_type must be a string".to_string())?)?
+        }
         Some(_) => return Err("event_type must be a string".into()),
         None => return Err("event_type is missing".into()),
     };
-    let time_unix_nano = match take(&mut obj, "timestamp") {
-        Some(Value::Null) | None => now,
-        Some(v) => timestamp(&v)?,
+    let time_unix_nano = match get(K_TIME) {
+        Some(raw) if raw.get() != "null" => raw_timestamp(raw)?,
+        _ => now,
     };
-    let event_id = match take(&mut obj, "event_id") {
-        Some(v) => id_value("event_id", &v)?,
+    let event_id = match get(K_EVENT_ID) {
+        Some(raw) => raw_id("event_id", raw)?,
         None => None,
     }
     .map_or_else(|| id::uuid_v7(time_unix_nano), Ok)?;
-    let service = match take(&mut obj, "service") {
-        Some(v) => id_value("service", &v)?,
+    let service = match get(K_SERVICE) {
+        Some(raw) => raw_id("service", raw)?,
         None => None,
     };
     let mut ids = Vec::new();
-    for (key, _) in ID_FIELDS {
-        if let Some(v) = take(&mut obj, key) {
-            if let Some(s) = id_value(key, &v)? {
+    for (n, (key, _)) in ID_FIELDS.iter().enumerate() {
+        if let Some(raw) = get(K_IDS + n) {
+            if let Some(s) = raw_id(key, raw)? {
                 ids.push((*key, s));
             }
         }
     }
-    let trace_id = match take(&mut obj, "trace_id") {
-        Some(v) => match id_value("trace_id", &v)? {
+    let trace_id = match get(K_TRACE) {
+        Some(raw) => match raw_id("trace_id", raw)? {
             Some(s) => {
                 let hex = s.to_ascii_lowercase();
                 if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) || hex.bytes().all(|b| b == b'0') {
@@ -271,14 +328,44 @@ pub fn event_from_value(value: Value, now: u64) -> std::result::Result<Event, St
         },
         None => None,
     };
-    let mut data = match obj.shift_remove("data") {
-        Some(Value::Object(m)) => m,
-        Some(Value::Null) | None => Map::new(),
+    let data_raw = match get(K_DATA) {
+        Some(raw) if raw.get().starts_with('{') => Some(raw),
+        Some(raw) if raw.get() == "null" => None,
         Some(_) => return Err("data must be a JSON object".into()),
+        None => None,
     };
-    // Other top-level keys (a ConnectorLogger line's `duration`, `error`…) join `data`.
-    for (k, v) in obj {
-        data.entry(k).or_insert(v);
+    let mut data = String::with_capacity(data_raw.map_or(2, |r| r.get().len()));
+    match data_raw {
+        Some(raw) if !extra => minify_into(&mut data, raw.get()),
+        _ if !extra => data.push_str("{}"),
+        _ => {
+            // Other top-level keys (a ConnectorLogger line's `duration`, `error`…) join `data`;
+            // a key `data` already has wins.
+            let inner: Pairs<'_> = match data_raw {
+                Some(raw) => raw::pairs(raw.get()).map_err(|_| "data must be a JSON object".to_string())?,
+                None => Pairs::new(),
+            };
+            data.push('{');
+            let mut first = true;
+            let mut put = |data: &mut String, key: &str, value: &RawValue| {
+                if !first {
+                    data.push(',');
+                }
+                first = false;
+                raw::push_json_str(data, key);
+                data.push(':');
+                minify_into(data, value.get());
+            };
+            for (key, value) in &inner {
+                put(&mut data, key, value);
+            }
+            for (key, value) in pairs {
+                if known_slot(key).is_none() && !inner.iter().any(|(k, _)| k == key) {
+                    put(&mut data, key, value);
+                }
+            }
+            data.push('}');
+        }
     }
     Ok(Event {
         event_id,
@@ -289,6 +376,16 @@ pub fn event_from_value(value: Value, now: u64) -> std::result::Result<Event, St
         trace_id,
         data,
     })
+}
+
+/// Validates and normalizes one event given as a `Value` (events found in logs, queued events).
+pub fn event_from_value(value: Value, now: u64) -> std::result::Result<Event, String> {
+    if !value.is_object() {
+        return Err("an event must be a JSON object".into());
+    }
+    let text = value.to_string();
+    let pairs = raw::pairs(&text).map_err(|e| format!("not JSON: {e}"))?;
+    event_from_pairs(&pairs, now)
 }
 
 /// Decodes a (decompressed) body: one event, an array of events, or NDJSON.
@@ -304,39 +401,51 @@ pub fn decode(body: &[u8], now: u64) -> Result<Decoded> {
         ));
     }
     let mut out = Decoded::default();
-    let mut values: Vec<std::result::Result<Value, String>> = Vec::new();
-    match serde_json::from_slice::<Value>(text) {
-        Ok(Value::Array(items)) => values.extend(items.into_iter().map(Ok)),
-        Ok(v) => values.push(Ok(v)),
+    let take = |out: &mut Decoded, item: std::result::Result<Item<'_>, String>| {
+        let index = out.events.len() + out.rejected_count;
+        match item.and_then(|item| match item {
+            Item::Event(pairs) => event_from_pairs(&pairs, now),
+            Item::NotObject => Err("an event must be a JSON object".into()),
+        }) {
+            Ok(event) => out.events.push(event),
+            Err(reason) => out.reject(index, reason),
+        }
+    };
+    match serde_json::from_slice::<Body<'_>>(text) {
+        Ok(Body::Many(items)) => {
+            if items.len() > MAX_EVENTS {
+                return Err(CoreError::decode(format!("more than {MAX_EVENTS} events in one body")));
+            }
+            out.events.reserve(items.len());
+            for item in items {
+                take(&mut out, Ok(item));
+            }
+        }
+        Ok(Body::One(item)) => take(&mut out, Ok(item)),
         Err(whole) => {
             // NDJSON: each non-blank line on its own; a line that does not parse is one refused event.
-            let mut lines = 0usize;
-            for line in text.split(|&b| b == b'\n') {
-                let line = line.trim_ascii();
-                if line.is_empty() {
-                    continue;
-                }
-                lines += 1;
-                if lines > MAX_EVENTS {
-                    break;
-                }
-                values.push(serde_json::from_slice::<Value>(line).map_err(|e| format!("not JSON: {e}")));
-            }
+            let lines = text
+                .split(|&b| b == b'\n')
+                .filter(|line| !line.trim_ascii().is_empty())
+                .count();
             if lines <= 1 {
                 return Err(CoreError::decode(format!(
                     "body is not JSON ({}): expected a JSON event, an array of events or NDJSON",
                     shorten(&whole.to_string())
                 )));
             }
-        }
-    }
-    if values.len() > MAX_EVENTS {
-        return Err(CoreError::decode(format!("more than {MAX_EVENTS} events in one body")));
-    }
-    for (index, value) in values.into_iter().enumerate() {
-        match value.and_then(|v| event_from_value(v, now)) {
-            Ok(event) => out.events.push(event),
-            Err(reason) => out.reject(index, reason),
+            if lines > MAX_EVENTS {
+                return Err(CoreError::decode(format!("more than {MAX_EVENTS} events in one body")));
+            }
+            out.events.reserve(lines);
+            for line in text.split(|&b| b == b'\n') {
+                let line = line.trim_ascii();
+                if line.is_empty() {
+                    continue;
+                }
+                let item = serde_json::from_slice::<Item<'_>>(line).map_err(|e| format!("not JSON: {e}"));
+                take(&mut out, item);
+            }
         }
     }
     Ok(out)
@@ -358,8 +467,13 @@ impl Event {
         if let Some(t) = &self.trace_id {
             m.insert("trace_id".into(), Value::String(t.clone()));
         }
-        m.insert("data".into(), Value::Object(self.data.clone()));
+        m.insert("data".into(), self.data_value());
         Value::Object(m)
+    }
+
+    /// `data` parsed.
+    pub fn data_value(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|_| Value::Object(Map::new()))
     }
 
     pub fn id(&self, key: &str) -> Option<&str> {
@@ -368,20 +482,22 @@ impl Event {
 }
 
 /// One compact JSON object per line, each line ending in `\n` (so queued entries concatenate).
-/// Written field by field (the same object as `Event::to_json`, without building it).
+/// Written field by field (the same object as `Event::to_json`, without building it); `data` is
+/// compact JSON already and goes in as it is.
 pub fn to_ndjson(events: &[Event]) -> Vec<u8> {
-    fn field(out: &mut Vec<u8>, key: &str, value: &str) {
-        out.push(b',');
-        serde_json::to_writer(&mut *out, key).expect("a str always serializes");
-        out.push(b':');
-        serde_json::to_writer(&mut *out, value).expect("a str always serializes");
+    fn field(out: &mut String, key: &str, value: &str) {
+        out.push(',');
+        raw::push_json_str(out, key);
+        out.push(':');
+        raw::push_json_str(out, value);
     }
-    let mut out = Vec::with_capacity(events.len() * 256);
+    let mut out = String::with_capacity(events.iter().map(|e| e.data.len() + 256).sum());
     for e in events {
-        out.extend_from_slice(b"{\"event_id\":");
-        serde_json::to_writer(&mut out, &e.event_id).expect("a str always serializes");
+        out.push_str("{\"event_id\":");
+        raw::push_json_str(&mut out, &e.event_id);
         field(&mut out, "event_type", &e.event_type);
-        out.extend_from_slice(format!(",\"time_unix_nano\":{}", e.time_unix_nano).as_bytes());
+        out.push_str(",\"time_unix_nano\":");
+        out.push_str(itoa_u64(e.time_unix_nano, &mut [0u8; 20]));
         if let Some(s) = &e.service {
             field(&mut out, "service", s);
         }
@@ -391,11 +507,25 @@ pub fn to_ndjson(events: &[Event]) -> Vec<u8> {
         if let Some(t) = &e.trace_id {
             field(&mut out, "trace_id", t);
         }
-        out.extend_from_slice(b",\"data\":");
-        serde_json::to_writer(&mut out, &e.data).expect("a Map always serializes");
-        out.extend_from_slice(b"}\n");
+        out.push_str(",\"data\":");
+        out.push_str(&e.data);
+        out.push_str("}\n");
     }
-    out
+    out.into_bytes()
+}
+
+/// `n` in decimal, written into `buf`.
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).expect("ASCII digits")
 }
 
 /// Parses what `to_ndjson` wrote (the queue's entries) back into events.
@@ -418,22 +548,29 @@ pub fn from_ndjson(body: &[u8]) -> Result<Vec<Event>> {
     Ok(events)
 }
 
-fn put_any(any: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::String(s) => wire::put_bytes(any, ANY_STRING, s.as_bytes()),
-        Value::Bool(b) => wire::put_uint(any, ANY_BOOL, u64::from(*b)),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => wire::put_uint(any, ANY_INT, i as u64),
-            None => put_fixed64(any, ANY_DOUBLE, n.as_f64().unwrap_or(0.0).to_bits()),
+/// A `data` member's raw value as an `AnyValue`: strings, booleans, integers (i64), doubles; null,
+/// objects and arrays as their JSON text.
+fn put_raw_any(any: &mut Vec<u8>, value: &RawValue) {
+    let text = value.get();
+    match text.as_bytes().first() {
+        Some(b'"') => match raw::string(value) {
+            Ok(s) => wire::put_bytes(any, ANY_STRING, s.as_bytes()),
+            Err(_) => wire::put_bytes(any, ANY_STRING, text.as_bytes()),
         },
-        other => wire::put_bytes(any, ANY_STRING, other.to_string().as_bytes()),
+        Some(b't') => wire::put_uint(any, ANY_BOOL, 1),
+        Some(b'f') => wire::put_uint(any, ANY_BOOL, 0),
+        Some(b'-' | b'0'..=b'9') => match text.parse::<i64>() {
+            Ok(i) => wire::put_uint(any, ANY_INT, i as u64),
+            Err(_) => put_fixed64(any, ANY_DOUBLE, text.parse::<f64>().unwrap_or(0.0).to_bits()),
+        },
+        _ => wire::put_bytes(any, ANY_STRING, text.as_bytes()),
     }
 }
 
-fn put_kv(out: &mut Vec<u8>, number: u32, key: &str, value: &Value) {
+fn put_str_kv(out: &mut Vec<u8>, number: u32, key: &str, value: &str) {
     wire::put_message(out, number, |kv| {
         wire::put_bytes(kv, 1, key.as_bytes());
-        wire::put_message(kv, 2, |any| put_any(any, value));
+        wire::put_message(kv, 2, |any| wire::put_bytes(any, ANY_STRING, value.as_bytes()));
     });
 }
 
@@ -445,20 +582,28 @@ fn hex16(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
-fn put_record(lr: &mut Vec<u8>, e: &Event, observed: u64) {
+fn put_record(lr: &mut Vec<u8>, e: &Event, observed: u64, name: &mut String) {
     put_fixed64(lr, 1, e.time_unix_nano);
     let failed = e.event_type.ends_with("failed") || e.event_type.ends_with("error");
     wire::put_uint(lr, 2, if failed { SEVERITY_ERROR } else { SEVERITY_INFO });
     wire::put_bytes(lr, 3, if failed { b"ERROR" } else { b"INFO" });
     wire::put_message(lr, 5, |any| wire::put_bytes(any, ANY_STRING, e.event_type.as_bytes()));
-    put_kv(lr, 6, "event.name", &Value::String(e.event_type.clone()));
-    put_kv(lr, 6, "event.id", &Value::String(e.event_id.clone()));
+    put_str_kv(lr, 6, "event.name", &e.event_type);
+    put_str_kv(lr, 6, "event.id", &e.event_id);
     for (key, value) in &e.ids {
         let attr = ID_FIELDS.iter().find(|(k, _)| k == key).map_or(*key, |(_, a)| a);
-        put_kv(lr, 6, attr, &Value::String(value.clone()));
+        put_str_kv(lr, 6, attr, value);
     }
-    for (key, value) in &e.data {
-        put_kv(lr, 6, &format!("event.data.{key}"), value);
+    if e.data.len() > 2 {
+        // `data` is a valid object (the decoder wrote it); its members are read in place.
+        for (key, value) in raw::pairs(&e.data).unwrap_or_default() {
+            name.truncate("event.data.".len());
+            name.push_str(&key);
+            wire::put_message(lr, 6, |kv| {
+                wire::put_bytes(kv, 1, name.as_bytes());
+                wire::put_message(kv, 2, |any| put_raw_any(any, value));
+            });
+        }
     }
     if let Some(id) = e.trace_id.as_deref().and_then(hex16) {
         wire::put_bytes(lr, 9, &id);
@@ -476,21 +621,17 @@ pub fn to_otlp_logs(events: &[Event], observed: u64) -> Vec<u8> {
             services.push(e.service.as_deref());
         }
     }
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(events.iter().map(|e| e.data.len() + 200).sum());
+    let mut name = String::from("event.data.");
     for service in services {
         wire::put_message(&mut out, 1, |rl| {
             wire::put_message(rl, 1, |res| {
-                put_kv(
-                    res,
-                    1,
-                    "service.name",
-                    &Value::String(service.unwrap_or("unknown_service").to_owned()),
-                );
+                put_str_kv(res, 1, "service.name", service.unwrap_or("unknown_service"));
             });
             wire::put_message(rl, 2, |sl| {
                 wire::put_message(sl, 1, |scope| wire::put_bytes(scope, 1, b"trackgate.events"));
                 for e in events.iter().filter(|e| e.service.as_deref() == service) {
-                    wire::put_message(sl, 2, |lr| put_record(lr, e, observed));
+                    wire::put_message(sl, 2, |lr| put_record(lr, e, observed, &mut name));
                 }
             });
         });
@@ -505,7 +646,7 @@ mod tests {
     const NOW: u64 = 1_700_000_000_000_000_000;
 
     fn one(json: &str) -> std::result::Result<Event, String> {
-        event_from_value(serde_json::from_str(json).unwrap(), NOW)
+        event_from_pairs(&raw::pairs(json).unwrap(), NOW)
     }
 
     #[test]
@@ -561,8 +702,8 @@ mod tests {
         assert_eq!(e.id("worker_id"), Some("7"));
         assert_eq!(e.trace_id.as_deref(), Some("0af7651916cd43dd8448eb211c80319c"));
         assert_eq!(e.time_unix_nano, NOW);
-        assert_eq!(e.data["duration_ms"], 1200);
-        assert_eq!(e.data["outputSize"], 5);
+        assert_eq!(e.data_value()["duration_ms"], 1200);
+        assert_eq!(e.data_value()["outputSize"], 5);
         assert_eq!(e.event_id.len(), 36);
         let again = one(r#"{"event_type":"x","event_id":"abc"}"#).unwrap();
         assert_eq!(again.event_id, "abc");
@@ -580,9 +721,8 @@ mod tests {
             (r#"{"event_type":"x","trace_id":"xyz"}"#, "not 32 hex digits"),
             (r#"{"event_type":"x","data":[1]}"#, "data must be a JSON object"),
         ] {
-            let v: Value = serde_json::from_str(json).unwrap();
-            let v = if let Value::Array(mut a) = v { a.remove(0) } else { v };
-            let err = event_from_value(v, NOW).unwrap_err();
+            let d = decode(json.as_bytes(), NOW).unwrap();
+            let err = &d.rejected[0].1;
             assert!(err.contains(reason), "{json}: {err}");
         }
     }
@@ -601,6 +741,39 @@ mod tests {
         assert!(d.rejected[0].1.starts_with("not JSON"));
         assert!(decode(b"", NOW).is_err());
         assert!(decode(b"{nope", NOW).is_err());
+    }
+
+    #[test]
+    fn data_survives_both_writers_whatever_its_text() {
+        let datas = [
+            r#"{}"#,
+            r#"{ "a" : 1 , "b" : [ 1 , { "c" : "x y" } ] }"#,
+            r#"{"q":"quote \" backslash \\ tab \t nl \n u \u0001 é 😀","n":-1.5e3,"big":18446744073709551615}"#,
+            "{\n  \"pretty\": true,\n  \"nested\": {\"k\": null}\n}",
+            r#"{"dup":1,"dup":2}"#,
+        ];
+        for data in datas {
+            let body = format!(r#"{{"event_type":"job_progress","data":{data},"extra key":"v \" w","jobId":"j"}}"#);
+            let d = decode(body.as_bytes(), NOW).unwrap();
+            assert_eq!(d.events.len(), 1, "{body}: {:?}", d.rejected);
+            let nd = to_ndjson(&d.events);
+            assert_eq!(nd.iter().filter(|&&b| b == b'\n').count(), 1, "one line: {body}");
+            let line: Value = serde_json::from_slice(&nd).unwrap();
+            let mut want: Value = serde_json::from_str(data).unwrap();
+            want.as_object_mut()
+                .unwrap()
+                .insert("extra key".into(), Value::from("v \" w"));
+            assert_eq!(line["data"], want, "{body}");
+            assert_eq!(line["job_id"], "j");
+            let otlp = to_otlp_logs(&d.events, NOW);
+            crate::json_encode::protobuf_to_json(crate::signal::Signal::Logs, &otlp).unwrap();
+        }
+        // Every cut of a valid body decodes or fails cleanly.
+        let body =
+            br#"[{"event_type":"a","data":{"x":"y\u00e9","z":[1,{"w":null}]},"timestamp":"2024-05-01T12:00:00Z"}]"#;
+        for cut in 0..body.len() {
+            let _ = decode(&body[..cut], NOW);
+        }
     }
 
     #[test]

@@ -151,16 +151,21 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
                     let converted = m.builder.finish();
                     service.stats.messages.fetch_add(1, Ordering::Relaxed);
                     service.stats.rejected.fetch_add(converted.rejected, Ordering::Relaxed);
+                    let mut events;
                     loop {
                         let pipeline = service.pipeline.clone();
                         let c = converted.clone();
                         let out = tokio::task::spawn_blocking(move || {
-                            catch_unwind(AssertUnwindSafe(|| pipeline.ingest_converted(c, used, used)))
+                            catch_unwind(AssertUnwindSafe(|| {
+                                let done = pipeline.queue_converted(&c, used, used)?;
+                                Ok((done, pipeline.tap_events(&c.payload)))
+                            }))
                         })
                         .await;
                         match out {
-                            Ok(Ok(Ok(done))) => {
+                            Ok(Ok(Ok((done, tapped)))) => {
                                 service.stats.records.fetch_add(done.accepted, Ordering::Relaxed);
+                                events = tapped;
                                 break;
                             }
                             Ok(Ok(Err(CoreError::QueueFull { .. }))) => {
@@ -173,6 +178,30 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
                             Ok(Ok(Err(e))) => return Err(format!("cannot queue message: {e}").into()),
                             Ok(Err(_)) | Err(_) => return Err(String::from("internal error while ingesting").into()),
                         }
+                    }
+                    // The events the records carry (`[events] from_logs`) are queued before the
+                    // ack too; a full events queue is waited on without queueing the records again.
+                    while let Err(err) = events {
+                        match err {
+                            CoreError::QueueFull { .. } => {
+                                service.stats.queue_full_waits.fetch_add(1, Ordering::Relaxed);
+                                if let Either::Right(()) = race(tokio::time::sleep(FULL_RETRY), shutdown.wait()).await {
+                                    return Ok(());
+                                }
+                            }
+                            CoreError::Closed => return Ok(()),
+                            e => return Err(format!("cannot queue the events: {e}").into()),
+                        }
+                        let pipeline = service.pipeline.clone();
+                        let c = converted.clone();
+                        let out = tokio::task::spawn_blocking(move || {
+                            catch_unwind(AssertUnwindSafe(|| pipeline.tap_events(&c.payload)))
+                        })
+                        .await;
+                        events = match out {
+                            Ok(Ok(tapped)) => tapped,
+                            Ok(Err(_)) | Err(_) => return Err(String::from("internal error while ingesting").into()),
+                        };
                     }
                     if let Some(chunk) = m.chunk {
                         stream

@@ -22,11 +22,11 @@ from collections.abc import Callable
 import orjson
 
 from trackgate import telemetry
-from trackgate._core import EventsResult, decode_events, events_from_logs
+from trackgate._core import Core, EventsResult, decode_events
 from trackgate.asgi import BodyTimeout, BodyTooLarge, BudgetSpent, Request, Response
 from trackgate.echo import shorten
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
-from trackgate.pipeline import Format, Pipeline
+from trackgate.pipeline import Pipeline
 
 log = logging.getLogger("trackgate.receiver.events")
 
@@ -160,25 +160,27 @@ class EventsReceiver:
         telemetry.EVENTS_SCRUBBED.inc(result.scrubbed)
         return result
 
-    def from_logs(self, body: bytes, fmt: Format, encoding: str | None) -> None:
-        """Queues for the event bus the events carried by an OTLP logs body that was just accepted."""
-        if self.bus is None:
-            return
+    def install_tap(self, core: Core) -> None:
+        """Events inside logs (`[events] from_logs`): every log path of `core` (OTLP/HTTP and gRPC,
+        Fluent http, the Fluent http input, forward) hands the records carrying an `event_type` of
+        `from_logs_types` to the event bus in the data plane, before the logs are acknowledged;
+        Python only sees each request's found events (for the counters and the job metrics)."""
         extra, safe, patterns = self.scrub or ([], [], [])
-        result = events_from_logs(
-            body,
-            fmt,
+        core.set_events_tap(
+            self.bus.core if self.bus is not None else None,
             self.from_logs_types,
-            encoding,
-            self.max_body_bytes,
+            self._found_in_logs,
             scrub=self.scrub is not None,
             scrub_extra_keys=extra,
             scrub_safe_keys=safe,
             scrub_patterns=patterns,
         )
-        telemetry.EVENTS_SCRUBBED.inc(result.scrubbed)
-        if result.accepted:
-            self.bus.core.enqueue("logs", result.ndjson, result.accepted)
-            EVENTS.inc(result.accepted, outcome="from_logs")
-            if self.on_accepted is not None:
-                self.on_accepted(result.ndjson)
+
+    def _found_in_logs(self, ndjson: bytes, accepted: int, scrubbed: int) -> None:
+        telemetry.EVENTS_SCRUBBED.inc(scrubbed)
+        EVENTS.inc(accepted, outcome="from_logs")
+        if self.on_accepted is not None:
+            try:
+                self.on_accepted(ndjson)
+            except Exception:  # the events are queued; the metrics' intake must not fail the logs
+                log.exception("job metrics intake failed")

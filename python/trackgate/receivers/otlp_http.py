@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from trackgate import telemetry
 from trackgate._core import IngestResult, export_response, status_body
@@ -49,15 +48,10 @@ class OtlpHttpReceiver:
         self.pipeline = pipeline
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
-        # Set when log records may carry events for the event bus (events.from_logs): called with
-        # each accepted logs body after it is queued.
-        self.events_from_logs: Callable[[bytes, Format, str | None], None] | None = None
 
     def ingest(self, signal: Signal, body: bytes, fmt: Format, encoding: str | None) -> IngestResult:
-        result = self.pipeline.ingest(signal, body, fmt, encoding)
-        if signal == "logs" and self.events_from_logs is not None and result.accepted:
-            self.events_from_logs(body, fmt, encoding)
-        return result
+        # Events carried by log records reach the event bus inside this call (the core's events tap).
+        return self.pipeline.ingest(signal, body, fmt, encoding)
 
     async def handle(self, request: Request, signal: Signal) -> Response:
         media = request.header("content-type").split(";", 1)[0].strip().lower()
