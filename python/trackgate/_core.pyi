@@ -83,6 +83,10 @@ class Batch:
     def records(self) -> int: ...
     @property
     def body(self) -> bytes: ...
+    @property
+    def content_report(self) -> list[tuple[str, int]]:
+        """Records over Dash0's content limits by limit, as `dash0_content_report(signal, body)`
+        says, from counts kept at ingest (only entries read back from disk are walked)."""
 
 @final
 class Core:
@@ -109,6 +113,7 @@ class Core:
         scrub_extra_keys: list[str] = ...,
         scrub_safe_keys: list[str] = ...,
         scrub_patterns: list[str] = ...,
+        content_counts: bool = True,
     ) -> Self:
         """A pipeline over a durable queue in `storage_dir` (in memory when None).
 
@@ -196,6 +201,8 @@ def to_protobuf(signal: _Signal, body: bytes) -> bytes: ...
 def export_response(signal: _Signal, rejected: int, error_message: str, format: _Format) -> bytes: ...
 def status_body(code: int, message: str, format: _Format) -> bytes: ...
 def gzip(data: bytes, level: int = 6) -> bytes: ...
+def _deflate_miniz(data: bytes, level: int) -> bytes:
+    """Raw deflate with the previous backend (miniz_oxide), for the compression benchmark only."""
 def decode_events(
     body: bytes,
     content_encoding: str | None = None,

@@ -140,6 +140,8 @@ class Pipeline:
             scrub_extra_keys=cfg.scrub_keys()[0],
             scrub_safe_keys=cfg.scrub_keys()[1],
             scrub_patterns=cfg.scrub.extra_patterns,
+            # Dash0 content counts in the ingest walk only when an exporter reports them.
+            content_counts=any(getattr(e, "check_limits", False) for e in self.exporters),
         )
         if queue_dir is not None:
             report = core.recovery()
