@@ -15,8 +15,8 @@ import zlib
 from collections.abc import Callable
 
 import pytest
-from test_bench_core import make_logs_with_attributes, make_traces
 
+from test_bench_core import make_logs_with_attributes, make_traces
 from trackgate import _core
 
 LEVELS = (1, 3, 6, 9)

@@ -246,9 +246,7 @@ def test_core_logs_scrub_on_secrets(benchmark) -> None:
 
 
 def limits_core(content_counts: bool) -> _core.Core:
-    return _core.Core(
-        exporters=["bench"], batch_max_delay_ms=0, queue_max_bytes=1 << 34, content_counts=content_counts
-    )
+    return _core.Core(exporters=["bench"], batch_max_delay_ms=0, queue_max_bytes=1 << 34, content_counts=content_counts)
 
 
 def pipeline_with_report(c: _core.Core, signal: str, body: bytes, walk_again: bool) -> list[tuple[str, int]]:

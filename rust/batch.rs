@@ -120,7 +120,9 @@ impl Batch {
     pub fn content_report(&self, body: &[u8], limits: &ContentLimits, now_ns: u64) -> Result<ContentReport> {
         let (mut report, walk) = self.content_counts(limits, now_ns);
         for range in walk {
-            let part = body.get(range).ok_or_else(|| CoreError::Usage("body is shorter than the batch".into()))?;
+            let part = body
+                .get(range)
+                .ok_or_else(|| CoreError::Usage("body is shorter than the batch".into()))?;
             report.add(&limits::check(self.signal, part, limits, now_ns)?);
         }
         Ok(report)
@@ -402,9 +404,14 @@ mod tests {
         let q = queue();
         let counted = big_log(b'a');
         let counts = count(Signal::Logs, &counted, limits, now).unwrap();
-        q.append(Signal::Logs, 1, Payload::with_counts(counted, Some(counts))).unwrap();
+        q.append(Signal::Logs, 1, Payload::with_counts(counted, Some(counts)))
+            .unwrap();
         q.append(Signal::Logs, 1, Payload::from(big_log(b'b'))).unwrap(); // e.g. read back from disk
-        let batch = ready(batcher(100, 1 << 20, 0).poll(&q, "a", Signal::Logs, Instant::now(), false).unwrap());
+        let batch = ready(
+            batcher(100, 1 << 20, 0)
+                .poll(&q, "a", Signal::Logs, Instant::now(), false)
+                .unwrap(),
+        );
         let (report, walk) = batch.content_counts(limits, now);
         assert_eq!(report.log_body, 1);
         let second = batch.len() - walk[0].len();

@@ -1048,7 +1048,12 @@ mod tests {
         for ingester in [on, ingester(1.0, 1.0, true, &[])] {
             let out = run(&ingester, Signal::Logs, &body);
             let counts = out.counts.unwrap();
-            let walked = count(Signal::Logs, &out.payload, &ContentLimits::DASH0, crate::limits::now_ns());
+            let walked = count(
+                Signal::Logs,
+                &out.payload,
+                &ContentLimits::DASH0,
+                crate::limits::now_ns(),
+            );
             assert_eq!(counts, walked.unwrap());
             assert_eq!(counts.report.log_body, 1 + out.scrubbed);
         }
@@ -1057,7 +1062,10 @@ mod tests {
             ..IngestOptions::default()
         });
         assert_eq!(run(&off, Signal::Logs, &body).counts, None);
-        assert_eq!(run(&ingester(1.0, 1.0, true, &[]), Signal::Metrics, &request(&[])).counts, None);
+        assert_eq!(
+            run(&ingester(1.0, 1.0, true, &[]), Signal::Metrics, &request(&[])).counts,
+            None
+        );
     }
 
     #[test]

@@ -416,7 +416,11 @@ mod tests {
 
     #[test]
     fn counts_stay_true_until_a_fresh_record_ages_out() {
-        let body = request(&[log("x", 0, 0, NOW - 7 * HOUR), log("x", 0, 0, NOW - 5 * HOUR), log("x", 0, 0, 0)]);
+        let body = request(&[
+            log("x", 0, 0, NOW - 7 * HOUR),
+            log("x", 0, 0, NOW - 5 * HOUR),
+            log("x", 0, 0, 0),
+        ]);
         let counts = count(Signal::Logs, &body, &ContentLimits::DASH0, NOW).unwrap();
         assert_eq!((counts.report.too_old, counts.oldest_fresh_ns), (1, NOW - 5 * HOUR));
         let limits = &ContentLimits::DASH0;

@@ -203,6 +203,7 @@ def status_body(code: int, message: str, format: _Format) -> bytes: ...
 def gzip(data: bytes, level: int = 6) -> bytes: ...
 def _deflate_miniz(data: bytes, level: int) -> bytes:
     """Raw deflate with the previous backend (miniz_oxide), for the compression benchmark only."""
+
 def decode_events(
     body: bytes,
     content_encoding: str | None = None,
