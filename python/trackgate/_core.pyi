@@ -17,6 +17,7 @@ __all__ = [
     "SentryResult",
     "UnsupportedMedia",
     "__version__",
+    "_deflate_miniz",
     "dash0_content_report",
     "decode_events",
     "envelope_categories",
