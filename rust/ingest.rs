@@ -320,7 +320,7 @@ impl Walk<'_> {
                             Some(new) => {
                                 wire::put_bytes(out, SCOPE_RECORDS, &new);
                                 self.tally.scrubbed += 1;
-                                // Counted as it leaves: scrubbing may have shortened values.
+                                // Counted as it leaves: scrubbing changes lengths.
                                 if let Some(c) = &mut self.counter {
                                     c.record(self.signal, &new)?;
                                 }
