@@ -243,3 +243,49 @@ def test_core_logs_scrub_on_secrets(benchmark) -> None:
     out = ExportLogsServiceRequest.FromString(core_pipeline(c, "logs", body))
     assert b"hunter2" not in out.SerializeToString()
     benchmark(core_pipeline, c, "logs", body)
+
+
+def limits_core(content_counts: bool) -> _core.Core:
+    return _core.Core(exporters=["bench"], batch_max_delay_ms=0, queue_max_bytes=1 << 34, content_counts=content_counts)
+
+
+def pipeline_with_report(c: _core.Core, signal: str, body: bytes, walk_again: bool) -> list[tuple[str, int]]:
+    c.ingest(signal, body, "protobuf")  # type: ignore[arg-type]
+    batch = c.next_batch("bench", signal, 0.0, True)  # type: ignore[arg-type]
+    assert batch is not None
+    c.ack(batch)
+    return _core.dash0_content_report(batch.signal, batch.body) if walk_again else batch.content_report
+
+
+@pytest.mark.benchmark(group="limits-logs-2000-records")
+def test_core_limits_walk_again(benchmark) -> None:
+    """Before issue 11: ingest, then the exporter walks the batch again for the Dash0 counts."""
+    body = make_logs_with_attributes()
+    benchmark(pipeline_with_report, limits_core(False), "logs", body, True)
+
+
+@pytest.mark.benchmark(group="limits-logs-2000-records")
+def test_core_limits_counted_in_the_walk(benchmark) -> None:
+    """Issue 11: the counts are taken in the ingest walk and carried by the batch."""
+    body = make_logs_with_attributes()
+    c = limits_core(True)
+    assert pipeline_with_report(c, "logs", body, False) == pipeline_with_report(c, "logs", body, True)
+    benchmark(pipeline_with_report, c, "logs", body, False)
+
+
+@pytest.mark.benchmark(group="limits-logs-2000-records")
+def test_core_limits_not_counted(benchmark) -> None:
+    """No exporter reports the counts: the ingest walk without them."""
+    body = make_logs_with_attributes()
+    c = limits_core(False)
+    benchmark(core_pipeline, c, "logs", body)
+
+
+@pytest.mark.benchmark(group="limits-traces-2000-spans")
+def test_core_limits_traces_walk_again(benchmark, traces_body: bytes) -> None:
+    benchmark(pipeline_with_report, limits_core(False), "traces", traces_body, True)
+
+
+@pytest.mark.benchmark(group="limits-traces-2000-spans")
+def test_core_limits_traces_counted_in_the_walk(benchmark, traces_body: bytes) -> None:
+    benchmark(pipeline_with_report, limits_core(True), "traces", traces_body, False)

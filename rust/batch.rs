@@ -4,9 +4,11 @@
 //! repeated field 1, and protobuf merges concatenated messages by appending repeated fields, so a
 //! batch body is the payloads written back to back: no decoding, one copy.
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use crate::error::{CoreError, Result};
+use crate::limits::{self, ContentLimits, ContentReport};
 use crate::queue::{Payload, Queue, Seq};
 use crate::signal::Signal;
 
@@ -93,6 +95,37 @@ impl Batch {
             rest = tail;
         }
         Ok(())
+    }
+
+    /// The Dash0 content report of the body at `now_ns`, from the counts ingest kept with each
+    /// entry. Entries without usable counts (read back from disk, queued raw, or holding a record
+    /// that has aged past the limit since) are returned as byte ranges of the body to walk with
+    /// [`limits::check`]; their counts are not in the report.
+    pub fn content_counts(&self, limits: &ContentLimits, now_ns: u64) -> (ContentReport, Vec<Range<usize>>) {
+        let mut report = ContentReport::default();
+        let mut walk = Vec::new();
+        let mut at = 0;
+        for part in &self.parts {
+            match part.counts().and_then(|c| c.at(limits, now_ns)) {
+                Some(r) => report.add(&r),
+                None => walk.push(at..at + part.len()),
+            }
+            at += part.len();
+        }
+        (report, walk)
+    }
+
+    /// The report of a body this batch wrote, at `now_ns`: the kept counts plus a walk of
+    /// the entries that have none.
+    pub fn content_report(&self, body: &[u8], limits: &ContentLimits, now_ns: u64) -> Result<ContentReport> {
+        let (mut report, walk) = self.content_counts(limits, now_ns);
+        for range in walk {
+            let part = body
+                .get(range)
+                .ok_or_else(|| CoreError::Usage("body is shorter than the batch".into()))?;
+            report.add(&limits::check(self.signal, part, limits, now_ns)?);
+        }
+        Ok(report)
     }
 
     /// The body as a new buffer.
@@ -351,6 +384,42 @@ mod tests {
         assert_eq!(fields.len(), 6);
         assert!(fields.iter().all(|f| f.number == 1 && f.wire_type == wire::LEN));
         assert_eq!(fields[2].data, &[2u8; 200][..]);
+    }
+
+    #[test]
+    fn content_report_sums_the_kept_counts_and_walks_the_rest() {
+        use crate::limits::{check, count, ContentLimits};
+        let now = 1_800_000_000_000_000_000u64;
+        let limits = &ContentLimits::DASH0;
+        // A log request with one record whose body is over the limit.
+        let big_log = |fill: u8| {
+            let mut rec = Vec::new();
+            wire::put_message(&mut rec, 5, |v| wire::put_bytes(v, 1, &vec![fill; 5000]));
+            let mut out = Vec::new();
+            wire::put_message(&mut out, 1, |rs| {
+                wire::put_message(rs, 2, |ss| wire::put_bytes(ss, 2, &rec))
+            });
+            out
+        };
+        let q = queue();
+        let counted = big_log(b'a');
+        let counts = count(Signal::Logs, &counted, limits, now).unwrap();
+        q.append(Signal::Logs, 1, Payload::with_counts(counted, Some(counts)))
+            .unwrap();
+        q.append(Signal::Logs, 1, Payload::from(big_log(b'b'))).unwrap(); // e.g. read back from disk
+        let batch = ready(
+            batcher(100, 1 << 20, 0)
+                .poll(&q, "a", Signal::Logs, Instant::now(), false)
+                .unwrap(),
+        );
+        let (report, walk) = batch.content_counts(limits, now);
+        assert_eq!(report.log_body, 1);
+        let second = batch.len() - walk[0].len();
+        assert_eq!(walk, vec![second..batch.len()]);
+        let body = batch.body();
+        let full = batch.content_report(&body, limits, now).unwrap();
+        assert_eq!(full, check(Signal::Logs, &body, limits, now).unwrap());
+        assert_eq!(full.log_body, 2);
     }
 
     #[test]

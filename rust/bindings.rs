@@ -21,6 +21,7 @@ use crate::disk_queue::{DiskOptions, DiskQueue, ExporterLimit, Fsync};
 use crate::error::{CoreError, Result};
 use crate::fluent::handshake::Auth;
 use crate::ingest::{Format, IngestOptions, Ingested};
+use crate::limits::ContentReport;
 use crate::net::{fluent_http, forward, otlp_grpc, Listeners as NetListeners};
 use crate::pipeline::{EventsTap, Pipeline, PipelineOptions};
 use crate::queue::Seq;
@@ -206,6 +207,10 @@ struct Batch {
     records: u64,
     last_seq: Seq,
     body: Py<PyBytes>,
+    /// Dash0 content counts kept with the entries at ingest, summed, and the body ranges of
+    /// the entries that came without (read back from disk, queued raw): walked only if asked.
+    counted: ContentReport,
+    uncounted: Vec<std::ops::Range<usize>>,
 }
 
 #[pymethods]
@@ -218,6 +223,26 @@ impl Batch {
     #[getter]
     fn body(&self, py: Python<'_>) -> Py<PyBytes> {
         self.body.clone_ref(py)
+    }
+
+    /// Records over Dash0's documented content limits, by limit, as `dash0_content_report`
+    /// gives for the body; from the counts ingest kept, without walking the body again.
+    #[getter]
+    fn content_report(&self, py: Python<'_>) -> PyResult<Vec<(&'static str, u64)>> {
+        if self.uncounted.is_empty() {
+            return Ok(self.counted.items().to_vec());
+        }
+        let body = self.body.bind(py).as_bytes();
+        let report = guarded(py, || {
+            let now = limits::now_ns();
+            let mut report = self.counted;
+            for range in &self.uncounted {
+                let part = body.get(range.clone()).unwrap_or_default();
+                report.add(&limits::check(self.signal, part, &limits::ContentLimits::DASH0, now)?);
+            }
+            Ok(report)
+        })?;
+        Ok(report.items().to_vec())
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
@@ -264,6 +289,7 @@ impl Core {
         scrub_safe_keys = Vec::new(),
         scrub_patterns = Vec::new(),
         fluent_utc_offset_s = 0,
+        content_counts = true,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -289,6 +315,7 @@ impl Core {
         scrub_safe_keys: Vec<String>,
         scrub_patterns: Vec<String>,
         fluent_utc_offset_s: i32,
+        content_counts: bool,
     ) -> PyResult<Self> {
         let scrub = scrub_options(true, scrub_extra_keys, scrub_safe_keys, scrub_patterns)?;
         let fsync = Fsync::parse(fsync, Duration::from_millis(fsync_interval_ms)).map_err(to_py)?;
@@ -306,6 +333,7 @@ impl Core {
                 resource_attributes,
                 max_body_bytes,
                 scrub: (scrub_otlp || scrub_fluent).then_some(scrub),
+                content_counts,
             };
             let Some(dir) = storage_dir else {
                 if !limits.is_empty() {
@@ -458,6 +486,7 @@ impl Core {
         };
         // Concatenate the payloads straight into the Python object: one copy.
         let body = PyBytes::new_with(py, batch.len(), |buf| batch.write_body(buf).map_err(to_py))?;
+        let (counted, uncounted) = batch.content_counts(&limits::ContentLimits::DASH0, limits::now_ns());
         Ok(Some(Batch {
             core: self.id,
             signal: batch.signal,
@@ -465,6 +494,8 @@ impl Core {
             records: batch.records,
             last_seq: batch.last_seq,
             body: body.unbind(),
+            counted,
+            uncounted,
         }))
     }
 
@@ -852,9 +883,7 @@ impl SentryProcessor {
 #[pyfunction]
 fn dash0_content_report(py: Python<'_>, signal: &str, body: &[u8]) -> PyResult<Vec<(&'static str, u64)>> {
     let signal = parse_signal(signal)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let now = limits::now_ns();
     let report = guarded(py, || limits::check(signal, body, &limits::ContentLimits::DASH0, now))?;
     Ok(report.items().to_vec())
 }
@@ -921,6 +950,18 @@ fn parse_partial_success(py: Python<'_>, body: &[u8], format: &str) -> PyResult<
 #[pyo3(signature = (data, level = 6))]
 fn gzip<'py>(py: Python<'py>, data: &[u8], level: u32) -> PyResult<Bound<'py, PyBytes>> {
     let out = guarded(py, || encode::gzip(data, level))?;
+    Ok(PyBytes::new(py, &out))
+}
+
+/// Raw deflate with miniz_oxide, the exporters' previous backend: only for the compression
+/// benchmark (benches/test_bench_compress.py), which compares it with `gzip` in one run.
+#[pyfunction]
+#[pyo3(name = "_deflate_miniz")]
+fn deflate_miniz<'py>(py: Python<'py>, data: &[u8], level: u8) -> PyResult<Bound<'py, PyBytes>> {
+    if level > 9 {
+        return Err(PyValueError::new_err(format!("level must be 0 to 9 (got {level})")));
+    }
+    let out = py.detach(|| miniz_oxide::deflate::compress_to_vec(data, level));
     Ok(PyBytes::new(py, &out))
 }
 
@@ -1058,6 +1099,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(export_response, m)?)?;
     m.add_function(wrap_pyfunction!(status_body, m)?)?;
     m.add_function(wrap_pyfunction!(gzip, m)?)?;
+    m.add_function(wrap_pyfunction!(deflate_miniz, m)?)?;
     m.add_function(wrap_pyfunction!(parse_partial_success, m)?)?;
     m.add_function(wrap_pyfunction!(parse_rate_limits, m)?)?;
     m.add_function(wrap_pyfunction!(envelope_categories, m)?)?;

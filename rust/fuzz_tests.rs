@@ -26,6 +26,7 @@ use crate::error::{CoreError, Result};
 use crate::ingest::{Format, IngestOptions, Ingester};
 use crate::json_decode::json_to_protobuf;
 use crate::json_encode::protobuf_to_json;
+use crate::limits::{self, ContentLimits};
 use crate::schema::testgen::{self, Rng};
 use crate::schema::{self, Kind, Msg, MAX_DEPTH};
 use crate::signal::Signal;
@@ -1271,6 +1272,7 @@ fn options() -> impl Strategy<Value = IngestOptions> {
                 resource_attributes,
                 max_body_bytes,
                 scrub: None,
+                content_counts: true,
             },
         )
 }
@@ -1421,6 +1423,19 @@ proptest! {
         }
         let Ok(got) = result else { return Ok(()) };
         prop_assert_eq!(got.signal, case.signal);
+        // The content counts taken in the walk are those a separate walk of the payload gives
+        // (too_old is bounded by walks just after: ingest's clock read came before).
+        let after = limits::now_ns();
+        let walked = limits::count(case.signal, &got.payload, &ContentLimits::DASH0, after);
+        prop_assert!(walked.is_ok(), "{walked:?}");
+        if let (Some(counts), Ok(walked)) = (got.counts, walked) {
+            let (mut kept, mut walked_report) = (counts.report, walked.report);
+            prop_assert!(kept.too_old <= walked_report.too_old);
+            (kept.too_old, walked_report.too_old) = (0, 0);
+            prop_assert_eq!(kept, walked_report);
+        } else {
+            prop_assert!(case.signal == Signal::Metrics && got.counts.is_none());
+        }
         prop_assert!(got.decoded_bytes <= limit);
         prop_assert_eq!(got.received, got.accepted + got.rejected + got.sampled_out);
         prop_assert_eq!(got.error_message.is_empty(), got.rejected == 0, "{}", got.error_message);

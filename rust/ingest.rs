@@ -12,11 +12,12 @@ use std::str::FromStr;
 use crate::decompress::decompress;
 use crate::enrich::Enricher;
 use crate::error::{CoreError, Result};
+use crate::limits::{self, ContentLimits, Counter, Counts, Facts};
 use crate::sample::Sampler;
 use crate::scrub::{ScrubOptions, Scrubber};
 use crate::scrub_otlp::scrub_record;
 use crate::signal::Signal;
-use crate::wire::{self, Fields, LEN, VARINT};
+use crate::wire::{self, Fields, I64, LEN, VARINT};
 
 /// Field numbers shared by the three signals: `Export*ServiceRequest.resource_*` (1),
 /// `Resource*.resource` (1), `Resource*.scope_*` (2), `Scope*.<records>` (2).
@@ -81,6 +82,9 @@ pub struct IngestOptions {
     /// Scrubbing of log bodies and attributes and of span, span event and span link attributes
     /// (`scrub_otlp`), in the same walk; `None`: records pass as they came.
     pub scrub: Option<ScrubOptions>,
+    /// Count the kept records over Dash0's content limits in the walk (`Ingested::counts`), for
+    /// exporters that report them; off, an exporter that asks walks the batch itself.
+    pub content_counts: bool,
 }
 
 impl Default for IngestOptions {
@@ -92,6 +96,7 @@ impl Default for IngestOptions {
             resource_attributes: Vec::new(),
             max_body_bytes: 64 * 1024 * 1024,
             scrub: None,
+            content_counts: true,
         }
     }
 }
@@ -113,6 +118,8 @@ pub struct Ingested {
     pub decoded_bytes: usize,
     /// Records kept that scrubbing changed.
     pub scrubbed: u64,
+    /// The kept records over Dash0's content limits (with `content_counts`), for the queue entry.
+    pub counts: Option<Counts>,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +130,7 @@ pub struct Ingester {
     enricher: Enricher,
     max_body_bytes: usize,
     scrubber: Option<Scrubber>,
+    content_counts: bool,
 }
 
 impl Ingester {
@@ -134,6 +142,7 @@ impl Ingester {
             enricher: Enricher::new(options.resource_attributes),
             max_body_bytes: options.max_body_bytes,
             scrubber: options.scrub.as_ref().filter(|o| o.enabled).map(Scrubber::new),
+            content_counts: options.content_counts,
         }
     }
 
@@ -198,9 +207,13 @@ impl Ingester {
             signal,
             scrubber: self.scrubber.as_ref().filter(|_| scrub),
             tally: Tally::default(),
+            counter: (self.content_counts && signal != Signal::Metrics)
+                .then(|| Counter::new(ContentLimits::DASH0, limits::now_ns())),
+            facts: Facts::default(),
         };
         let payload = walk.request(request)?;
         let tally = walk.tally;
+        let counts = walk.counter.map(|c| c.counts());
         Ok(Ingested {
             signal,
             payload,
@@ -211,6 +224,7 @@ impl Ingester {
             error_message: tally.message(signal),
             decoded_bytes,
             scrubbed: tally.scrubbed,
+            counts,
         })
     }
 }
@@ -221,6 +235,10 @@ struct Walk<'i> {
     signal: Signal,
     scrubber: Option<&'i Scrubber>,
     tally: Tally,
+    /// Dash0 content counts of the kept records, in the same walk (`None`: not counting).
+    counter: Option<Counter>,
+    /// What `keep` read of the last record for the counter.
+    facts: Facts,
 }
 
 impl Walk<'_> {
@@ -307,15 +325,25 @@ impl Walk<'_> {
                 (SCOPE_RECORDS, LEN) => {
                     if self.keep(field.data)? {
                         // Rewritten only when scrubbing changed something; else the bytes as they came.
-                        match self.scrubber {
-                            Some(s) => match scrub_record(s, self.signal, field.data)? {
-                                Some(new) => {
-                                    wire::put_bytes(out, SCOPE_RECORDS, &new);
-                                    self.tally.scrubbed += 1;
+                        let rewritten = match self.scrubber {
+                            Some(s) => scrub_record(s, self.signal, field.data)?,
+                            None => None,
+                        };
+                        match rewritten {
+                            Some(new) => {
+                                wire::put_bytes(out, SCOPE_RECORDS, &new);
+                                self.tally.scrubbed += 1;
+                                // Counted as it leaves: scrubbing changes lengths.
+                                if let Some(c) = &mut self.counter {
+                                    c.record(self.signal, &new)?;
                                 }
-                                None => out.extend_from_slice(field.raw),
-                            },
-                            None => out.extend_from_slice(field.raw),
+                            }
+                            None => {
+                                out.extend_from_slice(field.raw);
+                                if let Some(c) = &mut self.counter {
+                                    c.add(self.signal, &self.facts);
+                                }
+                            }
                         }
                         kept_any = true;
                     }
@@ -339,6 +367,8 @@ impl Walk<'_> {
     fn span(&mut self, span: &[u8]) -> Result<bool> {
         let (mut trace_id, mut span_id, mut parent): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
         let mut code = 0i32;
+        let mut facts = Facts::default();
+        let counter = self.counter.as_ref();
         for field in Fields::new(span) {
             let field = field?;
             match (field.number, field.wire_type) {
@@ -346,9 +376,16 @@ impl Walk<'_> {
                 (2, LEN) => span_id = field.data,
                 (4, LEN) => parent = field.data,
                 (15, LEN) => code = status_code(field.data)?.unwrap_or(code),
+                (limits::SPAN_ATTRIBUTES, LEN) => {
+                    if let Some(c) = counter {
+                        facts.attribute(c.long_value(field.data)?);
+                    }
+                }
+                (limits::SPAN_START, I64) => facts.time_ns = field.int,
                 _ => {}
             }
         }
+        self.facts = facts;
         self.tally.received += 1;
         let problem = if trace_id.len() != 16 {
             Some(Reason::TraceIdLength(trace_id.len()))
@@ -375,6 +412,8 @@ impl Walk<'_> {
         let (mut trace_id, mut span_id): (&[u8], &[u8]) = (&[], &[]);
         let mut severity = 0i32;
         let mut is_event = false;
+        let (mut facts, mut observed) = (Facts::default(), 0u64);
+        let counter = self.counter.as_ref();
         for field in Fields::new(record) {
             let field = field?;
             match (field.number, field.wire_type) {
@@ -384,9 +423,23 @@ impl Walk<'_> {
                 (10, LEN) => span_id = field.data,
                 // An enum is an int32 on the wire, sign-extended to 64 bits when negative.
                 (2, VARINT) => severity = field.int as i32,
+                (limits::LOG_ATTRIBUTES, LEN) => {
+                    if let Some(c) = counter {
+                        facts.attribute(c.long_value(field.data)?);
+                    }
+                }
+                (limits::LOG_BODY, LEN) => {
+                    if let Some(c) = counter {
+                        facts.long_body = c.long_body(field.data)?;
+                    }
+                }
+                (limits::LOG_TIME, I64) => facts.time_ns = field.int,
+                (limits::LOG_OBSERVED, I64) => observed = field.int,
                 _ => {}
             }
         }
+        facts.observed(observed);
+        self.facts = facts;
         self.tally.received += 1;
         if !trace_id.is_empty() && trace_id.len() != 16 {
             self.tally.reject(Reason::LogTraceIdLength(trace_id.len()), 1);
@@ -774,6 +827,7 @@ mod tests {
             resource_attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             max_body_bytes: 1 << 20,
             scrub: None,
+            content_counts: true,
         })
     }
 
@@ -990,6 +1044,41 @@ mod tests {
         let m = request(&[resource_x(None, &[scope_x("s", &[metric("password", 5, 1)])])]);
         let out = run(&on, Signal::Metrics, &m);
         assert_eq!((out.scrubbed, out.payload.as_slice()), (0, m.as_slice()));
+    }
+
+    #[test]
+    fn content_counts_are_of_the_records_as_they_leave() {
+        use crate::limits::{count, ContentLimits};
+        // 4,095 bytes as sent; scrubbing the password makes it 4,103, over Dash0's 4 KB.
+        let text = format!("login https://u:pw@db/x {}", "y".repeat(4095 - 24));
+        let grown = log(&tid(1), &sid(1), 9, &text);
+        let kept = log(&tid(2), &sid(2), 9, &"z".repeat(5000));
+        let body = request(&[resource_x(None, &[scope_x("s", &[grown, kept])])]);
+        let on = Ingester::new(IngestOptions {
+            scrub: Some(ScrubOptions::default()),
+            ..IngestOptions::default()
+        });
+        for ingester in [on, ingester(1.0, 1.0, true, &[])] {
+            let out = run(&ingester, Signal::Logs, &body);
+            let counts = out.counts.unwrap();
+            let walked = count(
+                Signal::Logs,
+                &out.payload,
+                &ContentLimits::DASH0,
+                crate::limits::now_ns(),
+            );
+            assert_eq!(counts, walked.unwrap());
+            assert_eq!(counts.report.log_body, 1 + out.scrubbed);
+        }
+        let off = Ingester::new(IngestOptions {
+            content_counts: false,
+            ..IngestOptions::default()
+        });
+        assert_eq!(run(&off, Signal::Logs, &body).counts, None);
+        assert_eq!(
+            run(&ingester(1.0, 1.0, true, &[]), Signal::Metrics, &request(&[])).counts,
+            None
+        );
     }
 
     #[test]

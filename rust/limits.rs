@@ -2,8 +2,12 @@
 //! over them rather than failing the request, so the gateway counts those records for operators
 //! (a metric per limit) instead of rewriting them.
 //!
-//! Reads only what a limit needs (bodies, attribute counts and value lengths, timestamps) with
-//! the zero-copy field reader; the batch has already been validated at ingest.
+//! Counted once, at ingest, in the record walk (`ingest.rs` feeds [`Counter`] the fields it reads
+//! anyway) and kept with the queued payload as [`Counts`]; a batch sums its entries' counts.
+//! [`check`] walks a request on its own, for entries that come back without counts (read back
+//! from disk after a restart or a cache eviction, queued raw) and for tests. It reads only what a
+//! limit needs (bodies, attribute counts and value lengths, timestamps) with the zero-copy field
+//! reader; the input has already been validated at ingest.
 
 use crate::error::Result;
 use crate::ingest::{REQUEST_RESOURCES, RESOURCE_SCOPES, SCOPE_RECORDS};
@@ -42,6 +46,14 @@ pub struct ContentReport {
 }
 
 impl ContentReport {
+    pub fn add(&mut self, other: &ContentReport) {
+        self.log_body += other.log_body;
+        self.log_attributes += other.log_attributes;
+        self.span_attributes += other.span_attributes;
+        self.attribute_value += other.attribute_value;
+        self.too_old += other.too_old;
+    }
+
     pub fn items(&self) -> [(&'static str, u64); 5] {
         [
             ("log_body", self.log_body),
@@ -56,21 +68,176 @@ impl ContentReport {
 // Field numbers (opentelemetry-proto): Span.attributes 9, Span.start_time_unix_nano 7;
 // LogRecord.time_unix_nano 1, observed 11, body 5, attributes 6; KeyValue.value 2;
 // AnyValue.string_value 1.
-const SPAN_START: u32 = 7;
-const SPAN_ATTRIBUTES: u32 = 9;
-const LOG_TIME: u32 = 1;
-const LOG_OBSERVED: u32 = 11;
-const LOG_BODY: u32 = 5;
-const LOG_ATTRIBUTES: u32 = 6;
+pub(crate) const SPAN_START: u32 = 7;
+pub(crate) const SPAN_ATTRIBUTES: u32 = 9;
+pub(crate) const LOG_TIME: u32 = 1;
+pub(crate) const LOG_OBSERVED: u32 = 11;
+pub(crate) const LOG_BODY: u32 = 5;
+pub(crate) const LOG_ATTRIBUTES: u32 = 6;
 const KEYVALUE_VALUE: u32 = 2;
 const ANYVALUE_STRING: u32 = 1;
+
+/// A payload's report as counted at ingest, and what it needs to stay true later: `too_old`
+/// depends on when the batch leaves, so the oldest record that was still fresh is kept too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub report: ContentReport,
+    /// Effective time of the oldest record counted as fresh (`u64::MAX`: none had a time).
+    pub oldest_fresh_ns: u64,
+}
+
+impl Counts {
+    /// The report at `now_ns`, or `None` when a record counted fresh has aged past the limit
+    /// since (the caller walks the payload again: rare, a record close to the limit or a long
+    /// outage).
+    pub fn at(&self, limits: &ContentLimits, now_ns: u64) -> Option<ContentReport> {
+        (self.oldest_fresh_ns == u64::MAX || !is_old(self.oldest_fresh_ns, limits, now_ns)).then_some(self.report)
+    }
+}
+
+/// Counts records one at a time from fields a walk has already read.
+#[derive(Debug, Clone, Copy)]
+pub struct Counter {
+    limits: ContentLimits,
+    now_ns: u64,
+    counts: Counts,
+}
+
+impl Counter {
+    pub fn new(limits: ContentLimits, now_ns: u64) -> Self {
+        Counter {
+            limits,
+            now_ns,
+            counts: Counts {
+                report: ContentReport::default(),
+                oldest_fresh_ns: u64::MAX,
+            },
+        }
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// Whether a KeyValue (an attribute) holds a string value over the character limit.
+    pub fn long_value(&self, key_value: &[u8]) -> Result<bool> {
+        // A value has at most as many characters as the whole KeyValue has bytes: most
+        // attributes are decided without reading them.
+        if key_value.len() <= self.limits.attribute_value_chars {
+            return Ok(false);
+        }
+        Ok(value_chars(key_value)? > self.limits.attribute_value_chars)
+    }
+
+    /// Whether a log body is over the limit: a string body's bytes, else the whole AnyValue's.
+    pub fn long_body(&self, log_body: &[u8]) -> Result<bool> {
+        if log_body.len() <= self.limits.log_body_bytes {
+            return Ok(false);
+        }
+        Ok(string_value(log_body)?.map_or(log_body.len(), <[u8]>::len) > self.limits.log_body_bytes)
+    }
+
+    /// Counts one kept span or log record from what a walk read of it.
+    pub fn add(&mut self, signal: Signal, facts: &Facts) {
+        let (limits, report) = (&self.limits, &mut self.counts.report);
+        match signal {
+            Signal::Traces => report.span_attributes += u64::from(facts.attributes > limits.span_attributes),
+            Signal::Logs => {
+                report.log_body += u64::from(facts.long_body);
+                report.log_attributes += u64::from(facts.attributes > limits.log_attributes);
+            }
+            Signal::Metrics => return,
+        }
+        report.attribute_value += u64::from(facts.long_value);
+        self.time(facts.time_ns);
+    }
+
+    fn time(&mut self, time_ns: u64) {
+        if is_old(time_ns, &self.limits, self.now_ns) {
+            self.counts.report.too_old += 1;
+        } else if time_ns != 0 {
+            self.counts.oldest_fresh_ns = self.counts.oldest_fresh_ns.min(time_ns);
+        }
+    }
+
+    /// Counts one span or log record from its bytes (for a record the walk rewrote).
+    pub fn record(&mut self, signal: Signal, record: &[u8]) -> Result<()> {
+        match signal {
+            Signal::Traces => self.check_span(record),
+            Signal::Logs => self.check_log(record),
+            Signal::Metrics => Ok(()),
+        }
+    }
+
+    fn check_span(&mut self, span: &[u8]) -> Result<()> {
+        let mut facts = Facts::default();
+        for field in Fields::new(span) {
+            let field = field?;
+            match (field.number, field.wire_type) {
+                (SPAN_ATTRIBUTES, LEN) => facts.attribute(self.long_value(field.data)?),
+                (SPAN_START, I64) => facts.time_ns = field.int,
+                _ => {}
+            }
+        }
+        self.add(Signal::Traces, &facts);
+        Ok(())
+    }
+
+    fn check_log(&mut self, record: &[u8]) -> Result<()> {
+        let (mut facts, mut observed) = (Facts::default(), 0u64);
+        for field in Fields::new(record) {
+            let field = field?;
+            match (field.number, field.wire_type) {
+                (LOG_ATTRIBUTES, LEN) => facts.attribute(self.long_value(field.data)?),
+                (LOG_BODY, LEN) => facts.long_body = self.long_body(field.data)?,
+                (LOG_TIME, I64) => facts.time_ns = field.int,
+                (LOG_OBSERVED, I64) => observed = field.int,
+                _ => {}
+            }
+        }
+        facts.observed(observed);
+        self.add(Signal::Logs, &facts);
+        Ok(())
+    }
+}
+
+/// What the limits need of one record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub attributes: usize,
+    /// Some attribute holds a string over the character limit.
+    pub long_value: bool,
+    /// The log body is over its limit (see [`Counter::long_body`]); false for spans.
+    pub long_body: bool,
+    /// A span's start; a log record's time, else when it was observed.
+    pub time_ns: u64,
+}
+
+impl Facts {
+    pub fn attribute(&mut self, long_value: bool) {
+        self.attributes += 1;
+        self.long_value |= long_value;
+    }
+
+    /// OTLP's rule for a log record with no time: when it was observed.
+    pub fn observed(&mut self, observed_ns: u64) {
+        if self.time_ns == 0 {
+            self.time_ns = observed_ns;
+        }
+    }
+}
 
 /// Checks an `Export{Logs,Trace}ServiceRequest` against `limits` at time `now_ns`. Metrics have
 /// no documented limits and report nothing.
 pub fn check(signal: Signal, body: &[u8], limits: &ContentLimits, now_ns: u64) -> Result<ContentReport> {
-    let mut report = ContentReport::default();
+    Ok(count(signal, body, limits, now_ns)?.report)
+}
+
+/// [`check`], with what [`Counts::at`] needs to judge the report again later.
+pub fn count(signal: Signal, body: &[u8], limits: &ContentLimits, now_ns: u64) -> Result<Counts> {
+    let mut counter = Counter::new(*limits, now_ns);
     if signal == Signal::Metrics {
-        return Ok(report);
+        return Ok(counter.counts());
     }
     for resource in Fields::new(body) {
         let resource = resource?;
@@ -84,59 +251,20 @@ pub fn check(signal: Signal, body: &[u8], limits: &ContentLimits, now_ns: u64) -
             }
             for record in Fields::new(scope.data) {
                 let record = record?;
-                if record.number != SCOPE_RECORDS || record.wire_type != LEN {
-                    continue;
-                }
-                match signal {
-                    Signal::Traces => check_span(record.data, limits, now_ns, &mut report)?,
-                    _ => check_log(record.data, limits, now_ns, &mut report)?,
+                if record.number == SCOPE_RECORDS && record.wire_type == LEN {
+                    counter.record(signal, record.data)?;
                 }
             }
         }
     }
-    Ok(report)
+    Ok(counter.counts())
 }
 
-fn check_span(span: &[u8], limits: &ContentLimits, now_ns: u64, report: &mut ContentReport) -> Result<()> {
-    let (mut attributes, mut long_value, mut start) = (0usize, false, 0u64);
-    for field in Fields::new(span) {
-        let field = field?;
-        match (field.number, field.wire_type) {
-            (SPAN_ATTRIBUTES, LEN) => {
-                attributes += 1;
-                long_value |= value_chars(field.data)? > limits.attribute_value_chars;
-            }
-            (SPAN_START, I64) => start = field.int,
-            _ => {}
-        }
-    }
-    report.span_attributes += u64::from(attributes > limits.span_attributes);
-    report.attribute_value += u64::from(long_value);
-    report.too_old += u64::from(is_old(start, limits, now_ns));
-    Ok(())
-}
-
-fn check_log(record: &[u8], limits: &ContentLimits, now_ns: u64, report: &mut ContentReport) -> Result<()> {
-    let (mut attributes, mut long_value, mut time, mut observed, mut body_len) = (0usize, false, 0u64, 0u64, 0usize);
-    for field in Fields::new(record) {
-        let field = field?;
-        match (field.number, field.wire_type) {
-            (LOG_ATTRIBUTES, LEN) => {
-                attributes += 1;
-                long_value |= value_chars(field.data)? > limits.attribute_value_chars;
-            }
-            (LOG_BODY, LEN) => body_len = string_value(field.data)?.map_or(field.data.len(), <[u8]>::len),
-            (LOG_TIME, I64) => time = field.int,
-            (LOG_OBSERVED, I64) => observed = field.int,
-            _ => {}
-        }
-    }
-    report.log_body += u64::from(body_len > limits.log_body_bytes);
-    report.log_attributes += u64::from(attributes > limits.log_attributes);
-    report.attribute_value += u64::from(long_value);
-    // The record's own time, else when it was observed (OTLP's rule for an unset time).
-    report.too_old += u64::from(is_old(if time != 0 { time } else { observed }, limits, now_ns));
-    Ok(())
+/// Nanoseconds since the Unix epoch, as the limits compare timestamps.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Characters in a KeyValue's string value (0 for other kinds of value).
@@ -284,6 +412,25 @@ mod tests {
                 too_old: 1
             }
         );
+    }
+
+    #[test]
+    fn counts_stay_true_until_a_fresh_record_ages_out() {
+        let body = request(&[
+            log("x", 0, 0, NOW - 7 * HOUR),
+            log("x", 0, 0, NOW - 5 * HOUR),
+            log("x", 0, 0, 0),
+        ]);
+        let counts = count(Signal::Logs, &body, &ContentLimits::DASH0, NOW).unwrap();
+        assert_eq!((counts.report.too_old, counts.oldest_fresh_ns), (1, NOW - 5 * HOUR));
+        let limits = &ContentLimits::DASH0;
+        assert_eq!(counts.at(limits, NOW + HOUR).map(|r| r.too_old), Some(1));
+        // The 5-hour-old record is now over 6 hours old: the counts no longer say, walk again.
+        assert_eq!(counts.at(limits, NOW + HOUR + 1), None);
+        assert_eq!(check(Signal::Logs, &body, limits, NOW + HOUR + 1).unwrap().too_old, 2);
+        // Records without a time never age.
+        let timeless = count(Signal::Logs, &request(&[log("x", 0, 0, 0)]), limits, NOW).unwrap();
+        assert_eq!(timeless.at(limits, u64::MAX), Some(ContentReport::default()));
     }
 
     #[test]

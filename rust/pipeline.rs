@@ -264,7 +264,8 @@ impl Pipeline {
         // Not `accepted > 0`: a metric with a name and no data points is forwarded (as the
         // Collector does) though it counts no data point.
         if !out.payload.is_empty() {
-            self.append(signal, out.accepted, Payload::from(std::mem::take(&mut out.payload)))?;
+            let payload = Payload::with_counts(std::mem::take(&mut out.payload), out.counts);
+            self.append(signal, out.accepted, payload)?;
         }
         let c = &self.counters[signal.index()];
         c.received_records.fetch_add(out.received, Ordering::Relaxed);
@@ -441,6 +442,7 @@ mod tests {
                 resource_attributes: Vec::new(),
                 max_body_bytes: 1 << 20,
                 scrub: None,
+                content_counts: true,
             },
             queue_max_bytes,
             batch: Limits::new(max_records, 1 << 20, Duration::from_millis(delay_ms)).unwrap(),

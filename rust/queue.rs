@@ -13,39 +13,57 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use crate::error::{CoreError, Result};
+use crate::limits::Counts;
 use crate::signal::Signal;
 
 /// Position of an entry in its signal's lane; 0 means "before the first entry".
 pub type Seq = u64;
 
-/// One queued, immutable `Export*ServiceRequest`, shared by every exporter that reads it.
+/// One queued, immutable `Export*ServiceRequest`, shared by every exporter that reads it, with
+/// the Dash0 content counts ingest took of it when it has them (kept in memory only: a payload
+/// read back from disk comes without, and is walked again if an exporter asks).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Payload(Arc<Vec<u8>>);
+pub struct Payload(Arc<PayloadData>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct PayloadData {
+    data: Vec<u8>,
+    counts: Option<Counts>,
+}
 
 impl Payload {
+    /// Takes the buffer without copying, unless it holds much more capacity than data: the queue
+    /// accounts for `len`, so slack would be memory the byte limit does not see.
+    pub fn with_counts(mut data: Vec<u8>, counts: Option<Counts>) -> Self {
+        if data.capacity() - data.len() > data.len() / 4 + 64 {
+            data.shrink_to_fit();
+        }
+        Payload(Arc::new(PayloadData { data, counts }))
+    }
+
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.data.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.data.is_empty()
+    }
+
+    /// The content counts taken at ingest, if any.
+    pub fn counts(&self) -> Option<&Counts> {
+        self.0.counts.as_ref()
     }
 }
 
 impl From<Vec<u8>> for Payload {
-    /// Takes the buffer without copying, unless it holds much more capacity than data: the queue
-    /// accounts for `len`, so slack would be memory the byte limit does not see.
-    fn from(mut data: Vec<u8>) -> Self {
-        if data.capacity() - data.len() > data.len() / 4 + 64 {
-            data.shrink_to_fit();
-        }
-        Payload(Arc::new(data))
+    fn from(data: Vec<u8>) -> Self {
+        Payload::with_counts(data, None)
     }
 }
 
 impl From<&[u8]> for Payload {
     fn from(data: &[u8]) -> Self {
-        Payload(Arc::new(data.to_vec()))
+        Payload::with_counts(data.to_vec(), None)
     }
 }
 
@@ -53,13 +71,13 @@ impl Deref for Payload {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.0
+        &self.0.data
     }
 }
 
 impl AsRef<[u8]> for Payload {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.0.data
     }
 }
 
@@ -619,6 +637,6 @@ mod tests {
         v.extend_from_slice(b"abc");
         let p = Payload::from(v);
         assert_eq!(&p[..], b"abc");
-        assert!(p.0.capacity() < 10_000);
+        assert!(p.0.data.capacity() < 10_000);
     }
 }

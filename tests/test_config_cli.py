@@ -33,6 +33,8 @@ def write(tmp_path: Path, text: str) -> Path:
         ("[server]\nmax_inflight_bytes = 1000\n", ["server.max_inflight_bytes", "server.max_body_bytes"]),
         ("[server]\nmax_preauth_per_client = 0\n", ["$.server.max_preauth_per_client"]),
         ("[server]\npreauth_timeout_s = 0\n", ["$.server.preauth_timeout_s"]),
+        ("[exporters.otlp]\ncompression_level = 10\n", ["$.exporters.otlp.compression_level", "<= 9"]),
+        ("[exporters.dash0]\ncompression_level = 0\n", ["$.exporters.dash0.compression_level", ">= 1"]),
     ],
 )
 def test_errors_name_key_and_file(tmp_path: Path, text: str, words: list[str]) -> None:

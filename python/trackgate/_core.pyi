@@ -18,6 +18,7 @@ __all__ = [
     "SentryResult",
     "UnsupportedMedia",
     "__version__",
+    "_deflate_miniz",
     "dash0_content_report",
     "decode_events",
     "envelope_categories",
@@ -83,6 +84,10 @@ class Batch:
     def records(self) -> int: ...
     @property
     def body(self) -> bytes: ...
+    @property
+    def content_report(self) -> list[tuple[str, int]]:
+        """Records over Dash0's content limits by limit, as `dash0_content_report(signal, body)`
+        says, from counts kept at ingest (only entries read back from disk are walked)."""
 
 @final
 class Core:
@@ -110,6 +115,7 @@ class Core:
         scrub_safe_keys: list[str] = ...,
         scrub_patterns: list[str] = ...,
         fluent_utc_offset_s: int = 0,
+        content_counts: bool = True,
     ) -> Self:
         """A pipeline over a durable queue in `storage_dir` (in memory when None).
 
@@ -223,6 +229,9 @@ def to_protobuf(signal: _Signal, body: bytes) -> bytes: ...
 def export_response(signal: _Signal, rejected: int, error_message: str, format: _Format) -> bytes: ...
 def status_body(code: int, message: str, format: _Format) -> bytes: ...
 def gzip(data: bytes, level: int = 6) -> bytes: ...
+def _deflate_miniz(data: bytes, level: int) -> bytes:
+    """Raw deflate with the previous backend (miniz_oxide), for the compression benchmark only."""
+
 def decode_events(
     body: bytes,
     content_encoding: str | None = None,

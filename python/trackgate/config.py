@@ -22,6 +22,7 @@ from trackgate.echo import shorten
 
 DEFAULT_DASH0_ENDPOINT = "https://ingress.eu-west-1.aws.dash0.com"
 MASK = "****"
+DEFAULT_COMPRESSION_LEVEL = 3  # gzip level of OTLP/HTTP exporters (benches/RESULTS.md, issue 11)
 
 Ratio = Annotated[float, Meta(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
@@ -118,6 +119,10 @@ class OtlpExporterConfig(_Section):
     dataset: str = ""  # sent as Dash0-Dataset when set
     headers: dict[str, str] = field(default_factory=dict)
     compression: Literal["gzip", "none"] = "gzip"
+    # gzip level of OTLP/HTTP bodies, 1 (fastest) to 9 (smallest); the default is chosen from
+    # benches/RESULTS.md ("Performance (issue 11)"). grpcio exposes no deflate level: gRPC gzips
+    # at its own default.
+    compression_level: Annotated[int, Meta(ge=1, le=9)] = DEFAULT_COMPRESSION_LEVEL
     timeout_s: Annotated[float, Meta(gt=0.0)] = 10.0
     retry: RetryConfig = field(default_factory=RetryConfig)
     queue: ExporterQueueConfig = field(default_factory=ExporterQueueConfig)

@@ -141,6 +141,8 @@ class Pipeline:
             scrub_safe_keys=cfg.scrub_keys()[1],
             scrub_patterns=cfg.scrub.extra_patterns,
             fluent_utc_offset_s=cfg.receivers.fluent.utc_offset_seconds(),
+            # Dash0 content counts in the ingest walk only when an exporter reports them.
+            content_counts=any(getattr(e, "check_limits", False) for e in self.exporters),
         )
         if queue_dir is not None:
             report = core.recovery()

@@ -459,6 +459,7 @@ mod tests {
                     resource_attributes: Vec::new(),
                     max_body_bytes: 4096,
                     scrub: None,
+                    content_counts: true,
                 },
                 queue_max_bytes,
                 batch: Limits::new(100, 1 << 20, Duration::from_secs(60)).unwrap(),

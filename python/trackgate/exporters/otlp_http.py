@@ -6,7 +6,7 @@ import logging
 from typing import Literal
 
 from trackgate import __version__, telemetry
-from trackgate._core import Batch, dash0_content_report, gzip, parse_partial_success
+from trackgate._core import Batch, gzip, parse_partial_success
 from trackgate.config import OtlpExporterConfig, mask_url
 from trackgate.exporters.base import Exporter, HttpDestination, Outcome, status_outcome
 
@@ -43,7 +43,8 @@ class OtlpHttpExporter(Exporter):
     def send(self, batch: Batch) -> Outcome:
         if self.check_limits:
             self.count_over_limits(batch)
-        body = gzip(batch.body) if self.cfg.compression == "gzip" else batch.body
+        # In this exporter thread; the core releases the GIL while it compresses.
+        body = gzip(batch.body, self.cfg.compression_level) if self.cfg.compression == "gzip" else batch.body
         resp = self.http.post(self.url(batch.signal), body, self.headers)
         if isinstance(resp, Outcome):
             return resp
@@ -72,7 +73,8 @@ def count_over_dash0_limits(exporter: str, batch: Batch, warned: set[tuple[str, 
     """Dash0 truncates what is over its documented limits instead of refusing it: count those
     records per limit, and say so in the log once per signal and limit (`warned` remembers)."""
     try:
-        report = dash0_content_report(batch.signal, batch.body)
+        # Counted at ingest and carried with the batch; only entries read back from disk are walked.
+        report = batch.content_report
     except ValueError:
         return  # validated at ingest; nothing to count if it does not walk
     for limit, count in report:
