@@ -1,11 +1,13 @@
 """Type stub for the compiled data plane, `trackgate._core` (built from `rust/`)."""
 
+from collections.abc import Callable
 from typing import Literal, Self, TypeAlias, final
 
 __all__ = [
     "Batch",
     "Core",
     "DecodeError",
+    "DurableNotifier",
     "EventsResult",
     "IngestResult",
     "Listeners",
@@ -71,6 +73,10 @@ class IngestResult:
     @property
     def error_message(self) -> str: ...
     @property
+    def waiting(self) -> bool:
+        """The notifier passed to the call will be told (with its token) once the fsync covering
+        the request ran or failed: until then it is not durable."""
+    @property
     def decoded_bytes(self) -> int: ...
 
 @final
@@ -83,6 +89,14 @@ class Batch:
     def records(self) -> int: ...
     @property
     def body(self) -> bytes: ...
+
+@final
+class DurableNotifier:
+    """Tells `callback(done, failed)` about deferred ingests: the tokens whose fsync ran and
+    `(token, exception)` for those it failed or shutdown cut off. Called on the queue's syncer
+    thread, once per group commit."""
+
+    def __init__(self, callback: Callable[[list[int], list[tuple[int, BaseException]]], object]) -> None: ...
 
 @final
 class Core:
@@ -124,11 +138,21 @@ class Core:
         format: _Format,
         content_encoding: str | None = None,
         scrub: bool = True,
+        notify: DurableNotifier | None = None,
+        token: int = 0,
     ) -> IngestResult: ...
     def ingest_fluent(
-        self, body: bytes, media_type: str, tag: str, content_encoding: str | None = None
+        self,
+        body: bytes,
+        media_type: str,
+        tag: str,
+        content_encoding: str | None = None,
+        notify: DurableNotifier | None = None,
+        token: int = 0,
     ) -> IngestResult: ...
-    def enqueue(self, signal: _Signal, payload: bytes, records: int) -> None: ...
+    def enqueue(
+        self, signal: _Signal, payload: bytes, records: int, notify: DurableNotifier | None = None, token: int = 0
+    ) -> bool: ...
     def next_batch(self, exporter: str, signal: _Signal, timeout: float, flush: bool = False) -> Batch | None: ...
     def ack(self, batch: Batch) -> None: ...
     def stats(self) -> dict[str, int]: ...
@@ -231,6 +255,10 @@ class EventsResult:
     def errors(self) -> list[tuple[int, str]]: ...
     @property
     def error_message(self) -> str: ...
+    @property
+    def waiting(self) -> bool:
+        """The notifier passed to the call will be told (with its token) once the fsync covering
+        the request ran or failed: until then it is not durable."""
     @property
     def event_ids(self) -> list[str]: ...
     @property

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from trackgate import telemetry
 from trackgate._core import IngestResult, export_response, status_body
 from trackgate.asgi import BodyTimeout, BodyTooLarge, BudgetSpent, Request, Response
+from trackgate.durable_wait import DurableWait
 from trackgate.echo import shorten
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
 from trackgate.pipeline import Format, Pipeline, Signal
@@ -24,8 +25,9 @@ MEDIA_TYPE: dict[Format, str] = {"protobuf": "application/x-protobuf", "json": "
 # google.rpc.Code values for the Status body.
 CODE_INVALID_ARGUMENT, CODE_UNAUTHENTICATED, CODE_RESOURCE_EXHAUSTED, CODE_UNAVAILABLE = 3, 16, 8, 14
 CODE_OUT_OF_RANGE, CODE_UNIMPLEMENTED, CODE_DEADLINE_EXCEEDED = 11, 12, 4
-# Bodies above this size, encoded bodies (whatever they inflate to) and any ingest that waits
-# for fsync run off the event loop, so that other connections keep flowing.
+# Bodies above this size and encoded bodies (whatever they inflate to) are ingested off the event
+# loop, so that other connections keep flowing. Waiting for fsync is not: the request awaits the
+# group commit that covers it (durable_wait).
 INLINE_LIMIT = 256 * 1024
 RETRY_AFTER_FULL_S = "1"
 RETRY_AFTER_BUSY_S = "1"
@@ -51,12 +53,24 @@ class OtlpHttpReceiver:
         self.body_timeout_s = body_timeout_s
         # Set when log records may carry events for the event bus (events.from_logs): called with
         # each accepted logs body after it is queued.
-        self.events_from_logs: Callable[[bytes, Format, str | None], None] | None = None
+        self.events_from_logs: Callable[[bytes, Format, str | None, DurableWait | None], None] | None = None
+        # Whether an ingest may block on the disk (then it runs in a thread), and whether it
+        # leaves an fsync to await; `use_pipeline` says it again for a pipeline added later.
+        self.blocking = False
+        self.defers = False
+        self.use_pipeline(pipeline)
 
-    def ingest(self, signal: Signal, body: bytes, fmt: Format, encoding: str | None) -> IngestResult:
-        result = self.pipeline.ingest(signal, body, fmt, encoding)
+    def use_pipeline(self, pipeline: Pipeline) -> None:
+        """Takes into account one more pipeline a request may queue into (the event bus)."""
+        self.blocking = self.blocking or pipeline.blocking_ingest
+        self.defers = self.defers or pipeline.defers_sync
+
+    def ingest(
+        self, signal: Signal, body: bytes, fmt: Format, encoding: str | None, wait: DurableWait | None
+    ) -> IngestResult:
+        result = self.pipeline.ingest(signal, body, fmt, encoding, wait=wait)
         if signal == "logs" and self.events_from_logs is not None and result.accepted:
-            self.events_from_logs(body, fmt, encoding)
+            self.events_from_logs(body, fmt, encoding, wait)
         return result
 
     async def handle(self, request: Request, signal: Signal) -> Response:
@@ -79,11 +93,14 @@ class OtlpHttpReceiver:
             headers = [("Retry-After", RETRY_AFTER_BUSY_S)] + ([] if exc.drained else [("Connection", "close")])
             return status_response(503, CODE_UNAVAILABLE, str(exc), fmt, headers)
         encoding = request.header("content-encoding") or None
+        wait = DurableWait() if self.defers else None
         try:
-            if is_encoded(encoding) or len(body) > INLINE_LIMIT or self.pipeline.blocking_ingest:
-                result = await asyncio.to_thread(self.ingest, signal, body, fmt, encoding)
+            if self.blocking or len(body) > INLINE_LIMIT or is_encoded(encoding):
+                result = await asyncio.to_thread(self.ingest, signal, body, fmt, encoding, wait)
             else:
-                result = self.ingest(signal, body, fmt, encoding)
+                result = self.ingest(signal, body, fmt, encoding, wait)
+            if wait is not None:
+                await wait.wait()
         except DecodeError as exc:
             return status_response(400, CODE_INVALID_ARGUMENT, f"cannot decode OTLP {fmt} {signal}: {exc}", fmt)
         except PayloadTooLarge as exc:
@@ -103,6 +120,9 @@ class OtlpHttpReceiver:
             return status_response(
                 503, CODE_UNAVAILABLE, "queue storage unavailable; retry later", fmt, [("Retry-After", "5")]
             )
+        finally:
+            if wait is not None:
+                wait.close()
         if result.rejected:
             log.info(
                 "partial success",
