@@ -10,6 +10,7 @@ ingest call, so an fsync that completes before the call returns is never missed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 
 from trackgate._core import DurableNotifier
@@ -30,10 +31,9 @@ class LoopWaits:
 
     def _notify(self, done: list[int], failed: list[tuple[int, BaseException]]) -> None:
         """On the core's syncer thread: one hand-over to the loop per group commit."""
-        try:
+        # A closed loop raises RuntimeError: its requests are gone.
+        with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self._settle, done, failed)
-        except RuntimeError:  # the loop is closed: its requests are gone
-            pass
 
     def _settle(self, done: list[int], failed: list[tuple[int, BaseException]]) -> None:
         futures = self.futures
