@@ -29,6 +29,12 @@ CODE_OUT_OF_RANGE, CODE_UNIMPLEMENTED, CODE_DEADLINE_EXCEEDED = 11, 12, 4
 # loop, so that other connections keep flowing. Waiting for fsync is not: the request awaits the
 # group commit that covers it (durable_wait).
 INLINE_LIMIT = 256 * 1024
+# The answer to a request with nothing rejected, built once per signal and format.
+FULL_SUCCESS: dict[tuple[str, Format], bytes] = {
+    (signal, fmt): export_response(signal, 0, "", fmt)
+    for signal in ("logs", "traces", "metrics")
+    for fmt in ("protobuf", "json")
+}
 RETRY_AFTER_FULL_S = "1"
 RETRY_AFTER_BUSY_S = "1"
 RETRY_AFTER_CLOSED_S = "5"
@@ -123,10 +129,11 @@ class OtlpHttpReceiver:
         finally:
             if wait is not None:
                 wait.close()
-        if result.rejected:
-            log.info(
-                "partial success",
-                extra={"signal": signal, "rejected": result.rejected, "reason": result.error_message},
-            )
+        if not result.rejected:
+            return Response(200, FULL_SUCCESS[signal, fmt], MEDIA_TYPE[fmt])
+        log.info(
+            "partial success",
+            extra={"signal": signal, "rejected": result.rejected, "reason": result.error_message},
+        )
         body_out = export_response(signal, result.rejected, result.error_message, fmt)
         return Response(200, body_out, MEDIA_TYPE[fmt])
