@@ -96,7 +96,7 @@ class DurableNotifier:
     `(token, exception)` for those it failed or shutdown cut off. Called on the queue's syncer
     thread, once per group commit."""
 
-    def __init__(self, callback: Callable[[list[int], list[tuple[int, BaseException]]], object]) -> None: ...
+    def __new__(cls, callback: Callable[[list[int], list[tuple[int, BaseException]]], object]) -> Self: ...
 
 @final
 class Core:
@@ -255,10 +255,6 @@ class EventsResult:
     def errors(self) -> list[tuple[int, str]]: ...
     @property
     def error_message(self) -> str: ...
-    @property
-    def waiting(self) -> bool:
-        """The notifier passed to the call will be told (with its token) once the fsync covering
-        the request ran or failed: until then it is not durable."""
     @property
     def event_ids(self) -> list[str]: ...
     @property
