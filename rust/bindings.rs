@@ -245,7 +245,12 @@ struct Core {
 impl Core {
     /// Finishes a deferred ingest: waits for its fsync here (no sink), or hands the wait to the
     /// queue's syncer thread and returns whether `sink` will be told.
-    fn settle<T>(&self, (out, point): (T, Option<SyncPoint>), sink: Option<Arc<dyn DurableSink>>, token: u64) -> Result<(T, bool)> {
+    fn settle<T>(
+        &self,
+        (out, point): (T, Option<SyncPoint>),
+        sink: Option<Arc<dyn DurableSink>>,
+        token: u64,
+    ) -> Result<(T, bool)> {
         match (point, sink) {
             (None, _) => Ok((out, false)),
             (Some(point), None) => self.pipeline.sync_point(Some(point)).map(|()| (out, false)),
@@ -415,7 +420,9 @@ impl Core {
         let format = parse_format(format)?;
         let sink = notify.map(|n| n.get().sink());
         let (out, waiting) = guarded(py, || {
-            let deferred = self.pipeline.ingest_deferred(signal, body, format, content_encoding, scrub)?;
+            let deferred = self
+                .pipeline
+                .ingest_deferred(signal, body, format, content_encoding, scrub)?;
             self.settle(deferred, sink, token)
         })?;
         Ok(IngestResult::new(signal, out, waiting))
@@ -438,7 +445,9 @@ impl Core {
         let sink = notify.map(|n| n.get().sink());
         let (out, waiting) = guarded(py, || {
             let format = crate::fluent::BodyFormat::from_media_type(media_type)?;
-            let deferred = self.pipeline.ingest_fluent_deferred(body, format, content_encoding, tag)?;
+            let deferred = self
+                .pipeline
+                .ingest_fluent_deferred(body, format, content_encoding, tag)?;
             self.settle(deferred, sink, token)
         })?;
         Ok(IngestResult::new(Signal::Logs, out, waiting))

@@ -3108,13 +3108,17 @@ mod tests {
         faults.hold(true);
         let (_, p) = q.append_deferred(Signal::Logs, 1, payload(1, 10)).unwrap();
         q.when_durable(p.unwrap(), first.clone(), 1);
-        wait_until("the syncer is in its fsync", || faults.waiting.load(Ordering::SeqCst) == 1);
+        wait_until("the syncer is in its fsync", || {
+            faults.waiting.load(Ordering::SeqCst) == 1
+        });
         for (token, sink) in [(2, &first), (3, &second), (4, &first)] {
             let (_, p) = q.append_deferred(Signal::Traces, 1, payload(2, 10)).unwrap();
             q.when_durable(p.unwrap(), Arc::clone(sink) as Arc<dyn DurableSink>, token);
         }
         faults.hold(false);
-        wait_until("every waiter was told", || first.told().len() + second.told().len() == 4);
+        wait_until("every waiter was told", || {
+            first.told().len() + second.told().len() == 4
+        });
         assert_eq!(first.told(), [(1, true), (2, true), (4, true)]);
         assert_eq!(second.told(), [(3, true)]);
         // Two groups: the first waiter alone, then the three that queued behind its fsync, whose
