@@ -1377,9 +1377,12 @@ fn run_syncer(shared: &std::sync::Weak<Shared>, queue: &WaitQueue) {
     }
 }
 
+/// What one sink is told: (token, outcome) per waiter.
+type Outcomes = Vec<(u64, Result<()>)>;
+
 /// Tells each sink of `group` the outcome of its waiters, once per sink.
 fn settle_group(group: Vec<Waiter>, mut outcome: impl FnMut(SyncPoint) -> Result<()>) {
-    let mut by_sink: Vec<(Arc<dyn DurableSink>, Vec<(u64, Result<()>)>)> = Vec::new();
+    let mut by_sink: Vec<(Arc<dyn DurableSink>, Outcomes)> = Vec::new();
     for w in group {
         let result = outcome(w.point);
         match by_sink.iter_mut().find(|(sink, _)| Arc::ptr_eq(sink, &w.sink)) {

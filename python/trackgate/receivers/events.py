@@ -142,6 +142,10 @@ class EventsReceiver:
             finally:
                 if wait is not None:
                     wait.close()
+            # Counted once durable (a request answered 503 is sent again and counted then), in a
+            # thread: the job metrics update their shared state in Redis.
+            if self.on_accepted is not None:
+                await asyncio.to_thread(self.on_accepted, result.ndjson)
             EVENTS.inc(result.accepted, outcome="accepted")
         if result.rejected:
             log.info("events refused", extra={"rejected": result.rejected, "reason": result.error_message})
@@ -151,8 +155,6 @@ class EventsReceiver:
         self.pipeline.ingest("logs", result.otlp_logs, "protobuf", wait=wait)
         if self.bus is not None:
             self.bus.enqueue("logs", result.ndjson, result.accepted, wait=wait)
-        if self.on_accepted is not None:
-            self.on_accepted(result.ndjson)
 
     def _decode(self, body: bytes, encoding: str | None) -> EventsResult:
         extra, safe, patterns = self.scrub or ([], [], [])
