@@ -203,7 +203,8 @@ impl Pipeline {
         Ok(out)
     }
 
-    fn ingest_converted_deferred(
+    /// `ingest_converted` without waiting for fsync (see `ingest_deferred`).
+    pub fn ingest_converted_deferred(
         &self,
         converted: fluent::Converted,
         decoded_bytes: usize,

@@ -109,9 +109,16 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
                         let pipeline = service.pipeline.clone();
                         let c = converted.clone();
                         let out = tokio::task::spawn_blocking(move || {
-                            catch_unwind(AssertUnwindSafe(|| pipeline.ingest_converted(c, used, used)))
+                            catch_unwind(AssertUnwindSafe(|| pipeline.ingest_converted_deferred(c, used, used)))
                         })
                         .await;
+                        // The fsync is awaited (group commit) before the ack.
+                        let out = match out {
+                            Ok(Ok(Ok((done, point)))) => {
+                                Ok(Ok(super::durable(&service.pipeline, point).await.map(|()| done)))
+                            }
+                            other => other.map(|r| r.map(|r| r.map(|(done, _)| done))),
+                        };
                         match out {
                             Ok(Ok(Ok(done))) => {
                                 service.stats.records.fetch_add(done.accepted, Ordering::Relaxed);
