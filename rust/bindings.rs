@@ -24,7 +24,7 @@ use crate::ingest::{Format, IngestOptions, Ingested};
 use crate::limits::ContentReport;
 use crate::net::{fluent_http, forward, otlp_grpc, Listeners as NetListeners};
 use crate::pipeline::{EventsTap, Pipeline, PipelineOptions};
-use crate::queue::Seq;
+use crate::queue::{DurableSink, Seq, SyncPoint};
 use crate::scrub::ScrubOptions;
 use crate::sentry::{self, HeaderDsn, Processed, SentryOptions};
 use crate::signal::Signal;
@@ -171,11 +171,16 @@ struct IngestResult {
     error_message: String,
     #[pyo3(get)]
     decoded_bytes: usize,
+    /// The notifier passed in will be told, with the token passed in, once the fsync covering
+    /// this request ran or failed: until then the request is not durable.
+    #[pyo3(get)]
+    waiting: bool,
 }
 
 impl IngestResult {
-    fn new(signal: Signal, out: Ingested) -> Self {
+    fn new(signal: Signal, out: Ingested, waiting: bool) -> Self {
         IngestResult {
+            waiting,
             signal: signal.as_str(),
             received: out.received,
             accepted: out.accepted,
@@ -261,6 +266,73 @@ struct Core {
     id: u64,
     /// Shared with the listeners of the network runtime, which ingest without Python.
     pipeline: Arc<Pipeline>,
+}
+
+impl Core {
+    /// Finishes a deferred ingest: waits for its fsync here (no sink), or hands the wait to the
+    /// queue's syncer thread and returns whether `sink` will be told.
+    fn settle<T>(
+        &self,
+        (out, point): (T, Option<SyncPoint>),
+        sink: Option<Arc<dyn DurableSink>>,
+        token: u64,
+    ) -> Result<(T, bool)> {
+        match (point, sink) {
+            (None, _) => Ok((out, false)),
+            (Some(point), None) => self.pipeline.sync_point(Some(point)).map(|()| (out, false)),
+            (Some(point), Some(sink)) => {
+                self.pipeline.when_durable(point, sink, token);
+                Ok((out, true))
+            }
+        }
+    }
+}
+
+/// Tells a Python callable about durable appends: `callback(done, failed)` with the tokens whose
+/// fsync ran and `(token, exception)` pairs for those it failed (or that shutdown cut off). Called
+/// on the queue's syncer thread, once per group commit, so it should only hand over to the
+/// event loop (`loop.call_soon_threadsafe`).
+#[pyclass(frozen, module = "trackgate._core")]
+struct DurableNotifier {
+    sink: Arc<PySink>,
+}
+
+struct PySink {
+    callback: Py<PyAny>,
+}
+
+impl DurableSink for PySink {
+    fn deliver(&self, results: Vec<(u64, Result<()>)>) {
+        Python::attach(|py| {
+            let mut done = Vec::with_capacity(results.len());
+            let mut failed = Vec::new();
+            for (token, result) in results {
+                match result {
+                    Ok(()) => done.push(token),
+                    Err(err) => failed.push((token, to_py(err).into_value(py))),
+                }
+            }
+            if let Err(err) = self.callback.call1(py, (done, failed)) {
+                err.write_unraisable(py, Some(self.callback.bind(py)));
+            }
+        });
+    }
+}
+
+impl DurableNotifier {
+    fn sink(&self) -> Arc<dyn DurableSink> {
+        Arc::clone(&self.sink) as Arc<dyn DurableSink>
+    }
+}
+
+#[pymethods]
+impl DurableNotifier {
+    #[new]
+    fn new(callback: Py<PyAny>) -> Self {
+        DurableNotifier {
+            sink: Arc::new(PySink { callback }),
+        }
+    }
 }
 
 #[pymethods]
@@ -362,7 +434,9 @@ impl Core {
         })
     }
 
-    #[pyo3(signature = (signal, body, format, content_encoding = None, scrub = true))]
+    /// With `notify`, returns without waiting for fsync: see `IngestResult.waiting`.
+    #[pyo3(signature = (signal, body, format, content_encoding = None, scrub = true, notify = None, token = 0))]
+    #[allow(clippy::too_many_arguments)]
     fn ingest(
         &self,
         py: Python<'_>,
@@ -371,18 +445,25 @@ impl Core {
         format: &str,
         content_encoding: Option<&str>,
         scrub: bool,
+        notify: Option<&Bound<'_, DurableNotifier>>,
+        token: u64,
     ) -> PyResult<IngestResult> {
         let signal = parse_signal(signal)?;
         let format = parse_format(format)?;
-        let out = guarded(py, || {
-            self.pipeline.ingest_with(signal, body, format, content_encoding, scrub)
+        let sink = notify.map(|n| n.get().sink());
+        let (out, waiting) = guarded(py, || {
+            let deferred = self
+                .pipeline
+                .ingest_deferred(signal, body, format, content_encoding, scrub)?;
+            self.settle(deferred, sink, token)
         })?;
-        Ok(IngestResult::new(signal, out))
+        Ok(IngestResult::new(signal, out, waiting))
     }
 
     /// Converts a Fluent body (Fluent Bit's `http` output or input: JSON, NDJSON, msgpack, text,
     /// form) to OTLP logs and queues them. `media_type` is the Content-Type without parameters.
-    #[pyo3(signature = (body, media_type, tag, content_encoding = None))]
+    #[pyo3(signature = (body, media_type, tag, content_encoding = None, notify = None, token = 0))]
+    #[allow(clippy::too_many_arguments)]
     fn ingest_fluent(
         &self,
         py: Python<'_>,
@@ -390,19 +471,25 @@ impl Core {
         media_type: &str,
         tag: &str,
         content_encoding: Option<&str>,
+        notify: Option<&Bound<'_, DurableNotifier>>,
+        token: u64,
     ) -> PyResult<IngestResult> {
-        let out = guarded(py, || {
+        let sink = notify.map(|n| n.get().sink());
+        let (out, waiting) = guarded(py, || {
             let format = crate::fluent::BodyFormat::from_media_type(media_type)?;
-            self.pipeline.ingest_fluent(body, format, content_encoding, tag)
+            let deferred = self
+                .pipeline
+                .ingest_fluent_deferred(body, format, content_encoding, tag)?;
+            self.settle(deferred, sink, token)
         })?;
-        Ok(IngestResult::new(Signal::Logs, out))
+        Ok(IngestResult::new(Signal::Logs, out, waiting))
     }
 
     /// Converts one whole Fluentd forward-protocol message (e.g. a PackedForward
     /// `[tag, entries, option]`) to OTLP logs and queues them, as the forward listener does.
     fn ingest_forward(&self, py: Python<'_>, message: &[u8]) -> PyResult<IngestResult> {
         let out = guarded(py, || self.pipeline.ingest_forward(message))?;
-        Ok(IngestResult::new(Signal::Logs, out))
+        Ok(IngestResult::new(Signal::Logs, out, false))
     }
 
     /// Takes the events carried by every logs request this core ingests (OTLP/HTTP, OTLP/gRPC,
@@ -464,10 +551,24 @@ impl Core {
         Ok(())
     }
 
-    /// Queues `payload` as is (no OTLP decoding): used for Sentry envelopes.
-    fn enqueue(&self, py: Python<'_>, signal: &str, payload: Vec<u8>, records: u64) -> PyResult<()> {
+    /// Queues `payload` as is (no OTLP decoding): used for Sentry envelopes. Returns whether
+    /// `notify` will be told when it is durable (see `IngestResult.waiting`).
+    #[pyo3(signature = (signal, payload, records, notify = None, token = 0))]
+    fn enqueue(
+        &self,
+        py: Python<'_>,
+        signal: &str,
+        payload: Vec<u8>,
+        records: u64,
+        notify: Option<&Bound<'_, DurableNotifier>>,
+        token: u64,
+    ) -> PyResult<bool> {
         let signal = parse_signal(signal)?;
-        guarded(py, || self.pipeline.enqueue(signal, records, payload))
+        let sink = notify.map(|n| n.get().sink());
+        guarded(py, || {
+            let point = self.pipeline.enqueue_deferred(signal, records, payload)?;
+            Ok(self.settle(((), point), sink, token)?.1)
+        })
     }
 
     #[pyo3(signature = (exporter, signal, timeout, flush = false))]
@@ -1093,6 +1194,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<IngestResult>()?;
     m.add_class::<Batch>()?;
     m.add_class::<Core>()?;
+    m.add_class::<DurableNotifier>()?;
     m.add_class::<Listeners>()?;
     m.add_function(wrap_pyfunction!(to_json, m)?)?;
     m.add_function(wrap_pyfunction!(to_protobuf, m)?)?;

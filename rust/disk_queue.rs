@@ -42,7 +42,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{CoreError, Result};
-use crate::queue::{check_exporters, unknown_exporter, Entry, EntryInfo, Payload, Pending, Queue, Seq, Usage};
+use crate::queue::{
+    check_exporters, unknown_exporter, DurableSink, Entry, EntryInfo, Payload, Pending, Queue, Seq, SyncPoint, Usage,
+};
 use crate::signal::Signal;
 
 pub const SEGMENT_HEADER: usize = 48;
@@ -1063,6 +1065,35 @@ fn read_payload(
 // ---------------------------------------------------------------------------------------------
 // The queue
 
+/// A deferred append's wait for the fsync that covers it.
+struct Waiter {
+    point: SyncPoint,
+    sink: Arc<dyn DurableSink>,
+    token: u64,
+}
+
+#[derive(Debug, Default)]
+struct WaitQueue {
+    state: Mutex<Waiting>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Waiting {
+    list: Vec<Waiter>,
+    /// The queue is closing: waiters that arrive now fail at once.
+    stopped: bool,
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiting")
+            .field("waiters", &self.list.len())
+            .field("stopped", &self.stopped)
+            .finish()
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     config: Config,
@@ -1076,6 +1107,8 @@ struct Shared {
     ledger_written_gen: AtomicU64,
     stop: Mutex<bool>,
     stop_wake: Condvar,
+    /// Deferred appends waiting for their fsync (`Fsync::Always`), settled by the syncer thread.
+    waiting: Arc<WaitQueue>,
     /// Payload reads that failed (every attempt).
     read_errors: AtomicU64,
     /// Entries handed out empty because they read back damaged, or were unreadable and had
@@ -1212,6 +1245,7 @@ impl DiskQueue {
             ledger_written_gen: AtomicU64::new(0),
             stop: Mutex::new(false),
             stop_wake: Condvar::new(),
+            waiting: Arc::new(WaitQueue::default()),
             read_errors: AtomicU64::new(0),
             damaged_entries: AtomicU64::new(0),
             storage_errors: AtomicU64::new(0),
@@ -1231,6 +1265,15 @@ impl DiskQueue {
             }
             _ => None,
         };
+        if shared.config.fsync == Fsync::Always {
+            // Holds only a weak reference: dropping the queue never waits for this thread (whose
+            // sinks may need a lock the dropping thread holds, such as Python's GIL).
+            let (weak, waiting) = (Arc::downgrade(&shared), Arc::clone(&shared.waiting));
+            thread::Builder::new()
+                .name("trackgate-queue-sync".into())
+                .spawn(move || run_syncer(&weak, &waiting))
+                .map_err(|e| storage("starting the sync thread", e))?;
+        }
         Ok(DiskQueue { shared, flusher })
     }
 
@@ -1295,8 +1338,67 @@ fn run_flusher(shared: &Shared, every: Duration) {
     }
 }
 
+/// Group commit for deferred appends: takes every waiter queued so far, fsyncs each segment
+/// they wrote to once (up to the furthest of them), and tells each sink once per group.
+fn run_syncer(shared: &std::sync::Weak<Shared>, queue: &WaitQueue) {
+    loop {
+        let (group, stopped) = {
+            let mut waiting = lock(&queue.state);
+            while waiting.list.is_empty() && !waiting.stopped {
+                waiting = queue.wake.wait(waiting).unwrap_or_else(PoisonError::into_inner);
+            }
+            (std::mem::take(&mut waiting.list), waiting.stopped)
+        };
+        let sh = shared.upgrade().filter(|_| !stopped);
+        let Some(sh) = sh else {
+            // Closing: whatever the drop's final sync does, these requests are not acknowledged.
+            settle_group(group, |_| Err(CoreError::Closed));
+            return;
+        };
+        let mut furthest: BTreeMap<u64, u64> = BTreeMap::new();
+        for w in &group {
+            let end = furthest.entry(w.point.segment).or_default();
+            *end = (*end).max(w.point.end);
+        }
+        let synced: BTreeMap<u64, bool> = furthest
+            .into_iter()
+            .map(|(id, end)| (id, sh.sync_upto(id, end).is_ok()))
+            .collect();
+        settle_group(group, |point| {
+            if synced.get(&point.segment) == Some(&true) {
+                Ok(())
+            } else {
+                // Failed: asking again answers from what is known (an earlier sync may have
+                // covered this waiter; one that failed before covering it fails it for good).
+                sh.sync_upto(point.segment, point.end)
+            }
+        });
+        drop(sh);
+    }
+}
+
+/// What one sink is told: (token, outcome) per waiter.
+type Outcomes = Vec<(u64, Result<()>)>;
+
+/// Tells each sink of `group` the outcome of its waiters, once per sink.
+fn settle_group(group: Vec<Waiter>, mut outcome: impl FnMut(SyncPoint) -> Result<()>) {
+    let mut by_sink: Vec<(Arc<dyn DurableSink>, Outcomes)> = Vec::new();
+    for w in group {
+        let result = outcome(w.point);
+        match by_sink.iter_mut().find(|(sink, _)| Arc::ptr_eq(sink, &w.sink)) {
+            Some((_, results)) => results.push((w.token, result)),
+            None => by_sink.push((w.sink, vec![(w.token, result)])),
+        }
+    }
+    for (sink, results) in by_sink {
+        sink.deliver(results);
+    }
+}
+
 impl Drop for DiskQueue {
     fn drop(&mut self) {
+        lock(&self.shared.waiting.state).stopped = true;
+        self.shared.waiting.wake.notify_all();
         *lock(&self.shared.stop) = true;
         self.shared.stop_wake.notify_all();
         if let Some(handle) = self.flusher.take() {
@@ -1698,6 +1800,14 @@ impl Queue for DiskQueue {
     }
 
     fn append(&self, signal: Signal, records: u64, payload: Payload) -> Result<Seq> {
+        let (seq, point) = self.append_deferred(signal, records, payload)?;
+        if let Some(point) = point {
+            self.sync_point(point)?;
+        }
+        Ok(seq)
+    }
+
+    fn append_deferred(&self, signal: Signal, records: u64, payload: Payload) -> Result<(Seq, Option<SyncPoint>)> {
         let sh = &*self.shared;
         let config = &sh.config;
         let limit = usize::try_from(config.max_bytes).unwrap_or(usize::MAX);
@@ -1791,10 +1901,24 @@ impl Queue for DiskQueue {
             st.settle();
             break (id, end, seq);
         };
-        if config.fsync == Fsync::Always {
-            sh.sync_upto(id, end)?;
+        let point = (config.fsync == Fsync::Always).then_some(SyncPoint { segment: id, end });
+        Ok((seq, point))
+    }
+
+    fn sync_point(&self, point: SyncPoint) -> Result<()> {
+        self.shared.sync_upto(point.segment, point.end)
+    }
+
+    fn when_durable(&self, point: SyncPoint, sink: Arc<dyn DurableSink>, token: u64) {
+        let mut waiting = lock(&self.shared.waiting.state);
+        if waiting.stopped {
+            drop(waiting);
+            sink.deliver(vec![(token, Err(CoreError::Closed))]);
+            return;
         }
-        Ok(seq)
+        waiting.list.push(Waiter { point, sink, token });
+        drop(waiting);
+        self.shared.waiting.wake.notify_one();
     }
 
     fn pending(&self, exporter: &str, signal: Signal) -> Result<Pending> {
@@ -2950,6 +3074,92 @@ mod tests {
         assert_eq!(counter(&q, "queue_read_stalled"), Some(1));
         faults.reads.store(0, Ordering::SeqCst);
         assert_eq!(&take_all(&q, "a", Signal::Logs)[0].payload[..], &[3u8; 10][..]);
+    }
+
+    /// A sink that records each delivery: (token, durable) per waiter.
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<Vec<(u64, bool)>>>);
+
+    impl DurableSink for Collect {
+        fn deliver(&self, results: Vec<(u64, Result<()>)>) {
+            let told = results.into_iter().map(|(t, r)| (t, r.is_ok())).collect();
+            lock(&self.0).push(told);
+        }
+    }
+
+    impl Collect {
+        fn told(&self) -> Vec<(u64, bool)> {
+            let mut all: Vec<_> = lock(&self.0).iter().flatten().copied().collect();
+            all.sort_unstable();
+            all
+        }
+    }
+
+    #[test]
+    fn deferred_appends_share_one_fsync_and_each_sink_is_told_once_per_group() {
+        let dir = TempDir::new("dq");
+        let faults = Arc::new(Faults::default());
+        let q = open(&with_faults(
+            DiskOptions {
+                fsync: Fsync::Always,
+                ..options(&dir, &["a"])
+            },
+            &faults,
+        ));
+        let (first, second) = (Arc::new(Collect::default()), Arc::new(Collect::default()));
+        // The syncer takes the first waiter and holds in its fsync while three more line up.
+        faults.hold(true);
+        let (_, p) = q.append_deferred(Signal::Logs, 1, payload(1, 10)).unwrap();
+        q.when_durable(p.unwrap(), first.clone(), 1);
+        wait_until("the syncer is in its fsync", || {
+            faults.waiting.load(Ordering::SeqCst) == 1
+        });
+        for (token, sink) in [(2, &first), (3, &second), (4, &first)] {
+            let (_, p) = q.append_deferred(Signal::Traces, 1, payload(2, 10)).unwrap();
+            q.when_durable(p.unwrap(), Arc::clone(sink) as Arc<dyn DurableSink>, token);
+        }
+        faults.hold(false);
+        wait_until("every waiter was told", || {
+            first.told().len() + second.told().len() == 4
+        });
+        assert_eq!(first.told(), [(1, true), (2, true), (4, true)]);
+        assert_eq!(second.told(), [(3, true)]);
+        // Two groups: the first waiter alone, then the three that queued behind its fsync, whose
+        // sinks were told once each.
+        assert_eq!(lock(&first.0).len(), 2);
+        assert_eq!(lock(&second.0).len(), 1);
+        // A queue with nothing to wait for has no point to give.
+        let never = TempDir::new("dq");
+        let q = open(&options(&never, &["a"]));
+        assert_eq!(q.append_deferred(Signal::Logs, 1, payload(1, 10)).unwrap(), (1, None));
+    }
+
+    #[test]
+    fn a_failed_group_fsync_fails_the_waiters_it_did_not_cover_and_only_those() {
+        let dir = TempDir::new("dq");
+        let faults = Arc::new(Faults::default());
+        let q = open(&with_faults(
+            DiskOptions {
+                fsync: Fsync::Always,
+                ..options(&dir, &["a"])
+            },
+            &faults,
+        ));
+        let sink = Arc::new(Collect::default());
+        let (_, covered) = q.append_deferred(Signal::Logs, 1, payload(1, 10)).unwrap();
+        q.sync_point(covered.unwrap()).unwrap();
+        let (_, lost) = q.append_deferred(Signal::Logs, 1, payload(2, 10)).unwrap();
+        faults.syncs.store(1, Ordering::SeqCst);
+        q.when_durable(covered.unwrap(), sink.clone(), 1);
+        q.when_durable(lost.unwrap(), sink.clone(), 2);
+        wait_until("both waiters were told", || sink.told().len() == 2);
+        assert_eq!(sink.told(), [(1, true), (2, false)]);
+        // A later fsync succeeds, yet the write it did not cover is never reported durable.
+        let again = Arc::new(Collect::default());
+        q.when_durable(lost.unwrap(), again.clone(), 3);
+        wait_until("the late waiter was told", || again.told().len() == 1);
+        assert_eq!(again.told(), [(3, false)]);
+        assert!(is_storage(q.sync_point(lost.unwrap())));
     }
 
     #[test]

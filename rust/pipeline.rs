@@ -13,9 +13,12 @@ use crate::decompress::decompress;
 use crate::error::{CoreError, Result};
 use crate::fluent;
 use crate::ingest::{Format, IngestOptions, Ingested, Ingester};
-use crate::queue::{MemoryQueue, Payload, Queue, Seq};
+use crate::queue::{DurableSink, MemoryQueue, Payload, Queue, Seq, SyncPoint};
 use crate::sentry::now_nanos;
 use crate::signal::Signal;
+
+/// An ingest that has not waited for fsync, with the point to wait on when there is one.
+pub type Deferred = (Ingested, Option<SyncPoint>);
 
 pub struct PipelineOptions {
     pub exporters: Vec<String>,
@@ -168,6 +171,22 @@ impl Pipeline {
         encoding: Option<&str>,
         scrub: bool,
     ) -> Result<Ingested> {
+        let (out, point) = self.ingest_deferred(signal, body, format, encoding, scrub)?;
+        self.sync_point(point)?;
+        Ok(out)
+    }
+
+    /// `ingest_with` without waiting for fsync: the point returned, if any, is durable once
+    /// [`Pipeline::sync_point`] returns or [`Pipeline::when_durable`] says so. Until then the
+    /// request must not be acknowledged.
+    pub fn ingest_deferred(
+        &self,
+        signal: Signal,
+        body: &[u8],
+        format: Format,
+        encoding: Option<&str>,
+        scrub: bool,
+    ) -> Result<Deferred> {
         if self.is_closed() {
             return Err(CoreError::Closed);
         }
@@ -190,13 +209,26 @@ impl Pipeline {
         encoding: Option<&str>,
         tag: &str,
     ) -> Result<Ingested> {
+        let (out, point) = self.ingest_fluent_deferred(body, format, encoding, tag)?;
+        self.sync_point(point)?;
+        Ok(out)
+    }
+
+    /// `ingest_fluent` without waiting for fsync (see `ingest_deferred`).
+    pub fn ingest_fluent_deferred(
+        &self,
+        body: &[u8],
+        format: fluent::BodyFormat,
+        encoding: Option<&str>,
+        tag: &str,
+    ) -> Result<Deferred> {
         if self.is_closed() {
             return Err(CoreError::Closed);
         }
         let decoded = decompress(body, encoding, self.ingester.max_body_bytes())?;
         let offset = self.fluent_utc_offset_s.load(Ordering::Relaxed);
         let converted = fluent::convert_body_at(&decoded, format, tag, now_nanos(), offset)?;
-        self.ingest_converted(converted, decoded.len(), body.len())
+        self.ingest_converted_deferred(converted, decoded.len(), body.len())
     }
 
     /// Decodes one whole forward-protocol message (any mode: Message, Forward, PackedForward,
@@ -225,19 +257,32 @@ impl Pipeline {
         decoded_bytes: usize,
         body_bytes: usize,
     ) -> Result<Ingested> {
+        let (out, point) = self.ingest_converted_deferred(converted, decoded_bytes, body_bytes)?;
+        self.sync_point(point)?;
+        Ok(out)
+    }
+
+    /// `ingest_converted` without waiting for fsync (see `ingest_deferred`); the events are
+    /// queued (and, on the bus, synced) before it returns.
+    pub fn ingest_converted_deferred(
+        &self,
+        converted: fluent::Converted,
+        decoded_bytes: usize,
+        body_bytes: usize,
+    ) -> Result<Deferred> {
         let out = self.queue_converted(&converted, decoded_bytes, body_bytes)?;
         self.tap_events(&converted.payload)?;
         Ok(out)
     }
 
-    /// `ingest_converted` without the events: the caller runs `tap_events` (the forward listener,
-    /// which retries only that step while the events' queue is full).
+    /// `ingest_converted_deferred` without the events: the caller runs `tap_events` (the forward
+    /// listener, which retries only that step while the events' queue is full).
     pub fn queue_converted(
         &self,
         converted: &fluent::Converted,
         decoded_bytes: usize,
         body_bytes: usize,
-    ) -> Result<Ingested> {
+    ) -> Result<Deferred> {
         if self.is_closed() {
             return Err(CoreError::Closed);
         }
@@ -259,13 +304,14 @@ impl Pipeline {
         self.queue_ingested(out, body_bytes)
     }
 
-    fn queue_ingested(&self, mut out: Ingested, body_bytes: usize) -> Result<Ingested> {
+    fn queue_ingested(&self, mut out: Ingested, body_bytes: usize) -> Result<Deferred> {
         let signal = out.signal;
         // Not `accepted > 0`: a metric with a name and no data points is forwarded (as the
         // Collector does) though it counts no data point.
+        let mut point = None;
         if !out.payload.is_empty() {
             let payload = Payload::with_counts(std::mem::take(&mut out.payload), out.counts);
-            self.append(signal, out.accepted, payload)?;
+            point = self.append(signal, out.accepted, payload)?;
         }
         let c = &self.counters[signal.index()];
         c.received_records.fetch_add(out.received, Ordering::Relaxed);
@@ -274,27 +320,44 @@ impl Pipeline {
         c.sampled_out_records.fetch_add(out.sampled_out, Ordering::Relaxed);
         c.scrubbed_records.fetch_add(out.scrubbed, Ordering::Relaxed);
         c.received_bytes.fetch_add(body_bytes as u64, Ordering::Relaxed);
-        Ok(out)
+        Ok((out, point))
     }
 
     /// Queues a payload decoded elsewhere, as is: a Sentry envelope for the Sentry forwarding
     /// pipeline. The same durability and backpressure as `ingest`, without OTLP decoding.
     pub fn enqueue(&self, signal: Signal, records: u64, payload: Vec<u8>) -> Result<()> {
+        let point = self.enqueue_deferred(signal, records, payload)?;
+        self.sync_point(point)
+    }
+
+    /// `enqueue` without waiting for fsync (see `ingest_deferred`).
+    pub fn enqueue_deferred(&self, signal: Signal, records: u64, payload: Vec<u8>) -> Result<Option<SyncPoint>> {
         if self.is_closed() {
             return Err(CoreError::Closed);
         }
         let size = payload.len() as u64;
-        self.append(signal, records, Payload::from(payload))?;
+        let point = self.append(signal, records, Payload::from(payload))?;
         let c = &self.counters[signal.index()];
         c.received_records.fetch_add(records, Ordering::Relaxed);
         c.accepted_records.fetch_add(records, Ordering::Relaxed);
         c.received_bytes.fetch_add(size, Ordering::Relaxed);
-        Ok(())
+        Ok(point)
+    }
+
+    /// Waits until a deferred ingest is durable (nothing to wait for: `None`).
+    pub fn sync_point(&self, point: Option<SyncPoint>) -> Result<()> {
+        point.map_or(Ok(()), |p| self.queue.sync_point(p))
+    }
+
+    /// Has `sink` told with `token` once `point` is durable (or never will be), without waiting:
+    /// the queue's syncer thread fsyncs the appends waiting at once and tells each sink once.
+    pub fn when_durable(&self, point: SyncPoint, sink: Arc<dyn DurableSink>, token: u64) {
+        self.queue.when_durable(point, sink, token);
     }
 
     /// Appends outside the wake lock (concurrent fsync'd appends share one sync), keeping count
     /// of appends in flight so that close-and-drain waits for them.
-    fn append(&self, signal: Signal, records: u64, payload: Payload) -> Result<()> {
+    fn append(&self, signal: Signal, records: u64, payload: Payload) -> Result<Option<SyncPoint>> {
         {
             let mut wake = self.lock();
             if wake.closed {
@@ -302,7 +365,7 @@ impl Pipeline {
             }
             wake.appending += 1;
         }
-        let appended = self.queue.append(signal, records, payload);
+        let appended = self.queue.append_deferred(signal, records, payload);
         let last = {
             let mut wake = self.lock();
             wake.appending -= 1;
@@ -317,7 +380,7 @@ impl Pipeline {
         if matches!(appended, Err(CoreError::QueueFull { .. })) {
             self.refused_full.fetch_add(1, Ordering::Relaxed);
         }
-        appended.map(|_| ())
+        appended.map(|(_, point)| point)
     }
 
     /// The next batch for `exporter`, waiting up to `timeout` (`None`: until one is due or the
@@ -429,7 +492,6 @@ impl Pipeline {
 mod tests {
     use super::*;
     use crate::wire::{self, Fields};
-    use std::sync::Arc;
     use std::thread;
 
     fn options(exporters: &[&str], max_records: u64, delay_ms: u64, queue_max_bytes: usize) -> PipelineOptions {

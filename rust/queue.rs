@@ -81,6 +81,20 @@ impl AsRef<[u8]> for Payload {
     }
 }
 
+/// Where an append ends in its storage: the append is durable once an fsync covers this point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncPoint {
+    pub segment: u64,
+    pub end: u64,
+}
+
+/// Told when the fsyncs covering deferred appends ran: `deliver` gets, once per group commit,
+/// the `(token, outcome)` of every waiter of this sink that the group settled. Called from the
+/// queue's syncer thread; it must not block on anything that waits for that thread.
+pub trait DurableSink: Send + Sync {
+    fn deliver(&self, results: Vec<(u64, Result<()>)>);
+}
+
 /// One entry as readers see it.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -145,6 +159,23 @@ pub trait Queue: Send + Sync {
     /// Appends an entry and returns its seq. `QueueFull` when it does not fit under the byte limit
     /// now, `TooLarge` when it never would.
     fn append(&self, signal: Signal, records: u64, payload: Payload) -> Result<Seq>;
+
+    /// `append` without waiting for the fsync the policy asks for: returns the point to wait on
+    /// (with [`Queue::sync_point`] or [`Queue::when_durable`]) when there is one. The entry may
+    /// be handed to exporters before then, as with `append`.
+    fn append_deferred(&self, signal: Signal, records: u64, payload: Payload) -> Result<(Seq, Option<SyncPoint>)> {
+        self.append(signal, records, payload).map(|seq| (seq, None))
+    }
+
+    /// Waits until `point` is durable (group commit with concurrent waiters).
+    fn sync_point(&self, _point: SyncPoint) -> Result<()> {
+        Ok(())
+    }
+
+    /// Has `sink` told (with `token`) once `point` is durable or can never be, without waiting.
+    fn when_durable(&self, _point: SyncPoint, sink: Arc<dyn DurableSink>, token: u64) {
+        sink.deliver(vec![(token, Ok(()))]);
+    }
 
     /// What `exporter` has not been handed yet.
     fn pending(&self, exporter: &str, signal: Signal) -> Result<Pending>;

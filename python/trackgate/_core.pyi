@@ -7,6 +7,7 @@ __all__ = [
     "Batch",
     "Core",
     "DecodeError",
+    "DurableNotifier",
     "EventsResult",
     "IngestResult",
     "Listeners",
@@ -72,6 +73,10 @@ class IngestResult:
     @property
     def error_message(self) -> str: ...
     @property
+    def waiting(self) -> bool:
+        """The notifier passed to the call will be told (with its token) once the fsync covering
+        the request ran or failed: until then it is not durable."""
+    @property
     def decoded_bytes(self) -> int: ...
 
 @final
@@ -88,6 +93,14 @@ class Batch:
     def content_report(self) -> list[tuple[str, int]]:
         """Records over Dash0's content limits by limit, as `dash0_content_report(signal, body)`
         says, from counts kept at ingest (only entries read back from disk are walked)."""
+
+@final
+class DurableNotifier:
+    """Tells `callback(done, failed)` about deferred ingests: the tokens whose fsync ran and
+    `(token, exception)` for those it failed or shutdown cut off. Called on the queue's syncer
+    thread, once per group commit."""
+
+    def __new__(cls, callback: Callable[[list[int], list[tuple[int, BaseException]]], object]) -> Self: ...
 
 @final
 class Core:
@@ -131,9 +144,17 @@ class Core:
         format: _Format,
         content_encoding: str | None = None,
         scrub: bool = True,
+        notify: DurableNotifier | None = None,
+        token: int = 0,
     ) -> IngestResult: ...
     def ingest_fluent(
-        self, body: bytes, media_type: str, tag: str, content_encoding: str | None = None
+        self,
+        body: bytes,
+        media_type: str,
+        tag: str,
+        content_encoding: str | None = None,
+        notify: DurableNotifier | None = None,
+        token: int = 0,
     ) -> IngestResult: ...
     def ingest_forward(self, message: bytes) -> IngestResult:
         """Converts one whole forward-protocol message (Message, Forward, PackedForward or
@@ -150,7 +171,9 @@ class Core:
         scrub_patterns: list[str] = ...,
     ) -> None:
         """Events in every logs request this core ingests go to `bus`, then `on_events(ndjson, accepted, scrubbed)`."""
-    def enqueue(self, signal: _Signal, payload: bytes, records: int) -> None: ...
+    def enqueue(
+        self, signal: _Signal, payload: bytes, records: int, notify: DurableNotifier | None = None, token: int = 0
+    ) -> bool: ...
     def next_batch(self, exporter: str, signal: _Signal, timeout: float, flush: bool = False) -> Batch | None: ...
     def ack(self, batch: Batch) -> None: ...
     def stats(self) -> dict[str, int]: ...

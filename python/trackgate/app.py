@@ -93,6 +93,8 @@ class App:
                 events_cfg.normalized_types(),
                 (*self.config.scrub_keys(), self.config.scrub.extra_patterns) if self.config.scrubs("events") else None,
             )
+            if self.bus is not None and events_cfg.from_logs:
+                self.otlp.use_pipeline(self.bus)
             self.jobmetrics = build_job_metrics(self.config, self.pipeline)
             if self.jobmetrics is not None:
                 self.events.on_accepted = self.jobmetrics.offer
@@ -178,8 +180,8 @@ class App:
         finally:
             request.release()  # the body's budget, whatever happened
         await response.send(send)
-        telemetry.HTTP_REQUESTS.inc(route=route, code=str(response.status))
-        telemetry.HTTP_LATENCY.observe(time.perf_counter() - started, route=route)
+        telemetry.HTTP_REQUESTS.inc_key((route, str(response.status)))
+        telemetry.HTTP_LATENCY.observe_key(time.perf_counter() - started, (route,))
 
     async def _dispatch(self, request: Request) -> Response:
         entry = self.routes.get(request.path)

@@ -94,6 +94,13 @@ class ClientSlots:
             self.held.pop(client, None)
 
 
+# The content types answers use, encoded once.
+_CONTENT_TYPES = {
+    t: t.encode()
+    for t in ("application/x-protobuf", "application/json", "text/plain; charset=utf-8", "text/plain; version=0.0.4")
+}
+
+
 @dataclass
 class Response:
     status: int
@@ -102,8 +109,12 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
     async def send(self, send: Send) -> None:
-        headers = [(b"content-type", self.content_type.encode()), (b"content-length", str(len(self.body)).encode())]
-        headers.extend((k.lower().encode(), v.encode()) for k, v in self.headers)
+        content_type = _CONTENT_TYPES.get(self.content_type)
+        if content_type is None:
+            content_type = self.content_type.encode()
+        headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(self.body))]
+        if self.headers:
+            headers.extend((k.lower().encode(), v.encode()) for k, v in self.headers)
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
 
@@ -114,20 +125,37 @@ class Request:
         self._receive = receive
         self.method: str = scope["method"]
         self.path: str = scope["path"]
-        self.headers: dict[str, str] = {}
-        for key, value in scope.get("headers", []):
-            name = key.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            # Repeated headers fold into one comma-separated value, as HTTP allows.
-            self.headers[name] = f"{self.headers[name]}, {text}" if name in self.headers else text
+        self._headers: dict[str, str] | None = None
         self._budget = budget
         self._reserved = 0  # bytes of the budget this request holds
         self._chunks: list[bytes] = []  # the body received so far
         self._received = 0
         self._complete = False
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Every header by lower-case name (built on first use: a request reads only a few)."""
+        if self._headers is None:
+            headers: dict[str, str] = {}
+            for key, value in self.scope.get("headers", ()):
+                name = key.decode("latin-1").lower()
+                text = value.decode("latin-1")
+                # Repeated headers fold into one comma-separated value, as HTTP allows.
+                headers[name] = f"{headers[name]}, {text}" if name in headers else text
+            self._headers = headers
+        return self._headers
+
     def header(self, name: str, default: str = "") -> str:
-        return self.headers.get(name, default)
+        """One header (`name` in lower case), scanning the few raw headers without building a dict."""
+        if self._headers is not None:
+            return self._headers.get(name, default)
+        key = name.encode("latin-1")
+        found: str | None = None
+        for raw, value in self.scope.get("headers", ()):
+            if raw == key or (len(raw) == len(key) and raw.lower() == key):
+                text = value.decode("latin-1")
+                found = text if found is None else f"{found}, {text}"
+        return default if found is None else found
 
     @property
     def client_host(self) -> str:
@@ -169,11 +197,36 @@ class Request:
         self._take(await self._receive(), limit)
 
     async def body(self, limit: int, timeout_s: float = 30.0) -> bytes:
-        """The whole body within `timeout_s` (a client trickling it slower is cut off: BodyTimeout)."""
+        """The whole body within `timeout_s` (a client trickling it slower is cut off: BodyTimeout).
+
+        The deadline is a timer on the loop that cancels this task (no task per body, as
+        `asyncio.wait_for` would create); a body already received needs no timer at all.
+        """
+        if self._complete:
+            return self.buffered()
+        task = asyncio.current_task()
+        if task is None:  # not run as an asyncio task: no task to cancel
+            try:
+                return await asyncio.wait_for(self._body(limit), timeout_s)
+            except TimeoutError:
+                raise BodyTimeout(timeout_s) from None
+        loop = asyncio.get_running_loop()
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = loop.call_at(loop.time() + timeout_s, expire)
         try:
-            return await asyncio.wait_for(self._body(limit), timeout_s)
-        except TimeoutError:
-            raise BodyTimeout(timeout_s) from None
+            return await self._body(limit)
+        except asyncio.CancelledError:
+            if expired and task.uncancel() == 0:
+                raise BodyTimeout(timeout_s) from None
+            raise
+        finally:
+            timer.cancel()
 
     async def _body(self, limit: int) -> bytes:
         """Reads the rest of the body, refusing (before reading) a declared or (while reading) an
@@ -207,7 +260,7 @@ class Request:
         return self.buffered()
 
     def _declared(self) -> int | None:
-        declared = self.headers.get("content-length", "")
+        declared = self.header("content-length")
         return int(declared) if declared.isdigit() else None
 
     def _take(self, message: Message, limit: int) -> None:

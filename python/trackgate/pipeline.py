@@ -16,6 +16,7 @@ from typing import Literal
 from trackgate import durable, shards, telemetry
 from trackgate._core import Core, IngestResult, QueueFull
 from trackgate.config import Config
+from trackgate.durable_wait import DurableWait
 from trackgate.exporters.base import SIGNALS, Exporter, Runner
 from trackgate.exporters.file import FileExporter
 from trackgate.exporters.otlp_grpc import OtlpGrpcExporter
@@ -257,32 +258,64 @@ class Pipeline:
         content_encoding: str | None = None,
         *,
         scrub: bool = True,
+        wait: DurableWait | None = None,
     ) -> IngestResult:
         """Decode, filter and queue one OTLP export request. Raises trackgate.exceptions errors.
 
         `scrub=False`: no OTLP scrubbing, for records converted from a track that scrubbed already.
+        `wait`: do not wait for fsync here; the request is durable once `wait.wait()` returns.
         """
         try:
-            return self.core.ingest(signal, body, format, content_encoding, scrub)
+            if wait is None:
+                return self.core.ingest(signal, body, format, content_encoding, scrub)
+            token = wait.token()
+            result = self.core.ingest(signal, body, format, content_encoding, scrub, wait.notifier, token)
+            wait.keep(token, result.waiting)
+            return result
         except QueueFull:
             self._last_full = time.monotonic()
             raise
 
     def ingest_fluent(
-        self, body: bytes, media_type: str, tag: str, content_encoding: str | None = None
+        self,
+        body: bytes,
+        media_type: str,
+        tag: str,
+        content_encoding: str | None = None,
+        *,
+        wait: DurableWait | None = None,
     ) -> IngestResult:
         """Convert a Fluent body (JSON, NDJSON, msgpack, text) to OTLP logs and queue them."""
         try:
-            return self.core.ingest_fluent(body, media_type, tag, content_encoding)
+            if wait is None:
+                return self.core.ingest_fluent(body, media_type, tag, content_encoding)
+            token = wait.token()
+            result = self.core.ingest_fluent(body, media_type, tag, content_encoding, wait.notifier, token)
+            wait.keep(token, result.waiting)
+            return result
         except QueueFull:
             self._last_full = time.monotonic()
             raise
 
+    def enqueue(self, signal: Signal, payload: bytes, records: int, *, wait: DurableWait | None = None) -> None:
+        """Queue a payload as is (a Sentry envelope, event lines); `wait` as for `ingest`."""
+        if wait is None:
+            self.core.enqueue(signal, payload, records)
+            return
+        token = wait.token()
+        wait.keep(token, self.core.enqueue(signal, payload, records, wait.notifier, token))
+
+    @property
+    def defers_sync(self) -> bool:
+        """Whether ingest given a DurableWait leaves the fsync to await (`fsync = "always"`)."""
+        return self.queue_dir is not None and self.config.storage.fsync == "always"
+
     @property
     def blocking_ingest(self) -> bool:
-        """Whether ingest waits for the disk: callers on an event loop should run it in a thread
-        (concurrent appends then share one fsync)."""
-        return self.queue_dir is not None and self.config.storage.fsync != "never"
+        """Whether ingest may wait for the disk even when given a DurableWait: callers on an event
+        loop should then run it in a thread. Under `fsync = "always"` the append does not sync
+        (the wait does); under `"interval"` an append that rolls a segment syncs it first."""
+        return self.queue_dir is not None and self.config.storage.fsync == "interval"
 
     @property
     def ready(self) -> bool:

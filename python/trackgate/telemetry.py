@@ -6,6 +6,7 @@ data plane as integers.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import sys
@@ -71,6 +72,11 @@ class Counter(_Metric):
         with self._lock:
             self._values[key] = self._values.get(key, 0) + amount
 
+    def inc_key(self, key: LabelValues, amount: float = 1) -> None:
+        """`inc` with the label values already in label order (the per-request path: no checks)."""
+        with self._lock:
+            self._values[key] = self._values.get(key, 0) + amount
+
     def value(self, **labels: str) -> float:
         with self._lock:
             return self._values.get(self._key(labels), 0)
@@ -93,15 +99,15 @@ class Histogram(_Metric):
         self._sums: dict[LabelValues, float] = {}
 
     def observe(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
+        self.observe_key(value, self._key(labels))
+
+    def observe_key(self, value: float, key: LabelValues) -> None:
+        """`observe` with the label values already in label order (the per-request path)."""
         with self._lock:
-            counts = self._counts.setdefault(key, [0] * (len(self.buckets) + 1))
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    counts[i] += 1
-                    break
-            else:
-                counts[-1] += 1
+            counts = self._counts.get(key)
+            if counts is None:
+                counts = self._counts[key] = [0] * (len(self.buckets) + 1)
+            counts[bisect.bisect_left(self.buckets, value)] += 1
             self._sums[key] = self._sums.get(key, 0.0) + value
 
     def samples(self) -> list[str]:

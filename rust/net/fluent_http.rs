@@ -273,10 +273,15 @@ async fn handle(
     let encoding = head.content_encoding.clone();
     let out = tokio::task::spawn_blocking(move || {
         catch_unwind(AssertUnwindSafe(|| {
-            pipeline.ingest_fluent(&body, format, encoding.as_deref(), &tag)
+            pipeline.ingest_fluent_deferred(&body, format, encoding.as_deref(), &tag)
         }))
     })
     .await;
+    // The fsync is awaited (group commit), not waited for on a blocking thread.
+    let out = match out {
+        Ok(Ok(Ok((done, point)))) => Ok(Ok(super::durable(&service.pipeline, point).await.map(|()| done))),
+        other => other.map(|r| r.map(|r| r.map(|(done, _)| done))),
+    };
     match out {
         Ok(Ok(Ok(done))) if done.rejected > 0 && done.accepted == 0 && done.sampled_out == 0 => {
             (400, "Bad Request", vec![], format!("{}\n", done.error_message), true)

@@ -157,11 +157,20 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
                         let c = converted.clone();
                         let out = tokio::task::spawn_blocking(move || {
                             catch_unwind(AssertUnwindSafe(|| {
-                                let done = pipeline.queue_converted(&c, used, used)?;
-                                Ok((done, pipeline.tap_events(&c.payload)))
+                                let (done, point) = pipeline.queue_converted(&c, used, used)?;
+                                Ok((done, point, pipeline.tap_events(&c.payload)))
                             }))
                         })
                         .await;
+                        // The fsync is awaited (group commit) before the ack.
+                        let out = match out {
+                            Ok(Ok(Ok((done, point, tapped)))) => Ok(Ok(super::durable(&service.pipeline, point)
+                                .await
+                                .map(|()| (done, tapped)))),
+                            Ok(Ok(Err(e))) => Ok(Ok(Err(e))),
+                            Ok(Err(panic)) => Ok(Err(panic)),
+                            Err(join) => Err(join),
+                        };
                         match out {
                             Ok(Ok(Ok((done, tapped)))) => {
                                 service.stats.records.fetch_add(done.accepted, Ordering::Relaxed);

@@ -21,7 +21,32 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
+
+use crate::error::{CoreError, Result};
+use crate::pipeline::Pipeline;
+use crate::queue::{DurableSink, SyncPoint};
+
+/// Tells one request of the network runtime the outcome of the group sync that covers it.
+struct OneShot(Mutex<Option<oneshot::Sender<Result<()>>>>);
+
+impl DurableSink for OneShot {
+    fn deliver(&self, results: Vec<(u64, Result<()>)>) {
+        let sender = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(sender) = sender {
+            let _ = sender.send(results.into_iter().next().map_or(Ok(()), |(_, r)| r));
+        }
+    }
+}
+
+/// Waits, without holding a thread, until a deferred ingest is durable: the queue's sync thread
+/// fsyncs every waiting append at once and wakes this task.
+pub async fn durable(pipeline: &Pipeline, point: Option<SyncPoint>) -> Result<()> {
+    let Some(point) = point else { return Ok(()) };
+    let (sender, receiver) = oneshot::channel();
+    pipeline.when_durable(point, Arc::new(OneShot(Mutex::new(Some(sender)))), 0);
+    receiver.await.unwrap_or(Err(CoreError::Closed))
+}
 
 pub enum Either<A, B> {
     Left(A),

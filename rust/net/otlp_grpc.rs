@@ -262,22 +262,26 @@ impl Service {
         let encoding = if compressed { encoding } else { None };
         let message = body.slice_ref(message);
         let pipeline = self.pipeline.clone();
-        // Decoding and the queue's fsync block: off the network threads.
+        // Decoding blocks: off the network threads. The fsync is awaited (group commit).
         let ingested = tokio::task::spawn_blocking(move || {
             catch_unwind(AssertUnwindSafe(|| {
-                pipeline.ingest(signal, &message, Format::Protobuf, encoding)
+                pipeline.ingest_deferred(signal, &message, Format::Protobuf, encoding, true)
             }))
         })
         .await;
+        let ingested = match ingested {
+            Ok(Ok(Ok((out, point)))) => super::durable(&self.pipeline, point).await.map(|()| out),
+            Ok(Ok(Err(err))) => Err(err),
+            Ok(Err(_)) | Err(_) => return Err(Status::new(Code::Internal, "internal error while ingesting")),
+        };
         match ingested {
-            Ok(Ok(Ok(out))) => Ok(Bytes::from(encode::export_response(
+            Ok(out) => Ok(Bytes::from(encode::export_response(
                 signal,
                 out.rejected,
                 &out.error_message,
                 Format::Protobuf,
             ))),
-            Ok(Ok(Err(err))) => Err(ingest_status(signal, &err)),
-            Ok(Err(_)) | Err(_) => Err(Status::new(Code::Internal, "internal error while ingesting")),
+            Err(err) => Err(ingest_status(signal, &err)),
         }
     }
 

@@ -24,6 +24,7 @@ import orjson
 from trackgate import telemetry
 from trackgate._core import Core, EventsResult, decode_events
 from trackgate.asgi import BodyTimeout, BodyTooLarge, BudgetSpent, Request, Response
+from trackgate.durable_wait import DurableWait
 from trackgate.echo import shorten
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
 from trackgate.pipeline import Pipeline
@@ -122,11 +123,15 @@ class EventsReceiver:
             return error(415, str(exc))
         EVENTS.inc(result.rejected, outcome="rejected")
         if result.accepted:
+            pipelines = [self.pipeline] if self.bus is None else [self.pipeline, self.bus]
+            wait = DurableWait() if any(p.defers_sync for p in pipelines) else None
             try:
-                if self.pipeline.blocking_ingest or (self.bus is not None and self.bus.blocking_ingest):
-                    await asyncio.to_thread(self.queue, result)
+                if any(p.blocking_ingest for p in pipelines):
+                    await asyncio.to_thread(self.queue, result, wait)
                 else:
-                    self.queue(result)
+                    self.queue(result, wait)
+                if wait is not None:
+                    await wait.wait()
             except QueueFull as exc:
                 return error(429, f"{exc}; retry later", [("Retry-After", "1")])
             except PipelineClosed:
@@ -134,17 +139,22 @@ class EventsReceiver:
             except OSError as exc:  # the queue's disk failed: nothing was acknowledged
                 log.error("queue storage failed", extra={"error": str(exc)})
                 return error(503, "queue storage unavailable; retry later", [("Retry-After", "5")])
+            finally:
+                if wait is not None:
+                    wait.close()
+            # Counted once durable (a request answered 503 is sent again and counted then), in a
+            # thread: the job metrics update their shared state in Redis.
+            if self.on_accepted is not None:
+                await asyncio.to_thread(self.on_accepted, result.ndjson)
             EVENTS.inc(result.accepted, outcome="accepted")
         if result.rejected:
             log.info("events refused", extra={"rejected": result.rejected, "reason": result.error_message})
         return answer(result)
 
-    def queue(self, result: EventsResult) -> None:
-        self.pipeline.ingest("logs", result.otlp_logs, "protobuf")
+    def queue(self, result: EventsResult, wait: DurableWait | None = None) -> None:
+        self.pipeline.ingest("logs", result.otlp_logs, "protobuf", wait=wait)
         if self.bus is not None:
-            self.bus.core.enqueue("logs", result.ndjson, result.accepted)
-        if self.on_accepted is not None:
-            self.on_accepted(result.ndjson)
+            self.bus.enqueue("logs", result.ndjson, result.accepted, wait=wait)
 
     def _decode(self, body: bytes, encoding: str | None) -> EventsResult:
         extra, safe, patterns = self.scrub or ([], [], [])

@@ -18,6 +18,7 @@ import urllib.parse
 
 from trackgate import telemetry
 from trackgate.asgi import BodyTimeout, BodyTooLarge, BudgetSpent, Request, Response
+from trackgate.durable_wait import DurableWait
 from trackgate.echo import shorten
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
 from trackgate.pipeline import Pipeline
@@ -76,11 +77,15 @@ class FluentHttpReceiver:
             headers = [("Retry-After", RETRY_AFTER_BUSY_S)] + ([] if exc.drained else [("Connection", "close")])
             return error(503, str(exc), headers)
         encoding = request.header("content-encoding") or None
+        pipeline = self.pipeline
+        wait = DurableWait() if pipeline.defers_sync else None
         try:
-            if is_encoded(encoding) or len(body) > INLINE_LIMIT or self.pipeline.blocking_ingest:
-                result = await asyncio.to_thread(self.pipeline.ingest_fluent, body, media, tag, encoding)
+            if pipeline.blocking_ingest or len(body) > INLINE_LIMIT or is_encoded(encoding):
+                result = await asyncio.to_thread(pipeline.ingest_fluent, body, media, tag, encoding, wait=wait)
             else:
-                result = self.pipeline.ingest_fluent(body, media, tag, encoding)
+                result = pipeline.ingest_fluent(body, media, tag, encoding, wait=wait)
+            if wait is not None:
+                await wait.wait()
         except DecodeError as exc:
             return error(400, f"cannot decode Fluent logs: {exc}")
         except PayloadTooLarge as exc:
@@ -94,6 +99,9 @@ class FluentHttpReceiver:
         except OSError as exc:  # the queue's disk failed: nothing was accepted
             log.error("queue storage failed", extra={"signal": "logs", "error": str(exc)})
             return error(503, "queue storage unavailable; retry later", [("Retry-After", "5")])
+        finally:
+            if wait is not None:
+                wait.close()
         if result.rejected:
             log.info(
                 "partial success", extra={"signal": "logs", "rejected": result.rejected, "reason": result.error_message}

@@ -8,6 +8,7 @@ import logging
 from trackgate import telemetry
 from trackgate._core import IngestResult, export_response, status_body
 from trackgate.asgi import BodyTimeout, BodyTooLarge, BudgetSpent, Request, Response
+from trackgate.durable_wait import DurableWait
 from trackgate.echo import shorten
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
 from trackgate.pipeline import Format, Pipeline, Signal
@@ -23,9 +24,16 @@ MEDIA_TYPE: dict[Format, str] = {"protobuf": "application/x-protobuf", "json": "
 # google.rpc.Code values for the Status body.
 CODE_INVALID_ARGUMENT, CODE_UNAUTHENTICATED, CODE_RESOURCE_EXHAUSTED, CODE_UNAVAILABLE = 3, 16, 8, 14
 CODE_OUT_OF_RANGE, CODE_UNIMPLEMENTED, CODE_DEADLINE_EXCEEDED = 11, 12, 4
-# Bodies above this size, encoded bodies (whatever they inflate to) and any ingest that waits
-# for fsync run off the event loop, so that other connections keep flowing.
+# Bodies above this size and encoded bodies (whatever they inflate to) are ingested off the event
+# loop, so that other connections keep flowing. Waiting for fsync is not: the request awaits the
+# group commit that covers it (durable_wait).
 INLINE_LIMIT = 256 * 1024
+# The answer to a request with nothing rejected, built once per signal and format.
+FULL_SUCCESS: dict[tuple[str, Format], bytes] = {
+    (signal, fmt): export_response(signal, 0, "", fmt)
+    for signal in ("logs", "traces", "metrics")
+    for fmt in ("protobuf", "json")
+}
 RETRY_AFTER_FULL_S = "1"
 RETRY_AFTER_BUSY_S = "1"
 RETRY_AFTER_CLOSED_S = "5"
@@ -48,10 +56,22 @@ class OtlpHttpReceiver:
         self.pipeline = pipeline
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        # Whether an ingest may block on the disk (then it runs in a thread), and whether it
+        # leaves an fsync to await; `use_pipeline` says it again for a pipeline added later.
+        self.blocking = False
+        self.defers = False
+        self.use_pipeline(pipeline)
 
-    def ingest(self, signal: Signal, body: bytes, fmt: Format, encoding: str | None) -> IngestResult:
+    def use_pipeline(self, pipeline: Pipeline) -> None:
+        """Takes into account one more pipeline a request may queue into (the event bus)."""
+        self.blocking = self.blocking or pipeline.blocking_ingest
+        self.defers = self.defers or pipeline.defers_sync
+
+    def ingest(
+        self, signal: Signal, body: bytes, fmt: Format, encoding: str | None, wait: DurableWait | None
+    ) -> IngestResult:
         # Events carried by log records reach the event bus inside this call (the core's events tap).
-        return self.pipeline.ingest(signal, body, fmt, encoding)
+        return self.pipeline.ingest(signal, body, fmt, encoding, wait=wait)
 
     async def handle(self, request: Request, signal: Signal) -> Response:
         media = request.header("content-type").split(";", 1)[0].strip().lower()
@@ -73,11 +93,14 @@ class OtlpHttpReceiver:
             headers = [("Retry-After", RETRY_AFTER_BUSY_S)] + ([] if exc.drained else [("Connection", "close")])
             return status_response(503, CODE_UNAVAILABLE, str(exc), fmt, headers)
         encoding = request.header("content-encoding") or None
+        wait = DurableWait() if self.defers else None
         try:
-            if is_encoded(encoding) or len(body) > INLINE_LIMIT or self.pipeline.blocking_ingest:
-                result = await asyncio.to_thread(self.ingest, signal, body, fmt, encoding)
+            if self.blocking or len(body) > INLINE_LIMIT or is_encoded(encoding):
+                result = await asyncio.to_thread(self.ingest, signal, body, fmt, encoding, wait)
             else:
-                result = self.ingest(signal, body, fmt, encoding)
+                result = self.ingest(signal, body, fmt, encoding, wait)
+            if wait is not None:
+                await wait.wait()
         except DecodeError as exc:
             return status_response(400, CODE_INVALID_ARGUMENT, f"cannot decode OTLP {fmt} {signal}: {exc}", fmt)
         except PayloadTooLarge as exc:
@@ -97,10 +120,14 @@ class OtlpHttpReceiver:
             return status_response(
                 503, CODE_UNAVAILABLE, "queue storage unavailable; retry later", fmt, [("Retry-After", "5")]
             )
-        if result.rejected:
-            log.info(
-                "partial success",
-                extra={"signal": signal, "rejected": result.rejected, "reason": result.error_message},
-            )
+        finally:
+            if wait is not None:
+                wait.close()
+        if not result.rejected:
+            return Response(200, FULL_SUCCESS[signal, fmt], MEDIA_TYPE[fmt])
+        log.info(
+            "partial success",
+            extra={"signal": signal, "rejected": result.rejected, "reason": result.error_message},
+        )
         body_out = export_response(signal, result.rejected, result.error_message, fmt)
         return Response(200, body_out, MEDIA_TYPE[fmt])

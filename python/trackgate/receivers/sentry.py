@@ -28,6 +28,7 @@ from trackgate._core import SentryProcessor, SentryResult
 from trackgate.asgi import BodyTimeout, BodyTooLarge, BudgetSpent, ClientSlots, Request, Response
 from trackgate.config import Config, is_loopback, parse_listen
 from trackgate.dsn import DsnError, parse_dsn
+from trackgate.durable_wait import DurableWait
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
 from trackgate.pipeline import Pipeline
 from trackgate.ratelimits import RateLimits
@@ -185,11 +186,15 @@ class SentryReceiver:
                 f"rate limited upstream: {', '.join(sorted(limited))}",
                 [("X-Sentry-Rate-Limits", header), ("Retry-After", retry_after)],
             )
+        pipelines = [self.pipeline] if self.forward is None else [self.pipeline, self.forward]
+        wait = DurableWait() if any(p.defers_sync for p in pipelines) else None
         try:
-            if self.pipeline.blocking_ingest:
-                await asyncio.to_thread(self.queue, result)
+            if any(p.blocking_ingest for p in pipelines):
+                await asyncio.to_thread(self.queue, result, wait)
             else:
-                self.queue(result)
+                self.queue(result, wait)
+            if wait is not None:
+                await wait.wait()
         except QueueFull as exc:
             return error(429, f"{exc}; retry later", [("Retry-After", "1")])
         except PipelineClosed:
@@ -197,6 +202,9 @@ class SentryReceiver:
         except OSError as exc:  # the queue's disk failed (full, read-only): nothing was accepted
             log.error("queue storage failed", extra={"error": str(exc)})
             return error(503, "queue storage unavailable; retry later", [("Retry-After", "5")])
+        finally:
+            if wait is not None:
+                wait.close()
         ENVELOPES.inc(outcome="accepted")
         SENTRY_ITEMS.inc(result.items, outcome="received")
         SENTRY_ITEMS.inc(result.items_scrubbed, outcome="scrubbed")
@@ -283,13 +291,13 @@ class SentryReceiver:
             return f"invalid dsn in the envelope header: {exc}"
         return None if self._key_ok(key) else self._unknown_key_message()
 
-    def queue(self, result: SentryResult) -> None:
+    def queue(self, result: SentryResult, wait: DurableWait | None = None) -> None:
         if self.forward is not None and result.items_forwarded:
-            self.forward.core.enqueue("logs", result.envelope, result.items_forwarded)
+            self.forward.enqueue("logs", result.envelope, result.items_forwarded, wait=wait)
             SENTRY_ITEMS.inc(result.items_forwarded, outcome="forwarded")
         # Converted from the scrubbed items (or from unscrubbed ones when the sentry track is
         # off): the OTLP track's scrubbing does not run on them again.
         if result.otlp_logs:
-            self.pipeline.ingest("logs", result.otlp_logs, "protobuf", scrub=False)
+            self.pipeline.ingest("logs", result.otlp_logs, "protobuf", scrub=False, wait=wait)
         if result.otlp_traces:
-            self.pipeline.ingest("traces", result.otlp_traces, "protobuf", scrub=False)
+            self.pipeline.ingest("traces", result.otlp_traces, "protobuf", scrub=False, wait=wait)
