@@ -34,7 +34,7 @@ def check_track(track: dict[str, Any], ok: str, records: int) -> None:
 def test_bench_mixes_otlp_and_fluent_and_reports_the_gateway(gateway_factory) -> None:
     gw = gateway_factory("")
     run = bench("--url", gw.url, "--duration", "1", "--records", "10", "--connections", "3",
-                "--track", "otlp:2,fluent:1", "--json")  # fmt: skip
+                "--track", "otlp:2,fluent:1", "--signal", "logs", "--json")  # fmt: skip
     assert run.returncode == 0, run.stderr
     [result] = orjson.loads(run.stdout)
     assert result["label"] == "gateway"
@@ -59,7 +59,7 @@ def test_bench_grpc_and_forward_tracks(gateway_factory) -> None:
     port = free_port()
     gw = gateway_factory(f'[receivers.forward]\nlisten = "127.0.0.1:{port}"\n')
     run = bench("--url", gw.url, "--grpc-url", gw.grpc_target, "--forward", f"127.0.0.1:{port}", "--gzip",
-                "--track", "grpc,forward", "--connections", "2", "--duration", "1", "--records", "5", "--json")  # fmt: skip
+                "--track", "grpc,forward", "--signal", "logs", "--connections", "2", "--duration", "1", "--records", "5", "--json")  # fmt: skip
     assert run.returncode == 0, run.stderr
     grpc, forward = orjson.loads(run.stdout)[0]["tracks"]
     assert grpc["endpoint"].startswith(f"grpc://{gw.grpc_target}/opentelemetry.proto.collector.logs.v1.LogsService")
@@ -83,7 +83,7 @@ def test_bench_ceiling_and_compare_print_a_table(gateway_factory) -> None:
     ("argv", "message"),
     [
         (["--url", "ftp://127.0.0.1:1"], "only plain http:// is supported"),
-        (["--url", "http://127.0.0.1:{free}"], "cannot connect to http://127.0.0.1:{free}/v1/logs"),
+        (["--url", "http://127.0.0.1:{free}"], "cannot connect to http://127.0.0.1:{free}/v1/traces: Connection refused"),
         (["--track", "otlp,smtp"], "unknown track 'smtp'"),
         (["--track", "grpc", "--signal", "events"], "HTTP only"),
         (["--track", "forward", "--ceiling"], "--ceiling compares HTTP tracks only"),

@@ -81,11 +81,22 @@ def listener_pid(port: int) -> int | None:
         if fields := _stat(pid):
             parents[pid] = int(fields[1])
     roots = sorted(pid for pid, parent in parents.items() if parent not in holders)
-    # Workers that bind the port themselves (SO_REUSEPORT, as the gRPC listener does): their parent.
+    if not roots:
+        return None
+    # Worker processes hold the socket, their supervisor (granian's main process) may not: take
+    # the parent when every holder shares it and it runs the same program.
     shared = {parents[pid] for pid in roots}
-    if len(roots) > 1 and len(shared) == 1 and (parent := shared.pop()) not in (0, 1, os.getpid()):
+    parent = shared.pop()
+    if not shared and parent not in (0, 1, os.getpid()) and _exe(parent) == _exe(roots[0]) is not None:
         return parent
-    return roots[0] if roots else None
+    return roots[0]
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(PROC / str(pid) / "exe")
+    except OSError:
+        return None
 
 
 @dataclass
