@@ -9,8 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import free_port
 
+from conftest import free_port
 from trackgate.cli import main
 
 BENCH = [sys.executable, "-m", "trackgate", "bench", "--no-progress"]
@@ -26,7 +26,9 @@ def check_track(track: dict[str, Any], ok: str, records: int) -> None:
     assert sum(track["statuses"].values()) == track["calls"]
     assert track["accepted"] == track["statuses"].get(ok, 0) > 0
     assert track["records"] == track["accepted"] * records
-    assert track["bytes_sent"] >= track["calls"] * track["request_bytes"] - track["request_bytes"] * track["connections"]
+    assert (
+        track["bytes_sent"] >= track["calls"] * track["request_bytes"] - track["request_bytes"] * track["connections"]
+    )
     lat = track["latency_ms"]
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
 
@@ -59,7 +61,8 @@ def test_bench_grpc_and_forward_tracks(gateway_factory) -> None:
     port = free_port()
     gw = gateway_factory(f'[receivers.forward]\nlisten = "127.0.0.1:{port}"\n')
     run = bench("--url", gw.url, "--grpc-url", gw.grpc_target, "--forward", f"127.0.0.1:{port}", "--gzip",
-                "--track", "grpc,forward", "--signal", "logs", "--connections", "2", "--duration", "1", "--records", "5", "--json")  # fmt: skip
+                "--track", "grpc,forward", "--signal", "logs", "--connections", "2", "--duration", "1",
+                "--records", "5", "--json")  # fmt: skip
     assert run.returncode == 0, run.stderr
     grpc, forward = orjson.loads(run.stdout)[0]["tracks"]
     assert grpc["endpoint"].startswith(f"grpc://{gw.grpc_target}/opentelemetry.proto.collector.logs.v1.LogsService")
@@ -83,7 +86,10 @@ def test_bench_ceiling_and_compare_print_a_table(gateway_factory) -> None:
     ("argv", "message"),
     [
         (["--url", "ftp://127.0.0.1:1"], "only plain http:// is supported"),
-        (["--url", "http://127.0.0.1:{free}"], "cannot connect to http://127.0.0.1:{free}/v1/traces: Connection refused"),
+        (
+            ["--url", "http://127.0.0.1:{free}"],
+            "cannot connect to http://127.0.0.1:{free}/v1/traces: Connection refused",
+        ),
         (["--track", "otlp,smtp"], "unknown track 'smtp'"),
         (["--track", "grpc", "--signal", "events"], "HTTP only"),
         (["--track", "forward", "--ceiling"], "--ceiling compares HTTP tracks only"),

@@ -299,6 +299,11 @@ class SentryProcessor:
         self, prefix: bytes, content_encoding: str | None = None, complete: bool = True
     ) -> tuple[bool, str | None]: ...
 
+# (kind, host, port, path / gRPC method / forward tag, headers, body, records per call, connections, gzip)
+_LoadTarget: TypeAlias = tuple[
+    Literal["http", "grpc", "forward"], str, int, str, list[tuple[str, str]], bytes, int, int, bool
+]
+
 class _LoadOutcome(TypedDict):
     statuses: dict[str, int]  # "200", "grpc OK", "ack", "error: connection refused", ...
     latency_ms: dict[str, float]  # p50, p90, p99, p99.9, max
@@ -309,7 +314,7 @@ class _LoadOutcome(TypedDict):
     bytes_received: int
 
 def load(
-    targets: list[tuple[Literal["http", "grpc", "forward"], str, int, str, list[tuple[str, str]], bytes, int, int, bool]],
+    targets: list[_LoadTarget],
     duration_s: float,
     rate: float = 0.0,
     threads: int = 2,

@@ -253,7 +253,9 @@ def parser() -> argparse.ArgumentParser:
         "--connections", "--concurrency", type=int, default=16, help="keep-alive connections (default 16)"
     )
     bench.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
-    bench.add_argument("--rate", type=float, help="target requests/s over all connections (default: as fast as answered)")
+    bench.add_argument(
+        "--rate", type=float, help="target requests/s over all connections (default: as fast as answered)"
+    )
     bench.add_argument("--gzip", action="store_true", help="send gzip bodies (HTTP and gRPC tracks)")
     bench.add_argument("--token", help="bearer token (or TRACKGATE_BENCH_TOKEN)")
     bench.add_argument("--grpc-url", help="OTLP/gRPC HOST:PORT (default: --url's host, port 4317)")
@@ -262,13 +264,20 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=2, help="load generator threads (default 2)")
     bench.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as timed out")
     bench.add_argument(
-        "--gateway-pid", "--pid", type=int, help="process to report CPU and RSS of (default: the one listening on --url)"
+        "--gateway-pid",
+        "--pid",
+        type=int,
+        help="process to report CPU and RSS of (default: the one listening on --url)",
     )
     bench.add_argument(
-        "--ceiling", action="store_true", help="also load a do-nothing ASGI app on granian and print the gateway's share"
+        "--ceiling",
+        action="store_true",
+        help="also load a do-nothing ASGI app on granian and print the gateway's share",
     )
     bench.add_argument("--workers", type=int, help="null app workers for --ceiling (default: the gateway's)")
-    bench.add_argument("--compare", metavar="CMD", help="also start CMD ({port} = a free port) and load it the same way")
+    bench.add_argument(
+        "--compare", metavar="CMD", help="also start CMD ({port} = a free port) and load it the same way"
+    )
     bench.add_argument("--compare-url", help="where --compare's server listens (default http://127.0.0.1:{port})")
     bench.add_argument("--json", action="store_true", help="print the results as JSON instead of the report")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

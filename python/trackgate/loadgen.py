@@ -213,7 +213,9 @@ class Track:
     connections: int
     gzip: bool
 
-    def spec(self) -> tuple[Literal["http", "grpc", "forward"], str, int, str, list[tuple[str, str]], bytes, int, int, bool]:
+    def spec(
+        self,
+    ) -> tuple[Literal["http", "grpc", "forward"], str, int, str, list[tuple[str, str]], bytes, int, int, bool]:
         return (self.kind, self.host, self.port, self.path, self.headers, self.body, self.records,
                 self.connections, self.gzip)  # fmt: skip
 
@@ -236,7 +238,11 @@ def tracks(plan: Plan) -> list[Track]:
             elif signal_ == "events":
                 body, path, ctype = events_body(plan.records), f"{base}/v1/events", "application/x-ndjson"
             else:
-                body, path, ctype = request_body(signal_, plan.records), f"{base}/v1/{signal_}", "application/x-protobuf"
+                body, path, ctype = (
+                    request_body(signal_, plan.records),
+                    f"{base}/v1/{signal_}",
+                    "application/x-protobuf",
+                )
             headers = [("Content-Type", ctype), *auth]
             if plan.gzip:
                 body = gzip(body)
@@ -251,7 +257,9 @@ def tracks(plan: Plan) -> list[Track]:
             method = GRPC_METHODS[signal_]
             headers = [("authorization", f"Bearer {plan.token}")] if plan.token else []
             endpoint = f"grpc://{ghost}:{gport}{method}"
-            out.append(Track(name, endpoint, "grpc", ghost, gport, method, headers, body, plan.records, conns, plan.gzip))
+            out.append(
+                Track(name, endpoint, "grpc", ghost, gport, method, headers, body, plan.records, conns, plan.gzip)
+            )
         else:
             fhost, fport = _host_port(plan.forward_addr, 24224, "--forward") if plan.forward_addr else (host, 24224)
             body = forward_entries(plan.records)
@@ -434,7 +442,8 @@ def report(result: BenchResult, plan: Plan) -> str:
         lines += [
             f"  {t.name} → {t.endpoint} ({t.connections} connections, {t.request_bytes:,} B/request)",
             f"    requests: {t.calls:,} in {result.seconds:.2f}s, statuses {t.statuses}",
-            f"    accepted: {t.accepted / result.seconds:,.0f} requests/s, {t.records / result.seconds:,.0f} records/s; "
+            f"    accepted: {t.accepted / result.seconds:,.0f} requests/s, "
+            f"{t.records / result.seconds:,.0f} records/s; "
             f"sent {_mib(t.bytes_sent)}, received {_mib(t.bytes_received)}",
             f"    latency ms: p50 {lat['p50']:.2f}, p90 {lat['p90']:.2f}, p99 {lat['p99']:.2f}, "
             f"p99.9 {lat['p99.9']:.2f}, max {lat['max']:.2f}",
@@ -485,7 +494,7 @@ def wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: floa
 @contextlib.contextmanager
 def started(argv: list[str] | str, what: str, host: str, port: int, shell: bool = False) -> Iterator[int]:
     """Runs a server in its own process group until the block ends; yields its pid."""
-    proc = subprocess.Popen(  # noqa: S603 - the user's own command line
+    proc = subprocess.Popen(
         argv, shell=shell, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
@@ -564,7 +573,9 @@ class Session:
             argv, port = null_app(workers)
             with started(argv, "the null app (granian)", "127.0.0.1", port) as null_pid:
                 label = f"null app ({workers} workers)"
-                self.results.append(run(with_endpoint(plan, f"http://127.0.0.1:{port}"), label, null_pid, self.progress))
+                self.results.append(
+                    run(with_endpoint(plan, f"http://127.0.0.1:{port}"), label, null_pid, self.progress)
+                )
             emit(report(self.results[-1], plan))
         if self.compare or self.compare_url:
             if self.compare:
