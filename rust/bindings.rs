@@ -1022,7 +1022,17 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
 }
 
 /// One `load` target: (kind, host, port, path, headers, body, records per call, connections, gzip).
-type LoadTarget = (String, String, u16, String, Vec<(String, String)>, Vec<u8>, u64, usize, bool);
+type LoadTarget = (
+    String,
+    String,
+    u16,
+    String,
+    Vec<(String, String)>,
+    Vec<u8>,
+    u64,
+    usize,
+    bool,
+);
 
 /// `trackgate bench`'s load run (rust/loadgen): the GIL is released for the run except for
 /// `progress(elapsed_s, calls, accepted, failed)` every `interval_s`, and to notice Ctrl-C.
@@ -1041,7 +1051,8 @@ fn load<'py>(
 ) -> PyResult<(f64, Vec<Bound<'py, PyDict>>)> {
     use crate::loadgen::{self, Kind, TargetSpec};
     let seconds = |s: f64, what: &str| {
-        Duration::try_from_secs_f64(s).map_err(|_| PyValueError::new_err(format!("{what} must be a positive number of seconds, not {s}")))
+        Duration::try_from_secs_f64(s)
+            .map_err(|_| PyValueError::new_err(format!("{what} must be a positive number of seconds, not {s}")))
     };
     let options = loadgen::Options {
         duration: seconds(duration_s, "duration")?,
@@ -1056,9 +1067,23 @@ fn load<'py>(
             "http" => Kind::Http,
             "grpc" => Kind::Grpc,
             "forward" => Kind::Forward,
-            other => return Err(PyValueError::new_err(format!("unknown load kind {other:?} (http, grpc, forward)"))),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown load kind {other:?} (http, grpc, forward)"
+                )))
+            }
         };
-        let spec = TargetSpec { kind, host, port, path, headers, body, records, connections, gzip };
+        let spec = TargetSpec {
+            kind,
+            host,
+            port,
+            path,
+            headers,
+            body,
+            records,
+            connections,
+            gzip,
+        };
         built.push(py.detach(|| spec.build()).map_err(PyValueError::new_err)?);
     }
     let mut run = py.detach(|| loadgen::start(built, options))?;

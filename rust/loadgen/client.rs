@@ -22,9 +22,17 @@ pub struct Reply {
 }
 
 pub enum Conn {
-    Http { stream: TcpStream, buf: BytesMut },
+    Http {
+        stream: TcpStream,
+        buf: BytesMut,
+    },
     Grpc(h2::client::SendRequest<Bytes>),
-    Forward { stream: TcpStream, buf: BytesMut, message: Vec<u8>, seq: u64 },
+    Forward {
+        stream: TcpStream,
+        buf: BytesMut,
+        message: Vec<u8>,
+        seq: u64,
+    },
 }
 
 /// What a call failed on, as it appears in the status counts.
@@ -117,13 +125,17 @@ async fn http_call(stream: &mut TcpStream, buf: &mut BytesMut, wire: &[u8]) -> R
     buf.clear();
     loop {
         match parse_response(buf) {
-            Ok(Parsed::Done { status, len, keep_alive }) => {
+            Ok(Parsed::Done {
+                status,
+                len,
+                keep_alive,
+            }) => {
                 return Ok(Reply {
                     label: Label::Http(status),
                     // Bytes beyond the response would be an answer to nothing: start afresh.
                     reuse: keep_alive && len == buf.len(),
                     received: len,
-                })
+                });
             }
             Ok(Parsed::UntilClose { status }) => {
                 while stream.read_buf(buf).await.map_err(|e| io_failure(&e))? > 0 {}
@@ -150,7 +162,8 @@ async fn grpc_call(client: &mut h2::client::SendRequest<Bytes>, target: &Target)
     *request.uri_mut() = target.uri.clone();
     *request.headers_mut() = target.grpc_headers.clone();
     let (response, mut send) = ready.send_request(request, false).map_err(|_| "h2 stream refused")?;
-    send.send_data(target.wire.clone(), true).map_err(|_| "h2 send failed")?;
+    send.send_data(target.wire.clone(), true)
+        .map_err(|_| "h2 send failed")?;
     let response = response.await.map_err(|_| "h2 stream reset")?;
     let (parts, mut body) = response.into_parts();
     if parts.status != http::StatusCode::OK {
@@ -205,7 +218,12 @@ pub fn grpc_uri(host: &str, port: u16, path: &str) -> Result<Uri, String> {
         .map_err(|_| format!("invalid gRPC target {host}:{port}{path}"))
 }
 
-async fn forward_call(stream: &mut TcpStream, buf: &mut BytesMut, message: &[u8], chunk: &[u8]) -> Result<Reply, Failure> {
+async fn forward_call(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    message: &[u8],
+    chunk: &[u8],
+) -> Result<Reply, Failure> {
     stream.write_all(message).await.map_err(|e| io_failure(&e))?;
     buf.clear();
     loop {

@@ -34,7 +34,9 @@ pub fn parse_response(buf: &[u8]) -> Result<Parsed, String> {
         return Ok(Parsed::Incomplete);
     };
     let head_len = end + 4;
-    let mut lines = buf[..end].split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = buf[..end]
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let status_line = lines.next().unwrap_or_default();
     let (http10, status) = status_line_parts(status_line)?;
     let mut length: Option<usize> = None;
@@ -73,7 +75,11 @@ pub fn parse_response(buf: &[u8]) -> Result<Parsed, String> {
     if (100..200).contains(&status) && status != 101 {
         // An interim response (100 Continue): the real one follows.
         return Ok(match parse_response(&buf[head_len..])? {
-            Parsed::Done { status, len, keep_alive } => Parsed::Done {
+            Parsed::Done {
+                status,
+                len,
+                keep_alive,
+            } => Parsed::Done {
                 status,
                 len: head_len + len,
                 keep_alive,
@@ -115,7 +121,10 @@ fn status_line_parts(line: &[u8]) -> Result<(bool, u16), String> {
     let rest = line.strip_prefix(b"HTTP/1.").ok_or_else(bad)?;
     let (&minor, rest) = rest.split_first().ok_or_else(bad)?;
     let code = rest.strip_prefix(b" ").ok_or_else(bad)?;
-    let digits = code.get(..3).filter(|d| d.iter().all(u8::is_ascii_digit)).ok_or_else(bad)?;
+    let digits = code
+        .get(..3)
+        .filter(|d| d.iter().all(u8::is_ascii_digit))
+        .ok_or_else(bad)?;
     if !matches!(code.get(3), None | Some(b' ')) || !matches!(minor, b'0' | b'1') {
         return Err(bad());
     }
@@ -155,7 +164,10 @@ fn chunked_len(body: &[u8]) -> Result<Option<usize>, String> {
                 }
             }
         }
-        let end = pos.checked_add(size).and_then(|e| e.checked_add(2)).ok_or("chunk size overflows")?;
+        let end = pos
+            .checked_add(size)
+            .and_then(|e| e.checked_add(2))
+            .ok_or("chunk size overflows")?;
         if body.len() < end {
             return Ok(None);
         }
@@ -249,9 +261,15 @@ mod tests {
             (b"HTTP/1.1 2000 OK\r\n\r\n", "not an HTTP/1.x status line"),
             (b"HTTP/2 200\r\n\r\n", "not an HTTP/1.x status line"),
             (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "bad Content-Length"),
-            (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "conflicting"),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                "conflicting",
+            ),
             (b"HTTP/1.1 200 OK\r\nbroken\r\n\r\n", "without a colon"),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                "bad chunk size",
+            ),
         ];
         for (bytes, want) in cases {
             let err = parse_response(bytes).unwrap_err();
@@ -264,7 +282,13 @@ mod tests {
 
     #[test]
     fn request_head_names_the_length() {
-        let head = request_head("127.0.0.1", 4318, "/v1/logs", &[("Content-Type".into(), "application/x-protobuf".into())], 12);
+        let head = request_head(
+            "127.0.0.1",
+            4318,
+            "/v1/logs",
+            &[("Content-Type".into(), "application/x-protobuf".into())],
+            12,
+        );
         assert_eq!(
             head,
             b"POST /v1/logs HTTP/1.1\r\nHost: 127.0.0.1:4318\r\nContent-Length: 12\r\nContent-Type: application/x-protobuf\r\n\r\n"

@@ -142,7 +142,11 @@ impl TargetSpec {
                 grpc_headers = client::grpc_headers(&self.headers, self.gzip)?;
                 let mut frame = Vec::with_capacity(self.body.len() + 5);
                 frame.push(u8::from(self.gzip));
-                frame.extend_from_slice(&u32::try_from(self.body.len()).map_err(|_| "message over 4 GiB")?.to_be_bytes());
+                frame.extend_from_slice(
+                    &u32::try_from(self.body.len())
+                        .map_err(|_| "message over 4 GiB")?
+                        .to_be_bytes(),
+                );
                 frame.extend_from_slice(&self.body);
                 Bytes::from(frame)
             }
@@ -387,7 +391,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 listener.set_nonblocking(true).unwrap();
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
@@ -466,7 +473,10 @@ mod tests {
         let (outcomes, _) = run(vec![spec(port, 1).build().unwrap()], 100, 0.0);
         let o = &outcomes[0];
         assert!(o.calls() > 0);
-        assert!(o.statuses.iter().all(|(l, _)| *l == Label::Failed("connection refused")));
+        assert!(o
+            .statuses
+            .iter()
+            .all(|(l, _)| *l == Label::Failed("connection refused")));
         assert!(spec(1, 0).build().is_err());
     }
 
