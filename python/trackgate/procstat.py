@@ -80,16 +80,16 @@ def listener_pid(port: int) -> int | None:
     for pid in holders:
         if fields := _stat(pid):
             parents[pid] = int(fields[1])
-    roots = sorted(pid for pid, parent in parents.items() if parent not in holders)
-    if not roots:
-        return None
-    # Worker processes hold the socket, their supervisor (granian's main process) may not: take
-    # the parent when every holder shares it and it runs the same program.
-    shared = {parents[pid] for pid in roots}
-    parent = shared.pop()
-    if not shared and parent not in (0, 1, os.getpid()) and _exe(parent) == _exe(roots[0]) is not None:
-        return parent
-    return roots[0]
+    roots = [pid for pid, parent in parents.items() if parent not in holders]
+    # Worker processes bind the port (SO_REUSEPORT), their supervisor (granian's main process)
+    # need not: a worker's parent running the same program stands for it.
+    tops = set()
+    for pid in roots:
+        parent = parents[pid]
+        same = parent not in (0, 1, os.getpid()) and _exe(parent) == _exe(pid) is not None
+        tops.add(parent if same else pid)
+    # Unrelated servers sharing the port through SO_REUSEPORT: which one is meant is unknown.
+    return tops.pop() if len(tops) == 1 else None
 
 
 def _exe(pid: int) -> str | None:
