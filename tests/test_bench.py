@@ -33,18 +33,20 @@ def check_track(track: dict[str, Any], ok: str, records: int) -> None:
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
 
 
-def test_bench_mixes_otlp_and_fluent_and_reports_the_gateway(gateway_factory) -> None:
+def test_bench_mixes_otlp_fluent_sentry_and_reports_the_gateway(gateway_factory) -> None:
     gw = gateway_factory("")
-    run = bench("--url", gw.url, "--duration", "1", "--records", "10", "--connections", "3",
-                "--track", "otlp:2,fluent:1", "--signal", "logs", "--json")  # fmt: skip
+    run = bench("--url", gw.url, "--duration", "1", "--records", "10", "--connections", "4",
+                "--track", "otlp:2,fluent:1,sentry:1", "--signal", "logs", "--json")  # fmt: skip
     assert run.returncode == 0, run.stderr
     [result] = orjson.loads(run.stdout)
     assert result["label"] == "gateway"
-    otlp, fluent = result["tracks"]
+    otlp, fluent, sentry = result["tracks"]
     assert (otlp["name"], otlp["connections"], fluent["name"], fluent["connections"]) == ("otlp", 2, "fluent", 1)
     assert otlp["endpoint"] == gw.url + "/v1/logs" and fluent["endpoint"] == gw.url + "/v1/fluent/bench"
     for track in (otlp, fluent):
         check_track(track, "200", 10)
+    assert sentry["endpoint"] == gw.url + "/api/1/envelope/"
+    check_track(sentry, "200", 1)  # one event per envelope
     # Found by its listening socket: granian's main process and its worker.
     server = result["server"]
     assert server["pid"] == gw.proc.pid and server["processes"] >= 2

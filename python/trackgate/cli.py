@@ -243,7 +243,8 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--url", help="gateway base URL (default http://127.0.0.1:4318)")
     bench.add_argument(
         "--track",
-        help="otlp (OTLP/HTTP protobuf), grpc, fluent (json_lines to /v1/fluent/TAG), forward, events; "
+        help="otlp (OTLP/HTTP protobuf), grpc, fluent (json_lines to /v1/fluent/TAG), forward, events, "
+        "sentry (envelopes of one error event); "
         "or a weighted mix such as otlp:3,fluent:1 (default otlp)",
     )
     bench.add_argument("--protocol", choices=["http", "grpc"], default="http", help="same as --track otlp / grpc")

@@ -4,9 +4,10 @@ The bodies are built here once; the load itself runs in the extension (`_core.lo
 tokio, the GIL released): keep-alive connections, one call at a time each (no pipelining), for
 `duration` seconds or at a target `rate`. Tracks: `otlp` (OTLP/HTTP protobuf), `grpc` (OTLP/gRPC
 unary), `fluent` (Fluent Bit http output, json_lines, to /v1/fluent/{tag}), `forward` (Fluent
-forward PackedForward over TCP with `chunk`/ack) and `events` (NDJSON to /v1/events), alone or
-mixed by weight. `--ceiling` runs the same load on a do-nothing ASGI app (`trackgate.nullapp`)
-on granian with the gateway's worker count; `--compare` on another endpoint.
+forward PackedForward over TCP with `chunk`/ack), `events` (NDJSON to /v1/events) and `sentry`
+(envelopes of one error event), alone or mixed by weight. `--ceiling` runs the same load on a
+do-nothing ASGI app (`trackgate.nullapp`) on granian with the gateway's worker count;
+`--compare` on another endpoint.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import orjson
 from trackgate import procstat
 from trackgate._core import gzip, load, to_protobuf
 
-TRACKS = ("otlp", "grpc", "fluent", "forward", "events")
+TRACKS = ("otlp", "grpc", "fluent", "forward", "events", "sentry")
 SIGNALS = ("traces", "logs", "metrics", "events")
 GRPC_METHODS = {
     "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
@@ -127,6 +128,40 @@ def forward_entries(records: int) -> bytes:
     now = time.time_ns()
     stamp = msgspec.msgpack.Ext(0, struct.pack(">II", now // 1_000_000_000, now % 1_000_000_000))
     return b"".join(msgspec.msgpack.encode([stamp, _fluent_record(i)]) for i in range(records))
+
+
+def sentry_envelope(dsn: str) -> bytes:
+    """A Sentry envelope of one error event, as sentry-sdk sends it (one event per envelope)."""
+    event_id = os.urandom(16).hex()
+    event = orjson.dumps(
+        {
+            "event_id": event_id,
+            "timestamp": time.time(),
+            "platform": "python",
+            "level": "error",
+            "logger": "bench",
+            "release": "bench@1.0",
+            "environment": "bench",
+            "tags": {"job.id": "job-1"},
+            "exception": {
+                "values": [
+                    {
+                        "type": "ValueError",
+                        "value": "bench: step 7 failed",
+                        "stacktrace": {
+                            "frames": [
+                                {"filename": "worker.py", "function": "run", "lineno": 10 + i, "in_app": True}
+                                for i in range(8)
+                            ]
+                        },
+                    }
+                ]
+            },
+        }
+    )
+    header = orjson.dumps({"event_id": event_id, "dsn": dsn, "sent_at": "2026-01-01T00:00:00Z"})
+    item = orjson.dumps({"type": "event", "length": len(event)})
+    return b"\n".join([header, item, event]) + b"\n"
 
 
 @dataclass(frozen=True)
@@ -226,13 +261,25 @@ def tracks(plan: Plan) -> list[Track]:
     if plan.records < 1:
         raise BenchError("--records must be at least 1")
     names = [n for n, _ in plan.tracks]
-    if plan.signal == "events" and any(n in ("grpc", "forward", "fluent") for n in names):
+    if plan.signal == "events" and any(n in ("grpc", "forward", "fluent", "sentry") for n in names):
         raise BenchError("--signal events is posted over HTTP only (/v1/events): use --track otlp or events")
     auth = [("Authorization", f"Bearer {plan.token}")] if plan.token else []
     out = []
     for (name, _), conns in zip(plan.tracks, _split(plan.connections, [w for _, w in plan.tracks]), strict=True):
         signal_ = "events" if name == "events" else plan.signal
-        if name in ("otlp", "events", "fluent"):
+        if name == "sentry":
+            # One event per envelope (as sentry-sdk sends): `--records` does not apply.
+            path = f"{base}/api/1/envelope/"
+            body = sentry_envelope(f"http://bench@{host}:{port}/1")
+            auth_header = "Sentry sentry_version=7, sentry_key=bench, sentry_client=trackgate-bench"
+            headers = [("Content-Type", "application/x-sentry-envelope"), ("X-Sentry-Auth", auth_header)]
+            if plan.gzip:
+                body = gzip(body)
+                headers.append(("Content-Encoding", "gzip"))
+            out.append(
+                Track(name, f"http://{host}:{port}{path}", "http", host, port, path, headers, body, 1, conns, False)
+            )
+        elif name in ("otlp", "events", "fluent"):
             if name == "fluent":
                 body, path, ctype = fluent_body(plan.records), f"{base}/v1/fluent/{plan.tag}", "application/x-ndjson"
             elif signal_ == "events":
