@@ -72,16 +72,16 @@ def test_bench_grpc_and_forward_tracks(gateway_factory) -> None:
     check_track(forward, "ack", 5)
 
 
-def test_bench_ceiling_and_compare_print_a_table(gateway_factory) -> None:
-    gw = gateway_factory("")
+def test_bench_serves_a_gateway_and_compares_it_with_the_ceiling_and_another_server() -> None:
     null_app = f"{sys.executable} -m granian --interface asgi --port {{port}} trackgate.nullapp:app"
-    run = bench("--url", gw.url, "--duration", "0.5", "--connections", "2", "--ceiling", "--compare", null_app)
+    run = bench("--serve", "--duration", "0.5", "--connections", "2", "--ceiling", "--compare", null_app)
     assert run.returncode == 0, run.stderr
     assert "null app (1 workers):" in run.stdout and "compare:" in run.stdout
     table = run.stdout[run.stdout.index("| endpoint") :].splitlines()
     assert table[0].split("|")[1:3] == [" endpoint ", " requests/s "] and "share" in table[0]
     assert [row.split("|")[1].strip() for row in table[2:]] == ["gateway", "null app (1 workers)", "compare"]
     assert table[2].split("|")[6].strip() == "1.00"  # the gateway is its own base
+    assert all(row.split("|")[7].strip().endswith("%") for row in table[2:])  # each server's CPU was read
 
 
 @pytest.mark.parametrize(
@@ -96,6 +96,7 @@ def test_bench_ceiling_and_compare_print_a_table(gateway_factory) -> None:
         (["--track", "grpc", "--signal", "events"], "HTTP only"),
         (["--track", "forward", "--ceiling"], "--ceiling compares HTTP tracks only"),
         (["--connections", "1", "--track", "otlp,fluent"], "1 connections cannot carry 2 tracks"),
+        (["--config", "trackgate.toml"], "--config applies to --serve only"),
     ],
 )
 def test_bench_refuses_what_it_cannot_run(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

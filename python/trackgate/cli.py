@@ -123,6 +123,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             forward_addr=args.forward or "",
             tag=args.tag,
         )
+        if args.config and not args.serve:
+            raise BenchError("--config applies to --serve only")
+        if args.workers is not None and args.workers < 1:
+            raise BenchError("--workers must be at least 1")
         if plan.duration <= 0 or plan.connections < 1 or plan.threads < 1:
             raise BenchError("--duration must be positive, --connections and --threads at least 1")
         session = Session(
@@ -133,6 +137,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             compare=args.compare,
             compare_url=args.compare_url,
             progress=not args.no_progress,
+            serve=args.serve,
+            config=args.config,
         )
         results = session.run((lambda _: None) if args.json else print)
     except BenchError as exc:
@@ -275,7 +281,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also load a do-nothing ASGI app on granian and print the gateway's share",
     )
-    bench.add_argument("--workers", type=int, help="null app workers for --ceiling (default: the gateway's)")
+    bench.add_argument(
+        "--serve", action="store_true", help="start `trackgate serve` on free ports in a temp dir and load it"
+    )
+    bench.add_argument("--config", help="with --serve: the gateway's TOML config")
+    bench.add_argument(
+        "--workers", type=int, help="--serve's gateway workers, and the null app's (default: the gateway's)"
+    )
     bench.add_argument(
         "--compare", metavar="CMD", help="also start CMD ({port} = a free port) and load it the same way"
     )

@@ -20,8 +20,10 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -539,10 +541,12 @@ def wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: floa
 
 
 @contextlib.contextmanager
-def started(argv: list[str] | str, what: str, host: str, port: int, shell: bool = False) -> Iterator[int]:
+def started(
+    argv: list[str] | str, what: str, host: str, port: int, shell: bool = False, cwd: str | None = None
+) -> Iterator[int]:
     """Runs a server in its own process group until the block ends; yields its pid."""
     proc = subprocess.Popen(
-        argv, shell=shell, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        argv, shell=shell, cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         wait_port(host, port, proc, 30.0, what)
@@ -603,11 +607,38 @@ class Session:
     compare: str | None = None
     compare_url: str | None = None
     progress: bool = True
+    serve: bool = False  # start `trackgate serve` (`config`, `workers`) in a temp dir and load it
+    config: str | None = None
     results: list[BenchResult] = field(default_factory=list)
 
     def run(self, emit: Callable[[str], None]) -> list[BenchResult]:
-        plan = self.plan
-        pid = self.pid
+        with contextlib.ExitStack() as stack:
+            plan, pid = self._serve(stack) if self.serve else (self.plan, self.pid)
+            return self._run(plan, pid, emit)
+
+    def _serve(self, stack: contextlib.ExitStack) -> tuple[Plan, int]:
+        """The gateway on free ports, its queue and file sink in a temp dir removed afterwards."""
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="trackgate-bench-"))
+        port, grpc_port = free_port(), free_port()
+        argv = [sys.executable, "-m", "trackgate", "serve", "--listen", f"127.0.0.1:{port}",
+                "--grpc-listen", f"127.0.0.1:{grpc_port}"]  # fmt: skip
+        if self.workers:
+            argv += ["--workers", str(self.workers)]
+        if self.config:
+            argv += ["--config", os.path.abspath(self.config)]
+        pid = stack.enter_context(started(argv, "trackgate serve", "127.0.0.1", port, cwd=tmp))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:  # the port opens before the app has started: wait for /healthz
+            with contextlib.suppress(OSError), urllib.request.urlopen(url + "/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise BenchError(f"trackgate serve on {url} did not become healthy within 30 s")
+            time.sleep(0.05)
+        return replace(self.plan, url=url, grpc_url=self.plan.grpc_url or f"127.0.0.1:{grpc_port}"), pid
+
+    def _run(self, plan: Plan, pid: int | None, emit: Callable[[str], None]) -> list[BenchResult]:
         first = tracks(plan)[0]
         if pid is None and first.host in ("127.0.0.1", "localhost", "::1"):
             pid = procstat.listener_pid(first.port)
