@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Uri};
-use tokio::runtime::Runtime;
 
 use client::{Conn, Reply};
 use histogram::Histogram;
@@ -222,7 +221,6 @@ impl Outcome {
 
 /// A load run in progress.
 pub struct Run {
-    runtime: Option<Runtime>,
     done: mpsc::Receiver<Vec<Outcome>>,
     pub live: Arc<Live>,
     started: Instant,
@@ -232,11 +230,7 @@ impl Run {
     /// Waits up to `wait` for the run to end: Some((outcomes per target, seconds it took)).
     pub fn wait(&mut self, wait: Duration) -> Option<(Vec<Outcome>, f64)> {
         let outcomes = self.done.recv_timeout(wait).ok()?;
-        let elapsed = self.started.elapsed().as_secs_f64();
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-        Some((outcomes, elapsed))
+        Some((outcomes, self.started.elapsed().as_secs_f64()))
     }
 
     /// Asks every connection to stop after its call in flight.
@@ -249,26 +243,27 @@ impl Run {
     }
 }
 
-/// Starts the run: every target's connections, on a runtime of `options.threads` threads.
+/// One connection's job: which target it loads (by index), and when it sends.
+struct Job {
+    target: usize,
+    slot: usize,
+    pace: Pace,
+}
+
+/// Starts the run: the connections dealt round-robin over `options.threads` threads, each with a
+/// single-threaded runtime of its own (as wrk runs an event loop per thread: no work stealing,
+/// no cross-thread wake-ups on the hot path).
 pub fn start(targets: Vec<Target>, options: Options) -> io::Result<Run> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(options.threads.max(1))
-        .thread_name("trackgate-bench")
-        .enable_io()
-        .enable_time()
-        .build()?;
+    let threads = options.threads.max(1);
     let live = Arc::new(Live::default());
     let started = Instant::now();
     let deadline = started + options.duration;
     let total: usize = targets.iter().map(|t| t.connections).sum();
     // Each connection's share of the rate; slots spread evenly over one interval.
     let interval = (options.rate > 0.0).then(|| Duration::from_secs_f64(total as f64 / options.rate));
-    let (tx, done) = mpsc::channel();
-    let timeout = options.timeout;
+    let mut jobs: Vec<Vec<Job>> = (0..threads).map(|_| Vec::new()).collect();
     let mut slot = 0;
-    let mut tasks = Vec::new();
-    for (t, target) in targets.into_iter().enumerate() {
-        let target = Arc::new(target);
+    for (t, target) in targets.iter().enumerate() {
         for _ in 0..target.connections {
             let first = started + interval.map_or(Duration::ZERO, |i| i.mul_f64(slot as f64 / total as f64));
             let pace = Pace {
@@ -276,27 +271,60 @@ pub fn start(targets: Vec<Target>, options: Options) -> io::Result<Run> {
                 interval,
                 deadline,
             };
-            let job = drive(target.clone(), slot, pace, timeout, live.clone());
-            tasks.push((t, runtime.spawn(job)));
+            jobs[slot % threads].push(Job { target: t, slot, pace });
             slot += 1;
         }
     }
-    let n_targets = tasks.last().map_or(0, |(t, _)| t + 1);
-    runtime.spawn(async move {
-        let mut outcomes = vec![Outcome::default(); n_targets];
-        for (t, task) in tasks {
-            if let Ok(outcome) = task.await {
-                outcomes[t].merge(&outcome);
+    let targets: Arc<Vec<Arc<Target>>> = Arc::new(targets.into_iter().map(Arc::new).collect());
+    let timeout = options.timeout;
+    let mut handles = Vec::with_capacity(threads);
+    for share in jobs {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let (targets, live) = (targets.clone(), live.clone());
+        let handle = std::thread::Builder::new()
+            .name("trackgate-bench".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let tasks: Vec<_> = share
+                        .into_iter()
+                        .map(|job| {
+                            let target = targets[job.target].clone();
+                            (
+                                job.target,
+                                tokio::spawn(drive(target, job.slot, job.pace, timeout, live.clone())),
+                            )
+                        })
+                        .collect();
+                    let mut outcomes = vec![Outcome::default(); targets.len()];
+                    for (t, task) in tasks {
+                        if let Ok(outcome) = task.await {
+                            outcomes[t].merge(&outcome);
+                        }
+                    }
+                    outcomes
+                })
+            })?;
+        handles.push(handle);
+    }
+    let (tx, done) = mpsc::channel();
+    let n_targets = targets.len();
+    std::thread::Builder::new()
+        .name("trackgate-bench".into())
+        .spawn(move || {
+            let mut outcomes = vec![Outcome::default(); n_targets];
+            for handle in handles {
+                if let Ok(part) = handle.join() {
+                    for (total, o) in outcomes.iter_mut().zip(&part) {
+                        total.merge(o);
+                    }
+                }
             }
-        }
-        let _ = tx.send(outcomes);
-    });
-    Ok(Run {
-        runtime: Some(runtime),
-        done,
-        live,
-        started,
-    })
+            let _ = tx.send(outcomes);
+        })?;
+    Ok(Run { done, live, started })
 }
 
 /// When a connection sends next.
