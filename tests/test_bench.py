@@ -104,3 +104,39 @@ def test_bench_refuses_what_it_cannot_run(argv: list[str], message: str, capsys:
     argv = [a.replace("{free}", free) for a in argv]
     assert main(["bench", "--no-progress", "--duration", "0.2", *argv]) == 2
     assert message.replace("{free}", free) in capsys.readouterr().err
+
+
+LISTEN = """
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+print("up", flush=True)
+time.sleep(60)
+"""
+
+
+def test_server_pid_is_found_by_its_port_unless_unrelated_servers_share_it() -> None:
+    from trackgate import procstat
+
+    port = free_port()
+    servers: list[subprocess.Popen[str]] = []
+    try:
+        for _ in range(2):
+            servers.append(
+                subprocess.Popen([sys.executable, "-c", LISTEN, str(port)], stdout=subprocess.PIPE, text=True)
+            )
+            assert servers[-1].stdout is not None and servers[-1].stdout.readline() == "up\n"
+            if len(servers) == 1:
+                assert procstat.listener_pid(port) == servers[0].pid
+        # Two servers sharing the port whose parent is this test, not a supervisor: no guess.
+        assert procstat.listener_pid(port) is None
+        usage = procstat.usage(servers[0].pid)
+        assert usage is not None and usage.processes == 1 and usage.rss_bytes > 0
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+    assert procstat.listener_pid(port) is None
+    assert procstat.usage(servers[0].pid) is None
