@@ -1212,5 +1212,120 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SentryResult>()?;
     m.add_class::<EventsResult>()?;
     m.add_function(wrap_pyfunction!(decode_events, m)?)?;
+    m.add_function(wrap_pyfunction!(load, m)?)?;
     Ok(())
+}
+
+/// One `load` target: (kind, host, port, path, headers, body, records per call, connections, gzip).
+type LoadTarget = (
+    String,
+    String,
+    u16,
+    String,
+    Vec<(String, String)>,
+    Vec<u8>,
+    u64,
+    usize,
+    bool,
+);
+
+/// `trackgate bench`'s load run (rust/loadgen): the GIL is released for the run except for
+/// `progress(elapsed_s, calls, accepted, failed)` every `interval_s`, and to notice Ctrl-C.
+#[pyfunction]
+#[pyo3(signature = (targets, duration_s, rate=0.0, threads=2, timeout_s=30.0, progress=None, interval_s=0.25))]
+#[allow(clippy::too_many_arguments)]
+fn load<'py>(
+    py: Python<'py>,
+    targets: Vec<LoadTarget>,
+    duration_s: f64,
+    rate: f64,
+    threads: usize,
+    timeout_s: f64,
+    progress: Option<Bound<'py, PyAny>>,
+    interval_s: f64,
+) -> PyResult<(f64, Vec<Bound<'py, PyDict>>)> {
+    use crate::loadgen::{self, Kind, TargetSpec};
+    let seconds = |s: f64, what: &str| {
+        Duration::try_from_secs_f64(s)
+            .map_err(|_| PyValueError::new_err(format!("{what} must be a positive number of seconds, not {s}")))
+    };
+    let options = loadgen::Options {
+        duration: seconds(duration_s, "duration")?,
+        rate: if rate.is_finite() && rate > 0.0 { rate } else { 0.0 },
+        threads,
+        timeout: seconds(timeout_s, "timeout")?,
+    };
+    let interval = seconds(interval_s, "interval")?.max(Duration::from_millis(10));
+    let mut built = Vec::with_capacity(targets.len());
+    for (kind, host, port, path, headers, body, records, connections, gzip) in targets {
+        let kind = match kind.as_str() {
+            "http" => Kind::Http,
+            "grpc" => Kind::Grpc,
+            "forward" => Kind::Forward,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown load kind {other:?} (http, grpc, forward)"
+                )))
+            }
+        };
+        let spec = TargetSpec {
+            kind,
+            host,
+            port,
+            path,
+            headers,
+            body,
+            records,
+            connections,
+            gzip,
+        };
+        built.push(py.detach(|| spec.build()).map_err(PyValueError::new_err)?);
+    }
+    let mut run = py.detach(|| loadgen::start(built, options))?;
+    let (outcomes, elapsed) = loop {
+        if let Some(done) = py.detach(|| run.wait(interval)) {
+            break done;
+        }
+        let live = &run.live;
+        let stopped = py.check_signals().and_then(|()| match &progress {
+            Some(f) => f
+                .call1((
+                    run.elapsed(),
+                    live.calls.load(Ordering::Relaxed),
+                    live.accepted.load(Ordering::Relaxed),
+                    live.failed.load(Ordering::Relaxed),
+                ))
+                .map(drop),
+            None => Ok(()),
+        });
+        if let Err(err) = stopped {
+            run.stop();
+            py.detach(|| while run.wait(interval).is_none() {});
+            return Err(err);
+        }
+    };
+    let mut out = Vec::with_capacity(outcomes.len());
+    for o in outcomes {
+        let d = PyDict::new(py);
+        let statuses = PyDict::new(py);
+        let mut counts = o.statuses.clone();
+        counts.sort();
+        for (label, n) in counts {
+            statuses.set_item(label.name(), n)?;
+        }
+        d.set_item("statuses", statuses)?;
+        let latency = PyDict::new(py);
+        for (name, p) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)] {
+            latency.set_item(name, o.latency_us.percentile(p) as f64 / 1e3)?;
+        }
+        latency.set_item("max", o.latency_us.max() as f64 / 1e3)?;
+        d.set_item("latency_ms", latency)?;
+        d.set_item("calls", o.calls())?;
+        d.set_item("accepted", o.accepted)?;
+        d.set_item("records", o.records)?;
+        d.set_item("bytes_sent", o.bytes_sent)?;
+        d.set_item("bytes_received", o.bytes_received)?;
+        out.push(d);
+    }
+    Ok((elapsed, out))
 }

@@ -17,6 +17,7 @@ pub mod ingest;
 pub mod json_decode;
 pub mod json_encode;
 pub mod limits;
+pub mod loadgen;
 pub mod net;
 pub mod pipeline;
 pub mod queue;

@@ -1,7 +1,7 @@
 """Type stub for the compiled data plane, `trackgate._core` (built from `rust/`)."""
 
 from collections.abc import Callable
-from typing import Literal, Self, TypeAlias, final
+from typing import Literal, Self, TypeAlias, TypedDict, final
 
 __all__ = [
     "Batch",
@@ -26,6 +26,7 @@ __all__ = [
     "export_response",
     "grpc_retry_delay",
     "gzip",
+    "load",
     "parse_partial_success",
     "parse_rate_limits",
     "scrub_pattern_error",
@@ -342,3 +343,28 @@ class SentryProcessor:
     def header_dsn(
         self, prefix: bytes, content_encoding: str | None = None, complete: bool = True
     ) -> tuple[bool, str | None]: ...
+
+# (kind, host, port, path / gRPC method / forward tag, headers, body, records per call, connections, gzip)
+_LoadTarget: TypeAlias = tuple[
+    Literal["http", "grpc", "forward"], str, int, str, list[tuple[str, str]], bytes, int, int, bool
+]
+
+class _LoadOutcome(TypedDict):
+    statuses: dict[str, int]  # "200", "grpc OK", "ack", "error: connection refused", ...
+    latency_ms: dict[str, float]  # p50, p90, p99, p99.9, max
+    calls: int
+    accepted: int
+    records: int
+    bytes_sent: int
+    bytes_received: int
+
+def load(
+    targets: list[_LoadTarget],
+    duration_s: float,
+    rate: float = 0.0,
+    threads: int = 2,
+    timeout_s: float = 30.0,
+    progress: Callable[[float, int, int, int], object] | None = None,
+    interval_s: float = 0.25,
+) -> tuple[float, list[_LoadOutcome]]:
+    """Drives `trackgate bench`'s load (rust/loadgen) with the GIL released; returns (seconds, outcome per target)."""

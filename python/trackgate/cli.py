@@ -102,23 +102,51 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from trackgate.loadgen import run
+    from trackgate.loadgen import BenchError, Plan, Session, parse_tracks
 
-    if args.protocol == "grpc" and args.signal == "events":
-        raise ConfigError("--signal events is posted over HTTP only (/v1/events): drop --protocol grpc")
-    url = args.url or ("http://127.0.0.1:4317" if args.protocol == "grpc" else "http://127.0.0.1:4318")
-    result = run(
-        url,
-        signal=args.signal,
-        records=args.records,
-        concurrency=args.concurrency,
-        duration=args.duration,
-        compress=args.gzip,
-        token=args.token or os.environ.get("TRACKGATE_BENCH_TOKEN", ""),
-        protocol=args.protocol,
-    )
-    print(result.report())
-    return 0 if result.ok else 1
+    track = args.track or ("grpc" if args.protocol == "grpc" else "otlp")
+    try:
+        plan = Plan(
+            url=args.url or "http://127.0.0.1:4318",
+            signal=args.signal,
+            records=args.records,
+            connections=args.connections,
+            duration=args.duration,
+            gzip=args.gzip,
+            token=args.token or os.environ.get("TRACKGATE_BENCH_TOKEN", ""),
+            rate=args.rate or 0.0,
+            threads=args.threads,
+            timeout=args.timeout,
+            tracks=parse_tracks(track),
+            # The older `--protocol grpc --url HOST:4317` form: the URL is the gRPC target.
+            grpc_url=args.grpc_url or (args.url if args.protocol == "grpc" and args.url else ""),
+            forward_addr=args.forward or "",
+            tag=args.tag,
+        )
+        if args.config and not args.serve:
+            raise BenchError("--config applies to --serve only")
+        if args.workers is not None and args.workers < 1:
+            raise BenchError("--workers must be at least 1")
+        if plan.duration <= 0 or plan.connections < 1 or plan.threads < 1:
+            raise BenchError("--duration must be positive, --connections and --threads at least 1")
+        session = Session(
+            plan,
+            pid=args.gateway_pid,
+            ceiling=args.ceiling,
+            workers=args.workers,
+            compare=args.compare,
+            compare_url=args.compare_url,
+            progress=not args.no_progress,
+            serve=args.serve,
+            config=args.config,
+        )
+        results = session.run((lambda _: None) if args.json else print)
+    except BenchError as exc:
+        print(f"trackgate bench: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        sys.stdout.write(orjson.dumps([r.to_dict() for r in results], option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0 if results[0].accepted else 1
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -214,15 +242,58 @@ def parser() -> argparse.ArgumentParser:
     agent.add_argument("--samples", type=int, help=argparse.SUPPRESS)  # stop after this many (tests, measurements)
     agent.set_defaults(func=cmd_agent)
 
-    bench = sub.add_parser("bench", help="load a running gateway and report records/s and latency percentiles")
-    bench.add_argument("--url", help="gateway base URL (default http://127.0.0.1:4318, with grpc :4317)")
-    bench.add_argument("--protocol", choices=["http", "grpc"], default="http", help="OTLP/HTTP or OTLP/gRPC")
-    bench.add_argument("--signal", choices=["traces", "logs", "events"], default="traces")
-    bench.add_argument("--records", type=int, default=100, help="spans, log records or events per request")
-    bench.add_argument("--concurrency", type=int, default=4, help="client threads, one connection each")
-    bench.add_argument("--duration", type=float, default=10.0, help="seconds")
-    bench.add_argument("--gzip", action="store_true", help="send gzip bodies")
+    bench = sub.add_parser(
+        "bench",
+        help="load a gateway from Rust (keep-alive connections) and report requests/s, records/s, latency, CPU, RSS",
+    )
+    bench.add_argument("--url", help="gateway base URL (default http://127.0.0.1:4318)")
+    bench.add_argument(
+        "--track",
+        help="otlp (OTLP/HTTP protobuf), grpc, fluent (json_lines to /v1/fluent/TAG), forward, events, "
+        "sentry (envelopes of one error event); "
+        "or a weighted mix such as otlp:3,fluent:1 (default otlp)",
+    )
+    bench.add_argument("--protocol", choices=["http", "grpc"], default="http", help="same as --track otlp / grpc")
+    bench.add_argument("--signal", choices=["traces", "logs", "metrics", "events"], default="traces")
+    bench.add_argument("--records", type=int, default=100, help="spans, log records, data points or events per request")
+    bench.add_argument(
+        "--connections", "--concurrency", type=int, default=16, help="keep-alive connections (default 16)"
+    )
+    bench.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
+    bench.add_argument(
+        "--rate", type=float, help="target requests/s over all connections (default: as fast as answered)"
+    )
+    bench.add_argument("--gzip", action="store_true", help="send gzip bodies (HTTP and gRPC tracks)")
     bench.add_argument("--token", help="bearer token (or TRACKGATE_BENCH_TOKEN)")
+    bench.add_argument("--grpc-url", help="OTLP/gRPC HOST:PORT (default: --url's host, port 4317)")
+    bench.add_argument("--forward", help="forward-protocol HOST:PORT (default: --url's host, port 24224)")
+    bench.add_argument("--tag", default="bench", help="Fluent tag of the fluent and forward tracks (default bench)")
+    bench.add_argument("--threads", type=int, default=2, help="load generator threads (default 2)")
+    bench.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as timed out")
+    bench.add_argument(
+        "--gateway-pid",
+        "--pid",
+        type=int,
+        help="process to report CPU and RSS of (default: the one listening on --url)",
+    )
+    bench.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also load a do-nothing ASGI app on granian and print the gateway's share",
+    )
+    bench.add_argument(
+        "--serve", action="store_true", help="start `trackgate serve` on free ports in a temp dir and load it"
+    )
+    bench.add_argument("--config", help="with --serve: the gateway's TOML config")
+    bench.add_argument(
+        "--workers", type=int, help="--serve's gateway workers, and the null app's (default: the gateway's)"
+    )
+    bench.add_argument(
+        "--compare", metavar="CMD", help="also start CMD ({port} = a free port) and load it the same way"
+    )
+    bench.add_argument("--compare-url", help="where --compare's server listens (default http://127.0.0.1:{port})")
+    bench.add_argument("--json", action="store_true", help="print the results as JSON instead of the report")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     bench.set_defaults(func=cmd_bench)
 
     events = sub.add_parser("events", help="the operational event bus (Redis Streams)")
