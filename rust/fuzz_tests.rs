@@ -1231,8 +1231,8 @@ proptest! {
         let started = Instant::now();
         let pb = json_to_protobuf(case.signal, &body);
         let took = started.elapsed();
-        // Linear work: even 10,000 levels of nesting are refused early. Generous for debug builds.
-        prop_assert!(took < Duration::from_secs(5), "{took:?} for {} bytes", body.len());
+        // Linear work: even 10,000 levels of nesting are refused early (see LINEAR_BOUND).
+        prop_assert!(took < LINEAR_BOUND, "{took:?} for {} bytes", body.len());
         decode_error(&pb)?;
         if let Ok(pb) = pb {
             check_decoded_json(case.signal, &pb)?;
@@ -1512,12 +1512,16 @@ proptest! {
 // Hostile inputs and found crashers, as fixed cases
 // ---------------------------------------------------------------------------------------------
 
-/// Fails if `f` takes longer than a generous bound (a debug build on a loaded machine).
+/// Catches super-linear work, not slowness: fails only if `f` takes longer than a bound far above
+/// what linear work needs even in a debug build on a machine busy with other builds (a quadratic
+/// walk of these inputs takes hours). Speed itself is measured in benches/.
+const LINEAR_BOUND: Duration = Duration::from_secs(60);
+
 fn quickly<T>(what: &str, f: impl FnOnce() -> T) -> T {
     let started = Instant::now();
     let out = f();
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(5), "{what} took {took:?}");
+    assert!(took < LINEAR_BOUND, "{what} took {took:?}");
     out
 }
 
