@@ -4,15 +4,18 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyBaseException, PyException, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -297,26 +300,58 @@ struct DurableNotifier {
     sink: Arc<PySink>,
 }
 
-struct PySink {
-    callback: Py<PyAny>,
+/// Where a group commit's outcomes go. With a callback, the syncer thread calls it (taking the
+/// GIL once per group). Without one, the outcomes wait in `pending` and one byte on a socket
+/// pair wakes the event loop, which collects them with `drain()`: the syncer never takes the
+/// GIL, so it never competes with the loop for it.
+enum PySink {
+    Callback(Py<PyAny>),
+    Wakeup {
+        pending: Mutex<Vec<(u64, Result<()>)>>,
+        writer: UnixStream,
+        reader: UnixStream,
+    },
 }
 
 impl DurableSink for PySink {
     fn deliver(&self, results: Vec<(u64, Result<()>)>) {
-        Python::attach(|py| {
-            let mut done = Vec::with_capacity(results.len());
-            let mut failed = Vec::new();
-            for (token, result) in results {
-                match result {
-                    Ok(()) => done.push(token),
-                    Err(err) => failed.push((token, to_py(err).into_value(py))),
+        match self {
+            PySink::Callback(callback) => Python::attach(|py| {
+                let (done, failed) = split_outcomes(py, results);
+                if let Err(err) = callback.call1(py, (done, failed)) {
+                    err.write_unraisable(py, Some(callback.bind(py)));
+                }
+            }),
+            PySink::Wakeup { pending, writer, .. } => {
+                let was_empty = {
+                    let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+                    let was_empty = pending.is_empty();
+                    pending.extend(results);
+                    was_empty
+                };
+                // One byte per batch of outcomes the loop has not collected yet: a full socket
+                // buffer (WouldBlock) already holds a wakeup.
+                if was_empty {
+                    let _ = (&*writer).write(&[1]);
                 }
             }
-            if let Err(err) = self.callback.call1(py, (done, failed)) {
-                err.write_unraisable(py, Some(self.callback.bind(py)));
-            }
-        });
+        }
     }
+}
+
+/// Outcomes as Python sees them: the tokens whose fsync ran, and `(token, exception)`.
+type Outcomes = (Vec<u64>, Vec<(u64, Py<PyBaseException>)>);
+
+fn split_outcomes(py: Python<'_>, results: Vec<(u64, Result<()>)>) -> Outcomes {
+    let mut done = Vec::with_capacity(results.len());
+    let mut failed = Vec::new();
+    for (token, result) in results {
+        match result {
+            Ok(()) => done.push(token),
+            Err(err) => failed.push((token, to_py(err).into_value(py))),
+        }
+    }
+    (done, failed)
 }
 
 impl DurableNotifier {
@@ -328,10 +363,43 @@ impl DurableNotifier {
 #[pymethods]
 impl DurableNotifier {
     #[new]
-    fn new(callback: Py<PyAny>) -> Self {
-        DurableNotifier {
-            sink: Arc::new(PySink { callback }),
+    #[pyo3(signature = (callback = None))]
+    fn new(callback: Option<Py<PyAny>>) -> PyResult<Self> {
+        let sink = match callback {
+            Some(callback) => PySink::Callback(callback),
+            None => {
+                let (writer, reader) = UnixStream::pair()?;
+                writer.set_nonblocking(true)?;
+                reader.set_nonblocking(true)?;
+                PySink::Wakeup {
+                    pending: Mutex::new(Vec::new()),
+                    writer,
+                    reader,
+                }
+            }
+        };
+        Ok(DurableNotifier { sink: Arc::new(sink) })
+    }
+
+    /// The descriptor that becomes readable when outcomes wait (no callback given), else -1.
+    fn fileno(&self) -> i32 {
+        match &*self.sink {
+            PySink::Wakeup { reader, .. } => reader.as_raw_fd(),
+            PySink::Callback(_) => -1,
         }
+    }
+
+    /// The outcomes waiting (no callback given): `(done tokens, [(token, exception)])`.
+    fn drain(&self, py: Python<'_>) -> Outcomes {
+        let PySink::Wakeup { pending, reader, .. } = &*self.sink else {
+            return (Vec::new(), Vec::new());
+        };
+        // The wakeup bytes first, then the outcomes: a deliver after this read finds the list
+        // empty and writes a new byte, so none is left without one.
+        let mut buf = [0u8; 256];
+        while matches!((&*reader).read(&mut buf), Ok(n) if n > 0) {}
+        let results = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
+        split_outcomes(py, results)
     }
 }
 

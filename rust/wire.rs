@@ -26,17 +26,26 @@ pub struct Field<'a> {
 /// Reads a base-128 varint at `buf[*pos..]`, advancing `pos`.
 #[inline]
 pub fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64> {
+    // Most tags and lengths fit one byte: answer those without entering the loop.
+    match buf.get(*pos) {
+        Some(&byte) if byte < 0x80 => {
+            *pos += 1;
+            Ok(u64::from(byte))
+        }
+        _ => read_varint_long(buf, pos),
+    }
+}
+
+fn read_varint_long(buf: &[u8], pos: &mut usize) -> Result<u64> {
     let mut value: u64 = 0;
     let mut shift = 0u32;
     loop {
         let Some(&byte) = buf.get(*pos) else {
-            return Err(CoreError::decode(
-                "truncated protobuf: varint runs past the end of the message",
-            ));
+            return Err(malformed("truncated protobuf: varint runs past the end of the message"));
         };
         *pos += 1;
         if shift == 63 && byte > 1 {
-            return Err(CoreError::decode("invalid protobuf: varint overflows 64 bits"));
+            return Err(malformed("invalid protobuf: varint overflows 64 bits"));
         }
         value |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
@@ -44,9 +53,14 @@ pub fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64> {
         }
         shift += 7;
         if shift > 63 {
-            return Err(CoreError::decode("invalid protobuf: varint longer than 10 bytes"));
+            return Err(malformed("invalid protobuf: varint longer than 10 bytes"));
         }
     }
+}
+
+#[cold]
+fn malformed(message: &'static str) -> CoreError {
+    CoreError::decode(message)
 }
 
 /// Iterates the fields of one message without copying. Yields an error once, then stops.
@@ -65,13 +79,14 @@ impl<'a> Fields<'a> {
         }
     }
 
+    #[inline]
     fn next_field(&mut self) -> Result<Field<'a>> {
         let start = self.pos;
         let key = read_varint(self.buf, &mut self.pos)?;
         let number = key >> 3;
         let wire_type = (key & 7) as u8;
         if number == 0 || number > u64::from(u32::MAX >> 3) {
-            return Err(CoreError::decode(format!("invalid protobuf: field number {number}")));
+            return Err(bad_number(number));
         }
         let (int, data) = match wire_type {
             VARINT => (read_varint(self.buf, &mut self.pos)?, &[][..]),
@@ -86,11 +101,7 @@ impl<'a> Fields<'a> {
                 let data = self.take(len).map_err(|_| truncated(number))?;
                 (len as u64, data)
             }
-            other => {
-                return Err(CoreError::decode(format!(
-                    "invalid protobuf: field {number} has unsupported wire type {other}"
-                )))
-            }
+            other => return Err(bad_wire_type(number, other)),
         };
         Ok(Field {
             number: number as u32,
@@ -101,10 +112,11 @@ impl<'a> Fields<'a> {
         })
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self.pos.checked_add(n).filter(|&end| end <= self.buf.len());
         let Some(end) = end else {
-            return Err(CoreError::decode(
+            return Err(malformed(
                 "truncated protobuf: fixed-width value runs past the end of the message",
             ));
         };
@@ -114,6 +126,19 @@ impl<'a> Fields<'a> {
     }
 }
 
+#[cold]
+fn bad_number(number: u64) -> CoreError {
+    CoreError::decode(format!("invalid protobuf: field number {number}"))
+}
+
+#[cold]
+fn bad_wire_type(number: u64, wire_type: u8) -> CoreError {
+    CoreError::decode(format!(
+        "invalid protobuf: field {number} has unsupported wire type {wire_type}"
+    ))
+}
+
+#[cold]
 fn truncated(number: u64) -> CoreError {
     CoreError::decode(format!(
         "truncated protobuf: field {number} is longer than the bytes that remain"

@@ -123,3 +123,16 @@ def test_client_slots() -> None:
         slots.leave("a")
     slots.leave("b")
     assert slots.held == {}
+
+
+def test_headers_are_read_by_lower_case_name_with_repeats_folded() -> None:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    raw = [(b"Content-Type", b"application/json"), (b"x-tag", b"a"), (b"X-Tag", b"b"), (b"host", b"h\xe9")]
+    req = Request({"method": "POST", "path": "/", "headers": raw}, receive)
+    assert req.header("content-type") == "application/json"
+    assert req.header("x-tag") == "a, b"
+    assert req.header("host") == "h\xe9"  # latin-1, as HTTP header bytes
+    assert req.header("content-encoding") == "" and req.header("content-encoding", "none") == "none"
+    assert req.headers == {"content-type": "application/json", "x-tag": "a, b", "host": "h\xe9"}

@@ -108,3 +108,29 @@ def test_a_request_gone_before_its_fsync_leaves_nothing_behind(tmp_path: Path) -
         asyncio.run(main())
     finally:
         p.close(0.0)
+
+
+class NoReaderLoop(asyncio.SelectorEventLoop):
+    """A loop that cannot watch descriptors (as some asyncio-compatible loops cannot)."""
+
+    def add_reader(self, *args: Any) -> None:
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("watches", [True, False], ids=["socket_wakeup", "threadsafe_callback"])
+def test_both_wakeups_settle_every_request(tmp_path: Path, watches: bool) -> None:
+    p = pipeline(tmp_path)
+    loop = asyncio.SelectorEventLoop() if watches else NoReaderLoop()
+    try:
+
+        async def main() -> list[bool]:
+            waiting = await asyncio.gather(*(ingest_and_wait(p, f"r{i}") for i in range(16)))
+            # The socket wakeup is chosen where the loop can watch it; else the syncer's callback.
+            assert (loop_waits().notifier.fileno() >= 0) is watches
+            assert loop_waits().futures == {}
+            return waiting
+
+        assert loop.run_until_complete(main()) == [True] * 16
+    finally:
+        loop.close()
+        p.close(0.0)

@@ -97,11 +97,17 @@ class Batch:
 
 @final
 class DurableNotifier:
-    """Tells `callback(done, failed)` about deferred ingests: the tokens whose fsync ran and
-    `(token, exception)` for those it failed or shutdown cut off. Called on the queue's syncer
-    thread, once per group commit."""
+    """Tells about deferred ingests: the tokens whose fsync ran and `(token, exception)` for those
+    it failed or shutdown cut off, once per group commit. With `callback(done, failed)`, called on
+    the queue's syncer thread; without, they wait for `drain()` and `fileno()` turns readable."""
 
-    def __new__(cls, callback: Callable[[list[int], list[tuple[int, BaseException]]], object]) -> Self: ...
+    def __new__(
+        cls, callback: Callable[[list[int], list[tuple[int, BaseException]]], object] | None = None
+    ) -> Self: ...
+    def fileno(self) -> int:
+        """The descriptor to watch for outcomes waiting (no callback), else -1."""
+    def drain(self) -> tuple[list[int], list[tuple[int, BaseException]]]:
+        """The outcomes waiting since the last call (no callback): `(done, failed)`."""
 
 @final
 class Core:

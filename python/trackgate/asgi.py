@@ -126,6 +126,7 @@ class Request:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self._headers: dict[str, str] | None = None
+        self._raw: dict[bytes, bytes] | None = None  # headers by lower-case name, as received
         self._budget = budget
         self._reserved = 0  # bytes of the budget this request holds
         self._chunks: list[bytes] = []  # the body received so far
@@ -136,26 +137,25 @@ class Request:
     def headers(self) -> dict[str, str]:
         """Every header by lower-case name (built on first use: a request reads only a few)."""
         if self._headers is None:
-            headers: dict[str, str] = {}
-            for key, value in self.scope.get("headers", ()):
-                name = key.decode("latin-1").lower()
-                text = value.decode("latin-1")
-                # Repeated headers fold into one comma-separated value, as HTTP allows.
-                headers[name] = f"{headers[name]}, {text}" if name in headers else text
-            self._headers = headers
+            self._headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self._raw_headers().items()}
         return self._headers
 
     def header(self, name: str, default: str = "") -> str:
-        """One header (`name` in lower case), scanning the few raw headers without building a dict."""
-        if self._headers is not None:
-            return self._headers.get(name, default)
-        key = name.encode("latin-1")
-        found: str | None = None
-        for raw, value in self.scope.get("headers", ()):
-            if raw == key or (len(raw) == len(key) and raw.lower() == key):
-                text = value.decode("latin-1")
-                found = text if found is None else f"{found}, {text}"
-        return default if found is None else found
+        """One header (`name` in lower case)."""
+        value = (self._raw or self._raw_headers()).get(name.encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
+
+    def _raw_headers(self) -> dict[bytes, bytes]:
+        """The headers as bytes by lower-case name, in one pass over the scope's list (a request
+        reads three or four of them). Repeated headers fold into one comma-separated value, as
+        HTTP allows."""
+        if self._raw is None:
+            raw: dict[bytes, bytes] = {}
+            for key, value in self.scope.get("headers", ()):
+                name = key.lower()
+                raw[name] = raw[name] + b", " + value if name in raw else value
+            self._raw = raw
+        return self._raw
 
     @property
     def client_host(self) -> str:

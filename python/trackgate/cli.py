@@ -68,6 +68,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # more wait in the listen backlog. Set explicitly so it does not shrink with --workers.
         backpressure=cfg.server.backpressure,
         factory=True,
+        # No WebSocket routes: leave granian's upgrade handling out of the request path.
+        websockets=False,
         log_access=False,
         workers_kill_timeout=int(cfg.server.shutdown_grace_s) + 5,
     ).serve()

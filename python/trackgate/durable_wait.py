@@ -1,10 +1,12 @@
 """Awaiting the fsync that makes a request durable, without a thread per request.
 
 Under `fsync = "always"` the core appends a request's frames without syncing and returns; its
-syncer thread fsyncs every append waiting at once (group commit) and tells the event loop once
-per group, through `loop.call_soon_threadsafe` (any asyncio-compatible loop has it: asyncio,
-uvloop, granian's rloop). Each request awaits a future keyed by a token it chose before the
-ingest call, so an fsync that completes before the call returns is never missed.
+syncer thread fsyncs every append waiting at once (group commit) and wakes the event loop once
+per group: it leaves the outcomes in the notifier and writes a byte to a socket the loop watches
+(`loop.add_reader`), so the syncer never takes the GIL away from the loop. A loop without
+`add_reader` gets them through `loop.call_soon_threadsafe` from the syncer thread instead. Each
+request awaits a future keyed by a token it chose before the ingest call, so an fsync that
+completes before the call returns is never missed.
 """
 
 from __future__ import annotations
@@ -27,7 +29,16 @@ class LoopWaits:
         self.loop = loop
         self.futures: dict[int, asyncio.Future[None]] = {}
         self.tokens = itertools.count(1)
-        self.notifier = DurableNotifier(self._notify)
+        self.notifier = DurableNotifier()
+        try:
+            loop.add_reader(self.notifier.fileno(), self._drain)
+        except NotImplementedError:
+            self.notifier = DurableNotifier(self._notify)
+
+    def _drain(self) -> None:
+        """On the loop: the outcomes of the group commits since the last wakeup."""
+        done, failed = self.notifier.drain()
+        self._settle(done, failed)
 
     def _notify(self, done: list[int], failed: list[tuple[int, BaseException]]) -> None:
         """On the core's syncer thread: one hand-over to the loop per group commit."""
