@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from trackgate import telemetry
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -20,15 +22,36 @@ DRAIN_LIMIT = 8 * 1024 * 1024
 BUDGET_DRAIN_LIMIT = 64 * 1024
 # A body of undeclared length (chunked) reserves budget in steps of at least this.
 RESERVE_STEP = 64 * 1024
+# Seconds a client refused for want of budget is asked to wait.
+RETRY_AFTER_BUSY_S = "1"
 
 
-class BodyTimeout(Exception):
+class BodyRefused(Exception):
+    """A request body the worker will not take: the HTTP status and headers of the answer, the
+    same for every receiver (each words the body of its answer in its own protocol)."""
+
+    status = 400
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return []
+
+
+class BodyTimeout(BodyRefused):
+    status = 408
+
     def __init__(self, timeout_s: float) -> None:
         super().__init__(f"request body not received within {timeout_s:g}s")
         self.timeout_s = timeout_s
 
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Connection", "close")]
 
-class BodyTooLarge(Exception):
+
+class BodyTooLarge(BodyRefused):
+    status = 413
+
     def __init__(self, limit: int) -> None:
         super().__init__(f"body exceeds the limit of {limit} bytes")
         self.limit = limit
@@ -38,9 +61,11 @@ class ClientDisconnected(Exception):
     pass
 
 
-class BudgetSpent(Exception):
+class BudgetSpent(BodyRefused):
     """The worker's budget for buffered request bodies is spent. `drained`: the body was read and
     dropped, so the connection may stay open; else the answer must close it."""
+
+    status = 503
 
     def __init__(self, limit: int, drained: bool) -> None:
         super().__init__(
@@ -49,6 +74,10 @@ class BudgetSpent(Exception):
         )
         self.limit = limit
         self.drained = drained
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", RETRY_AFTER_BUSY_S)] + ([] if self.drained else [("Connection", "close")])
 
 
 class BodyBudget:
@@ -282,6 +311,7 @@ class Request:
         if self._budget is None or size <= self._reserved:
             return
         if not self._budget.reserve(size - self._reserved):
+            telemetry.HTTP_REFUSED.inc(reason="inflight_bytes")
             raise BudgetSpent(self._budget.limit, drained=False)
         self._reserved = size
 

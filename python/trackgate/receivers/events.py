@@ -23,7 +23,7 @@ import orjson
 
 from trackgate import telemetry
 from trackgate._core import Core, EventsResult, decode_events
-from trackgate.asgi import BodyTimeout, BodyTooLarge, BudgetSpent, Request, Response
+from trackgate.asgi import BodyRefused, Request, Response
 from trackgate.durable_wait import DurableWait
 from trackgate.echo import shorten
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
@@ -99,13 +99,8 @@ class EventsReceiver:
             )
         try:
             body = await request.body(self.max_body_bytes, self.body_timeout_s)
-        except BodyTooLarge as exc:
-            return error(413, str(exc))
-        except BodyTimeout as exc:
-            return error(408, str(exc), [("Connection", "close")])
-        except BudgetSpent as exc:
-            telemetry.HTTP_REFUSED.inc(reason="inflight_bytes")
-            return error(503, str(exc), [("Retry-After", "1")] + ([] if exc.drained else [("Connection", "close")]))
+        except BodyRefused as exc:
+            return error(exc.status, str(exc), exc.headers)
         encoding = request.header("content-encoding") or None
         offload = (encoding is not None and encoding.strip().lower() not in ("", "identity")) or len(
             body

@@ -16,15 +16,13 @@ import json
 import logging
 import urllib.parse
 
-from trackgate import telemetry
-from trackgate.asgi import BodyTimeout, BodyTooLarge, BudgetSpent, Request, Response
+from trackgate.asgi import BodyRefused, Request, Response
 from trackgate.durable_wait import DurableWait
 from trackgate.echo import shorten
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
 from trackgate.pipeline import Pipeline
 from trackgate.receivers.otlp_http import (
     INLINE_LIMIT,
-    RETRY_AFTER_BUSY_S,
     RETRY_AFTER_CLOSED_S,
     RETRY_AFTER_FULL_S,
     is_encoded,
@@ -68,14 +66,8 @@ class FluentHttpReceiver:
         media = request.header("content-type").split(";", 1)[0].strip().lower()
         try:
             body = await request.body(self.max_body_bytes, self.body_timeout_s)
-        except BodyTooLarge as exc:
-            return error(413, str(exc))
-        except BodyTimeout as exc:
-            return error(408, str(exc), [("Connection", "close")])
-        except BudgetSpent as exc:
-            telemetry.HTTP_REFUSED.inc(reason="inflight_bytes")
-            headers = [("Retry-After", RETRY_AFTER_BUSY_S)] + ([] if exc.drained else [("Connection", "close")])
-            return error(503, str(exc), headers)
+        except BodyRefused as exc:
+            return error(exc.status, str(exc), exc.headers)
         encoding = request.header("content-encoding") or None
         pipeline = self.pipeline
         wait = DurableWait() if pipeline.defers_sync else None

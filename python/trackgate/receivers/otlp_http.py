@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from trackgate import telemetry
 from trackgate._core import IngestResult, export_response, status_body
-from trackgate.asgi import BodyTimeout, BodyTooLarge, BudgetSpent, Request, Response
+from trackgate.asgi import BodyRefused, Request, Response
 from trackgate.durable_wait import DurableWait
 from trackgate.echo import shorten
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
@@ -24,6 +23,8 @@ MEDIA_TYPE: dict[Format, str] = {"protobuf": "application/x-protobuf", "json": "
 # google.rpc.Code values for the Status body.
 CODE_INVALID_ARGUMENT, CODE_UNAUTHENTICATED, CODE_RESOURCE_EXHAUSTED, CODE_UNAVAILABLE = 3, 16, 8, 14
 CODE_OUT_OF_RANGE, CODE_UNIMPLEMENTED, CODE_DEADLINE_EXCEEDED = 11, 12, 4
+# The Status code beside each HTTP status a refused body gets (asgi.BodyRefused).
+BODY_REFUSED_CODES = {408: CODE_DEADLINE_EXCEEDED, 413: CODE_OUT_OF_RANGE, 503: CODE_UNAVAILABLE}
 # Bodies above this size and encoded bodies (whatever they inflate to) are ingested off the event
 # loop, so that other connections keep flowing. Waiting for fsync is not: the request awaits the
 # group commit that covers it (durable_wait).
@@ -35,7 +36,6 @@ FULL_SUCCESS: dict[tuple[str, Format], bytes] = {
     for fmt in ("protobuf", "json")
 }
 RETRY_AFTER_FULL_S = "1"
-RETRY_AFTER_BUSY_S = "1"
 RETRY_AFTER_CLOSED_S = "5"
 
 
@@ -84,14 +84,8 @@ class OtlpHttpReceiver:
             )
         try:
             body = await request.body(self.max_body_bytes, self.body_timeout_s)
-        except BodyTooLarge as exc:
-            return status_response(413, CODE_OUT_OF_RANGE, str(exc), fmt)
-        except BodyTimeout as exc:
-            return status_response(408, CODE_DEADLINE_EXCEEDED, str(exc), fmt, [("Connection", "close")])
-        except BudgetSpent as exc:
-            telemetry.HTTP_REFUSED.inc(reason="inflight_bytes")
-            headers = [("Retry-After", RETRY_AFTER_BUSY_S)] + ([] if exc.drained else [("Connection", "close")])
-            return status_response(503, CODE_UNAVAILABLE, str(exc), fmt, headers)
+        except BodyRefused as exc:
+            return status_response(exc.status, BODY_REFUSED_CODES[exc.status], str(exc), fmt, exc.headers)
         encoding = request.header("content-encoding") or None
         wait = DurableWait() if self.defers else None
         try:

@@ -25,7 +25,7 @@ import orjson
 
 from trackgate import telemetry
 from trackgate._core import SentryProcessor, SentryResult
-from trackgate.asgi import BodyTimeout, BodyTooLarge, BudgetSpent, ClientSlots, Request, Response
+from trackgate.asgi import RETRY_AFTER_BUSY_S, BodyRefused, BodyTooLarge, BudgetSpent, ClientSlots, Request, Response
 from trackgate.config import Config, is_loopback, parse_listen
 from trackgate.dsn import DsnError, parse_dsn
 from trackgate.durable_wait import DurableWait
@@ -40,7 +40,6 @@ INLINE_LIMIT = 256 * 1024
 # Raw bytes, at most, read before the envelope header line must be complete (it inflates to at
 # most 64 KiB; any encoder emits that within this).
 PREAUTH_MAX_BYTES = 256 * 1024
-RETRY_AFTER_BUSY_S = "1"
 CLOSE = ("Connection", "close")  # the body was not read: the connection cannot carry another request
 _KEY = re.compile(r"sentry_key\s*=\s*([^,\s]+)")
 
@@ -151,14 +150,9 @@ class SentryReceiver:
                 return refused
         try:
             body = await request.body(self.cfg.server.max_body_bytes, self.cfg.server.body_timeout_s)
-        except BodyTooLarge as exc:
+        except BodyRefused as exc:
             ENVELOPES.inc(outcome="rejected")
-            return error(413, str(exc))
-        except BodyTimeout as exc:
-            ENVELOPES.inc(outcome="rejected")
-            return error(408, str(exc), [CLOSE])
-        except BudgetSpent as exc:
-            return self._budget_spent(exc)
+            return error(exc.status, str(exc), exc.headers)
         try:
             # An encoded body can inflate to far more work than its size shows: always off the loop.
             if encoding or len(body) > INLINE_LIMIT:
@@ -241,7 +235,8 @@ class SentryReceiver:
             ENVELOPES.inc(outcome="rejected")
             return error(413, str(exc), [CLOSE])
         except BudgetSpent as exc:
-            return self._budget_spent(exc)
+            ENVELOPES.inc(outcome="rejected")
+            return error(exc.status, str(exc), exc.headers)
         except DecodeError as exc:
             ENVELOPES.inc(outcome="rejected")
             return error(400, str(exc), [CLOSE])
@@ -275,11 +270,6 @@ class SentryReceiver:
                         "of the body"
                     )
                 probe_at = 2 * size
-
-    def _budget_spent(self, exc: BudgetSpent) -> Response:
-        telemetry.HTTP_REFUSED.inc(reason="inflight_bytes")
-        ENVELOPES.inc(outcome="rejected")
-        return error(503, str(exc), [("Retry-After", RETRY_AFTER_BUSY_S)] + ([] if exc.drained else [CLOSE]))
 
     def _dsn_refusal(self, dsn: str | None) -> str | None:
         """Why the envelope header's `dsn` does not authenticate the request (None: it does)."""
