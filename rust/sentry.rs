@@ -608,20 +608,75 @@ pub(crate) fn put_kv(out: &mut Vec<u8>, number: u32, key: &str, value: &Attr) {
     });
 }
 
-/// Resource attributes of a record.
-type ResourceKey = Vec<(&'static str, String)>;
+/// Resource attributes of a record or span.
+pub(crate) type ResourceKey = Vec<(&'static str, String)>;
 /// Instrumentation scope name and version.
 pub(crate) type ScopeKey = (String, String);
 
-struct ResourceGroup {
-    resource: ResourceKey,
-    scopes: Vec<(ScopeKey, Vec<Record>)>,
+/// Items grouped by resource, then scope, in the order first seen: the shape shared by
+/// `ExportLogsServiceRequest` and `ExportTraceServiceRequest` (resource = 1, scope groups = 2;
+/// in a scope group, scope = 1, items = 2).
+pub(crate) struct Grouped<T> {
+    groups: Vec<(ResourceKey, Vec<ScopeGroup<T>>)>,
+}
+
+/// The items of one instrumentation scope.
+type ScopeGroup<T> = (ScopeKey, Vec<T>);
+
+impl<T> Default for Grouped<T> {
+    fn default() -> Self {
+        Grouped { groups: Vec::new() }
+    }
+}
+
+impl<T> Grouped<T> {
+    pub(crate) fn extend(&mut self, resource: ResourceKey, scope: ScopeKey, items: impl IntoIterator<Item = T>) {
+        let scopes = match self.groups.iter().position(|(r, _)| *r == resource) {
+            Some(i) => &mut self.groups[i].1,
+            None => {
+                self.groups.push((resource, Vec::new()));
+                &mut self.groups.last_mut().expect("just pushed").1
+            }
+        };
+        match scopes.iter_mut().find(|(s, _)| *s == scope) {
+            Some((_, list)) => list.extend(items),
+            None => scopes.push((scope, items.into_iter().collect())),
+        }
+    }
+
+    /// The request (protobuf), each item written by `encode`.
+    pub(crate) fn encode(&self, encode: impl Fn(&T, &mut Vec<u8>)) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (resource, scopes) in &self.groups {
+            wire::put_message(&mut out, 1, |rg| {
+                wire::put_message(rg, 1, |res| {
+                    for (key, value) in resource {
+                        put_kv(res, 1, key, &Attr::Str(value.clone()));
+                    }
+                });
+                for ((name, version), items) in scopes {
+                    wire::put_message(rg, 2, |sg| {
+                        wire::put_message(sg, 1, |scope| {
+                            wire::put_bytes(scope, 1, name.as_bytes());
+                            if !version.is_empty() {
+                                wire::put_bytes(scope, 2, version.as_bytes());
+                            }
+                        });
+                        for item in items {
+                            wire::put_message(sg, 2, |m| encode(item, m));
+                        }
+                    });
+                }
+            });
+        }
+        out
+    }
 }
 
 /// Groups records by resource, then scope, and writes an `ExportLogsServiceRequest`.
 struct LogsBuilder {
     project_id: String,
-    groups: Vec<ResourceGroup>,
+    groups: Grouped<Record>,
     count: usize,
 }
 
@@ -629,7 +684,7 @@ impl LogsBuilder {
     fn new(project_id: &str) -> Self {
         LogsBuilder {
             project_id: project_id.to_owned(),
-            groups: Vec::new(),
+            groups: Grouped::default(),
             count: 0,
         }
     }
@@ -645,47 +700,11 @@ impl LogsBuilder {
         }
         let resource = std::mem::take(&mut record.resource);
         let scope = record.scope.clone();
-        let group = match self.groups.iter().position(|g| g.resource == resource) {
-            Some(i) => &mut self.groups[i].scopes,
-            None => {
-                self.groups.push(ResourceGroup {
-                    resource,
-                    scopes: Vec::new(),
-                });
-                &mut self.groups.last_mut().expect("just pushed").scopes
-            }
-        };
-        match group.iter_mut().find(|(s, _)| *s == scope) {
-            Some((_, records)) => records.push(record),
-            None => group.push((scope, vec![record])),
-        }
+        self.groups.extend(resource, scope, [record]);
     }
 
     fn finish(self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for ResourceGroup { resource, scopes } in &self.groups {
-            wire::put_message(&mut out, 1, |rl| {
-                wire::put_message(rl, 1, |res| {
-                    for (key, value) in resource {
-                        put_kv(res, 1, key, &Attr::Str(value.clone()));
-                    }
-                });
-                for ((name, version), records) in scopes {
-                    wire::put_message(rl, 2, |sl| {
-                        wire::put_message(sl, 1, |scope| {
-                            wire::put_bytes(scope, 1, name.as_bytes());
-                            if !version.is_empty() {
-                                wire::put_bytes(scope, 2, version.as_bytes());
-                            }
-                        });
-                        for record in records {
-                            wire::put_message(sl, 2, |lr| record.encode(lr));
-                        }
-                    });
-                }
-            });
-        }
-        out
+        self.groups.encode(Record::encode)
     }
 }
 

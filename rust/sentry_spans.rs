@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use crate::sentry::{
     correlation_id, hex_id, put_fixed64, put_kv, scalar, scalar_at, sdk_scope, str_at, tag, timestamp_nanos, Attr,
-    ScopeKey, CORRELATION,
+    Grouped, ResourceKey, CORRELATION,
 };
 use crate::wire;
 
@@ -93,15 +93,10 @@ impl Span {
     }
 }
 
-/// Resource attributes of a transaction's spans.
-type ResourceKey = Vec<(&'static str, String)>;
-/// The spans of one instrumentation scope.
-type ScopeGroup = (ScopeKey, Vec<Span>);
-
 /// Groups spans by resource, then scope, and writes an `ExportTraceServiceRequest`.
 #[derive(Default)]
 pub(crate) struct TracesBuilder {
-    groups: Vec<(ResourceKey, Vec<ScopeGroup>)>,
+    groups: Grouped<Span>,
     spans: usize,
 }
 
@@ -127,46 +122,13 @@ impl TracesBuilder {
         self.spans += n;
         let resource = transaction_resource(event, project_id);
         let scope = sdk_scope(str_at(event, &["sdk", "name"]), str_at(event, &["sdk", "version"]));
-        let scopes = match self.groups.iter().position(|(r, _)| *r == resource) {
-            Some(i) => &mut self.groups[i].1,
-            None => {
-                self.groups.push((resource, Vec::new()));
-                &mut self.groups.last_mut().expect("just pushed").1
-            }
-        };
-        match scopes.iter_mut().find(|(s, _)| *s == scope) {
-            Some((_, list)) => list.extend(spans),
-            None => scopes.push((scope, spans)),
-        }
+        self.groups.extend(resource, scope, spans);
         n
     }
 
     /// The request (protobuf); empty when there are no spans.
     pub(crate) fn finish(self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (resource, scopes) in &self.groups {
-            wire::put_message(&mut out, 1, |rs| {
-                wire::put_message(rs, 1, |res| {
-                    for (key, value) in resource {
-                        put_kv(res, 1, key, &Attr::Str(value.clone()));
-                    }
-                });
-                for ((name, version), spans) in scopes {
-                    wire::put_message(rs, 2, |ss| {
-                        wire::put_message(ss, 1, |scope| {
-                            wire::put_bytes(scope, 1, name.as_bytes());
-                            if !version.is_empty() {
-                                wire::put_bytes(scope, 2, version.as_bytes());
-                            }
-                        });
-                        for span in spans {
-                            wire::put_message(ss, 2, |s| span.encode(s));
-                        }
-                    });
-                }
-            });
-        }
-        out
+        self.groups.encode(Span::encode)
     }
 }
 
