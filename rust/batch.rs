@@ -143,9 +143,50 @@ impl Batch {
 pub enum Poll {
     /// Nothing pending.
     Empty,
-    /// Entries are pending but no limit is reached; ask again at this instant.
-    Wait(Instant),
+    /// Entries are pending but no limit is reached; ask again at this instant, or once the
+    /// appends since this poll fill the room left.
+    Wait(Instant, Room),
     Ready(Batch),
+}
+
+/// What may still be appended before a pending batch reaches a limit (and is due at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+impl Room {
+    pub const NONE: Room = Room { records: 0, bytes: 0 };
+    pub const ANY: Room = Room {
+        records: u64::MAX,
+        bytes: u64::MAX,
+    };
+
+    /// Whether `appended` fills this room (reaches a limit).
+    pub fn filled_by(self, appended: Room) -> bool {
+        appended.records >= self.records || appended.bytes >= self.bytes
+    }
+
+    /// The room left after `appended`, at most `other`'s.
+    pub fn less(self, appended: Room) -> Room {
+        Room {
+            records: self.records.saturating_sub(appended.records),
+            bytes: self.bytes.saturating_sub(appended.bytes),
+        }
+    }
+
+    pub fn min(self, other: Room) -> Room {
+        Room {
+            records: self.records.min(other.records),
+            bytes: self.bytes.min(other.bytes),
+        }
+    }
+
+    pub fn add(&mut self, records: u64, bytes: u64) {
+        self.records = self.records.saturating_add(records);
+        self.bytes = self.bytes.saturating_add(bytes);
+    }
 }
 
 /// Cuts batches out of a [`Queue`] by [`Limits`]. Stateless: the cursors live in the queue.
@@ -173,7 +214,11 @@ impl Batcher {
         let full = pending.records >= limits.max_records || pending.bytes >= limits.max_bytes as u64;
         let due = oldest.checked_add(limits.max_delay).unwrap_or(now);
         if !full && !flush && now < due {
-            return Ok(Poll::Wait(due));
+            let room = Room {
+                records: limits.max_records - pending.records,
+                bytes: (limits.max_bytes as u64).saturating_sub(pending.bytes),
+            };
+            return Ok(Poll::Wait(due, room));
         }
 
         // Find the cut: as many entries as fit, and always at least one.
@@ -257,7 +302,7 @@ mod tests {
         // One entry (3 records) left: below the limit, so it waits for the delay.
         assert!(matches!(
             b.poll(&q, "a", Signal::Logs, now, false).unwrap(),
-            Poll::Wait(_)
+            Poll::Wait(..)
         ));
         // The other exporter is unaffected.
         assert_eq!(ready(b.poll(&q, "b", Signal::Logs, now, false).unwrap()).last_seq, 2);
@@ -287,7 +332,7 @@ mod tests {
         // 80 bytes left: under the limit, so they wait (or go with flush).
         assert!(matches!(
             b.poll(&q, "a", Signal::Metrics, now, false).unwrap(),
-            Poll::Wait(_)
+            Poll::Wait(..)
         ));
         let batch = ready(b.poll(&q, "a", Signal::Metrics, now, true).unwrap());
         assert_eq!((batch.first_seq, batch.last_seq, batch.len()), (3, 4, 80));
@@ -307,7 +352,7 @@ mod tests {
         assert_eq!((big.first_seq, big.last_seq, big.records, big.len()), (2, 2, 50, 500));
         assert!(matches!(
             b.poll(&q, "a", Signal::Logs, now, false).unwrap(),
-            Poll::Wait(_)
+            Poll::Wait(..)
         ));
     }
 
@@ -318,14 +363,14 @@ mod tests {
         let start = Instant::now();
         q.append(Signal::Logs, 1, Payload::from(request(1, 3, 0))).unwrap();
         let b = batcher(100, 1 << 20, 200);
-        let Poll::Wait(due) = b.poll(&q, "a", Signal::Logs, start, false).unwrap() else {
+        let Poll::Wait(due, _) = b.poll(&q, "a", Signal::Logs, start, false).unwrap() else {
             panic!("expected to wait");
         };
         assert!(due > start && due <= start + Duration::from_millis(200));
         assert!(matches!(
             b.poll(&q, "a", Signal::Logs, due - Duration::from_millis(1), false)
                 .unwrap(),
-            Poll::Wait(_)
+            Poll::Wait(..)
         ));
         let batch = ready(b.poll(&q, "a", Signal::Logs, due, false).unwrap());
         assert_eq!((batch.records, batch.entries()), (2, 2));

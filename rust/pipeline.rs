@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::batch::{Batch, Batcher, Limits, Poll};
+use crate::batch::{Batch, Batcher, Limits, Poll, Room};
 use crate::decompress::decompress;
 use crate::error::{CoreError, Result};
 use crate::fluent;
@@ -48,10 +48,41 @@ struct Counters {
 /// State the waiters sleep on. An append registers under this lock, runs without it (a durable
 /// queue may wait for fsync there, and concurrent appends then share one), and takes the lock
 /// again before notifying, so a waiter that polled and found nothing cannot miss the wake-up.
+///
+/// An append wakes a signal's waiters only when it concerns one: some waiter found nothing
+/// pending, or the appends since the waiters polled fill the room some batch had left. A waiter
+/// whose batch is merely growing sleeps on until its batch is due (one wake-up per batch
+/// instead of one per request).
 struct Wake {
     closed: bool,
     /// Appends in progress: a closed pipeline has drained only once these have landed.
     appending: usize,
+    /// Per signal: waiters asleep with nothing pending.
+    idle: [usize; 3],
+    /// Per signal: the least room a sleeping waiter's batch had left when it polled (less what
+    /// was appended between that poll and `appended`'s start), and what was appended since.
+    room: [Room; 3],
+    appended: [Room; 3],
+}
+
+impl Wake {
+    /// Notes an append of signal `l`; true when its waiters must be woken.
+    fn append(&mut self, l: usize, records: u64, bytes: u64) -> bool {
+        self.appended[l].add(records, bytes);
+        let wanted = self.idle[l] > 0 || self.room[l].filled_by(self.appended[l]);
+        if wanted {
+            // Everyone wakes and polls again, registering what it waits for anew.
+            self.room[l] = Room::ANY;
+            self.appended[l] = Room::NONE;
+        }
+        wanted
+    }
+
+    /// A waiter of signal `l` goes to sleep with `room` left in its batch.
+    fn sleep_with(&mut self, l: usize, room: Room) {
+        self.room[l] = self.room[l].less(self.appended[l]).min(room);
+        self.appended[l] = Room::NONE;
+    }
 }
 
 pub struct Pipeline {
@@ -105,6 +136,9 @@ impl Pipeline {
             wake: Mutex::new(Wake {
                 closed: false,
                 appending: 0,
+                idle: [0; 3],
+                room: [Room::ANY; 3],
+                appended: [Room::NONE; 3],
             }),
             ready: [Condvar::new(), Condvar::new(), Condvar::new()],
             counters: Default::default(),
@@ -365,16 +399,18 @@ impl Pipeline {
             }
             wake.appending += 1;
         }
+        let bytes = payload.len() as u64;
         let appended = self.queue.append_deferred(signal, records, payload);
-        let last = {
+        let (last, wanted) = {
             let mut wake = self.lock();
             wake.appending -= 1;
-            wake.closed && wake.appending == 0
+            let wanted = appended.is_ok() && wake.append(signal.index(), records, bytes);
+            (wake.closed && wake.appending == 0, wanted)
         };
         if last {
             // Drain waiters of every signal may be waiting for this append to land.
             self.ready.iter().for_each(Condvar::notify_all);
-        } else {
+        } else if wanted {
             self.ready[signal.index()].notify_all();
         }
         if matches!(appended, Err(CoreError::QueueFull { .. })) {
@@ -402,7 +438,7 @@ impl Pipeline {
         let mut wake = self.lock();
         loop {
             let now = Instant::now();
-            let due = match self
+            let (due, room) = match self
                 .batcher
                 .poll(&*self.queue, exporter, signal, now, flush || wake.closed)?
             {
@@ -414,8 +450,8 @@ impl Pipeline {
                     let _ = self.queue.sync();
                     return Ok(None);
                 }
-                Poll::Empty => None,
-                Poll::Wait(due) => Some(due),
+                Poll::Empty => (None, None),
+                Poll::Wait(due, room) => (Some(due), Some(room)),
             };
             let until = match (due, deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -424,6 +460,11 @@ impl Pipeline {
             if deadline.is_some_and(|d| now >= d) {
                 return Ok(None);
             }
+            let l = signal.index();
+            match room {
+                Some(room) => wake.sleep_with(l, room),
+                None => wake.idle[l] += 1,
+            }
             wake = match until {
                 Some(until) => {
                     let wait = until.saturating_duration_since(now);
@@ -431,6 +472,9 @@ impl Pipeline {
                 }
                 None => ready.wait(wake).unwrap_or_else(PoisonError::into_inner),
             };
+            if room.is_none() {
+                wake.idle[l] -= 1;
+            }
         }
     }
 
@@ -712,6 +756,37 @@ mod tests {
             waited >= Duration::from_millis(95) && waited < Duration::from_secs(5),
             "{waited:?}"
         );
+    }
+
+    #[test]
+    fn a_waiter_whose_batch_grows_wakes_when_the_appends_fill_it() {
+        // Appends below the room left do not wake the waiters (one wake-up per batch); the one
+        // that fills a batch must, for each exporter, or the batch would wait out the delay.
+        let p = Arc::new(pipeline(&["a", "b"], 3, 60_000));
+        let waiters: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|x| {
+                let p = Arc::clone(&p);
+                thread::spawn(move || p.next_batch(x, Signal::Logs, WAIT, false).unwrap())
+            })
+            .collect();
+        for text in ["one", "two", "three"] {
+            thread::sleep(Duration::from_millis(20));
+            ingest(&p, text);
+        }
+        for waiter in waiters {
+            assert_eq!(waiter.join().unwrap().unwrap().records, 3);
+        }
+        // The room is tracked anew after a batch: the next one fills and wakes too.
+        let waiter = {
+            let p = Arc::clone(&p);
+            thread::spawn(move || p.next_batch("a", Signal::Logs, WAIT, false).unwrap())
+        };
+        for text in ["four", "five", "six"] {
+            ingest(&p, text);
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(waiter.join().unwrap().unwrap().records, 3);
     }
 
     #[test]

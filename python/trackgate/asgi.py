@@ -137,15 +137,96 @@ class Response:
     content_type: str = "text/plain; charset=utf-8"
     headers: list[tuple[str, str]] = field(default_factory=list)
 
-    async def send(self, send: Send) -> None:
+    def start_message(self) -> Message:
         content_type = _CONTENT_TYPES.get(self.content_type)
         if content_type is None:
             content_type = self.content_type.encode()
         headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(self.body))]
         if self.headers:
             headers.extend((k.lower().encode(), v.encode()) for k, v in self.headers)
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        return {"type": "http.response.start", "status": self.status, "headers": headers}
+
+    async def send(self, send: Send) -> None:
+        await send(self.start_message())
         await send({"type": "http.response.body", "body": self.body})
+
+
+class FixedResponse(Response):
+    """A response sent unchanged many times (the full-success answer): its ASGI messages are
+    built once (the server only reads them)."""
+
+    def __init__(self, status: int, body: bytes, content_type: str) -> None:
+        super().__init__(status, body, content_type)
+        self._start = self.start_message()
+        self._body = {"type": "http.response.body", "body": body}
+
+    async def send(self, send: Send) -> None:
+        await send(self._start)
+        await send(self._body)
+
+
+class BodyDeadlines:
+    """The body deadlines of one event loop's requests, kept by one timer.
+
+    A `loop.call_at` per request costs a heap push and a cancel (whose handle stays in the heap)
+    for a deadline that almost never passes. Here a request adds itself to a dict and removes
+    itself when its body is in; the one timer fires at the earliest deadline it knows of, cancels
+    the tasks whose deadline passed, and sets itself again for the earliest left. All requests
+    of a loop share one timeout, so a new deadline is never earlier than the timer's.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.deadlines: dict[asyncio.Task[Any], float] = {}
+        self.cut: set[asyncio.Task[Any]] = set()  # tasks cancelled because their deadline passed
+        self.timer: asyncio.TimerHandle | None = None
+        self.due = 0.0  # when the timer fires
+
+    def add(self, task: asyncio.Task[Any], timeout_s: float) -> None:
+        deadline = self.loop.time() + timeout_s
+        self.deadlines[task] = deadline
+        if self.timer is None or deadline < self.due:
+            self._arm(deadline)
+
+    def remove(self, task: asyncio.Task[Any]) -> None:
+        self.deadlines.pop(task, None)
+        self.cut.discard(task)
+
+    def expired(self, task: asyncio.Task[Any]) -> bool:
+        """Whether `task` was cancelled because its deadline passed."""
+        return task in self.cut
+
+    def _arm(self, when: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_at(when, self._sweep)
+        self.due = when
+
+    def _sweep(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        for task, deadline in list(self.deadlines.items()):
+            if deadline <= now:
+                del self.deadlines[task]
+                self.cut.add(task)
+                task.cancel()
+        if self.deadlines:
+            self._arm(min(self.deadlines.values()))
+
+
+# Deadlines per event loop: a worker has one; tests may run several loops one after another.
+_DEADLINES: dict[asyncio.AbstractEventLoop, BodyDeadlines] = {}
+
+
+def body_deadlines() -> BodyDeadlines:
+    """The running loop's body deadlines."""
+    loop = asyncio.get_running_loop()
+    deadlines = _DEADLINES.get(loop)
+    if deadlines is None:
+        for stale in [lp for lp in _DEADLINES if lp.is_closed()]:
+            del _DEADLINES[stale]
+        deadlines = _DEADLINES[loop] = BodyDeadlines(loop)
+    return deadlines
 
 
 class Request:
@@ -228,8 +309,9 @@ class Request:
     async def body(self, limit: int, timeout_s: float = 30.0) -> bytes:
         """The whole body within `timeout_s` (a client trickling it slower is cut off: BodyTimeout).
 
-        The deadline is a timer on the loop that cancels this task (no task per body, as
-        `asyncio.wait_for` would create); a body already received needs no timer at all.
+        The deadline is kept by the loop's `BodyDeadlines`, whose one timer cancels this task when
+        it passes (no task per body, as `asyncio.wait_for` would create, and no timer per body);
+        a body already received needs no deadline at all.
         """
         if self._complete:
             return self.buffered()
@@ -239,23 +321,16 @@ class Request:
                 return await asyncio.wait_for(self._body(limit), timeout_s)
             except TimeoutError:
                 raise BodyTimeout(timeout_s) from None
-        loop = asyncio.get_running_loop()
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            task.cancel()
-
-        timer = loop.call_at(loop.time() + timeout_s, expire)
+        deadlines = body_deadlines()
+        deadlines.add(task, timeout_s)
         try:
             return await self._body(limit)
         except asyncio.CancelledError:
-            if expired and task.uncancel() == 0:
+            if deadlines.expired(task) and task.uncancel() == 0:
                 raise BodyTimeout(timeout_s) from None
             raise
         finally:
-            timer.cancel()
+            deadlines.remove(task)
 
     async def _body(self, limit: int) -> bytes:
         """Reads the rest of the body, refusing (before reading) a declared or (while reading) an

@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from trackgate._core import IngestResult, export_response, status_body
-from trackgate.asgi import BodyRefused, Request, Response
+from trackgate.asgi import BodyRefused, FixedResponse, Request, Response
 from trackgate.durable_wait import DurableWait
 from trackgate.echo import shorten
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
@@ -30,8 +30,8 @@ BODY_REFUSED_CODES = {408: CODE_DEADLINE_EXCEEDED, 413: CODE_OUT_OF_RANGE, 503: 
 # group commit that covers it (durable_wait).
 INLINE_LIMIT = 256 * 1024
 # The answer to a request with nothing rejected, built once per signal and format.
-FULL_SUCCESS: dict[tuple[str, Format], bytes] = {
-    (signal, fmt): export_response(signal, 0, "", fmt)
+FULL_SUCCESS: dict[tuple[str, Format], Response] = {
+    (signal, fmt): FixedResponse(200, export_response(signal, 0, "", fmt), MEDIA_TYPE[fmt])
     for signal in ("logs", "traces", "metrics")
     for fmt in ("protobuf", "json")
 }
@@ -118,7 +118,7 @@ class OtlpHttpReceiver:
             if wait is not None:
                 wait.close()
         if not result.rejected:
-            return Response(200, FULL_SUCCESS[signal, fmt], MEDIA_TYPE[fmt])
+            return FULL_SUCCESS[signal, fmt]
         log.info(
             "partial success",
             extra={"signal": signal, "rejected": result.rejected, "reason": result.error_message},
