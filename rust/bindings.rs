@@ -22,6 +22,7 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::batch::Limits;
 use crate::disk_queue::{DiskOptions, DiskQueue, ExporterLimit, Fsync};
 use crate::error::{CoreError, Result};
+use crate::events::metrics;
 use crate::fluent::handshake::Auth;
 use crate::ingest::{Format, IngestOptions, Ingested};
 use crate::limits::ContentReport;
@@ -1249,6 +1250,152 @@ impl EventsResult {
     }
 }
 
+/// A request's lifecycle events waiting for the shared state's reply (`JobMetrics.finish`).
+#[pyclass(module = "trackgate._core")]
+struct StatePending {
+    events: Vec<metrics::JobEvent>,
+    argv: Vec<Vec<u8>>,
+    ops: usize,
+}
+
+#[pymethods]
+impl StatePending {
+    /// The state script's ARGV: done prefix, keep seconds, then (op, job, service, time) per op.
+    #[getter]
+    fn argv<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        self.argv.iter().map(|a| PyBytes::new(py, a)).collect()
+    }
+
+    fn __len__(&self) -> usize {
+        self.ops
+    }
+}
+
+/// Job metrics derived from lifecycle events (rust/events/metrics.rs): counters, histograms,
+/// the local job state (`shared_state` None) and the OTLP/JSON export.
+#[pyclass(frozen, module = "trackgate._core")]
+struct JobMetrics {
+    inner: Mutex<metrics::JobMetrics>,
+}
+
+impl JobMetrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, metrics::JobMetrics> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[pymethods]
+impl JobMetrics {
+    /// `shared_state`: (the `done:` key prefix, seconds its keys are kept) when the job state is
+    /// in Redis; None: in this process.
+    #[new]
+    #[pyo3(signature = (start_ns, resource, *, delta = false, shared_state = None))]
+    fn new(start_ns: u64, resource: Vec<(String, String)>, delta: bool, shared_state: Option<(String, u64)>) -> Self {
+        let state = match shared_state {
+            Some((done_prefix, keep_s)) => metrics::State::Shared { done_prefix, keep_s },
+            None => metrics::State::Local(metrics::LocalState::default()),
+        };
+        JobMetrics {
+            inner: Mutex::new(metrics::JobMetrics::new(start_ns, delta, resource, state)),
+        }
+    }
+
+    /// Counts one request's accepted events (the bus NDJSON). With the local state: done, None.
+    /// With the shared state: the events whose job state must be asked first (their script ARGV
+    /// in `argv`), to hand back to `finish` with the reply; None when there is nothing to ask.
+    fn count(&self, py: Python<'_>, ndjson: &[u8]) -> PyResult<Option<StatePending>> {
+        guarded(py, || {
+            let events = metrics::read_events(ndjson);
+            let mut m = self.lock();
+            match m.state_argv(&events) {
+                None => {
+                    m.apply(&events, None);
+                    Ok(None)
+                }
+                Some(argv) => {
+                    let ops = events.iter().filter(|e| e.job.is_some()).count();
+                    Ok(Some(StatePending { events, argv, ops }))
+                }
+            }
+        })
+    }
+
+    /// Finishes counting `pending` with the state script's `reply` (None: the state was not
+    /// reachable; counted without it). A reply that does not read is counted without the state,
+    /// then raises ValueError.
+    #[pyo3(signature = (pending, reply))]
+    fn finish(&self, py: Python<'_>, mut pending: PyRefMut<'_, StatePending>, reply: Option<&[u8]>) -> PyResult<()> {
+        let events = std::mem::take(&mut pending.events);
+        let ops = pending.ops;
+        py.detach(|| {
+            let results = reply.map(|r| metrics::parse_reply(r, ops)).transpose();
+            let mut m = self.lock();
+            match results {
+                Ok(results) => {
+                    m.apply(&events, Some(results.as_deref().unwrap_or(&[])));
+                    Ok(())
+                }
+                Err(message) => {
+                    m.apply(&events, Some(&[]));
+                    Err(PyValueError::new_err(message))
+                }
+            }
+        })
+    }
+
+    /// Local state: ends the jobs started before `before` (Unix s) as timed out; how many.
+    fn expire(&self, py: Python<'_>, before: f64) -> usize {
+        py.detach(|| self.lock().expire_local(before))
+    }
+
+    /// Shared state: counts the jobs the sweep script ended as timed out (its reply); how many.
+    fn expired(&self, py: Python<'_>, reply: &[u8]) -> PyResult<usize> {
+        py.detach(|| {
+            let services = metrics::parse_expired(reply).map_err(PyValueError::new_err)?;
+            self.lock().timed_out(&services);
+            Ok(services.len())
+        })
+    }
+
+    /// The metrics as an OTLP/JSON request at `now_ns` (None: no series yet). Delta: call
+    /// `exported` once it is queued.
+    fn export<'py>(&self, py: Python<'py>, now_ns: u64) -> Option<Bound<'py, PyBytes>> {
+        let body = py.detach(|| self.lock().export(now_ns));
+        body.map(|b| PyBytes::new(py, &b))
+    }
+
+    /// The last export was queued (or had nothing to send): the next delta starts from it.
+    fn exported(&self) {
+        self.lock().exported();
+    }
+
+    #[getter]
+    fn start_ns(&self) -> u64 {
+        self.lock().start_ns
+    }
+
+    /// (status, service) → jobs processed so far.
+    fn processed(&self) -> HashMap<(String, String), i64> {
+        self.lock()
+            .totals
+            .processed
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// service → jobs active now.
+    fn active(&self) -> HashMap<String, i64> {
+        self.lock().totals.active.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+/// The state script's reply read as (counted, time) per operation (what `finish` reads).
+#[pyfunction]
+fn parse_state_reply(reply: &[u8], ops: usize) -> PyResult<Vec<(bool, Option<f64>)>> {
+    metrics::parse_reply(reply, ops).map_err(PyValueError::new_err)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -1280,6 +1427,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SentryResult>()?;
     m.add_class::<EventsResult>()?;
     m.add_function(wrap_pyfunction!(decode_events, m)?)?;
+    m.add_class::<JobMetrics>()?;
+    m.add_class::<StatePending>()?;
+    m.add_function(wrap_pyfunction!(parse_state_reply, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     Ok(())
 }
