@@ -1253,7 +1253,7 @@ impl EventsResult {
 /// A request's lifecycle events waiting for the shared state's reply (`JobMetrics.finish`).
 #[pyclass(module = "trackgate._core")]
 struct StatePending {
-    events: Vec<metrics::JobEvent>,
+    events: Vec<metrics::JobEvent<'static>>,
     argv: Vec<Vec<u8>>,
     ops: usize,
 }
@@ -1314,6 +1314,7 @@ impl JobMetrics {
                 }
                 Some(argv) => {
                     let ops = events.iter().filter(|e| e.job.is_some()).count();
+                    let events = events.into_iter().map(metrics::JobEvent::into_owned).collect();
                     Ok(Some(StatePending { events, argv, ops }))
                 }
             }

@@ -139,10 +139,10 @@ pub enum Kind {
 
 /// One lifecycle event as the metrics read it (other event types are not kept).
 #[derive(Debug, Clone, PartialEq)]
-pub struct JobEvent {
+pub struct JobEvent<'a> {
     pub kind: Kind,
-    pub job: Option<String>,
-    pub service: String,
+    pub job: Option<Cow<'a, str>>,
+    pub service: Cow<'a, str>,
     /// Event time, Unix seconds.
     pub ts: f64,
     pub input_size: Option<f64>,
@@ -150,7 +150,23 @@ pub struct JobEvent {
     /// From `data.duration_ms` / `duration` (ms) / `duration_s`: the first one ≥ 0.
     pub duration_s: Option<f64>,
     /// `data.error_type`, else `unknown` (failed events only).
-    pub error_type: String,
+    pub error_type: Cow<'a, str>,
+}
+
+impl JobEvent<'_> {
+    /// A copy that outlives the request's body (waiting for the shared state's reply).
+    pub fn into_owned(self) -> JobEvent<'static> {
+        JobEvent {
+            kind: self.kind,
+            job: self.job.map(|j| Cow::Owned(j.into_owned())),
+            service: Cow::Owned(self.service.into_owned()),
+            ts: self.ts,
+            input_size: self.input_size,
+            output_size: self.output_size,
+            duration_s: self.duration_s,
+            error_type: Cow::Owned(self.error_type.into_owned()),
+        }
+    }
 }
 
 /// A JSON number (not a bool, not a string) as f64.
@@ -163,25 +179,25 @@ fn number(raw: &RawValue) -> Option<f64> {
 }
 
 /// `str(data.get("error_type") or "unknown")`: a falsy value (null, false, 0, "", {}, []) is unknown.
-fn error_type(raw: Option<&RawValue>) -> String {
+fn error_type(raw: Option<&RawValue>) -> Cow<'_, str> {
     let Some(raw) = raw else { return "unknown".into() };
     let text = raw.get();
     match text.as_bytes().first() {
         Some(b'"') => match raw::string(raw) {
-            Ok(s) if !s.is_empty() => s.into_owned(),
+            Ok(s) if !s.is_empty() => s,
             _ => "unknown".into(),
         },
         Some(b'n' | b'f') => "unknown".into(),
         Some(b't') => "True".into(),
         Some(b'-' | b'0'..=b'9') if number(raw) == Some(0.0) => "unknown".into(),
         _ if text == "{}" || text == "[]" => "unknown".into(),
-        _ => text.to_owned(),
+        _ => text.into(),
     }
 }
 
 /// The lifecycle events of the bus NDJSON (`to_ndjson`'s lines), in order. A line that does not
 /// read (never one `to_ndjson` wrote) is skipped.
-pub fn read_events(ndjson: &[u8]) -> Vec<JobEvent> {
+pub fn read_events(ndjson: &[u8]) -> Vec<JobEvent<'_>> {
     let mut out = Vec::new();
     for line in ndjson.split(|&b| b == b'\n') {
         // Cheap skip of the other types before any parse.
@@ -197,9 +213,9 @@ pub fn read_events(ndjson: &[u8]) -> Vec<JobEvent> {
     out
 }
 
-fn job_event(pairs: &raw::Pairs<'_>) -> Option<JobEvent> {
-    let get = |key: &str| pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v);
-    let string = |key: &str| -> Option<Cow<'_, str>> {
+fn job_event<'a>(pairs: &raw::Pairs<'a>) -> Option<JobEvent<'a>> {
+    let get = |key: &str| -> Option<&'a RawValue> { pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v) };
+    let string = |key: &str| -> Option<Cow<'a, str>> {
         get(key)
             .filter(|v| v.get().starts_with('"'))
             .and_then(|v| raw::string(v).ok())
@@ -213,18 +229,19 @@ fn job_event(pairs: &raw::Pairs<'_>) -> Option<JobEvent> {
         _ => return None,
     };
     let ts = get("time_unix_nano").and_then(number).unwrap_or(0.0) / 1e9;
-    let data: raw::Pairs<'_> = get("data")
-        .filter(|v| v.get().starts_with('{'))
+    let data: raw::Pairs<'a> = get("data")
+        // A start reads nothing from `data`.
+        .filter(|v| kind != Kind::Started && v.get().starts_with('{'))
         .and_then(|v| raw::pairs(v.get()).ok())
         .unwrap_or_default();
-    let field = |key: &str| data.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v);
+    let field = |key: &str| -> Option<&'a RawValue> { data.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v) };
     let duration_s = [("duration_ms", 1e-3), ("duration", 1e-3), ("duration_s", 1.0)]
         .iter()
         .find_map(|(key, scale)| field(key).and_then(number).filter(|v| *v >= 0.0).map(|v| v * scale));
     Some(JobEvent {
         kind,
-        job: string("job_id").map(Cow::into_owned),
-        service: string("service").map_or_else(|| UNKNOWN_SERVICE.to_owned(), Cow::into_owned),
+        job: string("job_id"),
+        service: string("service").unwrap_or(Cow::Borrowed(UNKNOWN_SERVICE)),
         ts,
         input_size: field("input_size").and_then(number),
         output_size: field("output_size").and_then(number),
@@ -232,7 +249,7 @@ fn job_event(pairs: &raw::Pairs<'_>) -> Option<JobEvent> {
         error_type: if kind == Kind::Failed {
             error_type(field("error_type"))
         } else {
-            String::new()
+            Cow::Borrowed("")
         },
     })
 }
@@ -314,7 +331,7 @@ pub struct LocalState {
 }
 
 impl LocalState {
-    pub fn run(&mut self, events: &[JobEvent]) -> Vec<OpResult> {
+    pub fn run(&mut self, events: &[JobEvent<'_>]) -> Vec<OpResult> {
         let mut out = Vec::with_capacity(events.len());
         for e in events {
             let Some(job) = &e.job else { continue };
@@ -434,7 +451,7 @@ impl JobMetrics {
 
     /// Counts `events` with their state operations' results (`None`: without the state). With
     /// the local state, runs the operations first.
-    pub fn apply(&mut self, events: &[JobEvent], results: Option<&[OpResult]>) {
+    pub fn apply(&mut self, events: &[JobEvent<'_>], results: Option<&[OpResult]>) {
         let local;
         let results = match (results, &mut self.state) {
             (Some(r), _) => Some(r),
@@ -447,7 +464,7 @@ impl JobMetrics {
         let mut results = results.unwrap_or(&[]).iter().copied();
         let t = &mut self.totals;
         for e in events {
-            let service = e.service.as_str();
+            let service: &str = &e.service;
             let result = if e.job.is_some() {
                 results.next().unwrap_or((false, None))
             } else {
@@ -502,7 +519,7 @@ impl JobMetrics {
 
     /// The shared-state script's ARGV for `events`: done prefix, keep seconds, then (op, job,
     /// service, time) per operation. None without shared state or without operations.
-    pub fn state_argv(&self, events: &[JobEvent]) -> Option<Vec<Vec<u8>>> {
+    pub fn state_argv(&self, events: &[JobEvent<'_>]) -> Option<Vec<Vec<u8>>> {
         let State::Shared { done_prefix, keep_s } = &self.state else {
             return None;
         };
@@ -741,7 +758,8 @@ mod tests {
             (r#"{"error_type":"Time\"out"}"#, "Time\"out"),
             (r#"{"error_type":42}"#, "42"),
         ] {
-            let events = read_events(line("job_failed", "j", "s", T, data).as_bytes());
+            let nd = line("job_failed", "j", "s", T, data);
+            let events = read_events(nd.as_bytes());
             assert_eq!(events[0].error_type, want, "{data}");
         }
     }
