@@ -3,8 +3,10 @@
 # (default) against `enabled = false`, 2 workers each, fsync always, an `[exporters.otlp]` upstream
 # that answers 200 (the null app); `trackgate bench --track events --signal events --records 100`,
 # interleaved, ROUNDS rounds. With REDIS=1 a third gateway has an `[exporters.redis]` bus on a
-# local redis-server (the job state shared in Redis, one script call per request).
-#   bash benches/jobmetrics_side_by_side.sh [SECONDS] [ROUNDS]
+# local redis-server (the job state shared in Redis, one script call per request). With
+# BEFORE=DIR, a copy of an earlier `python/trackgate` (e.g. `git archive e83c006 python/trackgate`,
+# with this build's `_core*.so` copied in) runs as more gateways in the same rounds (PYTHONPATH).
+#   [REDIS=1] [BEFORE=DIR] bash benches/jobmetrics_side_by_side.sh [SECONDS] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-8}
@@ -26,8 +28,8 @@ setsid $py -m granian --interface asgi --workers 1 --host 127.0.0.1 --port "$por
 pids+=($!)
 upstream=http://127.0.0.1:$port
 for _ in $(seq 100); do curl -s -o /dev/null "$upstream/" && break; sleep 0.1; done
-gateway() { # name, extra toml -> sets $url
-  local name=$1 extra=$2 port
+gateway() { # name, extra toml, [PYTHONPATH] -> sets $url
+  local name=$1 extra=$2 pypath=${3:-} port
   port=$(free)
   mkdir -p "$tmp/$name"
   cat > "$tmp/$name/trackgate.toml" <<TOML
@@ -37,7 +39,7 @@ dir = "$tmp/$name/data"
 endpoint = "$upstream"
 $extra
 TOML
-  setsid $py -m trackgate serve --config "$tmp/$name/trackgate.toml" --listen "127.0.0.1:$port" \
+  setsid env ${pypath:+PYTHONPATH=$pypath} $py -m trackgate serve --config "$tmp/$name/trackgate.toml" --listen "127.0.0.1:$port" \
     --workers 2 > "$tmp/$name/gateway.log" 2>&1 &
   pids+=($!)
   url=http://127.0.0.1:$port
@@ -49,6 +51,10 @@ bench() {
 }
 gateway on ''; on=$url
 gateway off $'[metrics]\nenabled = false'; off=$url
+before_on=""; before_redis=""
+if [ -n "${BEFORE:-}" ]; then
+  gateway before_on '' "$BEFORE"; before_on=$url
+fi
 redis_url=""
 if [ "${REDIS:-0}" = 1 ]; then
   rport=$(free)
@@ -58,15 +64,25 @@ if [ "${REDIS:-0}" = 1 ]; then
   pids+=($!)
   sleep 0.5
   gateway redis "[exporters.redis]"$'\n'"url = \"redis://127.0.0.1:$rport/0\""; redis_url=$url
+  if [ -n "${BEFORE:-}" ]; then
+    # Its own stream prefix: the two gateways' job state stays apart.
+    gateway before_redis "[exporters.redis]"$'\n'"url = \"redis://127.0.0.1:$rport/1\"" "$BEFORE"; before_redis=$url
+  fi
 fi
 echo "# $(date -u +%FT%TZ), $(git rev-parse --short HEAD), load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "| gateway | requests/s | events/s | p50 ms | p99 ms | server CPU | server RSS peak | statuses |"
 echo "|---|---:|---:|---:|---:|---:|---:|---|"
 for r in $(seq "$rounds"); do
+  if [ -n "$before_on" ]; then
+    bench "before: metrics enabled (round $r)" --url "$before_on" --track events --signal events --records 100
+  fi
   bench "metrics enabled (round $r)" --url "$on" --track events --signal events --records 100
   bench "metrics disabled (round $r)" --url "$off" --track events --signal events --records 100
   if [ -n "$redis_url" ]; then
     bench "metrics enabled, Redis bus + shared state (round $r)" --url "$redis_url" --track events --signal events --records 100
+  fi
+  if [ -n "$before_redis" ]; then
+    bench "before: metrics enabled, Redis bus + shared state (round $r)" --url "$before_redis" --track events --signal events --records 100
   fi
 done
 echo "# end $(date -u +%FT%TZ), load average: $(cut -d' ' -f1-3 /proc/loadavg)"

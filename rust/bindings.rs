@@ -1161,6 +1161,8 @@ struct EventsResult {
     scrubbed: usize,
     ndjson: Vec<u8>,
     otlp_logs: Vec<u8>,
+    /// The accepted events, for the job metrics (`JobMetrics.count`).
+    events: Vec<events::Event>,
 }
 
 #[pymethods]
@@ -1246,6 +1248,7 @@ impl EventsResult {
             ndjson: events::to_ndjson(&decoded.events),
             otlp_logs: events::to_otlp_logs(&decoded.events, now),
             errors: decoded.rejected,
+            events: decoded.events,
         }
     }
 }
@@ -1282,6 +1285,21 @@ impl JobMetrics {
     fn lock(&self) -> std::sync::MutexGuard<'_, metrics::JobMetrics> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn count_events(&self, events: Vec<metrics::JobEvent<'_>>) -> Option<StatePending> {
+        let mut m = self.lock();
+        match m.state_argv(&events) {
+            None => {
+                m.apply(&events, None);
+                None
+            }
+            Some(argv) => {
+                let ops = events.iter().filter(|e| e.job.is_some()).count();
+                let events = events.into_iter().map(metrics::JobEvent::into_owned).collect();
+                Some(StatePending { events, argv, ops })
+            }
+        }
+    }
 }
 
 #[pymethods]
@@ -1300,25 +1318,18 @@ impl JobMetrics {
         }
     }
 
-    /// Counts one request's accepted events (the bus NDJSON). With the local state: done, None.
+    /// Counts one request's accepted events. With the local state: done, None.
     /// With the shared state: the events whose job state must be asked first (their script ARGV
     /// in `argv`), to hand back to `finish` with the reply; None when there is nothing to ask.
-    fn count(&self, py: Python<'_>, ndjson: &[u8]) -> PyResult<Option<StatePending>> {
-        guarded(py, || {
-            let events = metrics::read_events(ndjson);
-            let mut m = self.lock();
-            match m.state_argv(&events) {
-                None => {
-                    m.apply(&events, None);
-                    Ok(None)
-                }
-                Some(argv) => {
-                    let ops = events.iter().filter(|e| e.job.is_some()).count();
-                    let events = events.into_iter().map(metrics::JobEvent::into_owned).collect();
-                    Ok(Some(StatePending { events, argv, ops }))
-                }
-            }
-        })
+    /// `events`: a `decode_events` result (its events read as decoded, no NDJSON parse), or
+    /// the bus NDJSON (events found in logs).
+    fn count(&self, py: Python<'_>, events: &Bound<'_, PyAny>) -> PyResult<Option<StatePending>> {
+        if let Ok(result) = events.extract::<PyRef<'_, EventsResult>>() {
+            let decoded = &result.events;
+            return guarded(py, || Ok(self.count_events(metrics::from_events(decoded))));
+        }
+        let ndjson: &[u8] = events.extract()?;
+        guarded(py, || Ok(self.count_events(metrics::read_events(ndjson))))
     }
 
     /// Finishes counting `pending` with the state script's `reply` (None: the state was not

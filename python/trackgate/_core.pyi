@@ -318,8 +318,9 @@ class JobMetrics:
         delta: bool = False,
         shared_state: tuple[str, int] | None = None,
     ) -> Self: ...
-    def count(self, ndjson: bytes) -> StatePending | None:
-        """Counts one request's accepted events; with the shared state, what to ask Redis first."""
+    def count(self, events: EventsResult | bytes) -> StatePending | None:
+        """Counts one request's accepted events (as decoded, or the bus NDJSON); with the shared
+        state, what to ask Redis first."""
     def finish(self, pending: StatePending, reply: bytes | None) -> None:
         """Finishes counting `pending` with the state script's reply (None: without the state)."""
     def expire(self, before: float) -> int: ...

@@ -197,12 +197,13 @@ class JobMetrics:
 
     # -- intake (request threads) ---------------------------------------------------------------
 
-    def offer(self, ndjson: bytes) -> None:
-        """Counts accepted events (normalized NDJSON) before the request is answered: one core
+    def offer(self, events: _core.EventsResult | bytes) -> None:
+        """Counts accepted events (as decoded, or normalized NDJSON from the logs) before the
+        request is answered: one core
         call, and with the shared state one Redis round trip between it and a second one. With
         the shared state unreachable, the events are counted without it (no queue wait, and the
         end of a job started elsewhere leaves that worker's `jobs_active` up until the timeout)."""
-        pending = self.core.count(ndjson)
+        pending = self.core.count(events)
         if pending is None:
             return
         assert self.redis is not None

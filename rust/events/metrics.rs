@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::raw;
+use super::{raw, Event};
 
 /// `job_duration_seconds` and `job_queue_wait_seconds` bucket bounds (the seed's).
 pub const DURATION_BOUNDS: [f64; 9] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -213,6 +213,16 @@ pub fn read_events(ndjson: &[u8]) -> Vec<JobEvent<'_>> {
     out
 }
 
+fn kind_of(event_type: &str) -> Option<Kind> {
+    match event_type {
+        "job_received" => Some(Kind::Received),
+        "job_started" => Some(Kind::Started),
+        "job_completed" => Some(Kind::Completed),
+        "job_failed" => Some(Kind::Failed),
+        _ => None,
+    }
+}
+
 fn job_event<'a>(pairs: &raw::Pairs<'a>) -> Option<JobEvent<'a>> {
     let get = |key: &str| -> Option<&'a RawValue> { pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v) };
     let string = |key: &str| -> Option<Cow<'a, str>> {
@@ -221,27 +231,54 @@ fn job_event<'a>(pairs: &raw::Pairs<'a>) -> Option<JobEvent<'a>> {
             .and_then(|v| raw::string(v).ok())
             .filter(|s| !s.is_empty())
     };
-    let kind = match string("event_type")?.as_ref() {
-        "job_received" => Kind::Received,
-        "job_started" => Kind::Started,
-        "job_completed" => Kind::Completed,
-        "job_failed" => Kind::Failed,
-        _ => return None,
-    };
+    let kind = kind_of(&string("event_type")?)?;
     let ts = get("time_unix_nano").and_then(number).unwrap_or(0.0) / 1e9;
-    let data: raw::Pairs<'a> = get("data")
+    Some(build(
+        kind,
+        string("job_id"),
+        string("service"),
+        ts,
+        get("data").map(RawValue::get),
+    ))
+}
+
+/// The lifecycle events among decoded ones (what `read_events` reads from their NDJSON, without
+/// writing and parsing it).
+pub fn from_events(events: &[Event]) -> Vec<JobEvent<'_>> {
+    events
+        .iter()
+        .filter_map(|e| {
+            let kind = kind_of(&e.event_type)?;
+            let job = e.id("job_id").map(Cow::Borrowed);
+            let service = e.service.as_deref().map(Cow::Borrowed);
+            Some(build(kind, job, service, e.time_unix_nano as f64 / 1e9, Some(&e.data)))
+        })
+        .collect()
+}
+
+/// `data`: a JSON object's text (compact, as the decoder wrote it).
+fn build<'a>(
+    kind: Kind,
+    job: Option<Cow<'a, str>>,
+    service: Option<Cow<'a, str>>,
+    ts: f64,
+    data: Option<&'a str>,
+) -> JobEvent<'a> {
+    let data: raw::Pairs<'a> = data
         // A start reads nothing from `data`.
-        .filter(|v| kind != Kind::Started && v.get().starts_with('{'))
-        .and_then(|v| raw::pairs(v.get()).ok())
+        .filter(|d| kind != Kind::Started && d.starts_with('{'))
+        .and_then(|d| raw::pairs(d).ok())
         .unwrap_or_default();
     let field = |key: &str| -> Option<&'a RawValue> { data.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v) };
     let duration_s = [("duration_ms", 1e-3), ("duration", 1e-3), ("duration_s", 1.0)]
         .iter()
         .find_map(|(key, scale)| field(key).and_then(number).filter(|v| *v >= 0.0).map(|v| v * scale));
-    Some(JobEvent {
+    JobEvent {
         kind,
-        job: string("job_id"),
-        service: string("service").unwrap_or(Cow::Borrowed(UNKNOWN_SERVICE)),
+        job: job.filter(|j| !j.is_empty()),
+        service: service
+            .filter(|s| !s.is_empty())
+            .unwrap_or(Cow::Borrowed(UNKNOWN_SERVICE)),
         ts,
         input_size: field("input_size").and_then(number),
         output_size: field("output_size").and_then(number),
@@ -251,7 +288,7 @@ fn job_event<'a>(pairs: &raw::Pairs<'a>) -> Option<JobEvent<'a>> {
         } else {
             Cow::Borrowed("")
         },
-    })
+    }
 }
 
 /// One state operation's result: (counted: the start made the job active / the end removed an
@@ -746,6 +783,25 @@ mod tests {
         assert_eq!(events[2].duration_s, None, "a bool is not a duration");
         assert_eq!(events[2].output_size, Some(7.9));
         assert_eq!(events[2].ts, 5e-9);
+    }
+
+    #[test]
+    fn decoded_events_read_as_their_ndjson() {
+        let body = br#"[{"event_type":"jobReceived","jobId":"j1","service":"ocr","timestamp":1714564800123,"data":{"input_size":5}},
+            {"event_type":"job_progress","job_id":"j1"},{"event_type":"job_started","job_id":"j1"},
+            {"event_type":"job_failed","job_id":"j1","error_type":"OOM","duration":"x","duration_s":2.5,"service":"a\"b"},
+            {"event_type":"job_completed","data":{"output_size":9,"duration_ms":12}}]"#;
+        let decoded = super::super::decode(body, T).unwrap();
+        let nd = super::super::to_ndjson(&decoded.events);
+        let direct = from_events(&decoded.events);
+        assert_eq!(direct.len(), 4);
+        assert_eq!(direct, read_events(&nd));
+        assert_eq!(direct[0].ts, 1_714_564_800_123_000_000u64 as f64 / 1e9);
+        assert_eq!(
+            (direct[2].error_type.as_ref(), direct[2].duration_s),
+            ("OOM", Some(2.5))
+        );
+        assert_eq!(direct[2].service, "a\"b");
     }
 
     #[test]

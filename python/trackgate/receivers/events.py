@@ -89,7 +89,7 @@ class EventsReceiver:
         self.from_logs_types = from_logs_types or []
         # (extra keys, safe keys, patterns) when `[scrub] tracks` covers events; None: untouched.
         self.scrub = scrub
-        self.on_accepted: Callable[[bytes], None] | None = None  # the job metrics' intake
+        self.on_accepted: Callable[[EventsResult | bytes], None] | None = None  # the job metrics' intake
         self.on_accepted_blocks = True  # it waits on I/O (Redis): called in a thread
 
     async def handle(self, request: Request) -> Response:
@@ -143,9 +143,9 @@ class EventsReceiver:
             # core call that releases the GIL).
             if self.on_accepted is not None:
                 if self.on_accepted_blocks:
-                    await asyncio.to_thread(self.on_accepted, result.ndjson)
+                    await asyncio.to_thread(self.on_accepted, result)
                 else:
-                    self.on_accepted(result.ndjson)
+                    self.on_accepted(result)
             EVENTS.inc(result.accepted, outcome="accepted")
         if result.rejected:
             log.info("events refused", extra={"rejected": result.rejected, "reason": result.error_message})
