@@ -45,9 +45,21 @@ TOML
   url=http://127.0.0.1:$port
   wait_healthy "$url/healthz"
 }
+# One row per run; "events per CPU-s" = events/s over the gateway's CPU (all its processes, in
+# cores): the cost per event, steadier than events/s when other work takes the cores.
 bench() {
   local name=$1; shift
-  $py -m trackgate bench --no-progress --duration "$secs" --json "$@" | $py benches/bench_row.py "$name"
+  $py -m trackgate bench --no-progress --duration "$secs" --json "$@" | $py -c '
+import json, sys
+run = json.load(sys.stdin)[0]
+track, cpu = run["tracks"][0], (run.get("server") or {}).get("cpu_percent", 0)
+lat, rps, eps = run["tracks"][0]["latency_ms"], run["requests_per_s"], run["records_per_s"]
+per_cpu = format(eps / (cpu / 100), ",.0f") if cpu else "-"
+statuses = ", ".join(k + ": " + format(n, ",") for k, n in track["statuses"].items())
+cells = [sys.argv[1], format(rps, ",.0f"), format(eps, ",.0f"), format(lat["p50"], ".1f"),
+         format(lat["p99"], ".1f"), format(cpu, ".0f") + "%", per_cpu, statuses]
+print("| " + " | ".join(cells) + " |")
+' "$name"
 }
 gateway on ''; on=$url
 gateway off $'[metrics]\nenabled = false'; off=$url
@@ -65,12 +77,12 @@ if [ "${REDIS:-0}" = 1 ]; then
   sleep 0.5
   gateway redis "[exporters.redis]"$'\n'"url = \"redis://127.0.0.1:$rport/0\""; redis_url=$url
   if [ -n "${BEFORE:-}" ]; then
-    # Its own stream prefix: the two gateways' job state stays apart.
+    # Its own database: the two gateways' job state stays apart.
     gateway before_redis "[exporters.redis]"$'\n'"url = \"redis://127.0.0.1:$rport/1\"" "$BEFORE"; before_redis=$url
   fi
 fi
 echo "# $(date -u +%FT%TZ), $(git rev-parse --short HEAD), load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "| gateway | requests/s | events/s | p50 ms | p99 ms | server CPU | server RSS peak | statuses |"
+echo "| gateway | requests/s | events/s | p50 ms | p99 ms | gateway CPU | events per CPU-s | statuses |"
 echo "|---|---:|---:|---:|---:|---:|---:|---|"
 for r in $(seq "$rounds"); do
   if [ -n "$before_on" ]; then
