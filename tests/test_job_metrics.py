@@ -274,3 +274,31 @@ def test_shared_state_keys_in_one_slot_and_single_node_unchanged(redis_server: R
     assert all(k.startswith("{trackgate:events}:jobs:") for k in keys)
     assert len({key_slot(k.encode()) for k in keys}) == 1
     assert redis_server.client().exists(state.done_prefix + "j2") == 1
+
+
+def test_shared_state_unreachable_counts_without_it() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    metrics = JobMetrics(Sink(), 30.0, 60.0, RedisState(f"redis://127.0.0.1:{port}/0", "p", 60.0))
+    t = time.time_ns()
+    apply(metrics, lifecycle("a", 300, t))
+    assert metrics.state_failures == 1
+    assert metrics.processed[("completed", "s")] == 1
+    assert metrics.active["s"] == 0, "the start was not counted as active without the state"
+
+
+def test_shared_timeout_sweep_counts_each_job_once(redis_server: RedisServer) -> None:
+    sinks = [Sink(), Sink()]
+    workers = [JobMetrics(sink, 30.0, 60.0, RedisState(redis_server.url, "sweep", 60.0)) for sink in sinks]
+    t = time.time_ns()
+    apply(workers[0], [{"event_type": "job_started", "job_id": "old", "service": "ocr", "time_unix_nano": t}])
+    apply(workers[1], [{"event_type": "job_started", "job_id": "new", "service": "asr", "time_unix_nano": t}])
+    for w in workers:  # both sweep 61 s later: both jobs are past the 60 s timeout
+        w.sweep(now=t / 1e9 + 61)
+    timeouts = [w.processed[("timeout", svc)] for w in workers for svc in ("ocr", "asr")]
+    assert sorted(timeouts) == [0, 0, 1, 1], "each timed-out job counted by one worker"
+    assert sum(w.active["ocr"] for w in workers) == 0 and sum(w.active["asr"] for w in workers) == 0
+    assert redis_server.client().zcard("{sweep}:jobs:active") == 0
