@@ -1388,12 +1388,13 @@ impl JobMetrics {
 
     /// (status, service) → jobs processed so far.
     fn processed(&self) -> HashMap<(String, String), i64> {
-        self.lock()
-            .totals
-            .processed
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect()
+        let m = self.lock();
+        let flat = m.totals.processed.iter().flat_map(|(status, inner)| {
+            inner
+                .iter()
+                .map(move |(service, n)| ((status.clone(), service.clone()), *n))
+        });
+        flat.collect()
     }
 
     /// service → jobs active now.

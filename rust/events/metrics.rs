@@ -59,15 +59,27 @@ impl Histogram {
 /// The series of one process at one moment (what a delta export subtracts).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Totals {
-    /// (status, service) → jobs.
-    pub processed: BTreeMap<(String, String), i64>,
-    /// (error_type, service) → failed jobs.
-    pub errors: BTreeMap<(String, String), i64>,
+    /// status → service → jobs.
+    pub processed: Series2,
+    /// error_type → service → failed jobs.
+    pub errors: Series2,
     pub active: BTreeMap<String, i64>,
     pub input_bytes: BTreeMap<String, i64>,
     pub output_bytes: BTreeMap<String, i64>,
     pub duration: BTreeMap<String, Histogram>,
     pub queue_wait: BTreeMap<String, Histogram>,
+}
+
+/// Series of two attributes, nested so that counting looks them up by `&str` (no key built).
+pub type Series2 = BTreeMap<String, BTreeMap<String, i64>>;
+
+static NO_SERIES: BTreeMap<String, i64> = BTreeMap::new();
+
+fn changed2(now: &Series2, before: &Series2) -> Series2 {
+    now.iter()
+        .map(|(a, inner)| (a.clone(), changed(inner, before.get(a).unwrap_or(&NO_SERIES))))
+        .filter(|(_, inner)| !inner.is_empty())
+        .collect()
 }
 
 fn changed<K: Ord + Clone>(now: &BTreeMap<K, i64>, before: &BTreeMap<K, i64>) -> BTreeMap<K, i64> {
@@ -93,8 +105,8 @@ impl Totals {
     /// What changed since `earlier` (series without change left out; `active` as it is).
     pub fn minus(&self, earlier: &Totals) -> Totals {
         Totals {
-            processed: changed(&self.processed, &earlier.processed),
-            errors: changed(&self.errors, &earlier.errors),
+            processed: changed2(&self.processed, &earlier.processed),
+            errors: changed2(&self.errors, &earlier.errors),
             active: self.active.clone(),
             input_bytes: changed(&self.input_bytes, &earlier.input_bytes),
             output_bytes: changed(&self.output_bytes, &earlier.output_bytes),
@@ -113,12 +125,12 @@ fn add(map: &mut BTreeMap<String, i64>, key: &str, n: i64) {
     }
 }
 
-fn add2(map: &mut BTreeMap<(String, String), i64>, a: &str, b: &str, n: i64) {
-    // Lookup without building the key: the series exist after the first few events.
-    if let Some((_, v)) = map.iter_mut().find(|((x, y), _)| x == a && y == b) {
-        *v += n;
-    } else {
-        map.insert((a.to_owned(), b.to_owned()), n);
+fn add2(map: &mut Series2, a: &str, b: &str, n: i64) {
+    if !map.contains_key(a) {
+        map.insert(a.to_owned(), BTreeMap::new());
+    }
+    if let Some(inner) = map.get_mut(a) {
+        add(inner, b, n);
     }
 }
 
@@ -658,7 +670,8 @@ impl JobMetrics {
             if !series.is_empty() {
                 let points = series
                     .iter()
-                    .map(|((a, svc), n)| point(attrs(&[(label, a), ("service", svc)]), *n, start))
+                    .flat_map(|(a, inner)| inner.iter().map(move |(svc, n)| (a, svc, *n)))
+                    .map(|(a, svc, n)| point(attrs(&[(label, a), ("service", svc)]), n, start))
                     .collect();
                 metrics.push(sum(name, "1", true, points, temporality));
             }
@@ -838,9 +851,9 @@ mod tests {
             + &line("job_started", "j3", "asr", T, "{}");
         count(&mut m, &nd);
         let t = &m.totals;
-        assert_eq!(t.processed[&("completed".into(), "ocr".into())], 1);
-        assert_eq!(t.processed[&("failed".into(), "ocr".into())], 1);
-        assert_eq!(t.errors[&("OOM".into(), "ocr".into())], 1);
+        assert_eq!(t.processed["completed"]["ocr"], 1);
+        assert_eq!(t.processed["failed"]["ocr"], 1);
+        assert_eq!(t.errors["OOM"]["ocr"], 1);
         assert_eq!(t.active["ocr"], 0);
         assert_eq!(t.active["asr"], 1);
         assert_eq!(t.input_bytes["ocr"], 100);
@@ -854,7 +867,7 @@ mod tests {
         // j3 started at T: timed out by a sweep after it.
         assert_eq!(m.expire_local(T as f64 / 1e9 + 1.0), 1);
         assert_eq!(m.totals.active["asr"], 0);
-        assert_eq!(m.totals.processed[&("timeout".into(), "asr".into())], 1);
+        assert_eq!(m.totals.processed["timeout"]["asr"], 1);
     }
 
     #[test]
@@ -865,7 +878,7 @@ mod tests {
             &(line("job_completed", "x", "s", T, "{}") + &line("job_started", "x", "s", T, "{}")),
         );
         assert_eq!(m.totals.active.get("s"), None);
-        assert_eq!(m.totals.processed[&("completed".into(), "s".into())], 1);
+        assert_eq!(m.totals.processed["completed"]["s"], 1);
     }
 
     #[test]
@@ -926,12 +939,12 @@ mod tests {
         m.apply(&events, Some(&results));
         assert_eq!(m.totals.active["ocr"], 1);
         assert_eq!(m.totals.queue_wait["ocr"], buckets(&[2.0]));
-        assert_eq!(m.totals.processed[&("completed".into(), "unknown_service".into())], 1);
+        assert_eq!(m.totals.processed["completed"]["unknown_service"], 1);
         // Without the state (Redis unreachable): counted, no queue wait, nobody active.
         m.apply(&events, None);
         assert_eq!(m.totals.active["ocr"], 1);
         assert_eq!(m.totals.queue_wait["ocr"].count, 1);
-        assert_eq!(m.totals.processed[&("completed".into(), "unknown_service".into())], 2);
+        assert_eq!(m.totals.processed["completed"]["unknown_service"], 2);
         // No job ids: no round trip.
         assert!(m
             .state_argv(&read_events(line("job_progress", "j", "s", T, "{}").as_bytes()))
