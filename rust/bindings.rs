@@ -1334,12 +1334,12 @@ impl JobMetrics {
 
     /// Finishes counting `pending` with the state script's `reply` (None: the state was not
     /// reachable; counted without it). A reply that does not read is counted without the state,
-    /// then raises ValueError.
+    /// then raises DecodeError (a ValueError).
     #[pyo3(signature = (pending, reply))]
     fn finish(&self, py: Python<'_>, mut pending: PyRefMut<'_, StatePending>, reply: Option<&[u8]>) -> PyResult<()> {
         let events = std::mem::take(&mut pending.events);
         let ops = pending.ops;
-        py.detach(|| {
+        guarded(py, || {
             let results = reply.map(|r| metrics::parse_reply(r, ops)).transpose();
             let mut m = self.lock();
             match results {
@@ -1349,21 +1349,21 @@ impl JobMetrics {
                 }
                 Err(message) => {
                     m.apply(&events, Some(&[]));
-                    Err(PyValueError::new_err(message))
+                    Err(CoreError::decode(message))
                 }
             }
         })
     }
 
     /// Local state: ends the jobs started before `before` (Unix s) as timed out; how many.
-    fn expire(&self, py: Python<'_>, before: f64) -> usize {
-        py.detach(|| self.lock().expire_local(before))
+    fn expire(&self, py: Python<'_>, before: f64) -> PyResult<usize> {
+        guarded(py, || Ok(self.lock().expire_local(before)))
     }
 
     /// Shared state: counts the jobs the sweep script ended as timed out (its reply); how many.
     fn expired(&self, py: Python<'_>, reply: &[u8]) -> PyResult<usize> {
-        py.detach(|| {
-            let services = metrics::parse_expired(reply).map_err(PyValueError::new_err)?;
+        guarded(py, || {
+            let services = metrics::parse_expired(reply).map_err(CoreError::decode)?;
             self.lock().timed_out(&services);
             Ok(services.len())
         })
@@ -1371,9 +1371,9 @@ impl JobMetrics {
 
     /// The metrics as an OTLP/JSON request at `now_ns` (None: no series yet). Delta: call
     /// `exported` once it is queued.
-    fn export<'py>(&self, py: Python<'py>, now_ns: u64) -> Option<Bound<'py, PyBytes>> {
-        let body = py.detach(|| self.lock().export(now_ns));
-        body.map(|b| PyBytes::new(py, &b))
+    fn export<'py>(&self, py: Python<'py>, now_ns: u64) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let body = guarded(py, || Ok(self.lock().export(now_ns)))?;
+        Ok(body.map(|b| PyBytes::new(py, &b)))
     }
 
     /// The last export was queued (or had nothing to send): the next delta starts from it.

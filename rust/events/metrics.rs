@@ -352,14 +352,15 @@ pub fn parse_expired(reply: &[u8]) -> std::result::Result<Vec<String>, String> {
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or("sweep reply: bad length")?;
-        let name = rest.get(colon + 1..colon + 1 + len).ok_or("sweep reply: cut short")?;
+        let end = (colon + 1).checked_add(len).ok_or("sweep reply: bad length")?;
+        let name = rest.get(colon + 1..end).ok_or("sweep reply: cut short")?;
         let name = String::from_utf8_lossy(name);
         out.push(if name.is_empty() {
             UNKNOWN_SERVICE.to_owned()
         } else {
             name.into_owned()
         });
-        rest = &rest[colon + 1 + len..];
+        rest = &rest[end..];
     }
     Ok(out)
 }
@@ -965,6 +966,7 @@ mod tests {
         );
         assert!(parse_expired(b"9:ocr").is_err());
         assert!(parse_expired(b"x:ocr").is_err());
+        assert!(parse_expired(b"18446744073709551615:ocr").is_err());
     }
 
     fn doc(m: &mut JobMetrics, now: u64) -> Value {
