@@ -182,7 +182,8 @@ class JobMetrics:
         self.start_ns = self.core.start_ns
         # Blocking I/O per request (Redis): the receiver calls `offer` in a thread.
         self.blocking = self.redis is not None
-        self.state_failures = 0
+        self.state_failures = 0  # requests counted without the shared state
+        self._failures_lock = threading.Lock()  # `offer` runs in several threads
         self._export_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -212,12 +213,16 @@ class JobMetrics:
             reply = self.redis.call(pending.argv)
         except Exception as exc:
             log.warning("job metrics: shared state unavailable", extra={"error": str(exc)})
-            self.state_failures += 1
+            self._failed()
             reply = None
         try:
             self.core.finish(pending, reply)
         except ValueError as exc:  # counted without the state
             log.warning("job metrics: shared state reply unreadable", extra={"error": str(exc)})
+            self._failed()
+
+    def _failed(self) -> None:
+        with self._failures_lock:
             self.state_failures += 1
 
     # -- the metrics thread ---------------------------------------------------------------------
