@@ -16,7 +16,7 @@ import msgspec
 import orjson
 import pytest
 
-from trackgate._core import decode_events
+from trackgate._core import JobMetrics, decode_events
 
 N = 2000
 
@@ -99,6 +99,57 @@ def test_core_events_ndjson(benchmark, ndjson: bytes) -> None:
 def test_python_baseline_events_ndjson(benchmark, ndjson: bytes) -> None:
     _, rejected = benchmark(python_baseline, ndjson)
     assert rejected == 0
+
+
+# -- job metrics: one request's events counted (local job state) --------------------------------
+
+
+def python_job_metrics_baseline(body: bytes, active: dict[str, float], totals: dict[Any, float]) -> None:
+    """The counting as jobmetrics.py did it before it moved into the core: orjson per line, then
+    a Python loop (the processed/active counters, the duration histogram, output bytes)."""
+    bounds = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+    for e in [orjson.loads(line) for line in body.splitlines() if line.strip()]:
+        kind, job, service = e.get("event_type"), e.get("job_id"), str(e.get("service") or "unknown_service")
+        data, ts = e.get("data") or {}, e.get("time_unix_nano", 0) / 1e9
+        if kind == "job_started" and job:
+            if job not in active:
+                active[job] = ts
+                totals[("active", service)] = totals.get(("active", service), 0) + 1
+        elif kind in ("job_completed", "job_failed"):
+            if job and active.pop(job, None) is not None:
+                totals[("active", service)] -= 1
+            key = ("processed", kind, service)
+            totals[key] = totals.get(key, 0) + 1
+            duration = data.get("duration_ms")
+            if isinstance(duration, int | float) and duration >= 0:
+                i = next((i for i, b in enumerate(bounds) if duration / 1000 <= b), len(bounds))
+                totals[("duration", service, i)] = totals.get(("duration", service, i), 0) + 1
+            size = data.get("output_size")
+            if isinstance(size, int | float):
+                totals[("output", service)] = totals.get(("output", service), 0) + int(size)
+
+
+def test_core_job_metrics_count_decoded(benchmark, ndjson: bytes) -> None:
+    """`JobMetrics.count` on a `decode_events` result (the /v1/events path): no NDJSON parse."""
+    result = decode_events(ndjson)
+    metrics = JobMetrics(time.time_ns(), [])
+    benchmark(metrics.count, result)
+    assert sum(metrics.processed().values()) > 0
+
+
+def test_core_job_metrics_count_ndjson(benchmark, ndjson: bytes) -> None:
+    """`JobMetrics.count` on the bus NDJSON (the path of events found in logs): a borrowing parse."""
+    body = decode_events(ndjson).ndjson
+    metrics = JobMetrics(time.time_ns(), [])
+    benchmark(metrics.count, body)
+    assert sum(metrics.processed().values()) > 0
+
+
+def test_python_baseline_job_metrics_count(benchmark, ndjson: bytes) -> None:
+    body = decode_events(ndjson).ndjson
+    totals: dict[Any, float] = {}
+    benchmark(python_job_metrics_baseline, body, {}, totals)
+    assert totals
 
 
 @pytest.fixture(scope="module")

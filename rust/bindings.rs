@@ -22,6 +22,7 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::batch::Limits;
 use crate::disk_queue::{DiskOptions, DiskQueue, ExporterLimit, Fsync};
 use crate::error::{CoreError, Result};
+use crate::events::metrics;
 use crate::fluent::handshake::Auth;
 use crate::ingest::{Format, IngestOptions, Ingested};
 use crate::limits::ContentReport;
@@ -1160,6 +1161,8 @@ struct EventsResult {
     scrubbed: usize,
     ndjson: Vec<u8>,
     otlp_logs: Vec<u8>,
+    /// The accepted events, for the job metrics (`JobMetrics.count`).
+    events: Vec<events::Event>,
 }
 
 #[pymethods]
@@ -1245,8 +1248,165 @@ impl EventsResult {
             ndjson: events::to_ndjson(&decoded.events),
             otlp_logs: events::to_otlp_logs(&decoded.events, now),
             errors: decoded.rejected,
+            events: decoded.events,
         }
     }
+}
+
+/// A request's lifecycle events waiting for the shared state's reply (`JobMetrics.finish`).
+#[pyclass(module = "trackgate._core")]
+struct StatePending {
+    events: Vec<metrics::JobEvent<'static>>,
+    argv: Vec<Vec<u8>>,
+    ops: usize,
+}
+
+#[pymethods]
+impl StatePending {
+    /// The state script's ARGV: done prefix, keep seconds, then (op, job, service, time) per op.
+    #[getter]
+    fn argv<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        self.argv.iter().map(|a| PyBytes::new(py, a)).collect()
+    }
+
+    fn __len__(&self) -> usize {
+        self.ops
+    }
+}
+
+/// Job metrics derived from lifecycle events (rust/events/metrics.rs): counters, histograms,
+/// the local job state (`shared_state` None) and the OTLP/JSON export.
+#[pyclass(frozen, module = "trackgate._core")]
+struct JobMetrics {
+    inner: Mutex<metrics::JobMetrics>,
+}
+
+impl JobMetrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, metrics::JobMetrics> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count_events(&self, events: Vec<metrics::JobEvent<'_>>) -> Option<StatePending> {
+        let mut m = self.lock();
+        match m.state_argv(&events) {
+            None => {
+                m.apply(&events, None);
+                None
+            }
+            Some(argv) => {
+                let ops = events.iter().filter(|e| e.job.is_some()).count();
+                let events = events.into_iter().map(metrics::JobEvent::into_owned).collect();
+                Some(StatePending { events, argv, ops })
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl JobMetrics {
+    /// `shared_state`: (the `done:` key prefix, seconds its keys are kept) when the job state is
+    /// in Redis; None: in this process.
+    #[new]
+    #[pyo3(signature = (start_ns, resource, *, delta = false, shared_state = None))]
+    fn new(start_ns: u64, resource: Vec<(String, String)>, delta: bool, shared_state: Option<(String, u64)>) -> Self {
+        let state = match shared_state {
+            Some((done_prefix, keep_s)) => metrics::State::Shared { done_prefix, keep_s },
+            None => metrics::State::Local(metrics::LocalState::default()),
+        };
+        JobMetrics {
+            inner: Mutex::new(metrics::JobMetrics::new(start_ns, delta, resource, state)),
+        }
+    }
+
+    /// Counts one request's accepted events. With the local state: done, None.
+    /// With the shared state: the events whose job state must be asked first (their script ARGV
+    /// in `argv`), to hand back to `finish` with the reply; None when there is nothing to ask.
+    /// `events`: a `decode_events` result (its events read as decoded, no NDJSON parse), or
+    /// the bus NDJSON (events found in logs).
+    fn count(&self, py: Python<'_>, events: &Bound<'_, PyAny>) -> PyResult<Option<StatePending>> {
+        if let Ok(result) = events.extract::<PyRef<'_, EventsResult>>() {
+            let decoded = &result.events;
+            return guarded(py, || Ok(self.count_events(metrics::from_events(decoded))));
+        }
+        let ndjson: &[u8] = events.extract()?;
+        guarded(py, || Ok(self.count_events(metrics::read_events(ndjson))))
+    }
+
+    /// Finishes counting `pending` with the state script's `reply` (None: the state was not
+    /// reachable; counted without it). A reply that does not read is counted without the state,
+    /// then raises DecodeError (a ValueError).
+    #[pyo3(signature = (pending, reply))]
+    fn finish(&self, py: Python<'_>, mut pending: PyRefMut<'_, StatePending>, reply: Option<&[u8]>) -> PyResult<()> {
+        let events = std::mem::take(&mut pending.events);
+        let ops = pending.ops;
+        guarded(py, || {
+            let results = reply.map(|r| metrics::parse_reply(r, ops)).transpose();
+            let mut m = self.lock();
+            match results {
+                Ok(results) => {
+                    m.apply(&events, Some(results.as_deref().unwrap_or(&[])));
+                    Ok(())
+                }
+                Err(message) => {
+                    m.apply(&events, Some(&[]));
+                    Err(CoreError::decode(message))
+                }
+            }
+        })
+    }
+
+    /// Local state: ends the jobs started before `before` (Unix s) as timed out; how many.
+    fn expire(&self, py: Python<'_>, before: f64) -> PyResult<usize> {
+        guarded(py, || Ok(self.lock().expire_local(before)))
+    }
+
+    /// Shared state: counts the jobs the sweep script ended as timed out (its reply); how many.
+    fn expired(&self, py: Python<'_>, reply: &[u8]) -> PyResult<usize> {
+        guarded(py, || {
+            let services = metrics::parse_expired(reply).map_err(CoreError::decode)?;
+            self.lock().timed_out(&services);
+            Ok(services.len())
+        })
+    }
+
+    /// The metrics as an OTLP/JSON request at `now_ns` (None: no series yet). Delta: call
+    /// `exported` once it is queued.
+    fn export<'py>(&self, py: Python<'py>, now_ns: u64) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let body = guarded(py, || Ok(self.lock().export(now_ns)))?;
+        Ok(body.map(|b| PyBytes::new(py, &b)))
+    }
+
+    /// The last export was queued (or had nothing to send): the next delta starts from it.
+    fn exported(&self) {
+        self.lock().exported();
+    }
+
+    #[getter]
+    fn start_ns(&self) -> u64 {
+        self.lock().start_ns
+    }
+
+    /// (status, service) → jobs processed so far.
+    fn processed(&self) -> HashMap<(String, String), i64> {
+        let m = self.lock();
+        let flat = m.totals.processed.iter().flat_map(|(status, inner)| {
+            inner
+                .iter()
+                .map(move |(service, n)| ((status.clone(), service.clone()), *n))
+        });
+        flat.collect()
+    }
+
+    /// service → jobs active now.
+    fn active(&self) -> HashMap<String, i64> {
+        self.lock().totals.active.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+/// The state script's reply read as (counted, time) per operation (what `finish` reads).
+#[pyfunction]
+fn parse_state_reply(reply: &[u8], ops: usize) -> PyResult<Vec<(bool, Option<f64>)>> {
+    metrics::parse_reply(reply, ops).map_err(PyValueError::new_err)
 }
 
 #[pymodule]
@@ -1280,6 +1440,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SentryResult>()?;
     m.add_class::<EventsResult>()?;
     m.add_function(wrap_pyfunction!(decode_events, m)?)?;
+    m.add_class::<JobMetrics>()?;
+    m.add_class::<StatePending>()?;
+    m.add_function(wrap_pyfunction!(parse_state_reply, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     Ok(())
 }

@@ -119,6 +119,11 @@ job_timeout_s = 60
     assert len(instances) >= 1
 
 
+def apply(metrics: JobMetrics, events: list[dict[str, Any]]) -> None:
+    """Counts `events` as one accepted request (normalized NDJSON, as the receiver hands it)."""
+    metrics.offer(b"".join(orjson.dumps(e) + b"\n" for e in events))
+
+
 class Sink:
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
@@ -132,11 +137,12 @@ def test_an_end_seen_before_its_start_leaves_no_active_job() -> None:
     sink = Sink()
     metrics = JobMetrics(sink, 30.0, 60.0, LocalState())
     t = time.time_ns()
-    metrics.apply(
+    apply(
+        metrics,
         [
             {"event_type": "job_completed", "job_id": "x", "service": "s", "time_unix_nano": t, "data": {}},
             {"event_type": "job_started", "job_id": "x", "service": "s", "time_unix_nano": t, "data": {}},
-        ]
+        ],
     )
     assert metrics.active["s"] == 0
     assert metrics.processed[("completed", "s")] == 1
@@ -174,9 +180,9 @@ def test_cumulative_points_start_at_the_process_start() -> None:
     sink = Sink()
     metrics = JobMetrics(sink, 30.0, 60.0, LocalState())
     t = time.time_ns()
-    metrics.apply(lifecycle("a", 300, t))
+    apply(metrics, lifecycle("a", 300, t))
     metrics.export()
-    metrics.apply(lifecycle("b", 3000, t))
+    apply(metrics, lifecycle("b", 3000, t))
     metrics.export()
     first, second = decoded(sink.bodies[0]), decoded(sink.bodies[1])
     data, points = second["jobs_processed_total"]
@@ -192,8 +198,8 @@ def test_delta_points_carry_the_change_since_the_last_export() -> None:
     sink = Sink()
     metrics = JobMetrics(sink, 30.0, 60.0, LocalState(), temporality="delta")
     t = time.time_ns()
-    metrics.apply(lifecycle("a", 300, t) + lifecycle("b", 400, t))
-    metrics.apply([{"event_type": "job_started", "job_id": "c", "service": "s", "time_unix_nano": t, "data": {}}])
+    apply(metrics, lifecycle("a", 300, t) + lifecycle("b", 400, t))
+    apply(metrics, [{"event_type": "job_started", "job_id": "c", "service": "s", "time_unix_nano": t, "data": {}}])
     metrics.export()
     first = decoded(sink.bodies[-1])
     data, (p1,) = first["jobs_processed_total"]
@@ -205,7 +211,7 @@ def test_delta_points_carry_the_change_since_the_last_export() -> None:
     active, (a1,) = first["jobs_active"]
     assert active.aggregation_temporality == 2 and a1.as_int == 1 and a1.start_time_unix_nano == metrics.start_ns
 
-    metrics.apply(lifecycle("d", 70_000, t))
+    apply(metrics, lifecycle("d", 70_000, t))
     metrics.export()
     second = decoded(sink.bodies[-1])
     _, (p2,) = second["jobs_processed_total"]
@@ -232,10 +238,10 @@ def test_a_delta_that_was_not_queued_is_carried_into_the_next() -> None:
     sink = Failing()
     metrics = JobMetrics(sink, 30.0, 60.0, LocalState(), temporality="delta")
     t = time.time_ns()
-    metrics.apply(lifecycle("a", 100, t))
+    apply(metrics, lifecycle("a", 100, t))
     metrics.export()  # refused: nothing reported
     sink.fail = False
-    metrics.apply(lifecycle("b", 100, t))
+    apply(metrics, lifecycle("b", 100, t))
     metrics.export()
     (body,) = sink.bodies
     _, (p,) = decoded(body)["jobs_processed_total"]
@@ -268,3 +274,31 @@ def test_shared_state_keys_in_one_slot_and_single_node_unchanged(redis_server: R
     assert all(k.startswith("{trackgate:events}:jobs:") for k in keys)
     assert len({key_slot(k.encode()) for k in keys}) == 1
     assert redis_server.client().exists(state.done_prefix + "j2") == 1
+
+
+def test_shared_state_unreachable_counts_without_it() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    metrics = JobMetrics(Sink(), 30.0, 60.0, RedisState(f"redis://127.0.0.1:{port}/0", "p", 60.0))
+    t = time.time_ns()
+    apply(metrics, lifecycle("a", 300, t))
+    assert metrics.state_failures == 1
+    assert metrics.processed[("completed", "s")] == 1
+    assert metrics.active["s"] == 0, "the start was not counted as active without the state"
+
+
+def test_shared_timeout_sweep_counts_each_job_once(redis_server: RedisServer) -> None:
+    sinks = [Sink(), Sink()]
+    workers = [JobMetrics(sink, 30.0, 60.0, RedisState(redis_server.url, "sweep", 60.0)) for sink in sinks]
+    t = time.time_ns()
+    apply(workers[0], [{"event_type": "job_started", "job_id": "old", "service": "ocr", "time_unix_nano": t}])
+    apply(workers[1], [{"event_type": "job_started", "job_id": "new", "service": "asr", "time_unix_nano": t}])
+    for w in workers:  # both sweep 61 s later: both jobs are past the 60 s timeout
+        w.sweep(now=t / 1e9 + 61)
+    timeouts = [w.processed[("timeout", svc)] for w in workers for svc in ("ocr", "asr")]
+    assert sorted(timeouts) == [0, 0, 1, 1], "each timed-out job counted by one worker"
+    assert sum(w.active["ocr"] for w in workers) == 0 and sum(w.active["asr"] for w in workers) == 0
+    assert redis_server.client().zcard("{sweep}:jobs:active") == 0

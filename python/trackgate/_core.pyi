@@ -10,6 +10,7 @@ __all__ = [
     "DurableNotifier",
     "EventsResult",
     "IngestResult",
+    "JobMetrics",
     "Listeners",
     "PayloadTooLarge",
     "PipelineClosed",
@@ -17,6 +18,7 @@ __all__ = [
     "QueueLocked",
     "SentryProcessor",
     "SentryResult",
+    "StatePending",
     "UnsupportedMedia",
     "__version__",
     "_deflate_miniz",
@@ -29,6 +31,7 @@ __all__ = [
     "load",
     "parse_partial_success",
     "parse_rate_limits",
+    "parse_state_reply",
     "scrub_pattern_error",
     "status_body",
     "to_json",
@@ -293,6 +296,43 @@ class EventsResult:
     @property
     def otlp_logs(self) -> bytes: ...
 
+@final
+class StatePending:
+    """A request's lifecycle events waiting for the shared job state's reply."""
+
+    @property
+    def argv(self) -> list[bytes]:
+        """The state script's ARGV: done prefix, keep seconds, then (op, job, service, time) per op."""
+    def __len__(self) -> int: ...
+
+@final
+class JobMetrics:
+    """Job metrics derived from lifecycle events: counters, histograms, the local job state
+    (`shared_state` None) and the OTLP/JSON export."""
+
+    def __new__(
+        cls,
+        start_ns: int,
+        resource: list[tuple[str, str]],
+        *,
+        delta: bool = False,
+        shared_state: tuple[str, int] | None = None,
+    ) -> Self: ...
+    def count(self, events: EventsResult | bytes) -> StatePending | None:
+        """Counts one request's accepted events (as decoded, or the bus NDJSON); with the shared
+        state, what to ask Redis first."""
+    def finish(self, pending: StatePending, reply: bytes | None) -> None:
+        """Finishes counting `pending` with the state script's reply (None: without the state)."""
+    def expire(self, before: float) -> int: ...
+    def expired(self, reply: bytes) -> int: ...
+    def export(self, now_ns: int) -> bytes | None: ...
+    def exported(self) -> None: ...
+    @property
+    def start_ns(self) -> int: ...
+    def processed(self) -> dict[tuple[str, str], int]: ...
+    def active(self) -> dict[str, int]: ...
+
+def parse_state_reply(reply: bytes, ops: int) -> list[tuple[bool, float | None]]: ...
 def parse_partial_success(body: bytes, format: _Format) -> tuple[int, str]: ...
 def parse_rate_limits(header: str) -> list[tuple[int, list[str]]]: ...
 def envelope_categories(envelope: bytes) -> list[str]: ...

@@ -19,7 +19,7 @@ from trackgate._core import Listeners
 from trackgate.asgi import BodyBudget, ClientDisconnected, Receive, Request, Response, Scope, Send
 from trackgate.config import Config
 from trackgate.echo import shorten
-from trackgate.jobmetrics import JobMetrics, JobState, LocalState, RedisState
+from trackgate.jobmetrics import JobMetrics, LocalState, RedisState
 from trackgate.pipeline import Format, Pipeline
 from trackgate.ratelimits import RateLimits
 from trackgate.receivers import fluent as fluent_receiver
@@ -98,6 +98,7 @@ class App:
             self.jobmetrics = build_job_metrics(self.config, self.pipeline)
             if self.jobmetrics is not None:
                 self.events.on_accepted = self.jobmetrics.offer
+                self.events.on_accepted_blocks = self.jobmetrics.blocking
             if events_cfg.from_logs and (self.bus is not None or self.jobmetrics is not None):
                 self.events.install_tap(self.pipeline.core)
             receivers = self.config.receivers
@@ -411,7 +412,7 @@ def build_job_metrics(cfg: Config, pipeline: Pipeline) -> JobMetrics | None:
     if not cfg.metrics.enabled:
         return None
     redis_cfg = cfg.exporters.redis
-    state: JobState = (
+    state: LocalState | RedisState = (
         RedisState(redis_cfg.url, redis_cfg.stream_prefix, cfg.metrics.job_timeout_s)
         if redis_cfg is not None and redis_cfg.url
         else LocalState()

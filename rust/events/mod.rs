@@ -13,6 +13,7 @@
 
 pub mod from_logs;
 pub mod id;
+pub mod metrics;
 mod raw;
 
 use serde_json::value::RawValue;

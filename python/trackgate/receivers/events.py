@@ -89,7 +89,8 @@ class EventsReceiver:
         self.from_logs_types = from_logs_types or []
         # (extra keys, safe keys, patterns) when `[scrub] tracks` covers events; None: untouched.
         self.scrub = scrub
-        self.on_accepted: Callable[[bytes], None] | None = None  # the job metrics' intake
+        self.on_accepted: Callable[[EventsResult | bytes], None] | None = None  # the job metrics' intake
+        self.on_accepted_blocks = True  # it waits on I/O (Redis): called in a thread
 
     async def handle(self, request: Request) -> Response:
         media = request.header("content-type").split(";", 1)[0].strip().lower()
@@ -137,10 +138,14 @@ class EventsReceiver:
             finally:
                 if wait is not None:
                     wait.close()
-            # Counted once durable (a request answered 503 is sent again and counted then), in a
-            # thread: the job metrics update their shared state in Redis.
+            # Counted once durable (a request answered 503 is sent again and counted then); in a
+            # thread when the job metrics update their shared state in Redis, else inline (one
+            # core call that releases the GIL).
             if self.on_accepted is not None:
-                await asyncio.to_thread(self.on_accepted, result.ndjson)
+                if self.on_accepted_blocks:
+                    await asyncio.to_thread(self.on_accepted, result)
+                else:
+                    self.on_accepted(result)
             EVENTS.inc(result.accepted, outcome="accepted")
         if result.rejected:
             log.info("events refused", extra={"rejected": result.rejected, "reason": result.error_message})
