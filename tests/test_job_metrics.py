@@ -11,7 +11,7 @@ import pytest
 from conftest import Gateway, dash0_config
 from http_client import call
 from redis_server import RedisServer
-from trackgate.jobmetrics import DURATION_BOUNDS, JobMetrics, LocalState, RedisState, state_key_base
+from trackgate.jobmetrics import DURATION_BOUNDS, JobMetrics, RedisState, state_key_base
 from upstream import Upstream
 
 
@@ -135,7 +135,7 @@ class Sink:
 
 def test_an_end_seen_before_its_start_leaves_no_active_job() -> None:
     sink = Sink()
-    metrics = JobMetrics(sink, 30.0, 60.0, LocalState())
+    metrics = JobMetrics(sink, 30.0, 60.0, None)
     t = time.time_ns()
     apply(
         metrics,
@@ -178,7 +178,7 @@ def lifecycle(job: str, duration_ms: int, t: int) -> list[dict[str, Any]]:
 
 def test_cumulative_points_start_at_the_process_start() -> None:
     sink = Sink()
-    metrics = JobMetrics(sink, 30.0, 60.0, LocalState())
+    metrics = JobMetrics(sink, 30.0, 60.0, None)
     t = time.time_ns()
     apply(metrics, lifecycle("a", 300, t))
     metrics.export()
@@ -196,7 +196,7 @@ def test_cumulative_points_start_at_the_process_start() -> None:
 
 def test_delta_points_carry_the_change_since_the_last_export() -> None:
     sink = Sink()
-    metrics = JobMetrics(sink, 30.0, 60.0, LocalState(), temporality="delta")
+    metrics = JobMetrics(sink, 30.0, 60.0, None, temporality="delta")
     t = time.time_ns()
     apply(metrics, lifecycle("a", 300, t) + lifecycle("b", 400, t))
     apply(metrics, [{"event_type": "job_started", "job_id": "c", "service": "s", "time_unix_nano": t, "data": {}}])
@@ -236,7 +236,7 @@ def test_a_delta_that_was_not_queued_is_carried_into_the_next() -> None:
             super().ingest(signal, body, format, content_encoding)
 
     sink = Failing()
-    metrics = JobMetrics(sink, 30.0, 60.0, LocalState(), temporality="delta")
+    metrics = JobMetrics(sink, 30.0, 60.0, None, temporality="delta")
     t = time.time_ns()
     apply(metrics, lifecycle("a", 100, t))
     metrics.export()  # refused: nothing reported
@@ -250,7 +250,7 @@ def test_a_delta_that_was_not_queued_is_carried_into_the_next() -> None:
 
 def test_temporality_is_checked() -> None:
     with pytest.raises(ValueError, match="temporality"):
-        JobMetrics(Sink(), 30.0, 60.0, LocalState(), temporality="sometimes")
+        JobMetrics(Sink(), 30.0, 60.0, None, temporality="sometimes")
 
 
 # -- Redis Cluster: the shared-state keys share one hash slot -------------------------------------

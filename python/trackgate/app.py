@@ -19,7 +19,7 @@ from trackgate._core import Listeners
 from trackgate.asgi import BodyBudget, ClientDisconnected, Receive, Request, Response, Scope, Send
 from trackgate.config import Config
 from trackgate.echo import shorten
-from trackgate.jobmetrics import JobMetrics, LocalState, RedisState
+from trackgate.jobmetrics import JobMetrics, RedisState
 from trackgate.pipeline import Format, Pipeline
 from trackgate.ratelimits import RateLimits
 from trackgate.receivers import fluent as fluent_receiver
@@ -412,10 +412,11 @@ def build_job_metrics(cfg: Config, pipeline: Pipeline) -> JobMetrics | None:
     if not cfg.metrics.enabled:
         return None
     redis_cfg = cfg.exporters.redis
-    state: LocalState | RedisState = (
+    # Without the bus the job state stays in this process (in the core's `JobMetrics`).
+    state = (
         RedisState(redis_cfg.url, redis_cfg.stream_prefix, cfg.metrics.job_timeout_s)
         if redis_cfg is not None and redis_cfg.url
-        else LocalState()
+        else None
     )
     return JobMetrics(
         pipeline, cfg.metrics.interval_s(), cfg.metrics.job_timeout_s, state, temporality=cfg.metrics.temporality

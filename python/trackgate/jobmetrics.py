@@ -53,10 +53,6 @@ class Ingest(Protocol):
     def ingest(self, signal: Any, body: bytes, format: Any = ..., content_encoding: str | None = ...) -> Any: ...
 
 
-class LocalState:
-    """Job state in this process (no event bus configured): kept in the core's `JobMetrics`."""
-
-
 # KEYS: received, active, service. ARGV: done prefix, keep seconds, then (op, job, service, ts)...
 # ("r" received, "s" started, "f" finished). Received times older than 10 x keep are trimmed as
 # they go (jobs never started). Returns one string, a `counted|time` per op joined by `,`, that
@@ -161,14 +157,14 @@ class JobMetrics:
         pipeline: Ingest,
         interval_s: float,
         job_timeout_s: float,
-        state: LocalState | RedisState | None = None,
+        state: RedisState | None = None,
         resource: dict[str, str] | None = None,
         temporality: str = "cumulative",
     ) -> None:
         self.pipeline = pipeline
         self.interval_s = interval_s
         self.job_timeout_s = job_timeout_s
-        self.redis = state if isinstance(state, RedisState) else None
+        self.redis = state  # None: the job state stays in this process, in the core
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.resource = {"service.name": "trackgate", **(resource or {}), "service.instance.id": self.instance_id}
         if temporality not in ("cumulative", "delta"):
