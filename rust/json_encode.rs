@@ -814,7 +814,7 @@ mod tests {
 
     #[test]
     fn utf8_checked_in_the_escape_scan() {
-        let cases: [(&[u8], Result<&str, usize>); 7] = [
+        let cases: [(&[u8], std::result::Result<&str, usize>); 7] = [
             (b"plain ascii, longer than a word", Ok("\"plain ascii, longer than a word\"")),
             ("é\n".as_bytes(), Ok("\"é\\n\"")),
             ("abcdefgh\"ijklmnoé😀\u{1}".as_bytes(), Ok("\"abcdefgh\\\"ijklmnoé😀\\u0001\"")),
