@@ -815,9 +815,15 @@ mod tests {
     #[test]
     fn utf8_checked_in_the_escape_scan() {
         let cases: [(&[u8], std::result::Result<&str, usize>); 7] = [
-            (b"plain ascii, longer than a word", Ok("\"plain ascii, longer than a word\"")),
+            (
+                b"plain ascii, longer than a word",
+                Ok("\"plain ascii, longer than a word\""),
+            ),
             ("é\n".as_bytes(), Ok("\"é\\n\"")),
-            ("abcdefgh\"ijklmnoé😀\u{1}".as_bytes(), Ok("\"abcdefgh\\\"ijklmnoé😀\\u0001\"")),
+            (
+                "abcdefgh\"ijklmnoé😀\u{1}".as_bytes(),
+                Ok("\"abcdefgh\\\"ijklmnoé😀\\u0001\""),
+            ),
             (b"\xff", Err(0)),
             (b"abc\xe2\x82", Err(3)),
             (b"\"\n\xc3\xa9\xc3", Err(4)),
@@ -864,7 +870,20 @@ mod tests {
 
     #[test]
     fn digits_and_hex() {
-        for value in [0, 9, 10, 99, 100, 101, 999, 1000, 12345, u64::from(u32::MAX), u64::MAX - 1, u64::MAX] {
+        for value in [
+            0,
+            9,
+            10,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            12345,
+            u64::from(u32::MAX),
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
             let mut out = Vec::new();
             write_u64(&mut out, value);
             assert_eq!(String::from_utf8(out).unwrap(), value.to_string());
