@@ -1072,11 +1072,28 @@ fn parse_rate_limits(header: &str) -> Vec<(u64, Vec<String>)> {
         .collect()
 }
 
+thread_local! {
+    /// `to_json`'s output buffer, kept per thread (the file sink's runner encodes every batch of
+    /// a signal on one thread): no fresh multi-megabyte allocation to fault in per batch.
+    static JSON_OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A kept buffer larger than this is given back after use (a rare huge batch).
+const JSON_OUT_KEEP: usize = 16 << 20;
+
 #[pyfunction]
 fn to_json<'py>(py: Python<'py>, signal: &str, body: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
     let signal = parse_signal(signal)?;
-    let out = guarded(py, || json_encode::protobuf_to_json(signal, body))?;
-    Ok(PyBytes::new(py, &out))
+    guarded(py, || {
+        JSON_OUT.with_borrow_mut(|out| json_encode::protobuf_to_json_into(signal, body, out))
+    })?;
+    Ok(JSON_OUT.with_borrow_mut(|out| {
+        let bytes = PyBytes::new(py, out);
+        if out.capacity() > JSON_OUT_KEEP {
+            *out = Vec::new();
+        }
+        bytes
+    }))
 }
 
 #[pyfunction]
