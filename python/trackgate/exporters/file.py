@@ -77,12 +77,12 @@ class FileExporter(Exporter):
         """What one batch appends, as pieces for writev (no concatenating copy)."""
         body = batch.body
         if self.cfg.format == "proto":
-            if len(body) > _MAX_FRAME:  # batches are far smaller; a frame cannot say more
-                raise ValueError(f"batch of {len(body)} bytes does not fit a 4-byte frame length")
             return [len(body).to_bytes(4, "big"), body]
         return [to_json(batch.signal, body), b"\n"]  # encoded in the core, the GIL released
 
     def send(self, batch: Batch) -> Outcome:
+        if self.cfg.format == "proto" and len(batch.body) > _MAX_FRAME:  # batches are far smaller
+            return Outcome.drop("too_large", f"a batch of {len(batch.body)} bytes does not fit a 4-byte frame length")
         pieces = self._pieces(batch)
         pending = self._unsynced[batch.signal]
         try:
