@@ -1078,8 +1078,9 @@ thread_local! {
     static JSON_OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A kept buffer larger than this is given back after use (a rare huge batch).
-const JSON_OUT_KEEP: usize = 16 << 20;
+/// A kept buffer larger than this is given back after use: kept, it would hold that much memory
+/// per runner thread. 4 MiB covers the JSON of a default batch of 8,192 ordinary records.
+const JSON_OUT_KEEP: usize = 4 << 20;
 
 #[pyfunction]
 fn to_json<'py>(py: Python<'py>, signal: &str, body: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
