@@ -262,3 +262,18 @@ def test_unknown_format_is_a_config_error(tmp_path: Path) -> None:
     path.write_text('[exporters.file]\nformat = "protobuf"\n')
     with pytest.raises(ConfigError, match="format"):
         load(path)
+
+
+def test_json_line_is_written_by_the_core(tmp_path: Path) -> None:
+    body = logs('a "quoted" line')
+    line = _core.to_json_line("logs", body)
+    assert len(line) == len(_core.to_json("logs", body)) + 1
+    path = tmp_path / "logs.jsonl"
+    path.write_bytes(b"before\n")
+    line.write_to(path)
+    line.write_to(str(path))
+    assert path.read_bytes() == b"before\n" + 2 * (_core.to_json("logs", body) + b"\n")
+    with pytest.raises(FileNotFoundError):
+        line.write_to(tmp_path / "missing" / "logs.jsonl")
+    with pytest.raises(ValueError, match="truncated protobuf"):
+        _core.to_json_line("logs", b"\x0a\x05\xff")

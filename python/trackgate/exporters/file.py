@@ -7,7 +7,8 @@
 
 `trackgate replay` reads both back. Files rotate by size; several gateway worker processes may
 share the directory (an exclusive lock covers each write and rotation). Per batch the Python here
-is a handful of calls, each releasing the GIL (encode, flock, pread, writev, fsync).
+is a handful of calls, each releasing the GIL (encode, flock, pread, write, fsync); a JSON line is
+encoded and written by the core and never copied into a Python object.
 
 A delivered batch is acknowledged and then forgotten by the queue, so the sink follows the queue's
 `[storage] fsync` policy before it reports a batch delivered:
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from trackgate._core import Batch, to_json
+from trackgate._core import Batch, JsonLine, to_json_line
 from trackgate.config import FileExporterConfig, Fsync
 from trackgate.durable import make_dirs, sync_dir, sync_file
 from trackgate.exporters.base import SIGNALS, Exporter, Outcome, Signal
@@ -49,7 +50,7 @@ _MAX_FRAME = (1 << 32) - 1
 class _Unsynced:
     """One signal's writes not yet covered by an fsync (fsync = "interval")."""
 
-    lines: list[bytes] = field(default_factory=list)  # the pieces written, in order
+    lines: list[bytes | JsonLine] = field(default_factory=list)  # the pieces written, in order
     failed: bool = False  # the last sync failed: write the lines again before syncing
     lock: threading.Lock = field(default_factory=threading.Lock)  # an adopted shard's runner shares this
 
@@ -73,12 +74,12 @@ class FileExporter(Exporter):
     def path(self, signal: str) -> Path:
         return self.dir / f"{signal}{self.suffix}"
 
-    def _pieces(self, batch: Batch) -> list[bytes]:
-        """What one batch appends, as pieces for writev (no concatenating copy)."""
+    def _pieces(self, batch: Batch) -> list[bytes | JsonLine]:
+        """What one batch appends, in pieces (no concatenating copy)."""
         body = batch.body
         if self.cfg.format == "proto":
             return [len(body).to_bytes(4, "big"), body]
-        return [to_json(batch.signal, body), b"\n"]  # encoded in the core, the GIL released
+        return [to_json_line(batch.signal, body)]  # encoded in the core, the GIL released
 
     def send(self, batch: Batch) -> Outcome:
         if self.cfg.format == "proto" and len(batch.body) > _MAX_FRAME:  # batches are far smaller
@@ -113,7 +114,7 @@ class FileExporter(Exporter):
             pending.lines.clear()
             pending.failed = False
 
-    def _append(self, signal: str, pieces: list[bytes]) -> None:
+    def _append(self, signal: str, pieces: list[bytes | JsonLine]) -> None:
         """Appends `pieces` to the signal's current file under the lock the workers share, rotating
         first when it would overflow. With fsync "always", returns once it is on disk."""
         path = self.path(signal)
@@ -128,7 +129,7 @@ class FileExporter(Exporter):
                     self._rotate(signal, path, fh)
                     continue
                 try:
-                    _write_all(fh.fileno(), pieces)
+                    _write_all(fh.fileno(), path, pieces)
                     if self.cfg.format == "proto":
                         self._whole[signal] = (os.fstat(fh.fileno()).st_ino, size + length)
                     if self.fsync == "always":
@@ -209,8 +210,21 @@ def _cut_torn_frame(fd: int, start: int) -> int:
     return end
 
 
-def _write_all(fd: int, pieces: list[bytes]) -> None:
-    """Writes the pieces in order with as few writev calls as the kernel allows."""
+def _write_all(fd: int, path: Path, pieces: list[bytes | JsonLine]) -> None:
+    """Appends the pieces in order: JSON lines by the core (to `path`, the file `fd` is open on,
+    whose lock the caller holds), runs of bytes with as few writev calls as the kernel allows."""
+    run: list[bytes] = []
+    for piece in pieces:
+        if isinstance(piece, JsonLine):
+            _writev_all(fd, run)
+            run = []
+            piece.write_to(path)
+        else:
+            run.append(piece)
+    _writev_all(fd, run)
+
+
+def _writev_all(fd: int, pieces: list[bytes]) -> None:
     views = [memoryview(p) for p in pieces if p]
     at = 0
     while at < len(views):
