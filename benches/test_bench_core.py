@@ -19,6 +19,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 from trackgate import _core
+from trackgate.config import FileExporterConfig
+from trackgate.exporters.file import FileExporter
 
 SPANS = 2000
 RATIO = 0.5
@@ -188,6 +190,32 @@ def test_python_baseline_to_json(benchmark, traces_body: bytes) -> None:
 @pytest.mark.benchmark(group="file-sink-encode-2000-spans")
 def test_core_to_json(benchmark, traces_body: bytes) -> None:
     benchmark(_core.to_json, "traces", traces_body)
+
+
+# The file sink's encoding (protobuf → OTLP/JSON) at the request sizes the end-to-end bench posts
+# (100 records) and at the batch sizes it writes (2,000).
+@pytest.mark.parametrize("signal", ["logs", "traces"])
+@pytest.mark.parametrize("n", [100, 2000])
+@pytest.mark.benchmark(group="file-sink-encode")
+def test_core_to_json_sizes(benchmark, signal: str, n: int) -> None:
+    body = make_logs(n) if signal == "logs" else make_traces(n)
+    benchmark.extra_info["protobuf_bytes"] = len(body)
+    benchmark.extra_info["json_bytes"] = len(_core.to_json(signal, body))  # type: ignore[arg-type]
+    benchmark(_core.to_json, signal, body)
+
+
+# The whole per-batch work of the file sink's thread (encode, lock, torn-tail check, write), without
+# fsync, for a batch of 2,000 log records, in each format.
+@pytest.mark.parametrize("fmt", ["json", "proto"])
+@pytest.mark.benchmark(group="file-sink-send-2000-records")
+def test_file_sink_send(benchmark, tmp_path, fmt: str) -> None:
+    c = core()
+    c.ingest("logs", make_logs(), "protobuf", None)
+    batch = c.next_batch("bench", "logs", 0.0, True)
+    assert batch is not None
+    cfg = FileExporterConfig(dir=str(tmp_path), format=fmt, max_file_bytes=64 << 20, max_files=1)  # type: ignore[arg-type]
+    sink = FileExporter(cfg, fsync="never")
+    benchmark(lambda: sink.send(batch))
 
 
 @pytest.mark.benchmark(group="logs-protobuf-2000-records")

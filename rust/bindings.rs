@@ -1073,11 +1073,86 @@ fn parse_rate_limits(header: &str) -> Vec<(u64, Vec<String>)> {
         .collect()
 }
 
+thread_local! {
+    /// `to_json`'s output buffer, kept per thread (the file sink's runner encodes every batch of
+    /// a signal on one thread): no fresh multi-megabyte allocation to fault in per batch.
+    static JSON_OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A kept buffer larger than this is given back after use: kept, it would hold that much memory
+/// per runner thread. 4 MiB covers the JSON of a default batch of 8,192 ordinary records.
+const JSON_OUT_KEEP: usize = 4 << 20;
+
+/// A batch encoded as one OTLP/JSON line, newline included, kept in the core: the file sink
+/// appends it to its file with the GIL released, and it is never copied into a Python object
+/// (that copy, of megabytes, held the GIL).
+#[pyclass(frozen, module = "trackgate._core")]
+struct JsonLine {
+    data: Vec<u8>,
+}
+
+#[pymethods]
+impl JsonLine {
+    fn __len__(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Appends the whole line to the file at `path` (opened for append here; the caller holds
+    /// the file's lock and fsyncs it).
+    fn write_to(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let data = &self.data[..];
+        py.detach(|| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .and_then(|mut file| file.write_all(data))
+        })?;
+        Ok(())
+    }
+}
+
+impl Drop for JsonLine {
+    fn drop(&mut self) {
+        // Hand the buffer back to this thread's slot for the next batch, if the slot is empty.
+        if self.data.capacity() <= JSON_OUT_KEEP {
+            let data = std::mem::take(&mut self.data);
+            let _ = JSON_OUT.try_with(|slot| {
+                if let Ok(mut slot) = slot.try_borrow_mut() {
+                    if slot.capacity() == 0 {
+                        *slot = data;
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Encodes a batch as one OTLP/JSON line for the file sink, the GIL released.
+#[pyfunction]
+fn to_json_line(py: Python<'_>, signal: &str, body: &[u8]) -> PyResult<JsonLine> {
+    let signal = parse_signal(signal)?;
+    let data = guarded(py, || {
+        let mut out = JSON_OUT.with_borrow_mut(std::mem::take);
+        json_encode::protobuf_to_json_into(signal, body, &mut out)?;
+        out.push(b'\n');
+        Ok(out)
+    })?;
+    Ok(JsonLine { data })
+}
+
 #[pyfunction]
 fn to_json<'py>(py: Python<'py>, signal: &str, body: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
     let signal = parse_signal(signal)?;
-    let out = guarded(py, || json_encode::protobuf_to_json(signal, body))?;
-    Ok(PyBytes::new(py, &out))
+    guarded(py, || {
+        JSON_OUT.with_borrow_mut(|out| json_encode::protobuf_to_json_into(signal, body, out))
+    })?;
+    Ok(JSON_OUT.with_borrow_mut(|out| {
+        let bytes = PyBytes::new(py, out);
+        if out.capacity() > JSON_OUT_KEEP {
+            *out = Vec::new();
+        }
+        bytes
+    }))
 }
 
 #[pyfunction]
@@ -1421,10 +1496,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("QueueLocked", py.get_type::<QueueLocked>())?;
     m.add_class::<IngestResult>()?;
     m.add_class::<Batch>()?;
+    m.add_class::<JsonLine>()?;
     m.add_class::<Core>()?;
     m.add_class::<DurableNotifier>()?;
     m.add_class::<Listeners>()?;
     m.add_function(wrap_pyfunction!(to_json, m)?)?;
+    m.add_function(wrap_pyfunction!(to_json_line, m)?)?;
     m.add_function(wrap_pyfunction!(to_protobuf, m)?)?;
     m.add_function(wrap_pyfunction!(export_response, m)?)?;
     m.add_function(wrap_pyfunction!(status_body, m)?)?;

@@ -19,30 +19,31 @@ use crate::wire::{self, Fields};
 
 type Walk<T = ()> = std::result::Result<T, Stop>;
 
-/// Why a walk stopped early.
+/// Why a walk stopped early. The trail is boxed so that every `Walk` result returned up the
+/// recursion stays two words wide.
 enum Stop {
-    Invalid(Trail),
+    Invalid(Box<Trail>),
     /// The optimistic single pass met a field out of wire order (see `message_to_json`).
     Reorder,
 }
 
 impl From<Trail> for Stop {
     fn from(trail: Trail) -> Self {
-        Stop::Invalid(trail)
+        Stop::Invalid(Box::new(trail))
     }
 }
 
 impl Stop {
     fn at(self, desc: &'static Field, index: Option<usize>) -> Self {
         match self {
-            Stop::Invalid(t) => Stop::Invalid(t.at(desc, index)),
+            Stop::Invalid(t) => Stop::Invalid(Box::new((*t).at(desc, index))),
             Stop::Reorder => Stop::Reorder,
         }
     }
 
     fn locate(self, data: &[u8], desc: &'static Field, field: &wire::Field<'_>) -> Self {
         match self {
-            Stop::Invalid(t) => Stop::Invalid(schema::locate(t, data, desc, field)),
+            Stop::Invalid(t) => Stop::Invalid(Box::new(schema::locate(*t, data, desc, field))),
             Stop::Reorder => Stop::Reorder,
         }
     }
@@ -55,21 +56,34 @@ pub fn protobuf_to_json(signal: Signal, body: &[u8]) -> Result<Vec<u8>> {
 
 /// Encodes any described message as OTLP/JSON.
 pub fn message_to_json(msg: &'static Msg, body: &[u8]) -> Result<Vec<u8>> {
-    // OTLP/JSON runs two to three times the size of its protobuf (hex ids, key names).
-    let mut out = Vec::with_capacity(body.len().saturating_mul(5) / 2 + 16);
+    let mut out = Vec::new();
+    message_to_json_into(msg, body, &mut out)?;
+    Ok(out)
+}
+
+/// `protobuf_to_json` into a buffer the caller keeps (cleared first), so a thread that encodes
+/// batch after batch reuses one allocation, its pages already mapped.
+pub fn protobuf_to_json_into(signal: Signal, body: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    message_to_json_into(schema::request(signal), body, out)
+}
+
+fn message_to_json_into(msg: &'static Msg, body: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    // OTLP/JSON runs 2.2 to 2.6 times the size of its protobuf (hex ids, key names): sized once.
+    out.clear();
+    out.reserve(body.len().saturating_mul(3) + 64);
     // Canonical input is written in one pass. If a field turns up out of order, start over
     // checking each message's order before writing it: at most three passes in all, however
     // the disorder is spread over the levels.
-    let result = match write_message(msg, &[body], &mut out, 0, false) {
+    let result = match write_message(msg, &[body], out, 0, false) {
         Err(Stop::Reorder) => {
             out.clear();
-            write_message(msg, &[body], &mut out, 0, true)
+            write_message(msg, &[body], out, 0, true)
         }
         other => other,
     };
     match result {
-        Ok(()) => Ok(out),
-        Err(Stop::Invalid(trail)) => Err(trail.into_protobuf_error()),
+        Ok(()) => Ok(()),
+        Err(Stop::Invalid(trail)) => Err((*trail).into_protobuf_error()),
         Err(Stop::Reorder) => Err(Trail::new("internal error: protobuf fields out of order").into_protobuf_error()),
     }
 }
@@ -127,6 +141,73 @@ fn write_message(msg: &'static Msg, parts: &[&[u8]], out: &mut Vec<u8>, depth: u
     Ok(())
 }
 
+/// Reads one field at `*pos` as `wire::Fields` does, inlined into the encoder's loop (the
+/// iterator's `Option<Result<Field>>` travels through memory on every field). `None` when the
+/// bytes are malformed: `wire_failure` then asks `Fields` for the precise error.
+#[inline(always)]
+fn read_field<'a>(data: &'a [u8], pos: &mut usize) -> Option<wire::Field<'a>> {
+    let start = *pos;
+    let key = read_varint(data, pos)?;
+    let number = key >> 3;
+    if number == 0 || number > u64::from(u32::MAX >> 3) {
+        return None;
+    }
+    let wire_type = (key & 7) as u8;
+    let (int, payload): (u64, &[u8]) = match wire_type {
+        wire::VARINT => (read_varint(data, pos)?, &[]),
+        wire::I64 => {
+            let bytes: [u8; 8] = data.get(*pos..pos.checked_add(8)?)?.try_into().ok()?;
+            *pos += 8;
+            (u64::from_le_bytes(bytes), &[])
+        }
+        wire::I32 => {
+            let bytes: [u8; 4] = data.get(*pos..pos.checked_add(4)?)?.try_into().ok()?;
+            *pos += 4;
+            (u64::from(u32::from_le_bytes(bytes)), &[])
+        }
+        wire::LEN => {
+            let len = read_varint(data, pos)?;
+            let end = pos.checked_add(usize::try_from(len).ok()?)?;
+            let payload = data.get(*pos..end)?;
+            *pos = end;
+            (len, payload)
+        }
+        _ => return None,
+    };
+    Some(wire::Field {
+        number: number as u32,
+        wire_type,
+        int,
+        data: payload,
+        raw: data.get(start..*pos)?,
+    })
+}
+
+#[inline(always)]
+fn read_varint(data: &[u8], pos: &mut usize) -> Option<u64> {
+    match data.get(*pos) {
+        Some(&byte) if byte < 0x80 => {
+            *pos += 1;
+            Some(u64::from(byte))
+        }
+        _ => wire::read_varint(data, pos).ok(),
+    }
+}
+
+/// The error `read_field` met in `data`, as `Fields` words it.
+#[cold]
+#[inline(never)]
+fn wire_failure(msg: &'static Msg, data: &[u8]) -> Stop {
+    let mut ok_end = 0;
+    for item in Fields::new(data) {
+        match item {
+            Ok(field) => ok_end = schema::offset_in(data, field.raw) + field.raw.len(),
+            Err(e) => return schema::wire_error(msg, data, ok_end, e).into(),
+        }
+    }
+    Trail::new("internal error: protobuf readers disagree").into()
+}
+
 /// The common case: each field number appears in one run, so runs map to JSON members.
 fn write_fields_in_order(msg: &'static Msg, data: &[u8], out: &mut Vec<u8>, depth: usize, checked: bool) -> Walk {
     let mut first = true;
@@ -134,12 +215,16 @@ fn write_fields_in_order(msg: &'static Msg, data: &[u8], out: &mut Vec<u8>, dept
     let mut first_item = true;
     let mut seen = 0u64;
     let mut oneof_member = 0u32;
-    let mut ok_end = 0;
-    for item in Fields::new(data) {
-        let field = item.map_err(|e| schema::wire_error(msg, data, ok_end, e))?;
-        ok_end = schema::offset_in(data, field.raw) + field.raw.len();
+    let mut pos = 0;
+    while pos < data.len() {
+        let Some(field) = read_field(data, &mut pos) else {
+            return Err(wire_failure(msg, data));
+        };
         let Some(desc) = msg.field(field.number) else { continue };
-        schema::check_wire(msg, desc, &field).map_err(|t| schema::locate(t, data, desc, &field))?;
+        if field.wire_type != desc.kind.wire_type() {
+            // Packed, or wrong.
+            schema::check_wire(msg, desc, &field).map_err(|t| schema::locate(t, data, desc, &field))?;
+        }
         // What the checked pass would have found: a number seen before (other than in the
         // run of a repeated field), or a second member of the oneof.
         let bit = 1u64 << field.number;
@@ -243,12 +328,14 @@ fn write_fields_merged(msg: &'static Msg, parts: &[&[u8]], out: &mut Vec<u8>, de
 
 #[inline]
 fn write_key(out: &mut Vec<u8>, desc: &Field, first: &mut bool) {
+    let key = desc.json.as_bytes();
+    out.reserve(key.len() + 4);
     if !*first {
         out.push(b',');
     }
     *first = false;
     out.push(b'"');
-    out.extend_from_slice(desc.json.as_bytes());
+    out.extend_from_slice(key);
     out.extend_from_slice(b"\":");
 }
 
@@ -330,18 +417,13 @@ fn write_value(
 ) -> Walk {
     match desc.kind {
         Kind::Message(child) => write_message(child, &[field.data], out, depth + 1, checked),
-        Kind::String => match std::str::from_utf8(field.data) {
-            Ok(s) => {
-                write_str(out, s.as_bytes());
-                Ok(())
-            }
-            Err(e) => Err(Trail::new(format!(
-                "invalid protobuf: {} is not valid UTF-8 (byte {})",
+        Kind::String => write_utf8(out, field.data).map_err(|valid_up_to| {
+            Trail::new(format!(
+                "invalid protobuf: {} is not valid UTF-8 (byte {valid_up_to})",
                 schema::describe(msg, desc),
-                e.valid_up_to()
             ))
-            .into()),
-        },
+            .into()
+        }),
         Kind::Bytes => write_base64(out, field.data).map_err(Stop::from),
         Kind::Hex => {
             write_hex(out, field.data);
@@ -382,17 +464,32 @@ fn write_scalar(kind: Kind, value: u64, out: &mut Vec<u8>) {
     }
 }
 
+/// "00" to "99": two digits per division (a nanosecond timestamp is 19 digits).
+const DECIMAL_PAIRS: [[u8; 2]; 100] = {
+    let mut table = [[0u8; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        table[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        i += 1;
+    }
+    table
+};
+
 #[inline]
 fn write_u64(out: &mut Vec<u8>, mut value: u64) {
     let mut buf = [0u8; 20];
     let mut at = buf.len();
-    loop {
+    while value >= 100 {
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&DECIMAL_PAIRS[(value % 100) as usize]);
+        value /= 100;
+    }
+    if value >= 10 {
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&DECIMAL_PAIRS[value as usize]);
+    } else {
         at -= 1;
-        buf[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
+        buf[at] = b'0' + value as u8;
     }
     out.extend_from_slice(&buf[at..]);
 }
@@ -412,7 +509,12 @@ fn write_f64(out: &mut Vec<u8>, value: f64) {
         out.extend_from_slice(b"\"NaN\"");
     } else if value.is_infinite() {
         out.extend_from_slice(if value > 0.0 { b"\"Infinity\"" } else { b"\"-Infinity\"" });
-    } else if value == 0.0 || (1e-6..1e21).contains(&value.abs()) {
+    } else if value == 0.0 {
+        out.extend_from_slice(if value.is_sign_negative() { b"-0" } else { b"0" });
+    } else if value.fract() == 0.0 && value.abs() < 9_007_199_254_740_992.0 {
+        // Whole numbers below 2^53 (counts, gauges of integers) are exact as integers.
+        write_i64(out, value as i64);
+    } else if (1e-6..1e21).contains(&value.abs()) {
         // Writing to a Vec cannot fail.
         let _ = write!(out, "{value}");
     } else {
@@ -422,14 +524,25 @@ fn write_f64(out: &mut Vec<u8>, value: f64) {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn write_hex(out: &mut Vec<u8>, data: &[u8]) {
-    out.reserve(data.len() * 2 + 2);
-    out.push(b'"');
-    for &b in data {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 15)]);
+/// Each byte's two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [HEX[i >> 4], HEX[i & 15]];
+        i += 1;
     }
-    out.push(b'"');
+    table
+};
+
+fn write_hex(out: &mut Vec<u8>, data: &[u8]) {
+    // Sized once, quotes included; the digits then fill the space between them.
+    let start = out.len();
+    out.resize(start + data.len() * 2 + 2, b'"');
+    let digits = &mut out[start + 1..start + 1 + data.len() * 2];
+    for (pair, &b) in digits.chunks_exact_mut(2).zip(data) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
+    }
 }
 
 fn write_base64(out: &mut Vec<u8>, data: &[u8]) -> std::result::Result<(), Trail> {
@@ -468,29 +581,71 @@ const ESCAPE: [u8; 256] = {
     table
 };
 
-/// Writes valid UTF-8 as a JSON string, escaping only what JSON requires (plus DEL).
-fn write_str(out: &mut Vec<u8>, s: &[u8]) {
+/// Whether any of the 8 bytes of `word` needs escaping: below 0x20, '"', '\\' or DEL. Exact:
+/// true only when one does (the borrow of the zero-byte test cannot start without one).
+#[inline]
+fn word_needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    control
+        | zero_byte(word ^ (ONES * u64::from(b'"')))
+        | zero_byte(word ^ (ONES * u64::from(b'\\')))
+        | zero_byte(word ^ (ONES * 0x7f))
+        != 0
+}
+
+/// Writes `s` as a JSON string, escaping only what JSON requires (plus DEL), if it is valid
+/// UTF-8; else `Err(valid_up_to)`. One scan for the usual ASCII string: the first byte above
+/// 0x7f hands the rest to the UTF-8 check once, and the scan goes on looking for escapes only.
+fn write_utf8(out: &mut Vec<u8>, s: &[u8]) -> std::result::Result<(), usize> {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
     out.reserve(s.len() + 2);
     out.push(b'"');
-    let mut start = 0;
-    for (i, &b) in s.iter().enumerate() {
-        let escape = ESCAPE[usize::from(b)];
-        if escape == 0 {
+    let mut start = 0; // the first byte not yet copied
+    let mut at = 0;
+    let mut high = HIGH; // bytes above 0x7f stop the scan until the rest is known to be UTF-8
+    loop {
+        while let Some(chunk) = s.get(at..at + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+            if word & high != 0 || word_needs_escape(word) {
+                break;
+            }
+            at += 8;
+        }
+        while let Some(&b) = s.get(at) {
+            if ESCAPE[usize::from(b)] != 0 || (b > 0x7f && high != 0) {
+                break;
+            }
+            at += 1;
+        }
+        let Some(&b) = s.get(at) else { break };
+        if b > 0x7f {
+            std::str::from_utf8(&s[at..]).map_err(|e| at + e.valid_up_to())?;
+            high = 0;
             continue;
         }
-        out.extend_from_slice(s.get(start..i).unwrap_or_default());
+        out.extend_from_slice(&s[start..at]);
+        let escape = ESCAPE[usize::from(b)];
         if escape == b'u' {
             out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 15)]);
+            out.extend_from_slice(&HEX_PAIRS[usize::from(b)]);
         } else {
-            out.push(b'\\');
-            out.push(escape);
+            out.extend_from_slice(&[b'\\', escape]);
         }
-        start = i + 1;
+        at += 1;
+        start = at;
     }
-    out.extend_from_slice(s.get(start..).unwrap_or_default());
+    out.extend_from_slice(&s[start..]);
     out.push(b'"');
+    Ok(())
+}
+
+/// Writes valid UTF-8 as a JSON string.
+#[cfg(test)]
+fn write_str(out: &mut Vec<u8>, s: &[u8]) {
+    write_utf8(out, s).expect("valid UTF-8");
 }
 
 #[cfg(test)]
@@ -585,7 +740,13 @@ mod tests {
 
     #[test]
     fn doubles() {
-        let cases: [(f64, &str); 12] = [
+        let cases: [(f64, &str); 18] = [
+            (5.0, "5"),
+            (-123.0, "-123"),
+            (9_007_199_254_740_991.0, "9007199254740991"),
+            (9_007_199_254_740_992.0, "9007199254740992"),
+            (1e15, "1000000000000000"),
+            (-2.5, "-2.5"),
             (0.0, "0"),
             (-0.0, "-0"),
             (1.0, "1"),
@@ -632,6 +793,125 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "\"a\\\"b\\\\c\\n\\t\\u0001\\u007fé😀\u{2028}\""
         );
+    }
+
+    #[test]
+    fn word_scan_finds_every_byte_that_needs_escaping() {
+        // Each byte value at each position of a word of otherwise clean (and non-ASCII) bytes.
+        for filler in [b'a', 0xc3, 0xff, 0x20, 0x21] {
+            for b in 0..=255u8 {
+                for at in 0..8 {
+                    let mut word = [filler; 8];
+                    word[at] = b;
+                    let expected = ESCAPE[usize::from(b)] != 0;
+                    assert_eq!(word_needs_escape(u64::from_le_bytes(word)), expected, "{b:#x} at {at}");
+                }
+            }
+        }
+        // Escapes at every offset of strings longer than a word, and none.
+        for len in [0, 1, 7, 8, 9, 15, 16, 17, 40] {
+            let clean = "é".repeat(len / 2) + &"x".repeat(len % 2);
+            let mut out = Vec::new();
+            write_str(&mut out, clean.as_bytes());
+            assert_eq!(out, format!("\"{clean}\"").into_bytes());
+            for at in 0..len {
+                let mut s = vec![b'y'; len];
+                s[at] = b'\n';
+                let mut out = Vec::new();
+                write_str(&mut out, &s);
+                let expected = format!("\"{}\\n{}\"", "y".repeat(at), "y".repeat(len - at - 1));
+                assert_eq!(String::from_utf8(out).unwrap(), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn utf8_checked_in_the_escape_scan() {
+        let cases: [(&[u8], std::result::Result<&str, usize>); 7] = [
+            (
+                b"plain ascii, longer than a word",
+                Ok("\"plain ascii, longer than a word\""),
+            ),
+            ("é\n".as_bytes(), Ok("\"é\\n\"")),
+            (
+                "abcdefgh\"ijklmnoé😀\u{1}".as_bytes(),
+                Ok("\"abcdefgh\\\"ijklmnoé😀\\u0001\""),
+            ),
+            (b"\xff", Err(0)),
+            (b"abc\xe2\x82", Err(3)),
+            (b"\"\n\xc3\xa9\xc3", Err(4)),
+            (b"0123456789\xc3\xa9xyz\xed\xa0\x80", Err(15)), // a surrogate
+        ];
+        for (input, expected) in cases {
+            let mut out = Vec::new();
+            let got = write_utf8(&mut out, input).map(|()| String::from_utf8(out).unwrap());
+            assert_eq!(got, expected.map(str::to_owned), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_input_errors_as_the_field_reader_words_them() {
+        // Every truncation and a flipped byte at every offset of a valid request: the inlined
+        // reader and `Fields` agree on what is malformed (no "readers disagree").
+        let mut body = Vec::new();
+        put_message(&mut body, 1, |rs| {
+            put_message(rs, 2, |ss| {
+                put_message(ss, 2, |s| {
+                    put_bytes(s, 1, &[7; 16]);
+                    put_bytes(s, 5, "naïve".as_bytes());
+                    fixed64(s, 7, 1 << 60);
+                    put_uint(s, 6, 300);
+                    put_tag(s, 16, wire::I32);
+                    s.extend_from_slice(&1u32.to_le_bytes());
+                })
+            })
+        });
+        let mut inputs: Vec<Vec<u8>> = (0..body.len()).map(|n| body[..n].to_vec()).collect();
+        for at in 0..body.len() {
+            for flip in [0x80, 0x07, 0xff] {
+                let mut b = body.clone();
+                b[at] ^= flip;
+                inputs.push(b);
+            }
+        }
+        for input in inputs {
+            if let Err(e) = protobuf_to_json(Signal::Traces, &input) {
+                assert!(!e.to_string().contains("disagree"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn digits_and_hex() {
+        for value in [
+            0,
+            9,
+            10,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            12345,
+            u64::from(u32::MAX),
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            write_u64(&mut out, value);
+            assert_eq!(String::from_utf8(out).unwrap(), value.to_string());
+        }
+        for n in (0..12).map(|k| 10u64.pow(k)) {
+            for value in [n - 1, n, n + 1] {
+                let mut out = Vec::new();
+                write_u64(&mut out, value);
+                assert_eq!(String::from_utf8(out).unwrap(), value.to_string());
+            }
+        }
+        let mut out = b"x".to_vec();
+        write_hex(&mut out, &[0x00, 0x0f, 0xf0, 0xff, 0x5a]);
+        write_hex(&mut out, &[]);
+        assert_eq!(out, b"x\"000ff0ff5a\"\"\"");
     }
 
     #[test]

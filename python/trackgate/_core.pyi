@@ -1,5 +1,6 @@
 """Type stub for the compiled data plane, `trackgate._core` (built from `rust/`)."""
 
+import os
 from collections.abc import Callable
 from typing import Literal, Self, TypeAlias, TypedDict, final
 
@@ -11,6 +12,7 @@ __all__ = [
     "EventsResult",
     "IngestResult",
     "JobMetrics",
+    "JsonLine",
     "Listeners",
     "PayloadTooLarge",
     "PipelineClosed",
@@ -35,6 +37,7 @@ __all__ = [
     "scrub_pattern_error",
     "status_body",
     "to_json",
+    "to_json_line",
     "to_protobuf",
 ]
 
@@ -258,6 +261,15 @@ def grpc_retry_delay(status_details: bytes) -> float | None:
     """The google.rpc.RetryInfo delay in seconds in a `grpc-status-details-bin` value, or None."""
 
 def to_json(signal: _Signal, body: bytes) -> bytes: ...
+def to_json_line(signal: _Signal, body: bytes) -> JsonLine: ...
+
+@final
+class JsonLine:
+    """A batch as one OTLP/JSON line (newline included), held in the core."""
+
+    def __len__(self) -> int: ...
+    def write_to(self, path: str | os.PathLike[str]) -> None: ...
+
 def to_protobuf(signal: _Signal, body: bytes) -> bytes: ...
 def export_response(signal: _Signal, rejected: int, error_message: str, format: _Format) -> bytes: ...
 def status_body(code: int, message: str, format: _Format) -> bytes: ...

@@ -224,7 +224,12 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
 
     rep = sub.add_parser("replay", help="push captured OTLP files through the pipeline, offline")
-    rep.add_argument("files", nargs="+", help="OTLP/JSON lines (file exporter format) or OTLP protobuf request files")
+    rep.add_argument(
+        "files",
+        nargs="+",
+        help="file sink output (OTLP/JSON lines, or length-framed protobuf), OTLP protobuf request files, "
+        "Sentry envelopes",
+    )
     rep.add_argument("--config", help="TOML config file")
     rep.add_argument("--signal", choices=["traces", "logs", "metrics"], help="signal of protobuf files")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -134,6 +134,9 @@ class FileExporterConfig(_Section):
     dir: str = ""  # default: <storage.dir>/out
     max_file_bytes: PositiveInt = 100 * 1024 * 1024  # rotate past this size
     max_files: PositiveInt = 10  # rotated files kept per signal
+    # json: OTLP/JSON lines (<signal>.jsonl); proto: 4-byte big-endian length + protobuf request
+    # (<signal>.binpb), the Collector file exporter's two formats. proto skips the re-encoding.
+    format: Literal["json", "proto"] = "json"
     queue: ExporterQueueConfig = field(default_factory=ExporterQueueConfig)
 
 

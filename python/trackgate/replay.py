@@ -1,8 +1,10 @@
 """Offline replay: captured files pushed through the same pipeline as live traffic.
 
-Reads the file exporter's format (one OTLP/JSON `Export*ServiceRequest` per line, as the
-OpenTelemetry Collector's file exporter writes it), raw OTLP protobuf request files, and Sentry
-envelope files (`*.envelope`, as the file sink writes them), which take the Sentry track.
+Reads the file exporter's formats, as the OpenTelemetry Collector's file exporter writes them too:
+one OTLP/JSON `Export*ServiceRequest` per line, or (`format = "proto"`) protobuf requests each after
+a 4-byte big-endian length, told apart from a raw OTLP protobuf request file by their framing. Also
+raw protobuf request files, and Sentry envelope files (`*.envelope`, as the file sink writes them),
+which take the Sentry track.
 """
 
 from __future__ import annotations
@@ -87,6 +89,39 @@ def _is_json_lines(path: Path) -> bool:
         return False
 
 
+def _framed(path: Path) -> bool:
+    """Whether the file starts as the Collector's proto framing does: a 4-byte big-endian length
+    that fits the file, then a request whose first field is field 1, length-delimited (0x0a). A raw
+    request starts with 0x0a itself, which as a length would need a file of 167 MB or more."""
+    with open(path, "rb") as fh:
+        head = fh.read(5)
+    if len(head) < 4:
+        return False
+    length = int.from_bytes(head[:4], "big")
+    if 4 + length > path.stat().st_size:
+        return False
+    return length == 0 or head[4:5] == b"\x0a"
+
+
+def _frames(path: Path) -> Iterator[tuple[bytes, int]]:
+    """Yields (request, bytes consumed) for each frame; a torn last frame is an error."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        at = 0
+        while at < size:
+            head = fh.read(4)
+            length = int.from_bytes(head, "big") if len(head) == 4 else -1
+            body = fh.read(length) if length >= 0 else b""
+            if length < 0 or len(body) != length:
+                raise ReplayError(
+                    f"{path}: torn frame at byte {at} (a length of {length} runs past the end of the file)"
+                    if length >= 0
+                    else f"{path}: torn frame at byte {at} (fewer than 4 bytes of length)"
+                )
+            at += 4 + length
+            yield body, 4 + length
+
+
 def _requests(path: Path, signal: Signal | None) -> Iterator[tuple[Signal, bytes, Format, int]]:
     """Yields (signal, body, format, bytes consumed) for each request in one file; blank lines as b""."""
     if _is_json_lines(path):
@@ -104,6 +139,10 @@ def _requests(path: Path, signal: Signal | None) -> Iterator[tuple[Signal, bytes
     found = signal or signal_of_path(path)
     if found is None:
         raise ReplayError(f"{path}: protobuf file; name its signal with --signal (traces, logs or metrics)")
+    if _framed(path):
+        for body, consumed in _frames(path):
+            yield found, body, "protobuf", consumed
+        return
     data = path.read_bytes()
     yield found, data, "protobuf", len(data)
 
