@@ -191,11 +191,11 @@ impl Pipeline {
             return Err(CoreError::Closed);
         }
         let scrub = scrub && self.scrub_otlp.load(Ordering::Relaxed);
-        let (request, decoded_bytes) = self.ingester.decode_request(signal, body, format, encoding)?;
-        let out = self.ingester.ingest_request(signal, &request, decoded_bytes, scrub)?;
+        let decoded = self.ingester.decode_request(signal, body, format, encoding)?;
+        let out = self.ingester.ingest_decoded(signal, &decoded, scrub)?;
         let out = self.queue_ingested(out, body.len())?;
         if signal == Signal::Logs {
-            self.tap_events(&request)?;
+            self.tap_events(&decoded.request)?;
         }
         Ok(out)
     }

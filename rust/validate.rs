@@ -35,6 +35,18 @@ fn check(msg: &'static Msg, data: &[u8], depth: usize) -> std::result::Result<()
     Ok(())
 }
 
+/// Whether `validate` passes field `field` of a `msg` at `depth` (the request is 0), the field's
+/// contents included; unknown fields pass. For a walker that visits a request's fields itself
+/// (ingest's record walk): it checks each field here and, on `false`, has `validate` name the
+/// error, so the messages are `validate`'s own.
+#[inline]
+pub(crate) fn field_ok(msg: &'static Msg, field: &wire::Field<'_>, depth: usize) -> bool {
+    match msg.field(field.number) {
+        None => true,
+        Some(desc) => check_field(msg, desc, field, depth).is_ok(),
+    }
+}
+
 #[inline]
 fn check_field(
     msg: &'static Msg,
