@@ -186,7 +186,10 @@ impl Ingester {
         let decoded_bytes = decoded.len();
         let (request, unchecked) = match format {
             Format::Protobuf => (decoded, true),
-            Format::Json => (Cow::Owned(crate::json_decode::json_to_protobuf(signal, &decoded)?), false),
+            Format::Json => (
+                Cow::Owned(crate::json_decode::json_to_protobuf(signal, &decoded)?),
+                false,
+            ),
         };
         Ok(Decoded {
             request,
@@ -198,7 +201,13 @@ impl Ingester {
     /// Checks (a client's protobuf), filters and enriches a decoded request in one walk: nothing
     /// comes out of a request that fails the check, and its error is `validate`'s.
     pub fn ingest_decoded(&self, signal: Signal, decoded: &Decoded<'_>, scrub: bool) -> Result<Ingested> {
-        self.walk(signal, &decoded.request, decoded.decoded_bytes, scrub, decoded.unchecked)
+        self.walk(
+            signal,
+            &decoded.request,
+            decoded.decoded_bytes,
+            scrub,
+            decoded.unchecked,
+        )
     }
 
     /// Walks a request the gateway built itself (already a valid protobuf request, e.g. converted
@@ -1559,6 +1568,66 @@ mod tests {
             ing.ingest(Signal::Traces, &body, Format::Protobuf, Some("lz4")),
             Err(CoreError::Unsupported(_))
         ));
+    }
+
+    #[test]
+    fn checks_every_level_in_the_walk_with_validates_errors() {
+        // Each body is valid up to one field that `validate` rejects, placed after records the
+        // walk already kept or dropped: the ingest fails with `validate`'s own error.
+        let good: Vec<_> = (0..3).map(|i| span(&tid(i), &sid(i), &[], None, "op")).collect();
+        let bad_name = {
+            let mut s = span(&tid(9), &sid(9), &[], None, "op");
+            wire::put_bytes(&mut s, 5, &[b'x', 0xff]);
+            s
+        };
+        let bad_attr = {
+            let mut s = span(&tid(9), &sid(9), &[], None, "op");
+            wire::put_message(&mut s, 9, |kv| wire::put_uint(kv, 1, 3));
+            s
+        };
+        let mut scope_bad_tail = scope_x("s", &good);
+        wire::put_uint(&mut scope_bad_tail, 3, 1 << 40);
+        wire::put_bytes(&mut scope_bad_tail, 4, &[0xc3]);
+        let mut resource_bad_tail = resource_x(Some(&[("a", "b")]), &[scope_x("s", &good)]);
+        wire::put_uint(&mut resource_bad_tail, 3, 7);
+        let mut request_bad_tail = request(&[resource_x(None, &[scope_x("s", &good)])]);
+        wire::put_uint(&mut request_bad_tail, 1, 7);
+        let bodies = [
+            request(&[resource_x(
+                None,
+                &[scope_x("s", &[good.clone(), vec![bad_name]].concat())],
+            )]),
+            request(&[resource_x(
+                None,
+                &[scope_x("s", &[good.clone(), vec![bad_attr]].concat())],
+            )]),
+            request(&[resource_x(None, &[scope_bad_tail])]),
+            request(&[resource_bad_tail]),
+            request_bad_tail,
+            // A wire error (a field cut short) inside the last span.
+            request(&[resource_x(
+                None,
+                &[scope_x("s", &[good.clone(), vec![vec![0x2a, 0x05, b'a']]].concat())],
+            )]),
+        ];
+        let ingesters = [
+            ingester(1.0, 1.0, true, &[]),
+            ingester(0.0, 0.0, false, &[("env", "prod")]),
+        ];
+        for body in &bodies {
+            let want = crate::validate::validate(Signal::Traces, body).unwrap_err();
+            for ing in &ingesters {
+                assert_eq!(
+                    ing.ingest(Signal::Traces, body, Format::Protobuf, None),
+                    Err(want.clone())
+                );
+            }
+        }
+        // Trusted input (JSON transcoded, or built by the gateway) is not checked again.
+        let body = request(&[resource_x(None, &[scope_x("s", &good)])]);
+        let ing = &ingesters[0];
+        let out = ing.ingest_request(Signal::Traces, &body, body.len(), true).unwrap();
+        assert_eq!((out.accepted, out.payload), (3, body));
     }
 
     #[test]

@@ -583,6 +583,37 @@ mod tests {
     }
 
     #[test]
+    fn a_request_that_fails_the_check_queues_nothing() {
+        // The first record is good and kept by the walk before it reaches the bad one.
+        let p = pipeline(&["a"], 100, 0);
+        let mut record = Vec::new();
+        wire::put_message(&mut record, 5, |v| wire::put_bytes(v, 1, b"fine"));
+        let mut bad = Vec::new();
+        wire::put_bytes(&mut bad, 3, &[0xff]);
+        let mut scope = Vec::new();
+        wire::put_bytes(&mut scope, 2, &record);
+        wire::put_bytes(&mut scope, 2, &bad);
+        let mut resource = Vec::new();
+        wire::put_bytes(&mut resource, 2, &scope);
+        let mut request = Vec::new();
+        wire::put_bytes(&mut request, 1, &resource);
+        let err = p.ingest(Signal::Logs, &request, Format::Protobuf, None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("LogRecord.severity_text (field 3) is not valid UTF-8"),
+            "{err}"
+        );
+        assert_eq!(stat(&p, "logs_accepted_records"), 0);
+        assert_eq!(stat(&p, "logs_received_records"), 0);
+        assert!(p
+            .next_batch("a", Signal::Logs, Some(Duration::ZERO), true)
+            .unwrap()
+            .is_none());
+        ingest(&p, "then a good one");
+        assert_eq!(stat(&p, "logs_accepted_records"), 1);
+    }
+
+    #[test]
     fn a_metric_without_points_is_queued() {
         let p = Pipeline::new(options(&["a"], 100, 0, 1 << 20)).unwrap();
         let body = br#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"jobs.queued","gauge":{}}]}]}]}"#;
