@@ -60,6 +60,8 @@ fn check_field(
     }
     match desc.kind {
         Kind::Message(child) => check(child, field.data, depth + 1),
+        // Most strings (keys, names) are ASCII: `is_ascii` reads them a word at a time.
+        Kind::String if field.data.is_ascii() => Ok(()),
         Kind::String => match std::str::from_utf8(field.data) {
             Ok(_) => Ok(()),
             Err(e) => Err(Trail::new(format!(

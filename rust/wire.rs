@@ -148,6 +148,8 @@ fn truncated(number: u64) -> CoreError {
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<Field<'a>>;
 
+    // Inlined into each walker's loop: a call per field cost about a tenth of a walk (perf).
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed || self.pos >= self.buf.len() {
             return None;
