@@ -79,7 +79,8 @@ impl<'a> Fields<'a> {
         }
     }
 
-    #[inline]
+    // Always inlined: each walker then keeps only the parts of `Field` it reads.
+    #[inline(always)]
     fn next_field(&mut self) -> Result<Field<'a>> {
         let start = self.pos;
         let key = read_varint(self.buf, &mut self.pos)?;
