@@ -14,6 +14,7 @@ use crate::enrich::Enricher;
 use crate::error::{CoreError, Result};
 use crate::limits::{self, ContentLimits, Counter, Counts, Facts};
 use crate::sample::Sampler;
+use crate::schema::{self, Kind, Msg};
 use crate::scrub::{ScrubOptions, Scrubber};
 use crate::scrub_otlp::scrub_record;
 use crate::signal::Signal;
@@ -168,29 +169,45 @@ impl Ingester {
         encoding: Option<&str>,
         scrub: bool,
     ) -> Result<Ingested> {
-        let (request, decoded_bytes) = self.decode_request(signal, body, format, encoding)?;
-        self.ingest_request(signal, &request, decoded_bytes, scrub)
+        let decoded = self.decode_request(signal, body, format, encoding)?;
+        self.ingest_decoded(signal, &decoded, scrub)
     }
 
-    /// A body decompressed, checked and (JSON) transcoded: the protobuf request and the body's
-    /// size after decompression.
+    /// A body decompressed and (JSON) transcoded to a protobuf request. A protobuf body is not
+    /// checked here: `ingest_decoded` checks it in the same walk that filters it.
     pub fn decode_request<'b>(
         &self,
         signal: Signal,
         body: &'b [u8],
         format: Format,
         encoding: Option<&str>,
-    ) -> Result<(Cow<'b, [u8]>, usize)> {
+    ) -> Result<Decoded<'b>> {
         let decoded = decompress(body, encoding, self.max_body_bytes)?;
         let decoded_bytes = decoded.len();
-        let request: Cow<[u8]> = match format {
-            Format::Protobuf => {
-                crate::validate::validate(signal, &decoded)?;
-                decoded
-            }
-            Format::Json => Cow::Owned(crate::json_decode::json_to_protobuf(signal, &decoded)?),
+        let (request, unchecked) = match format {
+            Format::Protobuf => (decoded, true),
+            Format::Json => (
+                Cow::Owned(crate::json_decode::json_to_protobuf(signal, &decoded)?),
+                false,
+            ),
         };
-        Ok((request, decoded_bytes))
+        Ok(Decoded {
+            request,
+            decoded_bytes,
+            unchecked,
+        })
+    }
+
+    /// Checks (a client's protobuf), filters and enriches a decoded request in one walk: nothing
+    /// comes out of a request that fails the check, and its error is `validate`'s.
+    pub fn ingest_decoded(&self, signal: Signal, decoded: &Decoded<'_>, scrub: bool) -> Result<Ingested> {
+        self.walk(
+            signal,
+            &decoded.request,
+            decoded.decoded_bytes,
+            scrub,
+            decoded.unchecked,
+        )
     }
 
     /// Walks a request the gateway built itself (already a valid protobuf request, e.g. converted
@@ -202,16 +219,30 @@ impl Ingester {
         decoded_bytes: usize,
         scrub: bool,
     ) -> Result<Ingested> {
+        self.walk(signal, request, decoded_bytes, scrub, false)
+    }
+
+    fn walk(&self, signal: Signal, request: &[u8], decoded_bytes: usize, scrub: bool, check: bool) -> Result<Ingested> {
         let mut walk = Walk {
             ingester: self,
             signal,
+            schema: check.then(|| levels(signal)),
             scrubber: self.scrubber.as_ref().filter(|_| scrub),
             tally: Tally::default(),
             counter: (self.content_counts && signal != Signal::Metrics)
                 .then(|| Counter::new(ContentLimits::DASH0, limits::now_ns())),
             facts: Facts::default(),
         };
-        let payload = walk.request(request)?;
+        let payload = match walk.request(request) {
+            Ok(payload) => payload,
+            // The walk stops at the first thing wrong; `validate` names it, as it did when it ran
+            // ahead of the walk (a second walk, on the bad-input path only).
+            Err(e) if check => {
+                crate::validate::validate(signal, request)?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let tally = walk.tally;
         let counts = walk.counter.map(|c| c.counts());
         Ok(Ingested {
@@ -229,10 +260,43 @@ impl Ingester {
     }
 }
 
+/// A request body decompressed and, from JSON, transcoded.
+#[derive(Debug)]
+pub struct Decoded<'b> {
+    /// An `Export*ServiceRequest` in protobuf.
+    pub request: Cow<'b, [u8]>,
+    /// Size of the body after decompression (before JSON transcoding).
+    pub decoded_bytes: usize,
+    /// The client's own protobuf, not yet checked against the schema (the walk checks it).
+    unchecked: bool,
+}
+
+/// The messages a walk descends through, by depth: the request, `Resource*`, `Scope*`, the record.
+fn levels(signal: Signal) -> [&'static Msg; 4] {
+    fn child(msg: &'static Msg, number: u32) -> &'static Msg {
+        match msg.field(number).map(|f| f.kind) {
+            Some(Kind::Message(child)) => child,
+            _ => panic!("schema: {} has no message field {number}", msg.name),
+        }
+    }
+    let request = schema::request(signal);
+    let resource = child(request, REQUEST_RESOURCES);
+    let scope = child(resource, RESOURCE_SCOPES);
+    [request, resource, scope, child(scope, SCOPE_RECORDS)]
+}
+
+/// Depths of the levels the walk descends through (the request is 0).
+const RESOURCE: usize = 1;
+const SCOPE: usize = 2;
+const RECORD: usize = 3;
+
 /// State of one request's walk.
 struct Walk<'i> {
     ingester: &'i Ingester,
     signal: Signal,
+    /// With the request's messages (`levels`), every field the walk passes is checked as
+    /// `validate` checks it, subtrees it does not descend into included; `None`: trusted input.
+    schema: Option<[&'static Msg; 4]>,
     scrubber: Option<&'i Scrubber>,
     tally: Tally,
     /// Dash0 content counts of the kept records, in the same walk (`None`: not counting).
@@ -242,12 +306,25 @@ struct Walk<'i> {
 }
 
 impl Walk<'_> {
+    /// Field `field` of a message at `depth` passes `validate` (when checking), contents included.
+    /// The error says nothing: `Ingester::walk` asks `validate` for the message.
+    #[inline]
+    fn check(&self, depth: usize, field: &wire::Field<'_>) -> Result<()> {
+        match self.schema {
+            Some(levels) if !crate::validate::field_ok(levels[depth], field, depth) => {
+                Err(CoreError::decode("invalid protobuf"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn request(&mut self, request: &[u8]) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(request.len() + 64);
         for field in Fields::new(request) {
             let field = field?;
             // Only resources travel on; the request has no other fields worth queueing.
             if field.number != REQUEST_RESOURCES || field.wire_type != LEN {
+                self.check(0, &field)?;
                 continue;
             }
             let mark = out.len();
@@ -295,6 +372,9 @@ impl Walk<'_> {
         let mut kept_any = false;
         for field in Fields::new(msg) {
             let field = field?;
+            if (field.number, field.wire_type) != (RESOURCE_SCOPES, LEN) {
+                self.check(RESOURCE, &field)?;
+            }
             match (field.number, field.wire_type) {
                 (RESOURCE_RESOURCE, LEN) if enrich => {}
                 (RESOURCE_SCOPES, LEN) => {
@@ -321,6 +401,9 @@ impl Walk<'_> {
         let mut kept_any = false;
         for field in Fields::new(msg) {
             let field = field?;
+            if (field.number, field.wire_type) != (SCOPE_RECORDS, LEN) {
+                self.check(SCOPE, &field)?;
+            }
             match (field.number, field.wire_type) {
                 (SCOPE_RECORDS, LEN) => {
                     if self.keep(field.data)? {
@@ -371,6 +454,7 @@ impl Walk<'_> {
         let counter = self.counter.as_ref();
         for field in Fields::new(span) {
             let field = field?;
+            self.check(RECORD, &field)?;
             match (field.number, field.wire_type) {
                 (1, LEN) => trace_id = field.data,
                 (2, LEN) => span_id = field.data,
@@ -416,6 +500,7 @@ impl Walk<'_> {
         let counter = self.counter.as_ref();
         for field in Fields::new(record) {
             let field = field?;
+            self.check(RECORD, &field)?;
             match (field.number, field.wire_type) {
                 (9, LEN) => trace_id = field.data,
                 // `event_name`: an operational event (track 1), never sampled.
@@ -469,6 +554,7 @@ impl Walk<'_> {
         let mut data: &[u8] = &[];
         for field in Fields::new(metric) {
             let field = field?;
+            self.check(RECORD, &field)?;
             match (field.number, field.wire_type) {
                 (1, LEN) => name = field.data,
                 // gauge, sum, histogram, exponential_histogram, summary: a oneof, so the last one wins.
@@ -1482,6 +1568,66 @@ mod tests {
             ing.ingest(Signal::Traces, &body, Format::Protobuf, Some("lz4")),
             Err(CoreError::Unsupported(_))
         ));
+    }
+
+    #[test]
+    fn checks_every_level_in_the_walk_with_validates_errors() {
+        // Each body is valid up to one field that `validate` rejects, placed after records the
+        // walk already kept or dropped: the ingest fails with `validate`'s own error.
+        let good: Vec<_> = (0..3).map(|i| span(&tid(i), &sid(i), &[], None, "op")).collect();
+        let bad_name = {
+            let mut s = span(&tid(9), &sid(9), &[], None, "op");
+            wire::put_bytes(&mut s, 5, &[b'x', 0xff]);
+            s
+        };
+        let bad_attr = {
+            let mut s = span(&tid(9), &sid(9), &[], None, "op");
+            wire::put_message(&mut s, 9, |kv| wire::put_uint(kv, 1, 3));
+            s
+        };
+        let mut scope_bad_tail = scope_x("s", &good);
+        wire::put_uint(&mut scope_bad_tail, 3, 1 << 40);
+        wire::put_bytes(&mut scope_bad_tail, 4, &[0xc3]);
+        let mut resource_bad_tail = resource_x(Some(&[("a", "b")]), &[scope_x("s", &good)]);
+        wire::put_uint(&mut resource_bad_tail, 3, 7);
+        let mut request_bad_tail = request(&[resource_x(None, &[scope_x("s", &good)])]);
+        wire::put_uint(&mut request_bad_tail, 1, 7);
+        let bodies = [
+            request(&[resource_x(
+                None,
+                &[scope_x("s", &[good.clone(), vec![bad_name]].concat())],
+            )]),
+            request(&[resource_x(
+                None,
+                &[scope_x("s", &[good.clone(), vec![bad_attr]].concat())],
+            )]),
+            request(&[resource_x(None, &[scope_bad_tail])]),
+            request(&[resource_bad_tail]),
+            request_bad_tail,
+            // A wire error (a field cut short) inside the last span.
+            request(&[resource_x(
+                None,
+                &[scope_x("s", &[good.clone(), vec![vec![0x2a, 0x05, b'a']]].concat())],
+            )]),
+        ];
+        let ingesters = [
+            ingester(1.0, 1.0, true, &[]),
+            ingester(0.0, 0.0, false, &[("env", "prod")]),
+        ];
+        for body in &bodies {
+            let want = crate::validate::validate(Signal::Traces, body).unwrap_err();
+            for ing in &ingesters {
+                assert_eq!(
+                    ing.ingest(Signal::Traces, body, Format::Protobuf, None),
+                    Err(want.clone())
+                );
+            }
+        }
+        // Trusted input (JSON transcoded, or built by the gateway) is not checked again.
+        let body = request(&[resource_x(None, &[scope_x("s", &good)])]);
+        let ing = &ingesters[0];
+        let out = ing.ingest_request(Signal::Traces, &body, body.len(), true).unwrap();
+        assert_eq!((out.accepted, out.payload), (3, body));
     }
 
     #[test]

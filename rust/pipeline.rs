@@ -225,11 +225,11 @@ impl Pipeline {
             return Err(CoreError::Closed);
         }
         let scrub = scrub && self.scrub_otlp.load(Ordering::Relaxed);
-        let (request, decoded_bytes) = self.ingester.decode_request(signal, body, format, encoding)?;
-        let out = self.ingester.ingest_request(signal, &request, decoded_bytes, scrub)?;
+        let decoded = self.ingester.decode_request(signal, body, format, encoding)?;
+        let out = self.ingester.ingest_decoded(signal, &decoded, scrub)?;
         let out = self.queue_ingested(out, body.len())?;
         if signal == Signal::Logs {
-            self.tap_events(&request)?;
+            self.tap_events(&decoded.request)?;
         }
         Ok(out)
     }
@@ -624,6 +624,37 @@ mod tests {
         p.set_events_tap(None);
         p.ingest(Signal::Logs, &request, Format::Protobuf, None).unwrap();
         assert_eq!(seen.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_request_that_fails_the_check_queues_nothing() {
+        // The first record is good and kept by the walk before it reaches the bad one.
+        let p = pipeline(&["a"], 100, 0);
+        let mut record = Vec::new();
+        wire::put_message(&mut record, 5, |v| wire::put_bytes(v, 1, b"fine"));
+        let mut bad = Vec::new();
+        wire::put_bytes(&mut bad, 3, &[0xff]);
+        let mut scope = Vec::new();
+        wire::put_bytes(&mut scope, 2, &record);
+        wire::put_bytes(&mut scope, 2, &bad);
+        let mut resource = Vec::new();
+        wire::put_bytes(&mut resource, 2, &scope);
+        let mut request = Vec::new();
+        wire::put_bytes(&mut request, 1, &resource);
+        let err = p.ingest(Signal::Logs, &request, Format::Protobuf, None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("LogRecord.severity_text (field 3) is not valid UTF-8"),
+            "{err}"
+        );
+        assert_eq!(stat(&p, "logs_accepted_records"), 0);
+        assert_eq!(stat(&p, "logs_received_records"), 0);
+        assert!(p
+            .next_batch("a", Signal::Logs, Some(Duration::ZERO), true)
+            .unwrap()
+            .is_none());
+        ingest(&p, "then a good one");
+        assert_eq!(stat(&p, "logs_accepted_records"), 1);
     }
 
     #[test]

@@ -816,10 +816,15 @@ pub(crate) fn wire_error(msg: &'static Msg, data: &[u8], ok_end: usize, err: Cor
 /// The field's wire type must be the kind's, or LEN for a packed repeated scalar.
 #[inline]
 pub(crate) fn check_wire(msg: &Msg, desc: &Field, field: &wire::Field<'_>) -> Result<(), Trail> {
-    let expected = desc.kind.wire_type();
-    if field.wire_type == expected {
+    // The common case inline, the rest (packed runs, errors) out of line.
+    if field.wire_type == desc.kind.wire_type() {
         return Ok(());
     }
+    check_other_wire(msg, desc, field)
+}
+
+fn check_other_wire(msg: &Msg, desc: &Field, field: &wire::Field<'_>) -> Result<(), Trail> {
+    let expected = desc.kind.wire_type();
     if desc.packed && field.wire_type == wire::LEN {
         let width = match expected {
             wire::I64 => 8,

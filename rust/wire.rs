@@ -79,7 +79,8 @@ impl<'a> Fields<'a> {
         }
     }
 
-    #[inline]
+    // Always inlined: each walker then keeps only the parts of `Field` it reads.
+    #[inline(always)]
     fn next_field(&mut self) -> Result<Field<'a>> {
         let start = self.pos;
         let key = read_varint(self.buf, &mut self.pos)?;
@@ -88,20 +89,24 @@ impl<'a> Fields<'a> {
         if number == 0 || number > u64::from(u32::MAX >> 3) {
             return Err(bad_number(number));
         }
-        let (int, data) = match wire_type {
-            VARINT => (read_varint(self.buf, &mut self.pos)?, &[][..]),
-            I64 => (u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")), &[][..]),
-            I32 => (
+        // Branches, most frequent first, rather than a `match`'s jump table (perf: the indirect
+        // jump was a sixth of this function).
+        let (int, data) = if wire_type == LEN {
+            let len = read_varint(self.buf, &mut self.pos)?;
+            let len = usize::try_from(len).map_err(|_| truncated(number))?;
+            let data = self.take(len).map_err(|_| truncated(number))?;
+            (len as u64, data)
+        } else if wire_type == VARINT {
+            (read_varint(self.buf, &mut self.pos)?, &[][..])
+        } else if wire_type == I64 {
+            (u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")), &[][..])
+        } else if wire_type == I32 {
+            (
                 u64::from(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes"))),
                 &[][..],
-            ),
-            LEN => {
-                let len = read_varint(self.buf, &mut self.pos)?;
-                let len = usize::try_from(len).map_err(|_| truncated(number))?;
-                let data = self.take(len).map_err(|_| truncated(number))?;
-                (len as u64, data)
-            }
-            other => return Err(bad_wire_type(number, other)),
+            )
+        } else {
+            return Err(bad_wire_type(number, wire_type));
         };
         Ok(Field {
             number: number as u32,
@@ -148,6 +153,8 @@ fn truncated(number: u64) -> CoreError {
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<Field<'a>>;
 
+    // Inlined into each walker's loop: a call per field cost about a tenth of a walk (perf).
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed || self.pos >= self.buf.len() {
             return None;
