@@ -1478,6 +1478,24 @@ impl JobMetrics {
     }
 }
 
+/// A batch of queued events packed for the Redis exporter's `XADD` script: (streams, blob,
+/// entries, skipped lines). See `events::bus`.
+#[pyfunction]
+fn pack_bus_entries<'py>(
+    py: Python<'py>,
+    body: &[u8],
+    prefix: &str,
+    per_type: bool,
+) -> (Vec<String>, Bound<'py, PyBytes>, usize, usize) {
+    let packed = py.detach(|| crate::events::bus::pack(body, prefix, per_type));
+    (
+        packed.streams,
+        PyBytes::new(py, &packed.blob),
+        packed.entries,
+        packed.skipped,
+    )
+}
+
 /// The state script's reply read as (counted, time) per operation (what `finish` reads).
 #[pyfunction]
 fn parse_state_reply(reply: &[u8], ops: usize) -> PyResult<Vec<(bool, Option<f64>)>> {
@@ -1520,6 +1538,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<JobMetrics>()?;
     m.add_class::<StatePending>()?;
     m.add_function(wrap_pyfunction!(parse_state_reply, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_bus_entries, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     Ok(())
 }

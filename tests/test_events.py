@@ -165,6 +165,29 @@ def test_events_reach_the_stream_and_a_consumer_group(
     }
 
 
+def test_per_type_streams_and_maxlen_trimming(gateway_factory: type[Gateway], redis_server: RedisServer) -> None:
+    """One script call per batch appends each entry to its type's stream; `maxlen` trims (`~`)."""
+    gw = gateway_factory(redis_config(redis_server, 'stream_prefix = "bus"\nper_type = true\nmaxlen = 10'))
+    events: list[dict[str, Any]] = [
+        {"event_type": "job_progress", "job_id": "j1", "data": {"progress": i}} for i in range(300)
+    ]
+    events.insert(150, {"event_type": "job_completed", "job_id": "j1", "data": {"duration_ms": 5}})
+    status, answer = post(gw.url, orjson.dumps(events))
+    assert status == 200, answer
+
+    def last_progress() -> Any:
+        entries = stream_entries(redis_server, "bus:job_progress")
+        return orjson.loads(entries[-1]["data"]) if entries else None
+
+    assert wait_until(lambda: last_progress() == {"progress": 299}), last_progress()
+    # Approximate trimming keeps at least `maxlen` entries and far fewer than were appended.
+    assert 10 <= len(stream_entries(redis_server, "bus:job_progress")) < 300
+    done = stream_entries(redis_server, "bus:job_completed")
+    assert [d["event_id"] for d in done] == [answer["event_ids"][150]]
+    assert orjson.loads(done[0]["data"]) == {"duration_ms": 5}
+    assert not redis_server.client().exists("bus"), "per_type: nothing in the prefix stream itself"
+
+
 @pytest.mark.slow
 def test_mixed_batch_accepts_the_valid_and_names_the_invalid(
     gateway_factory: type[Gateway], redis_server: RedisServer

@@ -11,6 +11,7 @@
 //! - `to_otlp_logs`: an OTLP `ExportLogsServiceRequest` (protobuf), one LogRecord per event with
 //!   `event_name` set and the correlation ids as the attributes the other tracks use.
 
+pub mod bus;
 pub mod from_logs;
 pub mod id;
 pub mod metrics;
