@@ -6,25 +6,19 @@
 #   BASE=/path/to/base/python bash benches/fsync_ab.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-py=.venv/bin/python; secs=${SECS:-8}; rounds=${ROUNDS:-2}
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
-trap cleanup EXIT
-free() { $py -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
-uport=$(free)
-setsid $py -m granian --interface asgi --workers 1 --host 127.0.0.1 --port "$uport" --no-ws --log-level warning trackgate.nullapp:app > /dev/null 2>&1 &
-pids+=($!)
+secs=${SECS:-8}; rounds=${ROUNDS:-2}
+source benches/lib.sh
+null_app 1
 declare -A url
 for b in base new; do for f in always never; do
   port=$(free); d=$tmp/$b-$f; mkdir -p $d
-  printf '[storage]\ndir = "%s/data"\nfsync = "%s"\n[exporters.otlp]\nendpoint = "http://127.0.0.1:%s"\n' $d $f $uport > $d/trackgate.toml
+  printf '[storage]\ndir = "%s/data"\nfsync = "%s"\n[exporters.otlp]\nendpoint = "%s"\n' $d $f $null_url > $d/trackgate.toml
   if [ $b = base ]; then pp=${BASE:?set BASE to a copy of the other build python dir}; else pp=; fi
   PYTHONPATH=$pp setsid $py -m trackgate serve --config $d/trackgate.toml --listen 127.0.0.1:$port --grpc-listen 127.0.0.1:$(free) --workers 2 > $d/gateway.log 2>&1 &
   pids+=($!)
   url[$b-$f]=http://127.0.0.1:$port
 done; done
-for k in "${!url[@]}"; do for _ in $(seq 300); do curl -fs "${url[$k]}/healthz" > /dev/null && break; sleep 0.1; done; done
+for k in "${!url[@]}"; do wait_healthy "${url[$k]}/healthz"; done
 sleep 1
 echo "# $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq $rounds); do for k in base-always new-always base-never new-never; do

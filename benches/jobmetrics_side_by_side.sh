@@ -11,23 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-8}
 rounds=${2:-2}
-py=.venv/bin/python
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-free() { $py -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
-wait_healthy() { for _ in $(seq 300); do curl -fs "$1" > /dev/null && return 0; sleep 0.1; done; echo "not healthy: $1" >&2; return 1; }
-port=$(free)
-setsid $py -m granian --interface asgi --workers 1 --host 127.0.0.1 --port "$port" --no-ws \
-  --log-level warning trackgate.nullapp:app > /dev/null 2>&1 &
-pids+=($!)
-upstream=http://127.0.0.1:$port
-for _ in $(seq 100); do curl -s -o /dev/null "$upstream/" && break; sleep 0.1; done
+source benches/lib.sh
+null_app 1; upstream=$null_url
 gateway() { # name, extra toml, [PYTHONPATH] -> sets $url
   local name=$1 extra=$2 pypath=${3:-} port
   port=$(free)

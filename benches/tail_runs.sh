@@ -10,30 +10,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tag=$1; storage=${2:-}
-py=.venv/bin/python
-tmp=${OUT:-$(mktemp -d)}; mkdir -p "$tmp"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-free() { $py -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
-uport=$(free)
-setsid $py -m granian --interface asgi --workers 1 --host 127.0.0.1 --port "$uport" --no-ws --log-level warning trackgate.nullapp:app > /dev/null 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$uport/" && break; sleep 0.1; done
+OUT=${OUT:-$(mktemp -d)}  # kept: the gateway's files and /metrics scrapes
+source benches/lib.sh
+null_app 1
 port=$(free)
 cat > "$tmp/trackgate.toml" <<TOML
 [storage]
 dir = "$tmp/data"
 $storage
 [exporters.otlp]
-endpoint = "http://127.0.0.1:$uport"
+endpoint = "$null_url"
 TOML
 setsid $py -m trackgate serve --config "$tmp/trackgate.toml" --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$(free)" --workers 2 > "$tmp/gateway.log" 2>&1 &
 pids+=($!)
 echo $! > "$tmp/gw.pid"
 url=http://127.0.0.1:$port
 echo "$url" > "$tmp/url"
-for _ in $(seq 300); do curl -fs "$url/healthz" > /dev/null && break; sleep 0.1; done
+wait_healthy "$url/healthz"
 sleep 1
 snap() { # cpu ticks and context switches of the gateway's processes (all threads)
   local gw; gw=$(cat "$tmp/gw.pid"); local t=0 c=0
