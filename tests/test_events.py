@@ -188,6 +188,33 @@ def test_per_type_streams_and_maxlen_trimming(gateway_factory: type[Gateway], re
     assert not redis_server.client().exists("bus"), "per_type: nothing in the prefix stream itself"
 
 
+def test_a_batch_redis_refuses_is_dropped_and_counted(
+    gateway_factory: type[Gateway], redis_server: RedisServer
+) -> None:
+    """The stream key holds another type: the script's XADD fails (WRONGTYPE), so the batch is
+    dropped with its reason and counted, not retried forever; the next batch goes through."""
+    client = redis_server.client()
+    client.set(STREAM, "not a stream")
+    gw = gateway_factory(redis_config(redis_server))
+
+    def failed() -> float:
+        text = call(gw.url + "/metrics", timeout=5)[2].decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("trackgate_exporter_failed_records_total{") and 'exporter="redis"' in line
+        )
+
+    status, answer = post(gw.url, orjson.dumps({"event_type": "job_started", "job_id": "j1"}))
+    assert status == 200, answer
+    assert wait_until(lambda: failed() >= 1), failed()
+    assert client.get(STREAM) == "not a stream"
+    client.delete(STREAM)
+    status, answer = post(gw.url, orjson.dumps({"event_type": "job_completed", "job_id": "j1"}))
+    assert status == 200, answer
+    assert wait_until(lambda: [e["event_type"] for e in stream_entries(redis_server)] == ["job_completed"])
+
+
 @pytest.mark.slow
 def test_mixed_batch_accepts_the_valid_and_names_the_invalid(
     gateway_factory: type[Gateway], redis_server: RedisServer
