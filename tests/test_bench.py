@@ -3,6 +3,7 @@ only that requests were made and the counts add up)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from typing import Any
@@ -76,12 +77,25 @@ def test_bench_serves_a_gateway_and_compares_it_with_the_ceiling_and_another_ser
     null_app = f"{sys.executable} -m granian --interface asgi --port {{port}} trackgate.nullapp:app"
     run = bench("--serve", "--duration", "0.5", "--connections", "2", "--ceiling", "--compare", null_app)
     assert run.returncode == 0, run.stderr
-    assert "null app (1 workers):" in run.stdout and "compare:" in run.stdout
+    assert "null ASGI app (1 workers):" in run.stdout and "null RSGI app (1 workers):" in run.stdout
+    assert "compare:" in run.stdout
     table = run.stdout[run.stdout.index("| endpoint") :].splitlines()
     assert table[0].split("|")[1:3] == [" endpoint ", " requests/s "] and "share" in table[0]
-    assert [row.split("|")[1].strip() for row in table[2:]] == ["gateway", "null app (1 workers)", "compare"]
-    assert table[2].split("|")[6].strip() == "1.00"  # the gateway is its own base
-    assert all(row.split("|")[7].strip().endswith("%") for row in table[2:])  # each server's CPU was read
+    rows = table[2:-1]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "gateway",
+        "null ASGI app (1 workers)",
+        "null RSGI app (1 workers)",
+        "compare",
+    ]
+    assert rows[0].split("|")[6].strip() == "1.00"  # the gateway is its own base
+    assert all(row.split("|")[7].strip().endswith("%") for row in rows)  # each server's CPU was read
+    # Both ceilings, named: the issue's (ASGI) and the front server's own (RSGI).
+    assert re.fullmatch(
+        r"gateway share: \d+\.\d\d of the null ASGI app \(the issue's ceiling\), "
+        r"\d+\.\d\d of the null RSGI app \(granian's own ceiling, .*\)",
+        table[-1],
+    ), table[-1]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,8 @@
-"""The ASGI application: routing, auth, self-telemetry endpoints, and the pipeline's lifespan."""
+"""The application: routing, auth, self-telemetry endpoints, and the pipeline's lifespan.
+
+`trackgate serve` runs it over granian's RSGI interface (`__rsgi__`, cheaper per request); it is
+an ASGI app as well (`__call__`, `create_app` as an ASGI factory). Both build the same `Request`
+and take one path through `_respond`."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trackgate import __version__, telemetry
+from trackgate import __version__, rsgi, telemetry
 from trackgate import config as config_mod
 from trackgate._core import Listeners
 from trackgate.asgi import BodyBudget, ClientDisconnected, Receive, Request, Response, Scope, Send
@@ -28,6 +32,9 @@ from trackgate.receivers.events import EventsReceiver
 from trackgate.receivers.otlp_http import CODE_UNAUTHENTICATED, OtlpHttpReceiver, status_response
 
 if TYPE_CHECKING:
+    from granian._granian import RSGIHTTPProtocol as HTTPProtocol
+    from granian.rsgi import Scope as RsgiScope
+
     from trackgate.hostmetrics.collector import GatewayReporter
 
 log = logging.getLogger("trackgate.app")
@@ -36,6 +43,12 @@ log = logging.getLogger("trackgate.app")
 CONFIG_ENV = "TRACKGATE_EFFECTIVE_CONFIG"
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+# Granian reports a body it could not read (bad chunked framing, a client gone) as a disconnect.
+# Answer 400 anyway: if the client is still there it learns why, and granian does not substitute
+# a 500 for the missing answer.
+UNREADABLE = Response(400, b"request body could not be read (malformed framing or client gone)\n")
+INTERNAL_ERROR = Response(500, b"internal error\n")
 
 
 class App:
@@ -121,22 +134,39 @@ class App:
         return self.pipeline
 
     async def stop(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Stops intake and drains: the listeners, then the queues (exporters flush within
+        `server.shutdown_grace_s`). Blocks: from the event loop, `stop`."""
         if self.hostmetrics is not None:
-            await asyncio.to_thread(self.hostmetrics.stop)
+            self.hostmetrics.stop()
         if self.peers is not None:
             self.peers.close()
         if self.jobmetrics is not None:
-            await asyncio.to_thread(self.jobmetrics.close)
+            self.jobmetrics.close()
         if self.listeners is not None:
             # First stop intake over gRPC (calls in flight finish), then drain the queue.
-            await asyncio.to_thread(self.listeners.close, self.config.server.shutdown_grace_s)
+            self.listeners.close(self.config.server.shutdown_grace_s)
         for pipeline in (self.bus, self.forward, self.pipeline):
             if pipeline is not None:
-                await asyncio.to_thread(pipeline.close)
+                pipeline.close()
         if self.pipeline is not None:
             # The tap holds the events receiver (and through it this pipeline): drop the cycle
             # once the pipeline takes nothing more.
             self.pipeline.core.set_events_tap(None, [])
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """RSGI: the worker starts (its loop not running yet)."""
+        try:
+            self.start()
+        except Exception:
+            log.exception("startup failed")
+            raise SystemExit(1) from None
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """RSGI: the worker stops serving."""
+        self.close()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -157,6 +187,7 @@ class App:
     # -- requests -------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI."""
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
@@ -164,23 +195,38 @@ class App:
             return
         started = time.perf_counter()
         request = Request(scope, receive, self.budget)
-        route = request.path if request.path in self.routes else route_label(request.path)
-        try:
-            response = await self._dispatch(request)
-        except ClientDisconnected:
-            # Granian reports a body it could not read (bad chunked framing, a client gone) as a
-            # disconnect. Answer 400 anyway: if the client is still there it learns why, and
-            # granian does not substitute a 500 for the missing answer.
-            telemetry.HTTP_REQUESTS.inc(route=route, code="400")
+        response = await self._respond(request)
+        if response is UNREADABLE:
             with contextlib.suppress(Exception):
-                await Response(400, b"request body could not be read (malformed framing or client gone)\n").send(send)
-            return
+                await response.send(send)
+        else:
+            await response.send(send)
+        self._count(request.path, response, started)
+
+    async def __rsgi__(self, scope: RsgiScope, protocol: HTTPProtocol) -> None:
+        """RSGI (granian is started without WebSockets: every call is HTTP)."""
+        started = time.perf_counter()
+        request = rsgi.request(scope, protocol, self.budget)
+        response = await self._respond(request)
+        response.answer(protocol)
+        self._count(request.path, response, started)
+
+    async def _respond(self, request: Request) -> Response:
+        try:
+            return await self._dispatch(request)
+        except ClientDisconnected:
+            return UNREADABLE
         except Exception:
             log.exception("unhandled error", extra={"path": shorten(request.path)})
-            response = Response(500, b"internal error\n")
+            return INTERNAL_ERROR
         finally:
             request.release()  # the body's budget, whatever happened
-        await response.send(send)
+
+    def _count(self, path: str, response: Response, started: float) -> None:
+        route = path if path in self.routes else route_label(path)
+        if response is UNREADABLE:
+            telemetry.HTTP_REQUESTS.inc(route=route, code="400")
+            return
         telemetry.HTTP_REQUESTS.inc_key((route, str(response.status)))
         telemetry.HTTP_LATENCY.observe_key(time.perf_counter() - started, (route,))
 
@@ -453,7 +499,8 @@ def setup_self_monitoring(cfg: Config) -> None:
 
 
 def create_app(cfg: Config | None = None) -> App:
-    """ASGI factory (granian `--factory`): the config comes from the serving CLI, else from file/env."""
+    """App factory (granian `--factory`, RSGI or ASGI): the config comes from the serving CLI, else
+    from file/env."""
     telemetry.setup_logging(os.environ.get("TRACKGATE_LOG_LEVEL", "info"))
     if cfg is None:
         raw = os.environ.get(CONFIG_ENV)

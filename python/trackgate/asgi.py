@@ -1,11 +1,14 @@
-"""The few ASGI pieces the app needs: a request with a bounded body reader, and responses."""
+"""The HTTP pieces the app needs, whatever the server interface: a request with a bounded body
+reader, responses, the worker's body budget and deadlines. The request gets its headers and body
+through a small per-interface `Reader` (`AsgiReader` here, `rsgi.RsgiReader` for granian's RSGI),
+and a response can be sent either way, so the receivers have one code path."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from trackgate import telemetry
 
@@ -147,22 +150,43 @@ class Response:
         return {"type": "http.response.start", "status": self.status, "headers": headers}
 
     async def send(self, send: Send) -> None:
+        """Sends it over ASGI."""
         await send(self.start_message())
         await send({"type": "http.response.body", "body": self.body})
 
+    def rsgi_headers(self) -> list[tuple[str, str]]:
+        # No content-length: granian sets it from the body.
+        if self.headers:
+            return [("content-type", self.content_type), *self.headers]
+        return [("content-type", self.content_type)]
+
+    def answer(self, protocol: Answerable) -> None:
+        """Sends it over RSGI (one synchronous call: granian writes it)."""
+        protocol.response_bytes(self.status, self.rsgi_headers(), self.body)
+
+
+class Answerable(Protocol):
+    """What `Response.answer` needs of an RSGI HTTP protocol object."""
+
+    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None: ...
+
 
 class FixedResponse(Response):
-    """A response sent unchanged many times (the full-success answer): its ASGI messages are
-    built once (the server only reads them)."""
+    """A response sent unchanged many times (the full-success answer): its ASGI messages and
+    RSGI header list are built once (the server only reads them)."""
 
     def __init__(self, status: int, body: bytes, content_type: str) -> None:
         super().__init__(status, body, content_type)
         self._start = self.start_message()
         self._body = {"type": "http.response.body", "body": body}
+        self._rsgi_headers = self.rsgi_headers()
 
     async def send(self, send: Send) -> None:
         await send(self._start)
         await send(self._body)
+
+    def answer(self, protocol: Answerable) -> None:
+        protocol.response_bytes(self.status, self._rsgi_headers, self.body)
 
 
 class BodyDeadlines:
@@ -229,31 +253,55 @@ def body_deadlines() -> BodyDeadlines:
     return deadlines
 
 
-class Request:
-    def __init__(self, scope: Scope, receive: Receive, budget: BodyBudget | None = None) -> None:
-        self.scope = scope
-        self._receive = receive
-        self.method: str = scope["method"]
-        self.path: str = scope["path"]
-        self._headers: dict[str, str] | None = None
-        self._raw: dict[bytes, bytes] | None = None  # headers by lower-case name, as received
-        self._budget = budget
-        self._reserved = 0  # bytes of the budget this request holds
-        self._chunks: list[bytes] = []  # the body received so far
-        self._received = 0
-        self._complete = False
+class Reader(Protocol):
+    """One request as a server interface gives it: headers, peer, query, and the body."""
+
+    def header(self, name: str) -> str | None:
+        """A header by lower-case name, repeats folded into one comma-separated value."""
+        ...
+
+    def header_map(self) -> dict[str, str]:
+        """Every header by lower-case name, repeats folded."""
+        ...
 
     @property
-    def headers(self) -> dict[str, str]:
-        """Every header by lower-case name (built on first use: a request reads only a few)."""
-        if self._headers is None:
-            self._headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self._raw_headers().items()}
-        return self._headers
+    def client_host(self) -> str: ...
 
-    def header(self, name: str, default: str = "") -> str:
-        """One header (`name` in lower case)."""
+    @property
+    def query_string(self) -> str: ...
+
+    @property
+    def collects(self) -> bool:
+        """Whether `whole` can be called: the server reads the whole body in one call (only
+        before any `piece`)."""
+        ...
+
+    async def piece(self) -> tuple[bytes, bool]:
+        """The next piece of the body and whether more follows; ClientDisconnected when the body
+        cannot be read (the client left, or broken framing)."""
+        ...
+
+    async def whole(self) -> bytes:
+        """The whole body, read by the server (only when its length was declared and reserved)."""
+        ...
+
+
+class AsgiReader:
+    """An ASGI request: the scope's header list and `receive` messages."""
+
+    __slots__ = ("_raw", "receive", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.scope = scope
+        self.receive = receive
+        self._raw: dict[bytes, bytes] | None = None  # headers by lower-case name, as received
+
+    def header(self, name: str) -> str | None:
         value = (self._raw or self._raw_headers()).get(name.encode("latin-1"))
-        return default if value is None else value.decode("latin-1")
+        return None if value is None else value.decode("latin-1")
+
+    def header_map(self) -> dict[str, str]:
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in self._raw_headers().items()}
 
     def _raw_headers(self) -> dict[bytes, bytes]:
         """The headers as bytes by lower-case name, in one pass over the scope's list (a request
@@ -269,9 +317,77 @@ class Request:
 
     @property
     def client_host(self) -> str:
-        """The peer's address (no proxy header is trusted: behind a proxy, the proxy's)."""
         client = self.scope.get("client")
         return str(client[0]) if client else ""
+
+    @property
+    def query_string(self) -> str:
+        return bytes(self.scope.get("query_string", b"")).decode("latin-1")
+
+    @property
+    def collects(self) -> bool:
+        return False
+
+    async def piece(self) -> tuple[bytes, bool]:
+        message = await self.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected()
+        return message.get("body", b""), message.get("more_body", False)
+
+    async def whole(self) -> bytes:
+        raise NotImplementedError("ASGI bodies arrive as messages: read them with piece()")
+
+
+class Request:
+    """One HTTP request: its headers, and its body read within the limit, the deadline and the
+    worker's budget. `Request(scope, receive, budget)` is an ASGI request; `Request.over` takes
+    any interface's `Reader`."""
+
+    __slots__ = ("_budget", "_chunks", "_complete", "_declared_length", "_headers", "_reader", "_received",
+                 "_reserved", "method", "path")  # fmt: skip
+
+    def __init__(self, scope: Scope, receive: Receive, budget: BodyBudget | None = None) -> None:
+        self._setup(scope["method"], scope["path"], AsgiReader(scope, receive), budget)
+
+    @classmethod
+    def over(cls, method: str, path: str, reader: Reader, budget: BodyBudget | None = None) -> Request:
+        request = cls.__new__(cls)
+        request._setup(method, path, reader, budget)
+        return request
+
+    def _setup(self, method: str, path: str, reader: Reader, budget: BodyBudget | None) -> None:
+        self.method = method
+        self.path = path
+        self._reader = reader
+        self._headers: dict[str, str] | None = None
+        self._declared_length: int | None = -1  # -1: not looked up yet
+        self._budget = budget
+        self._reserved = 0  # bytes of the budget this request holds
+        self._chunks: list[bytes] = []  # the body received so far
+        self._received = 0
+        self._complete = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Every header by lower-case name (built on first use: a request reads only a few)."""
+        if self._headers is None:
+            self._headers = self._reader.header_map()
+        return self._headers
+
+    def header(self, name: str, default: str = "") -> str:
+        """One header (`name` in lower case)."""
+        value = self._reader.header(name)
+        return default if value is None else value
+
+    @property
+    def client_host(self) -> str:
+        """The peer's address (no proxy header is trusted: behind a proxy, the proxy's)."""
+        return self._reader.client_host
+
+    @property
+    def query_string(self) -> str:
+        """The URL's query, undecoded (without the `?`)."""
+        return self._reader.query_string
 
     @property
     def received(self) -> int:
@@ -304,7 +420,8 @@ class Request:
         declared = self._declared()
         if declared is not None and declared > limit:
             raise BodyTooLarge(limit)
-        self._take(await self._receive(), limit)
+        chunk, more = await self._reader.piece()
+        self._take(chunk, more, limit)
 
     async def body(self, limit: int, timeout_s: float = 30.0) -> bytes:
         """The whole body within `timeout_s` (a client trickling it slower is cut off: BodyTimeout).
@@ -352,25 +469,31 @@ class Request:
                     raise
                 await self._discard(BUDGET_DRAIN_LIMIT)
                 raise BudgetSpent(exc.limit, drained=True) from None
+            if not self._received and self._reader.collects:
+                # Declared, within the limit and reserved: the server reads it all in one call.
+                body = await self._reader.whole()
+                self._chunks.append(body)
+                self._received = len(body)
+                self._complete = True
+                return body
         while not self._complete:
-            message = await self._receive()
+            chunk, more = await self._reader.piece()
             try:
-                self._take(message, limit)
+                self._take(chunk, more, limit)
             except BodyTooLarge:
                 self._chunks = []
-                if message.get("more_body", False):
+                if more:
                     await self._discard(DRAIN_LIMIT)
                 raise
         return self.buffered()
 
     def _declared(self) -> int | None:
-        declared = self.header("content-length")
-        return int(declared) if declared.isdigit() else None
+        if self._declared_length == -1:
+            declared = self.header("content-length")
+            self._declared_length = int(declared) if declared.isdigit() else None
+        return self._declared_length
 
-    def _take(self, message: Message, limit: int) -> None:
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected()
-        chunk = message.get("body", b"")
+    def _take(self, chunk: bytes, more: bool, limit: int) -> None:
         if chunk:
             size = self._received + len(chunk)
             if size > limit:
@@ -379,7 +502,7 @@ class Request:
                 self._reserve_up_to(min(max(size, self._reserved + RESERVE_STEP), limit))
             self._chunks.append(chunk)
             self._received = size
-        if not message.get("more_body", False):
+        if not more:
             self._complete = True
 
     def _reserve_up_to(self, size: int) -> None:
@@ -392,9 +515,10 @@ class Request:
 
     async def _discard(self, budget: int) -> None:
         while budget > 0:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
+            try:
+                chunk, more = await self._reader.piece()
+            except ClientDisconnected:
                 return
-            budget -= len(message.get("body", b""))
-            if not message.get("more_body", False):
+            budget -= len(chunk)
+            if not more:
                 return

