@@ -1,4 +1,6 @@
-"""One Markdown table row from `trackgate bench --json` on stdin: `bench_row.py NAME`."""
+"""One Markdown table row from `trackgate bench --json` on stdin: `bench_row.py NAME [BASE.json ...]`;
+each BASE (another run's saved JSON, e.g. a null app's) adds a column: this run's requests/s as a
+share of that run's."""
 
 import json
 import sys
@@ -17,4 +19,7 @@ cells = [
     f"{server.get('rss_peak_bytes', 0) / 2**20:.0f} MiB",
     ", ".join(f"{k}: {n:,}" for k, n in track["statuses"].items()),
 ]
+for base in sys.argv[2:]:
+    with open(base) as fh:
+        cells.append(f"{run['requests_per_s'] / (json.load(fh)[0]['requests_per_s'] or 1.0):.2f}")
 print("| " + " | ".join(cells) + " |")
