@@ -472,6 +472,8 @@ class Request:
             if not self._received and self._reader.collects:
                 # Declared, within the limit and reserved: the server reads it all in one call.
                 body = await self._reader.whole()
+                if len(body) != declared:  # an HTTP/2 stream the client cancelled mid-body ends short
+                    raise ClientDisconnected()
                 self._chunks.append(body)
                 self._received = len(body)
                 self._complete = True
