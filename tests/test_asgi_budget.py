@@ -136,3 +136,40 @@ def test_headers_are_read_by_lower_case_name_with_repeats_folded() -> None:
     assert req.header("host") == "h\xe9"  # latin-1, as HTTP header bytes
     assert req.header("content-encoding") == "" and req.header("content-encoding", "none") == "none"
     assert req.headers == {"content-type": "application/json", "x-tag": "a, b", "host": "h\xe9"}
+
+
+class WholeReader:
+    """An interface that hands a declared body over in one call (as granian's RSGI does)."""
+
+    collects = True
+    client_host = query_string = ""
+
+    def __init__(self, body: bytes, declared: int) -> None:
+        self.body, self.declared = body, declared
+
+    def header(self, name: str) -> str | None:
+        return str(self.declared) if name == "content-length" else None
+
+    def header_map(self) -> dict[str, str]:
+        return {"content-length": str(self.declared)}
+
+    async def whole(self) -> bytes:
+        return self.body
+
+    async def piece(self) -> tuple[bytes, bool]:
+        raise AssertionError("a declared body within budget is read in one call")
+
+
+def test_a_body_read_in_one_call_is_reserved_first_and_must_be_whole() -> None:
+    budget = BodyBudget(1000)
+    req = Request.over("POST", "/", WholeReader(b"x" * 600, 600), budget)
+    assert run(req.body(10_000)) == b"x" * 600 and req.complete
+    assert budget.used == 600
+    req.release()
+    short = Request.over("POST", "/", WholeReader(b"x" * 4, 600), budget)  # a stream cancelled mid-body
+    with pytest.raises(ClientDisconnected):
+        run(short.body(10_000))
+    short.release()
+    assert budget.used == 0
+    with pytest.raises(BudgetSpent):  # over what is left: refused before the one call
+        run(Request.over("POST", "/", WholeReader(b"x" * 200_000, 200_000), budget).body(1_000_000))
