@@ -1,6 +1,6 @@
 """The pipeline as a library: the data-plane core, its exporters and their delivery threads.
 
-The gateway's ASGI app, `trackgate replay` and tests all run this same object.
+The gateway's app, `trackgate replay` and tests all run this same object.
 """
 
 from __future__ import annotations
