@@ -1141,7 +1141,8 @@ fn prepare_spare(config: &Config, stop: &dyn Fn() -> bool) -> io::Result<File> {
     let result = (|| {
         #[cfg(test)]
         if let Some(faults) = &config.io.faults {
-            Faults::fail(&faults.preallocs).map_err(|_| io::Error::from_raw_os_error(28))?; // ENOSPC
+            Faults::fail(&faults.preallocs).map_err(|_| io::Error::from_raw_os_error(28))?;
+            // ENOSPC
         }
         let len = spare_len(config);
         let zeros = vec![0u8; PREALLOC_CHUNK.min(usize::try_from(len).unwrap_or(PREALLOC_CHUNK))];
@@ -1749,7 +1750,9 @@ fn read_segments(config: &Config, report: &mut RecoveryReport) -> Result<Vec<Rec
         report.skipped_bytes = report.skipped_bytes.saturating_add(scan.skipped_bytes);
         report.skipped_regions = report.skipped_regions.saturating_add(scan.skipped_regions);
         // What was written, not the preallocated length: the zero tail is no data.
-        let mut size = scan.data_end.max(scan.frames.last().map_or(0, |(h, at)| at + h.frame_len()));
+        let mut size = scan
+            .data_end
+            .max(scan.frames.last().map_or(0, |(h, at)| at + h.frame_len()));
         if let Some(cut) = scan.cut_at {
             file.set_len(cut)
                 .and_then(|()| {

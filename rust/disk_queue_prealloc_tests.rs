@@ -38,7 +38,10 @@ fn file_len(dir: &TempDir, id: u64) -> u64 {
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
-        assert!(start.elapsed() < Duration::from_secs(30), "gave up waiting until {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "gave up waiting until {what}"
+        );
         thread::sleep(Duration::from_millis(1));
     }
 }
@@ -117,11 +120,23 @@ fn a_zero_tail_is_the_clean_end_of_a_segment() {
     let dir = TempDir::new("prealloc");
     let path = segment_path(&dir.0, 1);
     fs::write(&path, &grown).unwrap();
-    OpenOptions::new().write(true).open(&path).unwrap().set_len(64 << 10).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(64 << 10)
+        .unwrap();
     let q = DiskQueue::open(options(&dir, 64 << 10)).unwrap();
     let r = q.report();
     assert_eq!(
-        (r.frames, r.cut_bytes, r.cut_segments, r.skipped_bytes, r.bad_headers, r.lost_frames),
+        (
+            r.frames,
+            r.cut_bytes,
+            r.cut_segments,
+            r.skipped_bytes,
+            r.bad_headers,
+            r.lost_frames
+        ),
         (3, 0, 0, 0, 0, 0),
         "{r:?}"
     );
@@ -165,7 +180,12 @@ fn a_zero_gap_before_later_frames_is_damage() {
         (3, 1, FRAME, 1, 0),
         "{r:?}"
     );
-    let seqs: Vec<Seq> = q.take("a", Signal::Logs, Seq::MAX).unwrap().iter().map(|e| e.seq).collect();
+    let seqs: Vec<Seq> = q
+        .take("a", Signal::Logs, Seq::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
     assert_eq!(seqs, [1, 3, 4]);
 }
 
@@ -175,7 +195,10 @@ fn a_segment_whose_header_never_reached_the_disk_is_empty_not_damaged() {
     fs::write(segment_path(&dir.0, 1), vec![0u8; 8192]).unwrap();
     let q = DiskQueue::open(options(&dir, 8192)).unwrap();
     let r = q.report();
-    assert_eq!((r.segments, r.bad_headers, r.cut_bytes, r.frames, r.removed_segments), (1, 0, 0, 0, 1));
+    assert_eq!(
+        (r.segments, r.bad_headers, r.cut_bytes, r.frames, r.removed_segments),
+        (1, 0, 0, 0, 1)
+    );
     assert_eq!(q.append(Signal::Logs, 1, payload(1)).unwrap(), 1);
 }
 
@@ -188,7 +211,11 @@ fn appends_roll_into_prepared_segments_and_survive_a_reopen() {
     // into the spare although the first segment is not full.
     let mut next = fill_until_spare(&q, 1);
     let first = next - 1;
-    assert_eq!(file_len(&dir, 1), SEGMENT_HEADER as u64 + first * FRAME, "grown as written");
+    assert_eq!(
+        file_len(&dir, 1),
+        SEGMENT_HEADER as u64 + first * FRAME,
+        "grown as written"
+    );
     next = append_until_active(&q, next, 2);
     assert_eq!(file_len(&dir, 2), 4096, "made at its full size");
     assert_eq!(counter(&q, "queue_segments_preallocated"), 1);
@@ -210,7 +237,13 @@ fn appends_roll_into_prepared_segments_and_survive_a_reopen() {
     let q = DiskQueue::open(o).unwrap();
     let r = q.report();
     assert_eq!(
-        (r.frames, r.cut_segments, r.skipped_regions, r.bad_headers, r.lost_frames),
+        (
+            r.frames,
+            r.cut_segments,
+            r.skipped_regions,
+            r.bad_headers,
+            r.lost_frames
+        ),
         (next - 1, 0, 0, 0, 0),
         "{r:?}"
     );
@@ -251,7 +284,10 @@ fn a_spare_that_cannot_be_made_falls_back_to_a_growing_segment() {
     // The new segment asks again, and this time the spare is made and used.
     next = fill_until_spare(&q, next);
     next = append_until_active(&q, next, 3);
-    assert_eq!((file_len(&dir, 3), counter(&q, "queue_segments_preallocated")), (4096, 1));
+    assert_eq!(
+        (file_len(&dir, 3), counter(&q, "queue_segments_preallocated")),
+        (4096, 1)
+    );
     assert_eq!(take_seqs(&q), (1..next).collect::<Vec<_>>());
     assert_eq!(counter(&q, "queue_prealloc_errors"), 1);
 }
