@@ -22,9 +22,7 @@ def queue_opened(log: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in log.splitlines() if '"queue opened"' in line]
 
 
-def test_kill_9_with_preallocated_segments_loses_nothing(
-    gateway_factory, upstream: Upstream, tmp_path: Path
-) -> None:
+def test_kill_9_with_preallocated_segments_loses_nothing(gateway_factory, upstream: Upstream, tmp_path: Path) -> None:
     upstream.default = Reply(503, {"Retry-After": "1"})  # nothing drains: the segments stay
     gw: Gateway = gateway_factory(dash0_config(upstream, f"[storage]\nsegment_bytes = {SEGMENT}\n"))
     acked = set()
