@@ -13,16 +13,18 @@
 //! - `spare.tmp`: the next segment while it is prepared (see below); deleted on open.
 //!
 //! Appends go to the newest ("active") segment, which rolls at `segment_bytes`; every open starts
-//! a new one. Appends write at the segment's tracked end, never at the file's end: with
-//! `preallocate`, a thread prepares the next segment ahead of time (`segment_bytes` of zeros,
-//! written and synced) once the active one holds [`SPARE_AFTER`] bytes, and the roll renames it
-//! into place, so an fdatasync after an append overwrites blocks already on disk and commits no
-//! size change to the filesystem's journal. A segment grows as written when no spare is ready
-//! (the first after open, which gives way to the spare once it is, or after a failed
-//! preparation). Usage counts written bytes, not file lengths. The format is the same either way:
-//! a zero tail after the last frame is a segment's clean end. A segment is deleted once no configured exporter needs a frame in it (acked, or
+//! a new one. A segment is deleted once no configured exporter needs a frame in it (acked, or
 //! dropped by that exporter's limits). Memory holds an index (position and counts per entry) and
 //! a bounded cache of recent payloads; older payloads are read back from disk on `take`.
+//!
+//! Appends write at the segment's tracked end, never at the file's end. With `preallocate`, a
+//! thread prepares the next segment ahead of time (`segment_bytes` of zeros, written and synced)
+//! once the active one holds 1 MiB, and the roll renames it into place, so an fdatasync after an
+//! append overwrites blocks already on disk and commits no size change to the filesystem's
+//! journal. A segment grows as written when no spare is ready: the first after open (which gives
+//! way to the spare as soon as it is ready), or after a failed preparation. Usage counts written
+//! bytes, not file lengths. The format is the same either way: zeros after the last frame are a
+//! segment's clean end.
 //!
 //! A failed fsync poisons its segment: no write it did not cover is ever reported durable (Linux
 //! reports the error to one fsync only), the segment takes no more frames, and the next append
@@ -1141,8 +1143,8 @@ fn prepare_spare(config: &Config, stop: &dyn Fn() -> bool) -> io::Result<File> {
     let result = (|| {
         #[cfg(test)]
         if let Some(faults) = &config.io.faults {
+            // As a full disk answers: ENOSPC.
             Faults::fail(&faults.preallocs).map_err(|_| io::Error::from_raw_os_error(28))?;
-            // ENOSPC
         }
         let len = spare_len(config);
         let zeros = vec![0u8; PREALLOC_CHUNK.min(usize::try_from(len).unwrap_or(PREALLOC_CHUNK))];
