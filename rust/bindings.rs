@@ -491,6 +491,8 @@ impl Core {
                 segment_bytes,
                 fsync,
                 limits,
+                // Without fsyncs there is no journal commit to save: segments grow as written.
+                preallocate: fsync != Fsync::Never,
                 ..DiskOptions::new(dir, exporters, queue_max_bytes as u64)
             })?;
             Pipeline::with_queue(ingest, Box::new(queue), batch)

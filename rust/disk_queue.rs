@@ -10,11 +10,21 @@
 //!   CRC32C of the 40 header bytes before it) and the payload. Integers are little-endian.
 //! - `ledger`: each signal's last seq and each (exporter, signal)'s acked seq, with a CRC32C,
 //!   replaced whole (write `ledger.tmp`, rename).
+//! - `spare.tmp`: the next segment while it is prepared (see below); deleted on open.
 //!
 //! Appends go to the newest ("active") segment, which rolls at `segment_bytes`; every open starts
 //! a new one. A segment is deleted once no configured exporter needs a frame in it (acked, or
 //! dropped by that exporter's limits). Memory holds an index (position and counts per entry) and
 //! a bounded cache of recent payloads; older payloads are read back from disk on `take`.
+//!
+//! Appends write at the segment's tracked end, never at the file's end. With `preallocate`, a
+//! thread prepares the next segment ahead of time (`segment_bytes` of zeros, written and synced)
+//! once the active one holds 1 MiB, and the roll renames it into place, so an fdatasync after an
+//! append overwrites blocks already on disk and commits no size change to the filesystem's
+//! journal. A segment grows as written when no spare is ready: the first after open (which gives
+//! way to the spare as soon as it is ready), or after a failed preparation. Usage counts written
+//! bytes, not file lengths. The format is the same either way: zeros after the last frame are a
+//! segment's clean end.
 //!
 //! A failed fsync poisons its segment: no write it did not cover is ever reported durable (Linux
 //! reports the error to one fsync only), the segment takes no more frames, and the next append
@@ -25,7 +35,9 @@
 //! checks out (its length holds, and what it covers is a client's payload, where bytes can look
 //! like a frame), else at the next byte; it takes the next offset where a header and its payload
 //! both pass their CRCs and the seq fits the segment's sequence, and skips what lies between.
-//! When nothing good follows, the tail is cut (the file truncated after the last good frame).
+//! When nothing good follows, the tail is cut (the file truncated after the last good frame);
+//! when only zeros follow, that is the segment's clean end (found by checking the tail is all
+//! zeros, not by hunting for frames in it).
 //! Frames whose seq the segment headers rule out are dropped. Each exporter resumes after its
 //! acked seq, or at the oldest retained entry when the ledger has nothing believable for it (a new
 //! exporter, a lost or corrupt ledger, a position past every frame): redelivery rather than loss.
@@ -67,6 +79,13 @@ const LEDGER_MAGIC: [u8; 8] = *b"TGQLDG01";
 const LOCK_FILE: &str = "LOCK";
 const LEDGER_FILE: &str = "ledger";
 const LEDGER_TMP: &str = "ledger.tmp";
+/// The next segment while it is prepared (zero-filled, synced), renamed into place at a roll.
+const SPARE_FILE: &str = "spare.tmp";
+/// Zeros are written this much at a time while a spare is prepared.
+const PREALLOC_CHUNK: usize = 1 << 20;
+/// A spare is prepared once the active segment holds this much (or half its size, if smaller),
+/// so a gateway that queues little never writes a whole segment of zeros.
+const SPARE_AFTER: u64 = 1 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // On-disk format
@@ -229,6 +248,32 @@ pub struct SegmentScan {
     pub skipped_regions: u64,
     /// Where the file should be cut when it ends in a torn or corrupt tail.
     pub cut_at: Option<u64>,
+    /// Where the written data ends: the start of the all-zero tail a preallocated segment has
+    /// after its last frame (the buffer's length when there is none). A zero tail is the clean
+    /// end of a segment, not damage.
+    pub data_end: u64,
+}
+
+/// Where the run of zero bytes that ends `buf` starts (`buf.len()` when it ends in a non-zero
+/// byte). Compares 64 bytes at a time, so a 64 MiB zero tail costs milliseconds.
+pub fn zero_tail_start(buf: &[u8]) -> usize {
+    const BLOCK: usize = 64;
+    let mut end = buf.len();
+    let aligned = end - end % BLOCK;
+    // The ragged end first, then whole blocks, then the last non-zero block byte by byte.
+    if let Some(i) = buf[aligned..].iter().rposition(|&b| b != 0) {
+        return aligned + i + 1;
+    }
+    end = aligned;
+    while end >= BLOCK {
+        let block = &buf[end - BLOCK..end];
+        if block.iter().fold(0u8, |acc, &b| acc | b) != 0 {
+            let i = block.iter().rposition(|&b| b != 0).unwrap_or(0);
+            return end - BLOCK + i + 1;
+        }
+        end -= BLOCK;
+    }
+    end
 }
 
 /// Whether a frame found by resyncing after damage can be one this segment holds: a frame
@@ -246,10 +291,11 @@ fn fits_sequence(h: &FrameHeader, last: &[Option<Seq>; 3], gap: usize) -> bool {
 }
 
 /// The offset of the next good frame at or after `from` that fits the sequence after the last
-/// good frame, which ended at `good_end`.
-fn next_frame(buf: &[u8], from: usize, good_end: usize, last: &[Option<Seq>; 3]) -> Option<usize> {
+/// good frame, which ended at `good_end`. A frame starts with its (non-zero) magic, so none
+/// starts at or after `data_end`, the zero tail.
+fn next_frame(buf: &[u8], from: usize, good_end: usize, data_end: usize, last: &[Option<Seq>; 3]) -> Option<usize> {
     let mut at = from;
-    while let Some(rest) = buf.get(at..) {
+    while let Some(rest) = buf.get(at..data_end) {
         let candidate = at + rest.windows(FRAME_MAGIC.len()).position(|w| w == FRAME_MAGIC)?;
         if let Ok((h, _)) = decode_frame(buf.get(candidate..)?) {
             if fits_sequence(&h, last, candidate - good_end) {
@@ -262,10 +308,13 @@ fn next_frame(buf: &[u8], from: usize, good_end: usize, last: &[Option<Seq>; 3])
 }
 
 /// Finds the good frames of a segment file's contents. Never fails: whatever does not check out
-/// is reported as skipped or as a tail to cut.
+/// is reported as skipped or as a tail to cut. Zeros after the last frame (a preallocated
+/// segment's unwritten rest) end the segment cleanly.
 pub fn scan_segment(buf: &[u8]) -> SegmentScan {
+    let data_end = zero_tail_start(buf);
     let mut scan = SegmentScan {
         header: SegmentHeader::decode(buf),
+        data_end: data_end as u64,
         ..SegmentScan::default()
     };
     if buf.len() < SEGMENT_HEADER {
@@ -283,6 +332,7 @@ pub fn scan_segment(buf: &[u8]) -> SegmentScan {
                 *seen = (*seen).max(Some(header.seq));
                 pos += FRAME_HEADER + payload.len();
             }
+            Err(_) if pos >= data_end => break,
             Err(_) => {
                 // A header that passes its check was written by the queue, so its length holds:
                 // the bytes it covers are a client's payload, where a frame may be embedded. Only
@@ -291,7 +341,7 @@ pub fn scan_segment(buf: &[u8]) -> SegmentScan {
                     Ok(h) => usize::try_from(h.frame_len()).map_or(usize::MAX, |n| pos.saturating_add(n)),
                     Err(_) => pos + 1,
                 };
-                match next_frame(buf, resume, pos, &last) {
+                match next_frame(buf, resume, pos, data_end, &last) {
                     Some(next) => {
                         scan.skipped_bytes += (next - pos) as u64;
                         scan.skipped_regions += 1;
@@ -423,6 +473,10 @@ pub struct DiskOptions {
     /// Recent payloads kept in memory so the usual `take` does not read the disk.
     pub cache_bytes: usize,
     pub limits: Vec<(String, ExporterLimit)>,
+    /// Segments are created at their full size, zero-filled and synced ahead of time by a
+    /// background thread, so that an fdatasync after an append overwrites data in place instead
+    /// of also committing the file's new size to the journal.
+    pub preallocate: bool,
     #[cfg(test)]
     pub(crate) faults: Option<Arc<Faults>>,
 }
@@ -437,6 +491,7 @@ impl DiskOptions {
             fsync: Fsync::Always,
             cache_bytes: DEFAULT_CACHE_BYTES,
             limits: Vec::new(),
+            preallocate: true,
             #[cfg(test)]
             faults: None,
         }
@@ -647,6 +702,8 @@ struct Segment {
     frames: u64,
     /// Frames some exporter still needs.
     live: u64,
+    /// Created from a prepared spare: appends overwrite zeros already on disk.
+    preallocated: bool,
 }
 
 #[derive(Debug, Default)]
@@ -676,6 +733,21 @@ struct State {
     /// are never reported durable, and the segment takes no more appends. Kept after the file is
     /// deleted (one entry per failure), for writers still waiting on their sync.
     poisoned: BTreeMap<u64, u64>,
+    /// The next segment, zero-filled and synced by the preparer thread, taken at the next roll.
+    spare: Option<File>,
+    /// The preparer was asked for a spare and has not answered yet.
+    preparing: bool,
+    /// The active segment when preparing a spare last failed: no new try until the next roll.
+    spare_failed_for: Option<u64>,
+    /// Segments started from a spare.
+    spares_used: u64,
+}
+
+/// What the preparer thread is asked to do.
+#[derive(Debug, Default)]
+struct Prep {
+    requested: bool,
+    stopped: bool,
 }
 
 /// What does not change after open.
@@ -689,6 +761,7 @@ struct Config {
     cache_bytes: usize,
     /// By exporter index.
     limits: Vec<ExporterLimit>,
+    preallocate: bool,
     io: Io,
 }
 
@@ -929,7 +1002,8 @@ impl State {
     /// the old one first, see `unsynced_active`.
     fn roll(&mut self, config: &Config) -> Result<()> {
         let id = next_id(self.active)?;
-        let seg = create_segment(config, id, self.starts())?;
+        let seg = create_segment(config, id, self.starts(), self.spare.take())?;
+        self.spares_used += u64::from(seg.preallocated);
         self.used += seg.size;
         self.segments.insert(id, seg);
         self.active = id;
@@ -954,13 +1028,25 @@ impl State {
         Ok(None)
     }
 
-    /// A poisoned active segment takes no more frames.
+    /// A poisoned active segment takes no more frames. One that grows as it is written (the
+    /// first after open, or one made when no spare was ready) gives way to a ready spare.
     fn needs_roll(&self, config: &Config, frame_len: u64) -> bool {
         self.poisoned.contains_key(&self.active)
-            || self
-                .segments
-                .get(&self.active)
-                .is_none_or(|a| a.frames > 0 && a.size + frame_len > config.segment_bytes)
+            || self.segments.get(&self.active).is_none_or(|a| {
+                a.frames > 0 && (a.size + frame_len > config.segment_bytes || (!a.preallocated && self.spare.is_some()))
+            })
+    }
+
+    /// Whether to ask the preparer for the next segment now (it is then marked as asked).
+    fn want_spare(&mut self, config: &Config) -> bool {
+        let threshold = SPARE_AFTER.min(spare_len(config) / 2);
+        let want = config.preallocate
+            && self.spare.is_none()
+            && !self.preparing
+            && self.spare_failed_for != Some(self.active)
+            && self.segments.get(&self.active).is_some_and(|a| a.size >= threshold);
+        self.preparing |= want;
+        want
     }
 
     /// Whether segment `id` is on disk up to `end`: `Some(false)` when an fsync failed before
@@ -997,15 +1083,23 @@ fn next_id(id: u64) -> Result<u64> {
         .ok_or_else(|| CoreError::Storage("queue segment ids are exhausted".into()))
 }
 
-fn create_segment(config: &Config, id: u64, starts: [Seq; 3]) -> Result<Segment> {
+/// Starts segment `id`: the prepared `spare` renamed into place when there is one (appends then
+/// overwrite its zeros), else a new file that grows as it is written.
+fn create_segment(config: &Config, id: u64, starts: [Seq; 3], spare: Option<File>) -> Result<Segment> {
     let path = segment_path(&config.dir, id);
     let context = || format!("creating {}", path.display());
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| storage(context(), e))?;
+    // A spare that cannot be renamed is left for the preparer to replace.
+    let spare = spare.filter(|_| fs::rename(config.dir.join(SPARE_FILE), &path).is_ok());
+    let preallocated = spare.is_some();
+    let file = match spare {
+        Some(file) => file,
+        None => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| storage(context(), e))?,
+    };
     let header = SegmentHeader { id, starts }.encode();
     // Syncing the header also proves the disk takes writes again after a failed fsync.
     let written = file.write_all_at(&header, 0).and_then(|()| {
@@ -1026,7 +1120,57 @@ fn create_segment(config: &Config, id: u64, starts: [Seq; 3]) -> Result<Segment>
         durable: SEGMENT_HEADER as u64,
         frames: 0,
         live: 0,
+        preallocated,
     })
+}
+
+/// The length a spare is made: a segment's, or the whole queue's bound when that is smaller.
+fn spare_len(config: &Config) -> u64 {
+    config.segment_bytes.min(config.max_bytes)
+}
+
+/// Writes `<dir>/spare.tmp`: zeros really written (an `fallocate`d extent would still need a
+/// journaled conversion at its first write), then synced, so that the appends into it change
+/// no metadata. Gives up with `Interrupted` when `stop` says so.
+fn prepare_spare(config: &Config, stop: &dyn Fn() -> bool) -> io::Result<File> {
+    let path = config.dir.join(SPARE_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    let result = (|| {
+        #[cfg(test)]
+        if let Some(faults) = &config.io.faults {
+            // As a full disk answers: ENOSPC.
+            Faults::fail(&faults.preallocs).map_err(|_| io::Error::from_raw_os_error(28))?;
+        }
+        let len = spare_len(config);
+        let zeros = vec![0u8; PREALLOC_CHUNK.min(usize::try_from(len).unwrap_or(PREALLOC_CHUNK))];
+        let mut at = 0;
+        while at < len {
+            if stop() {
+                return Err(io::Error::from(ErrorKind::Interrupted));
+            }
+            let n = zeros.len().min(usize::try_from(len - at).unwrap_or(usize::MAX));
+            file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        if config.fsync.durable() {
+            file.sync_data()?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(file),
+        Err(e) => {
+            // ENOSPC or a failing disk: the roll falls back to a growing segment, whose appends
+            // then meet the same error as before preallocation existed.
+            let _ = fs::remove_file(&path);
+            Err(e)
+        }
+    }
 }
 
 /// Why a payload did not come back from disk.
@@ -1118,8 +1262,13 @@ struct Shared {
     /// Entries handed out empty because they read back damaged, or were unreadable and had
     /// never been reported durable.
     damaged_entries: AtomicU64,
-    /// Failed fsyncs, segment creations, appends and ledger writes.
+    /// Failed fsyncs, segment creations, appends, ledger writes and segment preparations.
     storage_errors: AtomicU64,
+    /// Spares that could not be prepared (disk full, failing disk).
+    prealloc_errors: AtomicU64,
+    /// Requests to the preparer thread.
+    prep: Mutex<Prep>,
+    prep_wake: Condvar,
     report: RecoveryReport,
     /// Holds the directory's flock for as long as the queue is open.
     _lock: File,
@@ -1229,6 +1378,7 @@ impl Shared {
 pub struct DiskQueue {
     shared: Arc<Shared>,
     flusher: Option<JoinHandle<()>>,
+    preparer: Option<JoinHandle<()>>,
 }
 
 impl DiskQueue {
@@ -1253,6 +1403,9 @@ impl DiskQueue {
             read_errors: AtomicU64::new(0),
             damaged_entries: AtomicU64::new(0),
             storage_errors: AtomicU64::new(0),
+            prealloc_errors: AtomicU64::new(0),
+            prep: Mutex::new(Prep::default()),
+            prep_wake: Condvar::new(),
             report,
             _lock: lock_file,
         });
@@ -1278,7 +1431,21 @@ impl DiskQueue {
                 .spawn(move || run_syncer(&weak, &waiting))
                 .map_err(|e| storage("starting the sync thread", e))?;
         }
-        Ok(DiskQueue { shared, flusher })
+        let preparer = if shared.config.preallocate {
+            let shared = Arc::clone(&shared);
+            let handle = thread::Builder::new()
+                .name("trackgate-queue-prealloc".into())
+                .spawn(move || run_preparer(&shared))
+                .map_err(|e| storage("starting the segment preallocation thread", e))?;
+            Some(handle)
+        } else {
+            None
+        };
+        Ok(DiskQueue {
+            shared,
+            flusher,
+            preparer,
+        })
     }
 
     pub fn report(&self) -> RecoveryReport {
@@ -1321,6 +1488,44 @@ impl DiskQueue {
             .iter()
             .position(|e| e == name)
             .ok_or_else(|| unknown_exporter(name, exporters))
+    }
+}
+
+/// Prepares the next segment when an append asks for it (`State::want_spare`), off the request
+/// path, and hands it over through the state. A failure is counted and not retried until the
+/// next roll; that roll then makes a growing segment, as before preallocation.
+fn run_preparer(shared: &Shared) {
+    loop {
+        {
+            let mut prep = lock(&shared.prep);
+            while !prep.requested && !prep.stopped {
+                prep = shared.prep_wake.wait(prep).unwrap_or_else(PoisonError::into_inner);
+            }
+            if prep.stopped {
+                return;
+            }
+            prep.requested = false;
+        }
+        let prepared = prepare_spare(&shared.config, &|| lock(&shared.prep).stopped);
+        let mut st = shared.lock();
+        st.preparing = false;
+        match prepared {
+            Ok(file) => st.spare = Some(file),
+            Err(e) if e.kind() == ErrorKind::Interrupted => return,
+            Err(_) => {
+                st.spare_failed_for = Some(st.active);
+                shared.prealloc_errors.fetch_add(1, Ordering::Relaxed);
+                shared.storage_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Wakes the preparer (called without the state lock).
+    fn request_spare(&self) {
+        lock(&self.prep).requested = true;
+        self.prep_wake.notify_one();
     }
 }
 
@@ -1407,8 +1612,17 @@ impl Drop for DiskQueue {
         self.shared.waiting.wake.notify_all();
         *lock(&self.shared.stop) = true;
         self.shared.stop_wake.notify_all();
+        lock(&self.shared.prep).stopped = true;
+        self.shared.prep_wake.notify_all();
         if let Some(handle) = self.flusher.take() {
             let _ = handle.join();
+        }
+        // It stops within one chunk of zeros; the lock on the directory outlives it.
+        if let Some(handle) = self.preparer.take() {
+            let _ = handle.join();
+        }
+        if lock(&self.shared.state).spare.take().is_some() {
+            let _ = fs::remove_file(self.shared.config.dir.join(SPARE_FILE));
         }
         let _ = self.shared.sync_all(self.shared.config.fsync.durable());
     }
@@ -1457,6 +1671,7 @@ fn check_options(options: DiskOptions) -> Result<Config> {
         fsync: options.fsync,
         cache_bytes: options.cache_bytes,
         limits,
+        preallocate: options.preallocate,
         io: Io {
             #[cfg(test)]
             faults: options.faults,
@@ -1529,12 +1744,17 @@ fn read_segments(config: &Config, report: &mut RecoveryReport) -> Result<Vec<Rec
         {
             scan.header = None;
         }
-        if scan.header.is_none() && len >= SEGMENT_HEADER as u64 {
+        // All zeros: a preallocated segment whose header never reached the disk, so it never
+        // took a frame either (the header is synced first).
+        if scan.header.is_none() && len >= SEGMENT_HEADER as u64 && scan.data_end > 0 {
             report.bad_headers += 1;
         }
         report.skipped_bytes = report.skipped_bytes.saturating_add(scan.skipped_bytes);
         report.skipped_regions = report.skipped_regions.saturating_add(scan.skipped_regions);
-        let mut size = len;
+        // What was written, not the preallocated length: the zero tail is no data.
+        let mut size = scan
+            .data_end
+            .max(scan.frames.last().map_or(0, |(h, at)| at + h.frame_len()));
         if let Some(cut) = scan.cut_at {
             file.set_len(cut)
                 .and_then(|()| {
@@ -1545,7 +1765,8 @@ fn read_segments(config: &Config, report: &mut RecoveryReport) -> Result<Vec<Rec
                     }
                 })
                 .map_err(|e| storage(format_args!("truncating {}", path.display()), e))?;
-            report.cut_bytes = report.cut_bytes.saturating_add(len - cut);
+            // Only the damaged bytes count; the zeros after them were never written.
+            report.cut_bytes = report.cut_bytes.saturating_add(scan.data_end.max(cut) - cut);
             report.cut_segments += 1;
             size = cut;
         }
@@ -1644,6 +1865,8 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
         Err(e) => return Err(storage("reading the queue ledger", e)),
     };
     let _ = fs::remove_file(config.dir.join(LEDGER_TMP));
+    // A spare left by a crash may be partly written: the preparer makes a new one.
+    let _ = fs::remove_file(config.dir.join(SPARE_FILE));
     let mut recovered = read_segments(config, &mut report)?;
     // A new queue has neither; segments without a ledger lost it.
     report.ledger_missing &= u64::from(!recovered.is_empty());
@@ -1701,6 +1924,7 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
                 durable: seg.size,
                 frames,
                 live: 0,
+                preallocated: false,
             },
         );
     }
@@ -1789,10 +2013,14 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
         ledger_gen: 1,
         dead,
         poisoned: BTreeMap::new(),
+        spare: None,
+        preparing: false,
+        spare_failed_for: None,
+        spares_used: 0,
     };
     // Every recovered segment is older than the new active one, so settle deletes the unneeded.
     let id = next_id(max_id)?;
-    let active = create_segment(config, id, state.starts())?;
+    let active = create_segment(config, id, state.starts(), None)?;
     state.used += active.size;
     state.segments.insert(id, active);
     state.active = id;
@@ -1825,7 +2053,7 @@ impl Queue for DiskQueue {
             return Err(CoreError::TooLarge { limit });
         };
         let l = signal.index();
-        let (id, end, seq) = loop {
+        let (id, end, seq, kick) = loop {
             let mut st = sh.lock();
             st.enforce_all(config, now);
             st.settle();
@@ -1905,8 +2133,11 @@ impl Queue for DiskQueue {
             st.cache_insert(config, l, seq, &payload);
             st.enforce_all(config, now);
             st.settle();
-            break (id, end, seq);
+            break (id, end, seq, st.want_spare(config));
         };
+        if kick {
+            sh.request_spare();
+        }
         let point = (config.fsync == Fsync::Always).then_some(SyncPoint { segment: id, end });
         Ok((seq, point))
     }
@@ -2163,6 +2394,11 @@ impl Queue for DiskQueue {
             .count();
         let mut out = vec![
             ("queue_segments".to_owned(), st.segments.len() as u64),
+            ("queue_segments_preallocated".to_owned(), st.spares_used),
+            (
+                "queue_prealloc_errors".to_owned(),
+                sh.prealloc_errors.load(Ordering::Relaxed),
+            ),
             ("queue_read_errors".to_owned(), sh.read_errors.load(Ordering::Relaxed)),
             ("queue_read_stalled".to_owned(), stalled as u64),
             (
@@ -2201,6 +2437,8 @@ pub(crate) struct Faults {
     pub(crate) syncs: AtomicU64,
     /// Payload reads to fail, from the next one on; `u64::MAX` fails every one.
     pub(crate) reads: AtomicU64,
+    /// Segment preparations to fail (as with a full disk), from the next one on.
+    pub(crate) preallocs: AtomicU64,
     /// While true, segment fsyncs wait before running (to line writers up behind one).
     held: Mutex<bool>,
     released: Condvar,
@@ -2275,6 +2513,10 @@ impl Drop for TempDir {
 }
 
 #[cfg(test)]
+#[path = "disk_queue_prealloc_tests.rs"]
+mod prealloc_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -2285,6 +2527,7 @@ mod tests {
     fn options(dir: &TempDir, exporters: &[&str]) -> DiskOptions {
         DiskOptions {
             fsync: Fsync::Never,
+            preallocate: false,
             ..DiskOptions::new(&dir.0, names(exporters), 1 << 20)
         }
     }
@@ -3286,7 +3529,9 @@ mod tests {
         let q = open(&o);
         let r = q.report();
         assert_eq!((r.frames, r.records, r.cut_segments), (1, 1, 1));
-        assert_eq!(r.cut_bytes, (FRAME_HEADER + body.len() - 8) as u64);
+        // The 8 zeros left at the end are not counted: zeros after the damage are what a
+        // preallocated segment holds where nothing was written.
+        assert_eq!(r.cut_bytes, (FRAME_HEADER + body.len() - 16) as u64);
         assert!(r.lost_frames <= 1, "{r:?}");
         assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [1]);
         assert!(take_all(&q, "a", Signal::Traces).is_empty());

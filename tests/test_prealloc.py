@@ -1,0 +1,72 @@
+"""Preallocated queue segments end to end: they take their full size at once, a kill -9 loses
+nothing in them, their zero tails are not reported as damage, and a full disk still answers 503."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import Gateway, dash0_config
+from test_durability import names, numbered, post, status_of
+from upstream import Reply, Upstream
+
+pytestmark = pytest.mark.slow
+
+SEGMENT = 65536
+
+
+def queue_opened(log: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in log.splitlines() if '"queue opened"' in line]
+
+
+def test_kill_9_with_preallocated_segments_loses_nothing(gateway_factory, upstream: Upstream, tmp_path: Path) -> None:
+    upstream.default = Reply(503, {"Retry-After": "1"})  # nothing drains: the segments stay
+    gw: Gateway = gateway_factory(dash0_config(upstream, f"[storage]\nsegment_bytes = {SEGMENT}\n"))
+    acked = set()
+    for i in range(0, 6000, 50):
+        assert post(gw.url, numbered(i, 50))[0] == 200
+        acked |= {f"rec-{j}" for j in range(i, i + 50)}
+    shard = tmp_path / "trackgate-data" / "queue" / "0"
+    sizes = sorted(p.stat().st_size for p in shard.glob("seg-*.tgq"))
+    # The first segment grew as written; the ones after it were made whole ahead of time.
+    assert sizes.count(SEGMENT) >= 2, sizes
+    gw.kill()
+
+    upstream.default = Reply(200)
+    gw.start()
+    assert upstream.wait_for(lambda u: acked <= set(names(u)), timeout=60), (
+        f"missing {len(acked - set(names(upstream)))} of {len(acked)} acknowledged records"
+    )
+    opened = queue_opened(gw.log())
+    assert opened and opened[-1]["level"] == "info", opened[-1:]  # zero tails are no damage
+
+
+def test_full_disk_with_preallocation_answers_503(gateway_factory, tmp_path: Path) -> None:
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        # Segments of 256 KiB: spares are made until the disk has no room for one, then appends
+        # run into the full disk.
+        config = (
+            f'[server]\nshutdown_grace_s = 0.5\n[storage]\ndir = "{disk}"\nsegment_bytes = 262144\n'
+            '[exporters.otlp]\nendpoint = "http://127.0.0.1:9"\n'
+        )
+        gw = gateway_factory(config)
+        statuses = []
+        for i in range(0, 100_000, 500):
+            status, headers = post(gw.url, numbered(i, 500))
+            statuses.append(status)
+            if status != 200:
+                break
+        assert statuses[0] == 200 and statuses[-1] == 503, statuses
+        assert headers["retry-after"] == "5"
+        assert status_of(gw.url + "/healthz") == 200
+        assert "queue storage failed" in gw.log()
+        gw.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
