@@ -423,6 +423,7 @@ impl Core {
         fsync = "always",
         fsync_interval_ms = 200,
         segment_bytes = 67_108_864,
+        preallocate = true,
         exporter_limits = None,
         scrub_otlp = false,
         scrub_fluent = false,
@@ -449,6 +450,7 @@ impl Core {
         fsync: &str,
         fsync_interval_ms: u64,
         segment_bytes: u64,
+        preallocate: bool,
         exporter_limits: Option<HashMap<String, (u64, f64)>>,
         scrub_otlp: bool,
         scrub_fluent: bool,
@@ -492,7 +494,7 @@ impl Core {
                 fsync,
                 limits,
                 // Without fsyncs there is no journal commit to save: segments grow as written.
-                preallocate: fsync != Fsync::Never,
+                preallocate: preallocate && fsync != Fsync::Never,
                 ..DiskOptions::new(dir, exporters, queue_max_bytes as u64)
             })?;
             Pipeline::with_queue(ingest, Box::new(queue), batch)

@@ -70,3 +70,34 @@ def test_full_disk_with_preallocation_answers_503(gateway_factory, tmp_path: Pat
         gw.stop()
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def metric(gw: Gateway, name: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(gw.url + "/metrics", timeout=10).read().decode()
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(name + " ") or line.startswith(name + "{")
+    )
+
+
+@pytest.mark.parametrize("preallocate", [True, False])
+def test_preallocate_switch(gateway_factory, upstream: Upstream, tmp_path: Path, preallocate: bool) -> None:
+    """`storage.preallocate = false`: segments grow as written (no spare, none counted)."""
+    upstream.default = Reply(503, {"Retry-After": "1"})  # nothing drains: the segments stay
+    storage = f"[storage]\nsegment_bytes = {SEGMENT}\npreallocate = {str(preallocate).lower()}\n"
+    gw: Gateway = gateway_factory(dash0_config(upstream, storage))
+    for i in range(0, 6000, 50):
+        assert post(gw.url, numbered(i, 50))[0] == 200
+    shard = tmp_path / "trackgate-data" / "queue" / "0"
+    sizes = sorted(p.stat().st_size for p in shard.glob("seg-*.tgq"))
+    assert len(sizes) >= 3, sizes
+    if preallocate:
+        assert metric(gw, "trackgate_queue_segments_preallocated_total") >= 1
+        assert sizes.count(SEGMENT) >= 1, sizes
+    else:
+        assert metric(gw, "trackgate_queue_segments_preallocated_total") == 0
+        assert not (shard / "spare.tmp").exists()
+        assert all(size < SEGMENT for size in sizes), sizes  # each rolled before it was full

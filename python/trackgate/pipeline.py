@@ -135,6 +135,7 @@ class Pipeline:
             fsync=cfg.storage.fsync,
             fsync_interval_ms=cfg.storage.fsync_interval_ms,
             segment_bytes=cfg.storage.segment_bytes,
+            preallocate=cfg.storage.preallocate,
             exporter_limits=limits or None,
             scrub_otlp=cfg.scrubs("otlp"),
             scrub_fluent=cfg.scrubs("fluent"),
@@ -245,6 +246,20 @@ class Pipeline:
             "Queued entries that read back damaged, or unreadable and never acknowledged, and were skipped.",
             (),
             core_counter("queue_damaged_entries"),
+            kind="counter",
+        )
+        reg.observed(
+            "trackgate_queue_segments_preallocated_total",
+            "Queue segments that started preallocated (written as zeros ahead of use, storage.preallocate).",
+            (),
+            core_counter("queue_segments_preallocated"),
+            kind="counter",
+        )
+        reg.observed(
+            "trackgate_queue_prealloc_errors_total",
+            "Segments that could not be preallocated (the next segment then grows as written).",
+            (),
+            core_counter("queue_prealloc_errors"),
             kind="counter",
         )
 
