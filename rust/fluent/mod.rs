@@ -288,11 +288,11 @@ fn msgpack_events(body: &[u8], b: &mut LogsBuilder) -> Result<()> {
     let mut reader = Reader::new(body);
     let mut n = 0usize;
     while !reader.at_end() {
-        let value = reader.value().map_err(|e| {
+        let event = read_entry(&mut reader).map_err(|e| {
             let e: CoreError = e.into();
             CoreError::decode(format!("{e} (event {n} at byte {})", reader.position()))
         })?;
-        match entry(&value) {
+        match event {
             Ok(event) => b.add(event),
             Err(why) => b.reject(format!("event {n} {why}")),
         }
@@ -323,6 +323,40 @@ pub fn entry<'a>(value: &Mp<'a>) -> std::result::Result<Event<'a>, String> {
         }
         _ => Err("is not [time, record]".into()),
     }
+}
+
+/// The next entry, read straight into a record: `entry(&reader.value()?)` without the `Mp`
+/// tree of the record (same errors, same refusals).
+pub fn read_entry<'a>(
+    reader: &mut Reader<'a>,
+) -> std::result::Result<std::result::Result<Event<'a>, String>, msgpack::ReadError> {
+    match reader.peek() {
+        Some(0x80..=0x8f | 0xde | 0xdf) => {
+            let Node::Object(record) = reader.node()? else {
+                unreachable!("a map marker reads as an object")
+            };
+            return Ok(Ok(Event { time: None, record }));
+        }
+        Some(0x90..=0x9f | 0xdc | 0xdd) => {}
+        _ => {
+            reader.value()?;
+            return Ok(Err("is not [time, record]".into()));
+        }
+    }
+    let at = reader.position();
+    if reader.array_header()? != Some(2) {
+        reader.seek(at);
+        reader.value()?;
+        return Ok(Err("is not [time, record]".into()));
+    }
+    let time = match reader.value_in()? {
+        Mp::Array(head) if !head.is_empty() => event_time(&head[0]),
+        other => event_time(&other),
+    };
+    Ok(match reader.node_in()? {
+        Node::Object(record) => Ok(Event { time, record }),
+        _ => Err("has a record that is not a map".into()),
+    })
 }
 
 /// EventTime (ext 0: u32 seconds, u32 nanoseconds, big-endian), integer or float seconds.
