@@ -67,12 +67,18 @@ pub struct ResKey<'r> {
 
 impl ResKey<'_> {
     fn is(&self, other: &ResKey<'_>) -> bool {
-        self.prefix.len() + self.name.len() == other.prefix.len() + other.name.len()
-            && self
-                .prefix
-                .bytes()
-                .chain(self.name.bytes())
-                .eq(other.prefix.bytes().chain(other.name.bytes()))
+        let (a, b) = if self.prefix.len() <= other.prefix.len() {
+            (self, other)
+        } else {
+            (other, self)
+        };
+        if a.prefix.len() + a.name.len() != b.prefix.len() + b.name.len() {
+            return false;
+        }
+        // `a.prefix` is the shorter head: it must start `b.prefix`, whose rest starts `a.name`.
+        let (head, rest) = b.prefix.as_bytes().split_at(a.prefix.len());
+        let (name_head, name_rest) = a.name.as_bytes().split_at(rest.len());
+        head == a.prefix.as_bytes() && name_head == rest && name_rest == b.name.as_bytes()
     }
 }
 
@@ -662,6 +668,18 @@ mod tests {
     fn sev(v: Value) -> Option<(String, u64)> {
         let r = convert(rec(json!({"msg": "x", "level": v})), None, "", 1, 0);
         (r.severity != 0).then_some((r.severity_text, r.severity))
+    }
+
+    #[test]
+    fn resource_keys_compare_as_their_text() {
+        let k = |prefix: &'static str, name: &'static str| ResKey { prefix, name };
+        assert!(k("k8s.pod.label.", "app").is(&k("k8s.pod.label.app", "")));
+        assert!(k("k8s.pod.label.app", "").is(&k("k8s.pod.", "label.app")));
+        assert!(k("a", "").is(&k("", "a")));
+        assert!(!k("a.", "b").is(&k("a.", "c")));
+        assert!(!k("ab", "").is(&k("a", "c")));
+        assert!(!k("a", "bc").is(&k("ab", "")));
+        assert!(!k("ba", "c").is(&k("b", "bc")));
     }
 
     #[test]
