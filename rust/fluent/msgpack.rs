@@ -211,7 +211,7 @@ impl<'a> Reader<'a> {
             return Err(ReadError::Invalid(format!("nested deeper than {MAX_DEPTH} levels")));
         }
         let marker = self.take(1)?[0];
-        let text = |b: &'a [u8]| Node::Str(String::from_utf8_lossy(b));
+        let text = |b: &'a [u8]| Node::Str(node::text(b));
         Ok(match marker {
             0x00..=0x7f => Node::UInt(u64::from(marker)),
             0x80..=0x8f => return self.node_map(usize::from(marker & 0x0f), depth),

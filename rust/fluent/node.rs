@@ -118,6 +118,14 @@ pub fn dedup(entries: &mut Vec<Entry<'_>>) {
     }
 }
 
+/// Bytes as text: borrowed when valid UTF-8 (checked the fast way first), else lossily copied.
+pub fn text(b: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
+    }
+}
+
 /// A msgpack value as a node: strings and binaries as (lossy) text, EventTime as float seconds,
 /// other keys than strings as their JSON text.
 pub fn from_mp<'a>(v: &Mp<'a>) -> Node<'a> {
@@ -127,14 +135,14 @@ pub fn from_mp<'a>(v: &Mp<'a>) -> Node<'a> {
         Mp::Int(i) => Node::int(*i),
         Mp::UInt(u) => Node::UInt(*u),
         Mp::Float(f) => Node::float(*f),
-        Mp::Str(s) | Mp::Bin(s) => Node::Str(String::from_utf8_lossy(s)),
+        Mp::Str(s) | Mp::Bin(s) => Node::Str(text(s)),
         Mp::Array(items) => Node::Array(items.iter().map(from_mp).collect()),
         Mp::Map(pairs) => {
             let mut entries: Vec<Entry<'a>> = pairs
                 .iter()
                 .map(|(k, v)| {
                     let key = match k {
-                        Mp::Str(s) | Mp::Bin(s) => String::from_utf8_lossy(s),
+                        Mp::Str(s) | Mp::Bin(s) => text(s),
                         other => Cow::Owned(from_mp(other).to_json()),
                     };
                     (key, from_mp(v))
@@ -211,7 +219,8 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
-        let mut entries = Vec::new();
+        // JSON gives no length: room for a typical record's fields in one allocation.
+        let mut entries = Vec::with_capacity(8);
         while let Some(Key(k)) = map.next_key()? {
             entries.push((k, map.next_value()?));
         }

@@ -208,13 +208,13 @@ pub fn convert<T>(
         Some(_) => String::new(),
     };
     let mut out = LogRecord {
-        resource: Vec::new(),
+        resource: Vec::with_capacity(if k8s_present(&rec) { 16 } else { 0 }),
         time: event_time,
         observed,
         severity: 0,
         severity_text: Cow::Borrowed(""),
         body: body.as_deref().unwrap_or(&whole),
-        attributes: Vec::new(),
+        attributes: Vec::with_capacity(rec.len() + 2),
         trace_id: None,
         span_id: None,
     };
@@ -292,6 +292,10 @@ pub fn convert<T>(
         }
     }
     emit(&out)
+}
+
+fn k8s_present(rec: &[Entry<'_>]) -> bool {
+    matches!(node::get(rec, "kubernetes"), Some(Node::Object(_)))
 }
 
 /// A body value as text: a string as it is, anything else as JSON.
