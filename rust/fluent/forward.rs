@@ -27,6 +27,9 @@ pub struct Message {
 }
 
 /// What the next bytes of a stream hold.
+// Returned once per message and matched at once: boxing `Message` would cost an allocation per
+// message to save a move.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Frame {
     /// Not a whole value yet: read more (the caller bounds how much).
