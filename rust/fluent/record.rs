@@ -573,9 +573,9 @@ fn int_nanos(i: u64) -> Option<u64> {
     Some(if i < 100_000_000_000 {
         i.checked_mul(1_000_000_000)?
     } else if i < 100_000_000_000_000 {
-        i * 1_000_000
+        i.checked_mul(1_000_000)?
     } else if i < 100_000_000_000_000_000 {
-        i * 1_000
+        i.checked_mul(1_000)?
     } else {
         i
     })
@@ -772,6 +772,10 @@ mod tests {
             (json!("yesterday"), None),
             (json!(0), None),
             (json!(-5), None),
+            // Milliseconds or microseconds past what u64 nanoseconds hold: no time (was a
+            // wrapped multiplication).
+            (json!(99_999_999_999_999u64), None),
+            (json!(99_999_999_999_999_999u64), None),
         ];
         for (input, want) in cases {
             let got = time_nanos(&node(input.clone()));

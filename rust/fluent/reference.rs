@@ -835,9 +835,9 @@ pub mod record {
         Some(if i < 100_000_000_000 {
             i.checked_mul(1_000_000_000)?
         } else if i < 100_000_000_000_000 {
-            i * 1_000_000
+            i.checked_mul(1_000_000)?
         } else if i < 100_000_000_000_000_000 {
-            i * 1_000
+            i.checked_mul(1_000)?
         } else {
             i
         })
