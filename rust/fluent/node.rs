@@ -284,6 +284,13 @@ impl Serialize for Node<'_> {
 /// An entry list written as a JSON object.
 pub struct Fields<'r, 'a>(pub &'r [Entry<'a>]);
 
+impl Fields<'_, '_> {
+    /// Compact JSON text of the object, as `Node::to_json`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
 impl Serialize for Fields<'_, '_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(self.0.len()))?;

@@ -185,6 +185,7 @@ pub fn convert<T>(
     // Body: the first body key; a JSON object inside it (a JSON-logging app under `tail`) is
     // lifted into the record and its own message becomes the body.
     let text: Option<Cow<'_, str>> = take_first(&mut rec, BODY_KEYS).map(text_of);
+    // Rebound: from here the record may also hold entries borrowing `text` (the lifted JSON).
     let mut rec = rec;
     let mut body: Option<Cow<'_, str>> = None;
     if let Some(text) = &text {
@@ -303,12 +304,6 @@ fn text_of(v: Node<'_>) -> Cow<'_, str> {
     match v {
         Node::Str(s) => s,
         other => Cow::Owned(other.to_json()),
-    }
-}
-
-impl Fields<'_, '_> {
-    fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
     }
 }
 
