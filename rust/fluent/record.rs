@@ -174,15 +174,14 @@ fn fixed(key: &'static str) -> ResKey<'static> {
 /// field written without an offset is read at `utc_offset_s` seconds east of UTC
 /// (`[receivers.fluent] default_utc_offset`).
 pub fn convert<T>(
-    rec: Vec<Entry<'_>>,
+    mut rec: Vec<Entry<'_>>,
     event_time: Option<u64>,
     tag: &str,
     observed: u64,
     utc_offset_s: i32,
     emit: impl FnOnce(&LogRecord<'_>) -> T,
 ) -> T {
-    let mut rec = Rec::new(rec);
-    rec.remove("__internal__");
+    node::remove(&mut rec, "__internal__");
     // Body: the first body key; a JSON object inside it (a JSON-logging app under `tail`) is
     // lifted into the record and its own message becomes the body.
     let text: Option<Cow<'_, str>> = take_first(&mut rec, BODY_KEYS).map(text_of);
@@ -193,7 +192,7 @@ pub fn convert<T>(
         match parse_object(text) {
             Some(inner) => {
                 for (k, v) in inner {
-                    if rec.get(&k).is_none() {
+                    if node::get(&rec, &k).is_none() {
                         rec.push((k, v));
                     }
                 }
@@ -206,21 +205,17 @@ pub fn convert<T>(
         }
     }
     let whole: String = match body {
-        None => Fields(&rec.entries).to_json(),
+        None => Fields(&rec).to_json(),
         Some(_) => String::new(),
     };
     let mut out = LogRecord {
-        resource: Vec::with_capacity(if matches!(rec.get("kubernetes"), Some(Node::Object(_))) {
-            16
-        } else {
-            0
-        }),
+        resource: Vec::with_capacity(if k8s_present(&rec) { 16 } else { 0 }),
         time: event_time,
         observed,
         severity: 0,
         severity_text: Cow::Borrowed(""),
         body: body.as_deref().unwrap_or(&whole),
-        attributes: Vec::with_capacity(rec.entries.len() + 2),
+        attributes: Vec::with_capacity(rec.len() + 2),
         trace_id: None,
         span_id: None,
     };
@@ -243,11 +238,11 @@ pub fn convert<T>(
     lift_id(&mut rec, SPAN_KEYS, "span_id", &mut out, |s, out| {
         hex_id::<8>(s).map(|id| out.span_id = Some(id)).is_some()
     });
-    if let Some(name) = rec.remove("event_type").and_then(scalar) {
+    if let Some(name) = node::remove(&mut rec, "event_type").and_then(scalar) {
         out.attr(Cow::Borrowed("event.name"), Attr::Str(name));
     }
     // Resource: the kubernetes filter's object, then container/service/host fields.
-    let k8s = match rec.remove("kubernetes") {
+    let k8s = match node::remove(&mut rec, "kubernetes") {
         Some(Node::Object(k8s)) => k8s,
         _ => Vec::new(),
     };
@@ -266,7 +261,7 @@ pub fn convert<T>(
         }
     }
     for (field, key) in RESOURCE_FIELDS {
-        if let Some(v) = rec.remove(field).and_then(scalar) {
+        if let Some(v) = node::remove(&mut rec, field).and_then(scalar) {
             let v = if *field == "container_name" {
                 match v {
                     Cow::Borrowed(s) => Cow::Borrowed(s.trim_start_matches('/')),
@@ -279,8 +274,8 @@ pub fn convert<T>(
         }
     }
     for key in ["stream", "source"] {
-        if let Some("stdout" | "stderr") = rec.get(key).and_then(Node::as_str) {
-            if let Some(Node::Str(v)) = rec.remove(key) {
+        if let Some("stdout" | "stderr") = node::get(&rec, key).and_then(Node::as_str) {
+            if let Some(Node::Str(v)) = node::remove(&mut rec, key) {
                 out.attr(Cow::Borrowed("log.iostream"), Attr::Str(v));
             }
         }
@@ -293,11 +288,15 @@ pub fn convert<T>(
         out.attr(Cow::Borrowed("fluent.tag"), Attr::Str(Cow::Borrowed(tag)));
     }
     if body.is_some() {
-        for (k, v) in rec.entries {
+        for (k, v) in rec {
             flatten(k, v, 0, &mut out);
         }
     }
     emit(&out)
+}
+
+fn k8s_present(rec: &[Entry<'_>]) -> bool {
+    matches!(node::get(rec, "kubernetes"), Some(Node::Object(_)))
 }
 
 /// A body value as text: a string as it is, anything else as JSON.
@@ -310,7 +309,7 @@ fn text_of(v: Node<'_>) -> Cow<'_, str> {
 
 /// A trace/span id in hex becomes the record's id; anything else stays as an attribute.
 fn lift_id<'r>(
-    rec: &mut Rec<'r>,
+    rec: &mut Vec<Entry<'r>>,
     keys: &[&str],
     attr: &'static str,
     out: &mut LogRecord<'r>,
@@ -325,21 +324,21 @@ fn lift_id<'r>(
 }
 
 /// Removes and returns the value of the first of `keys` that is present and not null.
-fn take_first<'r>(rec: &mut Rec<'r>, keys: &[&str]) -> Option<Node<'r>> {
+fn take_first<'r>(rec: &mut Vec<Entry<'r>>, keys: &[&str]) -> Option<Node<'r>> {
     for key in keys {
-        match rec.get(key) {
+        match node::get(rec, key) {
             None | Some(Node::Null) => continue,
-            Some(_) => return rec.remove(key),
+            Some(_) => return node::remove(rec, key),
         }
     }
     None
 }
 
 /// The first time key whose value parses; only that key is removed.
-fn take_time(rec: &mut Rec<'_>, utc_offset_s: i32) -> Option<u64> {
+fn take_time(rec: &mut Vec<Entry<'_>>, utc_offset_s: i32) -> Option<u64> {
     for key in TIME_KEYS {
-        if let Some(t) = rec.get(key).and_then(|v| time_nanos_at(v, utc_offset_s)) {
-            rec.remove(key);
+        if let Some(t) = node::get(rec, key).and_then(|v| time_nanos_at(v, utc_offset_s)) {
+            node::remove(rec, key);
             return Some(t);
         }
     }
@@ -347,10 +346,10 @@ fn take_time(rec: &mut Rec<'_>, utc_offset_s: i32) -> Option<u64> {
 }
 
 /// The first severity key whose value reads as a level; only that key is removed.
-fn take_severity<'r>(rec: &mut Rec<'r>) -> Option<(Cow<'r, str>, u64)> {
+fn take_severity<'r>(rec: &mut Vec<Entry<'r>>) -> Option<(Cow<'r, str>, u64)> {
     for key in SEVERITY_KEYS {
-        if let Some((name, number)) = rec.get(key).and_then(severity) {
-            let text = match (name, rec.remove(key)) {
+        if let Some((name, number)) = node::get(rec, key).and_then(severity) {
+            let text = match (name, node::remove(rec, key)) {
                 (Some(name), _) => Cow::Borrowed(name),
                 (None, Some(Node::Str(s))) => trim_cow(s),
                 (None, _) => Cow::Borrowed(""),
@@ -367,51 +366,6 @@ fn trim_cow(s: Cow<'_, str>) -> Cow<'_, str> {
         Cow::Owned(s) if s.trim().len() == s.len() => Cow::Owned(s),
         Cow::Owned(s) => Cow::Owned(s.trim().to_owned()),
     }
-}
-
-/// The record being mapped, with a 64-bit summary of its keys (length, first and last byte,
-/// hashed to one bit per key): most of the ~50 look-ups of known keys per record are for keys it
-/// does not have, and the summary answers those without a scan. A removal leaves its bit set (a
-/// later look-up then scans and finds nothing).
-struct Rec<'a> {
-    entries: Vec<Entry<'a>>,
-    keys: u64,
-}
-
-impl<'a> Rec<'a> {
-    fn new(entries: Vec<Entry<'a>>) -> Self {
-        let keys = entries.iter().fold(0, |m, (k, _)| m | key_bit(k));
-        Rec { entries, keys }
-    }
-
-    fn get(&self, key: &str) -> Option<&Node<'a>> {
-        if self.keys & key_bit(key) == 0 {
-            return None;
-        }
-        node::get(&self.entries, key)
-    }
-
-    fn remove(&mut self, key: &str) -> Option<Node<'a>> {
-        if self.keys & key_bit(key) == 0 {
-            return None;
-        }
-        node::remove(&mut self.entries, key)
-    }
-
-    fn push(&mut self, entry: Entry<'a>) {
-        self.keys |= key_bit(&entry.0);
-        self.entries.push(entry);
-    }
-}
-
-fn key_bit(key: &str) -> u64 {
-    let b = key.as_bytes();
-    let (first, last) = (b.first().copied().unwrap_or(0), b.last().copied().unwrap_or(0));
-    1 << (b
-        .len()
-        .wrapping_mul(31)
-        .wrapping_add(usize::from(first) * 7 + usize::from(last))
-        & 63)
 }
 
 /// The text of `{…}`, parsed as a JSON object (its strings borrow `text`).
