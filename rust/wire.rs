@@ -216,9 +216,13 @@ pub fn put_message(out: &mut Vec<u8>, number: u32, body: impl FnOnce(&mut Vec<u8
     let prefix = varint_len(len as u64);
     out.resize(out.len() + prefix, 0);
     out.copy_within(start..start + len, start + prefix);
-    let mut head = Vec::with_capacity(prefix);
-    put_varint(&mut head, len as u64);
-    out[start..start + prefix].copy_from_slice(&head);
+    // The prefix written in place: no buffer per message (this runs for every attribute).
+    let mut value = len as u64;
+    for byte in &mut out[start..start + prefix] {
+        *byte = (value as u8 & 0x7f) | 0x80;
+        value >>= 7;
+    }
+    out[start + prefix - 1] &= 0x7f;
 }
 
 #[cfg(test)]

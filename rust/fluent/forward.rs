@@ -13,7 +13,7 @@ use crate::decompress::decompress;
 use crate::error::{quote, CoreError, Result};
 
 use super::msgpack::{self, Mp, ReadError, Reader};
-use super::{entry, LogsBuilder};
+use super::{entry, read_entry, LogsBuilder};
 
 /// One message from the stream, decoded and converted.
 #[derive(Debug)]
@@ -27,6 +27,9 @@ pub struct Message {
 }
 
 /// What the next bytes of a stream hold.
+// Returned once per message and matched at once: boxing `Message` would cost an allocation per
+// message to save a move.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Frame {
     /// Not a whole value yet: read more (the caller bounds how much).
@@ -100,11 +103,14 @@ pub fn next_frame(buf: &[u8], max_bytes: usize, observed: u64) -> Result<Frame> 
             let mut entries = Reader::new(&inflated);
             let mut i = 0;
             while !entries.at_end() {
-                let e = entries.value().map_err(|e| {
+                let event = read_entry(&mut entries).map_err(|e| {
                     let e: CoreError = e.into();
                     CoreError::decode(format!("PackedForward entry {i}: {e}"))
                 })?;
-                add(&mut builder, &e, i);
+                match event {
+                    Ok(event) => builder.add(event),
+                    Err(why) => builder.reject(format!("entry {i} {why}")),
+                }
                 i += 1;
             }
             option

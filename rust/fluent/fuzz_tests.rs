@@ -69,6 +69,22 @@ proptest! {
     }
 
     #[test]
+    fn node_and_value_agree(bytes in msgpackish()) {
+        let mut a = Reader::new(&bytes);
+        let mut b = Reader::new(&bytes);
+        let valued = a.value().map(|v| super::node::from_mp(&v));
+        let noded = b.node();
+        prop_assert_eq!(&valued, &noded);
+        prop_assert_eq!(a.position(), b.position());
+        let mut c = Reader::new(&bytes);
+        let mut d = Reader::new(&bytes);
+        let entry = c.value().map(|v| super::entry(&v));
+        let read = super::read_entry(&mut d);
+        prop_assert_eq!(entry, read);
+        prop_assert_eq!(c.position(), d.position());
+    }
+
+    #[test]
     fn bodies_convert_or_fail_cleanly(bytes in msgpackish(), which in 0usize..5) {
         let format = [BodyFormat::Json, BodyFormat::Lines, BodyFormat::Msgpack, BodyFormat::Text, BodyFormat::Form][which];
         match convert_body(&bytes, format, "t", 1) {

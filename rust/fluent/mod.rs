@@ -6,16 +6,16 @@
 pub mod forward;
 pub mod handshake;
 pub mod msgpack;
+pub mod node;
 pub mod record;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-
-use serde_json::{Map, Number, Value};
 
 use crate::error::{quote, CoreError, Result};
 use crate::wire;
 use msgpack::{Mp, Reader};
-use record::{put_kv, Attr, Resource};
+use node::{Entry, Node};
 
 /// Scope name of the converted records.
 pub const SCOPE_NAME: &str = "trackgate.fluent";
@@ -66,11 +66,12 @@ impl BodyFormat {
     }
 }
 
-/// One event before conversion: the event time (ns) when the framing carried one, and the record.
+/// One event before conversion: the event time (ns) when the framing carried one, and the record
+/// (borrowing the body it was read from).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Event {
+pub struct Event<'a> {
     pub time: Option<u64>,
-    pub record: Map<String, Value>,
+    pub record: Vec<Entry<'a>>,
 }
 
 /// Records converted from one body.
@@ -90,8 +91,12 @@ pub struct LogsBuilder {
     tag: String,
     observed: u64,
     utc_offset_s: i32,
-    groups: Vec<(Resource, Vec<u8>)>,
-    index: HashMap<Resource, usize>,
+    /// Per resource: its attributes as encoded `KeyValue`s (also the key of `index`), and the
+    /// encoded `LogRecord`s.
+    groups: Vec<(Vec<u8>, Vec<u8>)>,
+    index: HashMap<Vec<u8>, usize>,
+    /// The resource of the record being added, encoded.
+    scratch: Vec<u8>,
     records: u64,
     rejected: u64,
     reasons: Vec<String>,
@@ -105,6 +110,7 @@ impl LogsBuilder {
             utc_offset_s: 0,
             groups: Vec::new(),
             index: HashMap::new(),
+            scratch: Vec::new(),
             records: 0,
             rejected: 0,
             reasons: Vec::new(),
@@ -125,17 +131,29 @@ impl LogsBuilder {
         self.records
     }
 
-    pub fn add(&mut self, event: Event) {
-        let record = record::convert(event.record, event.time, &self.tag, self.observed, self.utc_offset_s);
-        let at = match self.index.get(&record.resource) {
-            Some(&i) => i,
-            None => {
-                self.index.insert(record.resource.clone(), self.groups.len());
-                self.groups.push((record.resource.clone(), Vec::new()));
-                self.groups.len() - 1
-            }
+    pub fn add(&mut self, event: Event<'_>) {
+        let (groups, index, scratch) = (&mut self.groups, &mut self.index, &mut self.scratch);
+        let emit = |record: &record::LogRecord<'_>| {
+            scratch.clear();
+            record.encode_resource(scratch);
+            let at = match index.get(scratch.as_slice()) {
+                Some(&i) => i,
+                None => {
+                    index.insert(scratch.clone(), groups.len());
+                    groups.push((scratch.clone(), Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            wire::put_message(&mut groups[at].1, 2, |lr| record.encode(lr));
         };
-        wire::put_message(&mut self.groups[at].1, 2, |lr| record.encode(lr));
+        record::convert(
+            event.record,
+            event.time,
+            &self.tag,
+            self.observed,
+            self.utc_offset_s,
+            emit,
+        );
         self.records += 1;
     }
 
@@ -150,11 +168,7 @@ impl LogsBuilder {
         let mut payload = Vec::new();
         for (resource, records) in &self.groups {
             wire::put_message(&mut payload, 1, |rl| {
-                wire::put_message(rl, 1, |res| {
-                    for (key, value) in resource {
-                        put_kv(res, 1, key, &Attr::Str(value.clone()));
-                    }
-                });
+                wire::put_message(rl, 1, |res| res.extend_from_slice(resource));
                 wire::put_message(rl, 2, |sl| {
                     wire::put_message(sl, 1, |scope| wire::put_bytes(scope, 1, SCOPE_NAME.as_bytes()));
                     sl.extend_from_slice(records);
@@ -206,8 +220,7 @@ pub fn convert_body_at(
         BodyFormat::Msgpack => msgpack_events(body, &mut b)?,
         BodyFormat::Text => {
             for line in lines(body) {
-                let mut record = Map::new();
-                record.insert("log".into(), Value::String(String::from_utf8_lossy(line).into_owned()));
+                let record = vec![(Cow::Borrowed("log"), Node::Str(String::from_utf8_lossy(line)))];
                 b.add(Event { time: None, record });
             }
         }
@@ -233,35 +246,24 @@ fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// One JSON value: an object is a record, an array holds records.
-fn add_json(value: Value, where_: &dyn Fn() -> String, b: &mut LogsBuilder) {
+fn add_json(value: Node<'_>, where_: &dyn Fn() -> String, b: &mut LogsBuilder) {
     match value {
-        Value::Object(record) => b.add(Event { time: None, record }),
-        Value::Array(items) => {
+        Node::Object(record) => b.add(Event { time: None, record }),
+        Node::Array(items) => {
             for (i, item) in items.into_iter().enumerate() {
                 match item {
-                    Value::Object(record) => b.add(Event { time: None, record }),
-                    other => b.reject(format!("{} item {i} is {}, not an object", where_(), kind(&other))),
+                    Node::Object(record) => b.add(Event { time: None, record }),
+                    other => b.reject(format!("{} item {i} is {}, not an object", where_(), other.kind())),
                 }
             }
         }
-        other => b.reject(format!("{} is {}, not an object", where_(), kind(&other))),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        other => b.reject(format!("{} is {}, not an object", where_(), other.kind())),
     }
 }
 
 fn json_values(body: &[u8], b: &mut LogsBuilder) -> Result<()> {
     for (n, value) in serde_json::Deserializer::from_slice(body)
-        .into_iter::<Value>()
+        .into_iter::<Node<'_>>()
         .enumerate()
     {
         let value = value.map_err(|e| CoreError::decode(format!("invalid JSON in Fluent body: {e}")))?;
@@ -275,7 +277,7 @@ fn json_lines(body: &[u8], b: &mut LogsBuilder) {
         if line.trim_ascii().is_empty() {
             continue;
         }
-        match serde_json::from_slice::<Value>(line) {
+        match serde_json::from_slice::<Node<'_>>(line) {
             Ok(value) => add_json(value, &|| format!("line {}", n + 1), b),
             Err(e) => b.reject(format!("line {} is not JSON ({e}): {}", n + 1, quote(line))),
         }
@@ -286,11 +288,11 @@ fn msgpack_events(body: &[u8], b: &mut LogsBuilder) -> Result<()> {
     let mut reader = Reader::new(body);
     let mut n = 0usize;
     while !reader.at_end() {
-        let value = reader.value().map_err(|e| {
+        let event = read_entry(&mut reader).map_err(|e| {
             let e: CoreError = e.into();
             CoreError::decode(format!("{e} (event {n} at byte {})", reader.position()))
         })?;
-        match entry(&value) {
+        match event {
             Ok(event) => b.add(event),
             Err(why) => b.reject(format!("event {n} {why}")),
         }
@@ -300,11 +302,11 @@ fn msgpack_events(body: &[u8], b: &mut LogsBuilder) -> Result<()> {
 }
 
 /// A Fluent entry: `[time, record]`, `[[time, metadata], record]`, or a bare record map.
-pub fn entry(value: &Mp<'_>) -> std::result::Result<Event, String> {
+pub fn entry<'a>(value: &Mp<'a>) -> std::result::Result<Event<'a>, String> {
     match value {
         Mp::Map(_) => Ok(Event {
             time: None,
-            record: to_map(value),
+            record: to_record(value),
         }),
         Mp::Array(items) if items.len() == 2 => {
             let time = match &items[0] {
@@ -314,13 +316,47 @@ pub fn entry(value: &Mp<'_>) -> std::result::Result<Event, String> {
             match &items[1] {
                 record @ Mp::Map(_) => Ok(Event {
                     time,
-                    record: to_map(record),
+                    record: to_record(record),
                 }),
                 _ => Err("has a record that is not a map".into()),
             }
         }
         _ => Err("is not [time, record]".into()),
     }
+}
+
+/// The next entry, read straight into a record: `entry(&reader.value()?)` without the `Mp`
+/// tree of the record (same errors, same refusals).
+pub fn read_entry<'a>(
+    reader: &mut Reader<'a>,
+) -> std::result::Result<std::result::Result<Event<'a>, String>, msgpack::ReadError> {
+    match reader.peek() {
+        Some(0x80..=0x8f | 0xde | 0xdf) => {
+            let Node::Object(record) = reader.node()? else {
+                unreachable!("a map marker reads as an object")
+            };
+            return Ok(Ok(Event { time: None, record }));
+        }
+        Some(0x90..=0x9f | 0xdc | 0xdd) => {}
+        _ => {
+            reader.value()?;
+            return Ok(Err("is not [time, record]".into()));
+        }
+    }
+    let at = reader.position();
+    if reader.array_header()? != Some(2) {
+        reader.seek(at);
+        reader.value()?;
+        return Ok(Err("is not [time, record]".into()));
+    }
+    let time = match reader.value_in()? {
+        Mp::Array(head) if !head.is_empty() => event_time(&head[0]),
+        other => event_time(&other),
+    };
+    Ok(match reader.node_in()? {
+        Node::Object(record) => Ok(Event { time, record }),
+        _ => Err("has a record that is not a map".into()),
+    })
 }
 
 /// EventTime (ext 0: u32 seconds, u32 nanoseconds, big-endian), integer or float seconds.
@@ -339,51 +375,24 @@ pub fn event_time(v: &Mp<'_>) -> Option<u64> {
     }
 }
 
-fn to_map(v: &Mp<'_>) -> Map<String, Value> {
-    match to_json(v) {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
-}
-
-/// A msgpack value as JSON: strings and binaries as (lossy) text, EventTime as float seconds.
-pub fn to_json(v: &Mp<'_>) -> Value {
-    match v {
-        Mp::Nil => Value::Null,
-        Mp::Bool(b) => Value::Bool(*b),
-        Mp::Int(i) => Value::Number((*i).into()),
-        Mp::UInt(u) => Value::Number((*u).into()),
-        Mp::Float(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
-        Mp::Str(s) | Mp::Bin(s) => Value::String(String::from_utf8_lossy(s).into_owned()),
-        Mp::Array(items) => Value::Array(items.iter().map(to_json).collect()),
-        Mp::Map(entries) => Value::Object(
-            entries
-                .iter()
-                .map(|(k, v)| {
-                    let key = match k {
-                        Mp::Str(s) | Mp::Bin(s) => String::from_utf8_lossy(s).into_owned(),
-                        other => to_json(other).to_string(),
-                    };
-                    (key, to_json(v))
-                })
-                .collect(),
-        ),
-        Mp::Ext(_, _) => event_time(v)
-            .and_then(|t| Number::from_f64(t as f64 / 1e9))
-            .map_or(Value::Null, Value::Number),
+fn to_record<'a>(v: &Mp<'a>) -> Vec<Entry<'a>> {
+    match node::from_mp(v) {
+        Node::Object(entries) => entries,
+        _ => Vec::new(),
     }
 }
 
 /// `a=1&b=x%20y` as one record.
-fn form_record(body: &[u8]) -> Map<String, Value> {
-    let mut map = Map::new();
+fn form_record(body: &[u8]) -> Vec<Entry<'static>> {
+    let mut record = Vec::new();
     for pair in body.trim_ascii().split(|c| *c == b'&').filter(|p| !p.is_empty()) {
         let mut parts = pair.splitn(2, |c| *c == b'=');
         let key = percent_decode(parts.next().unwrap_or_default());
         let value = percent_decode(parts.next().unwrap_or_default());
-        map.insert(key, Value::String(value));
+        record.push((Cow::Owned(key), Node::Str(Cow::Owned(value))));
     }
-    map
+    node::dedup(&mut record);
+    record
 }
 
 fn percent_decode(s: &[u8]) -> String {
@@ -412,6 +421,10 @@ fn percent_decode(s: &[u8]) -> String {
 }
 
 #[cfg(test)]
+mod equivalence_tests;
+#[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod reference;
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,9 @@
 //! (no dependency; strings and binaries borrow the input). Bounded: container lengths are checked
 //! against the bytes that remain before anything is allocated, and nesting is capped.
 
+use std::borrow::Cow;
+
+use super::node::{self, Entry, Node};
 use crate::error::CoreError;
 
 /// Deepest nesting accepted (a record nested deeper is malformed, not a stack overflow).
@@ -82,6 +85,50 @@ impl<'a> Reader<'a> {
         self.read(0)
     }
 
+    /// Back to `pos` (a position this reader was at), to read a value again another way.
+    pub fn seek(&mut self, pos: usize) {
+        self.pos = pos.min(self.buf.len());
+    }
+
+    /// The next byte, not consumed.
+    pub fn peek(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
+
+    /// The next value as a `Node`: what `value()` then `node::from_mp` give, with the same errors
+    /// at the same positions, without the `Mp` tree.
+    pub fn node(&mut self) -> std::result::Result<Node<'a>, ReadError> {
+        self.read_node(0)
+    }
+
+    /// An array's header: its length, the header consumed; `None` (nothing consumed) when the
+    /// next value is not an array. Its items are then read with the `*_in` readers.
+    pub fn array_header(&mut self) -> std::result::Result<Option<usize>, ReadError> {
+        let count = match self.peek() {
+            Some(m @ 0x90..=0x9f) => {
+                self.pos += 1;
+                usize::from(m & 0x0f)
+            }
+            Some(m @ (0xdc | 0xdd)) => {
+                self.pos += 1;
+                self.len(if m == 0xdc { 2 } else { 4 })?
+            }
+            _ => return Ok(None),
+        };
+        self.check_count(count)?;
+        Ok(Some(count))
+    }
+
+    /// `value()` for an item of an array whose header `array_header` read.
+    pub fn value_in(&mut self) -> std::result::Result<Mp<'a>, ReadError> {
+        self.read(1)
+    }
+
+    /// `node()` for an item of an array whose header `array_header` read.
+    pub fn node_in(&mut self) -> std::result::Result<Node<'a>, ReadError> {
+        self.read_node(1)
+    }
+
     /// Steps over the next value without building it: how a stream reader learns whether a
     /// whole message has arrived, without allocating.
     pub fn skip(&mut self) -> std::result::Result<(), ReadError> {
@@ -156,6 +203,82 @@ impl<'a> Reader<'a> {
             entries.push((k, v));
         }
         Ok(Mp::Map(entries))
+    }
+
+    /// `read`, building a `Node`: the same reads in the same order, so errors and positions agree.
+    fn read_node(&mut self, depth: usize) -> std::result::Result<Node<'a>, ReadError> {
+        if depth > MAX_DEPTH {
+            return Err(ReadError::Invalid(format!("nested deeper than {MAX_DEPTH} levels")));
+        }
+        let marker = self.take(1)?[0];
+        let text = |b: &'a [u8]| Node::Str(node::text(b));
+        Ok(match marker {
+            0x00..=0x7f => Node::UInt(u64::from(marker)),
+            0x80..=0x8f => return self.node_map(usize::from(marker & 0x0f), depth),
+            0x90..=0x9f => return self.node_array(usize::from(marker & 0x0f), depth),
+            0xa0..=0xbf => text(self.take(usize::from(marker & 0x1f))?),
+            0xc0 => Node::Null,
+            0xc1 => return Err(ReadError::Invalid("reserved byte 0xc1".into())),
+            0xc2 => Node::Bool(false),
+            0xc3 => Node::Bool(true),
+            0xc4..=0xc6 => {
+                let n = self.len(1 << (marker - 0xc4))?;
+                text(self.take(n)?)
+            }
+            0xc7..=0xc9 => {
+                let n = self.len(1 << (marker - 0xc7))?;
+                let ty = self.take(1)?[0] as i8;
+                node::from_mp(&Mp::Ext(ty, self.take(n)?))
+            }
+            0xca => Node::float(f64::from(f32::from_bits(self.be(4)? as u32))),
+            0xcb => Node::float(f64::from_bits(self.be(8)?)),
+            0xcc..=0xcf => Node::UInt(self.be(1 << (marker - 0xcc))?),
+            0xd0 => Node::int(i64::from(self.be(1)? as u8 as i8)),
+            0xd1 => Node::int(i64::from(self.be(2)? as u16 as i16)),
+            0xd2 => Node::int(i64::from(self.be(4)? as u32 as i32)),
+            0xd3 => Node::int(self.be(8)? as i64),
+            0xd4..=0xd8 => {
+                let ty = self.take(1)?[0] as i8;
+                node::from_mp(&Mp::Ext(ty, self.take(1 << (marker - 0xd4))?))
+            }
+            0xd9..=0xdb => {
+                let n = self.len(1 << (marker - 0xd9))?;
+                text(self.take(n)?)
+            }
+            0xdc | 0xdd => {
+                let n = self.len(if marker == 0xdc { 2 } else { 4 })?;
+                return self.node_array(n, depth);
+            }
+            0xde | 0xdf => {
+                let n = self.len(if marker == 0xde { 2 } else { 4 })?;
+                return self.node_map(n, depth);
+            }
+            0xe0..=0xff => Node::int(i64::from(marker as i8)),
+        })
+    }
+
+    fn node_array(&mut self, count: usize, depth: usize) -> std::result::Result<Node<'a>, ReadError> {
+        self.check_count(count)?;
+        let mut items = Vec::with_capacity(count);
+        for _ in 0..count {
+            items.push(self.read_node(depth + 1)?);
+        }
+        Ok(Node::Array(items))
+    }
+
+    /// Keys that are not text become their JSON text (as `node::from_mp` writes them).
+    fn node_map(&mut self, count: usize, depth: usize) -> std::result::Result<Node<'a>, ReadError> {
+        self.check_count(count.saturating_mul(2))?;
+        let mut entries: Vec<Entry<'a>> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let key = match self.read_node(depth + 1)? {
+                Node::Str(s) => s,
+                other => Cow::Owned(other.to_json()),
+            };
+            entries.push((key, self.read_node(depth + 1)?));
+        }
+        node::dedup(&mut entries);
+        Ok(Node::Object(entries))
     }
 
     fn read(&mut self, depth: usize) -> std::result::Result<Mp<'a>, ReadError> {
