@@ -130,6 +130,7 @@ class OtlpExporterConfig(_Section):
     def compression_level_for(self, signal: str) -> int:
         """The gzip level of `signal`'s batches: the configured one, else the signal's default."""
         return self.compression_level or DEFAULT_COMPRESSION_LEVELS.get(signal, 3)
+
     timeout_s: Annotated[float, Meta(gt=0.0)] = 10.0
     retry: RetryConfig = field(default_factory=RetryConfig)
     queue: ExporterQueueConfig = field(default_factory=ExporterQueueConfig)
