@@ -69,16 +69,21 @@ fn valid(msg: &'static Msg, data: &[u8], depth: usize) -> bool {
 /// `check_field` reduced to its answer (see `valid`).
 #[inline]
 fn field_valid(msg: &'static Msg, desc: &'static schema::Field, field: &wire::Field<'_>, depth: usize) -> bool {
-    let expected = desc.kind.wire_type();
+    let expected = desc.wire_type;
     if field.wire_type != expected && schema::check_wire(msg, desc, field).is_err() {
         return false;
     }
     if field.wire_type != wire::LEN {
         return true;
     }
+    // Tests in order of frequency rather than a `match` (a jump table, see `schema::Field::wire_type`).
+    if let Kind::Message(child) = desc.kind {
+        return valid(child, field.data, depth + 1);
+    }
+    if let Kind::String = desc.kind {
+        return field.data.is_ascii() || std::str::from_utf8(field.data).is_ok();
+    }
     match desc.kind {
-        Kind::Message(child) => valid(child, field.data, depth + 1),
-        Kind::String => field.data.is_ascii() || std::str::from_utf8(field.data).is_ok(),
         Kind::Bytes | Kind::Hex => true,
         _ if expected == wire::VARINT => {
             let mut pos = 0;
