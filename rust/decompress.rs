@@ -98,8 +98,12 @@ fn decompress_into(body: &[u8], encoding: Encoding, limit: usize, out: &mut Vec<
     let done = match encoding {
         Encoding::Gzip => crate::inflate::gzip(body, limit, out),
         Encoding::Deflate if looks_like_zlib(body) => match crate::inflate::stream(body, true, limit, out) {
-            // A raw stream can start with two bytes that pass the zlib header check by chance.
-            Err(ReadError::Io(_)) => crate::inflate::stream(body, false, limit, out),
+            // A raw stream can start with two bytes that pass the zlib header check by chance
+            // (what the zlib attempt wrote before failing is not part of it).
+            Err(ReadError::Io(_)) => {
+                out.clear();
+                crate::inflate::stream(body, false, limit, out)
+            }
             other => other,
         },
         Encoding::Deflate => crate::inflate::stream(body, false, limit, out),
@@ -748,6 +752,20 @@ mod tests {
             first_line(b"\xff\xfe not zstd", Some("zstd"), true, 64, MIB),
             Err(CoreError::Decode(m)) if m.starts_with("invalid zstd data")
         ));
+    }
+
+    #[test]
+    fn raw_deflate_that_looks_like_zlib() {
+        // A raw stored block whose first two bytes (0x08 0x1d) pass the zlib header check, and
+        // which read as zlib yields some output before running out: only the raw reading counts.
+        let data: Vec<u8> = [0x1d, 0x00].into_iter().chain((0..27).map(|i| b'a' + i)).collect();
+        let mut body = vec![0x08, 0x1d, 0x00, 0xe2, 0xff];
+        body.extend(&data);
+        body.extend([0x01, 0x00, 0x00, 0xff, 0xff]);
+        assert!(looks_like_zlib(&body));
+        assert_eq!(&*decompress(&body, Some("deflate"), MIB).unwrap(), &data[..]);
+        let reused = with_decompressed(&body, Some("deflate"), MIB, |b| Ok(b.to_vec()));
+        assert_eq!(reused.unwrap(), data);
     }
 
     #[test]
