@@ -9,8 +9,9 @@ The figure is the calling thread's CPU time (`time.thread_time`: the core runs o
 GIL released), best of 7 rounds, so other processes on a shared machine move it less than wall
 time. To compare with another build, run it again with that build first on `PYTHONPATH`
 (a wheel unpacked in a directory), alternating. `--levels`: the exporters' gzip (`_core.gzip`) at
-levels 1, 2, 3 and 6 on eight 1,000-span bodies and eighty 100-record logs bodies back to back
-(what an exporter batch of them is): ratio and CPU ms per MiB, best of 5.
+levels 1, 2, 3 and 6 on eight 1,000-span bodies, eighty 100-record logs bodies and eight
+1,000-point metrics bodies back to back (what an exporter batch of them is): ratio and CPU ms
+per MiB, best of 5.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def levels() -> None:
     batches = {
         "1,000 spans x8": request_body("traces", 1000) * 8,
         "100 log records x80": request_body("logs", 100) * 80,
+        "1,000 data points x8": request_body("metrics", 1000) * 8,
     }
     for name, body in batches.items():
         for level in (1, 2, 3, 6):

@@ -85,25 +85,94 @@ pub fn decompress<'a>(body: &'a [u8], encoding: Option<&str>, limit: usize) -> R
     if body.is_empty() {
         return Ok(Cow::Borrowed(body));
     }
-    let out = match encoding {
-        Encoding::Gzip => read_bounded(MultiGzDecoder::new(body), body.len(), limit),
-        Encoding::Deflate if looks_like_zlib(body) => {
-            match read_bounded(ZlibDecoder::new(body), body.len(), limit) {
-                // A raw stream can start with two bytes that pass the zlib header check by chance.
-                Err(ReadError::Io(_)) => read_bounded(DeflateDecoder::new(body), body.len(), limit),
-                other => other,
+    let mut out = Vec::new();
+    decompress_into(body, encoding, limit, &mut out)?;
+    Ok(Cow::Owned(out))
+}
+
+/// `decompress` of an encoded body into `out` (cleared first; its capacity, at most `limit` + 1,
+/// is used as it is and grown by doubling, never past `limit` + 1). For a caller that reuses one
+/// buffer across requests: `with_decompressed`.
+fn decompress_into(body: &[u8], encoding: Encoding, limit: usize, out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
+    let done = match encoding {
+        Encoding::Gzip => crate::inflate::gzip(body, limit, out),
+        Encoding::Deflate if looks_like_zlib(body) => match crate::inflate::stream(body, true, limit, out) {
+            // A raw stream can start with two bytes that pass the zlib header check by chance
+            // (what the zlib attempt wrote before failing is not part of it).
+            Err(ReadError::Io(_)) => {
+                out.clear();
+                crate::inflate::stream(body, false, limit, out)
             }
+            other => other,
+        },
+        Encoding::Deflate => crate::inflate::stream(body, false, limit, out),
+        Encoding::Zstd => zstd_decoder(body, limit).and_then(|d| read_bounded(d, body.len(), limit, out)),
+        Encoding::Brotli => read_bounded(
+            brotli_decompressor::Decompressor::new(body, CHUNK),
+            body.len(),
+            limit,
+            out,
+        ),
+        Encoding::Identity => {
+            if body.len() > limit {
+                return Err(CoreError::TooLarge { limit });
+            }
+            out.extend_from_slice(body);
+            Ok(())
         }
-        Encoding::Deflate => read_bounded(DeflateDecoder::new(body), body.len(), limit),
-        Encoding::Zstd => zstd_decoder(body, limit).and_then(|d| read_bounded(d, body.len(), limit)),
-        Encoding::Brotli => read_bounded(brotli_decompressor::Decompressor::new(body, CHUNK), body.len(), limit),
-        Encoding::Identity => return Ok(Cow::Borrowed(body)),
     };
-    match out {
-        Ok(out) => Ok(Cow::Owned(out)),
+    match done {
+        Ok(()) => Ok(()),
         Err(ReadError::TooLarge) => Err(CoreError::TooLarge { limit }),
         Err(ReadError::Io(err)) => Err(CoreError::decode(format!("invalid {} data: {err}", encoding.label()))),
     }
+}
+
+/// Kept between requests by each thread that decodes bodies; a buffer grown past this by one big
+/// request is given back rather than held for the thread's life.
+const SCRATCH_KEEP_MAX: usize = 8 * 1024 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `body` decoded per its Content-Encoding, as `decompress` does (same errors), but
+/// inflating into this thread's scratch buffer: sized by the requests before, so a steady stream
+/// of similar bodies neither allocates nor grows a buffer per request. Identity bodies are passed
+/// as they are. `f` must not keep the bytes (copy what it needs).
+pub fn with_decompressed<T>(
+    body: &[u8],
+    encoding: Option<&str>,
+    limit: usize,
+    f: impl FnOnce(&[u8]) -> Result<T>,
+) -> Result<T> {
+    let encoding = Encoding::parse(encoding)?;
+    if encoding == Encoding::Identity || body.is_empty() {
+        if body.len() > limit {
+            return Err(CoreError::TooLarge { limit });
+        }
+        return f(body);
+    }
+    SCRATCH.with(|cell| {
+        // A nested call on this thread (none today) gets a buffer of its own.
+        let Ok(mut scratch) = cell.try_borrow_mut() else {
+            let mut out = Vec::new();
+            decompress_into(body, encoding, limit, &mut out)?;
+            return f(&out);
+        };
+        // Room past `limit` + 1 would let a decoder run on past the limit into a corrupt part
+        // and answer "invalid" where a fresh buffer answers "too large": start again instead.
+        if scratch.capacity() > limit.saturating_add(1) {
+            *scratch = Vec::new();
+        }
+        let done = decompress_into(body, encoding, limit, &mut scratch).and_then(|()| f(&scratch));
+        scratch.clear();
+        if scratch.capacity() > SCRATCH_KEEP_MAX {
+            *scratch = Vec::new();
+        }
+        done
+    })
 }
 
 /// What decoding the start of a body yields, up to its first newline (see `first_line`).
@@ -222,7 +291,7 @@ fn read_line(mut reader: impl Read, limit: usize) -> io::Result<LineRead> {
     }
 }
 
-enum ReadError {
+pub(crate) enum ReadError {
     TooLarge,
     Io(io::Error),
 }
@@ -250,15 +319,27 @@ fn zstd_decoder(body: &[u8], limit: usize) -> std::result::Result<impl Read + '_
     Ok(decoder)
 }
 
-/// Reads `reader` to the end in chunks, failing as soon as the output would exceed `limit`.
-fn read_bounded(mut reader: impl Read, compressed_len: usize, limit: usize) -> std::result::Result<Vec<u8>, ReadError> {
-    let mut chunk = [0u8; CHUNK];
-    // Compressed telemetry typically inflates 5-10x; start there but never above the limit.
+/// Room for the first output of a body `compressed_len` long: compressed telemetry typically
+/// inflates 5-10x; start at 4x (or what `out` holds already) but never above the limit.
+pub(crate) fn reserve_initial(out: &mut Vec<u8>, compressed_len: usize, limit: usize) {
     let initial = compressed_len.saturating_mul(4).max(MIN_INITIAL).min(limit);
-    let mut out: Vec<u8> = Vec::with_capacity(initial);
+    if out.capacity() < initial {
+        out.reserve_exact(initial - out.len());
+    }
+}
+
+/// Reads `reader` to the end into `out` in chunks, failing as soon as the output would exceed `limit`.
+fn read_bounded(
+    mut reader: impl Read,
+    compressed_len: usize,
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), ReadError> {
+    let mut chunk = [0u8; CHUNK];
+    reserve_initial(out, compressed_len, limit);
     loop {
         let n = match reader.read(&mut chunk) {
-            Ok(0) => return Ok(out),
+            Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(ReadError::Io(err)),
@@ -403,12 +484,17 @@ mod tests {
             decompress(&bomb, Some("gzip"), MIB),
             Err(CoreError::TooLarge { limit: MIB })
         );
-        // The buffer never grows past the limit, whatever the compression ratio.
-        let out = read_bounded(MultiGzDecoder::new(&bomb[..]), bomb.len(), 10 * MIB)
-            .ok()
-            .unwrap();
-        assert!(out.capacity() <= 10 * MIB, "capacity {}", out.capacity());
-        let err = read_bounded(MultiGzDecoder::new(&bomb[..]), bomb.len(), MIB)
+        // The buffer never grows past the limit (+ 1 byte), whatever the compression ratio.
+        let mut out = Vec::new();
+        assert!(crate::inflate::gzip(&bomb, 10 * MIB, &mut out).is_ok());
+        assert!(out.capacity() <= 10 * MIB + 1, "capacity {}", out.capacity());
+        let mut out = Vec::new();
+        let err = crate::inflate::gzip(&bomb, MIB, &mut out).err().unwrap();
+        assert!(matches!(err, ReadError::TooLarge));
+        assert!(out.capacity() <= MIB + 1, "capacity {}", out.capacity());
+        // The readers' path (zstd, br) keeps its own bound.
+        let mut out = Vec::new();
+        let err = read_bounded(MultiGzDecoder::new(&bomb[..]), bomb.len(), MIB, &mut out)
             .err()
             .unwrap();
         assert!(matches!(err, ReadError::TooLarge));
@@ -528,6 +614,40 @@ mod tests {
     }
 
     #[test]
+    fn scratch_answers_as_a_fresh_buffer() {
+        // One thread, bodies of different sizes and limits back to back through the reused
+        // buffer: each answer is `decompress`'s, a bomb still stops at the limit, and a body
+        // over a small limit whose stream is corrupt further on is "too large" both ways.
+        let big = sample_body();
+        let mut corrupt_late = zlib(&big);
+        let at = corrupt_late.len() - 40;
+        corrupt_late[at..at + 8].fill(0xAA);
+        let bomb = gzip(&vec![0u8; 10 * MIB]);
+        let cases: Vec<(Vec<u8>, &str, usize)> = vec![
+            (gzip(&big), "gzip", MIB),
+            (gzip(b"small"), "gzip", MIB),
+            (corrupt_late.clone(), "deflate", 1000),
+            (corrupt_late, "deflate", MIB),
+            (bomb.clone(), "gzip", MIB),
+            (gzip(&big), "gzip", big.len() - 1),
+            (bomb, "gzip", 2 * MIB),
+            (zlib(&big), "deflate", big.len()),
+            (gzip(b"a"), "gzip", 0),
+        ];
+        for (body, enc, limit) in &cases {
+            let fresh = decompress(body, Some(enc), *limit).map(|c| c.into_owned());
+            let reused = with_decompressed(body, Some(enc), *limit, |b| Ok(b.to_vec()));
+            assert_eq!(reused, fresh, "{enc} {limit}");
+            SCRATCH.with(|s| assert!(s.borrow().capacity() <= (limit + 1).max(MIN_INITIAL)));
+        }
+        // The buffer is kept between requests (no new allocation for a like-sized body).
+        let body = gzip(&big);
+        let first = with_decompressed(&body, Some("gzip"), MIB, |b| Ok(b.as_ptr() as usize)).unwrap();
+        let again = with_decompressed(&body, Some("gzip"), MIB, |b| Ok(b.as_ptr() as usize)).unwrap();
+        assert_eq!(first, again);
+    }
+
+    #[test]
     fn zero_limit() {
         assert!(decompress(&gzip(b""), Some("gzip"), 0).unwrap().is_empty());
         assert_eq!(
@@ -632,6 +752,20 @@ mod tests {
             first_line(b"\xff\xfe not zstd", Some("zstd"), true, 64, MIB),
             Err(CoreError::Decode(m)) if m.starts_with("invalid zstd data")
         ));
+    }
+
+    #[test]
+    fn raw_deflate_that_looks_like_zlib() {
+        // A raw stored block whose first two bytes (0x08 0x1d) pass the zlib header check, and
+        // which read as zlib yields some output before running out: only the raw reading counts.
+        let data: Vec<u8> = [0x1d, 0x00].into_iter().chain((0..27).map(|i| b'a' + i)).collect();
+        let mut body = vec![0x08, 0x1d, 0x00, 0xe2, 0xff];
+        body.extend(&data);
+        body.extend([0x01, 0x00, 0x00, 0xff, 0xff]);
+        assert!(looks_like_zlib(&body));
+        assert_eq!(&*decompress(&body, Some("deflate"), MIB).unwrap(), &data[..]);
+        let reused = with_decompressed(&body, Some("deflate"), MIB, |b| Ok(b.to_vec()));
+        assert_eq!(reused.unwrap(), data);
     }
 
     #[test]

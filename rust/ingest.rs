@@ -169,8 +169,25 @@ impl Ingester {
         encoding: Option<&str>,
         scrub: bool,
     ) -> Result<Ingested> {
-        let decoded = self.decode_request(signal, body, format, encoding)?;
-        self.ingest_decoded(signal, &decoded, scrub)
+        self.with_decoded(signal, body, format, encoding, |decoded| {
+            self.ingest_decoded(signal, decoded, scrub)
+        })
+    }
+
+    /// `f` on the request `decode_request` would return, inflated into this thread's scratch
+    /// buffer (`decompress::with_decompressed`) instead of a new one per request; `f` must not
+    /// keep the bytes (the walk copies what it keeps).
+    pub fn with_decoded<T>(
+        &self,
+        signal: Signal,
+        body: &[u8],
+        format: Format,
+        encoding: Option<&str>,
+        f: impl FnOnce(&Decoded<'_>) -> Result<T>,
+    ) -> Result<T> {
+        crate::decompress::with_decompressed(body, encoding, self.max_body_bytes, |bytes| {
+            f(&Self::transcode(signal, Cow::Borrowed(bytes), format)?)
+        })
     }
 
     /// A body decompressed and (JSON) transcoded to a protobuf request. A protobuf body is not
@@ -182,7 +199,11 @@ impl Ingester {
         format: Format,
         encoding: Option<&str>,
     ) -> Result<Decoded<'b>> {
-        let decoded = decompress(body, encoding, self.max_body_bytes)?;
+        Self::transcode(signal, decompress(body, encoding, self.max_body_bytes)?, format)
+    }
+
+    /// A decompressed body as the protobuf request to walk (JSON transcoded).
+    fn transcode(signal: Signal, decoded: Cow<'_, [u8]>, format: Format) -> Result<Decoded<'_>> {
         let decoded_bytes = decoded.len();
         let (request, unchecked) = match format {
             Format::Protobuf => (decoded, true),
@@ -399,14 +420,21 @@ impl Walk<'_> {
     /// Writes the body of a `Scope*` message; returns whether any record was kept.
     fn scope(&mut self, msg: &[u8], out: &mut Vec<u8>) -> Result<bool> {
         let mut kept_any = false;
+        // Fields copied as they came are adjacent in `msg` while nothing between them is
+        // dropped or rewritten: copied as one run (one `memcpy` for a whole scope of kept
+        // records instead of one per record).
+        let mut run = 0..0;
         for field in Fields::new(msg) {
             let field = field?;
             if (field.number, field.wire_type) != (SCOPE_RECORDS, LEN) {
                 self.check(SCOPE, &field)?;
             }
-            match (field.number, field.wire_type) {
+            let as_is = match (field.number, field.wire_type) {
                 (SCOPE_RECORDS, LEN) => {
-                    if self.keep(field.data)? {
+                    if !self.keep(field.data)? {
+                        false
+                    } else {
+                        kept_any = true;
                         // Rewritten only when scrubbing changed something; else the bytes as they came.
                         let rewritten = match self.scrubber {
                             Some(s) => scrub_record(s, self.signal, field.data)?,
@@ -414,28 +442,37 @@ impl Walk<'_> {
                         };
                         match rewritten {
                             Some(new) => {
+                                out.extend_from_slice(&msg[std::mem::replace(&mut run, 0..0)]);
                                 wire::put_bytes(out, SCOPE_RECORDS, &new);
                                 self.tally.scrubbed += 1;
                                 // Counted as it leaves: scrubbing changes lengths.
                                 if let Some(c) = &mut self.counter {
                                     c.record(self.signal, &new)?;
                                 }
+                                false
                             }
                             None => {
-                                out.extend_from_slice(field.raw);
                                 if let Some(c) = &mut self.counter {
                                     c.add(self.signal, &self.facts);
                                 }
+                                true
                             }
                         }
-                        kept_any = true;
                     }
                 }
-                (SCOPE_RECORDS, _) => {}
+                (SCOPE_RECORDS, _) => false,
                 // scope, schema_url, unknown fields: as they came.
-                _ => out.extend_from_slice(field.raw),
+                _ => true,
+            };
+            if as_is {
+                let at = schema::offset_in(msg, field.raw);
+                if run.end != at {
+                    out.extend_from_slice(&msg[std::mem::replace(&mut run, at..at)]);
+                }
+                run.end = at + field.raw.len();
             }
         }
+        out.extend_from_slice(&msg[run]);
         Ok(kept_any)
     }
 

@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod fluent;
+mod inflate;
 pub mod ingest;
 pub mod json_decode;
 pub mod json_encode;

@@ -225,13 +225,15 @@ impl Pipeline {
             return Err(CoreError::Closed);
         }
         let scrub = scrub && self.scrub_otlp.load(Ordering::Relaxed);
-        let decoded = self.ingester.decode_request(signal, body, format, encoding)?;
-        let out = self.ingester.ingest_decoded(signal, &decoded, scrub)?;
-        let out = self.queue_ingested(out, body.len())?;
-        if signal == Signal::Logs {
-            self.tap_events(&decoded.request)?;
-        }
-        Ok(out)
+        // Inflated into this thread's scratch buffer: the walk copies the records it keeps.
+        self.ingester.with_decoded(signal, body, format, encoding, |decoded| {
+            let out = self.ingester.ingest_decoded(signal, decoded, scrub)?;
+            let out = self.queue_ingested(out, body.len())?;
+            if signal == Signal::Logs {
+                self.tap_events(&decoded.request)?;
+            }
+            Ok(out)
+        })
     }
 
     /// Decodes a Fluent body (`fluent::BodyFormat`), converts its records to OTLP logs and queues

@@ -63,6 +63,9 @@ pub struct Field {
     /// The lowerCamelCase JSON name.
     pub json: &'static str,
     pub kind: Kind,
+    /// `kind.wire_type()`, kept so the hot checks compare a byte instead of matching on `kind`
+    /// (perf: that match's jump table was the costliest line of the walk's check).
+    pub wire_type: u8,
     pub repeated: bool,
     /// Repeated scalar written packed (proto3 default); both forms are accepted when reading.
     pub packed: bool,
@@ -126,6 +129,7 @@ const fn field(number: u32, name: &'static str, json: &'static str, kind: Kind) 
         name,
         json,
         kind,
+        wire_type: kind.wire_type(),
         repeated: false,
         packed: false,
         presence,
@@ -817,7 +821,7 @@ pub(crate) fn wire_error(msg: &'static Msg, data: &[u8], ok_end: usize, err: Cor
 #[inline]
 pub(crate) fn check_wire(msg: &Msg, desc: &Field, field: &wire::Field<'_>) -> Result<(), Trail> {
     // The common case inline, the rest (packed runs, errors) out of line.
-    if field.wire_type == desc.kind.wire_type() {
+    if field.wire_type == desc.wire_type {
         return Ok(());
     }
     check_other_wire(msg, desc, field)

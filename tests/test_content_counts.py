@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,10 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from trackgate import Pipeline, telemetry
-from trackgate._core import Batch, Core, dash0_content_report
+from trackgate._core import Batch, Core, dash0_content_report, gzip
 from trackgate.config import Config, OtlpExporterConfig
 from trackgate.exporters.otlp_http import count_over_dash0_limits
+from trackgate.loadgen import request_body
 from upstream import Upstream
 
 HOUR_NS = 3600 * 10**9
@@ -125,3 +127,21 @@ def test_gzip_level_reaches_the_wire(upstream: Upstream, level: int, xfl: int) -
     assert got.raw[8] == xfl  # the gzip header's XFL byte: 4 = fastest, 2 = best
     sent = ExportLogsServiceRequest.FromString(body).resource_logs[0].scope_logs[0].log_records
     assert list(upstream.log_records()) == list(sent)
+
+
+@pytest.mark.parametrize("configured", [None, 6])
+def test_gzip_level_per_signal_unless_configured(upstream: Upstream, configured: int | None) -> None:
+    """Unset, traces and metrics batches go at level 2 and logs at 3; a configured level applies
+    to every signal. Each body is identified by recompressing it: exactly one level gives it."""
+    cfg = Config()
+    cfg.batch.max_delay_ms = 10
+    cfg.exporters.otlp = OtlpExporterConfig(endpoint=upstream.url, token="t", compression_level=configured)
+    defaults = {"traces": 2, "metrics": 2, "logs": 3}
+    with Pipeline(cfg) as p:
+        for signal in defaults:
+            p.ingest(signal, request_body(signal, 200))
+        assert p.flush(5)
+    for signal, default in defaults.items():
+        (got,) = upstream.delivered(f"/v1/{signal}")
+        plain = zlib.decompress(got.raw, wbits=31)
+        assert [level for level in (1, 2, 3, 6) if gzip(plain, level) == got.raw] == [configured or default]

@@ -44,7 +44,9 @@ class OtlpHttpExporter(Exporter):
         if self.check_limits:
             self.count_over_limits(batch)
         # In this exporter thread; the core releases the GIL while it compresses.
-        body = gzip(batch.body, self.cfg.compression_level) if self.cfg.compression == "gzip" else batch.body
+        body = batch.body
+        if self.cfg.compression == "gzip":
+            body = gzip(body, self.cfg.compression_level_for(batch.signal))
         resp = self.http.post(self.url(batch.signal), body, self.headers)
         if isinstance(resp, Outcome):
             return resp
