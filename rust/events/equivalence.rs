@@ -163,6 +163,9 @@ fn bodies_that_are_not_events() {
     }
     same(b"{\"event_type\":\"\xff\"}");
     same(b"{\"event_type\":\"a\"}\n{\"event_type\":\"\xc3\"}\n");
+    // Past the event cap, as NDJSON (the split stops early) and as an array.
+    same("{}\n".repeat(super::MAX_EVENTS + 1).as_bytes());
+    same(format!("[{}{{}}]", "1,".repeat(super::MAX_EVENTS)).as_bytes());
     // Past the reason cap: 150 refused events, 10 accepted.
     let mut many = String::from("[");
     for i in 0..160 {

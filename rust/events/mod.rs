@@ -451,25 +451,27 @@ pub fn decode(body: &[u8], now: u64) -> Result<Decoded> {
         Ok(Body::One(item)) => take(&mut out, Ok(item)),
         Err(whole) => {
             // NDJSON: each non-blank line on its own; a line that does not parse is one refused event.
-            let lines = text
-                .split(|&b| b == b'\n')
-                .filter(|line| !line.trim_ascii().is_empty())
-                .count();
-            if lines <= 1 {
+            // Split once (memchr), blank lines dropped.
+            let mut lines: Vec<&[u8]> = Vec::new();
+            let mut start = 0;
+            for end in memchr::memchr_iter(b'\n', text).chain(std::iter::once(text.len())) {
+                let line = text[start..end].trim_ascii();
+                start = end + 1;
+                if !line.is_empty() {
+                    if lines.len() == MAX_EVENTS {
+                        return Err(CoreError::decode(format!("more than {MAX_EVENTS} events in one body")));
+                    }
+                    lines.push(line);
+                }
+            }
+            if lines.len() <= 1 {
                 return Err(CoreError::decode(format!(
                     "body is not JSON ({}): expected a JSON event, an array of events or NDJSON",
                     shorten(&whole.to_string())
                 )));
             }
-            if lines > MAX_EVENTS {
-                return Err(CoreError::decode(format!("more than {MAX_EVENTS} events in one body")));
-            }
-            out.events.reserve(lines);
-            for line in text.split(|&b| b == b'\n') {
-                let line = line.trim_ascii();
-                if line.is_empty() {
-                    continue;
-                }
+            out.events.reserve(lines.len());
+            for line in lines {
                 let item = match utf8 {
                     // A line of valid UTF-8 split at an ASCII byte is valid UTF-8.
                     Some(s) => serde_json::from_str::<Item<'_>>(&s[offset(s, line)..][..line.len()]),
