@@ -23,7 +23,11 @@ fn same(body: &[u8]) {
             assert_eq!(a.error_message(), b.error_message(), "{shown}");
             assert_eq!(a.events.len(), b.events.len(), "{shown}");
             let (nd_a, nd_b) = (reference::to_ndjson(&a.events), super::to_ndjson(&b.events));
-            assert_eq!(String::from_utf8_lossy(&nd_a), String::from_utf8_lossy(&nd_b), "{shown}");
+            assert_eq!(
+                String::from_utf8_lossy(&nd_a),
+                String::from_utf8_lossy(&nd_b),
+                "{shown}"
+            );
             assert_eq!(nd_a, nd_b, "{shown}");
             assert_eq!(
                 reference::to_otlp_logs(&a.events, NOW),
@@ -35,7 +39,11 @@ fn same(body: &[u8]) {
             let back_b = super::from_ndjson(&nd_b).map(|e| super::to_ndjson(&e));
             assert_eq!(back_a.ok(), back_b.ok(), "{shown}");
         }
-        (a, b) => panic!("{shown}: reference {:?}, fast {:?}", a.map(|d| d.events.len()), b.map(|d| d.events.len())),
+        (a, b) => panic!(
+            "{shown}: reference {:?}, fast {:?}",
+            a.map(|d| d.events.len()),
+            b.map(|d| d.events.len())
+        ),
     }
 }
 
@@ -126,12 +134,7 @@ const EVENTS: &[&str] = &[
 
 #[test]
 fn every_event_alone_and_in_every_body_shape() {
-    let ids = [
-        "j".repeat(256),
-        "j".repeat(257),
-        "é".repeat(256),
-        "é".repeat(257),
-    ];
+    let ids = ["j".repeat(256), "j".repeat(257), "é".repeat(256), "é".repeat(257)];
     let mut events: Vec<String> = EVENTS.iter().map(|s| s.to_string()).collect();
     for id in &ids {
         events.push(format!(r#"{{"event_type":"long","job_id":"{id}"}}"#));
@@ -152,8 +155,20 @@ fn every_event_alone_and_in_every_body_shape() {
 #[test]
 fn bodies_that_are_not_events() {
     for body in [
-        "", "   ", "\n\n", "{nope", "[", "]", "null", "1", "\"s\"", "true", "[]", "[1,\"a\",null,[],{}]",
-        "[{\"event_type\":\"a\"},]", "{\"event_type\":\"a\"}{\"event_type\":\"b\"}",
+        "",
+        "   ",
+        "\n\n",
+        "{nope",
+        "[",
+        "]",
+        "null",
+        "1",
+        "\"s\"",
+        "true",
+        "[]",
+        "[1,\"a\",null,[],{}]",
+        "[{\"event_type\":\"a\"},]",
+        "{\"event_type\":\"a\"}{\"event_type\":\"b\"}",
         "{\"event_type\":\"a\"}\n{bad\n1\n[]\n{\"event_type\":\"c\"}\n",
         "{\"event_type\":\"a\"}\n{\"event_type\":\"b\"} trailing\n",
         "[{\"event_type\":\"a\"}]\n[{\"event_type\":\"b\"}]",
@@ -169,7 +184,11 @@ fn bodies_that_are_not_events() {
     // Past the reason cap: 150 refused events, 10 accepted.
     let mut many = String::from("[");
     for i in 0..160 {
-        many.push_str(if i % 16 == 0 { r#"{"event_type":"ok"},"# } else { r#"{"nope":1},"# });
+        many.push_str(if i % 16 == 0 {
+            r#"{"event_type":"ok"},"#
+        } else {
+            r#"{"nope":1},"#
+        });
     }
     many.push_str("{}]");
     same(many.as_bytes());
@@ -185,9 +204,33 @@ fn generated_events() {
         state ^= state << 17;
         (state % n as u64) as usize
     };
-    let types = ["\"job_started\"", "\"jobCompleted\"", "\"Job-Failed.now\"", "\"x:y\"", "\"bad type\"", "7"];
-    let times = ["1714564800", "1714564800123", "\"2024-05-01T12:00:00.5Z\"", "1.5", "null", "\"x\"", "-3"];
-    let idv = ["\"j-1\"", "12", "\"\"", "null", "\" sp \"", "\"\\u00e9\\n\"", "{}", "-4"];
+    let types = [
+        "\"job_started\"",
+        "\"jobCompleted\"",
+        "\"Job-Failed.now\"",
+        "\"x:y\"",
+        "\"bad type\"",
+        "7",
+    ];
+    let times = [
+        "1714564800",
+        "1714564800123",
+        "\"2024-05-01T12:00:00.5Z\"",
+        "1.5",
+        "null",
+        "\"x\"",
+        "-3",
+    ];
+    let idv = [
+        "\"j-1\"",
+        "12",
+        "\"\"",
+        "null",
+        "\" sp \"",
+        "\"\\u00e9\\n\"",
+        "{}",
+        "-4",
+    ];
     let datas = [
         "{}",
         "{\"duration_ms\":1200,\"output_size\":5120}",
@@ -196,8 +239,26 @@ fn generated_events() {
         "[1]",
         "{\"progress\":99.9,\"big\":123456789012345678901234567890}",
     ];
-    let keys = ["job_id", "jobId", "worker_id", "workerId", "machine_id", "session_id", "request_id", "service", "event_id", "trace_id", "extra", "ex\\u0074ra2"];
-    let traces = ["\"0af7651916cd43dd8448eb211c80319c\"", "\"0AF7651916CD43DD8448EB211C80319C\"", "\"nothex\"", "null"];
+    let keys = [
+        "job_id",
+        "jobId",
+        "worker_id",
+        "workerId",
+        "machine_id",
+        "session_id",
+        "request_id",
+        "service",
+        "event_id",
+        "trace_id",
+        "extra",
+        "ex\\u0074ra2",
+    ];
+    let traces = [
+        "\"0af7651916cd43dd8448eb211c80319c\"",
+        "\"0AF7651916CD43DD8448EB211C80319C\"",
+        "\"nothex\"",
+        "null",
+    ];
     for round in 0..40 {
         let mut lines = Vec::new();
         for _ in 0..50 {
@@ -210,7 +271,11 @@ fn generated_events() {
             }
             for _ in 0..pick(5) {
                 let key = keys[pick(keys.len())];
-                let value = if key == "trace_id" { traces[pick(traces.len())] } else { idv[pick(idv.len())] };
+                let value = if key == "trace_id" {
+                    traces[pick(traces.len())]
+                } else {
+                    idv[pick(idv.len())]
+                };
                 members.push(format!("\"{key}\":{value}"));
             }
             if pick(3) != 0 {

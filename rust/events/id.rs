@@ -57,7 +57,7 @@ impl IdGen {
     /// A new UUIDv7, its millisecond the later of now and the last one issued (the counter spent
     /// within a millisecond borrows the next one), so that ids issued by this process sort in
     /// issue order. The event's own time is not used: it may be old.
-    pub fn next(&mut self) -> String {
+    pub fn issue(&mut self) -> String {
         #[cfg(test)]
         if let Some(n) = FIXED.with(|f| f.get()) {
             FIXED.with(|f| f.set(Some(n + 1)));
@@ -94,9 +94,9 @@ impl Default for IdGen {
     }
 }
 
-/// One UUIDv7 (see `IdGen::next`); a body's ids come from one `IdGen`.
+/// One UUIDv7 (see `IdGen::issue`); a body's ids come from one `IdGen`.
 pub fn uuid_v7(_hint_ns: u64) -> std::result::Result<String, String> {
-    Ok(IdGen::new().next())
+    Ok(IdGen::new().issue())
 }
 
 /// 8-4-4-4-12 lowercase hex.
@@ -124,7 +124,7 @@ mod tests {
     fn version_variant_and_order() {
         let mut gen = IdGen::new();
         let ids: Vec<String> = (0..10_000)
-            .map(|i| if i % 2 == 0 { gen.next() } else { uuid_v7(0).unwrap() })
+            .map(|i| if i % 2 == 0 { gen.issue() } else { uuid_v7(0).unwrap() })
             .collect();
         for id in &ids {
             assert_eq!(id.len(), 36);
@@ -142,7 +142,7 @@ mod tests {
                 .map(|_| {
                     s.spawn(|| {
                         let mut gen = IdGen::new();
-                        (0..5_000).map(|_| gen.next()).collect::<Vec<_>>()
+                        (0..5_000).map(|_| gen.issue()).collect::<Vec<_>>()
                     })
                 })
                 .collect();

@@ -12,12 +12,12 @@
 //!   `event_name` set and the correlation ids as the attributes the other tracks use.
 
 pub mod bus;
+#[cfg(test)]
+mod equivalence;
 pub mod from_logs;
 pub mod id;
 pub mod metrics;
 mod raw;
-#[cfg(test)]
-mod equivalence;
 #[cfg(test)]
 mod reference;
 
@@ -116,7 +116,9 @@ pub fn normalize_type(raw: &str) -> std::result::Result<String, String> {
     // Already snake_case (the usual case): nothing to rewrite.
     let bytes = raw.as_bytes();
     if bytes.len() <= MAX_TYPE_CHARS
-        && bytes.iter().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b':'))
+        && bytes
+            .iter()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b':'))
         && !bytes.windows(2).any(|w| w == b"__")
     {
         return Ok(raw.to_owned());
@@ -313,7 +315,7 @@ fn event_from_pairs(pairs: &Pairs<'_>, now: u64, ids: &mut id::IdGen) -> std::re
         Some(raw) => raw_id("event_id", raw)?,
         None => None,
     }
-    .unwrap_or_else(|| ids.next());
+    .unwrap_or_else(|| ids.issue());
     let service = match get(K_SERVICE) {
         Some(raw) => raw_id("service", raw)?,
         None => None,

@@ -157,7 +157,8 @@ pub fn str_text(text: &str) -> serde_json::Result<Cow<'_, str>> {
 /// Whether any byte must be escaped in a JSON string (`"`, `\`, a control character). Written
 /// without an early exit so that it compiles to a vector loop.
 fn needs_escape(b: &[u8]) -> bool {
-    b.iter().fold(false, |any, &c| any | (c < 0x20) | (c == b'"') | (c == b'\\'))
+    b.iter()
+        .fold(false, |any, &c| any | (c < 0x20) | (c == b'"') | (c == b'\\'))
 }
 
 /// Calls `member(key, value text)` for each member of a compact JSON object (no whitespace
@@ -174,7 +175,9 @@ pub fn compact_members(json: &str, mut member: impl FnMut(&str, &str)) -> bool {
     let mut i = 1;
     loop {
         let Some(key_end) = string_end(b, i) else { return false };
-        let Ok(key) = str_text(&json[i..key_end]) else { return false };
+        let Ok(key) = str_text(&json[i..key_end]) else {
+            return false;
+        };
         if b.get(key_end) != Some(&b':') {
             return false;
         }
@@ -234,7 +237,11 @@ fn value_end(b: &[u8], start: usize) -> Option<usize> {
         _ => {
             let len = b[start..].iter().position(|c| matches!(c, b',' | b'}' | b']'))?;
             let scalar = &b[start..start + len];
-            (len > 0 && !scalar.iter().any(|c| matches!(c, b' ' | b'\n' | b'\r' | b'\t' | b'"' | b'{' | b'['))).then_some(start + len)
+            (len > 0
+                && !scalar
+                    .iter()
+                    .any(|c| matches!(c, b' ' | b'\n' | b'\r' | b'\t' | b'"' | b'{' | b'[')))
+            .then_some(start + len)
         }
     }
 }
@@ -275,7 +282,10 @@ pub fn push_json_str(out: &mut String, s: &str) {
 /// Appends valid JSON text without the whitespace outside its strings (so it fits on one line).
 pub fn minify_into(out: &mut String, json: &str) {
     // No whitespace byte at all (compact already, the usual case): copied whole.
-    if !json.bytes().fold(false, |any, b| any | matches!(b, b' ' | b'\n' | b'\r' | b'\t')) {
+    if !json
+        .bytes()
+        .fold(false, |any, b| any | matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
+    {
         out.push_str(json);
         return;
     }

@@ -201,9 +201,9 @@ use serde_json::{Map, Value};
 
 use raw::{minify_into, Body, Item, Pairs};
 
+use super::id;
 use crate::error::{quote, shorten, CoreError, Result};
 use crate::wire::{self, put_fixed64};
-use super::id;
 
 /// The job lifecycle types (the default set taken from logs as events).
 pub const LIFECYCLE_TYPES: &[&str] = &[
@@ -820,4 +820,3 @@ pub fn to_otlp_logs(events: &[Event], observed: u64) -> Vec<u8> {
     }
     out
 }
-
