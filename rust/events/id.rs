@@ -4,8 +4,8 @@
 //! ids of one process increasing within a millisecond, then 62 random bits. The random bits come
 //! from a small generator (SplitMix64) seeded once per body (`IdGen::new`) from std's per-process
 //! random SipHash keys mixed with the pid, the clock and a sequence number: no extra dependency,
-//! no syscall per id, distinct across processes and restarts, and a forked child (a new body, so a
-//! new seed with its own pid) never repeats its parent's bits.
+//! no syscall per id, distinct across processes and restarts; a forked child seeds its own
+//! generator for each body (with its own pid), so it does not replay its parent's sequence.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
