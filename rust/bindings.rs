@@ -17,7 +17,7 @@ use std::time::Duration;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyBaseException, PyException, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::batch::Limits;
 use crate::disk_queue::{DiskOptions, DiskQueue, ExporterLimit, Fsync};
@@ -1233,8 +1233,6 @@ struct EventsResult {
     errors: Vec<(usize, String)>,
     #[pyo3(get)]
     error_message: String,
-    #[pyo3(get)]
-    event_ids: Vec<String>,
     /// Events whose `data` scrubbing changed.
     #[pyo3(get)]
     scrubbed: usize,
@@ -1250,6 +1248,12 @@ impl EventsResult {
     #[getter]
     fn ndjson<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         PyBytes::new(py, &self.ndjson)
+    }
+
+    /// The accepted events' ids, in body order (built on demand: no copy kept beside the events).
+    #[getter]
+    fn event_ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(py, self.events.iter().map(|e| e.event_id.as_str()))
     }
 
     /// The accepted events as an OTLP logs request (protobuf).
@@ -1322,7 +1326,6 @@ impl EventsResult {
             accepted: decoded.events.len(),
             rejected: decoded.rejected_count,
             error_message: decoded.error_message(),
-            event_ids: decoded.events.iter().map(|e| e.event_id.clone()).collect(),
             scrubbed: 0,
             ndjson: events::to_ndjson(&decoded.events),
             otlp_logs: events::to_otlp_logs(&decoded.events, now),

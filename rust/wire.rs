@@ -207,22 +207,26 @@ pub fn varint_len(value: u64) -> usize {
 }
 
 /// Writes a length-delimited field whose body is produced by `body`, without a temporary
-/// buffer: the body is written in place, then shifted right by the size of its length prefix.
+/// buffer: one byte is held for the length (enough below 128 bytes, most fields); a longer body
+/// is shifted right by the extra bytes its length prefix needs.
 pub fn put_message(out: &mut Vec<u8>, number: u32, body: impl FnOnce(&mut Vec<u8>)) {
     put_tag(out, number, LEN);
     let start = out.len();
+    out.push(0);
     body(out);
-    let len = out.len() - start;
+    let len = out.len() - start - 1;
+    if len < 0x80 {
+        out[start] = len as u8;
+        return;
+    }
     let prefix = varint_len(len as u64);
-    out.resize(out.len() + prefix, 0);
-    out.copy_within(start..start + len, start + prefix);
-    // The prefix written in place: no buffer per message (this runs for every attribute).
+    out.resize(out.len() + prefix - 1, 0);
+    out.copy_within(start + 1..start + 1 + len, start + prefix);
     let mut value = len as u64;
     for byte in &mut out[start..start + prefix] {
-        *byte = (value as u8 & 0x7f) | 0x80;
+        *byte = (value as u8 & 0x7f) | if value >= 0x80 { 0x80 } else { 0 };
         value >>= 7;
     }
-    out[start + prefix - 1] &= 0x7f;
 }
 
 #[cfg(test)]

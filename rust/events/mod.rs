@@ -12,10 +12,14 @@
 //!   `event_name` set and the correlation ids as the attributes the other tracks use.
 
 pub mod bus;
+#[cfg(test)]
+mod equivalence;
 pub mod from_logs;
 pub mod id;
 pub mod metrics;
 mod raw;
+#[cfg(test)]
+mod reference;
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -108,6 +112,16 @@ pub fn normalize_type(raw: &str) -> std::result::Result<String, String> {
     }
     if raw.chars().count() > MAX_TYPE_CHARS {
         return Err(format!("event_type is longer than {MAX_TYPE_CHARS} characters"));
+    }
+    // Already snake_case (the usual case): nothing to rewrite.
+    let bytes = raw.as_bytes();
+    if bytes.len() <= MAX_TYPE_CHARS
+        && bytes
+            .iter()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b':'))
+        && !bytes.windows(2).any(|w| w == b"__")
+    {
+        return Ok(raw.to_owned());
     }
     let mut out = String::with_capacity(raw.len() + 4);
     let mut prev_lower_or_digit = false;
@@ -271,7 +285,7 @@ fn known_slot(key: &str) -> Option<(usize, bool)> {
 
 /// Validates and normalizes one event read as (key, raw value) pairs. `now` (Unix ns) stands in
 /// for a missing timestamp.
-fn event_from_pairs(pairs: &Pairs<'_>, now: u64) -> std::result::Result<Event, String> {
+fn event_from_pairs(pairs: &Pairs<'_>, now: u64, ids: &mut id::IdGen) -> std::result::Result<Event, String> {
     // Per known key: the raw value, snake_case winning over camelCase, the last of each winning.
     let mut known: [Option<(&RawValue, bool)>; 11] = [None; 11];
     let mut extra = false;
@@ -301,16 +315,16 @@ fn event_from_pairs(pairs: &Pairs<'_>, now: u64) -> std::result::Result<Event, S
         Some(raw) => raw_id("event_id", raw)?,
         None => None,
     }
-    .map_or_else(|| id::uuid_v7(time_unix_nano), Ok)?;
+    .unwrap_or_else(|| ids.issue());
     let service = match get(K_SERVICE) {
         Some(raw) => raw_id("service", raw)?,
         None => None,
     };
-    let mut ids = Vec::new();
+    let mut present = Vec::new();
     for (n, (key, _)) in ID_FIELDS.iter().enumerate() {
         if let Some(raw) = get(K_IDS + n) {
             if let Some(s) = raw_id(key, raw)? {
-                ids.push((*key, s));
+                present.push((*key, s));
             }
         }
     }
@@ -374,7 +388,7 @@ fn event_from_pairs(pairs: &Pairs<'_>, now: u64) -> std::result::Result<Event, S
         event_type,
         time_unix_nano,
         service,
-        ids,
+        ids: present,
         trace_id,
         data,
     })
@@ -387,7 +401,12 @@ pub fn event_from_value(value: Value, now: u64) -> std::result::Result<Event, St
     }
     let text = value.to_string();
     let pairs = raw::pairs(&text).map_err(|e| format!("not JSON: {e}"))?;
-    event_from_pairs(&pairs, now)
+    event_from_pairs(&pairs, now, &mut id::IdGen::new())
+}
+
+/// Where `part` (a slice of `whole`) starts in it.
+fn offset(whole: &str, part: &[u8]) -> usize {
+    part.as_ptr() as usize - whole.as_ptr() as usize
 }
 
 /// Decodes a (decompressed) body: one event, an array of events, or NDJSON.
@@ -403,17 +422,25 @@ pub fn decode(body: &[u8], now: u64) -> Result<Decoded> {
         ));
     }
     let mut out = Decoded::default();
-    let take = |out: &mut Decoded, item: std::result::Result<Item<'_>, String>| {
+    let mut ids = id::IdGen::new();
+    // Valid UTF-8 (the usual case) is parsed as text, so serde_json does not check each string
+    // and raw value again; otherwise as bytes, for the same errors as ever.
+    let utf8 = std::str::from_utf8(text).ok();
+    let mut take = |out: &mut Decoded, item: std::result::Result<Item<'_>, String>| {
         let index = out.events.len() + out.rejected_count;
         match item.and_then(|item| match item {
-            Item::Event(pairs) => event_from_pairs(&pairs, now),
+            Item::Event(pairs) => event_from_pairs(&pairs, now, &mut ids),
             Item::NotObject => Err("an event must be a JSON object".into()),
         }) {
             Ok(event) => out.events.push(event),
             Err(reason) => out.reject(index, reason),
         }
     };
-    match serde_json::from_slice::<Body<'_>>(text) {
+    let whole = match utf8 {
+        Some(s) => serde_json::from_str::<Body<'_>>(s),
+        None => serde_json::from_slice::<Body<'_>>(text),
+    };
+    match whole {
         Ok(Body::Many(items)) => {
             if items.len() > MAX_EVENTS {
                 return Err(CoreError::decode(format!("more than {MAX_EVENTS} events in one body")));
@@ -426,26 +453,33 @@ pub fn decode(body: &[u8], now: u64) -> Result<Decoded> {
         Ok(Body::One(item)) => take(&mut out, Ok(item)),
         Err(whole) => {
             // NDJSON: each non-blank line on its own; a line that does not parse is one refused event.
-            let lines = text
-                .split(|&b| b == b'\n')
-                .filter(|line| !line.trim_ascii().is_empty())
-                .count();
-            if lines <= 1 {
+            // Split once (memchr), blank lines dropped.
+            let mut lines: Vec<&[u8]> = Vec::new();
+            let mut start = 0;
+            for end in memchr::memchr_iter(b'\n', text).chain(std::iter::once(text.len())) {
+                let line = text[start..end].trim_ascii();
+                start = end + 1;
+                if !line.is_empty() {
+                    if lines.len() == MAX_EVENTS {
+                        return Err(CoreError::decode(format!("more than {MAX_EVENTS} events in one body")));
+                    }
+                    lines.push(line);
+                }
+            }
+            if lines.len() <= 1 {
                 return Err(CoreError::decode(format!(
                     "body is not JSON ({}): expected a JSON event, an array of events or NDJSON",
                     shorten(&whole.to_string())
                 )));
             }
-            if lines > MAX_EVENTS {
-                return Err(CoreError::decode(format!("more than {MAX_EVENTS} events in one body")));
-            }
-            out.events.reserve(lines);
-            for line in text.split(|&b| b == b'\n') {
-                let line = line.trim_ascii();
-                if line.is_empty() {
-                    continue;
+            out.events.reserve(lines.len());
+            for line in lines {
+                let item = match utf8 {
+                    // A line of valid UTF-8 split at an ASCII byte is valid UTF-8.
+                    Some(s) => serde_json::from_str::<Item<'_>>(&s[offset(s, line)..][..line.len()]),
+                    None => serde_json::from_slice::<Item<'_>>(line),
                 }
-                let item = serde_json::from_slice::<Item<'_>>(line).map_err(|e| format!("not JSON: {e}"));
+                .map_err(|e| format!("not JSON: {e}"));
                 take(&mut out, item);
             }
         }
@@ -552,10 +586,9 @@ pub fn from_ndjson(body: &[u8]) -> Result<Vec<Event>> {
 
 /// A `data` member's raw value as an `AnyValue`: strings, booleans, integers (i64), doubles; null,
 /// objects and arrays as their JSON text.
-fn put_raw_any(any: &mut Vec<u8>, value: &RawValue) {
-    let text = value.get();
+fn put_raw_any(any: &mut Vec<u8>, text: &str) {
     match text.as_bytes().first() {
-        Some(b'"') => match raw::string(value) {
+        Some(b'"') => match raw::str_text(text) {
             Ok(s) => wire::put_bytes(any, ANY_STRING, s.as_bytes()),
             Err(_) => wire::put_bytes(any, ANY_STRING, text.as_bytes()),
         },
@@ -597,14 +630,22 @@ fn put_record(lr: &mut Vec<u8>, e: &Event, observed: u64, name: &mut String) {
         put_str_kv(lr, 6, attr, value);
     }
     if e.data.len() > 2 {
-        // `data` is a valid object (the decoder wrote it); its members are read in place.
-        for (key, value) in raw::pairs(&e.data).unwrap_or_default() {
+        // `data` is a valid compact object (the decoder wrote it); its members are read in place.
+        fn put(lr: &mut Vec<u8>, name: &mut String, key: &str, value: &str) {
             name.truncate("event.data.".len());
-            name.push_str(&key);
+            name.push_str(key);
             wire::put_message(lr, 6, |kv| {
                 wire::put_bytes(kv, 1, name.as_bytes());
                 wire::put_message(kv, 2, |any| put_raw_any(any, value));
             });
+        }
+        let mark = lr.len();
+        if !raw::compact_members(&e.data, |key, value| put(lr, name, key, value)) {
+            // Not compact after all: undone, then the general reader.
+            lr.truncate(mark);
+            for (key, value) in raw::pairs(&e.data).unwrap_or_default() {
+                put(lr, name, &key, value.get());
+            }
         }
     }
     if let Some(id) = e.trace_id.as_deref().and_then(hex16) {
@@ -648,7 +689,7 @@ mod tests {
     const NOW: u64 = 1_700_000_000_000_000_000;
 
     fn one(json: &str) -> std::result::Result<Event, String> {
-        event_from_pairs(&raw::pairs(json).unwrap(), NOW)
+        event_from_pairs(&raw::pairs(json).unwrap(), NOW, &mut id::IdGen::new())
     }
 
     #[test]

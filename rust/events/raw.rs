@@ -145,8 +145,116 @@ pub fn string(raw: &RawValue) -> serde_json::Result<Cow<'_, str>> {
     serde_json::from_str::<Key<'_>>(raw.get()).map(|k| k.0)
 }
 
+/// A raw JSON string's text (`"..."`, valid JSON) unescaped, borrowed when it holds no escape.
+pub fn str_text(text: &str) -> serde_json::Result<Cow<'_, str>> {
+    let b = text.as_bytes();
+    if b.len() >= 2 && b[0] == b'"' && b[b.len() - 1] == b'"' && !needs_escape(&b[1..b.len() - 1]) {
+        return Ok(Cow::Borrowed(&text[1..text.len() - 1]));
+    }
+    serde_json::from_str::<Key<'_>>(text).map(|k| k.0)
+}
+
+/// Whether any byte must be escaped in a JSON string (`"`, `\`, a control character). Written
+/// without an early exit so that it compiles to a vector loop.
+fn needs_escape(b: &[u8]) -> bool {
+    b.iter()
+        .fold(false, |any, &c| any | (c < 0x20) | (c == b'"') | (c == b'\\'))
+}
+
+/// Calls `member(key, value text)` for each member of a compact JSON object (no whitespace
+/// outside strings, as `data` is written), in order, duplicates kept. False when `json` is not
+/// such an object (the caller then reads it the general way and undoes what `member` did).
+pub fn compact_members(json: &str, mut member: impl FnMut(&str, &str)) -> bool {
+    let b = json.as_bytes();
+    if b.first() != Some(&b'{') {
+        return false;
+    }
+    if b == b"{}" {
+        return true;
+    }
+    let mut i = 1;
+    loop {
+        let Some(key_end) = string_end(b, i) else { return false };
+        let Ok(key) = str_text(&json[i..key_end]) else {
+            return false;
+        };
+        if b.get(key_end) != Some(&b':') {
+            return false;
+        }
+        let start = key_end + 1;
+        let Some(end) = value_end(b, start) else { return false };
+        member(&key, &json[start..end]);
+        match b.get(end) {
+            Some(b',') => i = end + 1,
+            Some(b'}') if end + 1 == b.len() => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// The end (past the closing quote) of the JSON string starting at `start`.
+fn string_end(b: &[u8], start: usize) -> Option<usize> {
+    if b.get(start) != Some(&b'"') {
+        return None;
+    }
+    let mut i = start + 1;
+    while i < b.len() {
+        match b[i] {
+            b'"' => return Some(i + 1),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The end of the compact JSON value starting at `start` (strings, nesting and scalars).
+fn value_end(b: &[u8], start: usize) -> Option<usize> {
+    match b.get(start)? {
+        b'"' => string_end(b, start),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = start;
+            while i < b.len() {
+                match b[i] {
+                    b'"' => {
+                        i = string_end(b, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => {
+            let len = b[start..].iter().position(|c| matches!(c, b',' | b'}' | b']'))?;
+            let scalar = &b[start..start + len];
+            (len > 0
+                && !scalar
+                    .iter()
+                    .any(|c| matches!(c, b' ' | b'\n' | b'\r' | b'\t' | b'"' | b'{' | b'[')))
+            .then_some(start + len)
+        }
+    }
+}
+
 /// Appends `s` as a JSON string.
 pub fn push_json_str(out: &mut String, s: &str) {
+    if !needs_escape(s.as_bytes()) {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     out.push('"');
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
@@ -173,6 +281,14 @@ pub fn push_json_str(out: &mut String, s: &str) {
 
 /// Appends valid JSON text without the whitespace outside its strings (so it fits on one line).
 pub fn minify_into(out: &mut String, json: &str) {
+    // No whitespace byte at all (compact already, the usual case): copied whole.
+    if !json
+        .bytes()
+        .fold(false, |any, b| any | matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
+    {
+        out.push_str(json);
+        return;
+    }
     let (mut in_string, mut escaped, mut start) = (false, false, 0);
     for (i, b) in json.bytes().enumerate() {
         if in_string {
