@@ -423,7 +423,7 @@ impl Core {
         fsync = "always",
         fsync_interval_ms = 200,
         segment_bytes = 67_108_864,
-        preallocate = true,
+        preallocate = false,
         exporter_limits = None,
         scrub_otlp = false,
         scrub_fluent = false,

@@ -1,5 +1,6 @@
-"""Preallocated queue segments end to end: they take their full size at once, a kill -9 loses
-nothing in them, their zero tails are not reported as damage, and a full disk still answers 503."""
+"""Preallocated queue segments (opt-in: `storage.preallocate = true`) end to end: they take their
+full size at once, a kill -9 loses nothing in them, their zero tails are not reported as damage,
+and a full disk still answers 503; with it off, segments grow as written."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def queue_opened(log: str) -> list[dict[str, object]]:
 
 def test_kill_9_with_preallocated_segments_loses_nothing(gateway_factory, upstream: Upstream, tmp_path: Path) -> None:
     upstream.default = Reply(503, {"Retry-After": "1"})  # nothing drains: the segments stay
-    gw: Gateway = gateway_factory(dash0_config(upstream, f"[storage]\nsegment_bytes = {SEGMENT}\n"))
+    gw: Gateway = gateway_factory(dash0_config(upstream, f"[storage]\nsegment_bytes = {SEGMENT}\npreallocate = true\n"))
     acked = set()
     for i in range(0, 6000, 50):
         assert post(gw.url, numbered(i, 50))[0] == 200
@@ -53,7 +54,7 @@ def test_full_disk_with_preallocation_answers_503(gateway_factory, tmp_path: Pat
         # Segments of 256 KiB: spares are made until the disk has no room for one, then appends
         # run into the full disk.
         config = (
-            f'[server]\nshutdown_grace_s = 0.5\n[storage]\ndir = "{disk}"\nsegment_bytes = 262144\n'
+            f'[server]\nshutdown_grace_s = 0.5\n[storage]\ndir = "{disk}"\nsegment_bytes = 262144\npreallocate = true\n'
             '[exporters.otlp]\nendpoint = "http://127.0.0.1:9"\n'
         )
         gw = gateway_factory(config)

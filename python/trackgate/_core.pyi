@@ -135,7 +135,7 @@ class Core:
         fsync: _Fsync = "always",
         fsync_interval_ms: int = 200,
         segment_bytes: int = 67108864,
-        preallocate: bool = True,
+        preallocate: bool = False,
         exporter_limits: dict[str, tuple[int, float]] | None = None,
         scrub_otlp: bool = False,
         scrub_fluent: bool = False,

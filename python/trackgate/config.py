@@ -74,9 +74,10 @@ class StorageConfig(_Section):
     fsync: Fsync = "always"  # always: a 200 means fsynced to disk
     fsync_interval_ms: PositiveInt = 200  # with fsync = "interval"
     segment_bytes: Annotated[int, Meta(ge=4096)] = 64 * 1024 * 1024
-    # Segments written as zeros ahead of use (with fsync always/interval), so a group fsync is a
-    # data overwrite without a journal commit; off: segments grow as written.
-    preallocate: bool = True
+    # Opt-in: segments written as zeros ahead of use (with fsync always/interval), so a group
+    # fsync is a data overwrite without a journal commit. Off by default: on the measured disk it
+    # gained no throughput and doubled p99 (the zeros double the writes; benches/RESULTS.md).
+    preallocate: bool = False
     orphan_scan_s: Annotated[float, Meta(gt=0.0)] = 30.0  # how often workers look for shards to adopt
 
 
