@@ -187,22 +187,29 @@ def test_corrupt_segment_is_cut_and_the_rest_delivered(gateway_factory, upstream
 
 
 def test_full_disk_answers_503_and_keeps_serving(gateway_factory, tmp_path) -> None:
+    assert_full_disk_answers_503(gateway_factory, tmp_path, "1m", "max_bytes = 67108864\n", per_post=1000)
+
+
+def assert_full_disk_answers_503(gateway_factory, tmp_path: Path, size: str, storage: str, per_post: int) -> None:
+    """A queue on a tmpfs of `size` that nothing drains (the destination refuses connections)
+    outgrows the disk: the gateway answers 503 with Retry-After, logs why, and keeps serving."""
     import subprocess
 
     disk = tmp_path / "small-disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
-        # Nothing drains (the destination refuses connections), so the queue outgrows the disk.
         config = (
-            f'[server]\nshutdown_grace_s = 0.5\n[storage]\ndir = "{disk}"\nmax_bytes = 67108864\n'
+            f'[server]\nshutdown_grace_s = 0.5\n[storage]\ndir = "{disk}"\n{storage}'
             '[exporters.otlp]\nendpoint = "http://127.0.0.1:9"\n'
         )
         gw = gateway_factory(config)
         statuses = []
-        for i in range(0, 100_000, 1000):
-            status, headers = post(gw.url, numbered(i, 1000))
+        for i in range(0, 100_000, per_post):
+            status, headers = post(gw.url, numbered(i, per_post))
             statuses.append(status)
             if status != 200:
                 break

@@ -5,13 +5,12 @@ and a full disk still answers 503; with it off, segments grow as written."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest import Gateway, dash0_config
-from test_durability import names, numbered, post, status_of
+from test_durability import assert_full_disk_answers_503, names, numbered, post
 from upstream import Reply, Upstream
 
 pytestmark = pytest.mark.slow
@@ -46,31 +45,10 @@ def test_kill_9_with_preallocated_segments_loses_nothing(gateway_factory, upstre
 
 
 def test_full_disk_with_preallocation_answers_503(gateway_factory, tmp_path: Path) -> None:
-    disk = tmp_path / "small-disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
-        # Segments of 256 KiB: spares are made until the disk has no room for one, then appends
-        # run into the full disk.
-        config = (
-            f'[server]\nshutdown_grace_s = 0.5\n[storage]\ndir = "{disk}"\nsegment_bytes = 262144\npreallocate = true\n'
-            '[exporters.otlp]\nendpoint = "http://127.0.0.1:9"\n'
-        )
-        gw = gateway_factory(config)
-        statuses = []
-        for i in range(0, 100_000, 500):
-            status, headers = post(gw.url, numbered(i, 500))
-            statuses.append(status)
-            if status != 200:
-                break
-        assert statuses[0] == 200 and statuses[-1] == 503, statuses
-        assert headers["retry-after"] == "5"
-        assert status_of(gw.url + "/healthz") == 200
-        assert "queue storage failed" in gw.log()
-        gw.stop()
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    # Segments of 256 KiB: spares are made until the disk has no room for one, then appends run
+    # into the full disk.
+    storage = "segment_bytes = 262144\npreallocate = true\n"
+    assert_full_disk_answers_503(gateway_factory, tmp_path, "2m", storage, per_post=500)
 
 
 def metric(gw: Gateway, name: str) -> float:
