@@ -1,6 +1,7 @@
 # Sourced by the end-to-end bench scripts (run from the repository root): the venv's Python, a
 # temp dir ($OUT when set, kept) and the process groups started ($pids), stopped on exit; free
-# loopback ports; the do-nothing ASGI and RSGI apps as an upstream or as the ceilings.
+# loopback ports; the do-nothing ASGI and RSGI apps as an upstream or as the ceilings; a gateway of
+# this tree with given config lines (gateway_of), and interleaved saturating runs (interleave).
 py=.venv/bin/python
 tmp=${OUT:-$(mktemp -d)}
 mkdir -p "$tmp"
@@ -25,4 +26,29 @@ null_app() {
   pids+=($!)
   null_url=http://127.0.0.1:$port
   for _ in $(seq 100); do curl -s -o /dev/null "$null_url/" && break; sleep 0.1; done
+}
+# A gateway of this tree (2 workers) named NAME, in its own dir under $tmp, with [storage] lines
+# STORAGE and any further TOML EXTRA, exporting to $null_url; sets $url.
+gateway_of() { # name, [storage lines], [extra toml]
+  local d=$tmp/$1 port; port=$(free); mkdir -p "$d"
+  printf '[storage]\ndir = "%s/data"\n%s\n%s\n[exporters.otlp]\nendpoint = "%s"\n' "$d" "${2:-}" "${3:-}" "$null_url" \
+    > "$d/trackgate.toml"
+  setsid $py -m trackgate serve --config "$d/trackgate.toml" --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$(free)" \
+    --workers 2 > "$d/gateway.log" 2>&1 &
+  pids+=($!)
+  url=http://127.0.0.1:$port
+  wait_healthy "$url/healthz"
+}
+# ROUNDS interleaved rounds of SECS-second saturating runs (64 connections, 100-record OTLP logs),
+# one table row per run, over the gateways given as NAME=URL.
+interleave() { # rounds, secs, name=url...
+  local rounds=$1 secs=$2 r kv; shift 2
+  echo "# $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "| what answers | requests/s | records/s | p50 ms | p99 ms | server CPU | server RSS peak | statuses |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---|"
+  for r in $(seq "$rounds"); do for kv in "$@"; do
+    $py -m trackgate bench --no-progress --duration "$secs" --json --url "${kv#*=}" --signal logs --records 100 \
+      --connections 64 | $py benches/bench_row.py "${kv%%=*} (round $r)"
+  done; done
+  echo "# load $(cut -d' ' -f1-3 /proc/loadavg)"
 }
