@@ -3246,7 +3246,7 @@ mod tests {
     }
 
     /// Waits for another thread to get somewhere (a guard against hanging, not a timing check).
-    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    pub(super) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         let start = Instant::now();
         while !done() {
             assert!(

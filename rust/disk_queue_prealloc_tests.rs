@@ -1,6 +1,7 @@
 //! Preallocated segments: recovery of zero tails, rolls into prepared spares, and the fallback
 //! when a spare cannot be made.
 
+use super::tests::wait_until;
 use super::*;
 
 const PAYLOAD: usize = 200;
@@ -32,18 +33,6 @@ fn counter(q: &DiskQueue, name: &str) -> u64 {
 
 fn file_len(dir: &TempDir, id: u64) -> u64 {
     fs::metadata(segment_path(&dir.0, id)).unwrap().len()
-}
-
-/// Waits for the preparer thread (a guard against hanging, not a timing check).
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "gave up waiting until {what}"
-        );
-        thread::sleep(Duration::from_millis(1));
-    }
 }
 
 fn spare_ready(q: &DiskQueue) -> bool {
