@@ -424,6 +424,7 @@ impl Core {
         fsync_interval_ms = 200,
         segment_bytes = 67_108_864,
         preallocate = false,
+        compression = "lz4",
         exporter_limits = None,
         scrub_otlp = false,
         scrub_fluent = false,
@@ -451,6 +452,7 @@ impl Core {
         fsync_interval_ms: u64,
         segment_bytes: u64,
         preallocate: bool,
+        compression: &str,
         exporter_limits: Option<HashMap<String, (u64, f64)>>,
         scrub_otlp: bool,
         scrub_fluent: bool,
@@ -463,6 +465,15 @@ impl Core {
         let scrub = scrub_options(true, scrub_extra_keys, scrub_safe_keys, scrub_patterns)?;
         let fsync = Fsync::parse(fsync, Duration::from_millis(fsync_interval_ms)).map_err(to_py)?;
         let limits = parse_limits(exporter_limits.unwrap_or_default())?;
+        let compress = match compression {
+            "lz4" => true,
+            "none" => false,
+            other => {
+                return Err(to_py(CoreError::Usage(format!(
+                    "unknown storage compression {other:?} (expected lz4 or none)"
+                ))))
+            }
+        };
         let pipeline = guarded(py, || {
             let batch = Limits::new(
                 batch_max_records,
@@ -495,6 +506,7 @@ impl Core {
                 limits,
                 // Without fsyncs there is no journal commit to save: segments grow as written.
                 preallocate: preallocate && fsync != Fsync::Never,
+                compress,
                 ..DiskOptions::new(dir, exporters, queue_max_bytes as u64)
             })?;
             Pipeline::with_queue(ingest, Box::new(queue), batch)

@@ -75,6 +75,8 @@ const READ_ATTEMPTS: usize = 3;
 
 const SEGMENT_MAGIC: [u8; 8] = *b"TGQSEG01";
 const FRAME_MAGIC: [u8; 4] = *b"TGQF";
+/// Above the most an LZ4 block can expand (a run of 255-byte match extensions).
+const LZ4_MAX_RATIO: u64 = 256;
 const LEDGER_MAGIC: [u8; 8] = *b"TGQLDG01";
 const LOCK_FILE: &str = "LOCK";
 const LEDGER_FILE: &str = "ledger";
@@ -107,17 +109,32 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// How a frame's payload is stored (byte 33 of its header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// As appended.
+    Raw = 0,
+    /// One LZ4 block (`storage.compression = "lz4"`); the header holds the raw length.
+    Lz4 = 1,
+}
+
 /// The header of one queued entry on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
     pub signal: Signal,
     pub seq: Seq,
+    /// At most `u32::MAX` in an LZ4 frame, whose header keeps the raw length in the upper half
+    /// of this field (older raw frames keep their full `u64`).
     pub records: u64,
     /// Append time in Unix milliseconds: unlike an `Instant`, it means something after a restart,
     /// so batch delays and `max_age` keep working.
     pub appended_ms: u64,
+    /// The payload's length as stored.
     pub len: u32,
     pub payload_crc: u32,
+    pub codec: Codec,
+    /// The payload's length once decoded (`len` for a raw frame).
+    pub raw_len: u32,
 }
 
 /// Why bytes are not a frame.
@@ -139,6 +156,26 @@ impl FrameHeader {
             appended_ms,
             len: u32::try_from(payload.len()).ok()?,
             payload_crc: crc32c::crc32c(payload),
+            codec: Codec::Raw,
+            raw_len: u32::try_from(payload.len()).ok()?,
+        })
+    }
+
+    /// The header of an LZ4 frame: `stored` is the block, `raw_len` what it decodes to. `None`
+    /// when a length or the record count does not fit the header.
+    pub fn lz4(
+        signal: Signal,
+        seq: Seq,
+        records: u64,
+        appended_ms: u64,
+        raw_len: usize,
+        stored: &[u8],
+    ) -> Option<Self> {
+        u32::try_from(records).ok()?;
+        Some(FrameHeader {
+            codec: Codec::Lz4,
+            raw_len: u32::try_from(raw_len).ok()?,
+            ..FrameHeader::new(signal, seq, records, appended_ms, stored)?
         })
     }
 
@@ -152,9 +189,17 @@ impl FrameHeader {
         h[0..4].copy_from_slice(&FRAME_MAGIC);
         h[4..8].copy_from_slice(&self.len.to_le_bytes());
         h[8..16].copy_from_slice(&self.seq.to_le_bytes());
-        h[16..24].copy_from_slice(&self.records.to_le_bytes());
+        match self.codec {
+            Codec::Raw => h[16..24].copy_from_slice(&self.records.to_le_bytes()),
+            Codec::Lz4 => {
+                let records = u32::try_from(self.records).unwrap_or(u32::MAX);
+                h[16..20].copy_from_slice(&records.to_le_bytes());
+                h[20..24].copy_from_slice(&self.raw_len.to_le_bytes());
+            }
+        }
         h[24..32].copy_from_slice(&self.appended_ms.to_le_bytes());
         h[32] = self.signal.index() as u8;
+        h[33] = self.codec as u8;
         h[36..40].copy_from_slice(&self.payload_crc.to_le_bytes());
         let crc = crc32c::crc32c(&h[..40]);
         h[40..44].copy_from_slice(&crc.to_le_bytes());
@@ -166,18 +211,51 @@ impl FrameHeader {
         let Some(h) = buf.get(..FRAME_HEADER) else {
             return Err(FrameError::Truncated);
         };
-        if h[..4] != FRAME_MAGIC || crc32c::crc32c(&h[..40]) != u32_at(h, 40) || h[33..36] != [0, 0, 0] {
+        if h[..4] != FRAME_MAGIC || crc32c::crc32c(&h[..40]) != u32_at(h, 40) || h[34..36] != [0, 0] {
             return Err(FrameError::Corrupt);
         }
         let signal = *Signal::ALL.get(usize::from(h[32])).ok_or(FrameError::Corrupt)?;
+        let len = u32_at(h, 4);
+        let (codec, records, raw_len) = match h[33] {
+            0 => (Codec::Raw, u64_at(h, 16), len),
+            1 => (Codec::Lz4, u64::from(u32_at(h, 16)), u32_at(h, 20)),
+            _ => return Err(FrameError::Corrupt),
+        };
+        // An LZ4 block expands at most about 255-fold: a larger claim is damage, refused before
+        // anything is allocated for it.
+        if u64::from(raw_len) > u64::from(len) * LZ4_MAX_RATIO {
+            return Err(FrameError::Corrupt);
+        }
         Ok(FrameHeader {
             signal,
             seq: u64_at(h, 8),
-            records: u64_at(h, 16),
+            records,
             appended_ms: u64_at(h, 24),
-            len: u32_at(h, 4),
+            len,
             payload_crc: u32_at(h, 36),
+            codec,
+            raw_len,
         })
+    }
+}
+
+/// The payload as an LZ4 block, when that is smaller.
+pub fn lz4_pack(payload: &[u8]) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(payload.len())];
+    let n = lz4_flex::block::compress_into(payload, &mut out).ok()?;
+    out.truncate(n);
+    (n < payload.len()).then_some(out)
+}
+
+/// A frame's payload as appended: `None` when it does not decode to its recorded length.
+pub fn unpack(header: &FrameHeader, stored: Vec<u8>) -> Option<Vec<u8>> {
+    match header.codec {
+        Codec::Raw => Some(stored),
+        Codec::Lz4 => {
+            let mut out = vec![0u8; usize::try_from(header.raw_len).ok()?];
+            let n = lz4_flex::block::decompress_into(&stored, &mut out).ok()?;
+            (n == out.len()).then_some(out)
+        }
     }
 }
 
@@ -477,6 +555,9 @@ pub struct DiskOptions {
     /// background thread, so that an fdatasync after an append overwrites data in place instead
     /// of also committing the file's new size to the journal.
     pub preallocate: bool,
+    /// Frames are stored as LZ4 blocks where that is smaller: fewer bytes for every fsync to
+    /// write and for `max_bytes` to hold.
+    pub compress: bool,
     #[cfg(test)]
     pub(crate) faults: Option<Arc<Faults>>,
 }
@@ -492,6 +573,7 @@ impl DiskOptions {
             cache_bytes: DEFAULT_CACHE_BYTES,
             limits: Vec::new(),
             preallocate: true,
+            compress: false,
             #[cfg(test)]
             faults: None,
         }
@@ -627,7 +709,10 @@ impl Io {
 struct Meta {
     seq: Seq,
     records: u64,
+    /// The payload's length as appended (what batches and byte limits count).
     len: u32,
+    /// Its length in the segment (smaller when compressed).
+    stored: u32,
     segment: u64,
     /// Offset of the frame header in the segment file.
     offset: u64,
@@ -762,6 +847,7 @@ struct Config {
     /// By exporter index.
     limits: Vec<ExporterLimit>,
     preallocate: bool,
+    compress: bool,
     io: Io,
 }
 
@@ -1183,6 +1269,7 @@ enum ReadFailure {
 }
 
 /// Reads one payload back and checks it against the index.
+/// Reads the frame at `offset` back (`len` bytes stored) and decodes its payload.
 fn read_payload(
     io: &Io,
     file: &File,
@@ -1203,7 +1290,7 @@ fn read_payload(
     if crc32c::crc32c(&payload) != h.payload_crc {
         return Err(ReadFailure::Damaged);
     }
-    Ok(payload)
+    unpack(&h, payload).ok_or(ReadFailure::Damaged)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1266,6 +1353,12 @@ struct Shared {
     storage_errors: AtomicU64,
     /// Spares that could not be prepared (disk full, failing disk).
     prealloc_errors: AtomicU64,
+    /// Segment fdatasyncs run, and the appends the syncer's groups covered (their ratio is the
+    /// group-commit size an operator sees in /metrics).
+    data_syncs: AtomicU64,
+    synced_waiters: AtomicU64,
+    /// Ledger files written (each an fsync, a rename and a directory fsync when durable).
+    ledger_writes: AtomicU64,
     /// Requests to the preparer thread.
     prep: Mutex<Prep>,
     prep_wake: Condvar,
@@ -1302,6 +1395,7 @@ impl Shared {
             (Arc::clone(&seg.file), seg.size)
         };
         let synced = self.config.io.sync_data(&file);
+        self.data_syncs.fetch_add(1, Ordering::Relaxed);
         let mut st = self.lock();
         match synced {
             Ok(()) => {
@@ -1337,6 +1431,7 @@ impl Shared {
             }
             Ok(())
         })();
+        self.ledger_writes.fetch_add(1, Ordering::Relaxed);
         result.map_err(|e| storage("writing the queue ledger", e))?;
         *written = generation;
         self.ledger_written_gen.store(generation, Ordering::Release);
@@ -1404,6 +1499,9 @@ impl DiskQueue {
             damaged_entries: AtomicU64::new(0),
             storage_errors: AtomicU64::new(0),
             prealloc_errors: AtomicU64::new(0),
+            data_syncs: AtomicU64::new(0),
+            synced_waiters: AtomicU64::new(0),
+            ledger_writes: AtomicU64::new(0),
             prep: Mutex::new(Prep::default()),
             prep_wake: Condvar::new(),
             report,
@@ -1461,14 +1559,14 @@ impl DiskQueue {
         &self,
         file: &File,
         offset: u64,
+        stored: u32,
         signal: Signal,
         info: &EntryInfo,
     ) -> std::result::Result<Payload, ReadFailure> {
-        let len = u32::try_from(info.len).unwrap_or(u32::MAX);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match read_payload(&self.shared.config.io, file, offset, signal, info.seq, len) {
+            match read_payload(&self.shared.config.io, file, offset, signal, info.seq, stored) {
                 Ok(payload) => return Ok(Payload::from(payload)),
                 Err(failure) => {
                     if matches!(failure, ReadFailure::Io(_)) {
@@ -1566,6 +1664,7 @@ fn run_syncer(shared: &std::sync::Weak<Shared>, queue: &WaitQueue) {
             settle_group(group, |_| Err(CoreError::Closed));
             return;
         };
+        sh.synced_waiters.fetch_add(group.len() as u64, Ordering::Relaxed);
         let mut furthest: BTreeMap<u64, u64> = BTreeMap::new();
         for w in &group {
             let end = furthest.entry(w.point.segment).or_default();
@@ -1672,6 +1771,7 @@ fn check_options(options: DiskOptions) -> Result<Config> {
         cache_bytes: options.cache_bytes,
         limits,
         preallocate: options.preallocate,
+        compress: options.compress,
         io: Io {
             #[cfg(test)]
             faults: options.faults,
@@ -1896,12 +1996,13 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
             // file says.
             let records = h.records.min(u64::from(u32::MAX));
             lane.total_records = lane.total_records.saturating_add(records);
-            lane.total_bytes = lane.total_bytes.saturating_add(u64::from(h.len));
+            lane.total_bytes = lane.total_bytes.saturating_add(u64::from(h.raw_len));
             let age = Duration::from_millis(now_ms.saturating_sub(h.appended_ms));
             lane.metas.push_back(Meta {
                 seq: h.seq,
                 records,
-                len: h.len,
+                len: h.raw_len,
+                stored: h.len,
                 segment: seg.id,
                 offset: *offset,
                 appended: now.checked_sub(age).unwrap_or(now),
@@ -1913,7 +2014,7 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
             frames += 1;
             report.frames += 1;
             report.records = report.records.saturating_add(records);
-            report.bytes = report.bytes.saturating_add(u64::from(h.len));
+            report.bytes = report.bytes.saturating_add(u64::from(h.raw_len));
         }
         segments.insert(
             seg.id,
@@ -2045,10 +2146,17 @@ impl Queue for DiskQueue {
         let sh = &*self.shared;
         let config = &sh.config;
         let limit = usize::try_from(config.max_bytes).unwrap_or(usize::MAX);
-        let frame_len = FRAME_HEADER as u64 + payload.len() as u64;
         let now = Instant::now();
-        // Computed before taking the lock: the CRC is the one pass over the payload.
-        let header = FrameHeader::new(signal, 0, records, unix_ms(), &payload);
+        // Compressed and checksummed before taking the lock.
+        let packed = config.compress.then(|| lz4_pack(&payload)).flatten();
+        let (header, stored) = match &packed {
+            Some(block) => match FrameHeader::lz4(signal, 0, records, unix_ms(), payload.len(), block) {
+                Some(h) => (Some(h), &block[..]),
+                None => (FrameHeader::new(signal, 0, records, unix_ms(), &payload), &payload[..]),
+            },
+            None => (FrameHeader::new(signal, 0, records, unix_ms(), &payload), &payload[..]),
+        };
+        let frame_len = FRAME_HEADER as u64 + stored.len() as u64;
         let Some(mut header) = header.filter(|_| frame_len + SEGMENT_HEADER as u64 <= config.max_bytes) else {
             return Err(CoreError::TooLarge { limit });
         };
@@ -2096,7 +2204,7 @@ impl Queue for DiskQueue {
             let written = seg
                 .file
                 .write_all_at(&header.encode(), offset)
-                .and_then(|()| seg.file.write_all_at(&payload, offset + FRAME_HEADER as u64));
+                .and_then(|()| seg.file.write_all_at(stored, offset + FRAME_HEADER as u64));
             if let Err(e) = written {
                 // Cut the partial frame so the next append does not follow garbage.
                 let _ = seg.file.set_len(offset);
@@ -2111,16 +2219,17 @@ impl Queue for DiskQueue {
             let lane = &mut st.lanes[l];
             lane.last = seq;
             lane.total_records = lane.total_records.saturating_add(records);
-            lane.total_bytes += u64::from(header.len);
+            lane.total_bytes += u64::from(header.raw_len);
             lane.held_records = lane.held_records.saturating_add(records);
-            lane.held_bytes += u64::from(header.len);
+            lane.held_bytes += u64::from(header.raw_len);
             for c in &mut lane.cursors {
-                c.need_bytes += u64::from(header.len);
+                c.need_bytes += u64::from(header.raw_len);
             }
             let meta = Meta {
                 seq,
                 records,
-                len: header.len,
+                len: header.raw_len,
+                stored: header.len,
                 segment: id,
                 offset,
                 appended: now,
@@ -2212,7 +2321,7 @@ impl Queue for DiskQueue {
         let sh = &*self.shared;
         enum Source {
             Cached(Payload),
-            Disk(Arc<File>, u64),
+            Disk(Arc<File>, u64, u32),
             Missing,
         }
         struct Planned {
@@ -2253,13 +2362,13 @@ impl Queue for DiskQueue {
                     },
                     source: match (&m.cached, segments.get(&m.segment)) {
                         (Some(p), _) => Source::Cached(p.clone()),
-                        (None, Some(seg)) => Source::Disk(Arc::clone(&seg.file), m.offset),
+                        (None, Some(seg)) => Source::Disk(Arc::clone(&seg.file), m.offset, m.stored),
                         (None, None) => Source::Missing,
                     },
                     totals: (m.total_records, m.total_bytes),
                     unacknowledged: poisoned
                         .get(&m.segment)
-                        .is_some_and(|&on_disk| m.offset + FRAME_HEADER as u64 + u64::from(m.len) > on_disk),
+                        .is_some_and(|&on_disk| m.offset + FRAME_HEADER as u64 + u64::from(m.stored) > on_disk),
                 })
                 .collect();
             lane.cursors[x].reading = true;
@@ -2277,7 +2386,7 @@ impl Queue for DiskQueue {
             } = planned;
             let payload = match source {
                 Source::Cached(p) => Ok(p),
-                Source::Disk(file, offset) => self.read_with_retries(&file, offset, signal, &info),
+                Source::Disk(file, offset, stored) => self.read_with_retries(&file, offset, stored, signal, &info),
                 Source::Missing => Err(ReadFailure::Damaged),
             };
             let (payload, records) = match payload {
@@ -2400,6 +2509,15 @@ impl Queue for DiskQueue {
                 sh.prealloc_errors.load(Ordering::Relaxed),
             ),
             ("queue_read_errors".to_owned(), sh.read_errors.load(Ordering::Relaxed)),
+            ("queue_data_syncs".to_owned(), sh.data_syncs.load(Ordering::Relaxed)),
+            (
+                "queue_synced_appends".to_owned(),
+                sh.synced_waiters.load(Ordering::Relaxed),
+            ),
+            (
+                "queue_ledger_writes".to_owned(),
+                sh.ledger_writes.load(Ordering::Relaxed),
+            ),
             ("queue_read_stalled".to_owned(), stalled as u64),
             (
                 "queue_damaged_entries".to_owned(),
@@ -2515,6 +2633,10 @@ impl Drop for TempDir {
 #[cfg(test)]
 #[path = "disk_queue_prealloc_tests.rs"]
 mod prealloc_tests;
+
+#[cfg(test)]
+#[path = "disk_queue_compress_tests.rs"]
+mod compress_tests;
 
 #[cfg(test)]
 mod tests {

@@ -35,6 +35,7 @@ def write(tmp_path: Path, text: str) -> Path:
         ("[server]\npreauth_timeout_s = 0\n", ["$.server.preauth_timeout_s"]),
         ("[exporters.otlp]\ncompression_level = 10\n", ["$.exporters.otlp.compression_level", "<= 9"]),
         ("[exporters.dash0]\ncompression_level = 0\n", ["$.exporters.dash0.compression_level", ">= 1"]),
+        ("[storage]\ncompression = 'zstd'\n", ["$.storage.compression", "zstd"]),
     ],
 )
 def test_errors_name_key_and_file(tmp_path: Path, text: str, words: list[str]) -> None:

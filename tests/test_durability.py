@@ -104,7 +104,11 @@ def test_full_queue_answers_429_then_recovers(gateway_factory, upstream: Upstrea
     upstream.default = Reply(503, {"Retry-After": "1"})
     config = dash0_config(upstream, "[storage]\nmax_bytes = 4000\n")
     gw = gateway_factory(config)
-    results = [post(gw.url, numbered(i * 20, 20)) for i in range(6)]
+    results = []
+    for i in range(60):  # until the queue is full (how soon depends on storage.compression)
+        results.append(post(gw.url, numbered(i * 20, 20)))
+        if results[-1][0] == 429:
+            break
     statuses = [s for s, _ in results]
     assert statuses[0] == 200 and 429 in statuses
     refused = next(h for s, h in results if s == 429)

@@ -218,7 +218,10 @@ def test_tokens_and_full_queue(gateway_factory, upstream: Upstream) -> None:
     from upstream import Reply
 
     upstream.default = Reply(503, {"Retry-After": "1"})
-    gw = gateway_factory(dash0_config(upstream, "[storage]\nmax_bytes = 4000\n"), env={"TRACKGATE_TOKENS": "s3cret"})
+    gw = gateway_factory(
+        dash0_config(upstream, '[storage]\nmax_bytes = 4000\ncompression = "none"\n'),
+        env={"TRACKGATE_TOKENS": "s3cret"},
+    )
     body = json.dumps([{"log": "x" * 200, "i": i} for i in range(5)]).encode()
     status, headers, _ = call(gw.url + "/v1/fluent", body, {"Content-Type": "application/json"})
     assert status == 401 and "bearer" in headers["www-authenticate"].lower()

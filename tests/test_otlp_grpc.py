@@ -185,7 +185,7 @@ def test_tokens_required(gateway_factory, upstream: Upstream) -> None:
 
 def test_full_queue_answers_unavailable_with_retry_info(gateway_factory, upstream: Upstream) -> None:
     upstream.default = Reply(503, {"Retry-After": "1"})
-    gw = gateway_factory(dash0_config(upstream, "[storage]\nmax_bytes = 4000\n"))
+    gw = gateway_factory(dash0_config(upstream, '[storage]\nmax_bytes = 4000\ncompression = "none"\n'))
     client = Client(gw.grpc_target)
     results = [client.call(numbered(i * 20, 20)) for i in range(6)]
     codes = [code for code, _, _ in results]

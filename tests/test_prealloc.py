@@ -16,6 +16,8 @@ from upstream import Reply, Upstream
 pytestmark = pytest.mark.slow
 
 SEGMENT = 65536
+# Frames stored as sent, so that these posts fill segments of a known size.
+RAW = 'compression = "none"\n'
 
 
 def queue_opened(log: str) -> list[dict[str, object]]:
@@ -24,7 +26,8 @@ def queue_opened(log: str) -> list[dict[str, object]]:
 
 def test_kill_9_with_preallocated_segments_loses_nothing(gateway_factory, upstream: Upstream, tmp_path: Path) -> None:
     upstream.default = Reply(503, {"Retry-After": "1"})  # nothing drains: the segments stay
-    gw: Gateway = gateway_factory(dash0_config(upstream, f"[storage]\nsegment_bytes = {SEGMENT}\npreallocate = true\n"))
+    storage = f"[storage]\nsegment_bytes = {SEGMENT}\npreallocate = true\n{RAW}"
+    gw: Gateway = gateway_factory(dash0_config(upstream, storage))
     acked = set()
     for i in range(0, 6000, 50):
         assert post(gw.url, numbered(i, 50))[0] == 200
@@ -47,7 +50,7 @@ def test_kill_9_with_preallocated_segments_loses_nothing(gateway_factory, upstre
 def test_full_disk_with_preallocation_answers_503(gateway_factory, tmp_path: Path) -> None:
     # Segments of 256 KiB: spares are made until the disk has no room for one, then appends run
     # into the full disk.
-    storage = "segment_bytes = 262144\npreallocate = true\n"
+    storage = f"segment_bytes = 262144\npreallocate = true\n{RAW}"
     assert_full_disk_answers_503(gateway_factory, tmp_path, "2m", storage, per_post=500)
 
 
@@ -66,7 +69,7 @@ def metric(gw: Gateway, name: str) -> float:
 def test_preallocate_switch(gateway_factory, upstream: Upstream, tmp_path: Path, preallocate: bool) -> None:
     """`storage.preallocate = false`: segments grow as written (no spare, none counted)."""
     upstream.default = Reply(503, {"Retry-After": "1"})  # nothing drains: the segments stay
-    storage = f"[storage]\nsegment_bytes = {SEGMENT}\npreallocate = {str(preallocate).lower()}\n"
+    storage = f"[storage]\nsegment_bytes = {SEGMENT}\npreallocate = {str(preallocate).lower()}\n{RAW}"
     gw: Gateway = gateway_factory(dash0_config(upstream, storage))
     for i in range(0, 6000, 50):
         assert post(gw.url, numbered(i, 50))[0] == 200

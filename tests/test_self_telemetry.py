@@ -62,6 +62,7 @@ def test_queue_full_answers_429_and_not_ready(gateway_factory, upstream) -> None
     config = f"""
 [storage]
 max_bytes = 2000
+compression = "none"
 [exporters.otlp]
 endpoint = "{upstream.url}"
 """

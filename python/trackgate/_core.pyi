@@ -136,6 +136,7 @@ class Core:
         fsync_interval_ms: int = 200,
         segment_bytes: int = 67108864,
         preallocate: bool = False,
+        compression: Literal["lz4", "none"] = "lz4",
         exporter_limits: dict[str, tuple[int, float]] | None = None,
         scrub_otlp: bool = False,
         scrub_fluent: bool = False,

@@ -78,6 +78,10 @@ class StorageConfig(_Section):
     # fsync is a data overwrite without a journal commit. Off by default: on the measured disk it
     # gained no throughput and doubled p99 (the zeros double the writes; benches/RESULTS.md).
     preallocate: bool = False
+    # Queue frames stored as LZ4 blocks where smaller: a few µs of CPU per request for several
+    # times fewer bytes to fsync and to hold under max_bytes (benches/RESULTS.md). "none" writes
+    # frames as received (and readable by builds older than this option).
+    compression: Literal["lz4", "none"] = "lz4"
     orphan_scan_s: Annotated[float, Meta(gt=0.0)] = 30.0  # how often workers look for shards to adopt
 
 

@@ -136,6 +136,7 @@ class Pipeline:
             fsync_interval_ms=cfg.storage.fsync_interval_ms,
             segment_bytes=cfg.storage.segment_bytes,
             preallocate=cfg.storage.preallocate,
+            compression=cfg.storage.compression,
             exporter_limits=limits or None,
             scrub_otlp=cfg.scrubs("otlp"),
             scrub_fluent=cfg.scrubs("fluent"),
@@ -246,6 +247,27 @@ class Pipeline:
             "Queued entries that read back damaged, or unreadable and never acknowledged, and were skipped.",
             (),
             core_counter("queue_damaged_entries"),
+            kind="counter",
+        )
+        reg.observed(
+            "trackgate_queue_fsyncs_total",
+            "Queue segment fdatasyncs (group commits under fsync always, ticks under interval).",
+            (),
+            core_counter("queue_data_syncs"),
+            kind="counter",
+        )
+        reg.observed(
+            "trackgate_queue_synced_appends_total",
+            "Appends whose fsync the group-commit syncer awaited (divided by fsyncs: the group size).",
+            (),
+            core_counter("queue_synced_appends"),
+            kind="counter",
+        )
+        reg.observed(
+            "trackgate_queue_ledger_writes_total",
+            "Delivery-ledger writes (each fsynced and renamed into place unless fsync is never).",
+            (),
+            core_counter("queue_ledger_writes"),
             kind="counter",
         )
         reg.observed(
