@@ -3,8 +3,8 @@
 # each) of this tree exporting to one upstream answering 200, loaded in turn at saturation (64
 # connections, 100-record OTLP logs, SECS seconds), ROUNDS interleaved rounds. After each gateway's
 # runs: the bytes its processes wrote (/proc/PID/io write_bytes, what reached the block layer) and
-# its fsyncs, per request.
-#   [SECS=8] [ROUNDS=2] bash benches/compression_ab.sh
+# its fsyncs, per request. LOAD="--signal traces --records 1000 --gzip" loads 1,000 gzipped spans.
+#   [SECS=8] [ROUNDS=2] [LOAD=...] bash benches/compression_ab.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib.sh

@@ -39,16 +39,27 @@ gateway_of() { # name, [storage lines], [extra toml]
   url=http://127.0.0.1:$port
   wait_healthy "$url/healthz"
 }
-# ROUNDS interleaved rounds of SECS-second saturating runs (64 connections, 100-record OTLP logs),
-# one table row per run, over the gateways given as NAME=URL.
+# Waits (up to a minute) until the gateway at URL has delivered everything it queued, so that its
+# exporters do not take CPU from the next run.
+drained() {
+  local i
+  for i in $(seq 600); do
+    [ "$(curl -s "$1/metrics" | awk '/^trackgate_queue_records/ {s += $2} END {print s + 0}')" = 0 ] && return 0
+    sleep 0.1
+  done
+  echo "# $1 still delivering after 60 s" >&2
+}
+# ROUNDS interleaved rounds of SECS-second saturating runs (64 connections, 100-record OTLP logs,
+# or the bench arguments in $LOAD), one table row per run, over the gateways given as NAME=URL.
 interleave() { # rounds, secs, name=url...
   local rounds=$1 secs=$2 r kv; shift 2
   echo "# $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "| what answers | requests/s | records/s | p50 ms | p99 ms | server CPU | server RSS peak | statuses |"
   echo "|---|---:|---:|---:|---:|---:|---:|---|"
   for r in $(seq "$rounds"); do for kv in "$@"; do
-    $py -m trackgate bench --no-progress --duration "$secs" --json --url "${kv#*=}" --signal logs --records 100 \
+    $py -m trackgate bench --no-progress --duration "$secs" --json --url "${kv#*=}" ${LOAD:---signal logs --records 100} \
       --connections 64 | $py benches/bench_row.py "${kv%%=*} (round $r)"
+    drained "${kv#*=}"
   done; done
   echo "# load $(cut -d' ' -f1-3 /proc/loadavg)"
 }
