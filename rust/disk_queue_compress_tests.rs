@@ -213,3 +213,46 @@ fn damage_inside_a_compressed_frame_is_found_at_recovery() {
         [compressible(1), compressible(2)]
     );
 }
+
+#[test]
+fn decoding_damaged_or_random_blocks_never_panics() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let real = lz4_pack(&compressible(7)).unwrap();
+    let template = FrameHeader::lz4(Signal::Logs, 1, 1, 0, compressible(7).len(), &real).unwrap();
+    let mut decoded = 0;
+    for round in 0..3000 {
+        let mut block = if round % 2 == 0 {
+            real.clone()
+        } else {
+            (0..next() % 300).map(|_| next() as u8).collect()
+        };
+        for _ in 0..next() % 4 {
+            if !block.is_empty() {
+                let i = (next() as usize) % block.len();
+                block[i] = next() as u8;
+            }
+        }
+        let most = block.len() as u64 * LZ4_MAX_RATIO;
+        let raw_len = if round % 3 == 0 {
+            template.raw_len
+        } else {
+            (next() % (most + 1)) as u32
+        };
+        let h = FrameHeader {
+            len: block.len() as u32,
+            raw_len,
+            ..template
+        };
+        if let Some(out) = unpack(&h, block) {
+            assert_eq!(out.len(), raw_len as usize);
+            decoded += 1;
+        }
+    }
+    assert!(decoded > 0, "the undamaged rounds decode");
+}
