@@ -35,10 +35,13 @@ TOML
 }
 # One table row per run: name, then bench's JSON report of the run (kept as $tmp/last.json);
 # with $asgi_json and $rsgi_json set, the shares of those runs.
+# Then waits until that gateway delivered what it queued, so its exporters do not load the next run.
 bench() {
-  local name=$1; shift
+  local name=$1 target="" prev=""; shift
   $py -m trackgate bench --no-progress --duration "$secs" --json "$@" > "$tmp/last.json"
   $py benches/bench_row.py "$name" ${asgi_json:-} ${rsgi_json:-} < "$tmp/last.json"
+  for a in "$@"; do [ "$prev" = --url ] && target=$a; prev=$a; done
+  drained "$target"
 }
 
 null_app 1; upstream=$null_url

@@ -131,12 +131,12 @@ def test_gzip_level_reaches_the_wire(upstream: Upstream, level: int, xfl: int) -
 
 @pytest.mark.parametrize("configured", [None, 6])
 def test_gzip_level_per_signal_unless_configured(upstream: Upstream, configured: int | None) -> None:
-    """Unset, traces and metrics batches go at level 2 and logs at 3; a configured level applies
+    """Unset, traces batches go at level 1, metrics at 2 and logs at 3; a configured level applies
     to every signal. Each body is identified by recompressing it: exactly one level gives it."""
     cfg = Config()
     cfg.batch.max_delay_ms = 10
     cfg.exporters.otlp = OtlpExporterConfig(endpoint=upstream.url, token="t", compression_level=configured)
-    defaults = {"traces": 2, "metrics": 2, "logs": 3}
+    defaults = {"traces": 1, "metrics": 2, "logs": 3}
     with Pipeline(cfg) as p:
         for signal in defaults:
             p.ingest(signal, request_body(signal, 200))
