@@ -2754,13 +2754,7 @@ mod tests {
 
     #[test]
     fn scanning_garbage_never_panics() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_support::xorshift(0x2545_f491_4f6c_dd1du64);
         // A real segment to damage.
         let mut good = SegmentHeader { id: 1, starts: [1; 3] }.encode().to_vec();
         for seq in 1..=20u64 {
@@ -2772,17 +2766,7 @@ mod tests {
         }
         assert_eq!(scan_segment(&good).frames.len(), 20);
         for round in 0..300 {
-            let mut buf = if round % 2 == 0 {
-                good.clone()
-            } else {
-                (0..next() % 4000).map(|_| next() as u8).collect()
-            };
-            for _ in 0..next() % 8 {
-                if !buf.is_empty() {
-                    let i = (next() as usize) % buf.len();
-                    buf[i] = next() as u8;
-                }
-            }
+            let mut buf = crate::test_support::mangled(&mut next, round, &good, 4000, 8);
             if round % 3 == 0 {
                 buf.truncate((next() as usize) % (buf.len() + 1));
             }

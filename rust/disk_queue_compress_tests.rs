@@ -22,15 +22,8 @@ fn compressible(n: u64) -> Vec<u8> {
 
 /// Bytes that do not compress (a xorshift stream).
 fn incompressible(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut next = crate::test_support::xorshift(seed | 1);
+    (0..len).map(|_| next() as u8).collect()
 }
 
 fn take_all(q: &DiskQueue) -> Vec<Entry> {
@@ -216,28 +209,12 @@ fn damage_inside_a_compressed_frame_is_found_at_recovery() {
 
 #[test]
 fn decoding_damaged_or_random_blocks_never_panics() {
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = crate::test_support::xorshift(0x9e37_79b9_7f4a_7c15u64);
     let real = lz4_pack(&compressible(7)).unwrap();
     let template = FrameHeader::lz4(Signal::Logs, 1, 1, 0, compressible(7).len(), &real).unwrap();
     let mut decoded = 0;
     for round in 0..3000 {
-        let mut block = if round % 2 == 0 {
-            real.clone()
-        } else {
-            (0..next() % 300).map(|_| next() as u8).collect()
-        };
-        for _ in 0..next() % 4 {
-            if !block.is_empty() {
-                let i = (next() as usize) % block.len();
-                block[i] = next() as u8;
-            }
-        }
+        let block = crate::test_support::mangled(&mut next, round, &real, 300, 4);
         let most = block.len() as u64 * LZ4_MAX_RATIO;
         let raw_len = if round % 3 == 0 {
             template.raw_len

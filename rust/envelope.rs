@@ -959,13 +959,7 @@ mod tests {
         for n in 0..=TWO_ITEMS.len() {
             let _ = parse(&TWO_ITEMS[..n]);
         }
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_support::xorshift(0x9e37_79b9_7f4a_7c15u64);
         let alphabet = b"{}[]\":,\n0123456789 length type\x00\xff";
         for _ in 0..20_000 {
             let mut body = TWO_ITEMS.to_vec();

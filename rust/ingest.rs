@@ -1704,13 +1704,7 @@ mod tests {
             ingester(0.5, 0.5, true, &[("env", "prod")]),
             ingester(1.0, 1.0, false, &[]),
         ];
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rand = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rand = crate::test_support::xorshift(0x9e37_79b9_7f4a_7c15u64);
         for (signal, body) in &inputs {
             for ing in &ings {
                 for cut in 0..body.len() {

@@ -233,13 +233,7 @@ mod tests {
             "https://u:pw@h/?token=t 4111 1111 1111 1111",
             &[kv_str("password", "x"), kv_int("n", 4111111111111111)],
         );
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_support::xorshift(0x2545_f491_4f6c_dd1du64);
         for _ in 0..5_000 {
             let mut m = record.clone();
             for _ in 0..(next() % 4 + 1) {

@@ -1993,13 +1993,7 @@ mod tests {
         for n in 0..=body.len() {
             let _ = process(&body[..n], "1", &options);
         }
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_support::xorshift(0x2545_f491_4f6c_dd1du64);
         let alphabet = b"{}[]\":,\n0123456789.-eE ntfu\\\x00\xff";
         for _ in 0..3_000 {
             let mut m = body.clone();

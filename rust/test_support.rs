@@ -67,3 +67,37 @@ pub(crate) fn nesting(json: &[u8]) -> usize {
     }
     max
 }
+
+/// A xorshift64 stream of pseudo-random numbers: the same `seed` gives the same inputs on every
+/// run, so a failing fuzz round can be replayed.
+pub(crate) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
+/// A fuzz input: `good` in even rounds, else up to `max_len` random bytes; then fewer than
+/// `max_flips` of its bytes overwritten at random.
+pub(crate) fn mangled(
+    next: &mut impl FnMut() -> u64,
+    round: usize,
+    good: &[u8],
+    max_len: u64,
+    max_flips: u64,
+) -> Vec<u8> {
+    let mut buf = if round.is_multiple_of(2) {
+        good.to_vec()
+    } else {
+        (0..next() % max_len).map(|_| next() as u8).collect()
+    };
+    for _ in 0..next() % max_flips {
+        if !buf.is_empty() {
+            let i = (next() as usize) % buf.len();
+            buf[i] = next() as u8;
+        }
+    }
+    buf
+}

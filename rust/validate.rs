@@ -367,13 +367,7 @@ mod tests {
                 })
             })
         });
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut rand = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rand = crate::test_support::xorshift(0x2545_f491_4f6c_dd1du64);
         let (mut passed, mut failed) = (0, 0);
         for (signal, body) in [(Signal::Traces, &traces), (Signal::Metrics, &metrics)] {
             let msg = schema::request(signal);
