@@ -10,6 +10,7 @@ use serde_json::{Map, Number, Value};
 
 use super::msgpack::{Mp, Reader};
 use super::BodyFormat;
+use crate::envelope::json_type;
 use crate::error::{quote, CoreError, Result};
 use crate::wire;
 use record::{put_kv, Attr, Resource};
@@ -192,22 +193,11 @@ fn add_json(value: Value, where_: &dyn Fn() -> String, b: &mut LogsBuilder) {
             for (i, item) in items.into_iter().enumerate() {
                 match item {
                     Value::Object(record) => b.add(Event { time: None, record }),
-                    other => b.reject(format!("{} item {i} is {}, not an object", where_(), kind(&other))),
+                    other => b.reject(format!("{} item {i} is {}, not an object", where_(), json_type(&other))),
                 }
             }
         }
-        other => b.reject(format!("{} is {}, not an object", where_(), kind(&other))),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        other => b.reject(format!("{} is {}, not an object", where_(), json_type(&other))),
     }
 }
 
