@@ -5,7 +5,8 @@
 # rounds): over ASGI (the issue's ceiling) and over RSGI (granian's own, the interface
 # `trackgate serve` uses); each row's requests/s as a share of that round's two; then, at
 # defaults, 1,000 gzipped spans and the other tracks (Fluent json_lines, forward PackedForward,
-# events). BASE=/copy/of/other/python runs the gateways from another build (the null apps and the
+# events); and the defaults with `server.otlp_front = false` (granian serving every request).
+# BASE=/copy/of/other/python runs the gateways from another build (the null apps and the
 # load stay this tree's).
 #   [BASE=...] bash benches/e2e_table.sh [SECONDS] [ROUNDS]
 set -euo pipefail
@@ -13,11 +14,13 @@ cd "$(dirname "$0")/.."
 secs=${1:-8}
 rounds=${2:-2}
 source benches/lib.sh
-gateway() { # name, [storage] lines -> sets $url $fwd
-  local name=$1 storage=$2 port fport
+gateway() { # name, [storage] lines, [server] lines -> sets $url $fwd
+  local name=$1 storage=$2 server=${3:-} port fport
   port=$(free); fport=$(free)
   mkdir -p "$tmp/$name"
   cat > "$tmp/$name/trackgate.toml" <<TOML
+[server]
+$server
 [storage]
 dir = "$tmp/$name/data"
 $storage
@@ -50,6 +53,8 @@ null_app 2 rsgi; rsgi_ceiling=$null_url
 gateway always ''; always=$url; always_fwd=$fwd
 gateway never 'fsync = "never"'; never=$url
 gateway memory 'queue = "memory"'; memory=$url
+# The defaults with granian serving every request (no OTLP/HTTP front); not in a BASE build.
+[ -n "${BASE:-}" ] || { gateway nofront '' 'otlp_front = false'; nofront=$url; }
 echo "# $(date -u +%FT%TZ), load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "| what answers | requests/s | records/s | p50 ms | p99 ms | server CPU | server RSS peak | statuses | ÷ null ASGI | ÷ null RSGI |"
 echo "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"
@@ -64,6 +69,8 @@ for r in $(seq "$rounds"); do
   bench "defaults: disk, fsync always (round $r)" --url "$always" --signal logs --records 100 --connections 64
   bench "fsync never (round $r)" --url "$never" --signal logs --records 100 --connections 64
   bench "queue memory (round $r)" --url "$memory" --signal logs --records 100 --connections 64
+  [ -z "${nofront:-}" ] || bench "defaults, server.otlp_front = false (round $r)" --url "$nofront" --signal logs \
+    --records 100 --connections 64
 done
 echo "# defaults, other payloads and tracks, 64 connections (load average $(cut -d' ' -f1-3 /proc/loadavg))"
 asgi_json= rsgi_json=

@@ -26,7 +26,7 @@ use crate::events::metrics;
 use crate::fluent::handshake::Auth;
 use crate::ingest::{Format, IngestOptions, Ingested};
 use crate::limits::ContentReport;
-use crate::net::{fluent_http, forward, otlp_grpc, Listeners as NetListeners};
+use crate::net::{fluent_http, forward, otlp_grpc, otlp_http, Listeners as NetListeners};
 use crate::pipeline::{EventsTap, Pipeline, PipelineOptions};
 use crate::queue::{DurableSink, Seq, SyncPoint};
 use crate::scrub::ScrubOptions;
@@ -858,6 +858,96 @@ impl Listeners {
         Ok(addr.port())
     }
 
+    /// Serves OTLP/HTTP on the gateway's main port (the front): OTLP posts are answered by the
+    /// core, every other request is relayed to the app at `backend_uds` (a Unix socket) or
+    /// `backend_tcp` (HOST:PORT). Returns the bound port.
+    #[pyo3(signature = (core, host, port, *, backend_uds = None, backend_tcp = None, tokens = Vec::new(),
+        max_body_bytes = 67_108_864, body_timeout_s = 30.0, max_inflight_bytes = 268_435_456,
+        blocking = false, latency_buckets = Vec::new(), log = None, budget = None, reuse_port = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_otlp_http(
+        &self,
+        py: Python<'_>,
+        core: &Bound<'_, Core>,
+        host: &str,
+        port: u16,
+        backend_uds: Option<PathBuf>,
+        backend_tcp: Option<String>,
+        tokens: Vec<String>,
+        max_body_bytes: usize,
+        body_timeout_s: f64,
+        max_inflight_bytes: usize,
+        blocking: bool,
+        latency_buckets: Vec<f64>,
+        log: Option<Py<PyAny>>,
+        budget: Option<Py<InflightBudget>>,
+        reuse_port: bool,
+    ) -> PyResult<u16> {
+        // log(level, message, fields): the app's logger, called with the GIL on rare paths only.
+        let log = log.map(|callable| -> otlp_http::Log {
+            Arc::new(move |level, message, fields| {
+                Python::attach(|py| {
+                    let fields: HashMap<&str, String> = fields.into_iter().collect();
+                    if let Err(err) = callable.call1(py, (level, message, fields)) {
+                        err.write_unraisable(py, Some(callable.bind(py)));
+                    }
+                })
+            })
+        });
+        let backend = match (backend_uds, backend_tcp) {
+            (Some(path), None) => otlp_http::Backend::Unix(path),
+            (None, Some(addr)) => otlp_http::Backend::Tcp(addr),
+            _ => return Err(PyValueError::new_err("give one of backend_uds and backend_tcp")),
+        };
+        if latency_buckets.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(PyValueError::new_err("latency_buckets must be increasing"));
+        }
+        let config = otlp_http::Config {
+            tokens: tokens.into_iter().map(String::into_bytes).collect(),
+            max_body_bytes,
+            body_timeout: parse_seconds("body_timeout_s", body_timeout_s)?,
+            max_inflight_bytes,
+            blocking,
+            backend,
+            latency_buckets,
+            log,
+        };
+        let pipeline = core.get().pipeline.clone();
+        let service = match budget {
+            Some(budget) => otlp_http::Service::with_budget(pipeline, config, budget.get().inner.clone()),
+            None => otlp_http::Service::new(pipeline, config),
+        };
+        let addr = py.detach(|| self.inner.add_otlp_http(host, port, reuse_port, service))?;
+        Ok(addr.port())
+    }
+
+    /// Requests the OTLP/HTTP front answered: (route, status, count).
+    fn http_answered(&self) -> Vec<(&'static str, u16, u64)> {
+        let mut out: Vec<(&'static str, u16, u64)> = Vec::new();
+        for (route, status, n) in self.inner.http_stats().iter().flat_map(|s| s.answered()) {
+            match out.iter_mut().find(|(r, c, _)| (*r, *c) == (route, status)) {
+                Some(entry) => entry.2 += n,
+                None => out.push((route, status, n)),
+            }
+        }
+        out
+    }
+
+    /// The front's latencies: (route, count per bucket with +Inf last, sum of seconds).
+    fn http_latency(&self) -> Vec<(&'static str, Vec<u64>, f64)> {
+        self.inner.http_stats().iter().flat_map(|s| s.latency()).collect()
+    }
+
+    /// Connections the front handed to the app.
+    fn http_relayed(&self) -> u64 {
+        self.inner.http_stats().iter().map(|s| s.relayed()).sum()
+    }
+
+    /// Requests the front refused because the body budget was spent.
+    fn http_refused(&self) -> u64 {
+        self.inner.http_stats().iter().map(|s| s.refused()).sum()
+    }
+
     /// Forward-protocol counters: (name, count).
     fn forward_stats(&self) -> Vec<(&'static str, u64)> {
         self.inner.forward_stats()
@@ -874,6 +964,42 @@ impl Listeners {
         let grace = parse_seconds("grace_s", grace_s)?;
         py.detach(|| self.inner.close(grace));
         Ok(())
+    }
+}
+
+/// Bytes of request bodies buffered at once in one worker (`server.max_inflight_bytes`), shared
+/// by the app (one event loop) and the OTLP/HTTP front (the network runtime).
+#[pyclass(frozen, module = "trackgate._core")]
+pub struct InflightBudget {
+    inner: Arc<otlp_http::Budget>,
+}
+
+#[pymethods]
+impl InflightBudget {
+    #[new]
+    fn new(limit: usize) -> Self {
+        InflightBudget {
+            inner: Arc::new(otlp_http::Budget::new(limit)),
+        }
+    }
+
+    /// Takes `size` bytes if they fit; False when they do not.
+    fn reserve(&self, size: usize) -> bool {
+        self.inner.reserve(size)
+    }
+
+    fn release(&self, size: usize) {
+        self.inner.release(size);
+    }
+
+    #[getter]
+    fn used(&self) -> usize {
+        self.inner.used()
+    }
+
+    #[getter]
+    fn limit(&self) -> usize {
+        self.inner.limit()
     }
 }
 
@@ -1536,6 +1662,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<JsonLine>()?;
     m.add_class::<Core>()?;
     m.add_class::<DurableNotifier>()?;
+    m.add_class::<InflightBudget>()?;
     m.add_class::<Listeners>()?;
     m.add_function(wrap_pyfunction!(to_json, m)?)?;
     m.add_function(wrap_pyfunction!(to_json_line, m)?)?;

@@ -10,6 +10,7 @@ __all__ = [
     "DecodeError",
     "DurableNotifier",
     "EventsResult",
+    "InflightBudget",
     "IngestResult",
     "JobMetrics",
     "JsonLine",
@@ -200,6 +201,19 @@ class Core:
     def closed(self) -> bool: ...
 
 @final
+class InflightBudget:
+    """Bytes of request bodies buffered at once in one worker, shared by the app and the front."""
+
+    def __new__(cls, limit: int) -> Self: ...
+    def reserve(self, size: int) -> bool:
+        """Takes `size` bytes if they fit."""
+    def release(self, size: int) -> None: ...
+    @property
+    def used(self) -> int: ...
+    @property
+    def limit(self) -> int: ...
+
+@final
 class Listeners:
     """The extension's network runtime: listeners granian cannot host (OTLP/gRPC), one shutdown."""
 
@@ -250,6 +264,34 @@ class Listeners:
     ) -> int:
         """Serves a drop-in for Fluent Bit's `http` input (path = tag, answers 201) into `core`;
         returns the bound port (0 picks one). Raises OSError when the address cannot be bound."""
+    def add_otlp_http(
+        self,
+        core: Core,
+        host: str,
+        port: int,
+        *,
+        backend_uds: str | None = None,
+        backend_tcp: str | None = None,
+        tokens: list[str] = ...,
+        max_body_bytes: int = 67108864,
+        body_timeout_s: float = 30.0,
+        max_inflight_bytes: int = 268435456,
+        blocking: bool = False,
+        latency_buckets: list[float] = ...,
+        log: Callable[[str, str, dict[str, str]], object] | None = None,
+        budget: InflightBudget | None = None,
+        reuse_port: bool = False,
+    ) -> int:
+        """Serves OTLP/HTTP on host:port (the front): OTLP posts answered by the core, every other
+        request relayed to the app at `backend_uds` or `backend_tcp`. Returns the bound port."""
+    def http_answered(self) -> list[tuple[str, int, int]]:
+        """Requests the front answered: (route, status, count)."""
+    def http_latency(self) -> list[tuple[str, list[int], float]]:
+        """The front's latencies: (route, count per bucket with +Inf last, sum of seconds)."""
+    def http_relayed(self) -> int:
+        """Connections the front handed to the app."""
+    def http_refused(self) -> int:
+        """Requests the front refused because the body budget was spent."""
     def forward_stats(self) -> list[tuple[str, int]]:
         """Forward-protocol counters: (name, count)."""
     def stats(self) -> list[tuple[str, str, int]]:

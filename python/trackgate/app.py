@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 from trackgate import __version__, rsgi, telemetry
 from trackgate import config as config_mod
-from trackgate._core import Listeners
-from trackgate.asgi import BodyBudget, ClientDisconnected, Receive, Request, Response, Scope, Send
+from trackgate._core import InflightBudget, Listeners
+from trackgate.asgi import ClientDisconnected, Receive, Request, Response, Scope, Send
 from trackgate.config import Config
 from trackgate.echo import shorten
 from trackgate.jobmetrics import JobMetrics, RedisState
@@ -41,6 +41,9 @@ log = logging.getLogger("trackgate.app")
 
 # The effective config travels to granian's worker processes in this variable (see cli.serve).
 CONFIG_ENV = "TRACKGATE_EFFECTIVE_CONFIG"
+# Set by `trackgate serve` when granian serves the app on this Unix socket behind the OTLP/HTTP
+# front: each worker then serves `server.listen` with the front (start_front).
+APP_SOCKET_ENV = "TRACKGATE_APP_SOCKET"
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -62,8 +65,9 @@ class App:
         self.listeners: Listeners | None = None  # the extension's network runtime (OTLP/gRPC)
         self.hostmetrics: GatewayReporter | None = None
         self.tokens = [t.encode() for t in cfg.server.tokens]
-        # Request bodies buffered at once in this worker; every request reserves before it buffers.
-        self.budget = BodyBudget(cfg.server.inflight_budget())
+        # Request bodies buffered at once in this worker; every request reserves before it buffers
+        # (in the core: the OTLP/HTTP front takes from the same budget).
+        self.budget = InflightBudget(cfg.server.inflight_budget())
         telemetry.REGISTRY.observed(
             "trackgate_http_inflight_bytes",
             "Bytes of request bodies reserved (being received or processed) now, of server.max_inflight_bytes.",
@@ -115,9 +119,20 @@ class App:
             if events_cfg.from_logs and (self.bus is not None or self.jobmetrics is not None):
                 self.events.install_tap(self.pipeline.core)
             receivers = self.config.receivers
-            if receivers.otlp_grpc.enabled or receivers.forward.listen or receivers.fluent_http.listen:
+            behind = os.environ.get(APP_SOCKET_ENV) if server.otlp_front else None
+            if behind or receivers.otlp_grpc.enabled or receivers.forward.listen or receivers.fluent_http.listen:
+                tapped = events_cfg.from_logs and (self.bus is not None or self.jobmetrics is not None)
                 try:
                     self.listeners = start_listeners(self.config, self.pipeline)
+                    if behind:
+                        start_front(
+                            self.listeners,
+                            self.config,
+                            self.pipeline,
+                            behind,
+                            self.otlp.blocking or tapped,
+                            self.budget,
+                        )
                 except OSError:
                     for pipeline in (self.bus, self.forward, self.pipeline):
                         if pipeline is not None:
@@ -365,6 +380,52 @@ def start_listeners(cfg: Config, pipeline: Pipeline) -> Listeners:
             extra={"listen": f"{host}:{bound}", "pid": os.getpid(), "shared_key": forward.shared_key is not None},
         )
     return listeners
+
+
+def front_log(level: str, message: str, fields: dict[str, str]) -> None:
+    """The front's log lines, under the OTLP receiver's logger as when the app answers."""
+    logging.getLogger("trackgate.receiver.otlp").log(logging.getLevelName(level.upper()), message, extra=fields)
+
+
+def start_front(
+    listeners: Listeners, cfg: Config, pipeline: Pipeline, app_socket: str, blocking: bool, budget: InflightBudget
+) -> None:
+    """The OTLP/HTTP front on `server.listen`: OTLP posts answered by the core, the rest relayed to
+    the app on `app_socket` (granian). Its counts join the app's `trackgate_http_*` series."""
+    server = cfg.server
+    host, port = config_mod.parse_listen(server.listen)
+    try:
+        listeners.add_otlp_http(
+            pipeline.core,
+            host,
+            port,
+            backend_uds=app_socket,
+            tokens=server.tokens,
+            max_body_bytes=server.max_body_bytes,
+            body_timeout_s=server.body_timeout_s,
+            max_inflight_bytes=server.inflight_budget(),
+            blocking=blocking,
+            latency_buckets=list(telemetry.HTTP_LATENCY.buckets),
+            log=front_log,
+            budget=budget,
+            reuse_port=server.workers > 1,
+        )
+    except OSError as exc:
+        listeners.close(0.0)
+        raise OSError(f"cannot listen on {server.listen} (server.listen): {exc}") from exc
+    telemetry.HTTP_REQUESTS.add_source(
+        lambda: [((route, str(code)), float(n)) for route, code, n in listeners.http_answered()]
+    )
+    telemetry.HTTP_LATENCY.add_source(listeners.http_latency)
+    telemetry.HTTP_REFUSED.add_source(lambda: [(("inflight_bytes",), float(listeners.http_refused()))])
+    telemetry.REGISTRY.observed(
+        "trackgate_http_relayed_total",
+        "Connections the OTLP/HTTP front handed to the app behind it (every request but OTLP posts).",
+        (),
+        lambda: [((), float(listeners.http_relayed()))],
+        kind="counter",
+    )
+    log.info("OTLP/HTTP front listening", extra={"listen": server.listen, "pid": os.getpid()})
 
 
 def add_otlp_grpc(listeners: Listeners, cfg: Config, pipeline: Pipeline) -> None:

@@ -83,6 +83,18 @@ class BudgetSpent(BodyRefused):
         return [("Retry-After", RETRY_AFTER_BUSY_S)] + ([] if self.drained else [("Connection", "close")])
 
 
+class Budget(Protocol):
+    """What a request needs of the worker's budget: `BodyBudget`, or the core's `InflightBudget`
+    (shared with the OTLP/HTTP front under `trackgate serve`)."""
+
+    @property
+    def limit(self) -> int: ...
+
+    def reserve(self, size: int) -> bool: ...
+
+    def release(self, size: int) -> None: ...
+
+
 class BodyBudget:
     """Bytes of request bodies buffered at once in one worker (`server.max_inflight_bytes`).
 
@@ -346,16 +358,16 @@ class Request:
     __slots__ = ("_budget", "_chunks", "_complete", "_declared_length", "_headers", "_reader", "_received",
                  "_reserved", "method", "path")  # fmt: skip
 
-    def __init__(self, scope: Scope, receive: Receive, budget: BodyBudget | None = None) -> None:
+    def __init__(self, scope: Scope, receive: Receive, budget: Budget | None = None) -> None:
         self._setup(scope["method"], scope["path"], AsgiReader(scope, receive), budget)
 
     @classmethod
-    def over(cls, method: str, path: str, reader: Reader, budget: BodyBudget | None = None) -> Request:
+    def over(cls, method: str, path: str, reader: Reader, budget: Budget | None = None) -> Request:
         request = cls.__new__(cls)
         request._setup(method, path, reader, budget)
         return request
 
-    def _setup(self, method: str, path: str, reader: Reader, budget: BodyBudget | None) -> None:
+    def _setup(self, method: str, path: str, reader: Reader, budget: Budget | None) -> None:
         self.method = method
         self.path = path
         self._reader = reader

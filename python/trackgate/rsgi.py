@@ -13,7 +13,10 @@ from granian._granian import RSGIProtocolClosed as ProtocolClosed
 from granian._granian import RSGIProtocolError as ProtocolError
 from granian.rsgi import Scope
 
-from trackgate.asgi import BodyBudget, ClientDisconnected, Request
+from trackgate.asgi import Budget, ClientDisconnected, Request
+
+# The client's address on requests the OTLP/HTTP front relays (rust/net/otlp_http.rs).
+PEER_HEADER = "x-trackgate-peer"
 
 
 class RsgiReader:
@@ -43,8 +46,16 @@ class RsgiReader:
 
     @property
     def client_host(self) -> str:
+        client = self.scope.client
+        if not client:
+            # Over the private Unix socket behind the OTLP/HTTP front, which names the client on
+            # HTTP/1.x heads (dropping any such header the client sent); HTTP/2 passes through as
+            # it came, so its header is not trusted.
+            if self.scope.http_version.startswith("1"):
+                return self.header(PEER_HEADER) or ""
+            return ""
         # "ip:port", an IPv6 address in brackets
-        return self.scope.client.rpartition(":")[0].strip("[]")
+        return client.rpartition(":")[0].strip("[]")
 
     @property
     def query_string(self) -> str:
@@ -96,6 +107,6 @@ class RsgiReader:
         return clean or self.header("trailer") is not None or self.scope.http_version == "2"
 
 
-def request(scope: Scope, protocol: HTTPProtocol, budget: BodyBudget | None = None) -> Request:
+def request(scope: Scope, protocol: HTTPProtocol, budget: Budget | None = None) -> Request:
     """The `Request` of one RSGI HTTP call."""
     return Request.over(scope.method, scope.path, RsgiReader(scope, protocol), budget)

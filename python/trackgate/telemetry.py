@@ -66,6 +66,7 @@ class Counter(_Metric):
     def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
         super().__init__(name, help_text, labelnames)
         self._values: dict[LabelValues, float] = {}
+        self._sources: list[Callable[[], Iterable[tuple[LabelValues, float]]]] = []
 
     def inc(self, amount: float = 1, **labels: str) -> None:
         key = self._key(labels)
@@ -81,10 +82,19 @@ class Counter(_Metric):
         with self._lock:
             return self._values.get(self._key(labels), 0)
 
+    def add_source(self, read: Callable[[], Iterable[tuple[LabelValues, float]]]) -> None:
+        """Counts kept elsewhere (the core's HTTP front), added to this counter's on every scrape."""
+        with self._lock:
+            self._sources.append(read)
+
     def samples(self) -> list[str]:
         with self._lock:
-            items = sorted(self._values.items())
-        return [f"{self.name}{_labels(self.labelnames, k)} {_number(v)}" for k, v in items]
+            values = dict(self._values)
+            sources = list(self._sources)
+        for read in sources:
+            for key, amount in read():
+                values[key] = values.get(key, 0) + amount
+        return [f"{self.name}{_labels(self.labelnames, k)} {_number(v)}" for k, v in sorted(values.items())]
 
 
 class Histogram(_Metric):
@@ -97,6 +107,7 @@ class Histogram(_Metric):
         self.buckets = tuple(sorted(buckets))
         self._counts: dict[LabelValues, list[int]] = {}
         self._sums: dict[LabelValues, float] = {}
+        self._sources: list[Callable[[], Iterable[tuple[str, Sequence[int], float]]]] = []
 
     def observe(self, value: float, **labels: str) -> None:
         self.observe_key(value, self._key(labels))
@@ -110,10 +121,25 @@ class Histogram(_Metric):
             counts[bisect.bisect_left(self.buckets, value)] += 1
             self._sums[key] = self._sums.get(key, 0.0) + value
 
+    def add_source(self, read: Callable[[], Iterable[tuple[str, Sequence[int], float]]]) -> None:
+        """Observations kept elsewhere, added in on every scrape: (the one label's value, counts
+        per bucket with +Inf last, sum), over the same buckets."""
+        with self._lock:
+            self._sources.append(read)
+
     def samples(self) -> list[str]:
         out: list[str] = []
         with self._lock:
-            items = sorted((k, list(v), self._sums[k]) for k, v in self._counts.items())
+            counts_by = {k: list(v) for k, v in self._counts.items()}
+            sums = dict(self._sums)
+            sources = list(self._sources)
+        for read in sources:
+            for label, counts, total in read():
+                mine = counts_by.setdefault((label,), [0] * (len(self.buckets) + 1))
+                for i, n in enumerate(counts[: len(mine)]):
+                    mine[i] += n
+                sums[(label,)] = sums.get((label,), 0.0) + total
+        items = sorted((k, v, sums.get(k, 0.0)) for k, v in counts_by.items())
         for key, counts, total in items:
             running = 0
             for bound, count in zip((*self.buckets, float("inf")), counts, strict=True):

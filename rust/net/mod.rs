@@ -9,6 +9,7 @@ pub mod fluent_http;
 pub mod forward;
 pub mod grpc;
 pub mod otlp_grpc;
+pub mod otlp_http;
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -166,6 +167,7 @@ pub struct Listeners {
     shutdown: Shutdown,
     grpc: Mutex<Vec<Arc<otlp_grpc::Stats>>>,
     forward: Mutex<Vec<Arc<forward::Stats>>>,
+    http: Mutex<Vec<Arc<otlp_http::Stats>>>,
 }
 
 impl Listeners {
@@ -186,6 +188,7 @@ impl Listeners {
             },
             grpc: Mutex::default(),
             forward: Mutex::default(),
+            http: Mutex::default(),
         })
     }
 
@@ -261,6 +264,28 @@ impl Listeners {
         self.start(host, port, reuse_port, |l, shutdown| {
             fluent_http::serve(l, service, shutdown)
         })
+    }
+
+    /// Starts the OTLP/HTTP front on the gateway's main port; returns the address it is bound to.
+    pub fn add_otlp_http(
+        &self,
+        host: &str,
+        port: u16,
+        reuse_port: bool,
+        service: otlp_http::Service,
+    ) -> io::Result<SocketAddr> {
+        let stats = service.stats.clone();
+        let service = Arc::new(service);
+        let addr = self.start(host, port, reuse_port, |l, shutdown| {
+            otlp_http::serve(l, service, shutdown)
+        })?;
+        self.http.lock().unwrap_or_else(PoisonError::into_inner).push(stats);
+        Ok(addr)
+    }
+
+    /// The OTLP/HTTP fronts' counters (one front per process in practice).
+    pub fn http_stats(&self) -> Vec<Arc<otlp_http::Stats>> {
+        self.http.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Forward-protocol counters summed over the forward listeners.

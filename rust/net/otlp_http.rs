@@ -1,0 +1,906 @@
+//! The OTLP/HTTP front: the gateway's main port (`server.listen`) served by the core.
+//!
+//! `POST /v1/logs`, `/v1/traces` and `/v1/metrics` over HTTP/1.x with a declared length, a known
+//! content type and (when tokens are set) a valid bearer token are answered here, with no Python
+//! per request. Everything else goes, with the rest of its connection, to the Python app on
+//! granian behind it (`Backend`), which answers it as it does without the front: Sentry, events,
+//! Fluent, `/metrics`, health, bad tokens (401), unknown types (415), declared excess (413),
+//! chunked or `Expect: 100-continue` bodies, HTTP/2, heads this does not parse. A relayed
+//! connection carries one request: its head gets `x-trackgate-peer` (the client's address, which
+//! the app would otherwise not see) and `connection: close`.
+
+use std::net::IpAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+
+use super::grpc::{bearer, token_accepted};
+use super::{accept_loop, race, Either, Shutdown};
+use crate::encode;
+use crate::error::CoreError;
+use crate::ingest::Format;
+use crate::pipeline::Pipeline;
+use crate::signal::Signal;
+
+/// A request head longer than this is relayed as it came (granian has its own limit).
+const MAX_HEAD: usize = 16 * 1024;
+/// Bodies above this, and encoded bodies, are ingested on a blocking thread (as the app does).
+const INLINE_LIMIT: usize = 256 * 1024;
+/// The header that tells the app behind the front who the client is.
+pub const PEER_HEADER: &str = "x-trackgate-peer";
+/// google.rpc.Code values of the Status bodies.
+const INVALID_ARGUMENT: i32 = 3;
+const DEADLINE_EXCEEDED: i32 = 4;
+const RESOURCE_EXHAUSTED: i32 = 8;
+const OUT_OF_RANGE: i32 = 11;
+const UNIMPLEMENTED: i32 = 12;
+const UNAVAILABLE: i32 = 14;
+const INTERNAL: i32 = 13;
+
+/// Where requests the front does not answer go: the app on granian.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub tokens: Vec<Vec<u8>>,
+    pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+    /// Bytes of bodies buffered at once by this listener (503 + Retry-After beyond).
+    pub max_inflight_bytes: usize,
+    /// Whether an ingest may wait for the disk (`fsync = "interval"`): then off the network threads.
+    pub blocking: bool,
+    pub backend: Backend,
+    /// Upper bounds (seconds) of the latency histogram's buckets.
+    pub latency_buckets: Vec<f64>,
+    /// Where the front's log lines go (the app's logger): what the app logs on the same path.
+    pub log: Option<Log>,
+}
+
+/// Writes one log line: (level, message, fields). Called on the rare paths only (a partial
+/// success, a storage failure), never per accepted request.
+pub type Log = Arc<dyn Fn(&'static str, &'static str, Vec<(&'static str, String)>) + Send + Sync>;
+
+/// Counts for /metrics, merged there with the app's own `trackgate_http_*` series.
+pub struct Stats {
+    /// (route, status) → requests answered.
+    answered: Mutex<Vec<(&'static str, u16, u64)>>,
+    /// route → (count per bucket, the last one +Inf; sum of seconds).
+    latency: Mutex<Vec<(&'static str, Vec<u64>, f64)>>,
+    buckets: Vec<f64>,
+    relayed: AtomicU64,
+    /// Requests refused because the body budget was spent.
+    refused: AtomicU64,
+}
+
+impl Stats {
+    fn new(buckets: Vec<f64>) -> Self {
+        Stats {
+            answered: Mutex::default(),
+            latency: Mutex::default(),
+            buckets,
+            relayed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    fn count(&self, route: &'static str, status: u16, elapsed: Option<Duration>) {
+        {
+            let mut answered = self.answered.lock().unwrap_or_else(PoisonError::into_inner);
+            match answered.iter_mut().find(|(r, s, _)| (*r, *s) == (route, status)) {
+                Some(entry) => entry.2 += 1,
+                None => answered.push((route, status, 1)),
+            }
+        }
+        let Some(elapsed) = elapsed else { return };
+        let seconds = elapsed.as_secs_f64();
+        // The first bucket whose bound is at least the value (Prometheus's `le`).
+        let bucket = self.buckets.partition_point(|b| *b < seconds);
+        let mut latency = self.latency.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = match latency.iter().position(|(r, _, _)| *r == route) {
+            Some(i) => i,
+            None => {
+                latency.push((route, vec![0; self.buckets.len() + 1], 0.0));
+                latency.len() - 1
+            }
+        };
+        let entry = &mut latency[index];
+        entry.1[bucket] += 1;
+        entry.2 += seconds;
+    }
+
+    pub fn answered(&self) -> Vec<(&'static str, u16, u64)> {
+        self.answered.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn latency(&self) -> Vec<(&'static str, Vec<u64>, f64)> {
+        self.latency.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn relayed(&self) -> u64 {
+        self.relayed.load(Ordering::Relaxed)
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes of request bodies buffered at once in one worker (`server.max_inflight_bytes`), shared
+/// by the front and the app behind it, so that the worker's bound holds whoever reads the body.
+pub struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    pub fn new(limit: usize) -> Self {
+        Budget {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Takes `bytes` of the budget if they fit.
+    pub fn reserve(&self, bytes: usize) -> bool {
+        let mut now = self.used.load(Ordering::Acquire);
+        loop {
+            if now.saturating_add(bytes) > self.limit {
+                return false;
+            }
+            match self
+                .used
+                .compare_exchange_weak(now, now + bytes, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(seen) => now = seen,
+            }
+        }
+    }
+
+    pub fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+pub struct Service {
+    pub pipeline: Arc<Pipeline>,
+    pub config: Config,
+    pub stats: Arc<Stats>,
+    budget: Arc<Budget>,
+}
+
+impl Service {
+    /// A front with a budget of its own (`config.max_inflight_bytes`).
+    pub fn new(pipeline: Arc<Pipeline>, config: Config) -> Self {
+        let budget = Arc::new(Budget::new(config.max_inflight_bytes));
+        Self::with_budget(pipeline, config, budget)
+    }
+
+    /// A front sharing `budget` (the worker's, which the app uses too).
+    pub fn with_budget(pipeline: Arc<Pipeline>, config: Config, budget: Arc<Budget>) -> Self {
+        let stats = Arc::new(Stats::new(config.latency_buckets.clone()));
+        Service {
+            pipeline,
+            config,
+            stats,
+            budget,
+        }
+    }
+}
+
+pub async fn serve(listener: TcpListener, service: Arc<Service>, shutdown: Shutdown) {
+    accept_loop(listener, shutdown, move |stream, shutdown| {
+        let service = service.clone();
+        async move { connection(stream, &service, &shutdown).await }
+    })
+    .await;
+}
+
+/// A request the front answers itself.
+#[derive(Debug, PartialEq, Eq)]
+struct Export {
+    route: &'static str,
+    signal: Signal,
+    format: Format,
+    length: usize,
+    encoding: Option<String>,
+    keep_alive: bool,
+    /// HTTP/1.0: a kept connection must be said to be kept.
+    http10: bool,
+}
+
+fn route_of(path: &[u8]) -> Option<(&'static str, Signal)> {
+    match path {
+        b"/v1/logs" => Some(("/v1/logs", Signal::Logs)),
+        b"/v1/traces" => Some(("/v1/traces", Signal::Traces)),
+        b"/v1/metrics" => Some(("/v1/metrics", Signal::Metrics)),
+        _ => None,
+    }
+}
+
+/// `Some(())` while a header has not been seen yet: a repeated one is the app's to judge.
+fn once<T>(slot: &Option<T>) -> Option<()> {
+    slot.is_none().then_some(())
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &bytes[start..end.max(start)]
+}
+
+/// The request the head (without its blank line) asks for, when the front answers it; `None`:
+/// the app answers it (relay). Every header the app would weigh differently is a reason to relay.
+fn export_of(head: &[u8], config: &Config) -> Option<Export> {
+    let mut lines = head.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut parts = lines.next()?.split(|b| *b == b' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if method != b"POST" || parts.next().is_some() {
+        return None;
+    }
+    let path = target.split(|b| *b == b'?').next()?;
+    let (route, signal) = route_of(path)?;
+    let mut keep_alive = match version {
+        b"HTTP/1.1" => true,
+        b"HTTP/1.0" => false,
+        _ => return None,
+    };
+    let (mut length, mut format, mut encoding, mut authorization) = (None, None, None, None);
+    for line in lines {
+        let colon = line.iter().position(|b| *b == b':')?;
+        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        // obs-fold, whitespace before the colon, or no name: the app's parser decides.
+        if name.is_empty() || name.iter().any(|b| !(b.is_ascii_graphic())) {
+            return None;
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            once(&length)?;
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            length = Some(std::str::from_utf8(value).ok()?.parse::<usize>().ok()?);
+        } else if name.eq_ignore_ascii_case(b"content-type") {
+            once(&format)?;
+            let media = std::str::from_utf8(value)
+                .ok()?
+                .split(';')
+                .next()?
+                .trim()
+                .to_ascii_lowercase();
+            format = Some(match media.as_str() {
+                "application/x-protobuf" | "application/protobuf" => Format::Protobuf,
+                "application/json" => Format::Json,
+                _ => return None,
+            });
+        } else if name.eq_ignore_ascii_case(b"content-encoding") {
+            once(&encoding)?;
+            encoding = Some(std::str::from_utf8(value).ok()?.to_owned());
+        } else if name.eq_ignore_ascii_case(b"authorization") {
+            once(&authorization)?;
+            authorization = Some(value);
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for option in value.split(|b| *b == b',').map(trim) {
+                if option.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if option.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                } else if option.eq_ignore_ascii_case(b"upgrade") {
+                    return None;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(PEER_HEADER.as_bytes())
+        {
+            return None;
+        }
+    }
+    let length = length?;
+    if length > config.max_body_bytes {
+        return None; // the app answers 413 without reading the body
+    }
+    if !config.tokens.is_empty()
+        && !authorization
+            .and_then(|a: &[u8]| bearer(a))
+            .is_some_and(|t| token_accepted(t, &config.tokens))
+    {
+        return None; // the app answers 401
+    }
+    Some(Export {
+        route,
+        signal,
+        format: format?,
+        length,
+        encoding: encoding.filter(|e| !e.is_empty()),
+        keep_alive,
+        http10: version == b"HTTP/1.0",
+    })
+}
+
+/// The head of a relayed request with the client's address in `x-trackgate-peer` and
+/// `connection: close` (one request per relayed connection, so every request the app sees
+/// through the front carries the header). `None`: not an HTTP/1.x head, relayed as it came.
+fn relayed_head(head: &[u8], peer: Option<IpAddr>) -> Option<Vec<u8>> {
+    // Lines end in CRLF (`crlf_only` was checked).
+    let mut lines = head.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let request_line = lines.next()?;
+    if !(request_line.ends_with(b" HTTP/1.1") || request_line.ends_with(b" HTTP/1.0")) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(head.len() + 96);
+    out.extend_from_slice(request_line);
+    out.extend_from_slice(b"\r\n");
+    for line in lines {
+        let name = line.split(|b| *b == b':').next().map(trim).unwrap_or_default();
+        let dropped = [PEER_HEADER.as_bytes(), b"connection", b"keep-alive"]
+            .iter()
+            .any(|d| name.eq_ignore_ascii_case(d));
+        if !dropped {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if let Some(ip) = peer {
+        out.extend_from_slice(format!("{PEER_HEADER}: {ip}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    Some(out)
+}
+
+/// Seconds as Python's `{:g}` writes them in the app's messages: 30 → "30", 0.5 → "0.5".
+fn seconds_text(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0}")
+    } else {
+        format!("{s}")
+    }
+}
+
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+    media: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    close: bool,
+}
+
+fn media_of(format: Format) -> &'static str {
+    match format {
+        Format::Protobuf => "application/x-protobuf",
+        Format::Json => "application/json",
+    }
+}
+
+/// The app's answer to a body that could not be read (a client gone, cut short).
+const UNREADABLE: &str = "request body could not be read (malformed framing or client gone)\n";
+
+impl Answer {
+    fn status(status: u16, code: i32, message: &str, format: Format) -> Self {
+        Answer {
+            status,
+            body: encode::status_body(code, message, format),
+            media: media_of(format),
+            headers: &[],
+            close: false,
+        }
+    }
+
+    fn text(status: u16, body: &str) -> Self {
+        Answer {
+            status,
+            body: body.as_bytes().to_vec(),
+            media: "text/plain; charset=utf-8",
+            headers: &[],
+            close: true,
+        }
+    }
+
+    fn with(mut self, headers: &'static [(&'static str, &'static str)], close: bool) -> Self {
+        self.headers = headers;
+        self.close = close;
+        self
+    }
+
+    fn write(&self, keep_alive: bool, http10: bool) -> Vec<u8> {
+        let media = self.media;
+        let mut out = Vec::with_capacity(self.body.len() + 160);
+        out.extend_from_slice(
+            format!(
+                "HTTP/1.1 {} {}\r\ncontent-type: {media}\r\ncontent-length: {}\r\n",
+                self.status,
+                reason(self.status),
+                self.body.len()
+            )
+            .as_bytes(),
+        );
+        for (name, value) in self.headers {
+            out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        if !keep_alive || self.close {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if http10 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        415 => "Unsupported Media Type",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    }
+}
+
+enum Read {
+    Data,
+    /// EOF or a read error.
+    Gone,
+    /// The gateway is shutting down.
+    Closing,
+    TimedOut,
+}
+
+/// Reads what is there into `buf`'s spare room (no zero-filling), waiting at most `timeout`.
+async fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>, timeout: Option<Duration>, shutdown: &Shutdown) -> Read {
+    if buf.capacity() - buf.len() < 8 * 1024 {
+        buf.reserve(64 * 1024);
+    }
+    let read = async {
+        match timeout {
+            Some(t) => tokio::time::timeout(t, stream.read_buf(buf)).await.ok(),
+            None => Some(stream.read_buf(buf).await),
+        }
+    };
+    match race(read, shutdown.wait()).await {
+        Either::Left(Some(Ok(n))) if n > 0 => Read::Data,
+        Either::Left(Some(_)) => Read::Gone,
+        Either::Left(None) => Read::TimedOut,
+        Either::Right(()) => Read::Closing,
+    }
+}
+
+fn head_end(buf: &[u8]) -> Option<usize> {
+    memchr::memmem::find(buf, b"\r\n\r\n")
+}
+
+/// The HTTP/2 cleartext preface (prior knowledge): such a connection goes to the app as it came.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether every line of the head ends in CRLF. A bare LF would let the head the app parses end
+/// elsewhere than the one the front read (and smuggle a request past the peer header).
+fn crlf_only(head: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', head).all(|i| i > 0 && head[i - 1] == b'\r')
+        && memchr::memchr_iter(b'\r', head).all(|i| head.get(i + 1) == Some(&b'\n'))
+}
+
+async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdown) {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    loop {
+        // An idle keep-alive connection waits for its next request as long as the client likes;
+        // once a head has begun, all of it must arrive within the body timeout.
+        let mut deadline = None;
+        let end = loop {
+            if buf.starts_with(H2_PREFACE) {
+                return relay(stream, buf, service).await;
+            }
+            match head_end(&buf) {
+                Some(end) if end <= MAX_HEAD => break end,
+                Some(_) => return refuse(stream, 431, "request head over 16 KiB\n").await,
+                None if buf.len() > MAX_HEAD => return refuse(stream, 431, "request head over 16 KiB\n").await,
+                None => {}
+            }
+            let timeout = if buf.is_empty() {
+                None
+            } else {
+                let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + service.config.body_timeout);
+                Some(until.saturating_duration_since(tokio::time::Instant::now()))
+            };
+            match read_some(&mut stream, &mut buf, timeout, shutdown).await {
+                Read::Data => {}
+                Read::Gone | Read::Closing | Read::TimedOut => return,
+            }
+        };
+        if !crlf_only(&buf[..end]) {
+            return refuse(stream, 400, "request head lines must end with CRLF\n").await;
+        }
+        let Some(export) = export_of(&buf[..end], &service.config) else {
+            let peer = stream.peer_addr().ok().map(|a| a.ip());
+            let Some(mut data) = relayed_head(&buf[..end], peer) else {
+                return refuse(stream, 400, "bad request line\n").await;
+            };
+            data.extend_from_slice(&buf[end + 4..]);
+            return relay(stream, data, service).await;
+        };
+        let started = Instant::now();
+        buf.drain(..end + 4);
+        let answer = answer(&export, &mut stream, &mut buf, service, shutdown).await;
+        let keep = export.keep_alive && !answer.close && !shutdown.is_set();
+        let written = stream.write_all(&answer.write(keep, export.http10)).await.is_ok();
+        service
+            .stats
+            .count(export.route, answer.status, Some(started.elapsed()));
+        if !written {
+            return;
+        }
+        if !keep {
+            return linger(stream).await;
+        }
+    }
+}
+
+/// Answers a request head the front will not pass on, and closes.
+async fn refuse(mut stream: TcpStream, status: u16, body: &str) {
+    let answer = Answer::text(status, body);
+    if stream.write_all(&answer.write(false, false)).await.is_ok() {
+        linger(stream).await;
+    }
+}
+
+/// Closes after an answer the client may still be sending a body to: ends the sending side, then
+/// reads and drops what arrives for a moment, so the close does not reset the connection before
+/// the client has read the answer.
+async fn linger(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 16 * 1024];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// Holds bytes of the worker's body budget until dropped.
+struct Reservation<'a> {
+    budget: &'a Budget,
+    bytes: usize,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
+fn reserve(budget: &Budget, bytes: usize) -> Option<Reservation<'_>> {
+    // `then`, not `then_some`: a guard built for a failed reservation would give back what it never took.
+    budget.reserve(bytes).then(|| Reservation { budget, bytes })
+}
+
+/// Reads the body and ingests it.
+async fn answer(
+    export: &Export,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    service: &Service,
+    shutdown: &Shutdown,
+) -> Answer {
+    let config = &service.config;
+    let format = export.format;
+    let Some(_reserved) = reserve(&service.budget, export.length) else {
+        service.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let message = format!(
+            "request bodies in flight use this worker's budget of {} bytes (server.max_inflight_bytes); retry later",
+            service.budget.limit()
+        );
+        return Answer::status(503, UNAVAILABLE, &message, format).with(&[("Retry-After", "1")], true);
+    };
+    // One deadline for the whole body, as the app keeps it.
+    let deadline = tokio::time::Instant::now() + config.body_timeout;
+    buf.reserve(export.length.saturating_sub(buf.len()));
+    while buf.len() < export.length {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match read_some(stream, buf, Some(left), shutdown).await {
+            Read::Data => {}
+            // The client half-closed or left: if it still reads, it learns why (as from the app).
+            Read::Gone => return Answer::text(400, UNREADABLE),
+            Read::Closing => {
+                return Answer::status(503, UNAVAILABLE, "gateway is shutting down", format)
+                    .with(&[("Retry-After", "5")], true)
+            }
+            Read::TimedOut => {
+                let message = format!(
+                    "request body not received within {}s",
+                    seconds_text(config.body_timeout)
+                );
+                return Answer::status(408, DEADLINE_EXCEEDED, &message, format).with(&[], true);
+            }
+        }
+    }
+    let rest = buf.split_off(export.length);
+    let body = std::mem::replace(buf, rest);
+    ingest(export, body, service).await
+}
+
+async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
+    let (signal, format) = (export.signal, export.format);
+    let encoded = export
+        .encoding
+        .as_deref()
+        .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+    let run = {
+        let pipeline = service.pipeline.clone();
+        let encoding = export.encoding.clone();
+        move || {
+            catch_unwind(AssertUnwindSafe(|| {
+                pipeline.ingest_deferred(signal, &body, format, encoding.as_deref(), true)
+            }))
+        }
+    };
+    // Small plain bodies take a few µs: ingested right here. Larger or encoded ones (whatever they
+    // inflate to), or any that may wait for the disk, go to a blocking thread.
+    let inline = !service.config.blocking && !encoded && export.length <= INLINE_LIMIT;
+    let outcome = if inline {
+        Ok(run())
+    } else {
+        tokio::task::spawn_blocking(run).await
+    };
+    let ingested = match outcome {
+        // The fsync is awaited (group commit), not waited for on a thread.
+        Ok(Ok(Ok((out, point)))) => super::durable(&service.pipeline, point).await.map(|()| out),
+        Ok(Ok(Err(err))) => Err(err),
+        Ok(Err(_)) | Err(_) => {
+            return Answer::status(500, INTERNAL, "internal error while ingesting", format).with(&[], true);
+        }
+    };
+    let log = |level, message, fields| {
+        if let Some(log) = &service.config.log {
+            log(level, message, fields);
+        }
+    };
+    match &ingested {
+        Ok(out) if out.rejected > 0 => log(
+            "info",
+            "partial success",
+            vec![
+                ("signal", signal.as_str().to_owned()),
+                ("rejected", out.rejected.to_string()),
+                ("reason", out.error_message.clone()),
+            ],
+        ),
+        Err(CoreError::Storage(e)) => log(
+            "error",
+            "queue storage failed",
+            vec![("signal", signal.as_str().to_owned()), ("error", e.clone())],
+        ),
+        _ => {}
+    }
+    match ingested {
+        Ok(out) => Answer {
+            status: 200,
+            body: encode::export_response(signal, out.rejected, &out.error_message, format),
+            media: media_of(format),
+            headers: &[],
+            close: false,
+        },
+        Err(err) => error_answer(signal, format, &err),
+    }
+}
+
+/// The answer to a failed ingest: the app's statuses and words for each error.
+fn error_answer(signal: Signal, format: Format, err: &CoreError) -> Answer {
+    match err {
+        CoreError::Decode(m) => {
+            let message = format!("cannot decode OTLP {} {}: {m}", format.as_str(), signal.as_str());
+            Answer::status(400, INVALID_ARGUMENT, &message, format)
+        }
+        CoreError::TooLarge { .. } | CoreError::ItemTooLarge { .. } | CoreError::LineTooLong { .. } => {
+            Answer::status(413, OUT_OF_RANGE, &err.to_string(), format)
+        }
+        CoreError::Unsupported(m) => Answer::status(415, UNIMPLEMENTED, m, format),
+        CoreError::QueueFull { .. } => Answer::status(429, RESOURCE_EXHAUSTED, &format!("{err}; retry later"), format)
+            .with(&[("Retry-After", "1")], false),
+        CoreError::Closed => {
+            Answer::status(503, UNAVAILABLE, "gateway is shutting down", format).with(&[("Retry-After", "5")], true)
+        }
+        // The queue's disk failed (full, read-only): nothing was accepted.
+        _ => Answer::status(503, UNAVAILABLE, "queue storage unavailable; retry later", format)
+            .with(&[("Retry-After", "5")], false),
+    }
+}
+
+/// Hands the connection, from the request in `data` on (its head already rewritten), to the app
+/// behind the front.
+async fn relay(mut client: TcpStream, data: Vec<u8>, service: &Service) {
+    service.stats.relayed.fetch_add(1, Ordering::Relaxed);
+    let reached = match &service.config.backend {
+        Backend::Unix(path) => match UnixStream::connect(path).await {
+            Ok(backend) => pipe(&mut client, backend, &data).await,
+            Err(_) => false,
+        },
+        Backend::Tcp(addr) => match TcpStream::connect(addr.as_str()).await {
+            Ok(backend) => pipe(&mut client, backend, &data).await,
+            Err(_) => false,
+        },
+    };
+    if !reached {
+        let body = "the gateway's HTTP app is not reachable (starting or stopping); retry later\n";
+        let answer = Answer::text(503, body).with(&[("Retry-After", "1")], true);
+        let _ = client.write_all(&answer.write(false, false)).await;
+    }
+}
+
+/// Sends `first` to the app, then copies both ways until either side closes; false when the app
+/// could not be written to.
+async fn pipe<B: AsyncRead + AsyncWrite + Unpin>(client: &mut TcpStream, mut backend: B, first: &[u8]) -> bool {
+    if backend.write_all(first).await.is_err() {
+        return false;
+    }
+    let _ = tokio::io::copy_bidirectional(client, &mut backend).await;
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(tokens: &[&str]) -> Config {
+        Config {
+            tokens: tokens.iter().map(|t| t.as_bytes().to_vec()).collect(),
+            max_body_bytes: 1000,
+            body_timeout: Duration::from_secs(30),
+            max_inflight_bytes: 1 << 20,
+            blocking: false,
+            backend: Backend::Tcp("127.0.0.1:1".into()),
+            latency_buckets: vec![0.001, 0.01],
+            log: None,
+        }
+    }
+
+    fn export(head: &str, tokens: &[&str]) -> Option<Export> {
+        export_of(head.as_bytes(), &config(tokens))
+    }
+
+    #[test]
+    fn answers_plain_otlp_posts() {
+        let e = export(
+            "POST /v1/traces?x=1 HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-protobuf\r\nContent-Length: 12\r\nContent-Encoding: gzip",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            (e.route, e.signal, e.format, e.length),
+            ("/v1/traces", Signal::Traces, Format::Protobuf, 12)
+        );
+        assert_eq!(e.encoding.as_deref(), Some("gzip"));
+        assert!(e.keep_alive);
+        let e = export(
+            "POST /v1/logs HTTP/1.0\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: 0",
+            &[],
+        )
+        .unwrap();
+        assert_eq!((e.format, e.keep_alive), (Format::Json, false));
+        let e = export(
+            "POST /v1/metrics HTTP/1.1\r\nContent-Type: application/protobuf\r\nContent-Length: 1\r\nConnection: close",
+            &[],
+        )
+        .unwrap();
+        assert!(!e.keep_alive);
+    }
+
+    #[test]
+    fn leaves_everything_else_to_the_app() {
+        let ok = "Content-Type: application/x-protobuf\r\nContent-Length: 5";
+        for head in [
+            format!("GET /v1/logs HTTP/1.1\r\n{ok}"),
+            format!("POST /v1/logz HTTP/1.1\r\n{ok}"),
+            format!("POST /api/1/envelope/ HTTP/1.1\r\n{ok}"),
+            format!("POST /v1/logs HTTP/2.0\r\n{ok}"),
+            "PRI * HTTP/2.0".to_string(),
+            "POST /v1/logs HTTP/1.1\r\nContent-Type: application/x-protobuf".to_string(), // no length
+            format!("POST /v1/logs HTTP/1.1\r\n{ok}\r\nTransfer-Encoding: chunked"),
+            format!("POST /v1/logs HTTP/1.1\r\n{ok}\r\nExpect: 100-continue"),
+            format!("POST /v1/logs HTTP/1.1\r\n{ok}\r\nContent-Length: 5"), // twice
+            "POST /v1/logs HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 5".to_string(),
+            "POST /v1/logs HTTP/1.1\r\nContent-Type: application/x-protobuf\r\nContent-Length: 1001".to_string(),
+            "POST /v1/logs HTTP/1.1\r\nContent-Type: application/x-protobuf\r\nContent-Length: -1".to_string(),
+            format!("POST /v1/logs HTTP/1.1\r\n{ok}\r\n folded"),
+            format!("POST /v1/logs HTTP/1.1\r\n{ok}\r\nX-Trackgate-Peer: 10.0.0.1"),
+            format!("POST /v1/logs HTTP/1.1\r\n{ok}\r\nConnection: Upgrade"),
+        ] {
+            assert_eq!(export(&head, &[]), None, "{head}");
+        }
+    }
+
+    #[test]
+    fn a_bad_token_goes_to_the_app_for_its_401() {
+        let head = |auth: &str| {
+            format!("POST /v1/logs HTTP/1.1\r\nContent-Type: application/x-protobuf\r\nContent-Length: 5{auth}")
+        };
+        assert!(export(&head("\r\nAuthorization: Bearer s3cret"), &["s3cret"]).is_some());
+        assert!(export(&head("\r\nAuthorization: bearer  s3cret "), &["other", "s3cret"]).is_some());
+        assert!(export(&head("\r\nAuthorization: Bearer wrong"), &["s3cret"]).is_none());
+        assert!(export(&head("\r\nAuthorization: Basic s3cret"), &["s3cret"]).is_none());
+        assert!(export(&head(""), &["s3cret"]).is_none());
+    }
+
+    #[test]
+    fn relayed_heads_name_the_peer_and_close() {
+        let peer: IpAddr = "10.1.2.3".parse().unwrap();
+        let head = b"POST /api/1/envelope/ HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nX-Trackgate-Peer: 6.6.6.6\r\nKeep-Alive: timeout=5";
+        let out = String::from_utf8(relayed_head(head, Some(peer)).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            "POST /api/1/envelope/ HTTP/1.1\r\nHost: x\r\nx-trackgate-peer: 10.1.2.3\r\nconnection: close\r\n\r\n"
+        );
+        assert_eq!(relayed_head(b"PRI * HTTP/2.0", Some(peer)), None);
+    }
+
+    #[test]
+    fn error_answers_match_the_app() {
+        let a = error_answer(Signal::Logs, Format::Json, &CoreError::QueueFull { used: 9, limit: 10 });
+        assert_eq!((a.status, a.headers), (429, &[("Retry-After", "1")][..]));
+        let text = String::from_utf8(a.write(true, false)).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("queue is full (9 of 10 bytes in use); retry later"),
+            "{text}"
+        );
+        assert!(!text.contains("connection: close"));
+        let a = error_answer(Signal::Traces, Format::Json, &CoreError::decode("bad"));
+        assert_eq!(a.status, 400);
+        assert!(String::from_utf8_lossy(&a.body).contains("cannot decode OTLP json traces: bad"));
+        let a = error_answer(Signal::Logs, Format::Protobuf, &CoreError::Closed);
+        assert!(a.close && a.status == 503);
+        assert_eq!(
+            error_answer(Signal::Logs, Format::Json, &CoreError::Storage("disk".into())).status,
+            503
+        );
+        assert_eq!(seconds_text(Duration::from_secs(30)), "30");
+        assert_eq!(seconds_text(Duration::from_millis(500)), "0.5");
+    }
+
+    #[test]
+    fn latency_buckets_follow_prometheus_le() {
+        let stats = Stats::new(vec![0.001, 0.01]);
+        stats.count("/v1/logs", 200, Some(Duration::from_micros(1000)));
+        stats.count("/v1/logs", 200, Some(Duration::from_millis(5)));
+        stats.count("/v1/logs", 429, Some(Duration::from_secs(1)));
+        stats.count("/v1/logs", 400, None);
+        assert_eq!(
+            stats.answered(),
+            vec![("/v1/logs", 200, 2), ("/v1/logs", 429, 1), ("/v1/logs", 400, 1)]
+        );
+        let latency = stats.latency();
+        assert_eq!(latency[0].1, vec![1, 1, 1]);
+    }
+}
+
+#[cfg(test)]
+#[path = "otlp_http_tests.rs"]
+mod socket_tests;

@@ -1,0 +1,599 @@
+//! The OTLP/HTTP front over real sockets: blocking std clients against the front on its own
+//! runtime, with a small stand-in for the app behind it.
+
+use super::*;
+use crate::batch::Limits;
+use crate::ingest::IngestOptions;
+use crate::net::Listeners;
+use crate::pipeline::PipelineOptions;
+use crate::wire;
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(5);
+/// What the app stand-in answers to every request it gets.
+const APP_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nx-app: relayed\r\ncontent-length: 3\r\nconnection: close\r\n\r\napp";
+
+/// An `ExportLogsServiceRequest` with one record whose body is `text`.
+fn logs_body(text: &str) -> Vec<u8> {
+    let mut request = Vec::new();
+    wire::put_message(&mut request, 1, |rl| {
+        wire::put_message(rl, 2, |sl| {
+            wire::put_message(sl, 2, |lr| {
+                wire::put_message(lr, 5, |v| wire::put_bytes(v, 1, text.as_bytes()))
+            })
+        })
+    });
+    request
+}
+
+/// `head` (request line and header lines, no blank line) and `body` as one write.
+fn request(head: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{head}\r\n\r\n").into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// A protobuf `POST /v1/logs` with its length and `extra` header lines (each "\r\nname: value").
+fn logs_post(extra: &str, body: &[u8]) -> Vec<u8> {
+    let head = format!(
+        "POST /v1/logs HTTP/1.1\r\nhost: front\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}{extra}",
+        body.len()
+    );
+    request(&head, body)
+}
+
+fn config(backend: Backend) -> Config {
+    Config {
+        tokens: Vec::new(),
+        max_body_bytes: 4096,
+        body_timeout: WAIT,
+        max_inflight_bytes: 1 << 20,
+        blocking: false,
+        backend,
+        latency_buckets: vec![0.01, 0.1],
+        log: None,
+    }
+}
+
+/// A backend nothing listens on.
+fn closed_port() -> Backend {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    Backend::Tcp(addr.to_string())
+}
+
+struct Front {
+    pipeline: Arc<Pipeline>,
+    listeners: Listeners,
+    addr: SocketAddr,
+}
+
+fn front(config: Config, queue_max_bytes: usize) -> Front {
+    let pipeline = Arc::new(
+        Pipeline::new(PipelineOptions {
+            exporters: vec!["a".into()],
+            ingest: IngestOptions {
+                max_body_bytes: 4096,
+                ..IngestOptions::default()
+            },
+            queue_max_bytes,
+            batch: Limits::new(100, 1 << 20, Duration::from_secs(60)).unwrap(),
+        })
+        .unwrap(),
+    );
+    let listeners = Listeners::new(1).unwrap();
+    let addr = listeners
+        .add_otlp_http("127.0.0.1", 0, false, Service::new(pipeline.clone(), config))
+        .unwrap();
+    Front {
+        pipeline,
+        listeners,
+        addr,
+    }
+}
+
+impl Front {
+    fn connect(&self) -> Client {
+        let stream = std::net::TcpStream::connect(self.addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn accepted_logs(&self) -> u64 {
+        let stats = self.pipeline.stats();
+        stats.iter().find(|(k, _)| k == "logs_accepted_records").unwrap().1
+    }
+}
+
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Whether the front answered this itself (the app stand-in marks its answers).
+    fn by_front(&self) -> bool {
+        self.header("x-app").is_none()
+    }
+}
+
+struct Client {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads more into `buf`; false at EOF.
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk).expect("read within the timeout");
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// The next response: its body by `content-length`, or to EOF without one.
+    fn response(&mut self) -> Response {
+        let end = loop {
+            if let Some(end) = head_end(&self.buf) {
+                break end;
+            }
+            assert!(self.fill(), "connection closed before a response head: {:?}", self.buf);
+        };
+        let head = String::from_utf8(self.buf[..end].to_vec()).unwrap();
+        self.buf.drain(..end + 4);
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .map(|l| l.split_once(':').unwrap())
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let length = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .map(|(_, v)| v.parse().unwrap());
+        match length {
+            Some(length) => {
+                while self.buf.len() < length {
+                    assert!(self.fill(), "connection closed inside a response body");
+                }
+            }
+            None => while self.fill() {},
+        }
+        let rest = self.buf.split_off(length.unwrap_or(self.buf.len()));
+        let body = std::mem::replace(&mut self.buf, rest);
+        Response { status, headers, body }
+    }
+
+    /// Whether the peer closed the connection with nothing more to read.
+    fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill()
+    }
+}
+
+/// A request as the app stand-in received it.
+struct Seen {
+    head: String,
+    body: Vec<u8>,
+}
+
+/// A stand-in for the app behind the front: reads one request per connection (a declared or
+/// chunked body included), reports it and answers [`APP_ANSWER`].
+fn app() -> (Backend, mpsc::Receiver<Seen>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut client = Client {
+                stream: stream.unwrap(),
+                buf: Vec::new(),
+            };
+            client.stream.set_read_timeout(Some(WAIT)).unwrap();
+            while head_end(&client.buf).is_none() && client.fill() {}
+            let Some(end) = head_end(&client.buf) else { continue };
+            let head = String::from_utf8_lossy(&client.buf[..end]).to_ascii_lowercase();
+            let mut body = client.buf.split_off(end + 4);
+            client.buf = Vec::new();
+            let length = head
+                .split("\r\n")
+                .find_map(|l| l.strip_prefix("content-length: ")?.parse().ok());
+            let chunked = head.contains("\r\ntransfer-encoding: chunked");
+            while length.is_some_and(|n| body.len() < n) || (chunked && !body.ends_with(b"0\r\n\r\n")) {
+                if !client.fill() {
+                    break;
+                }
+                body.append(&mut client.buf);
+            }
+            if sender.send(Seen { head, body }).is_err() {
+                return;
+            }
+            let _ = client.stream.write_all(APP_ANSWER);
+        }
+    });
+    (Backend::Tcp(addr.to_string()), receiver)
+}
+
+fn seen(app: &mpsc::Receiver<Seen>) -> Seen {
+    app.recv_timeout(WAIT).expect("the app got the request")
+}
+
+/// Keep-alive and pipelined OTLP posts are answered by the front, in order, and ingested.
+#[test]
+fn otlp_posts_are_answered_on_one_keep_alive_connection() {
+    let (backend, app) = app();
+    let front = front(config(backend), 1 << 20);
+    let mut client = front.connect();
+    for text in ["one", "two"] {
+        client.send(&logs_post("", &logs_body(text)));
+        let r = client.response();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
+        assert_eq!(r.header("connection"), None);
+        assert!(r.by_front());
+    }
+    assert_eq!(front.accepted_logs(), 2);
+    // Two requests in one write: a good one, then a bad one, answered in that order.
+    let mut both = logs_post("", &logs_body("three"));
+    both.extend(logs_post("", b"\xff\xff\xff"));
+    client.send(&both);
+    assert_eq!([client.response().status, client.response().status], [200, 400]);
+    assert_eq!(front.accepted_logs(), 3);
+    assert!(app.try_recv().is_err(), "nothing went to the app");
+}
+
+/// A request for the app, after an OTLP post on the same connection, reaches it with the
+/// client's address in x-trackgate-peer (not the client's own) and connection: close.
+#[test]
+fn other_requests_are_relayed_with_the_peer_and_close() {
+    let (backend, app) = app();
+    let front = front(config(backend), 1 << 20);
+    let mut client = front.connect();
+    client.send(&logs_post("", &logs_body("one")));
+    assert!(client.response().by_front());
+    client.send(&request(
+        "GET /healthz HTTP/1.1\r\nhost: front\r\nX-Trackgate-Peer: 6.6.6.6\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5",
+        b"",
+    ));
+    let r = client.response();
+    assert_eq!(
+        (r.status, r.header("x-app"), r.text().as_str()),
+        (200, Some("relayed"), "app")
+    );
+    let head = seen(&app).head;
+    assert!(head.starts_with("get /healthz http/1.1\r\nhost: front\r\n"), "{head}");
+    assert!(head.contains("\r\nx-trackgate-peer: 127.0.0.1\r\n"), "{head}");
+    assert!(!head.contains("6.6.6.6") && !head.contains("keep-alive"), "{head}");
+    assert_eq!(head.matches("connection:").count(), 1, "{head}");
+    assert!(head.ends_with("\r\nconnection: close"), "{head}");
+}
+
+/// Chunked and `Expect: 100-continue` posts go to the app, with the body bytes that came with the head.
+#[test]
+fn chunked_and_expect_continue_posts_are_relayed_with_their_bodies() {
+    let (backend, app) = app();
+    let front = front(config(backend), 1 << 20);
+    let chunked = request(
+        "POST /v1/logs HTTP/1.1\r\nhost: front\r\ncontent-type: application/x-protobuf\r\ntransfer-encoding: chunked",
+        b"5\r\nhello\r\n0\r\n\r\n",
+    );
+    let expect = logs_post("\r\nexpect: 100-continue", b"hello");
+    for (sent, header, body) in [
+        (chunked, "transfer-encoding: chunked", &b"5\r\nhello\r\n0\r\n\r\n"[..]),
+        (expect, "expect: 100-continue", b"hello"),
+    ] {
+        let mut client = front.connect();
+        client.send(&sent);
+        assert_eq!(client.response().header("x-app"), Some("relayed"));
+        let seen = seen(&app);
+        assert!(seen.head.starts_with("post /v1/logs http/1.1\r\n"), "{}", seen.head);
+        assert!(seen.head.contains(header), "{}", seen.head);
+        assert_eq!(seen.body, body);
+    }
+    assert_eq!(front.accepted_logs(), 0);
+}
+
+/// With the app unreachable, a relayed request is answered 503 with Retry-After.
+#[test]
+fn an_unreachable_app_answers_503_retry_after() {
+    let front = front(config(closed_port()), 1 << 20);
+    let mut client = front.connect();
+    client.send(&request("GET /healthz HTTP/1.1\r\nhost: front", b""));
+    let r = client.response();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(
+        (r.header("retry-after"), r.header("connection")),
+        (Some("1"), Some("close"))
+    );
+    assert!(r.text().contains("not reachable"), "{}", r.text());
+    assert!(client.closed());
+}
+
+/// With tokens set, only a post with a valid bearer token is answered by the front; the others
+/// go to the app (for its 401).
+#[test]
+fn posts_without_a_valid_token_are_relayed() {
+    let (backend, app) = app();
+    let front = front(
+        Config {
+            tokens: vec![b"s3cret".to_vec()],
+            ..config(backend)
+        },
+        1 << 20,
+    );
+    let body = logs_body("one");
+    let mut client = front.connect();
+    client.send(&logs_post("\r\nauthorization: Bearer s3cret", &body));
+    let r = client.response();
+    assert_eq!((r.status, r.by_front()), (200, true));
+    client.send(&logs_post("", &body));
+    assert_eq!(client.response().header("x-app"), Some("relayed"));
+    assert!(!seen(&app).head.contains("authorization"));
+    let mut client = front.connect();
+    client.send(&logs_post("\r\nauthorization: Bearer wrong", &body));
+    assert_eq!(client.response().header("x-app"), Some("relayed"));
+    let seen = seen(&app);
+    assert!(
+        seen.head.contains("\r\nauthorization: bearer wrong\r\n"),
+        "{}",
+        seen.head
+    );
+    assert_eq!(seen.body, body);
+    assert_eq!(front.accepted_logs(), 1);
+}
+
+/// A body that does not arrive within body_timeout is answered 408 and the connection closed.
+#[test]
+fn a_slow_body_answers_408_and_closes() {
+    let front = front(
+        Config {
+            body_timeout: Duration::from_millis(200),
+            ..config(closed_port())
+        },
+        1 << 20,
+    );
+    let mut client = front.connect();
+    client.send(&request(
+        "POST /v1/logs HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: 100",
+        &[b'{'; 10],
+    ));
+    let r = client.response();
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert_eq!(
+        (r.header("connection"), r.header("content-type")),
+        (Some("close"), Some("application/json"))
+    );
+    assert!(
+        r.text().contains("request body not received within 0.2s"),
+        "{}",
+        r.text()
+    );
+    assert!(client.closed());
+}
+
+/// A full queue answers 429 with Retry-After and keeps the connection.
+#[test]
+fn a_full_queue_answers_429_retry_after() {
+    let body = logs_body("0123456789");
+    let front = front(config(closed_port()), body.len() * 2);
+    let mut client = front.connect();
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| {
+            client.send(&logs_post("", &body));
+            let r = client.response();
+            if r.status == 429 {
+                assert_eq!((r.header("retry-after"), r.header("connection")), (Some("1"), None));
+                assert!(r.text().contains("retry later"), "{}", r.text());
+            }
+            r.status
+        })
+        .collect();
+    assert_eq!(statuses[0], 200);
+    assert_eq!(statuses[3], 429, "{statuses:?}");
+    assert!(statuses.iter().all(|s| [200, 429].contains(s)), "{statuses:?}");
+}
+
+/// A body that is not protobuf answers 400 with the app's words.
+#[test]
+fn a_bad_protobuf_body_answers_400() {
+    let front = front(config(closed_port()), 1 << 20);
+    let mut client = front.connect();
+    client.send(&logs_post("", b"\xff\xff\xff"));
+    let r = client.response();
+    assert_eq!((r.status, r.by_front()), (400, true));
+    assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
+    assert!(r.text().contains("cannot decode OTLP protobuf logs"), "{}", r.text());
+    assert_eq!(front.accepted_logs(), 0);
+}
+
+/// The front counts what it answers by (route, status), and what it relays.
+#[test]
+fn answered_requests_are_counted_by_route_and_status() {
+    let (backend, app) = app();
+    let front = front(config(backend), 1 << 20);
+    let mut client = front.connect();
+    for body in [logs_body("one"), b"\xff".to_vec(), logs_body("two")] {
+        client.send(&logs_post("", &body));
+        client.response();
+    }
+    client.send(&request("GET /metrics HTTP/1.1", b""));
+    assert_eq!(client.response().header("x-app"), Some("relayed"));
+    seen(&app);
+    drop(client);
+    // Closing waits for the connection tasks, which count after writing the answer.
+    front.listeners.close(WAIT);
+    let stats = front.listeners.http_stats();
+    let mut answered = stats[0].answered();
+    answered.sort();
+    assert_eq!(answered, vec![("/v1/logs", 200, 2), ("/v1/logs", 400, 1)]);
+    assert_eq!(stats[0].relayed(), 1);
+    assert_eq!(stats[0].latency()[0].1.iter().sum::<u64>(), 3);
+}
+
+/// A bare LF in a head could end it early for the app: such heads are refused (400), never passed
+/// on, so no request reaches the app without the front's peer header.
+#[test]
+fn heads_with_a_bare_lf_are_refused_not_relayed() {
+    let (backend, app) = app();
+    let front = front(config(backend), 1 << 20);
+    let smuggle = "POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 56\n\nXXXX\r\n\r\nGET /b HTTP/1.1\r\nX-Trackgate-Peer: 6.6.6.6\r\n\r\n";
+    for head in [
+        smuggle,
+        "GET /healthz HTTP/1.1\nhost: x\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nhost: x\r\r\n\r\n",
+    ] {
+        let mut client = front.connect();
+        client.send(head.as_bytes());
+        let r = client.response();
+        assert_eq!(r.status, 400, "{head:?}");
+        assert!(r.by_front() && r.text().contains("CRLF"), "{}", r.text());
+    }
+    assert!(
+        app.recv_timeout(Duration::from_millis(200)).is_err(),
+        "nothing reached the app"
+    );
+}
+
+/// A head over 16 KiB, in one read or trickled in two, is answered 431 and not passed on.
+#[test]
+fn oversized_heads_are_refused() {
+    let (backend, app) = app();
+    let front = front(config(backend), 1 << 20);
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nx-pad: {}\r\nX-Trackgate-Peer: 6.6.6.6\r\n\r\n",
+        "a".repeat(17 * 1024)
+    );
+    let mut client = front.connect();
+    client.send(big.as_bytes());
+    assert_eq!(client.response().status, 431);
+    let mut client = front.connect();
+    client.send(&big.as_bytes()[..9000]);
+    std::thread::sleep(Duration::from_millis(50));
+    client.send(&big.as_bytes()[9000..]);
+    assert_eq!(client.response().status, 431);
+    assert!(
+        app.recv_timeout(Duration::from_millis(200)).is_err(),
+        "nothing reached the app"
+    );
+}
+
+/// Once a head has begun it must be whole within the body timeout, however it trickles in.
+#[test]
+fn a_trickled_head_is_cut_off_at_the_body_timeout() {
+    let (backend, _app) = app();
+    let front = front(
+        Config {
+            body_timeout: Duration::from_millis(300),
+            ..config(backend)
+        },
+        1 << 20,
+    );
+    let mut client = front.connect();
+    let started = Instant::now();
+    let post = logs_post("", &logs_body("slow"));
+    let mut closed_at = None;
+    for byte in &post[..60] {
+        if client.stream.write_all(std::slice::from_ref(byte)).is_err() {
+            closed_at = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let closed_at = closed_at.unwrap_or_else(|| {
+        assert!(client.closed(), "the front kept a head trickling for 1.2 s");
+        started.elapsed()
+    });
+    assert!(closed_at < Duration::from_secs(2), "{closed_at:?}");
+}
+
+/// An HTTP/1.0 client asking to keep the connection is told it is kept, and can use it again.
+#[test]
+fn http10_keep_alive_is_answered_as_kept() {
+    let (backend, _app) = app();
+    let front = front(config(backend), 1 << 20);
+    let mut client = front.connect();
+    let body = logs_body("ten");
+    let head = format!(
+        "POST /v1/logs HTTP/1.0\r\ncontent-type: application/x-protobuf\r\nconnection: keep-alive\r\ncontent-length: {}",
+        body.len()
+    );
+    for _ in 0..2 {
+        client.send(&request(&head, &body));
+        let r = client.response();
+        assert_eq!((r.status, r.header("connection")), (200, Some("keep-alive")));
+    }
+}
+
+/// The HTTP/2 cleartext preface goes to the app as it came (the app does not trust a peer
+/// header over HTTP/2).
+#[test]
+fn http2_prior_knowledge_goes_to_the_app_as_it_came() {
+    let (backend, app) = app();
+    let front = front(config(backend), 1 << 20);
+    let mut client = front.connect();
+    client.send(H2_PREFACE);
+    let seen = seen(&app);
+    assert_eq!(seen.head, "pri * http/2.0");
+    assert!(!seen.head.contains("x-trackgate-peer"));
+}
+
+/// A body over what is left of the budget gets 503 + Retry-After before it is read, and a refusal
+/// leaves the budget as it was: the next request fits, and every byte is given back after.
+#[test]
+fn a_spent_budget_answers_503_and_refusals_take_nothing() {
+    let (backend, _app) = app();
+    let budget = Arc::new(Budget::new(1000));
+    let pipeline_front = front(config(backend.clone()), 1 << 20);
+    let service = Service::with_budget(pipeline_front.pipeline.clone(), config(backend), budget.clone());
+    let addr = pipeline_front
+        .listeners
+        .add_otlp_http("127.0.0.1", 0, false, service)
+        .unwrap();
+    let big = logs_body(&"x".repeat(1200));
+    for _ in 0..3 {
+        let mut client = Client {
+            stream: std::net::TcpStream::connect(addr).unwrap(),
+            buf: Vec::new(),
+        };
+        client.stream.set_read_timeout(Some(WAIT)).unwrap();
+        client.send(&logs_post("", &big));
+        let r = client.response();
+        assert_eq!((r.status, r.header("retry-after")), (503, Some("1")));
+        assert!(r.text().contains("max_inflight_bytes"), "{}", r.text());
+        assert_eq!(budget.used(), 0);
+    }
+    let mut client = Client {
+        stream: std::net::TcpStream::connect(addr).unwrap(),
+        buf: Vec::new(),
+    };
+    client.stream.set_read_timeout(Some(WAIT)).unwrap();
+    client.send(&logs_post("", &logs_body("small")));
+    assert_eq!(client.response().status, 200);
+    assert_eq!(budget.used(), 0);
+    assert!(!budget.reserve(1001) && budget.used() == 0);
+    assert!(budget.reserve(1000) && !budget.reserve(1));
+    budget.release(1000);
+    assert_eq!(budget.used(), 0);
+}

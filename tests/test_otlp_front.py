@@ -1,0 +1,283 @@
+"""The OTLP/HTTP front (rust/net/otlp_http.rs): `trackgate serve` answers OTLP posts in the core
+and hands every other request to the app on granian behind it.
+
+The same requests go to a gateway with the front and to one without it (`server.otlp_front =
+false`); each answer must match in status, content type, Retry-After and body. Granian marks its
+own answers with `server: granian`, which tells who answered."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+from conftest import Gateway
+
+LIMIT = 64 * 1024
+TOKEN = "front-token"
+CONFIG = f"""
+[server]
+max_body_bytes = {LIMIT}
+body_timeout_s = 0.5
+tokens = ["{TOKEN}"]
+otlp_front = {{front}}
+
+[storage]
+dir = "{{dir}}"
+"""
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Gateway]]:
+    gateways = []
+    for name, front in (("front", "true"), ("app", "false")):
+        tmp = tmp_path_factory.mktemp(name)
+        gateways.append(Gateway(tmp, CONFIG.format(front=front, dir=tmp / "data"), workers=1))
+    yield gateways[0], gateways[1]
+    for gw in gateways:
+        gw.stop()
+
+
+def logs_body(text: str = "hello", count: int = 1) -> bytes:
+    msg = ExportLogsServiceRequest()
+    records = msg.resource_logs.add().scope_logs.add()
+    for i in range(count):
+        records.log_records.add().body.string_value = f"{text}-{i}"
+    return msg.SerializeToString()
+
+
+def request(
+    body: bytes,
+    *headers: str,
+    path: str = "/v1/logs",
+    method: str = "POST",
+    token: str | None = TOKEN,
+    length: int | None = None,
+    keep_alive: bool = False,
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *headers]
+    if token is not None:
+        lines.append(f"Authorization: Bearer {token}")
+    lines.append(f"Content-Length: {len(body) if length is None else length}")
+    if not keep_alive:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class Answer:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    def key(self) -> tuple[int, str | None, str | None, str | None, bytes]:
+        """What must match between the front and the app."""
+        h = self.headers
+        return self.status, h.get("content-type"), h.get("retry-after"), h.get("www-authenticate"), self.body
+
+    @property
+    def by_app(self) -> bool:
+        return self.headers.get("server") == "granian"
+
+
+def read_answer(sock: socket.socket, buf: bytearray) -> Answer:
+    """One response from `sock` (Content-Length framed), leaving what follows in `buf`."""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"closed before a response head: {bytes(buf)!r}")
+        buf += data
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        data = sock.recv(65536)
+        if not data:
+            break
+        rest += data
+    buf[:] = rest[length:]
+    return Answer(int(status_line.split()[1]), headers, rest[:length])
+
+
+def exchange(gw: Gateway, data: bytes) -> Answer:
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(data)
+        return read_answer(sock, bytearray())
+
+
+def closed(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+PARTIAL = json.dumps(
+    {"resourceLogs": [{"scopeLogs": [{"logRecords": [{"traceId": "abcd", "body": {"stringValue": "x"}}, {}]}]}]}
+).encode()
+TRACES_BAD_SPAN = json.dumps(
+    {"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "0" * 31 + "1", "spanId": "00", "name": "s"}]}]}]}
+).encode()
+PB, JS = "Content-Type: application/x-protobuf", "Content-Type: application/json"
+CASES: dict[str, bytes] = {
+    "protobuf logs": request(logs_body(), PB),
+    "protobuf with parameters": request(logs_body(), "Content-Type: application/x-protobuf; proto=x"),
+    "json logs": request(b'{"resourceLogs":[]}', JS),
+    "empty body": request(b"", PB),
+    "gzip": request(gzip.compress(logs_body(count=50)), PB, "Content-Encoding: gzip"),
+    "partial success": request(PARTIAL, JS),
+    "partial success, traces": request(TRACES_BAD_SPAN, JS, path="/v1/traces"),
+    "bad protobuf": request(b"\xff\xff\xff", PB),
+    "bad json": request(b'{"resourceLogs": [', JS),
+    "bad json metrics": request(b"[]", JS, path="/v1/metrics"),
+    "unknown encoding": request(logs_body(), PB, "Content-Encoding: compress"),
+    "gzip over the limit inflated": request(gzip.compress(b"\0" * (LIMIT * 4)), PB, "Content-Encoding: gzip"),
+    # Left to the app by the front:
+    "declared over the limit": request(b"", PB, length=LIMIT + 1),
+    "unknown content type": request(b"x", "Content-Type: text/plain"),
+    "no token": request(logs_body(), PB, token=None),
+    "wrong token": request(logs_body(), PB, token="nope"),
+    "GET": request(b"", method="GET"),
+    "unknown path": request(logs_body(), PB, path="/v1/logz"),
+}
+ANSWERED_BY_FRONT = {
+    "protobuf logs", "protobuf with parameters", "json logs", "empty body", "gzip", "partial success",
+    "partial success, traces", "bad protobuf", "bad json", "bad json metrics", "unknown encoding",
+    "gzip over the limit inflated",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_front_answers_as_the_app_does(pair: tuple[Gateway, Gateway], case: str) -> None:
+    front, app = pair
+    got, want = exchange(front, CASES[case]), exchange(app, CASES[case])
+    assert got.key() == want.key()
+    assert got.by_app == (case not in ANSWERED_BY_FRONT), got.headers
+    assert want.by_app
+
+
+def test_a_slow_body_gets_the_apps_408_and_the_connection_closes(pair: tuple[Gateway, Gateway]) -> None:
+    answers = []
+    for gw in pair:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            sock.sendall(request(b"", PB, length=100, keep_alive=True) + b"x" * 10)
+            answer = read_answer(sock, bytearray())
+            assert closed(sock)
+        answers.append(answer)
+    front, app = answers
+    assert front.status == 408 and not front.by_app
+    assert front.key() == app.key()
+    assert b"request body not received within 0.5s" in front.body
+
+
+def test_keep_alive_requests_then_one_for_the_app_on_the_same_connection(pair: tuple[Gateway, Gateway]) -> None:
+    front, _ = pair
+    with socket.create_connection(("127.0.0.1", front.port), timeout=10) as sock:
+        buf = bytearray()
+        for i in range(3):
+            sock.sendall(request(logs_body(f"keep-{i}"), PB, keep_alive=True))
+            answer = read_answer(sock, buf)
+            assert (answer.status, answer.by_app, answer.headers.get("connection")) == (200, False, None)
+        # Two requests in one write: both answered, in order.
+        sock.sendall(request(logs_body("p1"), PB, keep_alive=True) + request(b"[", JS, keep_alive=True))
+        assert [read_answer(sock, buf).status for _ in range(2)] == [200, 400]
+        # The next request is the app's: relayed with the rest of the connection, which then closes.
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = read_answer(sock, buf)
+        assert (answer.status, answer.body, answer.by_app) == (200, b"ok\n", True)
+        assert closed(sock)
+
+
+@pytest.mark.parametrize("framing", ["Transfer-Encoding: chunked", "Expect: 100-continue"])
+def test_chunked_and_expect_bodies_are_served_by_the_app(pair: tuple[Gateway, Gateway], framing: str) -> None:
+    front, _ = pair
+    body = logs_body("framed")
+    with socket.create_connection(("127.0.0.1", front.port), timeout=10) as sock:
+        if framing.startswith("Transfer"):
+            head = f"POST /v1/logs HTTP/1.1\r\nHost: x\r\n{PB}\r\nAuthorization: Bearer {TOKEN}\r\n{framing}\r\n\r\n"
+            sock.sendall(head.encode() + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+            answer = read_answer(sock, bytearray())
+        else:
+            sock.sendall(request(b"", PB, framing, length=len(body)))
+            buf = bytearray()
+            interim = read_answer(sock, buf)
+            assert interim.status == 100
+            sock.sendall(body)
+            answer = read_answer(sock, buf)
+    assert (answer.status, answer.by_app) == (200, True)
+
+
+def test_the_fronts_requests_are_counted_in_metrics(pair: tuple[Gateway, Gateway]) -> None:
+    front, _ = pair
+
+    names = (
+        'trackgate_http_requests_total{route="/v1/logs",code="200"}',
+        'trackgate_http_request_duration_seconds_count{route="/v1/logs"}',
+        "trackgate_http_relayed_total",
+    )
+
+    def scrape() -> list[float]:
+        lines = exchange(front, request(b"", method="GET", path="/metrics")).body.decode().splitlines()
+        return [sum(float(line.rpartition(" ")[2]) for line in lines if line.startswith(name)) for name in names]
+
+    before = scrape()
+    for _ in range(5):
+        assert exchange(front, CASES["protobuf logs"]).status == 200
+    after = scrape()
+    assert after[0] - before[0] == 5
+    assert after[1] - before[1] == 5
+    assert after[2] - before[2] == 1  # the second scrape
+
+
+def test_records_the_front_accepted_are_delivered(tmp_path: Path, upstream: Any) -> None:
+    from conftest import dash0_config
+
+    gw = Gateway(tmp_path, dash0_config(upstream), workers=2)
+    try:
+        for i in range(20):
+            answer = exchange(gw, request(logs_body(f"front-{i}", count=5), PB, token=None))
+            assert (answer.status, answer.by_app) == (200, False)
+        want = {f"front-{i}-{j}" for i in range(20) for j in range(5)}
+
+        def bodies(up: Any) -> set[str]:
+            return {r.body.string_value for r in up.log_records()}
+
+        assert upstream.wait_for(lambda up: bodies(up) >= want, timeout=20)
+    finally:
+        gw.stop()
+
+
+def test_the_app_learns_the_client_address_from_the_front() -> None:
+    from trackgate.rsgi import RsgiReader
+
+    class Headers(dict[str, str]):
+        def get_all(self, name: str) -> list[str]:
+            return [self[name]] if name in self else []
+
+    class Scope:
+        def __init__(self, client: str, headers: dict[str, str], http_version: str) -> None:
+            self.client, self.headers, self.http_version = client, Headers(headers), http_version
+
+    def host(client: str, headers: dict[str, str], http_version: str = "1.1") -> str:
+        return RsgiReader(Scope(client, headers, http_version), None).client_host  # type: ignore[arg-type]
+
+    assert host("", {"x-trackgate-peer": "10.0.0.7"}) == "10.0.0.7"  # over the front's Unix socket
+    assert host("192.0.2.1:5555", {"x-trackgate-peer": "10.0.0.7"}) == "192.0.2.1"  # a client's own header
+    assert host("[::1]:80", {}) == "::1"
+    assert host("", {}) == ""
+    assert host("", {"x-trackgate-peer": "10.0.0.7"}, "2") == ""  # HTTP/2 passes the front as it came
+
+
+def test_the_front_can_be_turned_off(tmp_path: Path) -> None:
+    gw = Gateway(tmp_path, "[server]\notlp_front = false\n")
+    try:
+        answer = exchange(gw, request(logs_body(), PB, token=None))
+        assert (answer.status, answer.by_app) == (200, True)
+    finally:
+        gw.stop()
+    assert "OTLP/HTTP front listening" not in gw.log()
