@@ -863,7 +863,7 @@ impl Listeners {
     /// `backend_tcp` (HOST:PORT). Returns the bound port.
     #[pyo3(signature = (core, host, port, *, backend_uds = None, backend_tcp = None, tokens = Vec::new(),
         max_body_bytes = 67_108_864, body_timeout_s = 30.0, max_inflight_bytes = 268_435_456,
-        blocking = false, latency_buckets = Vec::new(), log = None, budget = None, reuse_port = false))]
+        max_connections = 1024, blocking = false, latency_buckets = Vec::new(), log = None, budget = None, reuse_port = false))]
     #[allow(clippy::too_many_arguments)]
     fn add_otlp_http(
         &self,
@@ -877,6 +877,7 @@ impl Listeners {
         max_body_bytes: usize,
         body_timeout_s: f64,
         max_inflight_bytes: usize,
+        max_connections: usize,
         blocking: bool,
         latency_buckets: Vec<f64>,
         log: Option<Py<PyAny>>,
@@ -907,6 +908,7 @@ impl Listeners {
             max_body_bytes,
             body_timeout: parse_seconds("body_timeout_s", body_timeout_s)?,
             max_inflight_bytes,
+            max_connections,
             blocking,
             backend,
             latency_buckets,

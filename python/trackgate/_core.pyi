@@ -276,6 +276,7 @@ class Listeners:
         max_body_bytes: int = 67108864,
         body_timeout_s: float = 30.0,
         max_inflight_bytes: int = 268435456,
+        max_connections: int = 1024,
         blocking: bool = False,
         latency_buckets: list[float] = ...,
         log: Callable[[str, str, dict[str, str]], object] | None = None,

@@ -404,6 +404,7 @@ def start_front(
             max_body_bytes=server.max_body_bytes,
             body_timeout_s=server.body_timeout_s,
             max_inflight_bytes=server.inflight_budget(),
+            max_connections=server.backpressure,
             blocking=blocking,
             latency_buckets=list(telemetry.HTTP_LATENCY.buckets),
             log=front_log,

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::Semaphore;
 
 use super::grpc::{bearer, token_accepted};
 use super::{accept_loop, race, Either, Shutdown};
@@ -27,8 +28,9 @@ use crate::ingest::Format;
 use crate::pipeline::Pipeline;
 use crate::signal::Signal;
 
-/// A request head longer than this is relayed as it came (granian has its own limit).
-const MAX_HEAD: usize = 16 * 1024;
+/// A request head longer than this is refused (431): granian's own limit (its default
+/// `max_buffer_size`), so a head the app would take is never refused by the front.
+const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// Bodies above this, and encoded bodies, are ingested on a blocking thread (as the app does).
 const INLINE_LIMIT: usize = 256 * 1024;
 /// The header that tells the app behind the front who the client is.
@@ -54,8 +56,11 @@ pub struct Config {
     pub tokens: Vec<Vec<u8>>,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
-    /// Bytes of bodies buffered at once by this listener (503 + Retry-After beyond).
+    /// Bytes of bodies buffered at once by this listener (503 + Retry-After beyond), when the
+    /// service is not given the worker's budget.
     pub max_inflight_bytes: usize,
+    /// Connections open at once (503 + Retry-After beyond).
+    pub max_connections: usize,
     /// Whether an ingest may wait for the disk (`fsync = "interval"`): then off the network threads.
     pub blocking: bool,
     pub backend: Backend,
@@ -206,9 +211,20 @@ impl Service {
 }
 
 pub async fn serve(listener: TcpListener, service: Arc<Service>, shutdown: Shutdown) {
-    accept_loop(listener, shutdown, move |stream, shutdown| {
+    let open = Arc::new(Semaphore::new(service.config.max_connections));
+    accept_loop(listener, shutdown, move |mut stream, shutdown| {
         let service = service.clone();
-        async move { connection(stream, &service, &shutdown).await }
+        let permit = open.clone().try_acquire_owned();
+        async move {
+            let Ok(_permit) = permit else {
+                // Every connection costs a task and a buffer: past the cap, a clear answer.
+                let message = "too many connections to this worker (server.backpressure); retry later\n";
+                let answer = Answer::text(503, message).with(&[("Retry-After", "1")], true);
+                let _ = stream.write_all(&answer.write(false, false)).await;
+                return;
+            };
+            connection(stream, &service, &shutdown).await
+        }
     })
     .await;
 }
@@ -476,8 +492,8 @@ enum Read {
 
 /// Reads what is there into `buf`'s spare room (no zero-filling), waiting at most `timeout`.
 async fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>, timeout: Option<Duration>, shutdown: &Shutdown) -> Read {
-    if buf.capacity() - buf.len() < 8 * 1024 {
-        buf.reserve(64 * 1024);
+    if buf.capacity() - buf.len() < 4 * 1024 {
+        buf.reserve(16 * 1024);
     }
     let read = async {
         match timeout {
@@ -497,6 +513,8 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     memchr::memmem::find(buf, b"\r\n\r\n")
 }
 
+const TOO_LONG: &str = "request head over 417792 bytes\n";
+
 /// The HTTP/2 cleartext preface (prior knowledge): such a connection goes to the app as it came.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -508,20 +526,25 @@ fn crlf_only(head: &[u8]) -> bool {
 }
 
 async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdown) {
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut buf: Vec<u8> = Vec::new();
     loop {
+        // An idle connection keeps a small buffer, whatever size its last body was.
+        buf.shrink_to(16 * 1024);
         // An idle keep-alive connection waits for its next request as long as the client likes;
         // once a head has begun, all of it must arrive within the body timeout.
         let mut deadline = None;
+        // Where the search for the blank line resumes: a head trickled in byte by byte is
+        // scanned once, not once per read.
+        let mut scanned = 0;
         let end = loop {
             if buf.starts_with(H2_PREFACE) {
                 return relay(stream, buf, service).await;
             }
-            match head_end(&buf) {
+            match head_end(&buf[scanned..]).map(|i| i + scanned) {
                 Some(end) if end <= MAX_HEAD => break end,
-                Some(_) => return refuse(stream, 431, "request head over 16 KiB\n").await,
-                None if buf.len() > MAX_HEAD => return refuse(stream, 431, "request head over 16 KiB\n").await,
-                None => {}
+                Some(_) => return refuse(stream, 431, TOO_LONG).await,
+                None if buf.len() > MAX_HEAD => return refuse(stream, 431, TOO_LONG).await,
+                None => scanned = buf.len().saturating_sub(3),
             }
             let timeout = if buf.is_empty() {
                 None
@@ -772,6 +795,7 @@ mod tests {
             max_body_bytes: 1000,
             body_timeout: Duration::from_secs(30),
             max_inflight_bytes: 1 << 20,
+            max_connections: 16,
             blocking: false,
             backend: Backend::Tcp("127.0.0.1:1".into()),
             latency_buckets: vec![0.001, 0.01],

@@ -50,6 +50,7 @@ fn config(backend: Backend) -> Config {
         max_body_bytes: 4096,
         body_timeout: WAIT,
         max_inflight_bytes: 1 << 20,
+        max_connections: 8,
         blocking: false,
         backend,
         latency_buckets: vec![0.01, 0.1],
@@ -476,14 +477,15 @@ fn heads_with_a_bare_lf_are_refused_not_relayed() {
     );
 }
 
-/// A head over 16 KiB, in one read or trickled in two, is answered 431 and not passed on.
+/// A head over granian's limit, in one read or trickled in two, is answered 431 and not passed
+/// on; one just under it is relayed.
 #[test]
 fn oversized_heads_are_refused() {
     let (backend, app) = app();
     let front = front(config(backend), 1 << 20);
     let big = format!(
         "GET /healthz HTTP/1.1\r\nx-pad: {}\r\nX-Trackgate-Peer: 6.6.6.6\r\n\r\n",
-        "a".repeat(17 * 1024)
+        "a".repeat(MAX_HEAD)
     );
     let mut client = front.connect();
     client.send(big.as_bytes());
@@ -496,6 +498,14 @@ fn oversized_heads_are_refused() {
     assert!(
         app.recv_timeout(Duration::from_millis(200)).is_err(),
         "nothing reached the app"
+    );
+    let mut client = front.connect();
+    let long = format!("GET /healthz HTTP/1.1\r\nx-pad: {}\r\n\r\n", "a".repeat(60_000));
+    client.send(long.as_bytes());
+    assert_eq!(client.response().header("x-app"), Some("relayed"));
+    assert_eq!(
+        seen(&app).head.len(),
+        long.len() - 4 + "\r\nx-trackgate-peer: 127.0.0.1\r\nconnection: close".len()
     );
 }
 
@@ -596,4 +606,40 @@ fn a_spent_budget_answers_503_and_refusals_take_nothing() {
     assert!(budget.reserve(1000) && !budget.reserve(1));
     budget.release(1000);
     assert_eq!(budget.used(), 0);
+}
+
+/// Connections past the cap are answered 503 + Retry-After and closed; one closing frees a place.
+#[test]
+fn connections_past_the_cap_get_503() {
+    let (backend, _app) = app();
+    let front = front(
+        Config {
+            max_connections: 2,
+            ..config(backend)
+        },
+        1 << 20,
+    );
+    let mut open: Vec<Client> = (0..2).map(|_| front.connect()).collect();
+    for client in &mut open {
+        client.send(&logs_post("", &logs_body("kept")));
+        assert_eq!(client.response().status, 200);
+    }
+    let mut third = front.connect();
+    let r = third.response();
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("1")));
+    assert!(r.text().contains("server.backpressure"), "{}", r.text());
+    drop(open.pop());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut client = front.connect();
+        client.send(&logs_post("", &logs_body("again")));
+        if client.response().status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's place was never freed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
