@@ -186,10 +186,17 @@ def test_keep_alive_requests_then_one_for_the_app_on_the_same_connection(pair: t
         # Two requests in one write: both answered, in order.
         sock.sendall(request(logs_body("p1"), PB, keep_alive=True) + request(b"[", JS, keep_alive=True))
         assert [read_answer(sock, buf).status for _ in range(2)] == [200, 400]
-        # The next request is the app's: relayed with the rest of the connection, which then closes.
+        # The next request is the app's: the rest of the connection goes to it, kept alive, so
+        # an OTLP post after it is the app's to answer too (answers keep their order).
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         answer = read_answer(sock, buf)
         assert (answer.status, answer.body, answer.by_app) == (200, b"ok\n", True)
+        assert answer.headers.get("connection") != "close"
+        sock.sendall(request(logs_body("after"), PB, keep_alive=True) + request(b"[", JS, keep_alive=True))
+        answers = [read_answer(sock, buf) for _ in range(2)]
+        assert [(a.status, a.by_app) for a in answers] == [(200, True), (400, True)]
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_answer(sock, buf).status == 200
         assert closed(sock)
 
 

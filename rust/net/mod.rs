@@ -10,6 +10,7 @@ pub mod forward;
 pub mod grpc;
 pub mod otlp_grpc;
 pub mod otlp_http;
+pub mod relay;
 
 use std::future::{poll_fn, Future};
 use std::io;

@@ -5,36 +5,30 @@
 //! per request. Everything else goes, with the rest of its connection, to the Python app on
 //! granian behind it (`Backend`), which answers it as it does without the front: Sentry, events,
 //! Fluent, `/metrics`, health, bad tokens (401), unknown types (415), declared excess (413),
-//! chunked or `Expect: 100-continue` bodies, HTTP/2, heads this does not parse. A relayed
-//! connection carries one request: its head gets `x-trackgate-peer` (the client's address, which
-//! the app would otherwise not see) and `connection: close`.
+//! chunked or `Expect: 100-continue` bodies, HTTP/2 (`relay`: each head then names the client in
+//! `x-trackgate-peer`, which the app would otherwise not see).
 
-use std::net::IpAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::grpc::{bearer, token_accepted};
-use super::{accept_loop, race, Either, Shutdown};
+pub use super::relay::Backend;
+use super::relay::{self, read_head, read_some, Head, Read, PEER_HEADER};
+use super::{accept_loop, Shutdown};
 use crate::encode;
 use crate::error::CoreError;
 use crate::ingest::Format;
 use crate::pipeline::Pipeline;
 use crate::signal::Signal;
 
-/// A request head longer than this is refused (431): granian's own limit (its default
-/// `max_buffer_size`), so a head the app would take is never refused by the front.
-const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// Bodies above this, and encoded bodies, are ingested on a blocking thread (as the app does).
 const INLINE_LIMIT: usize = 256 * 1024;
-/// The header that tells the app behind the front who the client is.
-pub const PEER_HEADER: &str = "x-trackgate-peer";
 /// google.rpc.Code values of the Status bodies.
 const INVALID_ARGUMENT: i32 = 3;
 const DEADLINE_EXCEEDED: i32 = 4;
@@ -43,13 +37,6 @@ const OUT_OF_RANGE: i32 = 11;
 const UNIMPLEMENTED: i32 = 12;
 const UNAVAILABLE: i32 = 14;
 const INTERNAL: i32 = 13;
-
-/// Where requests the front does not answer go: the app on granian.
-#[derive(Debug, Clone)]
-pub enum Backend {
-    Unix(PathBuf),
-    Tcp(String),
-}
 
 #[derive(Clone)]
 pub struct Config {
@@ -357,36 +344,6 @@ fn export_of(head: &[u8], config: &Config) -> Option<Export> {
     })
 }
 
-/// The head of a relayed request with the client's address in `x-trackgate-peer` and
-/// `connection: close` (one request per relayed connection, so every request the app sees
-/// through the front carries the header). `None`: not an HTTP/1.x head, relayed as it came.
-fn relayed_head(head: &[u8], peer: Option<IpAddr>) -> Option<Vec<u8>> {
-    // Lines end in CRLF (`crlf_only` was checked).
-    let mut lines = head.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let request_line = lines.next()?;
-    if !(request_line.ends_with(b" HTTP/1.1") || request_line.ends_with(b" HTTP/1.0")) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(head.len() + 96);
-    out.extend_from_slice(request_line);
-    out.extend_from_slice(b"\r\n");
-    for line in lines {
-        let name = line.split(|b| *b == b':').next().map(trim).unwrap_or_default();
-        let dropped = [PEER_HEADER.as_bytes(), b"connection", b"keep-alive"]
-            .iter()
-            .any(|d| name.eq_ignore_ascii_case(d));
-        if !dropped {
-            out.extend_from_slice(line);
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    if let Some(ip) = peer {
-        out.extend_from_slice(format!("{PEER_HEADER}: {ip}\r\n").as_bytes());
-    }
-    out.extend_from_slice(b"connection: close\r\n\r\n");
-    Some(out)
-}
-
 /// Seconds as Python's `{:g}` writes them in the app's messages: 30 → "30", 0.5 → "0.5".
 fn seconds_text(d: Duration) -> String {
     let s = d.as_secs_f64();
@@ -481,92 +438,20 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-enum Read {
-    Data,
-    /// EOF or a read error.
-    Gone,
-    /// The gateway is shutting down.
-    Closing,
-    TimedOut,
-}
-
-/// Reads what is there into `buf`'s spare room (no zero-filling), waiting at most `timeout`.
-async fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>, timeout: Option<Duration>, shutdown: &Shutdown) -> Read {
-    if buf.capacity() - buf.len() < 4 * 1024 {
-        buf.reserve(16 * 1024);
-    }
-    let read = async {
-        match timeout {
-            Some(t) => tokio::time::timeout(t, stream.read_buf(buf)).await.ok(),
-            None => Some(stream.read_buf(buf).await),
-        }
-    };
-    match race(read, shutdown.wait()).await {
-        Either::Left(Some(Ok(n))) if n > 0 => Read::Data,
-        Either::Left(Some(_)) => Read::Gone,
-        Either::Left(None) => Read::TimedOut,
-        Either::Right(()) => Read::Closing,
-    }
-}
-
-fn head_end(buf: &[u8]) -> Option<usize> {
-    memchr::memmem::find(buf, b"\r\n\r\n")
-}
-
-const TOO_LONG: &str = "request head over 417792 bytes\n";
-
-/// The HTTP/2 cleartext preface (prior knowledge): such a connection goes to the app as it came.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Whether every line of the head ends in CRLF. A bare LF would let the head the app parses end
-/// elsewhere than the one the front read (and smuggle a request past the peer header).
-fn crlf_only(head: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', head).all(|i| i > 0 && head[i - 1] == b'\r')
-        && memchr::memchr_iter(b'\r', head).all(|i| head.get(i + 1) == Some(&b'\n'))
-}
-
 async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdown) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         // An idle connection keeps a small buffer, whatever size its last body was.
         buf.shrink_to(16 * 1024);
-        // An idle keep-alive connection waits for its next request as long as the client likes;
-        // once a head has begun, all of it must arrive within the body timeout.
-        let mut deadline = None;
-        // Where the search for the blank line resumes: a head trickled in byte by byte is
-        // scanned once, not once per read.
-        let mut scanned = 0;
-        let end = loop {
-            if buf.starts_with(H2_PREFACE) {
-                return relay(stream, buf, service).await;
-            }
-            match head_end(&buf[scanned..]).map(|i| i + scanned) {
-                Some(end) if end <= MAX_HEAD => break end,
-                Some(_) => return refuse(stream, 431, TOO_LONG).await,
-                None if buf.len() > MAX_HEAD => return refuse(stream, 431, TOO_LONG).await,
-                None => scanned = buf.len().saturating_sub(3),
-            }
-            let timeout = if buf.is_empty() {
-                None
-            } else {
-                let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + service.config.body_timeout);
-                Some(until.saturating_duration_since(tokio::time::Instant::now()))
-            };
-            match read_some(&mut stream, &mut buf, timeout, shutdown).await {
-                Read::Data => {}
-                Read::Gone | Read::Closing | Read::TimedOut => return,
-            }
+        let timeout = service.config.body_timeout;
+        let end = match read_head(&mut stream, &mut buf, timeout, shutdown).await {
+            Head::At(end) => end,
+            Head::H2 => return relay(stream, buf, service, shutdown).await,
+            Head::Refuse(status, text) => return refuse(stream, status, text).await,
+            Head::Done => return,
         };
-        if !crlf_only(&buf[..end]) {
-            return refuse(stream, 400, "request head lines must end with CRLF\n").await;
-        }
         let Some(export) = export_of(&buf[..end], &service.config) else {
-            let peer = stream.peer_addr().ok().map(|a| a.ip());
-            let Some(mut data) = relayed_head(&buf[..end], peer) else {
-                return refuse(stream, 400, "bad request line\n").await;
-            };
-            data.extend_from_slice(&buf[end + 4..]);
-            return relay(stream, data, service).await;
+            return relay(stream, buf, service, shutdown).await;
         };
         let started = Instant::now();
         buf.drain(..end + 4);
@@ -754,35 +639,15 @@ fn error_answer(signal: Signal, format: Format, err: &CoreError) -> Answer {
     }
 }
 
-/// Hands the connection, from the request in `data` on (its head already rewritten), to the app
-/// behind the front.
-async fn relay(mut client: TcpStream, data: Vec<u8>, service: &Service) {
+/// Hands the connection, from the request at the start of `buf` on, to the app behind the front.
+async fn relay(client: TcpStream, buf: Vec<u8>, service: &Service, shutdown: &Shutdown) {
     service.stats.relayed.fetch_add(1, Ordering::Relaxed);
-    let reached = match &service.config.backend {
-        Backend::Unix(path) => match UnixStream::connect(path).await {
-            Ok(backend) => pipe(&mut client, backend, &data).await,
-            Err(_) => false,
-        },
-        Backend::Tcp(addr) => match TcpStream::connect(addr.as_str()).await {
-            Ok(backend) => pipe(&mut client, backend, &data).await,
-            Err(_) => false,
-        },
-    };
-    if !reached {
+    let config = &service.config;
+    if let Err(mut client) = relay::relay(client, buf, &config.backend, config.body_timeout, shutdown).await {
         let body = "the gateway's HTTP app is not reachable (starting or stopping); retry later\n";
         let answer = Answer::text(503, body).with(&[("Retry-After", "1")], true);
         let _ = client.write_all(&answer.write(false, false)).await;
     }
-}
-
-/// Sends `first` to the app, then copies both ways until either side closes; false when the app
-/// could not be written to.
-async fn pipe<B: AsyncRead + AsyncWrite + Unpin>(client: &mut TcpStream, mut backend: B, first: &[u8]) -> bool {
-    if backend.write_all(first).await.is_err() {
-        return false;
-    }
-    let _ = tokio::io::copy_bidirectional(client, &mut backend).await;
-    true
 }
 
 #[cfg(test)]
@@ -868,18 +733,6 @@ mod tests {
         assert!(export(&head("\r\nAuthorization: Bearer wrong"), &["s3cret"]).is_none());
         assert!(export(&head("\r\nAuthorization: Basic s3cret"), &["s3cret"]).is_none());
         assert!(export(&head(""), &["s3cret"]).is_none());
-    }
-
-    #[test]
-    fn relayed_heads_name_the_peer_and_close() {
-        let peer: IpAddr = "10.1.2.3".parse().unwrap();
-        let head = b"POST /api/1/envelope/ HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nX-Trackgate-Peer: 6.6.6.6\r\nKeep-Alive: timeout=5";
-        let out = String::from_utf8(relayed_head(head, Some(peer)).unwrap()).unwrap();
-        assert_eq!(
-            out,
-            "POST /api/1/envelope/ HTTP/1.1\r\nHost: x\r\nx-trackgate-peer: 10.1.2.3\r\nconnection: close\r\n\r\n"
-        );
-        assert_eq!(relayed_head(b"PRI * HTTP/2.0", Some(peer)), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use super::*;
 use crate::batch::Limits;
 use crate::ingest::IngestOptions;
+use crate::net::relay::{head_end, H2_PREFACE, MAX_HEAD};
 use crate::net::Listeners;
 use crate::pipeline::PipelineOptions;
 use crate::wire;
@@ -13,7 +14,7 @@ use std::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(5);
 /// What the app stand-in answers to every request it gets.
-const APP_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nx-app: relayed\r\ncontent-length: 3\r\nconnection: close\r\n\r\napp";
+const APP_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nx-app: relayed\r\ncontent-length: 3\r\n\r\napp";
 
 /// An `ExportLogsServiceRequest` with one record whose body is `text`.
 fn logs_body(text: &str) -> Vec<u8> {
@@ -200,41 +201,68 @@ struct Seen {
     body: Vec<u8>,
 }
 
-/// A stand-in for the app behind the front: reads one request per connection (a declared or
-/// chunked body included), reports it and answers [`APP_ANSWER`].
+/// A stand-in for the app behind the front: reads the requests of each connection in turn (a
+/// declared or chunked body included), reports each and answers [`APP_ANSWER`]; closes after a
+/// request that asks it to (or its chunked body, which it does not parse further).
 fn app() -> (Backend, mpsc::Receiver<Seen>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let (sender, receiver) = mpsc::channel();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let mut client = Client {
-                stream: stream.unwrap(),
-                buf: Vec::new(),
-            };
-            client.stream.set_read_timeout(Some(WAIT)).unwrap();
-            while head_end(&client.buf).is_none() && client.fill() {}
-            let Some(end) = head_end(&client.buf) else { continue };
-            let head = String::from_utf8_lossy(&client.buf[..end]).to_ascii_lowercase();
-            let mut body = client.buf.split_off(end + 4);
-            client.buf = Vec::new();
-            let length = head
-                .split("\r\n")
-                .find_map(|l| l.strip_prefix("content-length: ")?.parse().ok());
-            let chunked = head.contains("\r\ntransfer-encoding: chunked");
-            while length.is_some_and(|n| body.len() < n) || (chunked && !body.ends_with(b"0\r\n\r\n")) {
-                if !client.fill() {
-                    break;
-                }
-                body.append(&mut client.buf);
-            }
-            if sender.send(Seen { head, body }).is_err() {
-                return;
-            }
-            let _ = client.stream.write_all(APP_ANSWER);
+            let sender = sender.clone();
+            std::thread::spawn(move || app_connection(stream.unwrap(), &sender));
         }
     });
     (Backend::Tcp(addr.to_string()), receiver)
+}
+
+/// One connection of the app stand-in.
+fn app_connection(stream: std::net::TcpStream, sender: &mpsc::Sender<Seen>) {
+    let mut client = Client {
+        stream,
+        buf: Vec::new(),
+    };
+    client.stream.set_read_timeout(Some(WAIT)).unwrap();
+    // A kept connection the front never uses again ends the read with a timeout: that is its end.
+    let fill = |client: &mut Client| {
+        let mut chunk = [0u8; 16 * 1024];
+        match client.stream.read(&mut chunk) {
+            Ok(n) if n > 0 => {
+                client.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            _ => false,
+        }
+    };
+    loop {
+        while head_end(&client.buf).is_none() && fill(&mut client) {}
+        let Some(end) = head_end(&client.buf) else { return };
+        let head = String::from_utf8_lossy(&client.buf[..end]).to_ascii_lowercase();
+        let mut body = client.buf.split_off(end + 4);
+        client.buf = Vec::new();
+        let length = head
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("content-length: ")?.parse().ok());
+        let chunked = head.contains("\r\ntransfer-encoding: chunked");
+        while length.is_some_and(|n| body.len() < n) || (chunked && !body.ends_with(b"0\r\n\r\n")) {
+            if !fill(&mut client) {
+                break;
+            }
+            body.append(&mut client.buf);
+        }
+        // What follows the body (or a bodyless head) is the next request's.
+        if !chunked {
+            client.buf = body.split_off(length.unwrap_or(0).min(body.len()));
+        }
+        let close = chunked || head.contains("\r\nconnection: close");
+        if sender.send(Seen { head, body }).is_err() {
+            return;
+        }
+        if client.stream.write_all(APP_ANSWER).is_err() || close {
+            return;
+        }
+    }
 }
 
 fn seen(app: &mpsc::Receiver<Seen>) -> Seen {
@@ -265,30 +293,62 @@ fn otlp_posts_are_answered_on_one_keep_alive_connection() {
     assert!(app.try_recv().is_err(), "nothing went to the app");
 }
 
-/// A request for the app, after an OTLP post on the same connection, reaches it with the
-/// client's address in x-trackgate-peer (not the client's own) and connection: close.
+/// Requests for the app, after an OTLP post on the same connection, reach it one by one on one
+/// kept connection, each naming the client in x-trackgate-peer (never the client's own).
 #[test]
-fn other_requests_are_relayed_with_the_peer_and_close() {
+fn other_requests_are_relayed_with_the_peer_on_a_kept_connection() {
     let (backend, app) = app();
     let front = front(config(backend), 1 << 20);
     let mut client = front.connect();
     client.send(&logs_post("", &logs_body("one")));
     assert!(client.response().by_front());
-    client.send(&request(
-        "GET /healthz HTTP/1.1\r\nhost: front\r\nX-Trackgate-Peer: 6.6.6.6\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5",
+    let get = request(
+        "GET /healthz HTTP/1.1\r\nhost: front\r\nX-Trackgate-Peer: 6.6.6.6\r\nConnection: keep-alive",
         b"",
-    ));
-    let r = client.response();
-    assert_eq!(
-        (r.status, r.header("x-app"), r.text().as_str()),
-        (200, Some("relayed"), "app")
     );
-    let head = seen(&app).head;
-    assert!(head.starts_with("get /healthz http/1.1\r\nhost: front\r\n"), "{head}");
-    assert!(head.contains("\r\nx-trackgate-peer: 127.0.0.1\r\n"), "{head}");
-    assert!(!head.contains("6.6.6.6") && !head.contains("keep-alive"), "{head}");
-    assert_eq!(head.matches("connection:").count(), 1, "{head}");
-    assert!(head.ends_with("\r\nconnection: close"), "{head}");
+    let post = request(
+        "POST /api/1/envelope/ HTTP/1.1\r\nhost: front\r\ncontent-length: 5",
+        b"hello",
+    );
+    // One at a time, then two in one write; an OTLP post after them goes to the app too (its
+    // answer must follow theirs), and the app sees its body.
+    client.send(&get);
+    let mut pair = post.clone();
+    pair.extend(&get);
+    for bytes in [post.clone(), pair, logs_post("", &logs_body("late"))] {
+        client.send(&bytes);
+    }
+    for _ in 0..5 {
+        let r = client.response();
+        assert_eq!(
+            (r.status, r.header("x-app"), r.text().as_str()),
+            (200, Some("relayed"), "app")
+        );
+    }
+    let heads: Vec<Seen> = (0..5).map(|_| seen(&app)).collect();
+    for s in &heads {
+        assert!(s.head.contains("\r\nx-trackgate-peer: 127.0.0.1"), "{}", s.head);
+        assert!(
+            !s.head.contains("6.6.6.6") && !s.head.contains("connection: close"),
+            "{}",
+            s.head
+        );
+        assert_eq!(s.head.matches("x-trackgate-peer").count(), 1, "{}", s.head);
+    }
+    assert!(heads[0]
+        .head
+        .starts_with("get /healthz http/1.1\r\nhost: front\r\nconnection: keep-alive\r\n"));
+    assert_eq!(
+        (heads[1].body.as_slice(), heads[2].body.as_slice()),
+        (&b"hello"[..], &b"hello"[..])
+    );
+    assert_eq!(heads[4].body, logs_body("late"));
+    assert_eq!(front.accepted_logs(), 1);
+    assert_eq!(
+        front.listeners.http_stats()[0].relayed(),
+        1,
+        "one connection handed over"
+    );
 }
 
 /// Chunked and `Expect: 100-continue` posts go to the app, with the body bytes that came with the head.
@@ -477,8 +537,8 @@ fn heads_with_a_bare_lf_are_refused_not_relayed() {
     );
 }
 
-/// A head over granian's limit, in one read or trickled in two, is answered 431 and not passed
-/// on; one just under it is relayed.
+/// A head over granian's limits (size, or more than 100 fields), in one read or trickled in two,
+/// is answered 431 and not passed on; one within them is relayed.
 #[test]
 fn oversized_heads_are_refused() {
     let (backend, app) = app();
@@ -499,13 +559,21 @@ fn oversized_heads_are_refused() {
         app.recv_timeout(Duration::from_millis(200)).is_err(),
         "nothing reached the app"
     );
+    let many: String = (0..101).map(|i| format!("\r\nx-{i}: {i}")).collect();
+    let mut client = front.connect();
+    client.send(format!("GET /healthz HTTP/1.1{many}\r\n\r\n").as_bytes());
+    assert_eq!(client.response().status, 431);
+    let mut client = front.connect();
+    client.send(format!("GET /healthz HTTP/1.1{}\r\n\r\n", &many[..many.rfind("\r\n").unwrap()]).as_bytes());
+    assert_eq!(client.response().header("x-app"), Some("relayed"));
+    let _ = seen(&app);
     let mut client = front.connect();
     let long = format!("GET /healthz HTTP/1.1\r\nx-pad: {}\r\n\r\n", "a".repeat(60_000));
     client.send(long.as_bytes());
     assert_eq!(client.response().header("x-app"), Some("relayed"));
     assert_eq!(
         seen(&app).head.len(),
-        long.len() - 4 + "\r\nx-trackgate-peer: 127.0.0.1\r\nconnection: close".len()
+        long.len() - 4 + "\r\nx-trackgate-peer: 127.0.0.1".len()
     );
 }
 
