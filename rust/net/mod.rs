@@ -175,6 +175,10 @@ impl Listeners {
     pub fn new(threads: usize) -> io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
+            // Ingests of large or encoded bodies run on blocking threads, each with its own
+            // inflate scratch and allocator arena: a few suffice on the cores there are, and
+            // bound the memory that 64 concurrent 1,000-span requests would otherwise take.
+            .max_blocking_threads(2 * threads.max(1))
             .thread_name("trackgate-net")
             .enable_io()
             .enable_time()
