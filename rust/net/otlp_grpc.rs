@@ -95,12 +95,13 @@ pub struct Stats {
 }
 
 const METHODS: [&str; 4] = ["logs", "traces", "metrics", "other"];
-const CODES: [Code; 9] = [
+const CODES: [Code; 10] = [
     Code::Ok,
     Code::Cancelled,
     Code::InvalidArgument,
     Code::DeadlineExceeded,
     Code::ResourceExhausted,
+    Code::OutOfRange,
     Code::Unimplemented,
     Code::Internal,
     Code::Unavailable,

@@ -17,9 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use super::grpc::Code;
 use super::grpc::{bearer, token_accepted};
 pub use super::relay::Backend;
-use super::relay::{self, read_head, read_some, Head, Read, PEER_HEADER};
+use super::relay::{self, read_head, read_some, trim, Head, Read, PEER_HEADER};
 use super::{accept_loop, Shutdown};
 use crate::encode;
 use crate::error::CoreError;
@@ -29,14 +30,6 @@ use crate::signal::Signal;
 
 /// Bodies above this, and encoded bodies, are ingested on a blocking thread (as the app does).
 const INLINE_LIMIT: usize = 256 * 1024;
-/// google.rpc.Code values of the Status bodies.
-const INVALID_ARGUMENT: i32 = 3;
-const DEADLINE_EXCEEDED: i32 = 4;
-const RESOURCE_EXHAUSTED: i32 = 8;
-const OUT_OF_RANGE: i32 = 11;
-const UNIMPLEMENTED: i32 = 12;
-const UNAVAILABLE: i32 = 14;
-const INTERNAL: i32 = 13;
 
 #[derive(Clone)]
 pub struct Config {
@@ -243,18 +236,6 @@ fn once<T>(slot: &Option<T>) -> Option<()> {
     slot.is_none().then_some(())
 }
 
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |i| i + 1);
-    &bytes[start..end.max(start)]
-}
-
 /// The request the head (without its blank line) asks for, when the front answers it; `None`:
 /// the app answers it (relay). Every header the app would weigh differently is a reason to relay.
 fn export_of(head: &[u8], config: &Config) -> Option<Export> {
@@ -373,10 +354,10 @@ fn media_of(format: Format) -> &'static str {
 const UNREADABLE: &str = "request body could not be read (malformed framing or client gone)\n";
 
 impl Answer {
-    fn status(status: u16, code: i32, message: &str, format: Format) -> Self {
+    fn status(status: u16, code: Code, message: &str, format: Format) -> Self {
         Answer {
             status,
-            body: encode::status_body(code, message, format),
+            body: encode::status_body(code as i32, message, format),
             media: media_of(format),
             headers: &[],
             close: false,
@@ -523,7 +504,7 @@ async fn answer(
             "request bodies in flight use this worker's budget of {} bytes (server.max_inflight_bytes); retry later",
             service.budget.limit()
         );
-        return Answer::status(503, UNAVAILABLE, &message, format).with(&[("Retry-After", "1")], true);
+        return Answer::status(503, Code::Unavailable, &message, format).with(&[("Retry-After", "1")], true);
     };
     // One deadline for the whole body, as the app keeps it.
     let deadline = tokio::time::Instant::now() + config.body_timeout;
@@ -535,7 +516,7 @@ async fn answer(
             // The client half-closed or left: if it still reads, it learns why (as from the app).
             Read::Gone => return Answer::text(400, UNREADABLE),
             Read::Closing => {
-                return Answer::status(503, UNAVAILABLE, "gateway is shutting down", format)
+                return Answer::status(503, Code::Unavailable, "gateway is shutting down", format)
                     .with(&[("Retry-After", "5")], true)
             }
             Read::TimedOut => {
@@ -543,7 +524,7 @@ async fn answer(
                     "request body not received within {}s",
                     seconds_text(config.body_timeout)
                 );
-                return Answer::status(408, DEADLINE_EXCEEDED, &message, format).with(&[], true);
+                return Answer::status(408, Code::DeadlineExceeded, &message, format).with(&[], true);
             }
         }
     }
@@ -580,7 +561,7 @@ async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
         Ok(Ok(Ok((out, point)))) => super::durable(&service.pipeline, point).await.map(|()| out),
         Ok(Ok(Err(err))) => Err(err),
         Ok(Err(_)) | Err(_) => {
-            return Answer::status(500, INTERNAL, "internal error while ingesting", format).with(&[], true);
+            return Answer::status(500, Code::Internal, "internal error while ingesting", format).with(&[], true);
         }
     };
     let log = |level, message, fields| {
@@ -622,19 +603,20 @@ fn error_answer(signal: Signal, format: Format, err: &CoreError) -> Answer {
     match err {
         CoreError::Decode(m) => {
             let message = format!("cannot decode OTLP {} {}: {m}", format.as_str(), signal.as_str());
-            Answer::status(400, INVALID_ARGUMENT, &message, format)
+            Answer::status(400, Code::InvalidArgument, &message, format)
         }
         CoreError::TooLarge { .. } | CoreError::ItemTooLarge { .. } | CoreError::LineTooLong { .. } => {
-            Answer::status(413, OUT_OF_RANGE, &err.to_string(), format)
+            Answer::status(413, Code::OutOfRange, &err.to_string(), format)
         }
-        CoreError::Unsupported(m) => Answer::status(415, UNIMPLEMENTED, m, format),
-        CoreError::QueueFull { .. } => Answer::status(429, RESOURCE_EXHAUSTED, &format!("{err}; retry later"), format)
-            .with(&[("Retry-After", "1")], false),
-        CoreError::Closed => {
-            Answer::status(503, UNAVAILABLE, "gateway is shutting down", format).with(&[("Retry-After", "5")], true)
+        CoreError::Unsupported(m) => Answer::status(415, Code::Unimplemented, m, format),
+        CoreError::QueueFull { .. } => {
+            Answer::status(429, Code::ResourceExhausted, &format!("{err}; retry later"), format)
+                .with(&[("Retry-After", "1")], false)
         }
+        CoreError::Closed => Answer::status(503, Code::Unavailable, "gateway is shutting down", format)
+            .with(&[("Retry-After", "5")], true),
         // The queue's disk failed (full, read-only): nothing was accepted.
-        _ => Answer::status(503, UNAVAILABLE, "queue storage unavailable; retry later", format)
+        _ => Answer::status(503, Code::Unavailable, "queue storage unavailable; retry later", format)
             .with(&[("Retry-After", "5")], false),
     }
 }

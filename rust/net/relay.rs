@@ -134,7 +134,8 @@ pub async fn read_head<R: AsyncRead + Unpin>(
 
 const TOO_LONG: &str = "request head over 417792 bytes\n";
 
-fn trim(bytes: &[u8]) -> &[u8] {
+/// `bytes` without ASCII whitespace at either end.
+pub fn trim(bytes: &[u8]) -> &[u8] {
     let start = bytes
         .iter()
         .position(|b| !b.is_ascii_whitespace())
