@@ -77,7 +77,7 @@ impl Stats {
         }
     }
 
-    fn count(&self, route: &'static str, status: u16, elapsed: Option<Duration>) {
+    fn count(&self, route: &'static str, status: u16, elapsed: Duration) {
         {
             let mut answered = self.answered.lock().unwrap_or_else(PoisonError::into_inner);
             match answered.iter_mut().find(|(r, s, _)| (*r, *s) == (route, status)) {
@@ -85,7 +85,6 @@ impl Stats {
                 None => answered.push((route, status, 1)),
             }
         }
-        let Some(elapsed) = elapsed else { return };
         let seconds = elapsed.as_secs_f64();
         // The first bucket whose bound is at least the value (Prometheus's `le`).
         let bucket = self.buckets.partition_point(|b| *b < seconds);
@@ -439,9 +438,7 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
         let answer = answer(&export, &mut stream, &mut buf, service, shutdown).await;
         let keep = export.keep_alive && !answer.close && !shutdown.is_set();
         let written = stream.write_all(&answer.write(keep, export.http10)).await.is_ok();
-        service
-            .stats
-            .count(export.route, answer.status, Some(started.elapsed()));
+        service.stats.count(export.route, answer.status, started.elapsed());
         if !written {
             return;
         }
@@ -747,14 +744,10 @@ mod tests {
     #[test]
     fn latency_buckets_follow_prometheus_le() {
         let stats = Stats::new(vec![0.001, 0.01]);
-        stats.count("/v1/logs", 200, Some(Duration::from_micros(1000)));
-        stats.count("/v1/logs", 200, Some(Duration::from_millis(5)));
-        stats.count("/v1/logs", 429, Some(Duration::from_secs(1)));
-        stats.count("/v1/logs", 400, None);
-        assert_eq!(
-            stats.answered(),
-            vec![("/v1/logs", 200, 2), ("/v1/logs", 429, 1), ("/v1/logs", 400, 1)]
-        );
+        stats.count("/v1/logs", 200, Duration::from_micros(1000));
+        stats.count("/v1/logs", 200, Duration::from_millis(5));
+        stats.count("/v1/logs", 429, Duration::from_secs(1));
+        assert_eq!(stats.answered(), vec![("/v1/logs", 200, 2), ("/v1/logs", 429, 1)]);
         let latency = stats.latency();
         assert_eq!(latency[0].1, vec![1, 1, 1]);
     }
