@@ -116,12 +116,13 @@ class App:
             if self.jobmetrics is not None:
                 self.events.on_accepted = self.jobmetrics.offer
                 self.events.on_accepted_blocks = self.jobmetrics.blocking
-            if events_cfg.from_logs and (self.bus is not None or self.jobmetrics is not None):
+            # Logs carrying events reach the bus in the ingest call (the core's events tap).
+            tapped = events_cfg.from_logs and (self.bus is not None or self.jobmetrics is not None)
+            if tapped:
                 self.events.install_tap(self.pipeline.core)
             receivers = self.config.receivers
             behind = os.environ.get(APP_SOCKET_ENV) if server.otlp_front else None
             if behind or receivers.otlp_grpc.enabled or receivers.forward.listen or receivers.fluent_http.listen:
-                tapped = events_cfg.from_logs and (self.bus is not None or self.jobmetrics is not None)
                 try:
                     self.listeners = start_listeners(self.config, self.pipeline)
                     if behind:
@@ -403,7 +404,6 @@ def start_front(
             tokens=server.tokens,
             max_body_bytes=server.max_body_bytes,
             body_timeout_s=server.body_timeout_s,
-            max_inflight_bytes=server.inflight_budget(),
             max_connections=server.backpressure,
             blocking=blocking,
             latency_buckets=list(telemetry.HTTP_LATENCY.buckets),
