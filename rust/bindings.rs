@@ -858,12 +858,14 @@ impl Listeners {
         Ok(addr.port())
     }
 
-    /// Serves OTLP/HTTP on the gateway's main port (the front): OTLP posts are answered by the
-    /// core, every other request is relayed to the app at `backend_uds` (a Unix socket) or
-    /// `backend_tcp` (HOST:PORT). Returns the bound port.
+    /// Serves OTLP/HTTP on the gateway's main port (the front): OTLP posts, and Fluent posts on
+    /// `/v1/fluent[/{tag}]` and `fluent_paths` (the tag, when the path has none, from the
+    /// `fluent_tag_header` header), are answered by the core; every other request is relayed to
+    /// the app at `backend_uds` (a Unix socket) or `backend_tcp` (HOST:PORT). Returns the bound port.
     #[pyo3(signature = (core, host, port, *, backend_uds = None, backend_tcp = None, tokens = Vec::new(),
         max_body_bytes = 67_108_864, body_timeout_s = 30.0, max_inflight_bytes = 268_435_456,
-        max_connections = 1024, blocking = false, latency_buckets = Vec::new(), log = None, budget = None, reuse_port = false))]
+        max_connections = 1024, blocking = false, latency_buckets = Vec::new(), log = None, budget = None,
+        reuse_port = false, fluent_paths = Vec::new(), fluent_tag_header = String::new()))]
     #[allow(clippy::too_many_arguments)]
     fn add_otlp_http(
         &self,
@@ -883,6 +885,8 @@ impl Listeners {
         log: Option<Py<PyAny>>,
         budget: Option<Py<InflightBudget>>,
         reuse_port: bool,
+        fluent_paths: Vec<String>,
+        fluent_tag_header: String,
     ) -> PyResult<u16> {
         // log(level, message, fields): the app's logger, called with the GIL on rare paths only.
         let log = log.map(|callable| -> otlp_http::Log {
@@ -913,6 +917,7 @@ impl Listeners {
             backend,
             latency_buckets,
             log,
+            fluent: crate::net::fluent_route::Routes::new(fluent_paths, &fluent_tag_header),
         };
         let pipeline = core.get().pipeline.clone();
         let service = match budget {

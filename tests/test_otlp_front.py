@@ -1,5 +1,5 @@
-"""The OTLP/HTTP front (rust/net/otlp_http.rs): `trackgate serve` answers OTLP posts in the core
-and hands every other request to the app on granian behind it.
+"""The OTLP/HTTP front (rust/net/otlp_http.rs): `trackgate serve` answers OTLP and Fluent posts in
+the core and hands every other request to the app on granian behind it.
 
 The same requests go to a gateway with the front and to one without it (`server.otlp_front =
 false`); each answer must match in status, content type, Retry-After and body. Granian marks its
@@ -30,6 +30,9 @@ otlp_front = {{front}}
 
 [storage]
 dir = "{{dir}}"
+
+[receivers.fluent]
+http_paths = ["/logs/ingest", "/v1/logs"]
 """
 
 
@@ -145,10 +148,37 @@ CASES: dict[str, bytes] = {
     "GET": request(b"", method="GET"),
     "unknown path": request(logs_body(), PB, path="/v1/logz"),
 }
+ND, FLUENT = "Content-Type: application/x-ndjson", "/v1/fluent/app.web"
+FLUENT_CASES: dict[str, bytes] = {
+    "fluent json_lines": request(b'{"log":"a"}\n{"log":"b"}\n', ND, path=FLUENT),
+    "fluent json, tag header": request(b'[{"log":"a"}]', JS, "FLUENT-TAG: from.header", path="/v1/fluent"),
+    "fluent configured path": request(b'{"log":"x"}', JS, path="/logs/ingest"),
+    "fluent no content type": request(b'{"log":"x"}', path="/v1/fluent/t"),
+    "fluent text": request(b"one\ntwo\n", "Content-Type: text/plain", path=FLUENT),
+    "fluent gzip": request(gzip.compress(b'{"log":"z"}\n' * 50), ND, "Content-Encoding: gzip", path=FLUENT),
+    "fluent partial": request(b'[{"log":"a"}, 5, "x"]', JS, path=FLUENT),
+    "fluent bad json": request(b'{"log": ', JS, path=FLUENT),
+    "fluent bad json, not ASCII": request('{"log": "é" ]'.encode(), JS, path=FLUENT),
+    "fluent over the limit inflated": request(
+        gzip.compress(b" " * LIMIT * 4), ND, "Content-Encoding: gzip", path=FLUENT
+    ),
+    "fluent unknown encoding": request(b"{}", JS, "Content-Encoding: compress", path=FLUENT),
+    # Left to the app by the front:
+    "fluent unknown content type": request(b"x", "Content-Type: image/png", path=FLUENT),
+    "fluent escaped tag": request(b"{}", JS, path="/v1/fluent/a%20b"),
+    "fluent tag too long": request(b"{}", JS, path="/v1/fluent/" + "t" * 300),
+    "fluent no token": request(b"{}", JS, path=FLUENT, token=None),
+    "fluent GET": request(b"", method="GET", path=FLUENT),
+}
+FLUENT_BY_APP = {
+    "fluent unknown content type", "fluent escaped tag", "fluent tag too long", "fluent no token", "fluent GET"
+}  # fmt: skip
+CASES.update(FLUENT_CASES)
 ANSWERED_BY_FRONT = {
     "protobuf logs", "protobuf with parameters", "json logs", "empty body", "gzip", "partial success",
     "partial success, traces", "bad protobuf", "bad json", "bad json metrics", "unknown encoding",
     "gzip over the limit inflated",
+    *FLUENT_CASES.keys() - FLUENT_BY_APP,
 }  # fmt: skip
 
 
@@ -239,6 +269,33 @@ def test_the_fronts_requests_are_counted_in_metrics(pair: tuple[Gateway, Gateway
     assert after[0] - before[0] == 5
     assert after[1] - before[1] == 5
     assert after[2] - before[2] == 1  # the second scrape
+
+
+def test_fluent_posts_are_counted_under_the_apps_route_labels(pair: tuple[Gateway, Gateway]) -> None:
+    front, _ = pair
+    series = {
+        "/v1/fluent/:tag": ("fluent json_lines", 3),
+        "/v1/fluent": ("fluent json, tag header", 2),
+        "/logs/ingest": ("fluent configured path", 1),
+    }
+
+    def scrape() -> dict[str, float]:
+        lines = exchange(front, request(b"", method="GET", path="/metrics")).body.decode().splitlines()
+        return {
+            route: sum(
+                float(line.rpartition(" ")[2])
+                for line in lines
+                if line.startswith(f'trackgate_http_requests_total{{route="{route}",code="200"}}')
+            )
+            for route in series
+        }
+
+    before = scrape()
+    for case, times in series.values():
+        for _ in range(times):
+            assert exchange(front, CASES[case]).status == 200
+    after = scrape()
+    assert {route: after[route] - before[route] for route in series} == {r: n for r, (_, n) in series.items()}
 
 
 def test_records_the_front_accepted_are_delivered(tmp_path: Path, upstream: Any) -> None:

@@ -282,9 +282,13 @@ class Listeners:
         log: Callable[[str, str, dict[str, str]], object] | None = None,
         budget: InflightBudget | None = None,
         reuse_port: bool = False,
+        fluent_paths: list[str] = ...,
+        fluent_tag_header: str = ...,
     ) -> int:
-        """Serves OTLP/HTTP on host:port (the front): OTLP posts answered by the core, every other
-        request relayed to the app at `backend_uds` or `backend_tcp`. Returns the bound port."""
+        """Serves OTLP/HTTP on host:port (the front): OTLP posts, and Fluent posts on
+        /v1/fluent[/{tag}] and `fluent_paths` (tag from `fluent_tag_header` when the path has none),
+        answered by the core, every other request relayed to the app at `backend_uds` or
+        `backend_tcp`. Returns the bound port."""
     def http_answered(self) -> list[tuple[str, int, int]]:
         """Requests the front answered: (route, status, count)."""
     def http_latency(self) -> list[tuple[str, list[int], float]]:

@@ -133,6 +133,7 @@ class App:
                             behind,
                             self.otlp.blocking or tapped,
                             self.budget,
+                            [p for p, (_, h) in self.routes.items() if h == self._fluent_route],
                         )
                 except OSError:
                     for pipeline in (self.bus, self.forward, self.pipeline):
@@ -389,10 +390,17 @@ def front_log(level: str, message: str, fields: dict[str, str]) -> None:
 
 
 def start_front(
-    listeners: Listeners, cfg: Config, pipeline: Pipeline, app_socket: str, blocking: bool, budget: InflightBudget
+    listeners: Listeners,
+    cfg: Config,
+    pipeline: Pipeline,
+    app_socket: str,
+    blocking: bool,
+    budget: InflightBudget,
+    fluent_paths: list[str],
 ) -> None:
-    """The OTLP/HTTP front on `server.listen`: OTLP posts answered by the core, the rest relayed to
-    the app on `app_socket` (granian). Its counts join the app's `trackgate_http_*` series."""
+    """The OTLP/HTTP front on `server.listen`: OTLP posts and Fluent posts (on `fluent_paths`
+    and /v1/fluent/{tag}) answered by the core, the rest relayed to the app on `app_socket`
+    (granian). Its counts join the app's `trackgate_http_*` series."""
     server = cfg.server
     host, port = config_mod.parse_listen(server.listen)
     try:
@@ -410,6 +418,8 @@ def start_front(
             log=front_log,
             budget=budget,
             reuse_port=server.workers > 1,
+            fluent_paths=fluent_paths,
+            fluent_tag_header=cfg.receivers.fluent.tag_header,
         )
     except OSError as exc:
         listeners.close(0.0)
@@ -421,7 +431,7 @@ def start_front(
     telemetry.HTTP_REFUSED.add_source(lambda: [(("inflight_bytes",), float(listeners.http_refused()))])
     telemetry.REGISTRY.observed(
         "trackgate_http_relayed_total",
-        "Connections the OTLP/HTTP front handed to the app behind it (every request but OTLP posts).",
+        "Connections the OTLP/HTTP front handed to the app behind it (every request but OTLP and Fluent posts).",
         (),
         lambda: [((), float(listeners.http_relayed()))],
         kind="counter",

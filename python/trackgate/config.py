@@ -63,8 +63,8 @@ class ServerConfig(_Section):
     # A listener beyond loopback with no tokens is refused unless this says it is intended.
     allow_unauthenticated: bool = False
     shutdown_grace_s: Seconds = 10.0
-    # `trackgate serve`: OTLP/HTTP posts on `listen` are answered by the core's HTTP/1.1 front
-    # (no Python per request); every other request goes to the app on granian behind it.
+    # `trackgate serve`: OTLP/HTTP and Fluent posts on `listen` are answered by the core's HTTP/1.1
+    # front (no Python per request); every other request goes to the app on granian behind it.
     # false: granian serves every request itself.
     otlp_front: bool = True
 

@@ -6,6 +6,7 @@
 //! connection to finish its in-flight requests, waits up to a grace period, then drops the rest.
 
 pub mod fluent_http;
+pub mod fluent_route;
 pub mod forward;
 pub mod grpc;
 pub mod otlp_grpc;

@@ -1,10 +1,12 @@
 //! The OTLP/HTTP front: the gateway's main port (`server.listen`) served by the core.
 //!
-//! `POST /v1/logs`, `/v1/traces` and `/v1/metrics` over HTTP/1.x with a declared length, a known
-//! content type and (when tokens are set) a valid bearer token are answered here, with no Python
-//! per request. Everything else goes, with the rest of its connection, to the Python app on
-//! granian behind it (`Backend`), which answers it as it does without the front: Sentry, events,
-//! Fluent, `/metrics`, health, bad tokens (401), unknown types (415), declared excess (413),
+//! `POST /v1/logs`, `/v1/traces` and `/v1/metrics`, and Fluent Bit's `http` output on
+//! `/v1/fluent[/{tag}]` and `receivers.fluent.http_paths` (`fluent_route`), over HTTP/1.x with a
+//! declared length, a known content type and (when tokens are set) a valid bearer token are
+//! answered here, with no Python per request. Everything else goes, with the rest of its
+//! connection, to the Python app on granian behind it (`Backend`), which answers it as it does
+//! without the front: Sentry, events, `/metrics`, health, bad tokens (401), unknown types (415),
+//! declared excess (413),
 //! chunked or `Expect: 100-continue` bodies, HTTP/2 (`relay`: each head then names the client in
 //! `x-trackgate-peer`, which the app would otherwise not see).
 
@@ -17,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use super::fluent_route::{self, Routes};
 use super::grpc::Code;
 use super::grpc::{bearer, token_accepted};
 pub use super::relay::Backend;
@@ -24,6 +27,7 @@ use super::relay::{self, read_head, read_some, trim, Head, Read, PEER_HEADER};
 use super::{accept_loop, Shutdown};
 use crate::encode;
 use crate::error::CoreError;
+use crate::fluent::BodyFormat;
 use crate::ingest::Format;
 use crate::pipeline::Pipeline;
 use crate::signal::Signal;
@@ -48,6 +52,8 @@ pub struct Config {
     pub latency_buckets: Vec<f64>,
     /// Where the front's log lines go (the app's logger): what the app logs on the same path.
     pub log: Option<Log>,
+    /// The Fluent routes it answers too.
+    pub fluent: Routes,
 }
 
 /// Writes one log line: (level, message, fields). Called on the rare paths only (a partial
@@ -212,13 +218,30 @@ pub async fn serve(listener: TcpListener, service: Arc<Service>, shutdown: Shutd
 #[derive(Debug, PartialEq, Eq)]
 struct Export {
     route: &'static str,
-    signal: Signal,
-    format: Format,
+    kind: Kind,
     length: usize,
     encoding: Option<String>,
     keep_alive: bool,
     /// HTTP/1.0: a kept connection must be said to be kept.
     http10: bool,
+}
+
+/// What a request carries, which says how it is ingested and how its answers are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    Otlp { signal: Signal, format: Format },
+    Fluent { format: BodyFormat, tag: String },
+}
+
+impl Kind {
+    /// An answer that is not an ingest's outcome (a refused or unreadable body), in this route's
+    /// protocol: the OTLP status message, or Fluent's `{"error": ...}`.
+    fn refusal(&self, status: u16, code: Code, message: &str) -> Answer {
+        match self {
+            Kind::Otlp { format, .. } => Answer::status(status, code, message, *format),
+            Kind::Fluent { .. } => Answer::json(status, fluent_route::error_body(message)),
+        }
+    }
 }
 
 fn route_of(path: &[u8]) -> Option<(&'static str, Signal)> {
@@ -245,13 +268,21 @@ fn export_of(head: &[u8], config: &Config) -> Option<Export> {
         return None;
     }
     let path = target.split(|b| *b == b'?').next()?;
-    let (route, signal) = route_of(path)?;
+    // (route label, OTLP signal; or the tag a Fluent path gives).
+    let (route, signal, path_tag) = match route_of(path) {
+        Some((route, signal)) => (route, Some(signal), ""),
+        None => {
+            let (route, tag) = config.fluent.route(path)?;
+            (route, None, tag)
+        }
+    };
+    let tag_header = config.fluent.tag_header().filter(|_| signal.is_none());
     let mut keep_alive = match version {
         b"HTTP/1.1" => true,
         b"HTTP/1.0" => false,
         _ => return None,
     };
-    let (mut length, mut format, mut encoding, mut authorization) = (None, None, None, None);
+    let (mut length, mut media, mut encoding, mut authorization, mut tag) = (None, None, None, None, None);
     for line in lines {
         let colon = line.iter().position(|b| *b == b':')?;
         let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
@@ -266,18 +297,9 @@ fn export_of(head: &[u8], config: &Config) -> Option<Export> {
             }
             length = Some(std::str::from_utf8(value).ok()?.parse::<usize>().ok()?);
         } else if name.eq_ignore_ascii_case(b"content-type") {
-            once(&format)?;
-            let media = std::str::from_utf8(value)
-                .ok()?
-                .split(';')
-                .next()?
-                .trim()
-                .to_ascii_lowercase();
-            format = Some(match media.as_str() {
-                "application/x-protobuf" | "application/protobuf" => Format::Protobuf,
-                "application/json" => Format::Json,
-                _ => return None,
-            });
+            once(&media)?;
+            let value = std::str::from_utf8(value).ok()?;
+            media = Some(value.split(';').next()?.trim().to_ascii_lowercase());
         } else if name.eq_ignore_ascii_case(b"content-encoding") {
             once(&encoding)?;
             encoding = Some(std::str::from_utf8(value).ok()?.to_owned());
@@ -300,6 +322,9 @@ fn export_of(head: &[u8], config: &Config) -> Option<Export> {
             || name.eq_ignore_ascii_case(PEER_HEADER.as_bytes())
         {
             return None;
+        } else if tag_header.is_some_and(|h| name.eq_ignore_ascii_case(h.as_bytes())) {
+            once(&tag)?;
+            tag = Some(value);
         }
     }
     let length = length?;
@@ -313,10 +338,23 @@ fn export_of(head: &[u8], config: &Config) -> Option<Export> {
     {
         return None; // the app answers 401
     }
+    let kind = match signal {
+        Some(signal) => Kind::Otlp {
+            signal,
+            format: match media?.as_str() {
+                "application/x-protobuf" | "application/protobuf" => Format::Protobuf,
+                "application/json" => Format::Json,
+                _ => return None,
+            },
+        },
+        None => Kind::Fluent {
+            format: fluent_route::format_of(media.as_deref())?,
+            tag: fluent_route::tag_of(path_tag, tag)?,
+        },
+    };
     Some(Export {
         route,
-        signal,
-        format: format?,
+        kind,
         length,
         encoding: encoding.filter(|e| !e.is_empty()),
         keep_alive,
@@ -358,6 +396,16 @@ impl Answer {
             status,
             body: encode::status_body(code as i32, message, format),
             media: media_of(format),
+            headers: &[],
+            close: false,
+        }
+    }
+
+    fn json(status: u16, body: Vec<u8>) -> Self {
+        Answer {
+            status,
+            body,
+            media: "application/json",
             headers: &[],
             close: false,
         }
@@ -494,14 +542,16 @@ async fn answer(
     shutdown: &Shutdown,
 ) -> Answer {
     let config = &service.config;
-    let format = export.format;
+    let kind = &export.kind;
     let Some(_reserved) = reserve(&service.budget, export.length) else {
         service.stats.refused.fetch_add(1, Ordering::Relaxed);
         let message = format!(
             "request bodies in flight use this worker's budget of {} bytes (server.max_inflight_bytes); retry later",
             service.budget.limit()
         );
-        return Answer::status(503, Code::Unavailable, &message, format).with(&[("Retry-After", "1")], true);
+        return kind
+            .refusal(503, Code::Unavailable, &message)
+            .with(&[("Retry-After", "1")], true);
     };
     // One deadline for the whole body, as the app keeps it.
     let deadline = tokio::time::Instant::now() + config.body_timeout;
@@ -513,7 +563,8 @@ async fn answer(
             // The client half-closed or left: if it still reads, it learns why (as from the app).
             Read::Gone => return Answer::text(400, UNREADABLE),
             Read::Closing => {
-                return Answer::status(503, Code::Unavailable, "gateway is shutting down", format)
+                return kind
+                    .refusal(503, Code::Unavailable, "gateway is shutting down")
                     .with(&[("Retry-After", "5")], true)
             }
             Read::TimedOut => {
@@ -521,7 +572,7 @@ async fn answer(
                     "request body not received within {}s",
                     seconds_text(config.body_timeout)
                 );
-                return Answer::status(408, Code::DeadlineExceeded, &message, format).with(&[], true);
+                return kind.refusal(408, Code::DeadlineExceeded, &message).with(&[], true);
             }
         }
     }
@@ -531,7 +582,6 @@ async fn answer(
 }
 
 async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
-    let (signal, format) = (export.signal, export.format);
     let encoded = export
         .encoding
         .as_deref()
@@ -539,9 +589,15 @@ async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
     let run = {
         let pipeline = service.pipeline.clone();
         let encoding = export.encoding.clone();
+        let kind = export.kind.clone();
         move || {
-            catch_unwind(AssertUnwindSafe(|| {
-                pipeline.ingest_deferred(signal, &body, format, encoding.as_deref(), true)
+            catch_unwind(AssertUnwindSafe(|| match &kind {
+                Kind::Otlp { signal, format } => {
+                    pipeline.ingest_deferred(*signal, &body, *format, encoding.as_deref(), true)
+                }
+                Kind::Fluent { format, tag } => {
+                    pipeline.ingest_fluent_deferred(&body, *format, encoding.as_deref(), tag)
+                }
             }))
         }
     };
@@ -558,8 +614,18 @@ async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
         Ok(Ok(Ok((out, point)))) => super::durable(&service.pipeline, point).await.map(|()| out),
         Ok(Ok(Err(err))) => Err(err),
         Ok(Err(_)) | Err(_) => {
-            return Answer::status(500, Code::Internal, "internal error while ingesting", format).with(&[], true);
+            return match export.kind {
+                Kind::Otlp { format, .. } => {
+                    Answer::status(500, Code::Internal, "internal error while ingesting", format)
+                }
+                Kind::Fluent { .. } => Answer::text(500, "internal error\n"),
+            }
+            .with(&[], true);
         }
+    };
+    let signal = match export.kind {
+        Kind::Otlp { signal, .. } => signal,
+        Kind::Fluent { .. } => Signal::Logs,
     };
     let log = |level, message, fields| {
         if let Some(log) = &service.config.log {
@@ -583,15 +649,35 @@ async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
         ),
         _ => {}
     }
-    match ingested {
-        Ok(out) => Answer {
+    match (ingested, &export.kind) {
+        (Ok(out), Kind::Otlp { format, .. }) => Answer {
             status: 200,
-            body: encode::export_response(signal, out.rejected, &out.error_message, format),
-            media: media_of(format),
+            body: encode::export_response(signal, out.rejected, &out.error_message, *format),
+            media: media_of(*format),
             headers: &[],
             close: false,
         },
-        Err(err) => error_answer(signal, format, &err),
+        (Ok(out), Kind::Fluent { .. }) => Answer::json(
+            200,
+            fluent_route::accepted_body(out.accepted, out.rejected, &out.error_message),
+        ),
+        (Err(err), Kind::Otlp { format, .. }) => error_answer(signal, *format, &err),
+        (Err(err), Kind::Fluent { .. }) => fluent_error_answer(&err),
+    }
+}
+
+/// A failed Fluent ingest: `receivers/fluent.py`'s statuses and words.
+fn fluent_error_answer(err: &CoreError) -> Answer {
+    let json = |status, message: &str| Answer::json(status, fluent_route::error_body(message));
+    match err {
+        CoreError::Decode(m) => json(400, &format!("cannot decode Fluent logs: {m}")),
+        CoreError::TooLarge { .. } | CoreError::ItemTooLarge { .. } | CoreError::LineTooLong { .. } => {
+            json(413, &err.to_string())
+        }
+        CoreError::Unsupported(m) => json(415, m),
+        CoreError::QueueFull { .. } => json(429, &format!("{err}; retry later")).with(&[("Retry-After", "1")], false),
+        CoreError::Closed => json(503, "gateway is shutting down").with(&[("Retry-After", "5")], true),
+        _ => json(503, "queue storage unavailable; retry later").with(&[("Retry-After", "5")], false),
     }
 }
 
@@ -644,6 +730,7 @@ mod tests {
             backend: Backend::Tcp("127.0.0.1:1".into()),
             latency_buckets: vec![0.001, 0.01],
             log: None,
+            fluent: Routes::new(vec!["/logs/ingest".into()], "fluent-tag"),
         }
     }
 
@@ -659,8 +746,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (e.route, e.signal, e.format, e.length),
-            ("/v1/traces", Signal::Traces, Format::Protobuf, 12)
+            (e.route, &e.kind, e.length),
+            (
+                "/v1/traces",
+                &Kind::Otlp {
+                    signal: Signal::Traces,
+                    format: Format::Protobuf
+                },
+                12
+            )
         );
         assert_eq!(e.encoding.as_deref(), Some("gzip"));
         assert!(e.keep_alive);
@@ -669,7 +763,16 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!((e.format, e.keep_alive), (Format::Json, false));
+        assert_eq!(
+            (e.kind, e.keep_alive),
+            (
+                Kind::Otlp {
+                    signal: Signal::Logs,
+                    format: Format::Json
+                },
+                false
+            )
+        );
         let e = export(
             "POST /v1/metrics HTTP/1.1\r\nContent-Type: application/protobuf\r\nContent-Length: 1\r\nConnection: close",
             &[],
@@ -700,6 +803,62 @@ mod tests {
         ] {
             assert_eq!(export(&head, &[]), None, "{head}");
         }
+    }
+
+    #[test]
+    fn answers_fluent_posts_with_their_tags() {
+        let fluent = |head: &str| export(head, &[]).map(|e| (e.route, e.kind));
+        let kind = |format, tag: &str| Kind::Fluent {
+            format,
+            tag: tag.to_owned(),
+        };
+        assert_eq!(
+            fluent("POST /v1/fluent/app.web HTTP/1.1\r\nContent-Type: application/x-ndjson\r\nContent-Length: 3"),
+            Some(("/v1/fluent/:tag", kind(BodyFormat::Lines, "app.web")))
+        );
+        // No tag in the path: the tag header's; no content type: JSON (as the app reads it).
+        assert_eq!(
+            fluent("POST /v1/fluent HTTP/1.1\r\nFluent-Tag:  k8s.pod \r\nContent-Length: 3"),
+            Some(("/v1/fluent", kind(BodyFormat::Json, "k8s.pod")))
+        );
+        assert_eq!(
+            fluent("POST /logs/ingest?x HTTP/1.1\r\nContent-Type: application/msgpack\r\nContent-Length: 3"),
+            Some(("/logs/ingest", kind(BodyFormat::Msgpack, "")))
+        );
+        // The path's tag wins over the header's.
+        assert_eq!(
+            fluent("POST /v1/fluent/a HTTP/1.1\r\nfluent-tag: b\r\nContent-Length: 3"),
+            Some(("/v1/fluent/:tag", kind(BodyFormat::Json, "a")))
+        );
+        let long = "t".repeat(257);
+        for head in [
+            "POST /v1/fluent/a HTTP/1.1\r\nContent-Type: application/pdf\r\nContent-Length: 3".to_string(),
+            "POST /v1/fluent/a%20b HTTP/1.1\r\nContent-Length: 3".to_string(),
+            format!("POST /v1/fluent/{long} HTTP/1.1\r\nContent-Length: 3"),
+            format!("POST /v1/fluent HTTP/1.1\r\nFluent-Tag: {long}\r\nContent-Length: 3"),
+            "POST /v1/fluent HTTP/1.1\r\nFluent-Tag: a\r\nFluent-Tag: b\r\nContent-Length: 3".to_string(),
+            "POST /v1/fluent/a HTTP/1.1\r\nContent-Length: 1001".to_string(),
+            "GET /v1/fluent/a HTTP/1.1\r\nContent-Length: 3".to_string(),
+            "POST /logs/ingest/ HTTP/1.1\r\nContent-Length: 3".to_string(),
+        ] {
+            assert_eq!(fluent(&head), None, "{head}");
+        }
+    }
+
+    #[test]
+    fn fluent_errors_match_the_app() {
+        let a = fluent_error_answer(&CoreError::decode("line 1: bad"));
+        assert_eq!((a.status, a.media), (400, "application/json"));
+        assert_eq!(a.body, b"{\"error\": \"cannot decode Fluent logs: line 1: bad\"}\n");
+        let a = fluent_error_answer(&CoreError::QueueFull { used: 9, limit: 10 });
+        assert_eq!(
+            (a.status, a.headers, a.close),
+            (429, &[("Retry-After", "1")][..], false)
+        );
+        let a = fluent_error_answer(&CoreError::Storage("disk".into()));
+        assert_eq!((a.status, a.headers), (503, &[("Retry-After", "5")][..]));
+        assert!(!String::from_utf8_lossy(&a.body).contains("disk"));
+        assert_eq!(fluent_error_answer(&CoreError::TooLarge { limit: 5 }).status, 413);
     }
 
     #[test]

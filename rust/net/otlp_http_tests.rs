@@ -56,6 +56,7 @@ fn config(backend: Backend) -> Config {
         backend,
         latency_buckets: vec![0.01, 0.1],
         log: None,
+        fluent: Routes::default(),
     }
 }
 
@@ -710,4 +711,52 @@ fn connections_past_the_cap_get_503() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Fluent Bit's `http` output posts are answered by the front, with the app's JSON, on a kept
+/// connection; their records are queued as logs.
+#[test]
+fn fluent_posts_are_answered_by_the_front() {
+    let (backend, _app) = app();
+    let front = front(
+        Config {
+            fluent: Routes::new(vec!["/logs/ingest".into()], "Fluent-Tag"),
+            ..config(backend)
+        },
+        1 << 20,
+    );
+    let mut client = front.connect();
+    let body = b"{\"log\":\"one\"}\n{\"log\":\"two\"}\n";
+    let head = format!(
+        "POST /v1/fluent/app.web HTTP/1.1\r\ncontent-type: application/x-ndjson\r\ncontent-length: {}",
+        body.len()
+    );
+    client.send(&request(&head, body));
+    let r = client.response();
+    assert_eq!((r.status, r.by_front()), (200, true), "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.text(), "{\"accepted\": 2, \"rejected\": 0}\n");
+    let body = b"[{\"log\":\"three\"}]";
+    let head = format!(
+        "POST /logs/ingest HTTP/1.1\r\nfluent-tag: k8s\r\ncontent-length: {}",
+        body.len()
+    );
+    client.send(&request(&head, body));
+    let r = client.response();
+    assert_eq!((r.status, r.by_front()), (200, true), "{}", r.text());
+    client.send(&request("POST /logs/ingest HTTP/1.1\r\ncontent-length: 5", b"[{]]]"));
+    let r = client.response();
+    assert_eq!((r.status, r.by_front()), (400, true));
+    assert!(
+        r.text().starts_with("{\"error\": \"cannot decode Fluent logs: "),
+        "{}",
+        r.text()
+    );
+    // An unknown content type is the app's to refuse.
+    client.send(&request(
+        "POST /v1/fluent HTTP/1.1\r\ncontent-type: image/png\r\ncontent-length: 1",
+        b"x",
+    ));
+    assert_eq!(client.response().header("x-app"), Some("relayed"));
+    assert_eq!(front.accepted_logs(), 3);
 }
