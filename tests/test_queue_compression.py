@@ -46,6 +46,7 @@ def test_kill_9_loses_nothing_across_a_change_of_compression(
     # Under fsync "always" every 200 waited for a group fsync that covered it.
     assert metric(gw, "trackgate_queue_synced_appends_total") >= 40
     assert 1 <= metric(gw, "trackgate_queue_fsyncs_total") <= metric(gw, "trackgate_queue_synced_appends_total") + 2
+    assert metric(gw, "trackgate_queue_fsync_seconds_total") > 0
     gw.kill()
 
     gw.config_path.write_text(dash0_config(upstream, f'[storage]\ncompression = "{then}"\n'))

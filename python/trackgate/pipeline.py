@@ -257,6 +257,13 @@ class Pipeline:
             kind="counter",
         )
         reg.observed(
+            "trackgate_queue_fsync_seconds_total",
+            "Time spent in those fdatasyncs (divided by trackgate_queue_fsyncs_total: their mean latency).",
+            (),
+            lambda: [((), self.core.stats().get("queue_data_sync_us", 0) / 1e6)],
+            kind="counter",
+        )
+        reg.observed(
             "trackgate_queue_synced_appends_total",
             "Appends whose fsync the group-commit syncer awaited (divided by fsyncs: the group size).",
             (),
