@@ -561,6 +561,54 @@ def test_slow_clients_do_not_stall_others(gw: Any) -> None:
     assert_serving(gw)
 
 
+FLUENT_TYPES = [
+    "application/json", "application/x-ndjson", "application/msgpack", "text/plain",
+    "application/x-www-form-urlencoded", "", "application/json; charset=utf-8",
+]  # fmt: skip
+
+
+@st.composite
+def fluent_requests(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
+    """Fluent Bit `http` output posts (answered by the core's front): records in some framing,
+    damaged or not, or random bytes, under any of the content types and encodings it reads."""
+    records = draw(
+        st.lists(st.dictionaries(st.text(max_size=8), st.one_of(st.text(max_size=20), st.integers())), max_size=5)
+    )
+    framing = draw(st.sampled_from(["array", "lines", "bytes", "values"]))
+    if framing == "array":
+        body = json.dumps(records).encode()
+    elif framing == "lines":
+        body = b"".join(json.dumps(r).encode() + b"\n" for r in records)
+    elif framing == "values":  # JSON that is not records
+        body = json.dumps(draw(st.lists(st.one_of(st.integers(), st.text(max_size=5), st.none()), max_size=4))).encode()
+    else:
+        body = draw(st.binary(max_size=1024))
+    body = draw(byte_damage(body)) if draw(st.booleans()) else body
+    headers = {"Content-Type": draw(st.sampled_from(FLUENT_TYPES))}
+    if draw(st.booleans()):
+        encoding = draw(st.sampled_from(["gzip", "zstd", "deflate"]))
+        body = compress(body, encoding)
+        headers["Content-Encoding"] = draw(st.sampled_from([encoding, encoding, "gzip", "br"]))
+    tag = draw(st.text(alphabet="abcxyz.-_", max_size=12))
+    return f"/v1/fluent/{tag}" if tag or draw(st.booleans()) else "/v1/fluent", body, headers
+
+
+@FUZZ
+@given(case=fluent_requests())
+def test_any_fluent_post_gets_a_json_answer(gw: Any, case: tuple[str, bytes, dict[str, str]]) -> None:
+    path, body, headers = case
+    status, resp_headers, resp_body = post(gw, path, body, headers)
+    event(f"HTTP {status}")
+    sent = f"{path} {headers} {body[:200]!r}"
+    assert status in ALLOWED, f"{status} for {sent}: {resp_body[:300]!r}"
+    assert resp_headers.get("content-type") == JSON, sent
+    doc = json.loads(resp_body)
+    if status == 200:
+        assert set(doc) <= {"accepted", "rejected", "error"} and doc["accepted"] + doc["rejected"] >= 0, doc
+    else:
+        assert isinstance(doc["error"], str) and doc["error"].strip(), f"{status} without a message for {sent}"
+
+
 def test_still_serving_after_fuzzing(gw: Any) -> None:
     assert_serving(gw)
     log = gw.log()
