@@ -28,10 +28,11 @@ null_app() {
   for _ in $(seq 100); do curl -s -o /dev/null "$null_url/" && break; sleep 0.1; done
 }
 # A gateway of this tree (2 workers) named NAME, in its own dir under $tmp, with [storage] lines
-# STORAGE and any further TOML EXTRA, exporting to $null_url; sets $url.
+# STORAGE and any further TOML EXTRA, exporting to $null_url; sets $url. Its queue is in that dir,
+# or in $QUEUE_DIR when set.
 gateway_of() { # name, [storage lines], [extra toml]
   local d=$tmp/$1 port; port=$(free); mkdir -p "$d"
-  printf '[storage]\ndir = "%s/data"\n%s\n%s\n[exporters.otlp]\nendpoint = "%s"\n' "$d" "${2:-}" "${3:-}" "$null_url" \
+  printf '[storage]\ndir = "%s"\n%s\n%s\n[exporters.otlp]\nendpoint = "%s"\n' "${QUEUE_DIR:-$d/data}" "${2:-}" "${3:-}" "$null_url" \
     > "$d/trackgate.toml"
   setsid $py -m trackgate serve --config "$d/trackgate.toml" --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$(free)" \
     --workers 2 > "$d/gateway.log" 2>&1 &
