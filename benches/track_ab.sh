@@ -3,13 +3,14 @@
 # the null app as the OTLP exporter), "base" with PYTHONPATH=$BASE (a copy of the other build's
 # python/ with its extension), "new" this tree, loaded in turn at saturation (64 connections,
 # SECS seconds, ROUNDS interleaved rounds) with the bench arguments in $LOAD (default: Fluent
-# Bit's http output, json_lines, 100 records per request).
-#   BASE=/path/to/base/python [LOAD="--track fluent --records 100"] bash benches/track_ab.sh
+# Bit's http output, json_lines, 100 records per request); STORAGE adds [storage] lines to both
+# (e.g. a small max_bytes, for the rate sustained once the queue is full).
+#   BASE=/path/to/base/python [LOAD="--track fluent --records 100"] [STORAGE=...] bash benches/track_ab.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib.sh
 null_app 1
-PYTHONPATH=${BASE:?set BASE to a copy of the other build python dir} gateway_of base ""
+PYTHONPATH=${BASE:?set BASE to a copy of the other build python dir} gateway_of base "${STORAGE:-}"
 base=$url
-gateway_of new ""
+gateway_of new "${STORAGE:-}"
 LOAD=${LOAD:---track fluent --records 100} interleave "${ROUNDS:-3}" "${SECS:-8}" "base=$base" "new=$url"

@@ -96,6 +96,10 @@ pub struct Pipeline {
     /// Requests refused because the queue was full, whichever receiver sent them (HTTP through
     /// Python, gRPC straight from the network runtime): readiness watches it.
     refused_full: AtomicU64,
+    /// Queue bytes in use when an append was last refused as full within `SHED_HEADROOM` of the
+    /// limit; `u64::MAX`: none is. While the queue holds at least that much, requests are refused
+    /// before any work is spent on them (`shed`).
+    full_at: AtomicU64,
     /// Which tracks the ingester's scrubber (when configured) runs on: OTLP requests (HTTP and
     /// gRPC) and records converted from Fluent. Both on unless `set_scrub_tracks` says otherwise.
     scrub_otlp: AtomicBool,
@@ -106,6 +110,12 @@ pub struct Pipeline {
     /// Fluent http, Fluent http input, forward).
     events_tap: RwLock<Option<EventsTap>>,
 }
+
+/// How close to its limit the queue must be (this, or 1/64 of the limit if less), when an append
+/// is refused as full, for the next requests to be refused before they are decoded
+/// (`Pipeline::shed`). A refusal with more room left was a large request: smaller ones may still
+/// fit, so they are tried.
+const SHED_HEADROOM: u64 = 4 << 20;
 
 fn check_ratio(name: &str, ratio: f64) -> Result<()> {
     if (0.0..=1.0).contains(&ratio) {
@@ -143,6 +153,7 @@ impl Pipeline {
             ready: [Condvar::new(), Condvar::new(), Condvar::new()],
             counters: Default::default(),
             refused_full: AtomicU64::new(0),
+            full_at: AtomicU64::new(u64::MAX),
             scrub_otlp: AtomicBool::new(true),
             scrub_fluent: AtomicBool::new(true),
             fluent_utc_offset_s: AtomicI32::new(0),
@@ -210,6 +221,30 @@ impl Pipeline {
         Ok(out)
     }
 
+    /// `QueueFull` before any work on a request, while the queue is still as full as when an
+    /// append was last refused near its limit (`full_at`). Under sustained overload the CPU then
+    /// goes to delivery, which is what frees room, instead of to decoding and checking bodies
+    /// that the append would refuse anyway. Once anything was freed, requests are tried again.
+    fn shed(&self) -> Result<()> {
+        let at = self.full_at.load(Ordering::Relaxed);
+        if at == u64::MAX {
+            return Ok(());
+        }
+        let usage = self.queue.usage();
+        if usage.bytes as u64 >= at {
+            self.refused_full.fetch_add(1, Ordering::Relaxed);
+            return Err(CoreError::QueueFull {
+                used: usage.bytes,
+                limit: usage.max_bytes,
+            });
+        }
+        // A refusal in between may have set it anew: that one stands.
+        let _ = self
+            .full_at
+            .compare_exchange(at, u64::MAX, Ordering::Relaxed, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// `ingest_with` without waiting for fsync: the point returned, if any, is durable once
     /// [`Pipeline::sync_point`] returns or [`Pipeline::when_durable`] says so. Until then the
     /// request must not be acknowledged.
@@ -224,6 +259,7 @@ impl Pipeline {
         if self.is_closed() {
             return Err(CoreError::Closed);
         }
+        self.shed()?;
         let scrub = scrub && self.scrub_otlp.load(Ordering::Relaxed);
         // Inflated into this thread's scratch buffer: the walk copies the records it keeps.
         self.ingester.with_decoded(signal, body, format, encoding, |decoded| {
@@ -261,6 +297,7 @@ impl Pipeline {
         if self.is_closed() {
             return Err(CoreError::Closed);
         }
+        self.shed()?;
         let decoded = decompress(body, encoding, self.ingester.max_body_bytes())?;
         let offset = self.fluent_utc_offset_s.load(Ordering::Relaxed);
         let converted = fluent::convert_body_at(&decoded, format, tag, now_nanos(), offset)?;
@@ -274,6 +311,7 @@ impl Pipeline {
         if self.is_closed() {
             return Err(CoreError::Closed);
         }
+        self.shed()?;
         let max = self.ingester.max_body_bytes();
         match fluent::forward::next_frame(message, max, now_nanos())? {
             fluent::forward::Frame::Message(m) if m.wire_bytes == message.len() => {
@@ -415,8 +453,12 @@ impl Pipeline {
         } else if wanted {
             self.ready[signal.index()].notify_all();
         }
-        if matches!(appended, Err(CoreError::QueueFull { .. })) {
+        if let Err(CoreError::QueueFull { used, limit }) = &appended {
             self.refused_full.fetch_add(1, Ordering::Relaxed);
+            let (used, limit) = (*used as u64, *limit as u64);
+            if limit.saturating_sub(used) <= SHED_HEADROOM.min(limit / 64) {
+                self.full_at.store(used, Ordering::Relaxed);
+            }
         }
         appended.map(|(_, point)| point)
     }
@@ -897,6 +939,51 @@ mod tests {
             .unwrap();
         p.ack_batch(&batch).unwrap();
         ingest(&p, "0123456789");
+    }
+
+    #[test]
+    fn a_full_queue_refuses_before_decoding_until_room_is_freed() {
+        let record = "x".repeat(900);
+        let size = logs_request(&record).len();
+        // 64 KiB: requests of ~1 KB leave less than 1/64 of the limit when one is refused.
+        let p = Pipeline::new(options(&["a"], 1000, 0, 64 << 10)).unwrap();
+        let mut accepted = 0;
+        while p
+            .ingest(Signal::Logs, &logs_request(&record), Format::Protobuf, None)
+            .is_ok()
+        {
+            accepted += 1;
+            assert!(accepted < 1000, "never full");
+        }
+        assert!(accepted * size > 60 << 10);
+        // Still as full: a body is refused before it is read, so even garbage gets a 429, not a 400.
+        let shed = p.ingest(Signal::Logs, b"\xff\xff\xff", Format::Protobuf, None);
+        assert!(matches!(shed, Err(CoreError::QueueFull { .. })), "{shed:?}");
+        let shed = p.ingest_fluent(b"{", fluent::BodyFormat::Json, None, "t");
+        assert!(matches!(shed, Err(CoreError::QueueFull { .. })), "{shed:?}");
+        assert_eq!(stat(&p, "queue_full_refusals"), 3);
+        // Room freed: bodies are read again.
+        let batch = p
+            .next_batch("a", Signal::Logs, Some(Duration::ZERO), true)
+            .unwrap()
+            .unwrap();
+        p.ack_batch(&batch).unwrap();
+        let bad = p.ingest(Signal::Logs, b"\xff\xff\xff", Format::Protobuf, None);
+        assert!(matches!(bad, Err(CoreError::Decode(_))), "{bad:?}");
+        ingest(&p, "fits again");
+    }
+
+    #[test]
+    fn a_large_refused_request_does_not_shed_smaller_ones() {
+        let p = Pipeline::new(options(&["a"], 1000, 0, 64 << 10)).unwrap();
+        ingest(&p, "small");
+        let big = logs_request(&"x".repeat(40 << 10));
+        ingest(&p, "room for one more big one");
+        p.ingest(Signal::Logs, &big, Format::Protobuf, None).unwrap();
+        // This one does not fit, with far more than 1/64 of the limit left: small ones still go in.
+        let refused = p.ingest(Signal::Logs, &big, Format::Protobuf, None);
+        assert!(matches!(refused, Err(CoreError::QueueFull { .. })), "{refused:?}");
+        ingest(&p, "small again");
     }
 
     #[test]

@@ -125,6 +125,31 @@ def test_full_queue_answers_429_then_recovers(gateway_factory, upstream: Upstrea
     assert post(gw.url, numbered(1000, 5))[0] == 200
 
 
+def test_a_full_queue_refuses_before_reading_bodies_until_room_is_freed(gateway_factory, upstream: Upstream) -> None:
+    # 64 KiB: once a small request is refused, less than 1/64 of the bound is left, and the next
+    # requests are refused before they are decoded (a damaged body gets the 429, not its 400).
+    upstream.default = Reply(503, {"Retry-After": "1"})
+    gw = gateway_factory(dash0_config(upstream, '[storage]\nmax_bytes = 65536\ncompression = "none"\n'))
+    accepted: set[str] = set()
+    for i in range(2000):
+        status, _ = post(gw.url, numbered(i * 5, 5))
+        if status == 429:
+            break
+        assert status == 200
+        accepted |= {f"rec-{i * 5 + j}" for j in range(5)}
+    else:
+        pytest.fail("the queue never filled")
+    status, headers = post(gw.url, b"\xff\xff\xff")
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    upstream.default = Reply(200)  # the queue drains: bodies are read and checked again
+    assert upstream.wait_for(lambda u: accepted <= set(names(u)), timeout=20)
+    deadline = time.monotonic() + 10
+    while post(gw.url, b"\xff\xff\xff")[0] == 429 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert post(gw.url, b"\xff\xff\xff")[0] == 400
+    assert post(gw.url, numbered(100_000, 5))[0] == 200
+
+
 def test_sigterm_leaves_undelivered_data_for_the_next_start(gateway_factory, upstream: Upstream) -> None:
     upstream.default = Reply(503)
     config = dash0_config(upstream, "[server]\nshutdown_grace_s = 1\n")
