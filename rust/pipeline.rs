@@ -100,6 +100,11 @@ pub struct Pipeline {
     /// limit; `u64::MAX`: none is. While the queue holds at least that much, requests are refused
     /// before any work is spent on them (`shed`).
     full_at: AtomicU64,
+    /// When (ms since `born`) a request last went on to the append while shedding, or an append
+    /// was refused: one is let through every `shed_probe_ms` (`SHED_PROBE_MS`).
+    probed_ms: AtomicU64,
+    shed_probe_ms: u64,
+    born: Instant,
     /// Which tracks the ingester's scrubber (when configured) runs on: OTLP requests (HTTP and
     /// gRPC) and records converted from Fluent. Both on unless `set_scrub_tracks` says otherwise.
     scrub_otlp: AtomicBool,
@@ -116,6 +121,10 @@ pub struct Pipeline {
 /// (`Pipeline::shed`). A refusal with more room left was a large request: smaller ones may still
 /// fit, so they are tried.
 const SHED_HEADROOM: u64 = 4 << 20;
+/// While shedding, one request a second still goes on to the append: the append applies the
+/// exporters' own limits (`queue.max_age_s`, `queue.max_bytes`), which may free room that no
+/// delivery will (a destination that is down), and shedding must not keep them from it.
+const SHED_PROBE_MS: u64 = 1000;
 
 fn check_ratio(name: &str, ratio: f64) -> Result<()> {
     if (0.0..=1.0).contains(&ratio) {
@@ -154,6 +163,9 @@ impl Pipeline {
             counters: Default::default(),
             refused_full: AtomicU64::new(0),
             full_at: AtomicU64::new(u64::MAX),
+            probed_ms: AtomicU64::new(0),
+            shed_probe_ms: SHED_PROBE_MS,
+            born: Instant::now(),
             scrub_otlp: AtomicBool::new(true),
             scrub_fluent: AtomicBool::new(true),
             fluent_utc_offset_s: AtomicI32::new(0),
@@ -231,18 +243,32 @@ impl Pipeline {
             return Ok(());
         }
         let usage = self.queue.usage();
-        if usage.bytes as u64 >= at {
-            self.refused_full.fetch_add(1, Ordering::Relaxed);
-            return Err(CoreError::QueueFull {
-                used: usage.bytes,
-                limit: usage.max_bytes,
-            });
+        if (usage.bytes as u64) < at {
+            // A refusal in between may have set it anew: that one stands.
+            let _ = self
+                .full_at
+                .compare_exchange(at, u64::MAX, Ordering::Relaxed, Ordering::Relaxed);
+            return Ok(());
         }
-        // A refusal in between may have set it anew: that one stands.
-        let _ = self
-            .full_at
-            .compare_exchange(at, u64::MAX, Ordering::Relaxed, Ordering::Relaxed);
-        Ok(())
+        let now = self.age_ms();
+        let last = self.probed_ms.load(Ordering::Relaxed);
+        if now >= last.saturating_add(self.shed_probe_ms)
+            && self
+                .probed_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Ok(()); // this one goes on to the append (see `SHED_PROBE_MS`)
+        }
+        self.refused_full.fetch_add(1, Ordering::Relaxed);
+        Err(CoreError::QueueFull {
+            used: usage.bytes,
+            limit: usage.max_bytes,
+        })
+    }
+
+    fn age_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// `ingest_with` without waiting for fsync: the point returned, if any, is durable once
@@ -457,6 +483,7 @@ impl Pipeline {
             self.refused_full.fetch_add(1, Ordering::Relaxed);
             let (used, limit) = (*used as u64, *limit as u64);
             if limit.saturating_sub(used) <= SHED_HEADROOM.min(limit / 64) {
+                self.probed_ms.store(self.age_ms(), Ordering::Relaxed);
                 self.full_at.store(used, Ordering::Relaxed);
             }
         }
@@ -946,7 +973,8 @@ mod tests {
         let record = "x".repeat(900);
         let size = logs_request(&record).len();
         // 64 KiB: requests of ~1 KB leave less than 1/64 of the limit when one is refused.
-        let p = Pipeline::new(options(&["a"], 1000, 0, 64 << 10)).unwrap();
+        let mut p = Pipeline::new(options(&["a"], 1000, 0, 64 << 10)).unwrap();
+        p.shed_probe_ms = u64::MAX; // no request goes through to probe (the next test's)
         let mut accepted = 0;
         while p
             .ingest(Signal::Logs, &logs_request(&record), Format::Protobuf, None)
@@ -971,6 +999,41 @@ mod tests {
         let bad = p.ingest(Signal::Logs, b"\xff\xff\xff", Format::Protobuf, None);
         assert!(matches!(bad, Err(CoreError::Decode(_))), "{bad:?}");
         ingest(&p, "fits again");
+    }
+
+    #[test]
+    fn while_shedding_one_request_a_probe_interval_goes_on_to_the_append() {
+        use crate::disk_queue::{DiskOptions, DiskQueue, TempDir};
+        // Exporter "down" never takes anything; its limit of 2 s of age is applied at the append.
+        let dir = TempDir::new("shed-probe");
+        let o = options(&["down"], 1000, 0, 64 << 10);
+        let mut disk = DiskOptions::new(&dir.0, o.exporters, 64 << 10);
+        disk.segment_bytes = 4096;
+        disk.limits = vec![(
+            "down".into(),
+            crate::disk_queue::ExporterLimit {
+                max_age: Some(Duration::from_secs(2)),
+                max_bytes: None,
+            },
+        )];
+        let queue = DiskQueue::open(disk).unwrap();
+        let mut p = Pipeline::with_queue(o.ingest, Box::new(queue), o.batch).unwrap();
+        p.shed_probe_ms = 300;
+        let record = "x".repeat(900);
+        let mut accepted = 0;
+        while p
+            .ingest(Signal::Logs, &logs_request(&record), Format::Protobuf, None)
+            .is_ok()
+        {
+            accepted += 1;
+            assert!(accepted < 1000, "never full");
+        }
+        let shed = p.ingest(Signal::Logs, &logs_request(&record), Format::Protobuf, None);
+        assert!(matches!(shed, Err(CoreError::QueueFull { .. })), "{shed:?}");
+        // Past the age limit, the next probe's append drops what "down" never took, and fits.
+        thread::sleep(Duration::from_millis(2100));
+        ingest(&p, "after the age limit");
+        ingest(&p, "and the next");
     }
 
     #[test]

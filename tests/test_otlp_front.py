@@ -169,9 +169,11 @@ FLUENT_CASES: dict[str, bytes] = {
     "fluent tag too long": request(b"{}", JS, path="/v1/fluent/" + "t" * 300),
     "fluent no token": request(b"{}", JS, path=FLUENT, token=None),
     "fluent GET": request(b"", method="GET", path=FLUENT),
+    "fluent fragment in the path": request(b"{}", JS, path="/v1/fluent/a#b"),
 }
 FLUENT_BY_APP = {
-    "fluent unknown content type", "fluent escaped tag", "fluent tag too long", "fluent no token", "fluent GET"
+    "fluent unknown content type", "fluent escaped tag", "fluent tag too long", "fluent no token", "fluent GET",
+    "fluent fragment in the path",
 }  # fmt: skip
 CASES.update(FLUENT_CASES)
 ANSWERED_BY_FRONT = {
@@ -189,6 +191,16 @@ def test_the_front_answers_as_the_app_does(pair: tuple[Gateway, Gateway], case: 
     assert got.key() == want.key()
     assert got.by_app == (case not in ANSWERED_BY_FRONT), got.headers
     assert want.by_app
+
+
+@pytest.mark.parametrize("path", ["/v1/logs?a<b", '/v1/fluent/x?q="y"'])
+def test_targets_the_apps_http_parser_refuses_are_left_to_it(pair: tuple[Gateway, Gateway], path: str) -> None:
+    """Granian's parser answers these itself (400, no `server` header): so must the front."""
+    front, app = pair
+    data = request(b"{}", JS, path=path)
+    got, want = exchange(front, data), exchange(app, data)
+    assert got.key() == want.key()
+    assert got.status == 400
 
 
 def test_a_slow_body_gets_the_apps_408_and_the_connection_closes(pair: tuple[Gateway, Gateway]) -> None:

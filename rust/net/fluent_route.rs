@@ -25,7 +25,8 @@ impl Routes {
     pub fn new(paths: Vec<String>, tag_header: &str) -> Self {
         Routes {
             paths: paths.into_iter().map(|p| &*Box::leak(p.into_boxed_str())).collect(),
-            tag_header: tag_header.trim().to_owned(),
+            // As given: the app looks it up as is (one with spaces matches no header).
+            tag_header: tag_header.to_owned(),
         }
     }
 
@@ -149,7 +150,7 @@ mod tests {
             assert_eq!(routes.route(other), None, "{}", String::from_utf8_lossy(other));
         }
         assert_eq!(routes.tag_header(), Some("FLUENT-TAG"));
-        assert_eq!(Routes::new(vec![], " ").tag_header(), None);
+        assert_eq!(Routes::new(vec![], "").tag_header(), None);
         assert_eq!(tag_of("a", Some(b"b")).as_deref(), Some("a"));
         assert_eq!(tag_of("", Some(b" b ")).as_deref(), Some("b"));
         assert_eq!(tag_of("", None).as_deref(), Some(""));

@@ -258,13 +258,28 @@ fn once<T>(slot: &Option<T>) -> Option<()> {
     slot.is_none().then_some(())
 }
 
+/// Longest request target the front reads itself; longer ones are the app's (its parser answers
+/// 414 past 65,534 bytes).
+const MAX_TARGET: usize = 8 * 1024;
+
+/// Whether the front may read a request target as it is: only RFC 3986's unreserved and
+/// sub-delims characters, ':', '@', '/', '?' and '%', which the app's HTTP parser takes as they
+/// come. Any other byte ('#', '<', '"', a control, non-ASCII) is left to that parser, which may
+/// cut the target there or refuse it.
+fn plain_target(target: &[u8]) -> bool {
+    target.len() <= MAX_TARGET
+        && target
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(b))
+}
+
 /// The request the head (without its blank line) asks for, when the front answers it; `None`:
 /// the app answers it (relay). Every header the app would weigh differently is a reason to relay.
 fn export_of(head: &[u8], config: &Config) -> Option<Export> {
     let mut lines = head.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let mut parts = lines.next()?.split(|b| *b == b' ');
     let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if method != b"POST" || parts.next().is_some() {
+    if method != b"POST" || parts.next().is_some() || !plain_target(target) {
         return None;
     }
     let path = target.split(|b| *b == b'?').next()?;
@@ -289,6 +304,11 @@ fn export_of(head: &[u8], config: &Config) -> Option<Export> {
         // obs-fold, whitespace before the colon, or no name: the app's parser decides.
         if name.is_empty() || name.iter().any(|b| !(b.is_ascii_graphic())) {
             return None;
+        }
+        // Whatever header it names (even one read below): the app reads the tag from it.
+        if tag_header.is_some_and(|h| name.eq_ignore_ascii_case(h.as_bytes())) {
+            once(&tag)?;
+            tag = Some(value);
         }
         if name.eq_ignore_ascii_case(b"content-length") {
             once(&length)?;
@@ -322,9 +342,6 @@ fn export_of(head: &[u8], config: &Config) -> Option<Export> {
             || name.eq_ignore_ascii_case(PEER_HEADER.as_bytes())
         {
             return None;
-        } else if tag_header.is_some_and(|h| name.eq_ignore_ascii_case(h.as_bytes())) {
-            once(&tag)?;
-            tag = Some(value);
         }
     }
     let length = length?;
@@ -800,6 +817,13 @@ mod tests {
             format!("POST /v1/logs HTTP/1.1\r\n{ok}\r\n folded"),
             format!("POST /v1/logs HTTP/1.1\r\n{ok}\r\nX-Trackgate-Peer: 10.0.0.1"),
             format!("POST /v1/logs HTTP/1.1\r\n{ok}\r\nConnection: Upgrade"),
+            // Targets the app's parser cuts or refuses.
+            format!("POST /v1/logs?a<b HTTP/1.1\r\n{ok}"),
+            format!("POST /v1/logs?q=\"x\" HTTP/1.1\r\n{ok}"),
+            format!("POST /v1/logs#frag HTTP/1.1\r\n{ok}"),
+            format!("POST /v1/fluent/a#b HTTP/1.1\r\n{ok}"),
+            format!("POST /v1/fluent/a\tb HTTP/1.1\r\n{ok}"),
+            format!("POST /v1/logs?{} HTTP/1.1\r\n{ok}", "q".repeat(MAX_TARGET)),
         ] {
             assert_eq!(export(&head, &[]), None, "{head}");
         }
@@ -829,6 +853,20 @@ mod tests {
         assert_eq!(
             fluent("POST /v1/fluent/a HTTP/1.1\r\nfluent-tag: b\r\nContent-Length: 3"),
             Some(("/v1/fluent/:tag", kind(BodyFormat::Json, "a")))
+        );
+        // The app reads the tag from the configured header whatever its name.
+        let routes = Routes::new(vec![], "Content-Encoding");
+        let e = export_of(
+            b"POST /v1/fluent HTTP/1.1\r\ncontent-encoding: gzip\r\nContent-Length: 3",
+            &Config {
+                fluent: routes,
+                ..config(&[])
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (e.kind, e.encoding.as_deref()),
+            (kind(BodyFormat::Json, "gzip"), Some("gzip"))
         );
         let long = "t".repeat(257);
         for head in [
