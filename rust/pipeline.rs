@@ -968,6 +968,19 @@ mod tests {
         ingest(&p, "0123456789");
     }
 
+    /// Ingests one-record requests of `record` until one is refused; how many were accepted.
+    fn fill(p: &Pipeline, record: &str) -> usize {
+        let mut accepted = 0;
+        while p
+            .ingest(Signal::Logs, &logs_request(record), Format::Protobuf, None)
+            .is_ok()
+        {
+            accepted += 1;
+            assert!(accepted < 1000, "never full");
+        }
+        accepted
+    }
+
     #[test]
     fn a_full_queue_refuses_before_decoding_until_room_is_freed() {
         let record = "x".repeat(900);
@@ -975,15 +988,7 @@ mod tests {
         // 64 KiB: requests of ~1 KB leave less than 1/64 of the limit when one is refused.
         let mut p = Pipeline::new(options(&["a"], 1000, 0, 64 << 10)).unwrap();
         p.shed_probe_ms = u64::MAX; // no request goes through to probe (the next test's)
-        let mut accepted = 0;
-        while p
-            .ingest(Signal::Logs, &logs_request(&record), Format::Protobuf, None)
-            .is_ok()
-        {
-            accepted += 1;
-            assert!(accepted < 1000, "never full");
-        }
-        assert!(accepted * size > 60 << 10);
+        assert!(fill(&p, &record) * size > 60 << 10);
         // Still as full: a body is refused before it is read, so even garbage gets a 429, not a 400.
         let shed = p.ingest(Signal::Logs, b"\xff\xff\xff", Format::Protobuf, None);
         assert!(matches!(shed, Err(CoreError::QueueFull { .. })), "{shed:?}");
@@ -1020,14 +1025,7 @@ mod tests {
         let mut p = Pipeline::with_queue(o.ingest, Box::new(queue), o.batch).unwrap();
         p.shed_probe_ms = 300;
         let record = "x".repeat(900);
-        let mut accepted = 0;
-        while p
-            .ingest(Signal::Logs, &logs_request(&record), Format::Protobuf, None)
-            .is_ok()
-        {
-            accepted += 1;
-            assert!(accepted < 1000, "never full");
-        }
+        fill(&p, &record);
         let shed = p.ingest(Signal::Logs, &logs_request(&record), Format::Protobuf, None);
         assert!(matches!(shed, Err(CoreError::QueueFull { .. })), "{shed:?}");
         // Past the age limit, the next probe's append drops what "down" never took, and fits.
