@@ -234,9 +234,9 @@ impl Pipeline {
     }
 
     /// `QueueFull` before any work on a request, while the queue is still as full as when an
-    /// append was last refused near its limit (`full_at`). Under sustained overload the CPU then
-    /// goes to delivery, which is what frees room, instead of to decoding and checking bodies
-    /// that the append would refuse anyway. Once anything was freed, requests are tried again.
+    /// append was last refused near its limit (`full_at`): under sustained overload a refusal
+    /// then costs no inflate and no walk of a body the append would refuse anyway. Once anything
+    /// was freed, requests are tried again.
     fn shed(&self) -> Result<()> {
         let at = self.full_at.load(Ordering::Relaxed);
         if at == u64::MAX {
