@@ -14,8 +14,10 @@
 //!
 //! Appends go to the newest ("active") segment, which rolls at `segment_bytes`; every open starts
 //! a new one. A segment is deleted once no configured exporter needs a frame in it (acked, or
-//! dropped by that exporter's limits). Memory holds an index (position and counts per entry) and
-//! a bounded cache of recent payloads; older payloads are read back from disk on `take`.
+//! dropped by that exporter's limits): it leaves the accounting at once, and its file goes to the
+//! reaper thread, which shrinks it step by step before deleting it (`REAP_STEP`). Memory holds
+//! an index (position and counts per entry) and a bounded cache of recent payloads; older
+//! payloads are read back from disk on `take`.
 //!
 //! Appends write at the segment's tracked end, never at the file's end. With `preallocate`, a
 //! thread prepares the next segment ahead of time (`segment_bytes` of zeros, written and synced)
