@@ -28,7 +28,7 @@ use super::{accept_loop, Shutdown};
 use crate::encode;
 use crate::error::CoreError;
 use crate::fluent::BodyFormat;
-use crate::ingest::Format;
+use crate::ingest::{Format, Ingested};
 use crate::pipeline::Pipeline;
 use crate::signal::Signal;
 
@@ -234,6 +234,14 @@ enum Kind {
 }
 
 impl Kind {
+    /// The signal its records are queued as.
+    fn signal(&self) -> Signal {
+        match self {
+            Kind::Otlp { signal, .. } => *signal,
+            Kind::Fluent { .. } => Signal::Logs,
+        }
+    }
+
     /// An answer that is not an ingest's outcome (a refused or unreadable body), in this route's
     /// protocol: the OTLP status message, or Fluent's `{"error": ...}`.
     fn refusal(&self, status: u16, code: Code, message: &str) -> Answer {
@@ -241,6 +249,34 @@ impl Kind {
             Kind::Otlp { format, .. } => Answer::status(status, code, message, *format),
             Kind::Fluent { .. } => Answer::json(status, fluent_route::error_body(message)),
         }
+    }
+
+    /// The answer to an ingest that ran to its end, accepted or not: the app's for this route.
+    fn answer(&self, ingested: Result<Ingested, CoreError>) -> Answer {
+        match (ingested, self) {
+            (Ok(out), Kind::Otlp { signal, format }) => Answer {
+                status: 200,
+                body: encode::export_response(*signal, out.rejected, &out.error_message, *format),
+                media: media_of(*format),
+                headers: &[],
+                close: false,
+            },
+            (Ok(out), Kind::Fluent { .. }) => Answer::json(
+                200,
+                fluent_route::accepted_body(out.accepted, out.rejected, &out.error_message),
+            ),
+            (Err(err), Kind::Otlp { signal, format }) => error_answer(*signal, *format, &err),
+            (Err(err), Kind::Fluent { .. }) => fluent_error_answer(&err),
+        }
+    }
+
+    /// The answer when the ingest itself panicked.
+    fn internal_error(&self) -> Answer {
+        match self {
+            Kind::Otlp { format, .. } => Answer::status(500, Code::Internal, "internal error while ingesting", *format),
+            Kind::Fluent { .. } => Answer::text(500, "internal error\n"),
+        }
+        .with(&[], true)
     }
 }
 
@@ -630,20 +666,9 @@ async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
         // The fsync is awaited (group commit), not waited for on a thread.
         Ok(Ok(Ok((out, point)))) => super::durable(&service.pipeline, point).await.map(|()| out),
         Ok(Ok(Err(err))) => Err(err),
-        Ok(Err(_)) | Err(_) => {
-            return match export.kind {
-                Kind::Otlp { format, .. } => {
-                    Answer::status(500, Code::Internal, "internal error while ingesting", format)
-                }
-                Kind::Fluent { .. } => Answer::text(500, "internal error\n"),
-            }
-            .with(&[], true);
-        }
+        Ok(Err(_)) | Err(_) => return export.kind.internal_error(),
     };
-    let signal = match export.kind {
-        Kind::Otlp { signal, .. } => signal,
-        Kind::Fluent { .. } => Signal::Logs,
-    };
+    let signal = export.kind.signal();
     let log = |level, message, fields| {
         if let Some(log) = &service.config.log {
             log(level, message, fields);
@@ -666,21 +691,7 @@ async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
         ),
         _ => {}
     }
-    match (ingested, &export.kind) {
-        (Ok(out), Kind::Otlp { format, .. }) => Answer {
-            status: 200,
-            body: encode::export_response(signal, out.rejected, &out.error_message, *format),
-            media: media_of(*format),
-            headers: &[],
-            close: false,
-        },
-        (Ok(out), Kind::Fluent { .. }) => Answer::json(
-            200,
-            fluent_route::accepted_body(out.accepted, out.rejected, &out.error_message),
-        ),
-        (Err(err), Kind::Otlp { format, .. }) => error_answer(signal, *format, &err),
-        (Err(err), Kind::Fluent { .. }) => fluent_error_answer(&err),
-    }
+    export.kind.answer(ingested)
 }
 
 /// A failed Fluent ingest: `receivers/fluent.py`'s statuses and words.
