@@ -9,7 +9,8 @@
 //!   records u64, append time in Unix ms u64, signal u8, 3 zero bytes, CRC32C of the payload,
 //!   CRC32C of the 40 header bytes before it) and the payload. Integers are little-endian.
 //! - `ledger`: each signal's last seq and each (exporter, signal)'s acked seq, with a CRC32C,
-//!   replaced whole (write `ledger.tmp`, rename).
+//!   in two slots overwritten in turn (`ledger_file`: an update is one write and one fdatasync,
+//!   no rename); created whole (write `ledger.tmp`, rename) at open.
 //! - `spare.tmp`: the next segment while it is prepared (see below); deleted on open.
 //!
 //! Appends go to the newest ("active") segment, which rolls at `segment_bytes`; every open starts
@@ -56,6 +57,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{CoreError, Result};
+use crate::ledger_file::{self, LedgerFile};
 use crate::queue::{
     check_exporters, unknown_exporter, DurableSink, Entry, EntryInfo, Payload, Pending, Queue, Seq, SyncPoint, Usage,
 };
@@ -748,6 +750,15 @@ impl Io {
         }
         file.read_exact_at(buf, offset)
     }
+
+    #[allow(clippy::unused_self)]
+    fn before_ledger_update(&self) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(faults) = &self.faults {
+            Faults::fail(&faults.ledgers)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -1398,6 +1409,14 @@ impl std::fmt::Debug for Waiting {
     }
 }
 
+/// The ledger's writer: the generation last written, and the file updates go to (`None` until
+/// the first write, and after a failed one).
+#[derive(Debug, Default)]
+struct LedgerWriter {
+    generation: u64,
+    file: Option<LedgerFile>,
+}
+
 #[derive(Debug)]
 struct Shared {
     config: Config,
@@ -1405,8 +1424,8 @@ struct Shared {
     /// Held across each segment fsync: concurrent appenders queue here and the first one's sync
     /// usually covers the others' frames too (group commit).
     syncing: Mutex<()>,
-    /// Serializes ledger writes; holds the generation last written.
-    ledger_written: Mutex<u64>,
+    /// Serializes ledger writes; holds the generation last written and the open file.
+    ledger_written: Mutex<LedgerWriter>,
     /// The same, readable without waiting for a write in progress (which may be fsyncing).
     ledger_written_gen: AtomicU64,
     stop: Mutex<bool>,
@@ -1490,27 +1509,27 @@ impl Shared {
     }
 
     fn write_ledger(&self, generation: u64, ledger: &[u8], durable: bool) -> Result<()> {
-        let mut written = lock(&self.ledger_written);
-        if *written >= generation {
+        let mut writer = lock(&self.ledger_written);
+        if writer.generation >= generation {
             return Ok(());
         }
         let dir = &self.config.dir;
-        let tmp = dir.join(LEDGER_TMP);
-        let result = (|| {
-            let file = File::create(&tmp)?;
-            file.write_all_at(ledger, 0)?;
-            if durable {
-                file.sync_data()?;
-            }
-            fs::rename(&tmp, dir.join(LEDGER_FILE))?;
-            if durable {
-                sync_dir(dir)?;
-            }
-            Ok(())
-        })();
+        let result = match writer.file.as_mut().filter(|f| f.fits(ledger)) {
+            Some(file) => self
+                .config
+                .io
+                .before_ledger_update()
+                .and_then(|()| file.update(ledger, durable)),
+            None => LedgerFile::create(dir, &dir.join(LEDGER_FILE), &dir.join(LEDGER_TMP), ledger, durable)
+                .map(|file| writer.file = Some(file)),
+        };
         self.ledger_writes.fetch_add(1, Ordering::Relaxed);
-        result.map_err(|e| storage("writing the queue ledger", e))?;
-        *written = generation;
+        if let Err(e) = result {
+            // What the failed write left in the file is unknown: the next one starts a new file.
+            writer.file = None;
+            return Err(storage("writing the queue ledger", e));
+        }
+        writer.generation = generation;
         self.ledger_written_gen.store(generation, Ordering::Release);
         Ok(())
     }
@@ -1568,7 +1587,7 @@ impl DiskQueue {
             config,
             state: Mutex::new(state),
             syncing: Mutex::new(()),
-            ledger_written: Mutex::new(0),
+            ledger_written: Mutex::new(LedgerWriter::default()),
             ledger_written_gen: AtomicU64::new(0),
             stop: Mutex::new(false),
             stop_wake: Condvar::new(),
@@ -2060,7 +2079,7 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
     let mut report = RecoveryReport::default();
     let ledger = match fs::read(config.dir.join(LEDGER_FILE)) {
         Ok(bytes) => {
-            let ledger = Ledger::decode(&bytes);
+            let ledger = ledger_file::read_body(&bytes, &LEDGER_MAGIC).and_then(Ledger::decode);
             report.ledger_corrupt = u64::from(ledger.is_none());
             ledger
         }
@@ -2682,6 +2701,8 @@ pub(crate) struct Faults {
     pub(crate) reads: AtomicU64,
     /// Segment preparations to fail (as with a full disk), from the next one on.
     pub(crate) preallocs: AtomicU64,
+    /// Ledger updates in place to fail (before their write), from the next one on.
+    pub(crate) ledgers: AtomicU64,
     /// While true, segment fsyncs wait before running (to line writers up behind one).
     held: Mutex<bool>,
     released: Condvar,
@@ -2827,6 +2848,10 @@ mod tests {
         let mut b = [0u8; 1];
         file.read_exact_at(&mut b, at).unwrap();
         file.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+    }
+
+    fn read_ledger(path: &Path) -> Option<Ledger> {
+        ledger_file::read_body(&fs::read(path).ok()?, &LEDGER_MAGIC).and_then(Ledger::decode)
     }
 
     #[test]
@@ -3179,10 +3204,13 @@ mod tests {
                 q.ack("a", Signal::Logs, 2).unwrap();
             }
             let ledger = dir.0.join(LEDGER_FILE);
-            let stored = Ledger::decode(&fs::read(&ledger).unwrap()).unwrap();
+            let stored = read_ledger(&ledger).unwrap();
             assert!(stored.acked.contains(&("a".into(), Signal::Logs, 2)));
             if damage == "corrupt" {
+                // Both slots.
+                let half = fs::metadata(&ledger).unwrap().len() / 2;
                 flip(&ledger, 14);
+                flip(&ledger, half + 14);
             } else {
                 fs::remove_file(&ledger).unwrap();
             }
@@ -3192,8 +3220,63 @@ mod tests {
             assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [1, 2, 3], "{damage}");
             assert_eq!(q.append(Signal::Logs, 1, payload(0, 1)).unwrap(), 4);
             // The ledger is rewritten whole at open.
-            assert!(Ledger::decode(&fs::read(&ledger).unwrap()).is_some());
+            assert!(read_ledger(&ledger).is_some());
         }
+    }
+
+    #[test]
+    fn damage_to_one_ledger_slot_falls_back_to_the_other() {
+        let mut resumed = Vec::new();
+        for slot in 0..2 {
+            let dir = TempDir::new("dq");
+            let o = options(&dir, &["a"]);
+            {
+                let q = open(&o);
+                for i in 1..=3 {
+                    q.append(Signal::Logs, 1, payload(i, 10)).unwrap();
+                }
+                for seq in 1..=2 {
+                    q.take("a", Signal::Logs, seq).unwrap();
+                    q.ack("a", Signal::Logs, seq).unwrap();
+                }
+            }
+            let ledger = dir.0.join(LEDGER_FILE);
+            let half = fs::metadata(&ledger).unwrap().len() / 2;
+            flip(&ledger, slot * half + 24);
+            let q = open(&o);
+            assert_eq!(q.report().ledger_corrupt, 0, "slot {slot}: the other one holds");
+            let taken = seqs(&take_all(&q, "a", Signal::Logs));
+            assert_eq!(taken.last(), Some(&3), "slot {slot}: nothing lost");
+            resumed.push(taken);
+        }
+        // Damage to the older slot changes nothing; to the newer one, an earlier update stands.
+        assert!(resumed.contains(&vec![3]), "{resumed:?}");
+    }
+
+    #[test]
+    fn a_ledger_written_whole_by_an_earlier_version_is_read() {
+        let dir = TempDir::new("dq");
+        let o = options(&dir, &["a"]);
+        {
+            let q = open(&o);
+            for i in 1..=3 {
+                q.append(Signal::Logs, 1, payload(i, 10)).unwrap();
+            }
+        }
+        let ledger = Ledger {
+            last: [3, 0, 0],
+            acked: vec![("a".into(), Signal::Logs, 2)],
+        };
+        fs::write(dir.0.join(LEDGER_FILE), ledger.encode()).unwrap();
+        let q = open(&o);
+        assert_eq!(q.report().ledger_corrupt, 0);
+        assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [3]);
+        // Rewritten in slots at open.
+        assert!(!fs::read(dir.0.join(LEDGER_FILE)).unwrap().starts_with(&LEDGER_MAGIC));
+        assert!(read_ledger(&dir.0.join(LEDGER_FILE))
+            .unwrap()
+            .acked
+            .contains(&("a".into(), Signal::Logs, 2)));
     }
 
     #[test]
@@ -3219,7 +3302,9 @@ mod tests {
         take_all(&q, "a", Signal::Logs);
         q.ack("a", Signal::Logs, 3).unwrap();
         assert_eq!(q.usage().records_by_signal, [0; 3]);
-        assert_eq!(segment_ids(&dir).len(), 1);
+        // The active segment is all that is left once the reaper is done.
+        let active = *segment_ids(&dir).last().unwrap();
+        assert_eq!(ids_once_reaped(&dir, &[active]), [active]);
     }
 
     #[test]
@@ -3353,7 +3438,7 @@ mod tests {
                 if matches!(fsync, Fsync::Interval(_)) {
                     // The background thread writes the ledger without waiting for a close.
                     thread::sleep(Duration::from_millis(100));
-                    let ledger = Ledger::decode(&fs::read(dir.0.join(LEDGER_FILE)).unwrap()).unwrap();
+                    let ledger = read_ledger(&dir.0.join(LEDGER_FILE)).unwrap();
                     assert!(ledger.acked.contains(&("a".into(), Signal::Logs, 2)), "{fsync:?}");
                 }
             }
@@ -3518,6 +3603,46 @@ mod tests {
 
     fn is_storage<T: std::fmt::Debug>(result: Result<T>) -> bool {
         matches!(result, Err(CoreError::Storage(_)))
+    }
+
+    #[test]
+    fn a_failed_ledger_update_is_counted_and_the_next_one_writes_a_new_file() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = TempDir::new("dq");
+        let faults = Arc::new(Faults::default());
+        let o = with_faults(
+            DiskOptions {
+                fsync: Fsync::Always,
+                ..options(&dir, &["a"])
+            },
+            &faults,
+        );
+        let ledger = dir.0.join(LEDGER_FILE);
+        {
+            let q = open(&o);
+            for i in 1..=3 {
+                q.append(Signal::Logs, 1, payload(i, 10)).unwrap();
+            }
+            let inode = fs::metadata(&ledger).unwrap().ino();
+            q.take("a", Signal::Logs, 1).unwrap();
+            q.ack("a", Signal::Logs, 1).unwrap();
+            assert_eq!(fs::metadata(&ledger).unwrap().ino(), inode, "updated in place");
+            faults.ledgers.store(1, Ordering::SeqCst);
+            q.take("a", Signal::Logs, 2).unwrap();
+            // The ack stands in memory; the failure is counted, not raised.
+            q.ack("a", Signal::Logs, 2).unwrap();
+            assert_eq!(counter(&q, "queue_storage_errors"), Some(1));
+            assert_eq!(read_ledger(&ledger).unwrap().acked[0], ("a".into(), Signal::Logs, 1));
+            q.take("a", Signal::Logs, 3).unwrap();
+            q.ack("a", Signal::Logs, 3).unwrap();
+            assert_ne!(
+                fs::metadata(&ledger).unwrap().ino(),
+                inode,
+                "a new file after the failure"
+            );
+            assert_eq!(read_ledger(&ledger).unwrap().acked[0], ("a".into(), Signal::Logs, 3));
+        }
+        assert!(take_all(&open(&o), "a", Signal::Logs).is_empty());
     }
 
     #[test]

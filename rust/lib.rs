@@ -17,6 +17,7 @@ mod inflate;
 pub mod ingest;
 pub mod json_decode;
 pub mod json_encode;
+mod ledger_file;
 pub mod limits;
 pub mod loadgen;
 pub mod net;

@@ -272,7 +272,7 @@ class Pipeline:
         )
         reg.observed(
             "trackgate_queue_ledger_writes_total",
-            "Delivery-ledger writes (each fsynced and renamed into place unless fsync is never).",
+            "Delivery-ledger updates (each written in place and fsynced unless fsync is never).",
             (),
             core_counter("queue_ledger_writes"),
             kind="counter",
