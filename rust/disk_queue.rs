@@ -12,6 +12,7 @@
 //!   in two slots overwritten in turn (`ledger_file`: an update is one write and one fdatasync,
 //!   no rename); created whole (write `ledger.tmp`, rename) at open.
 //! - `spare.tmp`: the next segment while it is prepared (see below); deleted on open.
+//! - `seg-<id>.dead`: a delivered segment while the reaper shrinks it (below); deleted on open.
 //!
 //! Appends go to the newest ("active") segment, which rolls at `segment_bytes`; every open starts
 //! a new one. A segment is deleted once no configured exporter needs a frame in it (acked, or
@@ -675,10 +676,17 @@ fn unlink(paths: Vec<PathBuf>) {
     }
 }
 
-/// Shrinks `path` by `REAP_STEP` at a time, pausing in between, then deletes it; stops early
-/// (leaving the file for the next open) once `stopped` says so.
+/// Renames `path` to its `.dead` name (so that an open after a crash mid-way deletes what is left
+/// rather than reading it as a damaged segment), shrinks it by `REAP_STEP` at a time, pausing in
+/// between, then deletes it; stops early (leaving the file for the next open) once `stopped`
+/// says so.
 fn reap_file(path: &Path, stopped: &dyn Fn() -> bool) {
-    if let Ok(file) = OpenOptions::new().write(true).open(path) {
+    let dead = path.with_extension(DEAD_EXTENSION);
+    if fs::rename(path, &dead).is_err() {
+        let _ = fs::remove_file(path);
+        return;
+    }
+    if let Ok(file) = OpenOptions::new().write(true).open(&dead) {
         let mut len = file.metadata().map_or(0, |m| m.len());
         while len > REAP_STEP {
             if stopped() {
@@ -691,7 +699,24 @@ fn reap_file(path: &Path, stopped: &dyn Fn() -> bool) {
             thread::sleep(REAP_PAUSE);
         }
     }
-    let _ = fs::remove_file(path);
+    let _ = fs::remove_file(dead);
+}
+
+/// Deletes what a crash left of segments being reaped (`reap_file`).
+fn remove_dead(dir: &Path) {
+    let Ok(listing) = fs::read_dir(dir) else { return };
+    for entry in listing.flatten() {
+        let path = entry.path();
+        let dead = path.extension().is_some_and(|e| e == DEAD_EXTENSION)
+            && path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(segment_id_stem)
+                .is_some();
+        if dead {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 fn run_reaper(shared: &Shared) {
@@ -715,7 +740,12 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
 }
 
 fn segment_id(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix("seg-")?.strip_suffix(".tgq")?;
+    segment_id_stem(name.strip_suffix(".tgq")?)
+}
+
+/// The id in `seg-<id>`.
+fn segment_id_stem(stem: &str) -> Option<u64> {
+    let digits = stem.strip_prefix("seg-")?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -907,6 +937,8 @@ struct Reap {
 /// holds up every fsync on the disk for about 40 ms while the journal commits, which a request
 /// waiting for its group fsync sees as a 40 ms stall.
 const REAP_STEP: u64 = 4 << 20;
+/// A segment's file is renamed to `seg-<id>.dead` while the reaper shrinks it.
+const DEAD_EXTENSION: &str = "dead";
 const REAP_PAUSE: Duration = Duration::from_millis(10);
 
 /// What does not change after open.
@@ -2092,6 +2124,7 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
     let _ = fs::remove_file(config.dir.join(LEDGER_TMP));
     // A spare left by a crash may be partly written: the preparer makes a new one.
     let _ = fs::remove_file(config.dir.join(SPARE_FILE));
+    remove_dead(&config.dir);
     let mut recovered = read_segments(config, &mut report)?;
     // A new queue has neither; segments without a ledger lost it.
     report.ledger_missing &= u64::from(!recovered.is_empty());
@@ -3035,17 +3068,52 @@ mod tests {
     #[test]
     fn the_reaper_shrinks_a_file_step_by_step_then_deletes_it() {
         let dir = TempDir::new("reap");
-        let path = dir.0.join("seg-dead.tgq");
+        let path = segment_path(&dir.0, 7);
         let file = File::create(&path).unwrap();
         file.set_len(3 * REAP_STEP + 5).unwrap();
         reap_file(&path, &|| false);
         assert!(!path.exists());
-        // Stopped: the file is left (the next open deletes a dead segment).
+        assert!(!path.with_extension(DEAD_EXTENSION).exists());
+        // Stopped: what is left keeps its dead name, for the next open to delete.
         file.set_len(0).unwrap();
-        let path2 = dir.0.join("seg-kept.tgq");
+        let path2 = segment_path(&dir.0, 8);
         File::create(&path2).unwrap().set_len(3 * REAP_STEP).unwrap();
         reap_file(&path2, &|| true);
-        assert_eq!(fs::metadata(&path2).unwrap().len(), 3 * REAP_STEP);
+        let dead = path2.with_extension(DEAD_EXTENSION);
+        assert_eq!(fs::metadata(&dead).unwrap().len(), 3 * REAP_STEP);
+    }
+
+    #[test]
+    fn an_open_deletes_what_a_crash_left_mid_reap_without_reading_it_as_damage() {
+        let dir = TempDir::new("dq");
+        let o = DiskOptions {
+            segment_bytes: 256,
+            ..options(&dir, &["a"])
+        };
+        let (first, copy) = {
+            let q = open(&o);
+            for i in 1..=3u8 {
+                q.append(Signal::Logs, 1, payload(i, 200)).unwrap();
+            }
+            let first = segment_ids(&dir)[0];
+            let copy = fs::read(segment_path(&dir.0, first)).unwrap();
+            take_all(&q, "a", Signal::Logs);
+            q.ack("a", Signal::Logs, 1).unwrap();
+            let rest = segment_ids(&dir)[1..].to_vec();
+            assert_eq!(ids_once_reaped(&dir, &rest), rest);
+            (first, copy)
+        };
+        // That delivered segment cut mid-frame, as a crash while the reaper shrank it leaves it.
+        let dead = segment_path(&dir.0, first).with_extension(DEAD_EXTENSION);
+        fs::write(&dead, &copy[..100]).unwrap();
+        // Not a segment's name: left alone.
+        fs::write(dir.0.join("notes.dead"), b"x").unwrap();
+        let q = open(&o);
+        let r = q.report();
+        assert_eq!((r.cut_bytes, r.skipped_bytes, r.bad_headers), (0, 0, 0), "{r:?}");
+        assert!(!dead.exists());
+        assert!(dir.0.join("notes.dead").exists());
+        assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [2, 3]);
     }
 
     #[test]
