@@ -4,7 +4,8 @@
 //! temporary file, fsync it, rename it, fsync the directory) costs two journal commits each time,
 //! and those stall the segment fsyncs that requests wait for. So the file holds two slots of equal
 //! size, written in turn: an update is one `pwrite` into the older slot and one fdatasync of blocks
-//! that already exist (no size or allocation change, so no journal commit). A crash mid-write can
+//! that already exist (no size or allocation change, so on a filesystem that overwrites in place,
+//! such as ext4, no journal commit). A crash mid-write can
 //! tear only the slot being written; the other one still holds the previous update, and the slot
 //! with the higher sequence number whose checksum holds is the ledger.
 //!
@@ -25,7 +26,7 @@ const SLOT_MAGIC: [u8; 8] = *b"TGQLSLT1";
 /// Magic, sequence, length.
 const SLOT_HEADER: usize = 20;
 const SLOT_CRC: usize = 4;
-/// Slots are whole pages: a write never shares a page with the other slot.
+/// Slots are whole 4 KiB pages: on such pages a write never shares one with the other slot.
 const PAGE: usize = 4096;
 
 /// The ledger file while the queue is open: where the next update goes.
@@ -69,14 +70,16 @@ impl LedgerFile {
         SLOT_HEADER + body.len() + SLOT_CRC <= self.slot
     }
 
-    /// Overwrites the older slot with `body` (fdatasynced when `durable`). After an error, the
-    /// file must not be written again: create a new one.
-    pub fn update(&mut self, body: &[u8], durable: bool) -> io::Result<()> {
+    /// Overwrites the older slot with `body` (fdatasynced when `durable`, after `before_sync`,
+    /// which tests use to fail there). After an error, the file must not be written again:
+    /// create a new one.
+    pub fn update(&mut self, body: &[u8], durable: bool, before_sync: &dyn Fn() -> io::Result<()>) -> io::Result<()> {
         debug_assert!(self.fits(body));
         let seq = self.seq + 1;
         let mut slot = vec![0u8; SLOT_HEADER + body.len() + SLOT_CRC];
         encode_slot(&mut slot, seq, body);
         self.file.write_all_at(&slot, (self.next * self.slot) as u64)?;
+        before_sync()?;
         if durable {
             self.file.sync_data()?;
         }
@@ -143,7 +146,7 @@ mod tests {
         assert_eq!(len % (2 * PAGE as u64), 0);
         assert_eq!(read_body(&fs::read(&path).unwrap(), b"WHOLE"), Some(&b"first"[..]));
         for (i, body) in [&b"second"[..], b"third", b"fourth-longer"].into_iter().enumerate() {
-            file.update(body, i % 2 == 0).unwrap();
+            file.update(body, i % 2 == 0, &|| Ok(())).unwrap();
             assert_eq!(read_body(&fs::read(&path).unwrap(), b"WHOLE"), Some(body));
             assert_eq!(fs::metadata(&path).unwrap().len(), len, "written in place");
         }
@@ -154,7 +157,7 @@ mod tests {
         let dir = TempDir::new("ledger");
         let (path, tmp) = paths(&dir.0);
         let mut file = LedgerFile::create(&dir.0, &path, &tmp, b"one", true).unwrap();
-        file.update(b"two", true).unwrap();
+        file.update(b"two", true, &|| Ok(())).unwrap();
         let slot = file.slot;
         // The next update goes to the first slot: tear it at every length, as a crash mid-write
         // might, over what it held before.

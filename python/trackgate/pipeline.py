@@ -272,7 +272,7 @@ class Pipeline:
         )
         reg.observed(
             "trackgate_queue_ledger_writes_total",
-            "Delivery-ledger updates (each written in place and fsynced unless fsync is never).",
+            "Delivery-ledger writes (fsynced unless fsync is never; in place, but for the first at open).",
             (),
             core_counter("queue_ledger_writes"),
             kind="counter",
