@@ -621,6 +621,9 @@ pub struct RecoveryReport {
     pub ledger_ahead: u64,
     /// Ledger entries of exporters no longer configured.
     pub ledger_ignored: u64,
+    /// 1 when one of the ledger's two slots failed its check (an update torn by a crash): the
+    /// other slot's older update was used, so what was acked after it is delivered again.
+    pub ledger_torn: u64,
 }
 
 impl RecoveryReport {
@@ -644,6 +647,7 @@ impl RecoveryReport {
             ("ledger_missing", self.ledger_missing),
             ("ledger_ahead", self.ledger_ahead),
             ("ledger_ignored", self.ledger_ignored),
+            ("ledger_torn", self.ledger_torn),
         ]
     }
 }
@@ -2110,6 +2114,7 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
         Ok(bytes) => {
             let ledger = ledger_file::read_body(&bytes, &LEDGER_MAGIC).and_then(Ledger::decode);
             report.ledger_corrupt = u64::from(ledger.is_none());
+            report.ledger_torn = u64::from(ledger.is_some() && ledger_file::torn_slot(&bytes, &LEDGER_MAGIC));
             ledger
         }
         Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -3318,6 +3323,7 @@ mod tests {
             flip(&ledger, slot * half + 24);
             let q = open(&o);
             assert_eq!(q.report().ledger_corrupt, 0, "slot {slot}: the other one holds");
+            assert_eq!(q.report().ledger_torn, 1, "slot {slot}: reported");
             let taken = seqs(&take_all(&q, "a", Signal::Logs));
             assert_eq!(taken.last(), Some(&3), "slot {slot}: nothing lost");
             resumed.push(taken);

@@ -127,6 +127,18 @@ pub fn read_body<'a>(bytes: &'a [u8], whole_magic: &[u8]) -> Option<&'a [u8]> {
     }
 }
 
+/// Whether a file of slots has one that is neither intact nor never written (all zeros): an
+/// update torn by a crash, or damage. `read_body` then gave the other slot's older update.
+pub fn torn_slot(bytes: &[u8], whole_magic: &[u8]) -> bool {
+    if bytes.starts_with(whole_magic) || bytes.is_empty() || !bytes.len().is_multiple_of(2) {
+        return false;
+    }
+    let (first, second) = bytes.split_at(bytes.len() / 2);
+    [first, second]
+        .into_iter()
+        .any(|slot| decode_slot(slot).is_none() && slot.iter().any(|&b| b != 0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +157,10 @@ mod tests {
         let len = fs::metadata(&path).unwrap().len();
         assert_eq!(len % (2 * PAGE as u64), 0);
         assert_eq!(read_body(&fs::read(&path).unwrap(), b"WHOLE"), Some(&b"first"[..]));
+        assert!(
+            !torn_slot(&fs::read(&path).unwrap(), b"WHOLE"),
+            "a slot never written is no damage"
+        );
         for (i, body) in [&b"second"[..], b"third", b"fourth-longer"].into_iter().enumerate() {
             file.update(body, i % 2 == 0, &|| Ok(())).unwrap();
             assert_eq!(read_body(&fs::read(&path).unwrap(), b"WHOLE"), Some(body));
@@ -170,6 +186,10 @@ mod tests {
             assert_eq!(read_body(&torn, b"WHOLE"), Some(&b"two"[..]), "cut at {cut}");
         }
         assert_eq!(read_body(&after, b"WHOLE"), Some(&b"three"[..]));
+        assert!(!torn_slot(&before, b"WHOLE") && !torn_slot(&after, b"WHOLE"));
+        let mut torn = before.clone();
+        torn[..SLOT_HEADER].copy_from_slice(&after[..SLOT_HEADER]);
+        assert!(torn_slot(&torn, b"WHOLE"));
         // A flipped bit in the newer slot: the older one stands.
         let mut flipped = after.clone();
         flipped[SLOT_HEADER + 1] ^= 1;

@@ -44,6 +44,7 @@ RECOVERY_DAMAGE = frozenset(
         "ledger_corrupt",
         "ledger_missing",
         "ledger_ahead",
+        "ledger_torn",
     }
 )
 
