@@ -111,16 +111,23 @@ fn decode_slot(slot: &[u8]) -> Option<(u64, &[u8])> {
     (crc32c::crc32c(&slot[..end]).to_le_bytes() == stored).then_some((seq, &slot[SLOT_HEADER..end]))
 }
 
+/// The two slots of a file written in slots: `None` for one written whole (`whole_magic` at its
+/// start) or of a length no slotted file has.
+fn slots<'a>(bytes: &'a [u8], whole_magic: &[u8]) -> Option<[&'a [u8]; 2]> {
+    if bytes.starts_with(whole_magic) || bytes.is_empty() || !bytes.len().is_multiple_of(2) {
+        return None;
+    }
+    let (first, second) = bytes.split_at(bytes.len() / 2);
+    Some([first, second])
+}
+
 /// The ledger body a file's bytes hold: the newer intact slot, or the whole file when it was
 /// written whole (`whole_magic` at its start). `None` when nothing checks out.
 pub fn read_body<'a>(bytes: &'a [u8], whole_magic: &[u8]) -> Option<&'a [u8]> {
     if bytes.starts_with(whole_magic) {
         return Some(bytes);
     }
-    if bytes.is_empty() || !bytes.len().is_multiple_of(2) {
-        return None;
-    }
-    let (first, second) = bytes.split_at(bytes.len() / 2);
+    let [first, second] = slots(bytes, whole_magic)?;
     match (decode_slot(first), decode_slot(second)) {
         (Some(a), Some(b)) => Some(if a.0 >= b.0 { a.1 } else { b.1 }),
         (a, b) => a.or(b).map(|(_, body)| body),
@@ -130,13 +137,10 @@ pub fn read_body<'a>(bytes: &'a [u8], whole_magic: &[u8]) -> Option<&'a [u8]> {
 /// Whether a file of slots has one that is neither intact nor never written (all zeros): an
 /// update torn by a crash, or damage. `read_body` then gave the other slot's older update.
 pub fn torn_slot(bytes: &[u8], whole_magic: &[u8]) -> bool {
-    if bytes.starts_with(whole_magic) || bytes.is_empty() || !bytes.len().is_multiple_of(2) {
-        return false;
-    }
-    let (first, second) = bytes.split_at(bytes.len() / 2);
-    [first, second]
-        .into_iter()
-        .any(|slot| decode_slot(slot).is_none() && slot.iter().any(|&b| b != 0))
+    slots(bytes, whole_magic).is_some_and(|pair| {
+        pair.into_iter()
+            .any(|slot| decode_slot(slot).is_none() && slot.iter().any(|&b| b != 0))
+    })
 }
 
 #[cfg(test)]
