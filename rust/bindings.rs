@@ -26,6 +26,7 @@ use crate::events::metrics;
 use crate::fluent::handshake::Auth;
 use crate::ingest::{Format, IngestOptions, Ingested};
 use crate::limits::ContentReport;
+use crate::net::events_route::{self, EventsRoute};
 use crate::net::{fluent_http, forward, otlp_grpc, otlp_http, Listeners as NetListeners};
 use crate::pipeline::{EventsTap, Pipeline, PipelineOptions};
 use crate::queue::{DurableSink, Seq, SyncPoint};
@@ -605,7 +606,7 @@ impl Core {
         let scrubber = scrub.then(|| crate::scrub::Scrubber::new(&options));
         let tap: EventsTap = Arc::new(move |request: &[u8]| {
             // The records are queued already: a request the walk cannot read has no events.
-            let found = match events::from_logs::events_from_logs(request, &types, unix_nanos()) {
+            let found = match events::from_logs::events_from_logs(request, &types, events::unix_nanos()) {
                 Err(CoreError::Decode(_)) => return Ok(()),
                 found => found?,
             };
@@ -616,7 +617,7 @@ impl Core {
                 events: found,
                 ..Default::default()
             };
-            let scrubbed = scrubber.as_ref().map_or(0, |s| scrub_events_with(&mut decoded, s));
+            let scrubbed = scrubber.as_ref().map_or(0, |s| events::scrub_data(&mut decoded, s));
             let accepted = decoded.events.len();
             let ndjson = events::to_ndjson(&decoded.events);
             if let Some(bus) = &bus {
@@ -865,7 +866,8 @@ impl Listeners {
     #[pyo3(signature = (core, host, port, *, backend_uds = None, backend_tcp = None, tokens = Vec::new(),
         max_body_bytes = 67_108_864, body_timeout_s = 30.0, max_inflight_bytes = 268_435_456,
         max_connections = 1024, blocking = false, latency_buckets = Vec::new(), log = None, budget = None,
-        reuse_port = false, fluent_paths = Vec::new(), fluent_tag_header = String::new()))]
+        reuse_port = false, fluent_paths = Vec::new(), fluent_tag_header = String::new(), events = false,
+        events_bus = None, events_scrub = None, job_metrics = None, job_state = None))]
     #[allow(clippy::too_many_arguments)]
     fn add_otlp_http(
         &self,
@@ -887,6 +889,11 @@ impl Listeners {
         reuse_port: bool,
         fluent_paths: Vec<String>,
         fluent_tag_header: String,
+        events: bool,
+        events_bus: Option<PyRef<'_, Core>>,
+        events_scrub: Option<(Vec<String>, Vec<String>, Vec<String>)>,
+        job_metrics: Option<Py<JobMetrics>>,
+        job_state: Option<Py<PyAny>>,
     ) -> PyResult<u16> {
         // log(level, message, fields): the app's logger, called with the GIL on rare paths only.
         let log = log.map(|callable| -> otlp_http::Log {
@@ -918,6 +925,15 @@ impl Listeners {
             latency_buckets,
             log,
             fluent: crate::net::fluent_route::Routes::new(fluent_paths, &fluent_tag_header),
+            events: match events {
+                true => Some(Arc::new(events_route(
+                    events_bus,
+                    events_scrub,
+                    job_metrics,
+                    job_state,
+                )?)),
+                false => None,
+            },
         };
         let pipeline = core.get().pipeline.clone();
         let service = match budget {
@@ -926,6 +942,11 @@ impl Listeners {
         };
         let addr = py.detach(|| self.inner.add_otlp_http(host, port, reuse_port, service))?;
         Ok(addr.port())
+    }
+
+    /// Events the front answered on `/v1/events`: (accepted, rejected, scrubbed).
+    fn events_counts(&self) -> (u64, u64, u64) {
+        self.inner.events_counts()
     }
 
     /// Requests the OTLP/HTTP front answered: (route, status, count).
@@ -1412,29 +1433,11 @@ impl EventsResult {
     }
 }
 
-fn unix_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 /// Decodes, validates and normalizes a `POST /v1/events` body (one event, an array, or NDJSON).
 /// Scrubs each event's `data` with `options` (None: untouched); returns how many changed.
 fn scrub_events(decoded: &mut events::Decoded, options: Option<ScrubOptions>) -> usize {
     let Some(options) = options else { return 0 };
-    scrub_events_with(decoded, &crate::scrub::Scrubber::new(&options))
-}
-
-fn scrub_events_with(decoded: &mut events::Decoded, scrubber: &crate::scrub::Scrubber) -> usize {
-    let mut scrubbed = 0;
-    for event in &mut decoded.events {
-        let mut data = event.data_value();
-        if scrubber.scrub_value(&mut data) {
-            scrubbed += 1;
-            event.data = data.to_string();
-        }
-    }
-    scrubbed
+    events::scrub_data(decoded, &crate::scrub::Scrubber::new(&options))
 }
 
 /// With `scrub`, each event's `data` goes through the PII rules (`[scrub] tracks` with `events`)
@@ -1456,7 +1459,7 @@ fn decode_events(
     let options = scrub_options(true, scrub_extra_keys, scrub_safe_keys, scrub_patterns)?;
     guarded(py, || {
         let body = decompress::decompress(body, content_encoding, max_body_bytes)?;
-        let now = unix_nanos();
+        let now = events::unix_nanos();
         let mut decoded = events::decode(&body, now)?;
         let scrubbed = scrub_events(&mut decoded, scrub.then_some(options));
         let mut result = EventsResult::new(decoded, now);
@@ -1478,6 +1481,45 @@ impl EventsResult {
             events: decoded.events,
         }
     }
+}
+
+/// `/v1/events` on the front: the bus's pipeline, the `[scrub]` rules for events' `data`
+/// ((extra keys, safe keys, patterns); None: untouched), and the job metrics. With the shared
+/// state in Redis, `job_state(pending)` asks it and finishes the count (on a blocking thread).
+fn events_route(
+    bus: Option<PyRef<'_, Core>>,
+    scrub: Option<(Vec<String>, Vec<String>, Vec<String>)>,
+    job_metrics: Option<Py<JobMetrics>>,
+    job_state: Option<Py<PyAny>>,
+) -> PyResult<EventsRoute> {
+    let scrubber = match scrub {
+        Some((extra, safe, patterns)) => Some(crate::scrub::Scrubber::new(&scrub_options(
+            true, extra, safe, patterns,
+        )?)),
+        None => None,
+    };
+    let count_jobs = job_metrics.map(|jobs| {
+        let blocks = job_state.is_some();
+        let count: events_route::CountJobs = Arc::new(move |accepted: &[events::Event]| {
+            let Some(pending) = jobs.get().count_events(metrics::from_events(accepted)) else {
+                return;
+            };
+            let Some(ask) = &job_state else { return };
+            Python::attach(|py| {
+                // The events are queued: a failing count must not fail the request.
+                if let Err(err) = Py::new(py, pending).and_then(|p| ask.call1(py, (p,))) {
+                    err.write_unraisable(py, Some(ask.bind(py)));
+                }
+            });
+        });
+        (count, blocks)
+    });
+    Ok(EventsRoute {
+        bus: bus.map(|core| core.pipeline.clone()),
+        scrubber,
+        count_jobs,
+        counts: events_route::Counts::default(),
+    })
 }
 
 /// A request's lifecycle events waiting for the shared state's reply (`JobMetrics.finish`).

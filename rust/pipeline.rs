@@ -298,6 +298,23 @@ impl Pipeline {
         })
     }
 
+    /// `ingest_deferred` for a protobuf request the gateway built itself (events as log records):
+    /// the same walk (sampling, enrichment, OTLP scrubbing, the events tap), without checking
+    /// every field against the schema again.
+    pub fn ingest_built_deferred(&self, signal: Signal, request: &[u8]) -> Result<Deferred> {
+        if self.is_closed() {
+            return Err(CoreError::Closed);
+        }
+        self.shed()?;
+        let scrub = self.scrub_otlp.load(Ordering::Relaxed);
+        let out = self.ingester.ingest_request(signal, request, request.len(), scrub)?;
+        let out = self.queue_ingested(out, request.len())?;
+        if signal == Signal::Logs {
+            self.tap_events(request)?;
+        }
+        Ok(out)
+    }
+
     /// Decodes a Fluent body (`fluent::BodyFormat`), converts its records to OTLP logs and queues
     /// them as `ingest` does. Events that are not records count as rejected (partial success).
     pub fn ingest_fluent(
@@ -654,6 +671,30 @@ mod tests {
     }
 
     const WAIT: Option<Duration> = Some(Duration::from_secs(10));
+
+    #[test]
+    fn a_built_request_is_queued_and_tapped_as_a_clients_is() {
+        let (client, built) = (pipeline(&["a"], 100, 0), pipeline(&["a"], 100, 0));
+        let taps = Arc::new(AtomicU64::new(0));
+        let tapped = taps.clone();
+        built.set_events_tap(Some(Arc::new(move |_: &[u8]| {
+            tapped.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })));
+        let request = logs_request(r#"{"event_type":"job_started"}"#);
+        let want = client.ingest(Signal::Logs, &request, Format::Protobuf, None).unwrap();
+        let (got, _) = built.ingest_built_deferred(Signal::Logs, &request).unwrap();
+        assert_eq!((got.accepted, got.rejected), (want.accepted, want.rejected));
+        assert_eq!(taps.load(Ordering::Relaxed), 1);
+        for name in ["logs_accepted_records", "logs_received_bytes"] {
+            assert_eq!(stat(&built, name), stat(&client, name), "{name}");
+        }
+        built.close();
+        assert_eq!(
+            built.ingest_built_deferred(Signal::Logs, &request).unwrap_err(),
+            CoreError::Closed
+        );
+    }
 
     #[test]
     fn the_events_tap_sees_logs_with_event_bytes_after_they_are_queued_and_can_fail_the_call() {

@@ -1,5 +1,5 @@
-"""The OTLP/HTTP front (rust/net/otlp_http.rs): `trackgate serve` answers OTLP and Fluent posts in
-the core and hands every other request to the app on granian behind it.
+"""The OTLP/HTTP front (rust/net/otlp_http.rs): `trackgate serve` answers OTLP, Fluent and events
+posts in the core and hands every other request to the app on granian behind it.
 
 The same requests go to a gateway with the front and to one without it (`server.otlp_front =
 false`); each answer must match in status, content type, Retry-After and body. Granian marks its
@@ -176,11 +176,45 @@ FLUENT_BY_APP = {
     "fluent fragment in the path",
 }  # fmt: skip
 CASES.update(FLUENT_CASES)
+
+
+def event(i: int, **extra: object) -> dict[str, object]:
+    """An event with its id given (a generated one differs between the two gateways)."""
+    return {"event_type": "job_started", "event_id": f"ev-{i}", "job_id": f"j-{i}", **extra}
+
+
+EV = "/v1/events"
+NDJSON_EVENTS = b"".join(json.dumps(event(i)).encode() + b"\n" for i in range(20))
+EVENTS_CASES: dict[str, bytes] = {
+    "events one": request(json.dumps(event(1)).encode(), JS, path=EV),
+    "events array": request(json.dumps([event(1), event(2, data={"k": "v"})]).encode(), JS, path=EV),
+    "events ndjson": request(NDJSON_EVENTS, ND, path=EV),
+    "events no content type": request(json.dumps(event(3)).encode(), path=EV),
+    "events text/plain, parameters": request(NDJSON_EVENTS, "Content-Type: text/plain; charset=utf-8", path=EV),
+    "events gzip": request(gzip.compress(NDJSON_EVENTS), ND, "Content-Encoding: gzip", path=EV),
+    "events partial": request(
+        json.dumps([event(1), 5, {"event_type": ""}, event(2, event_id='é\u0001"q')]).encode(), JS, path=EV
+    ),
+    "events all refused": request(b'[5, {"event_type": "x y"}]', JS, path=EV),
+    "events empty array": request(b"[]", JS, path=EV),
+    "events empty body": request(b"", JS, path=EV),
+    "events bad json": request(b'{"event_type": ', JS, path=EV),
+    "events over the limit inflated": request(gzip.compress(b" " * LIMIT * 4), JS, "Content-Encoding: gzip", path=EV),
+    "events unknown encoding": request(b"{}", JS, "Content-Encoding: compress", path=EV),
+    # Left to the app by the front:
+    "events unknown content type": request(b"{}", PB, path=EV),
+    "events no token": request(json.dumps(event(1)).encode(), JS, path=EV, token=None),
+    "events GET": request(b"", method="GET", path=EV),
+    "events declared over the limit": request(b"", JS, path=EV, length=LIMIT + 1),
+}
+EVENTS_BY_APP = {"events unknown content type", "events no token", "events GET", "events declared over the limit"}
+CASES.update(EVENTS_CASES)
 ANSWERED_BY_FRONT = {
     "protobuf logs", "protobuf with parameters", "json logs", "empty body", "gzip", "partial success",
     "partial success, traces", "bad protobuf", "bad json", "bad json metrics", "unknown encoding",
     "gzip over the limit inflated",
     *FLUENT_CASES.keys() - FLUENT_BY_APP,
+    *EVENTS_CASES.keys() - EVENTS_BY_APP,
 }  # fmt: skip
 
 
@@ -308,6 +342,28 @@ def test_fluent_posts_are_counted_under_the_apps_route_labels(pair: tuple[Gatewa
             assert exchange(front, CASES[case]).status == 200
     after = scrape()
     assert {route: after[route] - before[route] for route in series} == {r: n for r, (_, n) in series.items()}
+
+
+def test_events_the_front_answers_are_counted(pair: tuple[Gateway, Gateway]) -> None:
+    front, _ = pair
+    names = (
+        'trackgate_events_total{outcome="accepted"}',
+        'trackgate_events_total{outcome="rejected"}',
+        'trackgate_http_requests_total{route="/v1/events",code="200"}',
+        'trackgate_http_requests_total{route="/v1/events",code="400"}',
+    )
+
+    def scrape() -> list[float]:
+        lines = exchange(front, request(b"", method="GET", path="/metrics")).body.decode().splitlines()
+        return [sum(float(line.rpartition(" ")[2]) for line in lines if line.startswith(name)) for name in names]
+
+    before = scrape()
+    for case in ("events ndjson", "events partial", "events all refused"):
+        answer = exchange(front, CASES[case])
+        assert not answer.by_app
+    after = scrape()
+    # 20 + 2 accepted; 2 + 2 refused; two answered 200, one 400.
+    assert [b - a for a, b in zip(before, after, strict=True)] == [22, 4, 2, 1]
 
 
 def test_records_the_front_accepted_are_delivered(tmp_path: Path, upstream: Any) -> None:

@@ -284,11 +284,21 @@ class Listeners:
         reuse_port: bool = False,
         fluent_paths: list[str] = ...,
         fluent_tag_header: str = ...,
+        events: bool = False,
+        events_bus: Core | None = None,
+        events_scrub: tuple[list[str], list[str], list[str]] | None = None,
+        job_metrics: JobMetrics | None = None,
+        job_state: Callable[[StatePending], object] | None = None,
     ) -> int:
-        """Serves OTLP/HTTP on host:port (the front): OTLP posts, and Fluent posts on
-        /v1/fluent[/{tag}] and `fluent_paths` (tag from `fluent_tag_header` when the path has none),
-        answered by the core, every other request relayed to the app at `backend_uds` or
-        `backend_tcp`. Returns the bound port."""
+        """Serves OTLP/HTTP on host:port (the front): OTLP posts, Fluent posts on
+        /v1/fluent[/{tag}] and `fluent_paths` (tag from `fluent_tag_header` when the path has none)
+        and, with `events`, /v1/events (queued on `core` as OTLP logs and on `events_bus`, `data`
+        scrubbed with `events_scrub` (extra keys, safe keys, patterns), counted by `job_metrics`;
+        `job_state(pending)` finishes a count that needs the shared state) are answered by the
+        core, every other request relayed to the app at `backend_uds` or `backend_tcp`. Returns
+        the bound port."""
+    def events_counts(self) -> tuple[int, int, int]:
+        """Events the front answered on /v1/events: (accepted, rejected, scrubbed)."""
     def http_answered(self) -> list[tuple[str, int, int]]:
         """Requests the front answered: (route, status, count)."""
     def http_latency(self) -> list[tuple[str, list[int], float]]:

@@ -28,7 +28,7 @@ from trackgate.pipeline import Format, Pipeline
 from trackgate.ratelimits import RateLimits
 from trackgate.receivers import fluent as fluent_receiver
 from trackgate.receivers import sentry as sentry_receiver
-from trackgate.receivers.events import EventsReceiver
+from trackgate.receivers.events import EVENTS, EventsReceiver
 from trackgate.receivers.otlp_http import CODE_UNAUTHENTICATED, OtlpHttpReceiver, status_response
 
 if TYPE_CHECKING:
@@ -131,9 +131,11 @@ class App:
                             self.config,
                             self.pipeline,
                             behind,
-                            self.otlp.blocking or tapped,
+                            self.otlp.blocking or tapped or (self.bus is not None and self.bus.blocking_ingest),
                             self.budget,
                             [p for p, (_, h) in self.routes.items() if h == self._fluent_route],
+                            self.events,
+                            self.jobmetrics,
                         )
                 except OSError:
                     for pipeline in (self.bus, self.forward, self.pipeline):
@@ -385,8 +387,10 @@ def start_listeners(cfg: Config, pipeline: Pipeline) -> Listeners:
 
 
 def front_log(level: str, message: str, fields: dict[str, str]) -> None:
-    """The front's log lines, under the OTLP receiver's logger as when the app answers."""
-    logging.getLogger("trackgate.receiver.otlp").log(logging.getLevelName(level.upper()), message, extra=fields)
+    """The front's log lines, under the logger of the receiver the app would answer with (the
+    `receiver` field names it; OTLP's when none does)."""
+    receiver = fields.pop("receiver", "otlp")
+    logging.getLogger(f"trackgate.receiver.{receiver}").log(logging.getLevelName(level.upper()), message, extra=fields)
 
 
 def start_front(
@@ -397,10 +401,13 @@ def start_front(
     blocking: bool,
     budget: InflightBudget,
     fluent_paths: list[str],
+    events: EventsReceiver,
+    jobmetrics: JobMetrics | None,
 ) -> None:
-    """The OTLP/HTTP front on `server.listen`: OTLP posts and Fluent posts (on `fluent_paths`
-    and /v1/fluent/{tag}) answered by the core, the rest relayed to the app on `app_socket`
-    (granian). Its counts join the app's `trackgate_http_*` series."""
+    """The OTLP/HTTP front on `server.listen`: OTLP posts, Fluent posts (on `fluent_paths`
+    and /v1/fluent/{tag}) and events (/v1/events) answered by the core, the rest relayed to the
+    app on `app_socket` (granian). Its counts join the app's `trackgate_http_*` and
+    `trackgate_events_*` series."""
     server = cfg.server
     host, port = config_mod.parse_listen(server.listen)
     try:
@@ -420,6 +427,11 @@ def start_front(
             reuse_port=server.workers > 1,
             fluent_paths=fluent_paths,
             fluent_tag_header=cfg.receivers.fluent.tag_header,
+            events=True,
+            events_bus=events.bus.core if events.bus is not None else None,
+            events_scrub=events.scrub,
+            job_metrics=jobmetrics.core if jobmetrics is not None else None,
+            job_state=jobmetrics.settle if jobmetrics is not None and jobmetrics.redis is not None else None,
         )
     except OSError as exc:
         listeners.close(0.0)
@@ -429,6 +441,9 @@ def start_front(
     )
     telemetry.HTTP_LATENCY.add_source(listeners.http_latency)
     telemetry.HTTP_REFUSED.add_source(lambda: [(("inflight_bytes",), float(listeners.http_refused()))])
+    events_counts = listeners.events_counts
+    EVENTS.add_source(lambda: [(("accepted",), float(events_counts()[0])), (("rejected",), float(events_counts()[1]))])
+    telemetry.EVENTS_SCRUBBED.add_source(lambda: [((), float(events_counts()[2]))])
     telemetry.REGISTRY.observed(
         "trackgate_http_relayed_total",
         "Connections the OTLP/HTTP front handed to the app behind it (every request but OTLP and Fluent posts).",

@@ -201,8 +201,12 @@ class JobMetrics:
         the shared state unreachable, the events are counted without it (no queue wait, and the
         end of a job started elsewhere leaves that worker's `jobs_active` up until the timeout)."""
         pending = self.core.count(events)
-        if pending is None:
-            return
+        if pending is not None:
+            self.settle(pending)
+
+    def settle(self, pending: _core.StatePending) -> None:
+        """Asks the shared state about a request's counted events and finishes counting them
+        (`offer`'s second half; the OTLP/HTTP front calls it on a blocking thread)."""
         assert self.redis is not None
         reply: bytes | None
         try:

@@ -79,8 +79,12 @@ class Counter(_Metric):
             self._values[key] = self._values.get(key, 0) + amount
 
     def value(self, **labels: str) -> float:
+        """The count for `labels`, with what the sources add."""
+        key = self._key(labels)
         with self._lock:
-            return self._values.get(self._key(labels), 0)
+            value = self._values.get(key, 0)
+            sources = list(self._sources)
+        return value + sum(amount for read in sources for k, amount in read() if k == key)
 
     def add_source(self, read: Callable[[], Iterable[tuple[LabelValues, float]]]) -> None:
         """Counts kept elsewhere (the core's HTTP front), added to this counter's on every scrape."""

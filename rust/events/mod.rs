@@ -409,6 +409,26 @@ fn offset(whole: &str, part: &[u8]) -> usize {
     part.as_ptr() as usize - whole.as_ptr() as usize
 }
 
+/// Now, in nanoseconds since the Unix epoch (an event's default time, a record's observed time).
+pub fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Scrubs each accepted event's `data` with `scrubber`; returns how many it changed.
+pub fn scrub_data(decoded: &mut Decoded, scrubber: &crate::scrub::Scrubber) -> usize {
+    let mut scrubbed = 0;
+    for event in &mut decoded.events {
+        let mut data = event.data_value();
+        if scrubber.scrub_value(&mut data) {
+            scrubbed += 1;
+            event.data = data.to_string();
+        }
+    }
+    scrubbed
+}
+
 /// Decodes a (decompressed) body: one event, an array of events, or NDJSON.
 ///
 /// Errors (`Decode`, HTTP 400) only when nothing in the body can be read as events at all: not

@@ -5,6 +5,7 @@
 //! caller) and spawns its accept loop; [`Listeners::close`] stops every accept loop, asks each
 //! connection to finish its in-flight requests, waits up to a grace period, then drops the rest.
 
+pub mod events_route;
 pub mod fluent_http;
 pub mod fluent_route;
 pub mod forward;
@@ -170,6 +171,7 @@ pub struct Listeners {
     grpc: Mutex<Vec<Arc<otlp_grpc::Stats>>>,
     forward: Mutex<Vec<Arc<forward::Stats>>>,
     http: Mutex<Vec<Arc<otlp_http::Stats>>>,
+    events: Mutex<Vec<Arc<events_route::EventsRoute>>>,
 }
 
 impl Listeners {
@@ -195,6 +197,7 @@ impl Listeners {
             grpc: Mutex::default(),
             forward: Mutex::default(),
             http: Mutex::default(),
+            events: Mutex::default(),
         })
     }
 
@@ -281,17 +284,34 @@ impl Listeners {
         service: otlp_http::Service,
     ) -> io::Result<SocketAddr> {
         let stats = service.stats.clone();
+        let events = service.config.events.clone();
         let service = Arc::new(service);
         let addr = self.start(host, port, reuse_port, |l, shutdown| {
             otlp_http::serve(l, service, shutdown)
         })?;
         self.http.lock().unwrap_or_else(PoisonError::into_inner).push(stats);
+        if let Some(events) = events {
+            self.events.lock().unwrap_or_else(PoisonError::into_inner).push(events);
+        }
         Ok(addr)
     }
 
     /// The OTLP/HTTP fronts' counters (one front per process in practice).
     pub fn http_stats(&self) -> Vec<Arc<otlp_http::Stats>> {
         self.http.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Events the fronts answered on `/v1/events`: (accepted, rejected, scrubbed).
+    pub fn events_counts(&self) -> (u64, u64, u64) {
+        let routes = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        routes.iter().fold((0, 0, 0), |(a, r, s), route| {
+            let c = &route.counts;
+            (
+                a + c.accepted.load(Ordering::Relaxed),
+                r + c.rejected.load(Ordering::Relaxed),
+                s + c.scrubbed.load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// Forward-protocol counters summed over the forward listeners.

@@ -1,11 +1,12 @@
 //! The OTLP/HTTP front: the gateway's main port (`server.listen`) served by the core.
 //!
-//! `POST /v1/logs`, `/v1/traces` and `/v1/metrics`, and Fluent Bit's `http` output on
-//! `/v1/fluent[/{tag}]` and `receivers.fluent.http_paths` (`fluent_route`), over HTTP/1.x with a
-//! declared length, a known content type and (when tokens are set) a valid bearer token are
-//! answered here, with no Python per request. Everything else goes, with the rest of its
+//! `POST /v1/logs`, `/v1/traces` and `/v1/metrics`, Fluent Bit's `http` output on
+//! `/v1/fluent[/{tag}]` and `receivers.fluent.http_paths` (`fluent_route`), and `/v1/events`
+//! (`events_route`), over HTTP/1.x with a declared length, a known content type and (when
+//! tokens are set) a valid bearer token are answered here, with no Python per request (but the
+//! job metrics' Redis round trip). Everything else goes, with the rest of its
 //! connection, to the Python app on granian behind it (`Backend`), which answers it as it does
-//! without the front: Sentry, events, `/metrics`, health, bad tokens (401), unknown types (415),
+//! without the front: Sentry, `/metrics`, health, bad tokens (401), unknown types (415),
 //! declared excess (413),
 //! chunked or `Expect: 100-continue` bodies, HTTP/2 (`relay`: each head then names the client in
 //! `x-trackgate-peer`, which the app would otherwise not see).
@@ -19,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use super::events_route::{self, EventsRoute};
 use super::fluent_route::{self, Routes};
 use super::grpc::Code;
 use super::grpc::{bearer, token_accepted};
@@ -54,6 +56,8 @@ pub struct Config {
     pub log: Option<Log>,
     /// The Fluent routes it answers too.
     pub fluent: Routes,
+    /// `/v1/events`, when the front answers it (None: relayed to the app).
+    pub events: Option<Arc<EventsRoute>>,
 }
 
 /// Writes one log line: (level, message, fields). Called on the rare paths only (a partial
@@ -229,8 +233,16 @@ struct Export {
 /// What a request carries, which says how it is ingested and how its answers are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
-    Otlp { signal: Signal, format: Format },
-    Fluent { format: BodyFormat, tag: String },
+    Otlp {
+        signal: Signal,
+        format: Format,
+    },
+    Fluent {
+        format: BodyFormat,
+        tag: String,
+    },
+    /// `/v1/events` (`events_route`).
+    Events,
 }
 
 impl Kind {
@@ -238,7 +250,7 @@ impl Kind {
     fn signal(&self) -> Signal {
         match self {
             Kind::Otlp { signal, .. } => *signal,
-            Kind::Fluent { .. } => Signal::Logs,
+            Kind::Fluent { .. } | Kind::Events => Signal::Logs,
         }
     }
 
@@ -248,6 +260,7 @@ impl Kind {
         match self {
             Kind::Otlp { format, .. } => Answer::status(status, code, message, *format),
             Kind::Fluent { .. } => Answer::json(status, fluent_route::error_body(message)),
+            Kind::Events => Answer::json(status, events_route::error_body(message)),
         }
     }
 
@@ -267,6 +280,8 @@ impl Kind {
             ),
             (Err(err), Kind::Otlp { signal, format }) => error_answer(*signal, *format, &err),
             (Err(err), Kind::Fluent { .. }) => fluent_error_answer(&err),
+            // Answered by `events_answer`: never an `Ingested`.
+            (_, Kind::Events) => Answer::text(500, "internal error\n"),
         }
     }
 
@@ -274,7 +289,7 @@ impl Kind {
     fn internal_error(&self) -> Answer {
         match self {
             Kind::Otlp { format, .. } => Answer::status(500, Code::Internal, "internal error while ingesting", *format),
-            Kind::Fluent { .. } => Answer::text(500, "internal error\n"),
+            Kind::Fluent { .. } | Kind::Events => Answer::text(500, "internal error\n"),
         }
         .with(&[], true)
     }
@@ -319,15 +334,20 @@ fn export_of(head: &[u8], config: &Config) -> Option<Export> {
         return None;
     }
     let path = target.split(|b| *b == b'?').next()?;
+    let events = path == events_route::ROUTE.as_bytes();
+    if events && config.events.is_none() {
+        return None;
+    }
     // (route label, OTLP signal; or the tag a Fluent path gives).
     let (route, signal, path_tag) = match route_of(path) {
         Some((route, signal)) => (route, Some(signal), ""),
+        None if events => (events_route::ROUTE, None, ""),
         None => {
             let (route, tag) = config.fluent.route(path)?;
             (route, None, tag)
         }
     };
-    let tag_header = config.fluent.tag_header().filter(|_| signal.is_none());
+    let tag_header = config.fluent.tag_header().filter(|_| signal.is_none() && !events);
     let mut keep_alive = match version {
         b"HTTP/1.1" => true,
         b"HTTP/1.0" => false,
@@ -400,6 +420,12 @@ fn export_of(head: &[u8], config: &Config) -> Option<Export> {
                 _ => return None,
             },
         },
+        None if events => {
+            if !events_route::takes(media.as_deref()) {
+                return None; // the app answers 415
+            }
+            Kind::Events
+        }
         None => Kind::Fluent {
             format: fluent_route::format_of(media.as_deref())?,
             tag: fluent_route::tag_of(path_tag, tag)?,
@@ -634,11 +660,20 @@ async fn answer(
     ingest(export, body, service).await
 }
 
-async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
+/// Whether a body is ingested on this thread: small plain ones take a few µs. Larger or encoded
+/// ones (whatever they inflate to), or any that may wait for the disk, go to a blocking thread.
+fn inline(export: &Export, service: &Service) -> bool {
     let encoded = export
         .encoding
         .as_deref()
         .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+    !service.config.blocking && !encoded && export.length <= INLINE_LIMIT
+}
+
+async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
+    if let (Kind::Events, Some(route)) = (&export.kind, &service.config.events) {
+        return events_answer(export, body, service, route).await;
+    }
     let run = {
         let pipeline = service.pipeline.clone();
         let encoding = export.encoding.clone();
@@ -651,13 +686,11 @@ async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
                 Kind::Fluent { format, tag } => {
                     pipeline.ingest_fluent_deferred(&body, *format, encoding.as_deref(), tag)
                 }
+                Kind::Events => Err(CoreError::Usage("events are ingested by events_answer".into())),
             }))
         }
     };
-    // Small plain bodies take a few µs: ingested right here. Larger or encoded ones (whatever they
-    // inflate to), or any that may wait for the disk, go to a blocking thread.
-    let inline = !service.config.blocking && !encoded && export.length <= INLINE_LIMIT;
-    let outcome = if inline {
+    let outcome = if inline(export, service) {
         Ok(run())
     } else {
         tokio::task::spawn_blocking(run).await
@@ -692,6 +725,97 @@ async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
         _ => {}
     }
     export.kind.answer(ingested)
+}
+
+/// `/v1/events`: decoded and queued on both pipelines, answered once both copies are durable
+/// and the job metrics have counted them (`receivers/events.py`).
+async fn events_answer(export: &Export, body: Vec<u8>, service: &Service, route: &Arc<EventsRoute>) -> Answer {
+    let run = {
+        let (pipeline, route) = (service.pipeline.clone(), route.clone());
+        let (encoding, limit) = (export.encoding.clone(), service.config.max_body_bytes);
+        move || {
+            catch_unwind(AssertUnwindSafe(|| {
+                route.queue(&pipeline, &body, encoding.as_deref(), limit)
+            }))
+        }
+    };
+    let outcome = if inline(export, service) {
+        Ok(run())
+    } else {
+        tokio::task::spawn_blocking(run).await
+    };
+    let queued = match outcome {
+        Ok(Ok(queued)) => queued,
+        Ok(Err(_)) | Err(_) => return export.kind.internal_error(),
+    };
+    let durable = match queued {
+        Ok(queued) => {
+            let [main, bus] = queued.points;
+            let bus_pipeline = route.bus.as_deref().unwrap_or(&service.pipeline);
+            let synced = match super::durable(&service.pipeline, main).await {
+                Ok(()) => super::durable(bus_pipeline, bus).await,
+                err => err,
+            };
+            synced.map(|()| queued.decoded)
+        }
+        Err(err) => Err(err),
+    };
+    let log = |level, message, fields| {
+        if let Some(log) = &service.config.log {
+            log(level, message, fields);
+        }
+    };
+    let decoded = match durable {
+        Ok(decoded) => decoded,
+        Err(err) => {
+            if let CoreError::Storage(e) = &err {
+                log(
+                    "error",
+                    "queue storage failed",
+                    vec![("receiver", "events".into()), ("error", e.clone())],
+                );
+            }
+            let (status, message) = events_route::error_status(&err);
+            let answer = Answer::json(status, events_route::error_body(&message));
+            return match status {
+                429 => answer.with(&[("Retry-After", "1")], false),
+                503 if matches!(err, CoreError::Closed) => answer.with(&[("Retry-After", "5")], true),
+                503 => answer.with(&[("Retry-After", "5")], false),
+                _ => answer,
+            };
+        }
+    };
+    // Counted once durable (a request answered 503 is sent again and counted then).
+    let decoded = if decoded.events.is_empty() {
+        decoded
+    } else if route.counting_blocks() {
+        let route = route.clone();
+        match tokio::task::spawn_blocking(move || {
+            route.accepted(&decoded.events);
+            decoded
+        })
+        .await
+        {
+            Ok(decoded) => decoded,
+            Err(_) => return export.kind.internal_error(),
+        }
+    } else {
+        route.accepted(&decoded.events);
+        decoded
+    };
+    if decoded.rejected_count > 0 {
+        log(
+            "info",
+            "events refused",
+            vec![
+                ("receiver", "events".into()),
+                ("rejected", decoded.rejected_count.to_string()),
+                ("reason", decoded.error_message()),
+            ],
+        );
+    }
+    let (status, body) = events_route::answer(&decoded);
+    Answer::json(status, body)
 }
 
 /// A failed Fluent ingest: `receivers/fluent.py`'s statuses and words.
@@ -759,6 +883,7 @@ mod tests {
             latency_buckets: vec![0.001, 0.01],
             log: None,
             fluent: Routes::new(vec!["/logs/ingest".into()], "fluent-tag"),
+            events: None,
         }
     }
 
@@ -871,6 +996,7 @@ mod tests {
             b"POST /v1/fluent HTTP/1.1\r\ncontent-encoding: gzip\r\nContent-Length: 3",
             &Config {
                 fluent: routes,
+                events: None,
                 ..config(&[])
             },
         )

@@ -57,6 +57,7 @@ fn config(backend: Backend) -> Config {
         latency_buckets: vec![0.01, 0.1],
         log: None,
         fluent: Routes::default(),
+        events: None,
     }
 }
 
@@ -721,6 +722,7 @@ fn fluent_posts_are_answered_by_the_front() {
     let front = front(
         Config {
             fluent: Routes::new(vec!["/logs/ingest".into()], "Fluent-Tag"),
+            events: None,
             ..config(backend)
         },
         1 << 20,

@@ -11,6 +11,10 @@ client retry, and only the OTLP copy can repeat.
 Answer (JSON): `{"accepted": n, "event_ids": [...]}` plus, when events were refused,
 `"partialSuccess": {"rejectedEvents": m, "errorMessage": "...", "errors": [{"index": i, "reason": r}]}`.
 200 when at least one event was accepted (or the body held none), 400 when every event was refused.
+
+Under `trackgate serve` the OTLP/HTTP front answers these posts in the core, the same way
+(rust/net/events_route.rs); this receiver answers what the front hands over, and everything
+with `server.otlp_front = false`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,223 @@
+//! `POST /v1/events` on the front: decoded, queued twice (OTLP logs on the main pipeline, then
+//! normalized NDJSON on the event bus) and counted for the job metrics, with the statuses and
+//! JSON bodies `receivers/events.py` gives, byte for byte. What the front does not take here (an
+//! unknown content type, no or a bad token, a declared excess) goes to the app.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::decompress;
+use crate::error::{CoreError, Result};
+use crate::events::{self, Decoded, Event};
+use crate::pipeline::Pipeline;
+use crate::queue::SyncPoint;
+use crate::scrub::Scrubber;
+use crate::signal::Signal;
+
+pub const ROUTE: &str = "/v1/events";
+
+/// The content types the app takes on `/v1/events` (its `CONTENT_TYPES`; "" is none given).
+const CONTENT_TYPES: &[&str] = &[
+    "",
+    "application/json",
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/jsonlines",
+    "application/x-jsonlines",
+    "text/plain",
+];
+
+/// Whether the front answers a body of this media type (lowercased, no parameters).
+pub fn takes(media: Option<&str>) -> bool {
+    CONTENT_TYPES.contains(&media.unwrap_or(""))
+}
+
+/// Counts one request's accepted events for the job metrics, once they are durable.
+pub type CountJobs = Arc<dyn Fn(&[Event]) + Send + Sync>;
+
+/// Events, by outcome, for /metrics (`trackgate_events_total`, `trackgate_events_scrubbed_total`).
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    pub scrubbed: AtomicU64,
+}
+
+/// What the route needs besides the main pipeline.
+pub struct EventsRoute {
+    /// The event bus's pipeline; None when no bus is configured.
+    pub bus: Option<Arc<Pipeline>>,
+    /// `[scrub]` rules for each event's `data`, when `[scrub] tracks` covers events.
+    pub scrubber: Option<Scrubber>,
+    /// The job metrics' intake, and whether it waits on I/O (the shared state in Redis): then it
+    /// runs on a blocking thread.
+    pub count_jobs: Option<(CountJobs, bool)>,
+    pub counts: Counts,
+}
+
+/// A body decoded and its accepted events queued: durable once both points are.
+pub struct Queued {
+    pub decoded: Decoded,
+    pub points: [Option<SyncPoint>; 2],
+}
+
+impl EventsRoute {
+    /// Decodes a body and queues its accepted events on `main` (as OTLP log records, scrubbed by
+    /// the OTLP rules too), then on the bus: a failure before the bus makes the client retry, and
+    /// only the OTLP copy can repeat. Refused and scrubbed events are counted once decoded.
+    pub fn queue(&self, main: &Pipeline, body: &[u8], encoding: Option<&str>, limit: usize) -> Result<Queued> {
+        let body = decompress::decompress(body, encoding, limit)?;
+        let now = events::unix_nanos();
+        let mut decoded = events::decode(&body, now)?;
+        let scrubbed = self
+            .scrubber
+            .as_ref()
+            .map_or(0, |s| events::scrub_data(&mut decoded, s));
+        self.counts.scrubbed.fetch_add(scrubbed as u64, Ordering::Relaxed);
+        self.counts
+            .rejected
+            .fetch_add(decoded.rejected_count as u64, Ordering::Relaxed);
+        let mut points = [None, None];
+        if !decoded.events.is_empty() {
+            let logs = events::to_otlp_logs(&decoded.events, now);
+            // Built here from checked events: walked without the schema check.
+            points[0] = main.ingest_built_deferred(Signal::Logs, &logs)?.1;
+            if let Some(bus) = &self.bus {
+                let ndjson = events::to_ndjson(&decoded.events);
+                points[1] = bus.enqueue_deferred(Signal::Logs, decoded.events.len() as u64, ndjson)?;
+            }
+        }
+        Ok(Queued { decoded, points })
+    }
+
+    /// Counts the accepted events of a durable request (job metrics first, as the app does).
+    pub fn accepted(&self, events: &[Event]) {
+        if let Some((count, _)) = &self.count_jobs {
+            count(events);
+        }
+        self.counts.accepted.fetch_add(events.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the job metrics' intake may wait on I/O.
+    pub fn counting_blocks(&self) -> bool {
+        self.count_jobs.as_ref().is_some_and(|(_, blocks)| *blocks)
+    }
+}
+
+/// A string as orjson writes it (what the app's bodies use): `"` and `\` escaped, control
+/// characters as `\n`-style or `\u00xx` escapes, everything else as UTF-8.
+fn push_json_string(out: &mut String, s: &str) {
+    // serde_json escapes exactly that set, the same way.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+}
+
+/// `{"error": message}` as the app writes it.
+pub fn error_body(message: &str) -> Vec<u8> {
+    let mut out = String::from("{\"error\":");
+    push_json_string(&mut out, message);
+    out.push('}');
+    out.into_bytes()
+}
+
+/// The answer's status and body: `{"accepted": n, "event_ids": [...]}`, with `partialSuccess`
+/// when events were refused; 400 when every event was refused.
+pub fn answer(decoded: &Decoded) -> (u16, Vec<u8>) {
+    let accepted = decoded.events.len();
+    let mut out = format!("{{\"accepted\":{accepted},\"event_ids\":[");
+    for (i, event) in decoded.events.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(&mut out, &event.event_id);
+    }
+    out.push(']');
+    let rejected = decoded.rejected_count;
+    if rejected > 0 {
+        out.push_str(&format!(
+            ",\"partialSuccess\":{{\"rejectedEvents\":{rejected},\"errorMessage\":"
+        ));
+        push_json_string(&mut out, &decoded.error_message());
+        out.push_str(",\"errors\":[");
+        for (i, (index, reason)) in decoded.rejected.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!("{{\"index\":{index},\"reason\":"));
+            push_json_string(&mut out, reason);
+            out.push('}');
+        }
+        out.push_str("]}");
+    }
+    out.push('}');
+    let status = if rejected > 0 && accepted == 0 { 400 } else { 200 };
+    (status, out.into_bytes())
+}
+
+/// The status and message the app answers a failed decode or queueing with.
+pub fn error_status(err: &CoreError) -> (u16, String) {
+    match err {
+        CoreError::Decode(m) => (400, format!("cannot decode events: {m}")),
+        CoreError::TooLarge { .. } | CoreError::ItemTooLarge { .. } | CoreError::LineTooLong { .. } => {
+            (413, err.to_string())
+        }
+        CoreError::Unsupported(m) => (415, m.clone()),
+        CoreError::QueueFull { .. } => (429, format!("{err}; retry later")),
+        CoreError::Closed => (503, "gateway is shutting down".into()),
+        _ => (503, "queue storage unavailable; retry later".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoded(body: &str) -> Decoded {
+        events::decode(body.as_bytes(), 1).unwrap()
+    }
+
+    #[test]
+    fn the_answer_lists_ids_and_refusals_in_the_apps_order() {
+        let d = decoded(r#"[{"event_type":"job_started","event_id":"a\u0001\"é"}, 5]"#);
+        let (status, body) = answer(&d);
+        assert_eq!(status, 200);
+        let text = String::from_utf8(body).unwrap();
+        assert!(
+            text.starts_with(
+                r#"{"accepted":1,"event_ids":["a\u0001\"é"],"partialSuccess":{"rejectedEvents":1,"errorMessage":"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(r#""errors":[{"index":1,"reason":"an event must be a JSON object"}]}}"#),
+            "{text}"
+        );
+        let (status, _) = answer(&decoded("[5]"));
+        assert_eq!(status, 400, "every event refused");
+        assert_eq!(
+            answer(&decoded("[]")),
+            (200, br#"{"accepted":0,"event_ids":[]}"#.to_vec())
+        );
+    }
+
+    #[test]
+    fn content_types_are_the_apps() {
+        assert!(takes(None) && takes(Some("application/x-ndjson")) && takes(Some("text/plain")));
+        assert!(!takes(Some("application/x-protobuf")));
+    }
+
+    #[test]
+    fn errors_get_the_apps_statuses() {
+        assert_eq!(
+            error_status(&CoreError::decode("x")),
+            (400, "cannot decode events: x".into())
+        );
+        assert_eq!(error_status(&CoreError::TooLarge { limit: 9 }).0, 413);
+        assert_eq!(error_status(&CoreError::QueueFull { used: 1, limit: 2 }).0, 429);
+        assert_eq!(
+            error_status(&CoreError::Storage("disk".into())).1,
+            "queue storage unavailable; retry later"
+        );
+        assert_eq!(error_body("a\"b"), br#"{"error":"a\"b"}"#.to_vec());
+    }
+}
