@@ -4,6 +4,7 @@ inject the same faults inside the queue, including concurrent writers sharing on
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -140,3 +141,26 @@ def test_a_failed_fsync_answers_503_and_a_new_segment_takes_over(
     # The refused requests may arrive too (they were written, never acknowledged): at least once.
     assert upstream.wait_for(lambda u: set(names(u)) >= acked, timeout=20), sorted(acked - set(names(upstream)))
     assert "queue storage failed" in gw.log()
+
+
+def test_events_a_failed_fsync_refuses_answers_503_and_is_logged(
+    gateway_factory, upstream: Upstream, faults: tuple[Path, dict[str, str]]
+) -> None:
+    """`/v1/events` (answered by the front): no 200 for events whose fsync failed."""
+    flags, env = faults
+    gw = gateway_factory(dash0_config(upstream), env=env)
+    url, headers = gw.url + "/v1/events", {"Content-Type": "application/json"}
+
+    def send(i: int) -> tuple[int, dict[str, str], bytes]:
+        event = {"event_type": "job_started", "event_id": f"ev-{i}", "job_id": f"j-{i}"}
+        return call(url, json.dumps(event).encode(), headers)
+
+    assert send(0)[0] == 200
+    (flags / "fdatasync").touch()
+    status, answer_headers, body = send(1)
+    assert (status, answer_headers.get("retry-after")) == (503, "5")
+    assert json.loads(body) == {"error": "queue storage unavailable; retry later"}
+    (flags / "fdatasync").unlink()
+    assert send(2)[0] == 200
+    failed = [json.loads(line) for line in gw.log().splitlines() if '"queue storage failed"' in line]
+    assert "trackgate.receiver.events" in [line["logger"] for line in failed], failed
