@@ -546,6 +546,26 @@ impl Core {
         Ok(IngestResult::new(signal, out, waiting))
     }
 
+    /// Queues a protobuf request the gateway built itself (the events' log records) as `ingest`
+    /// does, without checking it against the schema or the body limit again.
+    #[pyo3(signature = (signal, body, notify = None, token = 0))]
+    fn ingest_built(
+        &self,
+        py: Python<'_>,
+        signal: &str,
+        body: &[u8],
+        notify: Option<&Bound<'_, DurableNotifier>>,
+        token: u64,
+    ) -> PyResult<IngestResult> {
+        let signal = parse_signal(signal)?;
+        let sink = notify.map(|n| n.get().sink());
+        let (out, waiting) = guarded(py, || {
+            let deferred = self.pipeline.ingest_built_deferred(signal, body)?;
+            self.settle(deferred, sink, token)
+        })?;
+        Ok(IngestResult::new(signal, out, waiting))
+    }
+
     /// Converts a Fluent body (Fluent Bit's `http` output or input: JSON, NDJSON, msgpack, text,
     /// form) to OTLP logs and queues them. `media_type` is the Content-Type without parameters.
     #[pyo3(signature = (body, media_type, tag, content_encoding = None, notify = None, token = 0))]

@@ -201,13 +201,21 @@ EVENTS_CASES: dict[str, bytes] = {
     "events bad json": request(b'{"event_type": ', JS, path=EV),
     "events over the limit inflated": request(gzip.compress(b" " * LIMIT * 4), JS, "Content-Encoding: gzip", path=EV),
     "events unknown encoding": request(b"{}", JS, "Content-Encoding: compress", path=EV),
+    # Their log records outgrow the body limit: still accepted.
+    "events outgrowing the limit as records": request(
+        b"".join(b'{"event_type":"job_started","event_id":"e%d"}\n' % i for i in range(1300)), ND, path=EV
+    ),
     # Left to the app by the front:
     "events unknown content type": request(b"{}", PB, path=EV),
     "events no token": request(json.dumps(event(1)).encode(), JS, path=EV, token=None),
     "events GET": request(b"", method="GET", path=EV),
     "events declared over the limit": request(b"", JS, path=EV, length=LIMIT + 1),
+    "events content type not ASCII": request(json.dumps(event(1)).encode(), JS + "\u00a0", path=EV),
 }
-EVENTS_BY_APP = {"events unknown content type", "events no token", "events GET", "events declared over the limit"}
+EVENTS_BY_APP = {
+    "events unknown content type", "events no token", "events GET", "events declared over the limit",
+    "events content type not ASCII",
+}  # fmt: skip
 CASES.update(EVENTS_CASES)
 ANSWERED_BY_FRONT = {
     "protobuf logs", "protobuf with parameters", "json logs", "empty body", "gzip", "partial success",

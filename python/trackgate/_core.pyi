@@ -164,6 +164,11 @@ class Core:
         notify: DurableNotifier | None = None,
         token: int = 0,
     ) -> IngestResult: ...
+    def ingest_built(
+        self, signal: _Signal, body: bytes, notify: DurableNotifier | None = None, token: int = 0
+    ) -> IngestResult:
+        """Queues a protobuf request the gateway built (events as log records) as `ingest` does,
+        without the schema check or the body limit."""
     def ingest_fluent(
         self,
         body: bytes,

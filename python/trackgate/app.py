@@ -162,11 +162,13 @@ class App:
             self.hostmetrics.stop()
         if self.peers is not None:
             self.peers.close()
-        if self.jobmetrics is not None:
-            self.jobmetrics.close()
         if self.listeners is not None:
-            # First stop intake over gRPC (calls in flight finish), then drain the queue.
+            # First stop intake over gRPC and the front (requests in flight finish), then drain
+            # the queue.
             self.listeners.close(self.config.server.shutdown_grace_s)
+        if self.jobmetrics is not None:
+            # After the listeners: the events they accepted last are in the final export.
+            self.jobmetrics.close()
         for pipeline in (self.bus, self.forward, self.pipeline):
             if pipeline is not None:
                 pipeline.close()

@@ -3,6 +3,7 @@
 //! JSON bodies `receivers/events.py` gives, byte for byte. What the front does not take here (an
 //! unknown content type, no or a bad token, a declared excess) goes to the app.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -66,10 +67,17 @@ impl EventsRoute {
     /// Decodes a body and queues its accepted events on `main` (as OTLP log records, scrubbed by
     /// the OTLP rules too), then on the bus: a failure before the bus makes the client retry, and
     /// only the OTLP copy can repeat. Refused and scrubbed events are counted once decoded.
-    pub fn queue(&self, main: &Pipeline, body: &[u8], encoding: Option<&str>, limit: usize) -> Result<Queued> {
-        let body = decompress::decompress(body, encoding, limit)?;
+    pub fn queue(
+        &self,
+        main: &Pipeline,
+        body: &[u8],
+        encoding: Option<&str>,
+        limit: usize,
+    ) -> std::result::Result<Queued, Refused> {
         let now = events::unix_nanos();
-        let mut decoded = events::decode(&body, now)?;
+        let mut decoded = decompress::decompress(body, encoding, limit)
+            .and_then(|body| events::decode(&body, now))
+            .map_err(Refused::Body)?;
         let scrubbed = self
             .scrubber
             .as_ref()
@@ -78,23 +86,30 @@ impl EventsRoute {
         self.counts
             .rejected
             .fetch_add(decoded.rejected_count as u64, Ordering::Relaxed);
+        let points = self.queue_decoded(main, &decoded, now).map_err(Refused::Queue)?;
+        Ok(Queued { decoded, points })
+    }
+
+    fn queue_decoded(&self, main: &Pipeline, decoded: &Decoded, now: u64) -> Result<[Option<SyncPoint>; 2]> {
         let mut points = [None, None];
         if !decoded.events.is_empty() {
             let logs = events::to_otlp_logs(&decoded.events, now);
-            // Built here from checked events: walked without the schema check.
+            // Built here from checked events: walked without the schema check. It may be larger
+            // than the body it came from, and is not held to the body limit.
             points[0] = main.ingest_built_deferred(Signal::Logs, &logs)?.1;
             if let Some(bus) = &self.bus {
                 let ndjson = events::to_ndjson(&decoded.events);
                 points[1] = bus.enqueue_deferred(Signal::Logs, decoded.events.len() as u64, ndjson)?;
             }
         }
-        Ok(Queued { decoded, points })
+        Ok(points)
     }
 
     /// Counts the accepted events of a durable request (job metrics first, as the app does).
     pub fn accepted(&self, events: &[Event]) {
         if let Some((count, _)) = &self.count_jobs {
-            count(events);
+            // The events are durable and answered for: a failed count must not fail the request.
+            let _ = catch_unwind(AssertUnwindSafe(|| count(events)));
         }
         self.counts.accepted.fetch_add(events.len() as u64, Ordering::Relaxed);
     }
@@ -154,18 +169,25 @@ pub fn answer(decoded: &Decoded) -> (u16, Vec<u8>) {
     (status, out.into_bytes())
 }
 
-/// The status and message the app answers a failed decode or queueing with.
-pub fn error_status(err: &CoreError) -> (u16, String) {
-    match err {
-        CoreError::Decode(m) => (400, format!("cannot decode events: {m}")),
-        CoreError::TooLarge { .. } | CoreError::ItemTooLarge { .. } | CoreError::LineTooLong { .. } => {
-            (413, err.to_string())
-        }
-        CoreError::Unsupported(m) => (415, m.clone()),
-        CoreError::QueueFull { .. } => (429, format!("{err}; retry later")),
-        CoreError::Closed => (503, "gateway is shutting down".into()),
-        _ => (503, "queue storage unavailable; retry later".into()),
-    }
+/// Why a request's events were not queued: its body does not decode (the client's to fix), or
+/// queueing them (or their fsync) failed.
+#[derive(Debug)]
+pub enum Refused {
+    Body(CoreError),
+    Queue(CoreError),
+}
+
+/// The status and message the app answers with; `None`: its 500 (an error it does not expect).
+pub fn error_status(refused: &Refused) -> Option<(u16, String)> {
+    Some(match refused {
+        Refused::Body(CoreError::Decode(m)) => (400, format!("cannot decode events: {m}")),
+        Refused::Body(err @ CoreError::TooLarge { .. }) => (413, err.to_string()),
+        Refused::Body(CoreError::Unsupported(m)) => (415, m.clone()),
+        Refused::Queue(err @ CoreError::QueueFull { .. }) => (429, format!("{err}; retry later")),
+        Refused::Queue(CoreError::Closed) => (503, "gateway is shutting down".into()),
+        Refused::Queue(CoreError::Storage(_)) => (503, "queue storage unavailable; retry later".into()),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -208,16 +230,23 @@ mod tests {
 
     #[test]
     fn errors_get_the_apps_statuses() {
+        let status = |r: Refused| error_status(&r).map(|(s, _)| s);
         assert_eq!(
-            error_status(&CoreError::decode("x")),
-            (400, "cannot decode events: x".into())
+            error_status(&Refused::Body(CoreError::decode("x"))),
+            Some((400, "cannot decode events: x".into()))
         );
-        assert_eq!(error_status(&CoreError::TooLarge { limit: 9 }).0, 413);
-        assert_eq!(error_status(&CoreError::QueueFull { used: 1, limit: 2 }).0, 429);
+        assert_eq!(status(Refused::Body(CoreError::TooLarge { limit: 9 })), Some(413));
         assert_eq!(
-            error_status(&CoreError::Storage("disk".into())).1,
-            "queue storage unavailable; retry later"
+            status(Refused::Queue(CoreError::QueueFull { used: 1, limit: 2 })),
+            Some(429)
         );
+        assert_eq!(
+            error_status(&Refused::Queue(CoreError::Storage("disk".into()))),
+            Some((503, "queue storage unavailable; retry later".into()))
+        );
+        // What the app does not expect while queueing is its 500.
+        assert_eq!(status(Refused::Queue(CoreError::decode("x"))), None);
+        assert_eq!(status(Refused::Queue(CoreError::Locked("x".into()))), None);
         assert_eq!(error_body("a\"b"), br#"{"error":"a\"b"}"#.to_vec());
     }
 }

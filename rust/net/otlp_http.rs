@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::events_route::{self, EventsRoute};
+use super::events_route::{self, EventsRoute, Refused};
 use super::fluent_route::{self, Routes};
 use super::grpc::Code;
 use super::grpc::{bearer, token_accepted};
@@ -374,6 +374,10 @@ fn export_of(head: &[u8], config: &Config) -> Option<Export> {
             length = Some(std::str::from_utf8(value).ok()?.parse::<usize>().ok()?);
         } else if name.eq_ignore_ascii_case(b"content-type") {
             once(&media)?;
+            // Not ASCII: the app reads it as Latin-1 and trims other characters than `trim` does.
+            if !value.is_ascii() {
+                return None;
+            }
             let value = std::str::from_utf8(value).ok()?;
             media = Some(value.split(';').next()?.trim().to_ascii_lowercase());
         } else if name.eq_ignore_ascii_case(b"content-encoding") {
@@ -756,9 +760,9 @@ async fn events_answer(export: &Export, body: Vec<u8>, service: &Service, route:
                 Ok(()) => super::durable(bus_pipeline, bus).await,
                 err => err,
             };
-            synced.map(|()| queued.decoded)
+            synced.map(|()| queued.decoded).map_err(Refused::Queue)
         }
-        Err(err) => Err(err),
+        Err(refused) => Err(refused),
     };
     let log = |level, message, fields| {
         if let Some(log) = &service.config.log {
@@ -767,41 +771,25 @@ async fn events_answer(export: &Export, body: Vec<u8>, service: &Service, route:
     };
     let decoded = match durable {
         Ok(decoded) => decoded,
-        Err(err) => {
-            if let CoreError::Storage(e) = &err {
+        Err(refused) => {
+            if let Refused::Queue(CoreError::Storage(e)) = &refused {
                 log(
                     "error",
                     "queue storage failed",
                     vec![("receiver", "events".into()), ("error", e.clone())],
                 );
             }
-            let (status, message) = events_route::error_status(&err);
+            let Some((status, message)) = events_route::error_status(&refused) else {
+                return export.kind.internal_error();
+            };
             let answer = Answer::json(status, events_route::error_body(&message));
-            return match status {
-                429 => answer.with(&[("Retry-After", "1")], false),
-                503 if matches!(err, CoreError::Closed) => answer.with(&[("Retry-After", "5")], true),
-                503 => answer.with(&[("Retry-After", "5")], false),
-                _ => answer,
+            return match refused {
+                Refused::Queue(CoreError::QueueFull { .. }) => answer.with(&[("Retry-After", "1")], false),
+                Refused::Queue(CoreError::Closed) => answer.with(&[("Retry-After", "5")], true),
+                Refused::Queue(_) => answer.with(&[("Retry-After", "5")], false),
+                Refused::Body(_) => answer,
             };
         }
-    };
-    // Counted once durable (a request answered 503 is sent again and counted then).
-    let decoded = if decoded.events.is_empty() {
-        decoded
-    } else if route.counting_blocks() {
-        let route = route.clone();
-        match tokio::task::spawn_blocking(move || {
-            route.accepted(&decoded.events);
-            decoded
-        })
-        .await
-        {
-            Ok(decoded) => decoded,
-            Err(_) => return export.kind.internal_error(),
-        }
-    } else {
-        route.accepted(&decoded.events);
-        decoded
     };
     if decoded.rejected_count > 0 {
         log(
@@ -815,6 +803,15 @@ async fn events_answer(export: &Export, body: Vec<u8>, service: &Service, route:
         );
     }
     let (status, body) = events_route::answer(&decoded);
+    // Counted once durable (a request answered 503 is sent again and counted then); the answer
+    // stands whatever the count does.
+    if decoded.events.is_empty() {
+    } else if route.counting_blocks() {
+        let route = route.clone();
+        let _ = tokio::task::spawn_blocking(move || route.accepted(&decoded.events)).await;
+    } else {
+        route.accepted(&decoded.events);
+    }
     Answer::json(status, body)
 }
 

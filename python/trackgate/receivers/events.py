@@ -156,7 +156,7 @@ class EventsReceiver:
         return answer(result)
 
     def queue(self, result: EventsResult, wait: DurableWait | None = None) -> None:
-        self.pipeline.ingest("logs", result.otlp_logs, "protobuf", wait=wait)
+        self.pipeline.ingest_built("logs", result.otlp_logs, wait=wait)
         if self.bus is not None:
             self.bus.enqueue("logs", result.ndjson, result.accepted, wait=wait)
 
