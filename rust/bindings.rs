@@ -17,7 +17,7 @@ use std::time::Duration;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyBaseException, PyException, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString};
 
 use crate::batch::Limits;
 use crate::disk_queue::{DiskOptions, DiskQueue, ExporterLimit, Fsync};
@@ -919,7 +919,16 @@ impl Listeners {
         let log = log.map(|callable| -> otlp_http::Log {
             Arc::new(move |level, message, fields| {
                 Python::attach(|py| {
-                    let fields: HashMap<&str, String> = fields.into_iter().collect();
+                    let fields: HashMap<&str, Py<PyAny>> = fields
+                        .into_iter()
+                        .map(|(key, value)| {
+                            let value = match value {
+                                otlp_http::LogValue::Text(text) => PyString::new(py, &text).into_any(),
+                                otlp_http::LogValue::Count(n) => PyInt::new(py, n).into_any(),
+                            };
+                            (key, value.unbind())
+                        })
+                        .collect();
                     if let Err(err) = callable.call1(py, (level, message, fields)) {
                         err.write_unraisable(py, Some(callable.bind(py)));
                     }

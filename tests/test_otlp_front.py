@@ -352,6 +352,19 @@ def test_fluent_posts_are_counted_under_the_apps_route_labels(pair: tuple[Gatewa
     assert {route: after[route] - before[route] for route in series} == {r: n for r, (_, n) in series.items()}
 
 
+@pytest.mark.parametrize("case", ["partial success", "fluent partial", "events partial"])
+def test_partial_successes_are_logged_as_the_app_logs_them(pair: tuple[Gateway, Gateway], case: str) -> None:
+    def logged(gw: Gateway) -> dict[str, Any]:
+        assert exchange(gw, CASES[case]).status == 200
+        lines = [json.loads(line) for line in gw.log().splitlines() if line.startswith("{")]
+        last = [line for line in lines if line["msg"] in ("partial success", "events refused")][-1]
+        return {k: v for k, v in last.items() if k not in ("ts", "taskName")}
+
+    front, app = logged(pair[0]), logged(pair[1])
+    assert front == app
+    assert isinstance(front["rejected"], int)
+
+
 def test_events_the_front_answers_are_counted(pair: tuple[Gateway, Gateway]) -> None:
     front, _ = pair
     names = (

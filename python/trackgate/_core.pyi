@@ -284,7 +284,7 @@ class Listeners:
         max_connections: int = 1024,
         blocking: bool = False,
         latency_buckets: list[float] = ...,
-        log: Callable[[str, str, dict[str, str]], object] | None = None,
+        log: Callable[[str, str, dict[str, str | int]], object] | None = None,
         budget: InflightBudget | None = None,
         reuse_port: bool = False,
         fluent_paths: list[str] = ...,

@@ -388,7 +388,7 @@ def start_listeners(cfg: Config, pipeline: Pipeline) -> Listeners:
     return listeners
 
 
-def front_log(level: str, message: str, fields: dict[str, str]) -> None:
+def front_log(level: str, message: str, fields: dict[str, str | int]) -> None:
     """The front's log lines, under the logger of the receiver the app would answer with (the
     `receiver` field names it; OTLP's when none does)."""
     receiver = fields.pop("receiver", "otlp")

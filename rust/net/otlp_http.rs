@@ -62,7 +62,32 @@ pub struct Config {
 
 /// Writes one log line: (level, message, fields). Called on the rare paths only (a partial
 /// success, a storage failure), never per accepted request.
-pub type Log = Arc<dyn Fn(&'static str, &'static str, Vec<(&'static str, String)>) + Send + Sync>;
+pub type Log = Arc<dyn Fn(&'static str, &'static str, Vec<(&'static str, LogValue)>) + Send + Sync>;
+
+/// A log field's value: a count stays a number in the JSON line, as the app writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogValue {
+    Text(String),
+    Count(u64),
+}
+
+impl From<String> for LogValue {
+    fn from(text: String) -> Self {
+        LogValue::Text(text)
+    }
+}
+
+impl From<&str> for LogValue {
+    fn from(text: &str) -> Self {
+        LogValue::Text(text.to_owned())
+    }
+}
+
+impl From<u64> for LogValue {
+    fn from(n: u64) -> Self {
+        LogValue::Count(n)
+    }
+}
 
 /// Counts for /metrics, merged there with the app's own `trackgate_http_*` series.
 pub struct Stats {
@@ -706,8 +731,11 @@ async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
         Ok(Err(_)) | Err(_) => return export.kind.internal_error(),
     };
     let signal = export.kind.signal();
-    let log = |level, message, fields| {
+    let log = |level, message, mut fields: Vec<(&'static str, LogValue)>| {
         if let Some(log) = &service.config.log {
+            if matches!(export.kind, Kind::Fluent { .. }) {
+                fields.push(("receiver", "fluent".into())); // the app's Fluent receiver's logger
+            }
             log(level, message, fields);
         }
     };
@@ -716,15 +744,15 @@ async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
             "info",
             "partial success",
             vec![
-                ("signal", signal.as_str().to_owned()),
-                ("rejected", out.rejected.to_string()),
-                ("reason", out.error_message.clone()),
+                ("signal", signal.as_str().into()),
+                ("rejected", out.rejected.into()),
+                ("reason", out.error_message.clone().into()),
             ],
         ),
         Err(CoreError::Storage(e)) => log(
             "error",
             "queue storage failed",
-            vec![("signal", signal.as_str().to_owned()), ("error", e.clone())],
+            vec![("signal", signal.as_str().into()), ("error", e.clone().into())],
         ),
         _ => {}
     }
@@ -776,7 +804,7 @@ async fn events_answer(export: &Export, body: Vec<u8>, service: &Service, route:
                 log(
                     "error",
                     "queue storage failed",
-                    vec![("receiver", "events".into()), ("error", e.clone())],
+                    vec![("receiver", "events".into()), ("error", e.clone().into())],
                 );
             }
             let Some((status, message)) = events_route::error_status(&refused) else {
@@ -797,8 +825,8 @@ async fn events_answer(export: &Export, body: Vec<u8>, service: &Service, route:
             "events refused",
             vec![
                 ("receiver", "events".into()),
-                ("rejected", decoded.rejected_count.to_string()),
-                ("reason", decoded.error_message()),
+                ("rejected", (decoded.rejected_count as u64).into()),
+                ("reason", decoded.error_message().into()),
             ],
         );
     }
