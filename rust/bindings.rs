@@ -1783,7 +1783,8 @@ type LoadTarget = (
 /// `trackgate bench`'s load run (rust/loadgen): the GIL is released for the run except for
 /// `progress(elapsed_s, calls, accepted, failed)` every `interval_s`, and to notice Ctrl-C.
 #[pyfunction]
-#[pyo3(signature = (targets, duration_s, rate=0.0, threads=2, timeout_s=30.0, progress=None, interval_s=0.25))]
+#[pyo3(signature = (targets, duration_s, rate=0.0, threads=2, timeout_s=30.0, progress=None, interval_s=0.25,
+    honor_retry_after=false))]
 #[allow(clippy::too_many_arguments)]
 fn load<'py>(
     py: Python<'py>,
@@ -1794,6 +1795,7 @@ fn load<'py>(
     timeout_s: f64,
     progress: Option<Bound<'py, PyAny>>,
     interval_s: f64,
+    honor_retry_after: bool,
 ) -> PyResult<(f64, Vec<Bound<'py, PyDict>>)> {
     use crate::loadgen::{self, Kind, TargetSpec};
     let seconds = |s: f64, what: &str| {
@@ -1805,6 +1807,7 @@ fn load<'py>(
         rate: if rate.is_finite() && rate > 0.0 { rate } else { 0.0 },
         threads,
         timeout: seconds(timeout_s, "timeout")?,
+        honor_retry_after,
     };
     let interval = seconds(interval_s, "interval")?.max(Duration::from_millis(10));
     let mut built = Vec::with_capacity(targets.len());
@@ -1876,6 +1879,8 @@ fn load<'py>(
         d.set_item("records", o.records)?;
         d.set_item("bytes_sent", o.bytes_sent)?;
         d.set_item("bytes_received", o.bytes_received)?;
+        d.set_item("retry_waits", o.retry_waits)?;
+        d.set_item("retry_wait_s", o.retry_wait.as_secs_f64())?;
         out.push(d);
     }
     Ok((elapsed, out))

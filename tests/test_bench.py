@@ -3,15 +3,18 @@ only that requests were made and the counts add up)."""
 
 from __future__ import annotations
 
+import http.server
 import re
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import orjson
 import pytest
 
 from conftest import free_port
+from trackgate._core import load
 from trackgate.cli import main
 
 BENCH = [sys.executable, "-m", "trackgate", "bench", "--no-progress"]
@@ -53,11 +56,44 @@ def test_bench_mixes_otlp_fluent_sentry_and_reports_the_gateway(gateway_factory)
     assert server["pid"] == gw.proc.pid and server["processes"] >= 2
     assert server["rss_peak_bytes"] >= server["rss_end_bytes"] > 0
 
-    text = bench("--url", gw.url, "--duration", "0.5", "--signal", "traces", "--rate", "50", "--gzip")
+    text = bench("--url", gw.url, "--duration", "0.5", "--signal", "traces", "--rate", "50", "--gzip",
+                 "--honor-retry-after")  # fmt: skip
     assert text.returncode == 0, text.stderr
     for line in ("gateway: 0.5 s, 16 connections, 100 records/request, gzip on, target 50 requests/s",
-                 "requests:", "records/s", "latency ms: p50", "server: pid"):  # fmt: skip
+                 "requests:", "records/s", "latency ms: p50", "server: pid",
+                 "Retry-After honoured: 0 waits, 0.0 s in all"):  # fmt: skip
         assert line in text.stdout
+
+
+class Busy(http.server.BaseHTTPRequestHandler):
+    """Answers every POST 503 with Retry-After: 1, keeping the connection."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.send_response(503)
+        self.send_header("Retry-After", "1")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_load_honours_retry_after_when_asked() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target = ("http", "127.0.0.1", server.server_address[1], "/v1/logs", [], b"x", 1, 2, False)
+    try:
+        # 1.5 s on 2 connections: each calls, waits 1 s, calls again, waits out the run.
+        _, [held] = load([target], 1.5, honor_retry_after=True)  # type: ignore[list-item]
+        assert (held["statuses"], held["retry_waits"]) == ({"503": 4}, 4)
+        assert held["retry_wait_s"] >= 2.5
+        _, [eager] = load([target], 0.3)  # type: ignore[list-item]
+        assert eager["calls"] > 10 and eager["retry_waits"] == 0
+    finally:
+        server.shutdown()
 
 
 def test_bench_grpc_and_forward_tracks(gateway_factory) -> None:

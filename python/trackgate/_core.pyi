@@ -481,6 +481,8 @@ class _LoadOutcome(TypedDict):
     records: int
     bytes_sent: int
     bytes_received: int
+    retry_waits: int  # Retry-After waits honoured
+    retry_wait_s: float
 
 def load(
     targets: list[_LoadTarget],
@@ -490,5 +492,7 @@ def load(
     timeout_s: float = 30.0,
     progress: Callable[[float, int, int, int], object] | None = None,
     interval_s: float = 0.25,
+    honor_retry_after: bool = False,
 ) -> tuple[float, list[_LoadOutcome]]:
-    """Drives `trackgate bench`'s load (rust/loadgen) with the GIL released; returns (seconds, outcome per target)."""
+    """Drives `trackgate bench`'s load (rust/loadgen) with the GIL released; returns (seconds, outcome per target).
+    With `honor_retry_after`, a connection waits out a 429/503's `Retry-After` before its next call."""

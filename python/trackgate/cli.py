@@ -143,6 +143,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             grpc_url=args.grpc_url or (args.url if args.protocol == "grpc" and args.url else ""),
             forward_addr=args.forward or "",
             tag=args.tag,
+            honor_retry_after=args.honor_retry_after,
         )
         if args.config and not args.serve:
             raise BenchError("--config applies to --serve only")
@@ -296,6 +297,12 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--tag", default="bench", help="Fluent tag of the fluent and forward tracks (default bench)")
     bench.add_argument("--threads", type=int, default=2, help="load generator threads (default 2)")
     bench.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as timed out")
+    bench.add_argument(
+        "--honor-retry-after",
+        action="store_true",
+        help="after a 429/503 with Retry-After (seconds), a connection waits that long before its next request, "
+        "as OpenTelemetry SDKs do (HTTP tracks)",
+    )
     bench.add_argument(
         "--gateway-pid",
         "--pid",

@@ -185,6 +185,7 @@ class Plan:
     grpc_url: str = ""  # default: the host of `url`, port 4317
     forward_addr: str = ""  # default: the host of `url`, port 24224
     tag: str = "bench"
+    honor_retry_after: bool = False  # wait out a 429/503's Retry-After, as SDKs do
 
 
 def parse_tracks(text: str) -> tuple[tuple[str, int], ...]:
@@ -340,6 +341,8 @@ class TrackResult:
     latency_ms: dict[str, float]
     bytes_sent: int
     bytes_received: int
+    retry_waits: int = 0  # Retry-After waits honoured (`--honor-retry-after`)
+    retry_wait_s: float = 0.0
 
 
 @dataclass
@@ -451,6 +454,7 @@ def run(plan: Plan, label: str = "target", pid: int | None = None, progress: boo
             timeout_s=plan.timeout,
             progress=show,
             interval_s=0.25,
+            honor_retry_after=plan.honor_retry_after,
         )
     except ValueError as exc:
         raise BenchError(str(exc)) from None
@@ -471,6 +475,8 @@ def run(plan: Plan, label: str = "target", pid: int | None = None, progress: boo
             latency_ms=dict(o["latency_ms"]),
             bytes_sent=int(o["bytes_sent"]),
             bytes_received=int(o["bytes_received"]),
+            retry_waits=int(o["retry_waits"]),
+            retry_wait_s=float(o["retry_wait_s"]),
         )
         for t, o in zip(built, outcomes, strict=True)
     ]
@@ -498,6 +504,8 @@ def report(result: BenchResult, plan: Plan) -> str:
             f"    latency ms: p50 {lat['p50']:.2f}, p90 {lat['p90']:.2f}, p99 {lat['p99']:.2f}, "
             f"p99.9 {lat['p99.9']:.2f}, max {lat['max']:.2f}",
         ]
+        if plan.honor_retry_after:
+            lines.append(f"    Retry-After honoured: {t.retry_waits:,} waits, {t.retry_wait_s:,.1f} s in all")
     if len(result.tracks) > 1:
         lines.append(f"  total: {result.requests_per_s:,.0f} requests/s, {result.records_per_s:,.0f} records/s")
     if s := result.server:

@@ -3,13 +3,14 @@
 //! messages answered by `ack`.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::http1::{parse_response, Parsed};
+use super::http1::{parse_response, retry_after, Parsed};
 use super::{Kind, Label, Target};
 use crate::fluent::msgpack::{self, Mp, ReadError, Reader};
 
@@ -19,6 +20,8 @@ pub struct Reply {
     /// False when the connection cannot carry another call.
     pub reuse: bool,
     pub received: usize,
+    /// The server's `Retry-After` on a 429 or 503 (HTTP only).
+    pub retry_after: Option<Duration>,
 }
 
 pub enum Conn {
@@ -130,11 +133,16 @@ async fn http_call(stream: &mut TcpStream, buf: &mut BytesMut, wire: &[u8]) -> R
                 len,
                 keep_alive,
             }) => {
+                let retry_after = matches!(status, 429 | 503)
+                    .then(|| retry_after(buf))
+                    .flatten()
+                    .map(|s| Duration::from_secs(s.into()));
                 return Ok(Reply {
                     label: Label::Http(status),
                     // Bytes beyond the response would be an answer to nothing: start afresh.
                     reuse: keep_alive && len == buf.len(),
                     received: len,
+                    retry_after,
                 });
             }
             Ok(Parsed::UntilClose { status }) => {
@@ -143,6 +151,7 @@ async fn http_call(stream: &mut TcpStream, buf: &mut BytesMut, wire: &[u8]) -> R
                     label: Label::Http(status),
                     reuse: false,
                     received: buf.len(),
+                    retry_after: None,
                 });
             }
             Ok(Parsed::Incomplete) => {}
@@ -171,6 +180,7 @@ async fn grpc_call(client: &mut h2::client::SendRequest<Bytes>, target: &Target)
             label: Label::Http(parts.status.as_u16()),
             reuse: true,
             received: 0,
+            retry_after: None,
         });
     }
     let mut received = 0;
@@ -188,6 +198,7 @@ async fn grpc_call(client: &mut h2::client::SendRequest<Bytes>, target: &Target)
         label: code.map_or(Label::Failed("grpc-status missing"), Label::Grpc),
         reuse: true,
         received,
+        retry_after: None,
     })
 }
 
@@ -237,6 +248,7 @@ async fn forward_call(
                         label: Label::Ack,
                         reuse: used == buf.len(),
                         received: used,
+                        retry_after: None,
                     })
                 } else {
                     Err("ack for another chunk")

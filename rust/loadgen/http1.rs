@@ -115,6 +115,19 @@ pub fn parse_response(buf: &[u8]) -> Result<Parsed, String> {
     }
 }
 
+/// The `Retry-After` of a response head in delta-seconds (an HTTP-date is not read: `None`).
+pub fn retry_after(buf: &[u8]) -> Option<u32> {
+    let end = find(buf, b"\r\n\r\n")?;
+    buf[..end].split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        if !line[..colon].eq_ignore_ascii_case(b"retry-after") {
+            return None;
+        }
+        std::str::from_utf8(line[colon + 1..].trim_ascii()).ok()?.parse().ok()
+    })
+}
+
 /// `HTTP/1.x NNN reason` → (is HTTP/1.0, status).
 fn status_line_parts(line: &[u8]) -> Result<(bool, u16), String> {
     let bad = || format!("not an HTTP/1.x status line: \"{}\"", cut(line));
@@ -194,6 +207,17 @@ pub fn request_head(host: &str, port: u16, path: &str, headers: &[(String, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_reads_delta_seconds_only() {
+        assert_eq!(retry_after(b"HTTP/1.1 429 X\r\nretry-after:  7 \r\n\r\n"), Some(7));
+        assert_eq!(
+            retry_after(b"HTTP/1.1 503 X\r\nRetry-After: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n"),
+            None
+        );
+        assert_eq!(retry_after(b"HTTP/1.1 503 X\r\nContent-Length: 0\r\n\r\n"), None);
+        assert_eq!(retry_after(b"HTTP/1.1 503 X\r\nRetry-After: 1"), None, "head not whole");
+    }
 
     fn done(status: u16, len: usize, keep_alive: bool) -> Parsed {
         Parsed::Done {

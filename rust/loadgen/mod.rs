@@ -170,6 +170,10 @@ pub struct Options {
     pub threads: usize,
     /// A call unanswered this long counts as `error: timeout` and its connection is replaced.
     pub timeout: Duration,
+    /// After a 429 or 503 with `Retry-After` (seconds), the connection waits that long before
+    /// its next call, as OpenTelemetry SDKs and Fluent Bit do; paced slots missed meanwhile are
+    /// skipped, not caught up.
+    pub honor_retry_after: bool,
 }
 
 /// Counters the caller reads while the run goes on.
@@ -190,6 +194,9 @@ pub struct Outcome {
     pub bytes_received: u64,
     pub accepted: u64,
     pub records: u64,
+    /// Waits the server asked for (`honor_retry_after`), and their total length.
+    pub retry_waits: u64,
+    pub retry_wait: Duration,
 }
 
 impl Outcome {
@@ -212,6 +219,8 @@ impl Outcome {
         self.bytes_received += other.bytes_received;
         self.accepted += other.accepted;
         self.records += other.records;
+        self.retry_waits += other.retry_waits;
+        self.retry_wait += other.retry_wait;
     }
 
     pub fn calls(&self) -> u64 {
@@ -276,7 +285,7 @@ pub fn start(targets: Vec<Target>, options: Options) -> io::Result<Run> {
         }
     }
     let targets: Arc<Vec<Arc<Target>>> = Arc::new(targets.into_iter().map(Arc::new).collect());
-    let timeout = options.timeout;
+    let (timeout, honor) = (options.timeout, options.honor_retry_after);
     let mut handles = Vec::with_capacity(threads);
     for share in jobs {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -294,7 +303,7 @@ pub fn start(targets: Vec<Target>, options: Options) -> io::Result<Run> {
                             let target = targets[job.target].clone();
                             (
                                 job.target,
-                                tokio::spawn(drive(target, job.slot, job.pace, timeout, live.clone())),
+                                tokio::spawn(drive(target, job.slot, job.pace, (timeout, honor), live.clone())),
                             )
                         })
                         .collect();
@@ -349,9 +358,31 @@ impl Pace {
         tokio::time::sleep_until(at.into()).await;
         Some(at)
     }
+
+    /// Waits `wait` (up to the end of the run), then drops the slots that went by meanwhile.
+    async fn hold(&mut self, wait: Duration) -> Duration {
+        let now = Instant::now();
+        let until = (now + wait).min(self.deadline.max(now));
+        tokio::time::sleep_until(until.into()).await;
+        if let Some(interval) = self.interval {
+            while self.next < until {
+                self.next += interval;
+            }
+        }
+        until - now
+    }
 }
 
-async fn drive(target: Arc<Target>, slot: usize, mut pace: Pace, timeout: Duration, live: Arc<Live>) -> Outcome {
+/// One connection's calls until the end of the run. `conduct`: the call timeout, and whether a
+/// `Retry-After` is honoured.
+async fn drive(
+    target: Arc<Target>,
+    slot: usize,
+    mut pace: Pace,
+    conduct: (Duration, bool),
+    live: Arc<Live>,
+) -> Outcome {
+    let (timeout, honor) = conduct;
     let mut out = Outcome::default();
     let mut conn: Option<Conn> = None;
     while !live.stop.load(Ordering::Relaxed) {
@@ -375,7 +406,12 @@ async fn drive(target: Arc<Target>, slot: usize, mut pace: Pace, timeout: Durati
         let reply = tokio::time::timeout(timeout, c.call(&target)).await;
         out.bytes_sent += target.wire.len() as u64;
         match reply {
-            Ok(Ok(Reply { label, reuse, received })) => {
+            Ok(Ok(Reply {
+                label,
+                reuse,
+                received,
+                retry_after,
+            })) => {
                 out.latency_us.record(begun.elapsed().as_micros() as u64);
                 out.bytes_received += received as u64;
                 out.count(label);
@@ -387,6 +423,10 @@ async fn drive(target: Arc<Target>, slot: usize, mut pace: Pace, timeout: Durati
                 }
                 if !reuse {
                     conn = None;
+                }
+                if let Some(wait) = retry_after.filter(|_| honor) {
+                    out.retry_waits += 1;
+                    out.retry_wait += pace.hold(wait).await;
                 }
             }
             Ok(Err(why)) => {
@@ -457,11 +497,16 @@ mod tests {
     }
 
     fn run(targets: Vec<Target>, duration_ms: u64, rate: f64) -> (Vec<Outcome>, f64) {
+        run_with(targets, duration_ms, rate, false)
+    }
+
+    fn run_with(targets: Vec<Target>, duration_ms: u64, rate: f64, honor_retry_after: bool) -> (Vec<Outcome>, f64) {
         let options = Options {
             duration: Duration::from_millis(duration_ms),
             rate,
             threads: 1,
             timeout: Duration::from_secs(5),
+            honor_retry_after,
         };
         let mut run = start(targets, options).unwrap();
         loop {
@@ -490,6 +535,28 @@ mod tests {
         // 40/s for 0.5 s: 20 slots, none skipped (the server answers at once).
         assert_eq!(o.statuses, vec![(Label::Http(429), 20)]);
         assert_eq!(o.accepted, 0);
+    }
+
+    #[test]
+    fn a_retry_after_holds_the_connection_when_honoured() {
+        let addr = serve(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n");
+        let target = || vec![spec(addr.port(), 2).build().unwrap()];
+        // 1.5 s: each connection calls, waits 1 s, calls again, waits out the run.
+        let (outcomes, elapsed) = run_with(target(), 1500, 0.0, true);
+        let o = &outcomes[0];
+        assert_eq!(o.statuses, vec![(Label::Http(503), 4)]);
+        assert_eq!(o.retry_waits, 4);
+        assert!(
+            o.retry_wait >= Duration::from_millis(2500) && elapsed < 3.0,
+            "{:?}",
+            o.retry_wait
+        );
+        // Paced at 40/s for 0.5 s, every slot after the first of each connection falls in a wait.
+        let (outcomes, _) = run_with(target(), 500, 40.0, true);
+        assert_eq!(outcomes[0].statuses, vec![(Label::Http(503), 2)]);
+        // Not honoured: as fast as the server answers.
+        let (outcomes, _) = run(target(), 300, 0.0);
+        assert!(outcomes[0].calls() > 10 && outcomes[0].retry_waits == 0);
     }
 
     #[test]
