@@ -1729,6 +1729,7 @@ fn parse_state_reply(reply: &[u8], ops: usize) -> PyResult<Vec<(bool, Option<f64
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("EVENTS_CONTENT_TYPES", events_route::CONTENT_TYPES.to_vec())?;
     m.add("DecodeError", py.get_type::<DecodeError>())?;
     m.add("PayloadTooLarge", py.get_type::<PayloadTooLarge>())?;
     m.add("UnsupportedMedia", py.get_type::<UnsupportedMedia>())?;

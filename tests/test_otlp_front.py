@@ -303,23 +303,23 @@ def test_chunked_and_expect_bodies_are_served_by_the_app(pair: tuple[Gateway, Ga
     assert (answer.status, answer.by_app) == (200, True)
 
 
+def scrape(gw: Gateway, names: tuple[str, ...]) -> list[float]:
+    """The sum of each series of /metrics that starts with one of `names`, in order."""
+    lines = exchange(gw, request(b"", method="GET", path="/metrics")).body.decode().splitlines()
+    return [sum(float(line.rpartition(" ")[2]) for line in lines if line.startswith(name)) for name in names]
+
+
 def test_the_fronts_requests_are_counted_in_metrics(pair: tuple[Gateway, Gateway]) -> None:
     front, _ = pair
-
     names = (
         'trackgate_http_requests_total{route="/v1/logs",code="200"}',
         'trackgate_http_request_duration_seconds_count{route="/v1/logs"}',
         "trackgate_http_relayed_total",
     )
-
-    def scrape() -> list[float]:
-        lines = exchange(front, request(b"", method="GET", path="/metrics")).body.decode().splitlines()
-        return [sum(float(line.rpartition(" ")[2]) for line in lines if line.startswith(name)) for name in names]
-
-    before = scrape()
+    before = scrape(front, names)
     for _ in range(5):
         assert exchange(front, CASES["protobuf logs"]).status == 200
-    after = scrape()
+    after = scrape(front, names)
     assert after[0] - before[0] == 5
     assert after[1] - before[1] == 5
     assert after[2] - before[2] == 1  # the second scrape
@@ -373,16 +373,11 @@ def test_events_the_front_answers_are_counted(pair: tuple[Gateway, Gateway]) -> 
         'trackgate_http_requests_total{route="/v1/events",code="200"}',
         'trackgate_http_requests_total{route="/v1/events",code="400"}',
     )
-
-    def scrape() -> list[float]:
-        lines = exchange(front, request(b"", method="GET", path="/metrics")).body.decode().splitlines()
-        return [sum(float(line.rpartition(" ")[2]) for line in lines if line.startswith(name)) for name in names]
-
-    before = scrape()
+    before = scrape(front, names)
     for case in ("events ndjson", "events partial", "events all refused"):
         answer = exchange(front, CASES[case])
         assert not answer.by_app
-    after = scrape()
+    after = scrape(front, names)
     # 20 + 2 accepted; 2 + 2 refused; two answered 200, one 400.
     assert [b - a for a, b in zip(before, after, strict=True)] == [22, 4, 2, 1]
 

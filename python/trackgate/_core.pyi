@@ -5,6 +5,7 @@ from collections.abc import Callable
 from typing import Literal, Self, TypeAlias, TypedDict, final
 
 __all__ = [
+    "EVENTS_CONTENT_TYPES",
     "Batch",
     "Core",
     "DecodeError",
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 __version__: str
+EVENTS_CONTENT_TYPES: list[str]  # media types `/v1/events` takes ("": none given)
 
 _Signal: TypeAlias = Literal["logs", "traces", "metrics"]
 _Format: TypeAlias = Literal["protobuf", "json"]

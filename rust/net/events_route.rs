@@ -17,8 +17,9 @@ use crate::signal::Signal;
 
 pub const ROUTE: &str = "/v1/events";
 
-/// The content types the app takes on `/v1/events` (its `CONTENT_TYPES`; "" is none given).
-const CONTENT_TYPES: &[&str] = &[
+/// The content types `/v1/events` takes ("" is none given); the app reads them from here
+/// (`_core.EVENTS_CONTENT_TYPES`).
+pub const CONTENT_TYPES: &[&str] = &[
     "",
     "application/json",
     "application/x-ndjson",

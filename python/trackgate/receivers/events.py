@@ -26,7 +26,7 @@ from collections.abc import Callable
 import orjson
 
 from trackgate import telemetry
-from trackgate._core import Core, EventsResult, decode_events
+from trackgate._core import EVENTS_CONTENT_TYPES, Core, EventsResult, decode_events
 from trackgate.asgi import BodyRefused, Request, Response
 from trackgate.durable_wait import DurableWait
 from trackgate.echo import shorten
@@ -35,18 +35,7 @@ from trackgate.pipeline import Pipeline
 
 log = logging.getLogger("trackgate.receiver.events")
 
-CONTENT_TYPES = frozenset(
-    {
-        "",
-        "application/json",
-        "application/x-ndjson",
-        "application/ndjson",
-        "application/jsonl",
-        "application/jsonlines",
-        "application/x-jsonlines",
-        "text/plain",
-    }
-)
+CONTENT_TYPES = frozenset(EVENTS_CONTENT_TYPES)  # the front takes the same (rust/net/events_route.rs)
 INLINE_LIMIT = 256 * 1024
 
 EVENTS = telemetry.REGISTRY.counter(
