@@ -193,7 +193,7 @@ EVENTS_CASES: dict[str, bytes] = {
     "events text/plain, parameters": request(NDJSON_EVENTS, "Content-Type: text/plain; charset=utf-8", path=EV),
     "events gzip": request(gzip.compress(NDJSON_EVENTS), ND, "Content-Encoding: gzip", path=EV),
     "events partial": request(
-        json.dumps([event(1), 5, {"event_type": ""}, event(2, event_id='é\u0001"q')]).encode(), JS, path=EV
+        json.dumps([event(1), 5, {"event_type": ""}, event(2, event_id='é\u0001\b\f\u2028"q')]).encode(), JS, path=EV
     ),
     "events all refused": request(b'[5, {"event_type": "x y"}]', JS, path=EV),
     "events empty array": request(b"[]", JS, path=EV),

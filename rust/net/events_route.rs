@@ -122,52 +122,55 @@ impl EventsRoute {
 }
 
 /// A string as orjson writes it (what the app's bodies use): `"` and `\` escaped, control
-/// characters as `\n`-style or `\u00xx` escapes, everything else as UTF-8.
-fn push_json_string(out: &mut String, s: &str) {
-    // serde_json escapes exactly that set, the same way.
-    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+/// characters as `\n`-style or `\u00xx` escapes, everything else as UTF-8. serde_json escapes
+/// exactly that set, the same way (`events::raw::push_json_str`, for the bus, writes `\b` and
+/// `\f` as `\u00xx`).
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing a `str` into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// `{"error": message}` as the app writes it.
 pub fn error_body(message: &str) -> Vec<u8> {
-    let mut out = String::from("{\"error\":");
+    let mut out = b"{\"error\":".to_vec();
     push_json_string(&mut out, message);
-    out.push('}');
-    out.into_bytes()
+    out.push(b'}');
+    out
 }
 
 /// The answer's status and body: `{"accepted": n, "event_ids": [...]}`, with `partialSuccess`
 /// when events were refused; 400 when every event was refused.
 pub fn answer(decoded: &Decoded) -> (u16, Vec<u8>) {
     let accepted = decoded.events.len();
-    let mut out = format!("{{\"accepted\":{accepted},\"event_ids\":[");
+    let mut out = Vec::with_capacity(32 + accepted * 40);
+    out.extend_from_slice(format!("{{\"accepted\":{accepted},\"event_ids\":[").as_bytes());
     for (i, event) in decoded.events.iter().enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(b',');
         }
         push_json_string(&mut out, &event.event_id);
     }
-    out.push(']');
+    out.push(b']');
     let rejected = decoded.rejected_count;
     if rejected > 0 {
-        out.push_str(&format!(
-            ",\"partialSuccess\":{{\"rejectedEvents\":{rejected},\"errorMessage\":"
-        ));
+        out.extend_from_slice(
+            format!(",\"partialSuccess\":{{\"rejectedEvents\":{rejected},\"errorMessage\":").as_bytes(),
+        );
         push_json_string(&mut out, &decoded.error_message());
-        out.push_str(",\"errors\":[");
+        out.extend_from_slice(b",\"errors\":[");
         for (i, (index, reason)) in decoded.rejected.iter().enumerate() {
             if i > 0 {
-                out.push(',');
+                out.push(b',');
             }
-            out.push_str(&format!("{{\"index\":{index},\"reason\":"));
+            out.extend_from_slice(format!("{{\"index\":{index},\"reason\":").as_bytes());
             push_json_string(&mut out, reason);
-            out.push('}');
+            out.push(b'}');
         }
-        out.push_str("]}");
+        out.extend_from_slice(b"]}");
     }
-    out.push('}');
+    out.push(b'}');
     let status = if rejected > 0 && accepted == 0 { 400 } else { 200 };
-    (status, out.into_bytes())
+    (status, out)
 }
 
 /// Why a request's events were not queued: its body does not decode (the client's to fix), or
