@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import threading
 import time
@@ -15,6 +16,10 @@ from conftest import Gateway, dash0_config
 from http_client import call
 from redis_server import RedisServer
 from trackgate._core import decode_events
+from trackgate.asgi import Request
+from trackgate.config import load
+from trackgate.pipeline import Pipeline
+from trackgate.receivers.events import EventsReceiver
 from upstream import Upstream
 
 STREAM = "trackgate:events"
@@ -422,3 +427,29 @@ def test_bench_signal_events_fills_the_stream(gateway_factory: type[Gateway], re
     assert wait_until(lambda: len(stream_entries(redis_server)) >= 10)
     refused = subprocess.run([*argv, "--protocol", "grpc"], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "HTTP only" in refused.stderr
+
+
+def test_the_apps_answer_stands_when_the_job_count_fails(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    """The app's path (`server.otlp_front = false`, or relayed): events already durable are
+    answered 200 though the job metrics' intake raises, as the front answers them."""
+    config = tmp_path / "trackgate.toml"
+    config.write_text(f'[storage]\ndir = "{tmp_path / "data"}"\n')
+    body = orjson.dumps({"event_type": "job_started", "event_id": "ev-1", "job_id": "j-1"})
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    def count(_: object) -> None:
+        raise RuntimeError("shared state gone")
+
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    with Pipeline(load(config), register_metrics=False) as pipeline:
+        receiver = EventsReceiver(pipeline, None, 1 << 20)
+        receiver.on_accepted, receiver.on_accepted_blocks = count, False
+        response = asyncio.run(
+            receiver.handle(Request({"method": "POST", "path": "/v1/events", "headers": headers}, receive))
+        )
+        assert (response.status, orjson.loads(response.body)) == (200, {"accepted": 1, "event_ids": ["ev-1"]})
+        assert pipeline.core.stats()["logs_accepted_records"] == 1
+    assert "job metrics intake failed" in caplog.text

@@ -135,10 +135,13 @@ class EventsReceiver:
             # thread when the job metrics update their shared state in Redis, else inline (one
             # core call that releases the GIL).
             if self.on_accepted is not None:
-                if self.on_accepted_blocks:
-                    await asyncio.to_thread(self.on_accepted, result)
-                else:
-                    self.on_accepted(result)
+                try:
+                    if self.on_accepted_blocks:
+                        await asyncio.to_thread(self.on_accepted, result)
+                    else:
+                        self.on_accepted(result)
+                except Exception:  # the events are durable: a failed count must not fail them
+                    log.exception("job metrics intake failed")
             EVENTS.inc(result.accepted, outcome="accepted")
         if result.rejected:
             log.info("events refused", extra={"rejected": result.rejected, "reason": result.error_message})
