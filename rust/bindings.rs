@@ -954,14 +954,15 @@ impl Listeners {
             latency_buckets,
             log,
             fluent: crate::net::fluent_route::Routes::new(fluent_paths, &fluent_tag_header),
-            events: match events {
-                true => Some(Arc::new(events_route(
+            events: if events {
+                Some(Arc::new(events_route(
                     events_bus,
                     events_scrub,
                     job_metrics,
                     job_state,
-                )?)),
-                false => None,
+                )?))
+            } else {
+                None
             },
         };
         let pipeline = core.get().pipeline.clone();

@@ -443,9 +443,13 @@ def start_front(
     )
     telemetry.HTTP_LATENCY.add_source(listeners.http_latency)
     telemetry.HTTP_REFUSED.add_source(lambda: [(("inflight_bytes",), float(listeners.http_refused()))])
-    events_counts = listeners.events_counts
-    EVENTS.add_source(lambda: [(("accepted",), float(events_counts()[0])), (("rejected",), float(events_counts()[1]))])
-    telemetry.EVENTS_SCRUBBED.add_source(lambda: [((), float(events_counts()[2]))])
+
+    def events_by_outcome() -> list[tuple[tuple[str, ...], float]]:
+        accepted, rejected, _ = listeners.events_counts()
+        return [(("accepted",), float(accepted)), (("rejected",), float(rejected))]
+
+    EVENTS.add_source(events_by_outcome)
+    telemetry.EVENTS_SCRUBBED.add_source(lambda: [((), float(listeners.events_counts()[2]))])
     telemetry.REGISTRY.observed(
         "trackgate_http_relayed_total",
         "Connections the OTLP/HTTP front handed to the app behind it (every request but OTLP and Fluent posts).",

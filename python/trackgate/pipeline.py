@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Literal
 
 from trackgate import durable, shards, telemetry
-from trackgate._core import Core, IngestResult, QueueFull
+from trackgate._core import Core, DurableNotifier, IngestResult, QueueFull
 from trackgate.config import Config
 from trackgate.durable_wait import DurableWait
 from trackgate.exporters.base import SIGNALS, Exporter, Runner
@@ -310,30 +310,12 @@ class Pipeline:
         `scrub=False`: no OTLP scrubbing, for records converted from a track that scrubbed already.
         `wait`: do not wait for fsync here; the request is durable once `wait.wait()` returns.
         """
-        try:
-            if wait is None:
-                return self.core.ingest(signal, body, format, content_encoding, scrub)
-            token = wait.token()
-            result = self.core.ingest(signal, body, format, content_encoding, scrub, wait.notifier, token)
-            wait.keep(token, result.waiting)
-            return result
-        except QueueFull:
-            self._last_full = time.monotonic()
-            raise
+        return self._queued(lambda n, t: self.core.ingest(signal, body, format, content_encoding, scrub, n, t), wait)
 
     def ingest_built(self, signal: Signal, body: bytes, *, wait: DurableWait | None = None) -> IngestResult:
         """Queue an OTLP request built here (the events' log records): walked as `ingest` walks a
         client's, without the schema check or the body limit (it may outgrow the body it came from)."""
-        try:
-            if wait is None:
-                return self.core.ingest_built(signal, body)
-            token = wait.token()
-            result = self.core.ingest_built(signal, body, wait.notifier, token)
-            wait.keep(token, result.waiting)
-            return result
-        except QueueFull:
-            self._last_full = time.monotonic()
-            raise
+        return self._queued(lambda n, t: self.core.ingest_built(signal, body, n, t), wait)
 
     def ingest_fluent(
         self,
@@ -345,11 +327,18 @@ class Pipeline:
         wait: DurableWait | None = None,
     ) -> IngestResult:
         """Convert a Fluent body (JSON, NDJSON, msgpack, text) to OTLP logs and queue them."""
+        return self._queued(lambda n, t: self.core.ingest_fluent(body, media_type, tag, content_encoding, n, t), wait)
+
+    def _queued(
+        self, call: Callable[[DurableNotifier | None, int], IngestResult], wait: DurableWait | None
+    ) -> IngestResult:
+        """One ingest call: with `wait`, told the notifier and a token, and kept in the wait; a
+        refusal for a full queue restarts the not-ready window."""
         try:
             if wait is None:
-                return self.core.ingest_fluent(body, media_type, tag, content_encoding)
+                return call(None, 0)
             token = wait.token()
-            result = self.core.ingest_fluent(body, media_type, tag, content_encoding, wait.notifier, token)
+            result = call(wait.notifier, token)
             wait.keep(token, result.waiting)
             return result
         except QueueFull:
