@@ -27,11 +27,13 @@ use crate::fluent::handshake::Auth;
 use crate::ingest::{Format, IngestOptions, Ingested};
 use crate::limits::ContentReport;
 use crate::net::events_route::{self, EventsRoute};
+use crate::net::sentry_route::{self, SentryRoute};
 use crate::net::{fluent_http, forward, otlp_grpc, otlp_http, Listeners as NetListeners};
 use crate::pipeline::{EventsTap, Pipeline, PipelineOptions};
 use crate::queue::{DurableSink, Seq, SyncPoint};
 use crate::scrub::ScrubOptions;
 use crate::sentry::{self, HeaderDsn, Processed, SentryOptions};
+use crate::sentry_limits::RateLimits;
 use crate::signal::Signal;
 use crate::{decompress, encode, events, json_decode, json_encode, limits};
 
@@ -546,9 +548,10 @@ impl Core {
         Ok(IngestResult::new(signal, out, waiting))
     }
 
-    /// Queues a protobuf request the gateway built itself (the events' log records) as `ingest`
-    /// does, without checking it against the schema or the body limit again.
-    #[pyo3(signature = (signal, body, notify = None, token = 0))]
+    /// Queues a protobuf request the gateway built itself (the events' log records, Sentry's
+    /// events and spans) as `ingest` does, without checking it against the schema or the body
+    /// limit again. `scrub=False`: records a track scrubbed already skip the OTLP scrubbing.
+    #[pyo3(signature = (signal, body, notify = None, token = 0, scrub = true))]
     fn ingest_built(
         &self,
         py: Python<'_>,
@@ -556,11 +559,12 @@ impl Core {
         body: &[u8],
         notify: Option<&Bound<'_, DurableNotifier>>,
         token: u64,
+        scrub: bool,
     ) -> PyResult<IngestResult> {
         let signal = parse_signal(signal)?;
         let sink = notify.map(|n| n.get().sink());
         let (out, waiting) = guarded(py, || {
-            let deferred = self.pipeline.ingest_built_deferred(signal, body)?;
+            let deferred = self.pipeline.ingest_built_deferred(signal, body, scrub)?;
             self.settle(deferred, sink, token)
         })?;
         Ok(IngestResult::new(signal, out, waiting))
@@ -887,7 +891,8 @@ impl Listeners {
         max_body_bytes = 67_108_864, body_timeout_s = 30.0, max_inflight_bytes = 268_435_456,
         max_connections = 1024, blocking = false, latency_buckets = Vec::new(), log = None, budget = None,
         reuse_port = false, fluent_paths = Vec::new(), fluent_tag_header = String::new(), events = false,
-        events_bus = None, events_scrub = None, job_metrics = None, job_state = None))]
+        events_bus = None, events_scrub = None, job_metrics = None, job_state = None, sentry = None,
+        sentry_keys = Vec::new(), sentry_any_key = false, sentry_forward = None, sentry_limits = None))]
     #[allow(clippy::too_many_arguments)]
     fn add_otlp_http(
         &self,
@@ -914,6 +919,11 @@ impl Listeners {
         events_scrub: Option<(Vec<String>, Vec<String>, Vec<String>)>,
         job_metrics: Option<Py<JobMetrics>>,
         job_state: Option<Py<PyAny>>,
+        sentry: Option<PyRef<'_, SentryProcessor>>,
+        sentry_keys: Vec<String>,
+        sentry_any_key: bool,
+        sentry_forward: Option<PyRef<'_, Core>>,
+        sentry_limits: Option<PyRef<'_, SentryRateLimits>>,
     ) -> PyResult<u16> {
         // log(level, message, fields): the app's logger, called with the GIL on rare paths only.
         let log = log.map(|callable| -> otlp_http::Log {
@@ -964,6 +974,17 @@ impl Listeners {
             } else {
                 None
             },
+            sentry: sentry.map(|processor| {
+                Arc::new(SentryRoute {
+                    options: processor.options.clone(),
+                    max_bytes: processor.max_bytes,
+                    keys: sentry_keys.into_iter().map(String::into_bytes).collect(),
+                    any_key: sentry_any_key,
+                    forward: sentry_forward.map(|core| core.pipeline.clone()),
+                    limits: sentry_limits.map(|l| l.inner.clone()).unwrap_or_default(),
+                    counts: sentry_route::Counts::default(),
+                })
+            }),
         };
         let pipeline = core.get().pipeline.clone();
         let service = match budget {
@@ -977,6 +998,13 @@ impl Listeners {
     /// Events the front answered on `/v1/events`: (accepted, rejected, scrubbed).
     fn events_counts(&self) -> (u64, u64, u64) {
         self.inner.events_counts()
+    }
+
+    /// Sentry envelopes and items the front answered: (name, count) for `accepted`,
+    /// `rate_limited` and `rejected` envelopes, and `items_received`, `items_forwarded`,
+    /// `items_scrubbed` and `items_sampled_out`.
+    fn sentry_counts(&self) -> Vec<(&'static str, u64)> {
+        self.inner.sentry_counts()
     }
 
     /// Requests the OTLP/HTTP front answered: (route, status, count).
@@ -1246,6 +1274,39 @@ impl SentryProcessor {
             HeaderDsn::NeedMore => (false, None),
             HeaderDsn::Found(dsn) => (true, dsn),
         })
+    }
+}
+
+/// The upstream Sentry's rate limits, by data category (`sentry_limits`): the Sentry exporter
+/// records them, and the Sentry receivers (the app's and the front's) answer clients with them.
+#[pyclass(frozen, module = "trackgate._core")]
+struct SentryRateLimits {
+    inner: Arc<RateLimits>,
+}
+
+#[pymethods]
+impl SentryRateLimits {
+    #[new]
+    fn new() -> Self {
+        SentryRateLimits { inner: Arc::default() }
+    }
+
+    /// Records the limits of one upstream answer (a 429, or a 200 carrying limits).
+    #[pyo3(signature = (header, retry_after, status))]
+    fn update(&self, header: Option<&str>, retry_after: Option<f64>, status: u16) {
+        self.inner.update(header, retry_after, status);
+    }
+
+    /// The categories among `categories` still limited, with the seconds left.
+    fn limited(&self, categories: Vec<String>) -> HashMap<String, f64> {
+        self.inner.limited(&categories).into_iter().collect()
+    }
+
+    /// (X-Sentry-Rate-Limits, Retry-After) values describing `limited` to a client.
+    #[staticmethod]
+    fn header(limited: HashMap<String, f64>) -> (String, String) {
+        let limited: Vec<(String, f64)> = limited.into_iter().collect();
+        crate::sentry_limits::client_headers(&limited)
     }
 }
 
@@ -1758,6 +1819,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(grpc_retry_delay, m)?)?;
     m.add_function(wrap_pyfunction!(scrub_pattern_error, m)?)?;
     m.add_class::<SentryProcessor>()?;
+    m.add_class::<SentryRateLimits>()?;
     m.add_class::<SentryResult>()?;
     m.add_class::<EventsResult>()?;
     m.add_function(wrap_pyfunction!(decode_events, m)?)?;

@@ -28,6 +28,7 @@ pub mod schema;
 pub mod scrub;
 pub mod scrub_otlp;
 pub mod sentry;
+pub mod sentry_limits;
 pub mod sentry_spans;
 pub mod signal;
 pub mod validate;

@@ -300,13 +300,14 @@ impl Pipeline {
 
     /// `ingest_deferred` for a protobuf request the gateway built itself (events as log records):
     /// the same walk (sampling, enrichment, OTLP scrubbing, the events tap), without checking
-    /// every field against the schema again.
-    pub fn ingest_built_deferred(&self, signal: Signal, request: &[u8]) -> Result<Deferred> {
+    /// every field against the schema again. `scrub` false: records converted from a track that
+    /// scrubbed them already (Sentry's) skip the OTLP scrubbing.
+    pub fn ingest_built_deferred(&self, signal: Signal, request: &[u8], scrub: bool) -> Result<Deferred> {
         if self.is_closed() {
             return Err(CoreError::Closed);
         }
         self.shed()?;
-        let scrub = self.scrub_otlp.load(Ordering::Relaxed);
+        let scrub = scrub && self.scrub_otlp.load(Ordering::Relaxed);
         let out = self.ingester.ingest_request(signal, request, request.len(), scrub)?;
         let out = self.queue_ingested(out, request.len())?;
         if signal == Signal::Logs {
@@ -683,7 +684,7 @@ mod tests {
         })));
         let request = logs_request(r#"{"event_type":"job_started"}"#);
         let want = client.ingest(Signal::Logs, &request, Format::Protobuf, None).unwrap();
-        let (got, _) = built.ingest_built_deferred(Signal::Logs, &request).unwrap();
+        let (got, _) = built.ingest_built_deferred(Signal::Logs, &request, true).unwrap();
         assert_eq!((got.accepted, got.rejected), (want.accepted, want.rejected));
         assert_eq!(taps.load(Ordering::Relaxed), 1);
         for name in ["logs_accepted_records", "logs_received_bytes"] {
@@ -691,7 +692,7 @@ mod tests {
         }
         built.close();
         assert_eq!(
-            built.ingest_built_deferred(Signal::Logs, &request).unwrap_err(),
+            built.ingest_built_deferred(Signal::Logs, &request, true).unwrap_err(),
             CoreError::Closed
         );
     }

@@ -164,3 +164,38 @@ def test_events_a_failed_fsync_refuses_answers_503_and_is_logged(
     assert send(2)[0] == 200
     failed = [json.loads(line) for line in gw.log().splitlines() if '"queue storage failed"' in line]
     assert "trackgate.receiver.events" in [line["logger"] for line in failed], failed
+
+
+def test_sentry_a_failed_fsync_refuses_answers_503_and_is_logged(
+    gateway_factory, upstream: Upstream, faults: tuple[Path, dict[str, str]]
+) -> None:
+    """A Sentry envelope (answered by the front, key in X-Sentry-Auth): no 200 for one whose
+    fsync failed, and the envelope refused is not counted as accepted."""
+    flags, env = faults
+    gw = gateway_factory(dash0_config(upstream), env=env)
+    url = gw.url + "/api/7/envelope/"
+    headers = {
+        "Content-Type": "application/x-sentry-envelope",
+        "X-Sentry-Auth": "Sentry sentry_version=7, sentry_key=anykey",  # a loopback listener takes any key
+    }
+
+    def send(i: int) -> tuple[int, dict[str, str], bytes]:
+        event_id = f"{i:032x}"
+        event = json.dumps({"event_id": event_id, "message": f"error {i}", "level": "error"}).encode()
+        item = json.dumps({"type": "event", "length": len(event)}).encode()
+        body = json.dumps({"event_id": event_id}).encode() + b"\n" + item + b"\n" + event + b"\n"
+        return call(url, body, headers)
+
+    accepted = 'trackgate_sentry_envelopes_total{outcome="accepted"}'
+    status, answer_headers, body = send(0)
+    assert status == 200 and answer_headers.get("server") != "granian", body
+    (flags / "fdatasync").touch()
+    status, answer_headers, body = send(1)
+    assert (status, answer_headers.get("retry-after")) == (503, "5")
+    assert json.loads(body) == {"detail": "queue storage unavailable; retry later"}
+    assert metric(gw.url, accepted) == 1
+    (flags / "fdatasync").unlink()
+    assert send(2)[0] == 200
+    assert metric(gw.url, accepted) == 2
+    failed = [json.loads(line) for line in gw.log().splitlines() if '"queue storage failed"' in line]
+    assert "trackgate.receiver.sentry" in [line["logger"] for line in failed], failed

@@ -21,6 +21,7 @@ from conftest import Gateway
 
 LIMIT = 64 * 1024
 TOKEN = "front-token"
+SENTRY_KEY = "sentrykey"
 CONFIG = f"""
 [server]
 max_body_bytes = {LIMIT}
@@ -33,6 +34,10 @@ dir = "{{dir}}"
 
 [receivers.fluent]
 http_paths = ["/logs/ingest", "/v1/logs"]
+
+[receivers.sentry]
+public_keys = ["{SENTRY_KEY}"]
+max_event_bytes = 2048
 """
 
 
@@ -217,12 +222,87 @@ EVENTS_BY_APP = {
     "events content type not ASCII",
 }  # fmt: skip
 CASES.update(EVENTS_CASES)
+
+
+def envelope(header: dict[str, object], *items: tuple[str, dict[str, object]]) -> bytes:
+    out = [json.dumps(header).encode()]
+    for ty, payload in items:
+        data = json.dumps(payload).encode()
+        out += [json.dumps({"type": ty, "length": len(data)}).encode(), data]
+    return b"\n".join(out) + b"\n"
+
+
+EVENT_ID = "9ec79c33ec9942ab8353589fcb2e04dc"
+ERROR = envelope(
+    {"event_id": EVENT_ID, "sent_at": "2026-11-30T08:00:00Z"},
+    ("event", {"event_id": EVENT_ID, "level": "error", "message": "boom", "extra": {"password": "hunter2"}}),
+)
+TRANSACTION = envelope(
+    {"event_id": "a" * 32},
+    (
+        "transaction",
+        {
+            "event_id": "a" * 32, "type": "transaction", "transaction": "job.run", "start_timestamp": 1714564800.0,
+            "timestamp": 1714564801.0, "spans": [],
+            "contexts": {"trace": {"trace_id": "b" * 32, "span_id": "c" * 16}},
+        },
+    ),
+)  # fmt: skip
+SESSION = envelope({}, ("session", {"sid": "d" * 32, "status": "ok", "started": "2026-11-30T08:00:00Z"}))
+SENTRY_AUTH = f"X-Sentry-Auth: Sentry sentry_version=7, sentry_key={SENTRY_KEY}, sentry_client=test/1.0"
+SENTRY_PATH, SENTRY_TYPE = "/api/42/envelope/", "Content-Type: application/x-sentry-envelope"
+
+
+def sentry(body: bytes, *headers: str, path: str = SENTRY_PATH, auth: str | None = SENTRY_AUTH) -> bytes:
+    return request(body, SENTRY_TYPE, *headers, *([auth] if auth else []), path=path, token=None)
+
+
+STORE_EVENT = json.dumps({"event_id": "e" * 32, "message": "stored", "level": "error"}).encode()
+SENTRY_CASES: dict[str, bytes] = {
+    "sentry envelope": sentry(ERROR),
+    "sentry Authorization header": sentry(ERROR, auth=f"Authorization: sentry sentry_key = {SENTRY_KEY}, x=1"),
+    "sentry key in the query": sentry(ERROR, path=f"{SENTRY_PATH}?sentry_version=7&sentry_key={SENTRY_KEY}", auth=None),
+    "sentry no trailing slash": sentry(ERROR, path="/api/42/envelope"),
+    "sentry with a bearer token too": sentry(ERROR, f"Authorization: Bearer {TOKEN}"),
+    "sentry gzip": sentry(gzip.compress(ERROR), "Content-Encoding: gzip"),
+    "sentry UTF-8 is no encoding": sentry(ERROR, "Content-Encoding:  UTF-8"),
+    "sentry transaction": sentry(TRANSACTION),
+    "sentry no event id": sentry(SESSION),
+    "sentry store": sentry(STORE_EVENT, path="/api/42/store/"),
+    "sentry bad envelope": sentry(b'{"event_id": "x"}\n{"type": "event", "length": 99}\n{}'),
+    "sentry not JSON": sentry(b"\xff\xfe"),
+    "sentry empty body": sentry(b""),
+    "sentry bad store event": sentry(b"[1, 2]", path="/api/42/store/"),
+    "sentry event over its limit": sentry(
+        envelope({"event_id": EVENT_ID}, ("event", {"event_id": EVENT_ID, "message": "x" * 4096}))
+    ),
+    "sentry over the limit inflated": sentry(gzip.compress(b" " * LIMIT * 4), "Content-Encoding: gzip"),
+    "sentry unknown encoding": sentry(ERROR, "Content-Encoding: compress"),
+    # Left to the app by the front:
+    "sentry unknown key": sentry(ERROR, auth="X-Sentry-Auth: Sentry sentry_key=nope"),
+    "sentry no key": sentry(ERROR, auth=None),
+    "sentry no key, dsn in the envelope": sentry(
+        envelope({"event_id": EVENT_ID, "dsn": f"http://{SENTRY_KEY}@gateway/42"}, ("event", {"event_id": EVENT_ID})),
+        auth=None,
+    ),
+    "sentry store without a key": sentry(STORE_EVENT, path="/api/42/store/", auth=None),
+    "sentry escaped key in the query": sentry(ERROR, path=f"{SENTRY_PATH}?sentry_key=sentry%6Bey", auth=None),
+    "sentry auth header twice": sentry(ERROR, SENTRY_AUTH),
+    "sentry GET": request(b"", SENTRY_AUTH, method="GET", path=SENTRY_PATH, token=None),
+    "sentry declared over the limit": request(b"", SENTRY_AUTH, path=SENTRY_PATH, token=None, length=LIMIT + 1),
+}
+SENTRY_BY_APP = {
+    "sentry unknown key", "sentry no key", "sentry no key, dsn in the envelope", "sentry store without a key",
+    "sentry escaped key in the query", "sentry auth header twice", "sentry GET", "sentry declared over the limit",
+}  # fmt: skip
+CASES.update(SENTRY_CASES)
 ANSWERED_BY_FRONT = {
     "protobuf logs", "protobuf with parameters", "json logs", "empty body", "gzip", "partial success",
     "partial success, traces", "bad protobuf", "bad json", "bad json metrics", "unknown encoding",
     "gzip over the limit inflated",
     *FLUENT_CASES.keys() - FLUENT_BY_APP,
     *EVENTS_CASES.keys() - EVENTS_BY_APP,
+    *SENTRY_CASES.keys() - SENTRY_BY_APP,
 }  # fmt: skip
 
 
@@ -380,6 +460,30 @@ def test_events_the_front_answers_are_counted(pair: tuple[Gateway, Gateway]) -> 
     after = scrape(front, names)
     # 20 + 2 accepted; 2 + 2 refused; two answered 200, one 400.
     assert [b - a for a, b in zip(before, after, strict=True)] == [22, 4, 2, 1]
+
+
+def test_sentry_envelopes_the_front_answers_are_counted_as_the_app_counts_them(pair: tuple[Gateway, Gateway]) -> None:
+    names = (
+        'trackgate_sentry_envelopes_total{outcome="accepted"}',
+        'trackgate_sentry_envelopes_total{outcome="rejected"}',
+        'trackgate_sentry_items_total{outcome="received"}',
+        'trackgate_sentry_items_total{outcome="forwarded"}',
+        'trackgate_sentry_items_total{outcome="scrubbed"}',
+        'trackgate_scrubbed_records_total{track="sentry"}',
+        'trackgate_http_requests_total{route="/api/:project/envelope/",code="200"}',
+        'trackgate_http_requests_total{route="/api/:project/envelope/",code="400"}',
+    )
+
+    def counted(gw: Gateway) -> list[float]:
+        before = scrape(gw, names)
+        for case in ("sentry envelope", "sentry transaction", "sentry bad envelope"):
+            exchange(gw, CASES[case])
+        return [b - a for a, b in zip(before, scrape(gw, names), strict=True)]
+
+    front, app = counted(pair[0]), counted(pair[1])
+    assert front == app
+    # Two envelopes of one item each, forwarded to the file sink; the error's password scrubbed.
+    assert front == [2, 1, 2, 2, 1, 1, 2, 1], front
 
 
 def test_records_the_front_accepted_are_delivered(tmp_path: Path, upstream: Any) -> None:

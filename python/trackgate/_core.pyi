@@ -1,7 +1,7 @@
 """Type stub for the compiled data plane, `trackgate._core` (built from `rust/`)."""
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Literal, Self, TypeAlias, TypedDict, final
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "QueueFull",
     "QueueLocked",
     "SentryProcessor",
+    "SentryRateLimits",
     "SentryResult",
     "StatePending",
     "UnsupportedMedia",
@@ -167,10 +168,16 @@ class Core:
         token: int = 0,
     ) -> IngestResult: ...
     def ingest_built(
-        self, signal: _Signal, body: bytes, notify: DurableNotifier | None = None, token: int = 0
+        self,
+        signal: _Signal,
+        body: bytes,
+        notify: DurableNotifier | None = None,
+        token: int = 0,
+        scrub: bool = True,
     ) -> IngestResult:
-        """Queues a protobuf request the gateway built (events as log records) as `ingest` does,
-        without the schema check or the body limit."""
+        """Queues a protobuf request the gateway built (events as log records, Sentry's events and
+        spans) as `ingest` does, without the schema check or the body limit; `scrub=False` skips
+        the OTLP scrubbing (records a track scrubbed already)."""
     def ingest_fluent(
         self,
         body: bytes,
@@ -296,16 +303,26 @@ class Listeners:
         events_scrub: tuple[list[str], list[str], list[str]] | None = None,
         job_metrics: JobMetrics | None = None,
         job_state: Callable[[StatePending], object] | None = None,
+        sentry: SentryProcessor | None = None,
+        sentry_keys: list[str] = ...,
+        sentry_any_key: bool = False,
+        sentry_forward: Core | None = None,
+        sentry_limits: SentryRateLimits | None = None,
     ) -> int:
         """Serves OTLP/HTTP on host:port (the front): OTLP posts, Fluent posts on
         /v1/fluent[/{tag}] and `fluent_paths` (tag from `fluent_tag_header` when the path has none)
         and, with `events`, /v1/events (queued on `core` as OTLP logs and on `events_bus`, `data`
         scrubbed with `events_scrub` (extra keys, safe keys, patterns), counted by `job_metrics`;
-        `job_state(pending)` finishes a count that needs the shared state) are answered by the
-        core, every other request relayed to the app at `backend_uds` or `backend_tcp`. Returns
-        the bound port."""
+        `job_state(pending)` finishes a count that needs the shared state) and, with `sentry` (the
+        receiver's processor), Sentry's envelope and store endpoints for requests whose key is in
+        `sentry_keys` (any key with `sentry_any_key`; envelopes forwarded on `sentry_forward`,
+        held back by `sentry_limits`) are answered by the core, every other request relayed to
+        the app at `backend_uds` or `backend_tcp`. Returns the bound port."""
     def events_counts(self) -> tuple[int, int, int]:
         """Events the front answered on /v1/events: (accepted, rejected, scrubbed)."""
+    def sentry_counts(self) -> list[tuple[str, int]]:
+        """Sentry envelopes (accepted, rate_limited, rejected) and items (items_received,
+        items_forwarded, items_scrubbed, items_sampled_out) the front answered: (name, count)."""
     def http_answered(self) -> list[tuple[str, int, int]]:
         """Requests the front answered: (route, status, count)."""
     def http_latency(self) -> list[tuple[str, list[int], float]]:
@@ -469,6 +486,20 @@ class SentryProcessor:
     def header_dsn(
         self, prefix: bytes, content_encoding: str | None = None, complete: bool = True
     ) -> tuple[bool, str | None]: ...
+
+@final
+class SentryRateLimits:
+    """The upstream Sentry's rate limits by data category, shared by the Sentry exporter and
+    receivers (the front's included)."""
+
+    def __new__(cls) -> Self: ...
+    def update(self, header: str | None, retry_after: float | None, status: int) -> None:
+        """Records the limits of one upstream answer (a 429, or a 200 carrying limits)."""
+    def limited(self, categories: Iterable[str]) -> dict[str, float]:
+        """The categories among `categories` still limited, with the seconds left."""
+    @staticmethod
+    def header(limited: dict[str, float]) -> tuple[str, str]:
+        """(X-Sentry-Rate-Limits, Retry-After) values describing `limited` to a client."""
 
 # (kind, host, port, path / gRPC method / forward tag, headers, body, records per call, connections, gzip)
 _LoadTarget: TypeAlias = tuple[

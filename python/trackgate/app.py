@@ -136,6 +136,7 @@ class App:
                             [p for p, (_, h) in self.routes.items() if h == self._fluent_route],
                             self.events,
                             self.jobmetrics,
+                            self.sentry,
                         )
                 except OSError:
                     for pipeline in (self.bus, self.forward, self.pipeline):
@@ -405,11 +406,12 @@ def start_front(
     fluent_paths: list[str],
     events: EventsReceiver,
     jobmetrics: JobMetrics | None,
+    sentry: sentry_receiver.SentryReceiver,
 ) -> None:
     """The OTLP/HTTP front on `server.listen`: OTLP posts, Fluent posts (on `fluent_paths`
-    and /v1/fluent/{tag}) and events (/v1/events) answered by the core, the rest relayed to the
-    app on `app_socket` (granian). Its counts join the app's `trackgate_http_*` and
-    `trackgate_events_*` series."""
+    and /v1/fluent/{tag}), events (/v1/events) and Sentry envelopes with an accepted key answered
+    by the core, the rest relayed to the app on `app_socket` (granian). Its counts join the app's
+    `trackgate_http_*`, `trackgate_events_*` and `trackgate_sentry_*` series."""
     server = cfg.server
     host, port = config_mod.parse_listen(server.listen)
     try:
@@ -434,6 +436,11 @@ def start_front(
             events_scrub=events.scrub,
             job_metrics=jobmetrics.core if jobmetrics is not None else None,
             job_state=jobmetrics.settle if jobmetrics is not None and jobmetrics.redis is not None else None,
+            sentry=sentry.processor,
+            sentry_keys=[k.decode() for k in sentry.keys],
+            sentry_any_key=sentry.any_key,
+            sentry_forward=sentry.forward.core if sentry.forward is not None else None,
+            sentry_limits=sentry.limits,
         )
     except OSError as exc:
         listeners.close(0.0)
@@ -450,6 +457,7 @@ def start_front(
 
     EVENTS.add_source(events_by_outcome)
     telemetry.EVENTS_SCRUBBED.add_source(lambda: [((), float(listeners.events_counts()[2]))])
+    add_sentry_sources(listeners)
     telemetry.REGISTRY.observed(
         "trackgate_http_relayed_total",
         "Connections the OTLP/HTTP front handed to the app behind it (every request but OTLP and Fluent posts).",
@@ -458,6 +466,30 @@ def start_front(
         kind="counter",
     )
     log.info("OTLP/HTTP front listening", extra={"listen": server.listen, "pid": os.getpid()})
+
+
+def add_sentry_sources(listeners: Listeners) -> None:
+    """The front's Sentry counts, added to the app's series on every scrape."""
+    envelopes = ("accepted", "rate_limited", "rejected")
+    items = {
+        "items_received": "received",
+        "items_forwarded": "forwarded",
+        "items_scrubbed": "scrubbed",
+        "items_sampled_out": "sampled_out",
+    }
+
+    def envelopes_by_outcome() -> list[tuple[tuple[str, ...], float]]:
+        return [((name,), float(n)) for name, n in listeners.sentry_counts() if name in envelopes]
+
+    def items_by_outcome() -> list[tuple[tuple[str, ...], float]]:
+        return [((items[name],), float(n)) for name, n in listeners.sentry_counts() if name in items]
+
+    def scrubbed() -> list[tuple[tuple[str, ...], float]]:
+        return [((), float(n)) for name, n in listeners.sentry_counts() if name == "items_scrubbed"]
+
+    sentry_receiver.ENVELOPES.add_source(envelopes_by_outcome)
+    sentry_receiver.SENTRY_ITEMS.add_source(items_by_outcome)
+    telemetry.SENTRY_SCRUBBED.add_source(scrubbed)
 
 
 def add_otlp_grpc(listeners: Listeners, cfg: Config, pipeline: Pipeline) -> None:

@@ -312,10 +312,13 @@ class Pipeline:
         """
         return self._queued(lambda n, t: self.core.ingest(signal, body, format, content_encoding, scrub, n, t), wait)
 
-    def ingest_built(self, signal: Signal, body: bytes, *, wait: DurableWait | None = None) -> IngestResult:
-        """Queue an OTLP request built here (the events' log records): walked as `ingest` walks a
-        client's, without the schema check or the body limit (it may outgrow the body it came from)."""
-        return self._queued(lambda n, t: self.core.ingest_built(signal, body, n, t), wait)
+    def ingest_built(
+        self, signal: Signal, body: bytes, *, scrub: bool = True, wait: DurableWait | None = None
+    ) -> IngestResult:
+        """Queue an OTLP request built here (the events' log records, Sentry's events and spans):
+        walked as `ingest` walks a client's, without the schema check or the body limit (it may
+        outgrow the body it came from). `scrub=False` as for `ingest`."""
+        return self._queued(lambda n, t: self.core.ingest_built(signal, body, n, t, scrub), wait)
 
     def ingest_fluent(
         self,

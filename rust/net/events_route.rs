@@ -97,7 +97,7 @@ impl EventsRoute {
             let logs = events::to_otlp_logs(&decoded.events, now);
             // Built here from checked events: walked without the schema check. It may be larger
             // than the body it came from, and is not held to the body limit.
-            points[0] = main.ingest_built_deferred(Signal::Logs, &logs)?.1;
+            points[0] = main.ingest_built_deferred(Signal::Logs, &logs, true)?.1;
             if let Some(bus) = &self.bus {
                 let ndjson = events::to_ndjson(&decoded.events);
                 points[1] = bus.enqueue_deferred(Signal::Logs, decoded.events.len() as u64, ndjson)?;

@@ -13,12 +13,13 @@ pub mod grpc;
 pub mod otlp_grpc;
 pub mod otlp_http;
 pub mod relay;
+pub mod sentry_route;
 
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
@@ -172,6 +173,7 @@ pub struct Listeners {
     forward: Mutex<Vec<Arc<forward::Stats>>>,
     http: Mutex<Vec<Arc<otlp_http::Stats>>>,
     events: Mutex<Vec<Arc<events_route::EventsRoute>>>,
+    sentry: Mutex<Vec<Arc<sentry_route::SentryRoute>>>,
 }
 
 impl Listeners {
@@ -198,6 +200,7 @@ impl Listeners {
             forward: Mutex::default(),
             http: Mutex::default(),
             events: Mutex::default(),
+            sentry: Mutex::default(),
         })
     }
 
@@ -285,6 +288,7 @@ impl Listeners {
     ) -> io::Result<SocketAddr> {
         let stats = service.stats.clone();
         let events = service.config.events.clone();
+        let sentry = service.config.sentry.clone();
         let service = Arc::new(service);
         let addr = self.start(host, port, reuse_port, |l, shutdown| {
             otlp_http::serve(l, service, shutdown)
@@ -292,6 +296,9 @@ impl Listeners {
         self.http.lock().unwrap_or_else(PoisonError::into_inner).push(stats);
         if let Some(events) = events {
             self.events.lock().unwrap_or_else(PoisonError::into_inner).push(events);
+        }
+        if let Some(sentry) = sentry {
+            self.sentry.lock().unwrap_or_else(PoisonError::into_inner).push(sentry);
         }
         Ok(addr)
     }
@@ -312,6 +319,27 @@ impl Listeners {
                 s + c.scrubbed.load(Ordering::Relaxed),
             )
         })
+    }
+
+    /// Sentry envelopes and items the fronts answered, by outcome (`sentry_route::Counts`'s
+    /// field names), summed over the fronts.
+    pub fn sentry_counts(&self) -> Vec<(&'static str, u64)> {
+        let routes = self.sentry.lock().unwrap_or_else(PoisonError::into_inner);
+        let sum = |field: fn(&sentry_route::Counts) -> &AtomicU64| {
+            routes
+                .iter()
+                .map(|r| field(&r.counts).load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
+        vec![
+            ("accepted", sum(|c| &c.accepted)),
+            ("rate_limited", sum(|c| &c.rate_limited)),
+            ("rejected", sum(|c| &c.rejected)),
+            ("items_received", sum(|c| &c.items_received)),
+            ("items_forwarded", sum(|c| &c.items_forwarded)),
+            ("items_scrubbed", sum(|c| &c.items_scrubbed)),
+            ("items_sampled_out", sum(|c| &c.items_sampled_out)),
+        ]
     }
 
     /// Forward-protocol counters summed over the forward listeners.

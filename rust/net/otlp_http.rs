@@ -1,13 +1,14 @@
 //! The OTLP/HTTP front: the gateway's main port (`server.listen`) served by the core.
 //!
 //! `POST /v1/logs`, `/v1/traces` and `/v1/metrics`, Fluent Bit's `http` output on
-//! `/v1/fluent[/{tag}]` and `receivers.fluent.http_paths` (`fluent_route`), and `/v1/events`
-//! (`events_route`), over HTTP/1.x with a declared length, a known content type and (when
-//! tokens are set) a valid bearer token are answered here, with no Python per request (but the
-//! job metrics' Redis round trip). Everything else goes, with the rest of its
+//! `/v1/fluent[/{tag}]` and `receivers.fluent.http_paths` (`fluent_route`), `/v1/events`
+//! (`events_route`) and Sentry's envelope and store endpoints with an accepted key in the
+//! headers or query (`sentry_route`), over HTTP/1.x with a declared length, a known content type
+//! and (when tokens are set, Sentry aside) a valid bearer token are answered here, with no Python
+//! per request (but the job metrics' Redis round trip). Everything else goes, with the rest of its
 //! connection, to the Python app on granian behind it (`Backend`), which answers it as it does
-//! without the front: Sentry, `/metrics`, health, bad tokens (401), unknown types (415),
-//! declared excess (413),
+//! without the front: `/metrics`, health, bad tokens and Sentry keys (401), Sentry requests
+//! authenticated by their envelope's `dsn`, unknown types (415), declared excess (413),
 //! chunked or `Expect: 100-continue` bodies, HTTP/2 (`relay`: each head then names the client in
 //! `x-trackgate-peer`, which the app would otherwise not see).
 
@@ -26,6 +27,7 @@ use super::grpc::Code;
 use super::grpc::{bearer, token_accepted};
 pub use super::relay::Backend;
 use super::relay::{self, read_head, read_some, trim, Head, Read, PEER_HEADER};
+use super::sentry_route::{self, Key, SentryRoute};
 use super::{accept_loop, Shutdown};
 use crate::encode;
 use crate::error::CoreError;
@@ -58,6 +60,8 @@ pub struct Config {
     pub fluent: Routes,
     /// `/v1/events`, when the front answers it (None: relayed to the app).
     pub events: Option<Arc<EventsRoute>>,
+    /// Sentry's routes, when the front answers them (None: relayed to the app).
+    pub sentry: Option<Arc<SentryRoute>>,
 }
 
 /// Writes one log line: (level, message, fields). Called on the rare paths only (a partial
@@ -268,6 +272,11 @@ enum Kind {
     },
     /// `/v1/events` (`events_route`).
     Events,
+    /// Sentry's envelope (or, with `store`, legacy store) endpoint of a project (`sentry_route`).
+    Sentry {
+        project: String,
+        store: bool,
+    },
 }
 
 impl Kind {
@@ -275,7 +284,7 @@ impl Kind {
     fn signal(&self) -> Signal {
         match self {
             Kind::Otlp { signal, .. } => *signal,
-            Kind::Fluent { .. } | Kind::Events => Signal::Logs,
+            Kind::Fluent { .. } | Kind::Events | Kind::Sentry { .. } => Signal::Logs,
         }
     }
 
@@ -286,6 +295,7 @@ impl Kind {
             Kind::Otlp { format, .. } => Answer::status(status, code, message, *format),
             Kind::Fluent { .. } => Answer::json(status, fluent_route::error_body(message)),
             Kind::Events => Answer::json(status, events_route::error_body(message)),
+            Kind::Sentry { .. } => Answer::json(status, sentry_route::error_body(message)),
         }
     }
 
@@ -297,6 +307,7 @@ impl Kind {
                 body: encode::export_response(*signal, out.rejected, &out.error_message, *format),
                 media: media_of(*format),
                 headers: &[],
+                built_headers: Vec::new(),
                 close: false,
             },
             (Ok(out), Kind::Fluent { .. }) => Answer::json(
@@ -305,8 +316,8 @@ impl Kind {
             ),
             (Err(err), Kind::Otlp { signal, format }) => error_answer(*signal, *format, &err),
             (Err(err), Kind::Fluent { .. }) => fluent_error_answer(&err),
-            // Answered by `events_answer`: never an `Ingested`.
-            (_, Kind::Events) => Answer::text(500, "internal error\n"),
+            // Answered by `events_answer` and `sentry_answer`: never an `Ingested`.
+            (_, Kind::Events | Kind::Sentry { .. }) => Answer::text(500, "internal error\n"),
         }
     }
 
@@ -314,7 +325,7 @@ impl Kind {
     fn internal_error(&self) -> Answer {
         match self {
             Kind::Otlp { format, .. } => Answer::status(500, Code::Internal, "internal error while ingesting", *format),
-            Kind::Fluent { .. } | Kind::Events => Answer::text(500, "internal error\n"),
+            Kind::Fluent { .. } | Kind::Events | Kind::Sentry { .. } => Answer::text(500, "internal error\n"),
         }
         .with(&[], true)
     }
@@ -358,21 +369,31 @@ fn export_of(head: &[u8], config: &Config) -> Option<Export> {
     if method != b"POST" || parts.next().is_some() || !plain_target(target) {
         return None;
     }
-    let path = target.split(|b| *b == b'?').next()?;
+    let (path, query) = match target.iter().position(|b| *b == b'?') {
+        Some(at) => (&target[..at], &target[at + 1..]),
+        None => (target, &b""[..]),
+    };
     let events = path == events_route::ROUTE.as_bytes();
     if events && config.events.is_none() {
         return None;
     }
-    // (route label, OTLP signal; or the tag a Fluent path gives).
-    let (route, signal, path_tag) = match route_of(path) {
-        Some((route, signal)) => (route, Some(signal), ""),
-        None if events => (events_route::ROUTE, None, ""),
-        None => {
-            let (route, tag) = config.fluent.route(path)?;
-            (route, None, tag)
+    // (route label, OTLP signal; or the tag a Fluent path gives; or Sentry's project and kind).
+    let (mut route, mut signal, mut path_tag, mut sentry) = (events_route::ROUTE, None, "", None);
+    if let Some((label, otlp)) = route_of(path) {
+        (route, signal) = (label, Some(otlp));
+    } else if !events {
+        if let Some((label, tag)) = config.fluent.route(path) {
+            (route, path_tag) = (label, tag);
+        } else {
+            let (label, project, store) = sentry_route::route_of(path).filter(|_| config.sentry.is_some())?;
+            (route, sentry) = (label, Some((project, store)));
         }
-    };
-    let tag_header = config.fluent.tag_header().filter(|_| signal.is_none() && !events);
+    }
+    let tag_header = config
+        .fluent
+        .tag_header()
+        .filter(|_| signal.is_none() && !events && sentry.is_none());
+    let mut sentry_auth = None;
     let mut keep_alive = match version {
         b"HTTP/1.1" => true,
         b"HTTP/1.0" => false,
@@ -411,6 +432,9 @@ fn export_of(head: &[u8], config: &Config) -> Option<Export> {
         } else if name.eq_ignore_ascii_case(b"authorization") {
             once(&authorization)?;
             authorization = Some(value);
+        } else if sentry.is_some() && name.eq_ignore_ascii_case(b"x-sentry-auth") {
+            once(&sentry_auth)?;
+            sentry_auth = Some(value);
         } else if name.eq_ignore_ascii_case(b"connection") {
             for option in value.split(|b| *b == b',').map(trim) {
                 if option.eq_ignore_ascii_case(b"close") {
@@ -432,6 +456,31 @@ fn export_of(head: &[u8], config: &Config) -> Option<Export> {
     let length = length?;
     if length > config.max_body_bytes {
         return None; // the app answers 413 without reading the body
+    }
+    if let (Some((project, store)), Some(sentry_route)) = (sentry, &config.sentry) {
+        // Not held to `server.tokens`: Sentry clients authenticate by their key.
+        let Key::Found(key) = sentry_route::client_key([sentry_auth, authorization], query) else {
+            return None; // the app reads the envelope header's dsn, or answers 401
+        };
+        if !sentry_route.key_ok(key) {
+            return None; // the app answers 401
+        }
+        let encoding = match encoding {
+            // The app strips it with Python's rules, which take more than ASCII whitespace.
+            Some(e) if e.bytes().any(|b| !b.is_ascii() || (b.is_ascii_control() && b != b'\t')) => return None,
+            e => sentry_route::encoding_of(e.as_deref()),
+        };
+        return Some(Export {
+            route,
+            kind: Kind::Sentry {
+                project: project.to_owned(),
+                store,
+            },
+            length,
+            encoding,
+            keep_alive,
+            http10: version == b"HTTP/1.0",
+        });
     }
     if !config.tokens.is_empty()
         && !authorization
@@ -485,6 +534,8 @@ struct Answer {
     body: Vec<u8>,
     media: &'static str,
     headers: &'static [(&'static str, &'static str)],
+    /// Headers built for this answer (Sentry's rate limits), after `headers`.
+    built_headers: Vec<(&'static str, String)>,
     close: bool,
 }
 
@@ -505,6 +556,7 @@ impl Answer {
             body: encode::status_body(code as i32, message, format),
             media: media_of(format),
             headers: &[],
+            built_headers: Vec::new(),
             close: false,
         }
     }
@@ -515,6 +567,7 @@ impl Answer {
             body,
             media: "application/json",
             headers: &[],
+            built_headers: Vec::new(),
             close: false,
         }
     }
@@ -525,6 +578,7 @@ impl Answer {
             body: body.as_bytes().to_vec(),
             media: "text/plain; charset=utf-8",
             headers: &[],
+            built_headers: Vec::new(),
             close: true,
         }
     }
@@ -547,7 +601,8 @@ impl Answer {
             )
             .as_bytes(),
         );
-        for (name, value) in self.headers {
+        let built = self.built_headers.iter().map(|(name, value)| (*name, value.as_str()));
+        for (name, value) in self.headers.iter().copied().chain(built) {
             out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
         }
         if !keep_alive || self.close {
@@ -651,7 +706,14 @@ async fn answer(
 ) -> Answer {
     let config = &service.config;
     let kind = &export.kind;
+    // An envelope refused before it was read counts as rejected, as in the app.
+    let rejected = || {
+        if let (Kind::Sentry { .. }, Some(route)) = (kind, &config.sentry) {
+            route.counts.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+    };
     let Some(_reserved) = reserve(&service.budget, export.length) else {
+        rejected();
         service.stats.refused.fetch_add(1, Ordering::Relaxed);
         let message = format!(
             "request bodies in flight use this worker's budget of {} bytes (server.max_inflight_bytes); retry later",
@@ -669,13 +731,18 @@ async fn answer(
         match read_some(stream, buf, Some(left), shutdown).await {
             Read::Data => {}
             // The client half-closed or left: if it still reads, it learns why (as from the app).
-            Read::Gone => return Answer::text(400, UNREADABLE),
+            Read::Gone => {
+                rejected();
+                return Answer::text(400, UNREADABLE);
+            }
             Read::Closing => {
+                rejected();
                 return kind
                     .refusal(503, Code::Unavailable, "gateway is shutting down")
-                    .with(&[("Retry-After", "5")], true)
+                    .with(&[("Retry-After", "5")], true);
             }
             Read::TimedOut => {
+                rejected();
                 let message = format!(
                     "request body not received within {}s",
                     seconds_text(config.body_timeout)
@@ -700,8 +767,12 @@ fn inline(export: &Export, service: &Service) -> bool {
 }
 
 async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
-    if let (Kind::Events, Some(route)) = (&export.kind, &service.config.events) {
-        return events_answer(export, body, service, route).await;
+    match (&export.kind, &service.config.events, &service.config.sentry) {
+        (Kind::Events, Some(route), _) => return events_answer(export, body, service, route).await,
+        (Kind::Sentry { project, store }, _, Some(route)) => {
+            return sentry_answer(export, body, service, route, project, *store).await
+        }
+        _ => {}
     }
     let run = {
         let pipeline = service.pipeline.clone();
@@ -715,7 +786,9 @@ async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
                 Kind::Fluent { format, tag } => {
                     pipeline.ingest_fluent_deferred(&body, *format, encoding.as_deref(), tag)
                 }
-                Kind::Events => Err(CoreError::Usage("events are ingested by events_answer".into())),
+                Kind::Events | Kind::Sentry { .. } => Err(CoreError::Usage(
+                    "events and envelopes are queued by their own answers".into(),
+                )),
             }))
         }
     };
@@ -843,6 +916,80 @@ async fn events_answer(export: &Export, body: Vec<u8>, service: &Service, route:
     Answer::json(status, body)
 }
 
+/// Sentry's envelope and store endpoints: processed, checked against the upstream's rate limits,
+/// queued (upstream, OTLP logs, spans) and answered once every copy is durable
+/// (`receivers/sentry.py`).
+async fn sentry_answer(
+    export: &Export,
+    body: Vec<u8>,
+    service: &Service,
+    route: &Arc<SentryRoute>,
+    project: &str,
+    store: bool,
+) -> Answer {
+    let run = {
+        let (pipeline, route) = (service.pipeline.clone(), route.clone());
+        let (encoding, project) = (export.encoding.clone(), project.to_owned());
+        move || {
+            catch_unwind(AssertUnwindSafe(|| {
+                route.queue(&pipeline, &body, encoding.as_deref(), &project, store)
+            }))
+        }
+    };
+    let outcome = if inline(export, service) {
+        Ok(run())
+    } else {
+        tokio::task::spawn_blocking(run).await
+    };
+    let queued = match outcome {
+        Ok(Ok(queued)) => queued,
+        Ok(Err(_)) | Err(_) => return export.kind.internal_error(),
+    };
+    let durable = match queued {
+        Ok(queued) => {
+            let [upstream, logs, spans] = queued.points;
+            let main = &service.pipeline;
+            let synced = match super::durable(route.forward.as_deref().unwrap_or(main), upstream).await {
+                Ok(()) => match super::durable(main, logs).await {
+                    Ok(()) => super::durable(main, spans).await,
+                    err => err,
+                },
+                err => err,
+            };
+            synced.map(|()| queued.processed).map_err(sentry_route::Refused::Queue)
+        }
+        Err(refused) => Err(refused),
+    };
+    let refused = match durable {
+        Ok(processed) => {
+            route.accepted(&processed);
+            return Answer::json(200, sentry_route::answer(&processed));
+        }
+        Err(refused) => refused,
+    };
+    if let (sentry_route::Refused::Queue(CoreError::Storage(e)), Some(log)) = (&refused, &service.config.log) {
+        let fields = vec![("receiver", "sentry".into()), ("error", e.clone().into())];
+        log("error", "queue storage failed", fields);
+    }
+    let Some((status, message)) = sentry_route::error_status(&refused, store) else {
+        return export.kind.internal_error();
+    };
+    let answer = Answer::json(status, sentry_route::error_body(&message));
+    match refused {
+        sentry_route::Refused::Limited(limited) => {
+            let (limits, retry_after) = crate::sentry_limits::client_headers(&limited);
+            Answer {
+                built_headers: vec![("X-Sentry-Rate-Limits", limits), ("Retry-After", retry_after)],
+                ..answer
+            }
+        }
+        sentry_route::Refused::Queue(CoreError::QueueFull { .. }) => answer.with(&[("Retry-After", "1")], false),
+        sentry_route::Refused::Queue(CoreError::Closed) => answer.with(&[("Retry-After", "5")], true),
+        sentry_route::Refused::Queue(_) => answer.with(&[("Retry-After", "5")], false),
+        sentry_route::Refused::Body(_) => answer,
+    }
+}
+
 /// A failed Fluent ingest: `receivers/fluent.py`'s statuses and words.
 fn fluent_error_answer(err: &CoreError) -> Answer {
     let json = |status, message: &str| Answer::json(status, fluent_route::error_body(message));
@@ -909,6 +1056,7 @@ mod tests {
             log: None,
             fluent: Routes::new(vec!["/logs/ingest".into()], "fluent-tag"),
             events: None,
+            sentry: None,
         }
     }
 

@@ -58,6 +58,7 @@ fn config(backend: Backend) -> Config {
         log: None,
         fluent: Routes::default(),
         events: None,
+        sentry: None,
     }
 }
 
@@ -76,8 +77,8 @@ struct Front {
     addr: SocketAddr,
 }
 
-fn front(config: Config, queue_max_bytes: usize) -> Front {
-    let pipeline = Arc::new(
+fn pipeline(queue_max_bytes: usize) -> Arc<Pipeline> {
+    Arc::new(
         Pipeline::new(PipelineOptions {
             exporters: vec!["a".into()],
             ingest: IngestOptions {
@@ -88,7 +89,11 @@ fn front(config: Config, queue_max_bytes: usize) -> Front {
             batch: Limits::new(100, 1 << 20, Duration::from_secs(60)).unwrap(),
         })
         .unwrap(),
-    );
+    )
+}
+
+fn front(config: Config, queue_max_bytes: usize) -> Front {
+    let pipeline = pipeline(queue_max_bytes);
     let listeners = Listeners::new(1).unwrap();
     let addr = listeners
         .add_otlp_http("127.0.0.1", 0, false, Service::new(pipeline.clone(), config))
@@ -761,4 +766,69 @@ fn fluent_posts_are_answered_by_the_front() {
     ));
     assert_eq!(client.response().header("x-app"), Some("relayed"));
     assert_eq!(front.accepted_logs(), 3);
+}
+
+/// Sentry envelopes with an accepted key are answered by the front: queued upstream and as OTLP
+/// logs; the upstream's rate limits (recorded by the exporter) turn the next ones away with 429;
+/// an unknown key is the app's to refuse.
+#[test]
+fn sentry_envelopes_are_answered_by_the_front_under_the_upstreams_limits() {
+    let (backend, _app) = app();
+    let upstream = pipeline(1 << 20);
+    let limits = Arc::new(crate::sentry_limits::RateLimits::default());
+    let route = Arc::new(SentryRoute {
+        options: crate::sentry::SentryOptions::default(),
+        max_bytes: 4096,
+        keys: vec![b"k1".to_vec()],
+        any_key: false,
+        forward: Some(upstream.clone()),
+        limits: limits.clone(),
+        counts: sentry_route::Counts::default(),
+    });
+    let front = front(
+        Config {
+            sentry: Some(route.clone()),
+            ..config(backend)
+        },
+        1 << 20,
+    );
+    let envelope = |id: char| {
+        let id = id.to_string().repeat(32);
+        let event = format!("{{\"event_id\":\"{id}\",\"message\":\"boom\",\"level\":\"error\"}}");
+        format!(
+            "{{\"event_id\":\"{id}\"}}\n{{\"type\":\"event\",\"length\":{}}}\n{event}\n",
+            event.len()
+        )
+    };
+    let post = |client: &mut Client, key: &str, body: &str| {
+        let head = format!(
+            "POST /api/3/envelope/ HTTP/1.1\r\nx-sentry-auth: Sentry sentry_version=7, sentry_key={key}\r\ncontent-length: {}",
+            body.len()
+        );
+        client.send(&request(&head, body.as_bytes()));
+        client.response()
+    };
+    let mut client = front.connect();
+    let r = post(&mut client, "k1", &envelope('a'));
+    assert_eq!((r.status, r.by_front()), (200, true), "{}", r.text());
+    assert_eq!(r.text(), format!("{{\"id\":\"{}\"}}", "a".repeat(32)));
+    let forwarded = |p: &Pipeline| p.stats().iter().find(|(k, _)| k == "logs_accepted_records").unwrap().1;
+    assert_eq!((forwarded(&upstream), front.accepted_logs()), (1, 1));
+
+    limits.update(Some("60:error:key"), None, 429);
+    let r = post(&mut client, "k1", &envelope('b'));
+    assert_eq!((r.status, r.by_front()), (429, true), "{}", r.text());
+    assert_eq!(r.header("x-sentry-rate-limits"), Some("60:error:key"));
+    assert_eq!(r.header("retry-after"), Some("60"));
+    assert_eq!(r.text(), "{\"detail\":\"rate limited upstream: error\"}");
+    assert_eq!((forwarded(&upstream), front.accepted_logs()), (1, 1), "nothing queued");
+
+    let r = post(&mut client, "k2", &envelope('c'));
+    assert_eq!(r.header("x-app"), Some("relayed"));
+    let c = &route.counts;
+    let count = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    assert_eq!(
+        (count(&c.accepted), count(&c.rate_limited), count(&c.items_forwarded)),
+        (1, 1, 1)
+    );
 }

@@ -287,7 +287,9 @@ class SentryReceiver:
             SENTRY_ITEMS.inc(result.items_forwarded, outcome="forwarded")
         # Converted from the scrubbed items (or from unscrubbed ones when the sentry track is
         # off): the OTLP track's scrubbing does not run on them again.
+        # Built by the core from checked items: not held to the schema check or the body limit
+        # again (an envelope near the limit can convert to a larger request).
         if result.otlp_logs:
-            self.pipeline.ingest("logs", result.otlp_logs, "protobuf", scrub=False, wait=wait)
+            self.pipeline.ingest_built("logs", result.otlp_logs, scrub=False, wait=wait)
         if result.otlp_traces:
-            self.pipeline.ingest("traces", result.otlp_traces, "protobuf", scrub=False, wait=wait)
+            self.pipeline.ingest_built("traces", result.otlp_traces, scrub=False, wait=wait)
