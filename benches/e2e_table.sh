@@ -5,7 +5,8 @@
 # rounds): over ASGI (the ceiling) and over RSGI (granian's own, the interface
 # `trackgate serve` uses); each row's requests/s as a share of that round's two; then, at
 # defaults, 1,000 gzipped spans and the other tracks (Fluent json_lines, forward PackedForward,
-# events); and the defaults with `server.otlp_front = false` (granian serving every request).
+# events, Sentry envelopes forwarded to the null app as their upstream Sentry); and the defaults
+# with `server.otlp_front = false` (granian serving every request).
 # BASE=/copy/of/other/python runs the gateways from another build (the null apps and the
 # load stay this tree's).
 #   [BASE=...] bash benches/e2e_table.sh [SECONDS] [ROUNDS]
@@ -26,6 +27,8 @@ dir = "$tmp/$name/data"
 $storage
 [exporters.otlp]
 endpoint = "$upstream"
+[exporters.sentry]
+dsn = "http://upstream@${upstream#http://}/1"
 [receivers.forward]
 listen = "127.0.0.1:$fport"
 TOML
@@ -78,3 +81,4 @@ bench "1,000 spans, gzip" --url "$always" --signal traces --records 1000 --gzip 
 bench "Fluent json_lines, 100 records" --url "$always" --track fluent --records 100 --connections 64
 bench "forward PackedForward, 100 entries" --url "$always" --track forward --forward "$always_fwd" --records 100 --connections 64
 bench "events NDJSON, 100 events" --url "$always" --signal events --track events --records 100 --connections 64
+bench "Sentry envelopes, one error event each" --url "$always" --track sentry --connections 64

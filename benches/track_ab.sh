@@ -4,13 +4,17 @@
 # python/ with its extension), "new" this tree, loaded in turn at saturation (64 connections,
 # SECS seconds, ROUNDS interleaved rounds) with the bench arguments in $LOAD (default: Fluent
 # Bit's http output, json_lines, 100 records per request); STORAGE adds [storage] lines to both
-# (e.g. a small max_bytes, for the rate sustained once the queue is full).
-#   BASE=/path/to/base/python [LOAD="--track fluent --records 100"] [STORAGE=...] bash benches/track_ab.sh
+# (e.g. a small max_bytes, for the rate sustained once the queue is full); SENTRY_UPSTREAM=1 has
+# both forward Sentry envelopes to the null app as their upstream Sentry.
+#   BASE=/path/to/base/python [LOAD="--track fluent --records 100"] [STORAGE=...] [SENTRY_UPSTREAM=1] \
+#     bash benches/track_ab.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib.sh
 null_app 1
-PYTHONPATH=${BASE:?set BASE to a copy of the other build python dir} gateway_of base "${STORAGE:-}"
+extra=""
+[ -z "${SENTRY_UPSTREAM:-}" ] || extra=$(printf '[exporters.sentry]\ndsn = "http://upstream@%s/1"' "${null_url#http://}")
+PYTHONPATH=${BASE:?set BASE to a copy of the other build python dir} gateway_of base "${STORAGE:-}" "$extra"
 base=$url
-gateway_of new "${STORAGE:-}"
+gateway_of new "${STORAGE:-}" "$extra"
 LOAD=${LOAD:---track fluent --records 100} interleave "${ROUNDS:-3}" "${SECS:-8}" "base=$base" "new=$url"

@@ -36,6 +36,7 @@ impl RateLimits {
             limits.push((retry_after.unwrap_or(DEFAULT_RETRY_AFTER_S), Vec::new()));
         }
         let mut until = self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        until.retain(|(_, end)| *end > now);
         for (seconds, categories) in limits {
             // A negative or NaN wait limits nothing (`min` would turn NaN into the maximum).
             if seconds.is_nan() {
@@ -92,10 +93,10 @@ pub fn client_headers(limited: &[(String, f64)]) -> (String, String) {
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let parts: Vec<String> = sorted
         .iter()
-        .map(|(category, seconds)| format!("{}:{category}:key", *seconds as u64 + 1))
+        .map(|(category, seconds)| format!("{}:{category}:key", (*seconds as u64).saturating_add(1)))
         .collect();
     let longest = limited.iter().map(|(_, s)| *s).fold(0.0, f64::max);
-    (parts.join(", "), (longest as u64 + 1).to_string())
+    (parts.join(", "), (longest as u64).saturating_add(1).to_string())
 }
 
 #[cfg(test)]
@@ -147,5 +148,9 @@ mod tests {
             client_headers(&limited),
             ("60:error:key, 10:transaction:key".to_owned(), "60".to_owned())
         );
+        // Whatever a caller passes (Python can): no overflow.
+        let (limits, retry_after) = client_headers(&[("x".to_owned(), f64::INFINITY)]);
+        assert_eq!(limits, format!("{}:x:key", u64::MAX));
+        assert_eq!(retry_after, u64::MAX.to_string());
     }
 }

@@ -325,6 +325,19 @@ def test_targets_the_apps_http_parser_refuses_are_left_to_it(pair: tuple[Gateway
     assert got.status == 400
 
 
+@pytest.mark.parametrize("headers", [(f"{SENTRY_AUTH}\x0c",), (SENTRY_AUTH, "X-Note: a\x01b")])
+def test_heads_the_apps_http_parser_refuses_are_left_to_it(
+    pair: tuple[Gateway, Gateway], headers: tuple[str, ...]
+) -> None:
+    """A control character in a header value: granian's parser refuses the request (400), so the
+    front must not answer it (it would have read the Sentry key with the form feed trimmed off)."""
+    front, app = pair
+    data = request(ERROR, SENTRY_TYPE, *headers, path=SENTRY_PATH, token=None)
+    got, want = exchange(front, data), exchange(app, data)
+    assert got.key() == want.key()
+    assert got.status == 400
+
+
 def test_a_slow_body_gets_the_apps_408_and_the_connection_closes(pair: tuple[Gateway, Gateway]) -> None:
     answers = []
     for gw in pair:

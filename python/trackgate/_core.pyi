@@ -1,7 +1,7 @@
 """Type stub for the compiled data plane, `trackgate._core` (built from `rust/`)."""
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Literal, Self, TypeAlias, TypedDict, final
 
 __all__ = [
@@ -495,7 +495,7 @@ class SentryRateLimits:
     def __new__(cls) -> Self: ...
     def update(self, header: str | None, retry_after: float | None, status: int) -> None:
         """Records the limits of one upstream answer (a 429, or a 200 carrying limits)."""
-    def limited(self, categories: Iterable[str]) -> dict[str, float]:
+    def limited(self, categories: list[str]) -> dict[str, float]:
         """The categories among `categories` still limited, with the seconds left."""
     @staticmethod
     def header(limited: dict[str, float]) -> tuple[str, str]:

@@ -402,11 +402,16 @@ fn export_of(head: &[u8], config: &Config) -> Option<Export> {
     let (mut length, mut media, mut encoding, mut authorization, mut tag) = (None, None, None, None, None);
     for line in lines {
         let colon = line.iter().position(|b| *b == b':')?;
-        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
-        // obs-fold, whitespace before the colon, or no name: the app's parser decides.
-        if name.is_empty() || name.iter().any(|b| !(b.is_ascii_graphic())) {
+        let (name, raw) = (&line[..colon], &line[colon + 1..]);
+        // obs-fold, whitespace before the colon, or no name: the app's parser decides; so does a
+        // control character in a value (`trim` would take a form feed at either end for space).
+        if name.is_empty()
+            || name.iter().any(|b| !(b.is_ascii_graphic()))
+            || raw.iter().any(|b| b.is_ascii_control() && *b != b'\t')
+        {
             return None;
         }
+        let value = trim(raw);
         // Whatever header it names (even one read below): the app reads the tag from it.
         if tag_header.is_some_and(|h| name.eq_ignore_ascii_case(h.as_bytes())) {
             once(&tag)?;
@@ -706,7 +711,8 @@ async fn answer(
 ) -> Answer {
     let config = &service.config;
     let kind = &export.kind;
-    // An envelope refused before it was read counts as rejected, as in the app.
+    // An envelope refused before it was read (budget, timeout) counts as rejected, as in the app;
+    // a client gone or a shutdown does not.
     let rejected = || {
         if let (Kind::Sentry { .. }, Some(route)) = (kind, &config.sentry) {
             route.counts.rejected.fetch_add(1, Ordering::Relaxed);
@@ -731,12 +737,8 @@ async fn answer(
         match read_some(stream, buf, Some(left), shutdown).await {
             Read::Data => {}
             // The client half-closed or left: if it still reads, it learns why (as from the app).
-            Read::Gone => {
-                rejected();
-                return Answer::text(400, UNREADABLE);
-            }
+            Read::Gone => return Answer::text(400, UNREADABLE),
             Read::Closing => {
-                rejected();
                 return kind
                     .refusal(503, Code::Unavailable, "gateway is shutting down")
                     .with(&[("Retry-After", "5")], true);
@@ -963,7 +965,7 @@ async fn sentry_answer(
     let refused = match durable {
         Ok(processed) => {
             route.accepted(&processed);
-            return Answer::json(200, sentry_route::answer(&processed));
+            return Answer::json(200, sentry_route::answer(&processed.event_id));
         }
         Err(refused) => refused,
     };
@@ -1126,6 +1128,9 @@ mod tests {
             format!("POST /v1/logs HTTP/1.1\r\n{ok}\r\n folded"),
             format!("POST /v1/logs HTTP/1.1\r\n{ok}\r\nX-Trackgate-Peer: 10.0.0.1"),
             format!("POST /v1/logs HTTP/1.1\r\n{ok}\r\nConnection: Upgrade"),
+            // A control character in a value (even one `trim` would take for space).
+            format!("POST /v1/logs HTTP/1.1\r\n{ok}\r\nX-Note: a\x0c"),
+            format!("POST /v1/logs HTTP/1.1\r\n{ok}\r\nX-Note: a\x01b"),
             // Targets the app's parser cuts or refuses.
             format!("POST /v1/logs?a<b HTTP/1.1\r\n{ok}"),
             format!("POST /v1/logs?q=\"x\" HTTP/1.1\r\n{ok}"),

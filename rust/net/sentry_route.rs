@@ -139,7 +139,8 @@ pub struct SentryRoute {
     pub counts: Counts,
 }
 
-/// An envelope processed and queued: durable once its points are.
+/// An envelope processed and queued (its buffers let go of: the answer and the counts are what
+/// is left), durable once its points are.
 pub struct Queued {
     pub processed: Processed,
     /// The envelope upstream, its log records, its spans.
@@ -174,7 +175,7 @@ impl SentryRoute {
         project: &str,
         store: bool,
     ) -> std::result::Result<Queued, Refused> {
-        let processed = decompress::decompress(body, encoding, self.max_bytes)
+        let mut processed = decompress::decompress(body, encoding, self.max_bytes)
             .and_then(|body| {
                 if store {
                     sentry::process_store(&body, project, &self.options)
@@ -183,32 +184,39 @@ impl SentryRoute {
                 }
             })
             .map_err(|err| {
-                self.counts.rejected.fetch_add(1, Ordering::Relaxed);
-                Refused::Body(err)
+                // What the app counts: the refusals it answers 400, 413 or 415 (not its 500s).
+                let refused = Refused::Body(err);
+                if error_status(&refused, store).is_some() {
+                    self.counts.rejected.fetch_add(1, Ordering::Relaxed);
+                }
+                refused
             })?;
         let limited = self.limits.limited(&processed.categories);
         if !limited.is_empty() {
             self.counts.rate_limited.fetch_add(1, Ordering::Relaxed);
             return Err(Refused::Limited(limited));
         }
-        let points = self.queue_processed(main, &processed).map_err(Refused::Queue)?;
+        let points = self.queue_processed(main, &mut processed).map_err(Refused::Queue)?;
         Ok(Queued { processed, points })
     }
 
-    fn queue_processed(&self, main: &Pipeline, processed: &Processed) -> Result<[Option<SyncPoint>; 3]> {
+    /// Queues the envelope and its OTLP copies, and lets go of them: what waits for the fsync
+    /// holds no more than the answer and the counts need.
+    fn queue_processed(&self, main: &Pipeline, processed: &mut Processed) -> Result<[Option<SyncPoint>; 3]> {
         let mut points = [None, None, None];
+        let envelope = std::mem::take(&mut processed.envelope);
         if let Some(forward) = self.forward.as_ref().filter(|_| processed.items_forwarded > 0) {
             let records = processed.items_forwarded as u64;
-            points[0] = forward.enqueue_deferred(Signal::Logs, records, processed.envelope.clone())?;
+            points[0] = forward.enqueue_deferred(Signal::Logs, records, envelope)?;
             self.counts.items_forwarded.fetch_add(records, Ordering::Relaxed);
         }
-        if !processed.otlp_logs.is_empty() {
-            points[1] = main.ingest_built_deferred(Signal::Logs, &processed.otlp_logs, false)?.1;
+        let logs = std::mem::take(&mut processed.otlp_logs);
+        if !logs.is_empty() {
+            points[1] = main.ingest_built_deferred(Signal::Logs, &logs, false)?.1;
         }
-        if !processed.otlp_traces.is_empty() {
-            points[2] = main
-                .ingest_built_deferred(Signal::Traces, &processed.otlp_traces, false)?
-                .1;
+        let spans = std::mem::take(&mut processed.otlp_traces);
+        if !spans.is_empty() {
+            points[2] = main.ingest_built_deferred(Signal::Traces, &spans, false)?.1;
         }
         Ok(points)
     }
@@ -239,8 +247,8 @@ pub fn error_body(message: &str) -> Vec<u8> {
 }
 
 /// `{"id": event_id}`, or `{}` for an envelope without one.
-pub fn answer(processed: &Processed) -> Vec<u8> {
-    match &processed.event_id {
+pub fn answer(event_id: &Option<String>) -> Vec<u8> {
+    match event_id {
         Some(id) => {
             let mut out = b"{\"id\":".to_vec();
             push_json_string(&mut out, id);
@@ -381,11 +389,7 @@ mod tests {
         );
         assert_eq!(status(&Refused::Queue(CoreError::decode("x")), false), None);
         assert_eq!(error_body("a\"b"), br#"{"detail":"a\"b"}"#.to_vec());
-        let processed = Processed {
-            event_id: Some("ab".into()),
-            ..Processed::default()
-        };
-        assert_eq!(answer(&processed), br#"{"id":"ab"}"#.to_vec());
-        assert_eq!(answer(&Processed::default()), b"{}".to_vec());
+        assert_eq!(answer(&Some("ab".into())), br#"{"id":"ab"}"#.to_vec());
+        assert_eq!(answer(&None), b"{}".to_vec());
     }
 }
