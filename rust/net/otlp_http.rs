@@ -321,6 +321,16 @@ impl Kind {
         }
     }
 
+    /// The logger the app answers this route with (`front_log` picks it by this field).
+    fn receiver(&self) -> &'static str {
+        match self {
+            Kind::Otlp { .. } => "otlp",
+            Kind::Fluent { .. } => "fluent",
+            Kind::Events => "events",
+            Kind::Sentry { .. } => "sentry",
+        }
+    }
+
     /// The answer when the ingest itself panicked.
     fn internal_error(&self) -> Answer {
         match self {
@@ -803,7 +813,8 @@ async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
         // The fsync is awaited (group commit), not waited for on a thread.
         Ok(Ok(Ok((out, point)))) => super::durable(&service.pipeline, point).await.map(|()| out),
         Ok(Ok(Err(err))) => Err(err),
-        Ok(Err(_)) | Err(_) => return export.kind.internal_error(),
+        Ok(Err(panic)) => return unhandled(export, service, failure_text(Ok(panic))),
+        Err(join) => return unhandled(export, service, failure_text(Err(join))),
     };
     let signal = export.kind.signal();
     let log = |level, message, mut fields: Vec<(&'static str, LogValue)>| {
@@ -853,7 +864,8 @@ async fn events_answer(export: &Export, body: Vec<u8>, service: &Service, route:
     };
     let queued = match outcome {
         Ok(Ok(queued)) => queued,
-        Ok(Err(_)) | Err(_) => return export.kind.internal_error(),
+        Ok(Err(panic)) => return unhandled(export, service, failure_text(Ok(panic))),
+        Err(join) => return unhandled(export, service, failure_text(Err(join))),
     };
     let durable = match queued {
         Ok(queued) => {
@@ -883,7 +895,7 @@ async fn events_answer(export: &Export, body: Vec<u8>, service: &Service, route:
                 );
             }
             let Some((status, message)) = events_route::error_status(&refused) else {
-                return export.kind.internal_error();
+                return unhandled(export, service, format!("{refused:?}"));
             };
             let answer = Answer::json(status, events_route::error_body(&message));
             return match refused {
@@ -945,7 +957,8 @@ async fn sentry_answer(
     };
     let queued = match outcome {
         Ok(Ok(queued)) => queued,
-        Ok(Err(_)) | Err(_) => return export.kind.internal_error(),
+        Ok(Err(panic)) => return unhandled(export, service, failure_text(Ok(panic))),
+        Err(join) => return unhandled(export, service, failure_text(Err(join))),
     };
     let durable = match queued {
         Ok(queued) => {
@@ -974,7 +987,7 @@ async fn sentry_answer(
         log("error", "queue storage failed", fields);
     }
     let Some((status, message)) = sentry_route::error_status(&refused, store) else {
-        return export.kind.internal_error();
+        return unhandled(export, service, format!("{refused:?}"));
     };
     let answer = Answer::json(status, sentry_route::error_body(&message));
     match refused {
@@ -989,6 +1002,32 @@ async fn sentry_answer(
         sentry_route::Refused::Queue(CoreError::Closed) => answer.with(&[("Retry-After", "5")], true),
         sentry_route::Refused::Queue(_) => answer.with(&[("Retry-After", "5")], false),
         sentry_route::Refused::Body(_) => answer,
+    }
+}
+
+/// A 500 for what the front does not expect (a panic, an error no status is meant for), logged
+/// as the app logs its own: nothing else would show it.
+fn unhandled(export: &Export, service: &Service, error: String) -> Answer {
+    if let Some(log) = &service.config.log {
+        let fields = vec![
+            ("receiver", export.kind.receiver().into()),
+            ("path", export.route.into()),
+            ("error", error.into()),
+        ];
+        log("error", "unhandled error", fields);
+    }
+    export.kind.internal_error()
+}
+
+/// What a caught panic or a failed blocking task says.
+fn failure_text(outcome: std::result::Result<Box<dyn std::any::Any + Send>, tokio::task::JoinError>) -> String {
+    match outcome {
+        Ok(panic) => match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+            (Some(text), _) => format!("panic: {text}"),
+            (_, Some(text)) => format!("panic: {text}"),
+            _ => "panic".to_owned(),
+        },
+        Err(join) => join.to_string(),
     }
 }
 

@@ -832,3 +832,37 @@ fn sentry_envelopes_are_answered_by_the_front_under_the_upstreams_limits() {
         (1, 1, 1)
     );
 }
+
+/// A panic (or an error no status is meant for) answers 500 and is logged, where the app would
+/// log its own unhandled errors: nothing else would show it.
+#[test]
+fn unhandled_errors_are_logged_with_the_route() {
+    type Line = (&'static str, &'static str, Vec<(&'static str, LogValue)>);
+    let lines: Arc<Mutex<Vec<Line>>> = Arc::default();
+    let seen = lines.clone();
+    let log: Log = Arc::new(move |level, message, fields| seen.lock().unwrap().push((level, message, fields)));
+    let service = Service::new(
+        pipeline(1 << 20),
+        Config {
+            log: Some(log),
+            ..config(closed_port())
+        },
+    );
+    let head = b"POST /v1/fluent/app HTTP/1.1\r\ncontent-length: 1";
+    let export = export_of(head, &service.config).unwrap();
+    let panic = std::panic::catch_unwind(|| panic!("boom")).unwrap_err();
+    let answer = unhandled(&export, &service, failure_text(Ok(panic)));
+    assert_eq!((answer.status, answer.close), (500, true));
+    let lines = lines.lock().unwrap();
+    assert_eq!(lines.len(), 1);
+    let (level, message, fields) = &lines[0];
+    assert_eq!((*level, *message), ("error", "unhandled error"));
+    assert_eq!(
+        fields,
+        &vec![
+            ("receiver", LogValue::from("fluent")),
+            ("path", LogValue::from("/v1/fluent/:tag")),
+            ("error", LogValue::from("panic: boom")),
+        ]
+    );
+}
