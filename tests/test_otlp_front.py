@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -546,3 +547,40 @@ def test_the_front_can_be_turned_off(tmp_path: Path) -> None:
     finally:
         gw.stop()
     assert "OTLP/HTTP front listening" not in gw.log()
+
+
+TIGHT = """
+[server]
+max_body_bytes = 100000
+max_inflight_bytes = 100000
+body_timeout_s = 5
+
+[storage]
+dir = "{dir}"
+"""
+
+
+@pytest.mark.parametrize("front", ["true", "false"])
+def test_a_small_body_refused_for_the_spent_budget_keeps_its_connection(tmp_path: Path, front: str) -> None:
+    """One body in flight holds the worker's whole budget: another client's small body gets 503 +
+    Retry-After, is read and dropped, and its connection stays open for the retry, with the front
+    as with the app."""
+    config = TIGHT.format(dir=tmp_path / "data").replace("[server]", f"[server]\notlp_front = {front}")
+    gw = Gateway(tmp_path, config, workers=1)
+    try:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as holder:
+            # Declares the whole budget and sends a little of it: the rest is awaited.
+            holder.sendall(request(b"x" * 10, PB, token=None, length=100000, keep_alive=True))
+            time.sleep(0.3)
+            with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+                buf = bytearray()
+                for _ in range(2):
+                    sock.sendall(request(logs_body(count=20), PB, token=None, keep_alive=True))
+                    answer = read_answer(sock, buf)
+                    assert (answer.status, answer.headers.get("retry-after")) == (503, "1"), answer.body
+                    assert b"max_inflight_bytes" in answer.body
+                    assert answer.headers.get("connection") != "close"
+                    assert answer.by_app == (front == "false")
+                assert not buf
+    finally:
+        gw.stop()

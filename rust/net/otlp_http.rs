@@ -38,6 +38,9 @@ use crate::signal::Signal;
 
 /// Bodies above this, and encoded bodies, are ingested on a blocking thread (as the app does).
 const INLINE_LIMIT: usize = 256 * 1024;
+/// A body refused for the spent budget is read and dropped up to this size, keeping the
+/// connection (the app's `BUDGET_DRAIN_LIMIT`); a larger one closes it.
+const BUDGET_DRAIN_LIMIT: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct Config {
@@ -728,6 +731,8 @@ async fn answer(
             route.counts.rejected.fetch_add(1, Ordering::Relaxed);
         }
     };
+    // One deadline for the whole body, as the app keeps it.
+    let deadline = tokio::time::Instant::now() + config.body_timeout;
     let Some(_reserved) = reserve(&service.budget, export.length) else {
         rejected();
         service.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -735,12 +740,14 @@ async fn answer(
             "request bodies in flight use this worker's budget of {} bytes (server.max_inflight_bytes); retry later",
             service.budget.limit()
         );
+        // A small body is read and dropped, as the app does, so that the client keeps its
+        // connection for the retry rather than reconnecting while the gateway is busiest.
+        let drained =
+            export.length <= BUDGET_DRAIN_LIMIT && discard(stream, buf, export.length, deadline, shutdown).await;
         return kind
             .refusal(503, Code::Unavailable, &message)
-            .with(&[("Retry-After", "1")], true);
+            .with(&[("Retry-After", "1")], !drained);
     };
-    // One deadline for the whole body, as the app keeps it.
-    let deadline = tokio::time::Instant::now() + config.body_timeout;
     buf.reserve(export.length.saturating_sub(buf.len()));
     while buf.len() < export.length {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -766,6 +773,30 @@ async fn answer(
     let rest = buf.split_off(export.length);
     let body = std::mem::replace(buf, rest);
     ingest(export, body, service).await
+}
+
+/// Reads and drops the next `length` bytes of a body (`buf`'s first), keeping whatever follows
+/// them; false when they did not all arrive by `deadline`.
+async fn discard(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    length: usize,
+    deadline: tokio::time::Instant,
+    shutdown: &Shutdown,
+) -> bool {
+    let mut left = length;
+    loop {
+        let take = left.min(buf.len());
+        buf.drain(..take);
+        left -= take;
+        if left == 0 {
+            return true;
+        }
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !matches!(read_some(stream, buf, Some(wait), shutdown).await, Read::Data) {
+            return false;
+        }
+    }
 }
 
 /// Whether a body is ingested on this thread: small plain ones take a few µs. Larger or encoded
