@@ -7,6 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::{json_message, push_json_string};
 use crate::decompress;
 use crate::error::{CoreError, Result};
 use crate::events::{self, Decoded, Event};
@@ -121,21 +122,9 @@ impl EventsRoute {
     }
 }
 
-/// A string as orjson writes it (what the app's bodies use): `"` and `\` escaped, control
-/// characters as `\n`-style or `\u00xx` escapes, everything else as UTF-8. serde_json escapes
-/// exactly that set, the same way (`events::raw::push_json_str`, for the bus, writes `\b` and
-/// `\f` as `\u00xx`).
-fn push_json_string(out: &mut Vec<u8>, s: &str) {
-    // Writing a `str` into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
 /// `{"error": message}` as the app writes it.
 pub fn error_body(message: &str) -> Vec<u8> {
-    let mut out = b"{\"error\":".to_vec();
-    push_json_string(&mut out, message);
-    out.push(b'}');
-    out
+    json_message("error", message)
 }
 
 /// The answer's status and body: `{"accepted": n, "event_ids": [...]}`, with `partialSuccess`

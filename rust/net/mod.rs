@@ -53,6 +53,26 @@ pub async fn durable(pipeline: &Pipeline, point: Option<SyncPoint>) -> Result<()
     receiver.await.unwrap_or(Err(CoreError::Closed))
 }
 
+/// A string as orjson writes it (what the app's JSON bodies use): `"` and `\` escaped, control
+/// characters as `\n`-style or `\u00xx` escapes, everything else as UTF-8. serde_json escapes
+/// exactly that set, the same way (`events::raw::push_json_str`, for the bus, writes `\b` and
+/// `\f` as `\u00xx`).
+pub fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing a `str` into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// `{"<key>": message}` as the app's receivers write their errors (orjson, no spaces).
+pub fn json_message(key: &str, message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + key.len() + 8);
+    out.push(b'{');
+    push_json_string(&mut out, key);
+    out.push(b':');
+    push_json_string(&mut out, message);
+    out.push(b'}');
+    out
+}
+
 pub enum Either<A, B> {
     Left(A),
     Right(B),

@@ -817,35 +817,25 @@ async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
         }
         _ => {}
     }
-    let run = {
+    let work = {
         let pipeline = service.pipeline.clone();
         let encoding = export.encoding.clone();
         let kind = export.kind.clone();
-        move || {
-            catch_unwind(AssertUnwindSafe(|| match &kind {
-                Kind::Otlp { signal, format } => {
-                    pipeline.ingest_deferred(*signal, &body, *format, encoding.as_deref(), true)
-                }
-                Kind::Fluent { format, tag } => {
-                    pipeline.ingest_fluent_deferred(&body, *format, encoding.as_deref(), tag)
-                }
-                Kind::Events | Kind::Sentry { .. } => Err(CoreError::Usage(
-                    "events and envelopes are queued by their own answers".into(),
-                )),
-            }))
+        move || match &kind {
+            Kind::Otlp { signal, format } => {
+                pipeline.ingest_deferred(*signal, &body, *format, encoding.as_deref(), true)
+            }
+            Kind::Fluent { format, tag } => pipeline.ingest_fluent_deferred(&body, *format, encoding.as_deref(), tag),
+            Kind::Events | Kind::Sentry { .. } => Err(CoreError::Usage(
+                "events and envelopes are queued by their own answers".into(),
+            )),
         }
     };
-    let outcome = if inline(export, service) {
-        Ok(run())
-    } else {
-        tokio::task::spawn_blocking(run).await
-    };
-    let ingested = match outcome {
+    let ingested = match run_ingest(export, service, work).await {
         // The fsync is awaited (group commit), not waited for on a thread.
-        Ok(Ok(Ok((out, point)))) => super::durable(&service.pipeline, point).await.map(|()| out),
-        Ok(Ok(Err(err))) => Err(err),
-        Ok(Err(panic)) => return unhandled(export, service, failure_text(Ok(panic))),
-        Err(join) => return unhandled(export, service, failure_text(Err(join))),
+        Ok(Ok((out, point))) => super::durable(&service.pipeline, point).await.map(|()| out),
+        Ok(Err(err)) => Err(err),
+        Err(answer) => return answer,
     };
     let signal = export.kind.signal();
     let log = |level, message, mut fields: Vec<(&'static str, LogValue)>| {
@@ -879,24 +869,14 @@ async fn ingest(export: &Export, body: Vec<u8>, service: &Service) -> Answer {
 /// `/v1/events`: decoded and queued on both pipelines, answered once both copies are durable
 /// and the job metrics have counted them (`receivers/events.py`).
 async fn events_answer(export: &Export, body: Vec<u8>, service: &Service, route: &Arc<EventsRoute>) -> Answer {
-    let run = {
+    let work = {
         let (pipeline, route) = (service.pipeline.clone(), route.clone());
         let (encoding, limit) = (export.encoding.clone(), service.config.max_body_bytes);
-        move || {
-            catch_unwind(AssertUnwindSafe(|| {
-                route.queue(&pipeline, &body, encoding.as_deref(), limit)
-            }))
-        }
+        move || route.queue(&pipeline, &body, encoding.as_deref(), limit)
     };
-    let outcome = if inline(export, service) {
-        Ok(run())
-    } else {
-        tokio::task::spawn_blocking(run).await
-    };
-    let queued = match outcome {
-        Ok(Ok(queued)) => queued,
-        Ok(Err(panic)) => return unhandled(export, service, failure_text(Ok(panic))),
-        Err(join) => return unhandled(export, service, failure_text(Err(join))),
+    let queued = match run_ingest(export, service, work).await {
+        Ok(queued) => queued,
+        Err(answer) => return answer,
     };
     let durable = match queued {
         Ok(queued) => {
@@ -972,24 +952,14 @@ async fn sentry_answer(
     project: &str,
     store: bool,
 ) -> Answer {
-    let run = {
+    let work = {
         let (pipeline, route) = (service.pipeline.clone(), route.clone());
         let (encoding, project) = (export.encoding.clone(), project.to_owned());
-        move || {
-            catch_unwind(AssertUnwindSafe(|| {
-                route.queue(&pipeline, &body, encoding.as_deref(), &project, store)
-            }))
-        }
+        move || route.queue(&pipeline, &body, encoding.as_deref(), &project, store)
     };
-    let outcome = if inline(export, service) {
-        Ok(run())
-    } else {
-        tokio::task::spawn_blocking(run).await
-    };
-    let queued = match outcome {
-        Ok(Ok(queued)) => queued,
-        Ok(Err(panic)) => return unhandled(export, service, failure_text(Ok(panic))),
-        Err(join) => return unhandled(export, service, failure_text(Err(join))),
+    let queued = match run_ingest(export, service, work).await {
+        Ok(queued) => queued,
+        Err(answer) => return answer,
     };
     let durable = match queued {
         Ok(queued) => {
@@ -1033,6 +1003,26 @@ async fn sentry_answer(
         sentry_route::Refused::Queue(CoreError::Closed) => answer.with(&[("Retry-After", "5")], true),
         sentry_route::Refused::Queue(_) => answer.with(&[("Retry-After", "5")], false),
         sentry_route::Refused::Body(_) => answer,
+    }
+}
+
+/// Runs a request's ingest here when it is small and plain (`inline`), else on a blocking
+/// thread; a panic there, or a blocking task that did not run, is the logged 500 (`unhandled`).
+async fn run_ingest<T: Send + 'static>(
+    export: &Export,
+    service: &Service,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, Answer> {
+    let run = move || catch_unwind(AssertUnwindSafe(work));
+    let outcome = if inline(export, service) {
+        Ok(run())
+    } else {
+        tokio::task::spawn_blocking(run).await
+    };
+    match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(panic)) => Err(unhandled(export, service, failure_text(Ok(panic)))),
+        Err(join) => Err(unhandled(export, service, failure_text(Err(join)))),
     }
 }
 

@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::{json_message, push_json_string};
 use crate::decompress;
 use crate::error::{CoreError, Result};
 use crate::net::grpc::token_accepted;
@@ -233,17 +234,9 @@ impl SentryRoute {
     }
 }
 
-/// A string as orjson writes it (see `events_route::push_json_string`).
-fn push_json_string(out: &mut Vec<u8>, s: &str) {
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
 /// `{"detail": message}`: Sentry's error body, as the app writes it.
 pub fn error_body(message: &str) -> Vec<u8> {
-    let mut out = b"{\"detail\":".to_vec();
-    push_json_string(&mut out, message);
-    out.push(b'}');
-    out
+    json_message("detail", message)
 }
 
 /// `{"id": event_id}`, or `{}` for an envelope without one.
