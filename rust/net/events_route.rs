@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{json_message, push_json_string};
+use super::{json_message, push_json_string, queue_error_status};
 use crate::decompress;
 use crate::error::{CoreError, Result};
 use crate::events::{self, Decoded, Event};
@@ -176,10 +176,8 @@ pub fn error_status(refused: &Refused) -> Option<(u16, String)> {
         Refused::Body(CoreError::Decode(m)) => (400, format!("cannot decode events: {m}")),
         Refused::Body(err @ CoreError::TooLarge { .. }) => (413, err.to_string()),
         Refused::Body(CoreError::Unsupported(m)) => (415, m.clone()),
-        Refused::Queue(err @ CoreError::QueueFull { .. }) => (429, format!("{err}; retry later")),
-        Refused::Queue(CoreError::Closed) => (503, "gateway is shutting down".into()),
-        Refused::Queue(CoreError::Storage(_)) => (503, "queue storage unavailable; retry later".into()),
-        _ => return None,
+        Refused::Queue(err) => return queue_error_status(err),
+        Refused::Body(_) => return None,
     })
 }
 

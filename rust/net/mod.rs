@@ -73,6 +73,17 @@ pub fn json_message(key: &str, message: &str) -> Vec<u8> {
     out
 }
 
+/// The app's status and message for a failure to queue (or fsync) what a request carried; None:
+/// one it does not expect (its 500).
+pub fn queue_error_status(err: &CoreError) -> Option<(u16, String)> {
+    Some(match err {
+        CoreError::QueueFull { .. } => (429, format!("{err}; retry later")),
+        CoreError::Closed => (503, "gateway is shutting down".into()),
+        CoreError::Storage(_) => (503, "queue storage unavailable; retry later".into()),
+        _ => return None,
+    })
+}
+
 pub enum Either<A, B> {
     Left(A),
     Right(B),

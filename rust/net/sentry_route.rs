@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{json_message, push_json_string};
+use super::{json_message, push_json_string, queue_error_status};
 use crate::decompress;
 use crate::error::{CoreError, Result};
 use crate::net::grpc::token_accepted;
@@ -273,10 +273,8 @@ pub fn error_status(refused: &Refused, store: bool) -> Option<(u16, String)> {
             names.sort_unstable();
             (429, format!("rate limited upstream: {}", names.join(", ")))
         }
-        Refused::Queue(err @ CoreError::QueueFull { .. }) => (429, format!("{err}; retry later")),
-        Refused::Queue(CoreError::Closed) => (503, "gateway is shutting down".into()),
-        Refused::Queue(CoreError::Storage(_)) => (503, "queue storage unavailable; retry later".into()),
-        _ => return None,
+        Refused::Queue(err) => return queue_error_status(err),
+        Refused::Body(_) => return None,
     })
 }
 
