@@ -609,6 +609,63 @@ def test_any_fluent_post_gets_a_json_answer(gw: Any, case: tuple[str, bytes, dic
         assert isinstance(doc["error"], str) and doc["error"].strip(), f"{status} without a message for {sent}"
 
 
+SENTRY_ITEM_TYPES = ["event", "transaction", "attachment", "session", "log", "check_in", "made_up"]
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=12)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=8,
+)
+
+
+@st.composite
+def sentry_requests(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
+    """Sentry envelopes (answered by the core's front: the key is in X-Sentry-Auth, and a loopback
+    gateway takes any): a header line and items with or without `length`, damaged or not,
+    encoded or not; or a bare event for the store endpoint."""
+    event_id = draw(st.one_of(st.just("9ec79c33ec9942ab8353589fcb2e04dc"), st.text(max_size=10), st.none()))
+    store = draw(st.integers(0, 5)) == 0
+    if store:
+        doc = draw(st.dictionaries(st.sampled_from(["event_id", "message", "level", "x"]), JSON_VALUES, max_size=4))
+        body = json.dumps(doc).encode()
+    else:
+        lines = [json.dumps({} if event_id is None else {"event_id": event_id}).encode()]
+        for _ in range(draw(st.integers(0, 3))):
+            ty = draw(st.sampled_from(SENTRY_ITEM_TYPES))
+            payload = json.dumps(draw(JSON_VALUES)).encode() if draw(st.booleans()) else draw(st.binary(max_size=64))
+            header: dict[str, object] = {"type": ty}
+            if draw(st.booleans()):
+                header["length"] = draw(st.sampled_from([len(payload), len(payload) + 3, 0]))
+            lines += [json.dumps(header).encode(), payload]
+        body = b"\n".join(lines) + (b"\n" if draw(st.booleans()) else b"")
+    body = draw(byte_damage(body)) if draw(st.booleans()) else body
+    headers = {
+        "Content-Type": "application/x-sentry-envelope",
+        "X-Sentry-Auth": "Sentry sentry_version=7, sentry_key=fuzz, sentry_client=fuzz/1.0",
+    }
+    if draw(st.booleans()):
+        encoding = draw(st.sampled_from(["gzip", "zstd", "deflate"]))
+        body = compress(body, encoding)
+        headers["Content-Encoding"] = draw(st.sampled_from([encoding, encoding, "gzip", "br", "UTF-8"]))
+    return f"/api/{draw(st.integers(1, 999))}/{'store' if store else 'envelope'}/", body, headers
+
+
+@FUZZ
+@given(case=sentry_requests())
+def test_any_sentry_post_gets_sentrys_json_answer(gw: Any, case: tuple[str, bytes, dict[str, str]]) -> None:
+    path, body, headers = case
+    status, resp_headers, resp_body = post(gw, path, body, headers)
+    event(f"HTTP {status}")
+    sent = f"{path} {headers} {body[:200]!r}"
+    assert status in ALLOWED, f"{status} for {sent}: {resp_body[:300]!r}"
+    assert resp_headers.get("content-type") == JSON, sent
+    assert resp_headers.get("server") != "granian", f"relayed to the app: {sent}"
+    doc = json.loads(resp_body)
+    if status == 200:
+        assert set(doc) <= {"id"} and all(isinstance(v, str) and len(v) == 32 for v in doc.values()), doc
+    else:
+        assert set(doc) == {"detail"} and doc["detail"].strip(), f"{status} without a message for {sent}"
+
+
 def test_still_serving_after_fuzzing(gw: Any) -> None:
     assert_serving(gw)
     log = gw.log()
