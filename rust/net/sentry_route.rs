@@ -342,6 +342,38 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 512,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(11),
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Whatever the header value and query: no panic, and a key found is what the app's
+        /// `sentry_key\s*=\s*([^,\s]+)` or `parse_qs` would give (non-empty; from a header, no
+        /// comma or space; from the query, no `&`).
+        #[test]
+        fn keys_are_found_or_left_to_the_app_whatever_the_bytes(
+            value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..60),
+            prefixed in proptest::prelude::any::<bool>(),
+            query in "[a-z_=&%+;0-9 ]{0,40}",
+        ) {
+            let mut header = if prefixed { b"Sentry sentry_key".to_vec() } else { Vec::new() };
+            header.extend_from_slice(&value);
+            match client_key([Some(&header), None], b"") {
+                Key::Found(key) => proptest::prop_assert!(
+                    !key.is_empty() && !key.bytes().any(|b| b == b',' || b.is_ascii_whitespace()),
+                    "{key:?}"
+                ),
+                Key::Missing | Key::Unclear => {}
+            }
+            if let Key::Found(key) = client_key([None, None], query.as_bytes()) {
+                proptest::prop_assert!(!key.is_empty() && !key.contains('&'), "{key:?}");
+            }
+        }
+    }
+
     #[test]
     fn plain_encodings_are_none() {
         assert_eq!(encoding_of(Some(" UTF-8 ")), None);
