@@ -538,13 +538,30 @@ fn export_of(head: &[u8], config: &Config) -> Option<Export> {
     })
 }
 
-/// Seconds as Python's `{:g}` writes them in the app's messages: 30 → "30", 0.5 → "0.5".
+/// Seconds as Python's `{:g}` writes them in the app's messages: six significant digits,
+/// trailing zeros dropped, in exponent form below 1e-4 or from 1e6 (30 → "30", 0.5 → "0.5",
+/// 1/3 → "0.333333", 1e6 → "1e+06").
 fn seconds_text(d: Duration) -> String {
     let s = d.as_secs_f64();
-    if s.fract() == 0.0 {
-        format!("{s:.0}")
+    if s == 0.0 {
+        return "0".to_owned();
+    }
+    let trim = |text: String| {
+        if text.contains('.') {
+            text.trim_end_matches('0').trim_end_matches('.').to_owned()
+        } else {
+            text
+        }
+    };
+    // The exponent after rounding to six digits decides the form, as in Python.
+    let scientific = format!("{s:.5e}");
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    if !(-4..6).contains(&exponent) {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa.to_owned()), exponent.abs())
     } else {
-        format!("{s}")
+        trim(format!("{s:.*}", (5 - exponent) as usize))
     }
 }
 
@@ -1310,8 +1327,19 @@ mod tests {
             error_answer(Signal::Logs, Format::Json, &CoreError::Storage("disk".into())).status,
             503
         );
-        assert_eq!(seconds_text(Duration::from_secs(30)), "30");
-        assert_eq!(seconds_text(Duration::from_millis(500)), "0.5");
+        // Python: [format(x, "g") for x in (30, 0.5, 1/3, 1e6, 123456.7, 2.5e-5, 0.0001, 100.25)]
+        for (seconds, text) in [
+            (30.0, "30"),
+            (0.5, "0.5"),
+            (1.0 / 3.0, "0.333333"),
+            (1e6, "1e+06"),
+            (123_456.7, "123457"),
+            (2.5e-5, "2.5e-05"),
+            (0.0001, "0.0001"),
+            (100.25, "100.25"),
+        ] {
+            assert_eq!(seconds_text(Duration::from_secs_f64(seconds)), text, "{seconds}");
+        }
     }
 
     #[test]
