@@ -568,6 +568,29 @@ FLUENT_TYPES = [
 
 
 @st.composite
+def maybe_encoded(draw: st.DrawFn, body: bytes, headers: dict[str, str], also: tuple[str, ...] = ()) -> bytes:
+    """`body`, or compressed with `Content-Encoding` set in `headers`: mostly the encoding used,
+    sometimes a wrong one (`gzip`, `br`, or one of `also`)."""
+    if not draw(st.booleans()):
+        return body
+    encoding = draw(st.sampled_from(["gzip", "zstd", "deflate"]))
+    headers["Content-Encoding"] = draw(st.sampled_from([encoding, encoding, "gzip", "br", *also]))
+    return compress(body, encoding)
+
+
+def post_json(gw: Any, case: tuple[str, bytes, dict[str, str]]) -> tuple[int, dict[str, str], Any, str]:
+    """Posts a generated case; checks the status is an allowed one and the answer JSON. Returns
+    (status, headers, decoded body, a description of what was sent)."""
+    path, body, headers = case
+    status, resp_headers, resp_body = post(gw, path, body, headers)
+    event(f"HTTP {status}")
+    sent = f"{path} {headers} {body[:200]!r}"
+    assert status in ALLOWED, f"{status} for {sent}: {resp_body[:300]!r}"
+    assert resp_headers.get("content-type") == JSON, sent
+    return status, resp_headers, json.loads(resp_body), sent
+
+
+@st.composite
 def fluent_requests(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
     """Fluent Bit `http` output posts (answered by the core's front): records in some framing,
     damaged or not, or random bytes, under any of the content types and encodings it reads."""
@@ -585,10 +608,7 @@ def fluent_requests(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
         body = draw(st.binary(max_size=1024))
     body = draw(byte_damage(body)) if draw(st.booleans()) else body
     headers = {"Content-Type": draw(st.sampled_from(FLUENT_TYPES))}
-    if draw(st.booleans()):
-        encoding = draw(st.sampled_from(["gzip", "zstd", "deflate"]))
-        body = compress(body, encoding)
-        headers["Content-Encoding"] = draw(st.sampled_from([encoding, encoding, "gzip", "br"]))
+    body = draw(maybe_encoded(body, headers))
     tag = draw(st.text(alphabet="abcxyz.-_", max_size=12))
     return f"/v1/fluent/{tag}" if tag or draw(st.booleans()) else "/v1/fluent", body, headers
 
@@ -596,13 +616,7 @@ def fluent_requests(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
 @FUZZ
 @given(case=fluent_requests())
 def test_any_fluent_post_gets_a_json_answer(gw: Any, case: tuple[str, bytes, dict[str, str]]) -> None:
-    path, body, headers = case
-    status, resp_headers, resp_body = post(gw, path, body, headers)
-    event(f"HTTP {status}")
-    sent = f"{path} {headers} {body[:200]!r}"
-    assert status in ALLOWED, f"{status} for {sent}: {resp_body[:300]!r}"
-    assert resp_headers.get("content-type") == JSON, sent
-    doc = json.loads(resp_body)
+    status, _, doc, sent = post_json(gw, case)
     if status == 200:
         assert set(doc) <= {"accepted", "rejected", "error"} and doc["accepted"] + doc["rejected"] >= 0, doc
     else:
@@ -642,24 +656,15 @@ def sentry_requests(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
         "Content-Type": "application/x-sentry-envelope",
         "X-Sentry-Auth": "Sentry sentry_version=7, sentry_key=fuzz, sentry_client=fuzz/1.0",
     }
-    if draw(st.booleans()):
-        encoding = draw(st.sampled_from(["gzip", "zstd", "deflate"]))
-        body = compress(body, encoding)
-        headers["Content-Encoding"] = draw(st.sampled_from([encoding, encoding, "gzip", "br", "UTF-8"]))
+    body = draw(maybe_encoded(body, headers, also=("UTF-8",)))
     return f"/api/{draw(st.integers(1, 999))}/{'store' if store else 'envelope'}/", body, headers
 
 
 @FUZZ
 @given(case=sentry_requests())
 def test_any_sentry_post_gets_sentrys_json_answer(gw: Any, case: tuple[str, bytes, dict[str, str]]) -> None:
-    path, body, headers = case
-    status, resp_headers, resp_body = post(gw, path, body, headers)
-    event(f"HTTP {status}")
-    sent = f"{path} {headers} {body[:200]!r}"
-    assert status in ALLOWED, f"{status} for {sent}: {resp_body[:300]!r}"
-    assert resp_headers.get("content-type") == JSON, sent
+    status, resp_headers, doc, sent = post_json(gw, case)
     assert resp_headers.get("server") != "granian", f"relayed to the app: {sent}"
-    doc = json.loads(resp_body)
     if status == 200:
         assert set(doc) <= {"id"} and all(isinstance(v, str) and len(v) == 32 for v in doc.values()), doc
     else:

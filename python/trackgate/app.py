@@ -437,7 +437,7 @@ def start_front(
             job_metrics=jobmetrics.core if jobmetrics is not None else None,
             job_state=jobmetrics.settle if jobmetrics is not None and jobmetrics.redis is not None else None,
             sentry=sentry.processor,
-            sentry_keys=[k.decode() for k in sentry.keys],
+            sentry_keys=cfg.receivers.sentry.public_keys,
             sentry_any_key=sentry.any_key,
             sentry_forward=sentry.forward.core if sentry.forward is not None else None,
             sentry_limits=sentry.limits,
