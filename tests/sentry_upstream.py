@@ -46,6 +46,16 @@ class Envelope:
         return [i for i in self.items if i.type == ty]
 
 
+def envelope(header: dict[str, Any], *items: tuple[str, Any]) -> bytes:
+    """An envelope as SDKs write it: the header line, then each item's header (with `length`) and
+    JSON payload."""
+    out = [json.dumps(header).encode()]
+    for ty, payload in items:
+        data = json.dumps(payload).encode()
+        out += [json.dumps({"type": ty, "length": len(data)}).encode(), data]
+    return b"\n".join(out) + b"\n"
+
+
 def parse_envelope(body: bytes) -> Envelope:
     """Header line, then items: an item header line and a payload of `length` bytes followed by a
     newline or the end, or (without `length`) the rest of the line."""

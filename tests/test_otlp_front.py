@@ -19,6 +19,7 @@ import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from conftest import Gateway
+from sentry_upstream import envelope
 
 LIMIT = 64 * 1024
 TOKEN = "front-token"
@@ -223,14 +224,6 @@ EVENTS_BY_APP = {
     "events content type not ASCII",
 }  # fmt: skip
 CASES.update(EVENTS_CASES)
-
-
-def envelope(header: dict[str, object], *items: tuple[str, dict[str, object]]) -> bytes:
-    out = [json.dumps(header).encode()]
-    for ty, payload in items:
-        data = json.dumps(payload).encode()
-        out += [json.dumps({"type": ty, "length": len(data)}).encode(), data]
-    return b"\n".join(out) + b"\n"
 
 
 EVENT_ID = "9ec79c33ec9942ab8353589fcb2e04dc"

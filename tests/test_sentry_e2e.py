@@ -16,7 +16,7 @@ from sentry_sdk.scrubber import EventScrubber
 from conftest import dash0_config
 from http_client import call
 from otel_clients import attrs
-from sentry_upstream import SentryUpstream, parse_envelope
+from sentry_upstream import SentryUpstream, envelope, parse_envelope
 from upstream import Reply, Upstream
 
 pytestmark = pytest.mark.slow
@@ -84,14 +84,6 @@ def charge_card() -> None:
 
 def post_envelope(url: str, body: bytes, **headers: str) -> tuple[int, dict[str, str], bytes]:
     return call(url, body, {"Content-Type": "application/x-sentry-envelope", **headers})
-
-
-def envelope(header: dict[str, Any], *items: tuple[str, dict[str, Any]]) -> bytes:
-    out = [json.dumps(header).encode()]
-    for ty, payload in items:
-        data = json.dumps(payload).encode()
-        out += [json.dumps({"type": ty, "length": len(data)}).encode(), data]
-    return b"\n".join(out) + b"\n"
 
 
 def auth(key: str = CLIENT_KEY) -> dict[str, str]:
