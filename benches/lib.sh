@@ -28,12 +28,12 @@ null_app() {
   for _ in $(seq 100); do curl -s -o /dev/null "$null_url/" && break; sleep 0.1; done
 }
 # A gateway of this tree (2 workers) named NAME, in its own dir under $tmp, with [storage] lines
-# STORAGE and any further TOML EXTRA, exporting to $null_url; sets $url. Its queue is in that dir,
-# or in $QUEUE_DIR when set.
+# STORAGE and any further TOML EXTRA, exporting to $null_url ([exporters.otlp], with the lines in
+# $OTLP_EXTRA); sets $url. Its queue is in that dir, or in $QUEUE_DIR when set.
 gateway_of() { # name, [storage lines], [extra toml]
   local d=$tmp/$1 port; port=$(free); mkdir -p "$d"
-  printf '[storage]\ndir = "%s"\n%s\n%s\n[exporters.otlp]\nendpoint = "%s"\n' "${QUEUE_DIR:-$d/data}" "${2:-}" "${3:-}" "$null_url" \
-    > "$d/trackgate.toml"
+  printf '[storage]\ndir = "%s"\n%s\n%s\n[exporters.otlp]\nendpoint = "%s"\n%s\n' "${QUEUE_DIR:-$d/data}" "${2:-}" "${3:-}" \
+    "$null_url" "${OTLP_EXTRA:-}" > "$d/trackgate.toml"
   setsid $py -m trackgate serve --config "$d/trackgate.toml" --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$(free)" \
     --workers 2 > "$d/gateway.log" 2>&1 &
   pids+=($!)
@@ -41,12 +41,19 @@ gateway_of() { # name, [storage lines], [extra toml]
   wait_healthy "$url/healthz"
 }
 # Waits (up to a minute) until the gateway at URL has delivered everything it queued, so that its
-# exporters do not take CPU from the next run.
+# exporters do not take CPU from the next run. The Sentry forward queue has no depth in /metrics:
+# what the exporters sent must also hold still for a second.
 drained() {
-  local i
+  local i sent last=-1
   for i in $(seq 600); do
-    [ "$(curl -s "$1/metrics" | awk '/^trackgate_queue_records/ {s += $2} END {print s + 0}')" = 0 ] && return 0
-    sleep 0.1
+    if [ "$(curl -s "$1/metrics" | awk '/^trackgate_queue_records/ {s += $2} END {print s + 0}')" = 0 ]; then
+      sent=$(curl -s "$1/metrics" | awk '/^trackgate_exporter_sent_records_total/ {s += $2} END {print s + 0}')
+      [ "$sent" = "$last" ] && return 0
+      last=$sent
+      sleep 1
+    else
+      sleep 0.1
+    fi
   done
   echo "# $1 still delivering after 60 s" >&2
 }

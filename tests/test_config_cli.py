@@ -36,6 +36,8 @@ def write(tmp_path: Path, text: str) -> Path:
         ("[exporters.otlp]\ncompression_level = 10\n", ["$.exporters.otlp.compression_level", "<= 9"]),
         ("[exporters.dash0]\ncompression_level = 0\n", ["$.exporters.dash0.compression_level", ">= 1"]),
         ("[storage]\ncompression = 'zstd'\n", ["$.storage.compression", "zstd"]),
+        ("[exporters.otlp]\nconcurrency = 0\n", ["$.exporters.otlp.concurrency", ">= 1"]),
+        ("[exporters.sentry]\nconcurrency = 65\n", ["$.exporters.sentry.concurrency", "<= 64"]),
     ],
 )
 def test_errors_name_key_and_file(tmp_path: Path, text: str, words: list[str]) -> None:

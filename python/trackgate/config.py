@@ -146,6 +146,10 @@ class OtlpExporterConfig(_Section):
         return self.compression_level or DEFAULT_COMPRESSION_LEVELS.get(signal, 3)
 
     timeout_s: Annotated[float, Meta(gt=0.0)] = 10.0
+    # At most this many batches of a signal in flight at once, per worker (the Collector's
+    # num_consumers; adaptive below it, exporters/base.py): one at a time caps delivery at one
+    # batch per round trip to the backend.
+    concurrency: Annotated[int, Meta(ge=1, le=64)] = 4
     retry: RetryConfig = field(default_factory=RetryConfig)
     queue: ExporterQueueConfig = field(default_factory=ExporterQueueConfig)
     # Count records over Dash0's documented content limits (default: on for the dash0 exporter).
@@ -165,6 +169,9 @@ class FileExporterConfig(_Section):
 class SentryExporterConfig(_Section):
     dsn: str = ""  # upstream Sentry DSN (or SENTRY_DSN)
     timeout_s: Annotated[float, Meta(gt=0.0)] = 10.0
+    # At most this many envelopes in flight at once, per worker (adaptive below it): Sentry takes
+    # one envelope per request, so one at a time caps delivery at one envelope per round trip.
+    concurrency: Annotated[int, Meta(ge=1, le=64)] = 16
     retry: RetryConfig = field(default_factory=RetryConfig)
     queue: ExporterQueueConfig = field(default_factory=ExporterQueueConfig)
 

@@ -7,6 +7,15 @@ retried; each exporter has its own cursor, so a slow destination holds back only
 An acknowledgement lets the queue forget the batch, so a batch is acknowledged only once its
 exporter settled it: delivered (and, for a sink that syncs later, synced), given up on as
 permanent, or put back in the queue. Anything else, an exporter that raises included, is retried.
+
+A network exporter with `concurrency` > 1 has up to that many batches of a signal in flight at
+once (the Collector's `sending_queue.num_consumers`): a destination 100 ms away otherwise caps
+delivery at ten batches a second per worker. How many may be in flight adapts, as Vector's adaptive
+request concurrency does: one more after a send made at the full allowance whose wait for the
+destination stayed near the quickest seen, half as many when the wait doubles (the destination, or
+the cores it shares with the gateway, is saturated) or when the gateway's own work or retries took
+most of a send. Batches are taken from the queue in order and acknowledged in order, since an ack
+covers every batch before it: a batch that settles early waits for the ones taken before it.
 """
 
 from __future__ import annotations
@@ -16,6 +25,9 @@ import random
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -65,14 +77,33 @@ class Outcome:
         return cls("requeued", reason=reason)
 
 
+# Seconds the calling thread spent waiting on a destination (`waiting_on_destination`), read by
+# the runner around each send.
+_network = threading.local()
+
+
+@contextmanager
+def waiting_on_destination() -> Iterator[None]:
+    """Marks a send's network round trip: the time a runner's lanes can overlap."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        _network.waited = getattr(_network, "waited", 0.0) + time.monotonic() - started
+
+
 class Exporter(ABC):
-    """One destination. `send` is called from the exporter's own threads, one batch at a time per signal."""
+    """One destination. `send` is called from the exporter's own threads: one batch at a time per
+    signal, or up to `concurrency` at once."""
 
     name: str
     retry: RetryConfig = RetryConfig()
     # For an exporter whose `send` may answer ok(unsynced=True): the runner holds the ack of such
     # batches until `sync` succeeds, and calls it at most this often (seconds).
     sync_interval_s: float = 0.0
+    # Batches of one signal sent at once. Above 1, `send` runs on several threads at a time and
+    # must never answer ok(unsynced=True); sinks whose order matters keep 1.
+    concurrency: int = 1
 
     @abstractmethod
     def send(self, batch: Batch) -> Outcome: ...
@@ -133,8 +164,28 @@ class Runner(threading.Thread):
         self.held_since = 0.0
         self.held_bytes = 0
         self.read_failing = False
+        # With concurrency > 1 (`_lane`): the batches taken and not yet acknowledged, oldest first.
+        self.window: deque[_Slot] = deque()
+        self.window_lock = threading.Lock()
+        self.settled = threading.Condition(self.window_lock)  # a send ended: `delivering` fell
+        self.take_lock = threading.Lock()
+        self.ack_lock = threading.Lock()
+        self.lanes: list[threading.Thread] = []
+        self.delivering = 0
+        self.stopped = False
+        # Sends allowed in flight now (1 to the exporter's concurrency, see `_adapt`), and the
+        # quickest wait for the destination seen lately (seconds; None before the first send).
+        self.allowed = 1
+        self.quickest: float | None = None
 
     def run(self) -> None:
+        if self.exporter.concurrency > 1:
+            self._lane()
+            joined = 0
+            while joined < len(self.lanes):  # lanes only grow, and before the lane that grew them ends
+                self.lanes[joined].join()
+                joined += 1
+            return
         while True:
             flush = self.flushing.is_set() or self.core.closed
             if self.held is not None and (flush or self._sync_due()) and not self._commit():
@@ -162,6 +213,124 @@ class Runner(threading.Thread):
                 self.busy = False
             if not done:
                 return  # shutting down mid-retry: the batch stays queued (on disk) for the next start
+
+    # -- concurrency > 1: every lane (this thread and the ones it starts) takes, sends, acks ------
+
+    def _lane(self) -> None:
+        """Takes the next batch (one lane at a time, so the window stays in queue order), sends
+        it, then acknowledges the settled batches at the window's head. Starts another lane when
+        every lane is sending and more may be in flight (`allowed`)."""
+        while not self.stopped:
+            flush = self.flushing.is_set() or self.core.closed
+            with self.take_lock:
+                with self.settled:
+                    while self.delivering >= self.allowed and not self.stopped:
+                        self.settled.wait(self.POLL_S)
+                if self.stopped:
+                    return
+                batch = self._take(flush)
+                if batch is None:
+                    with self.window_lock:
+                        drained = self.core.closed and not self.window
+                    if drained:
+                        return
+                    if self.core.closed:  # others still sending; next_batch returns at once now
+                        self.stop_retrying.wait(0.01)
+                    continue
+                with self.window_lock:
+                    self.delivering += 1
+                    slot = _Slot(batch, alongside=self.delivering)
+                    self.window.append(slot)
+                    self.busy = True
+                    grow = self.delivering > len(self.lanes) and len(self.lanes) + 1 < self.allowed
+                if grow:
+                    lane = threading.Thread(target=self._lane, name=f"{self.name}-{len(self.lanes) + 1}", daemon=True)
+                    self.lanes.append(lane)
+                    lane.start()
+            outcome, waited, took = self._deliver_guarded(batch)
+            with self.settled:
+                self.delivering -= 1
+                self._adapt(slot.alongside, waited, took)
+                self.settled.notify()
+                if outcome is None:
+                    # Shutdown interrupted it: it stays queued, and so does every batch after it
+                    # (nothing past it is acknowledged from now on).
+                    self.stopped = True
+                    self.settled.notify_all()
+                    return
+                slot.done = True
+                acked = None
+                while self.window and self.window[0].done:
+                    acked = self.window.popleft().batch
+            if acked is not None and not self._ack(acked):
+                return
+            with self.window_lock:
+                self.busy = bool(self.window)
+
+    def _adapt(self, alongside: int, waited: float, took: float) -> None:
+        """After a send that began with `alongside` sends in flight (itself included), waited
+        `waited` s for the destination and took `took` s in all: one more may be in flight, or
+        half as many (additive increase, multiplicative decrease)."""
+        if waited <= took / 2:
+            # Compression, encoding or retries' backoff made most of the send: more sends at
+            # once would not overlap waits, only compete for the cores.
+            self.allowed = max(1, self.allowed // 2)
+            return
+        # The quickest wait, rising slowly so that a destination that became slower for good
+        # becomes the norm.
+        self.quickest = waited if self.quickest is None else min(waited, self.quickest * 1.01)
+        if waited > 2 * self.quickest:
+            self.allowed = max(1, self.allowed // 2)
+        elif alongside >= self.allowed:
+            self.allowed = min(self.exporter.concurrency, self.allowed + 1)
+
+    def _take(self, flush: bool) -> Batch | None:
+        """The next batch, or None (none ready, or the queue could not read it back)."""
+        try:
+            batch = self.core.next_batch(self.exporter.name, self.signal, self.POLL_S, flush)
+        except OSError as exc:  # the queue could not read the next entry back; its cursor stays
+            if not self.read_failing:
+                log.error("reading the queue failed; delivery paused", extra={**self.labels, "error": str(exc)})
+            self.read_failing = True
+            if self.stop_retrying.wait(self.READ_RETRY_S):
+                self.stopped = True
+            return None
+        if self.read_failing:
+            log.info("reading the queue works again; delivery resumed", extra=self.labels)
+            self.read_failing = False
+        return batch
+
+    def _deliver_guarded(self, batch: Batch) -> tuple[Outcome | None, float, float]:
+        """`deliver`, retried should the runner's own code raise (never ack what was not
+        settled); with the seconds it waited for the destination and took in all."""
+        backoff = Backoff(self.exporter.retry)
+        _network.waited = 0.0
+        started = time.monotonic()
+        while True:
+            try:
+                outcome = self.deliver(batch)
+            except Exception:
+                log.exception("delivery failed unexpectedly; batch stays queued, will retry", extra=self.labels)
+                if self.stop_retrying.wait(backoff.delay(None)):
+                    return None, 0.0, 0.0
+                continue
+            assert outcome is None or not outcome.unsynced, "a concurrent exporter answered unsynced"
+            return outcome, _network.waited, time.monotonic() - started
+
+    def _ack(self, batch: Batch) -> bool:
+        """Acknowledges up to `batch` (acks are cumulative, so a later one covers an earlier one
+        that failed). False when shutdown came while acking failed."""
+        backoff = Backoff(self.exporter.retry)
+        while True:
+            try:
+                with self.ack_lock:
+                    self.core.ack(batch)
+                return True
+            except Exception:
+                log.exception("acknowledging a delivered batch failed; will retry", extra=self.labels)
+                if self.stop_retrying.wait(backoff.delay(None)):
+                    self.stopped = True
+                    return False
 
     def _settle_with_retry(self, batch: Batch) -> bool:
         backoff = Backoff(self.exporter.retry)
@@ -279,6 +448,15 @@ class Runner(threading.Thread):
         log.error("batch dropped", extra={**self.labels, "records": batch.records, "reason": reason, "detail": detail})
 
 
+@dataclass
+class _Slot:
+    """A batch in a concurrent runner's window: done once its exporter settled it."""
+
+    batch: Batch
+    alongside: int  # sends in flight when it was taken, itself included
+    done: bool = False
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Retry-After in either form the HTTP spec allows: delay seconds or an HTTP-date."""
     if not value:
@@ -301,19 +479,22 @@ class HttpDestination:
     Retries are the runner's (with the queue behind them), never urllib3's.
     """
 
-    def __init__(self, timeout_s: float, where: str, pools: int = 4) -> None:
+    def __init__(self, timeout_s: float, where: str, pools: int = 4, maxsize: int = 3) -> None:
         self.timeout_s = timeout_s
         self.where = where  # a secret-free name of the destination for messages
         self.http = urllib3.PoolManager(
             num_pools=pools,
-            maxsize=3,
+            # Connections kept per host: as many as requests in flight to it, else urllib3 closes
+            # the extra ones after each request.
+            maxsize=maxsize,
             retries=False,
             timeout=urllib3.Timeout(connect=min(timeout_s, 5.0), read=timeout_s),
         )
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> urllib3.BaseHTTPResponse | Outcome:
         try:
-            return self.http.request("POST", url, body=body, headers=headers, preload_content=True)
+            with waiting_on_destination():
+                return self.http.request("POST", url, body=body, headers=headers, preload_content=True)
         except urllib3.exceptions.NewConnectionError as exc:  # a subclass of TimeoutError in urllib3 2.x
             return Outcome.retry("connection", f"connection to {self.where} failed: {type(exc).__name__}")
         except urllib3.exceptions.TimeoutError as exc:

@@ -16,7 +16,7 @@ import grpc
 from trackgate import __version__
 from trackgate._core import Batch, grpc_retry_delay, parse_partial_success
 from trackgate.config import OtlpExporterConfig, mask_url
-from trackgate.exporters.base import Exporter, Outcome
+from trackgate.exporters.base import Exporter, Outcome, waiting_on_destination
 from trackgate.exporters.otlp_http import count_over_dash0_limits
 
 log = logging.getLogger("trackgate.exporter.otlp_grpc")
@@ -63,6 +63,7 @@ class OtlpGrpcExporter(Exporter):
         self.name = name
         self.cfg = cfg
         self.retry = cfg.retry
+        self.concurrency = cfg.concurrency  # calls in flight per signal, on one HTTP/2 channel
         parsed = urllib.parse.urlsplit(cfg.endpoint)
         self.target = parsed.netloc.rpartition("@")[2]  # userinfo never goes on the wire as a target
         self.safe_target = mask_url(cfg.endpoint)
@@ -98,7 +99,8 @@ class OtlpGrpcExporter(Exporter):
             count_over_dash0_limits(self.name, batch, self._warned)
         body = batch.body
         try:
-            response = self.calls[batch.signal](body, timeout=self.cfg.timeout_s, metadata=self.metadata)
+            with waiting_on_destination():
+                response = self.calls[batch.signal](body, timeout=self.cfg.timeout_s, metadata=self.metadata)
         except grpc.RpcError as exc:
             call: Any = exc  # the raised error is also the grpc.Call with code, details, trailers
             code: grpc.StatusCode = call.code()

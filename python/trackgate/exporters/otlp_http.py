@@ -33,7 +33,9 @@ class OtlpHttpExporter(Exporter):
             self.headers["Dash0-Dataset"] = cfg.dataset
         if cfg.compression == "gzip":
             self.headers["Content-Encoding"] = "gzip"
-        self.http = HttpDestination(cfg.timeout_s, self.safe_base)
+        self.concurrency = cfg.concurrency
+        # The three signals' runners share the backend's connections.
+        self.http = HttpDestination(cfg.timeout_s, self.safe_base, maxsize=3 * cfg.concurrency)
         self.check_limits = cfg.check_dash0_limits if cfg.check_dash0_limits is not None else name == "dash0"
         self._warned: set[tuple[str, str]] = set()
 

@@ -50,7 +50,8 @@ class SentryExporter(Exporter):
                 f"Sentry sentry_key={self.dsn.public_key}, sentry_version=7, sentry_client=trackgate/{__version__}"
             ),
         }
-        self.http = HttpDestination(cfg.timeout_s, self.dsn.masked, pools=2)
+        self.concurrency = cfg.concurrency
+        self.http = HttpDestination(cfg.timeout_s, self.dsn.masked, pools=2, maxsize=cfg.concurrency)
 
     def send(self, batch: Batch) -> Outcome:
         envelope = batch.body

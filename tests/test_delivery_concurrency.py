@@ -1,0 +1,233 @@
+"""Several batches in flight per exporter and signal (`concurrency`): bounded as configured, and
+acknowledged in queue order, so a slow batch is never skipped over, not even across a restart."""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+from sentry_upstream import Received, SentryUpstream
+from trackgate import Pipeline
+from trackgate._core import Batch
+from trackgate.config import BatchConfig, Config, OtlpExporterConfig, RetryConfig, SentryExporterConfig
+from trackgate.exporters.base import Exporter, Outcome, waiting_on_destination
+from trackgate.exporters.sentry import SentryExporter
+from trackgate.ratelimits import RateLimits
+from upstream import Reply, Upstream
+
+FAST_RETRY = RetryConfig(initial_interval_s=0.05, max_interval_s=0.2)
+
+
+class Counting(Upstream):
+    """An OTLP stand-in that answers after `delay_s` and records the most requests it held at once."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.default = Reply(delay_s=delay_s)
+        self.in_flight = 0
+        self.most = 0
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        try:
+            super()._handle(h)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def logs(text: str) -> bytes:
+    msg = ExportLogsServiceRequest()
+    msg.resource_logs.add().scope_logs.add().log_records.add().body.string_value = text
+    return msg.SerializeToString()
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 4])
+def test_batches_in_flight_are_bounded_by_concurrency(concurrency: int) -> None:
+    upstream = Counting(delay_s=0.2)
+    cfg = Config(batch=BatchConfig(max_records=1, max_delay_ms=0))
+    cfg.storage.queue = "memory"
+    cfg.exporters.otlp = OtlpExporterConfig(endpoint=upstream.url, concurrency=concurrency, retry=FAST_RETRY)
+    try:
+        with Pipeline(cfg) as p:
+            for i in range(12):  # one record per batch: twelve batches, each answered after 0.2 s
+                p.ingest("logs", logs(f"r{i}"))
+            assert upstream.wait_for(lambda u: len(u.log_records()) == 12)
+            assert p.flush(5)
+            assert p.pending() == 0
+    finally:
+        upstream.close()
+    assert sorted(r.body.string_value for r in upstream.log_records()) == sorted(f"r{i}" for i in range(12))
+    assert upstream.most == concurrency
+
+
+class Sleepy(Exporter):
+    """Takes `seconds` per send, waiting on the destination (`far`) or working on the gateway's
+    side; records how many sends were in flight as each send began, after the first one ended."""
+
+    def __init__(self, concurrency: int, seconds: float, far: bool, crowded: bool = False) -> None:
+        self.name = "sleepy"
+        self.concurrency = concurrency
+        self.seconds = seconds
+        self.far = far
+        self.crowded = crowded  # the wait grows with the square of the sends in flight
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.first_ended = False
+        self.overlaps: list[int] = []  # in flight when each later send began
+        self.sent = 0
+
+    def send(self, batch: Batch) -> Outcome:
+        with self.lock:
+            self.in_flight += 1
+            crowd = self.in_flight
+            if self.first_ended:
+                self.overlaps.append(self.in_flight)
+        if self.far:
+            with waiting_on_destination():
+                time.sleep(self.seconds * (crowd * crowd if self.crowded else 1))
+        else:
+            time.sleep(self.seconds)  # the gateway's own work (a batch compressed, encoded)
+        with self.lock:
+            self.in_flight -= 1
+            self.first_ended = True
+            self.sent += batch.records
+        return Outcome.ok()
+
+
+@pytest.mark.parametrize(
+    ("far", "crowded", "most"),
+    [
+        (True, False, 4),  # waits that do not grow as sends are added: up to the concurrency
+        (False, False, 1),  # the gateway's own work makes the send: one at a time
+        (True, True, 2),  # waits that grow with the sends in flight: tried at 2, back to 1
+    ],
+)
+def test_sends_in_flight_adapt_to_where_a_send_spends_its_time(far: bool, crowded: bool, most: int) -> None:
+    exporter = Sleepy(concurrency=4, seconds=0.05, far=far, crowded=crowded)
+    cfg = Config(batch=BatchConfig(max_records=1, max_delay_ms=0))
+    cfg.storage.queue = "memory"
+    with Pipeline(cfg, [exporter]) as p:
+        for i in range(24):
+            p.ingest("logs", logs(f"r{i}"))
+        assert p.flush(30)
+        assert p.pending() == 0
+    assert exporter.sent == 24
+    assert max(exporter.overlaps) == most
+
+
+def envelope(event_id: str) -> bytes:
+    event = json.dumps({"event_id": event_id, "message": "job failed", "level": "error"}).encode()
+    header = json.dumps({"type": "event", "length": len(event)}).encode()
+    return b"\n".join([json.dumps({"event_id": event_id}).encode(), header, event]) + b"\n"
+
+
+def event_ids(sentry: SentryUpstream) -> list[str]:
+    return [env.headers["event_id"] for env in sentry.delivered()]
+
+
+@pytest.fixture
+def sentry() -> Iterator[SentryUpstream]:
+    stand_in = SentryUpstream()
+    yield stand_in
+    stand_in.close()
+    assert not stand_in.errors
+
+
+def forward_pipeline(sentry: SentryUpstream, queue_dir: Path, timeout_s: float = 5.0) -> Pipeline:
+    """The gateway's Sentry forwarding pipeline on a disk queue, one envelope per batch."""
+    cfg = Config(batch=BatchConfig(max_records=1, max_delay_ms=0))
+    cfg_exporter = SentryExporterConfig(dsn=sentry.dsn(), timeout_s=timeout_s, retry=FAST_RETRY, concurrency=4)
+    exporter = SentryExporter(cfg_exporter, RateLimits())
+    forward = Pipeline(cfg, [exporter], queue_dir=queue_dir, register_metrics=False)
+    exporter.core = forward.core
+    return forward
+
+
+# The destination's answers take most of each send (as from a backend a few ms away or more), so
+# the runner keeps several in flight.
+AWAY = Reply(200, body=b"{}", delay_s=0.05)
+
+
+def warmed_up(forward: Pipeline, sentry: SentryUpstream) -> None:
+    """Starts `forward` and sends it envelopes until it keeps several in flight (it starts with
+    one, and adds one after each send at its full allowance whose wait stayed short)."""
+    warm = [uuid.uuid4().hex for _ in range(16)]
+    for event_id in warm:
+        forward.core.enqueue("logs", envelope(event_id), 1)
+    forward.start()
+    assert sentry.wait_for(lambda s: set(warm) <= set(event_ids(s)))
+    assert forward.flush(5)
+
+
+def held(event_id: str, released: threading.Event) -> Callable[[Received], Reply]:
+    """A responder that holds `event_id`'s answer until `released`, and answers the others."""
+
+    def respond(record: Received) -> Reply:
+        if record.envelope is not None and record.envelope.headers.get("event_id") == event_id:
+            released.wait(10.0)
+            return Reply(200, body=b"{}")
+        return AWAY
+
+    return respond
+
+
+@pytest.mark.parametrize("slow_index", [0, 2])
+def test_a_slow_batch_holds_back_the_acks_of_the_batches_after_it(
+    sentry: SentryUpstream, tmp_path: Path, slow_index: int
+) -> None:
+    ids = [uuid.uuid4().hex for _ in range(4)]
+    released = threading.Event()
+    sentry.responder = held(ids[slow_index], released)
+    forward = forward_pipeline(sentry, tmp_path / "queue")
+    warmed_up(forward, sentry)
+    for event_id in ids:
+        forward.core.enqueue("logs", envelope(event_id), 1)
+    with forward:
+        others = set(ids) - {ids[slow_index]}
+        assert sentry.wait_for(lambda s: others <= set(event_ids(s)))
+        time.sleep(0.3)  # time for the lanes that delivered to acknowledge what they may
+        # Acked: the batches before the slow one. Still queued: the slow one and every one after.
+        assert forward.pending() == len(ids) - slow_index
+        released.set()
+        assert sentry.wait_for(lambda s: set(ids) <= set(event_ids(s)))
+        assert forward.flush(5)
+        assert forward.pending() == 0
+
+
+def test_a_batch_unsettled_at_shutdown_is_delivered_after_the_restart(sentry: SentryUpstream, tmp_path: Path) -> None:
+    ids = [uuid.uuid4().hex for _ in range(4)]
+    # The oldest envelope keeps failing (retryable); the three after it go through.
+    sentry.responder = lambda r: (
+        Reply(503, body=b"{}") if r.envelope and r.envelope.headers["event_id"] == ids[0] else AWAY
+    )
+    forward = forward_pipeline(sentry, tmp_path / "queue")
+    warmed_up(forward, sentry)
+    for event_id in ids:
+        forward.core.enqueue("logs", envelope(event_id), 1)
+    try:
+        assert sentry.wait_for(lambda s: set(ids[1:]) <= set(event_ids(s)))
+        assert sentry.wait_for(lambda s: sum(r.status == 503 for r in s.requests()) >= 2)  # retried
+    finally:
+        forward.close(grace_s=0.2)
+    assert forward.pending() == 4  # shut down with the oldest unsettled: nothing acknowledged past it
+    del forward
+    gc.collect()  # a process that is gone: its queue lock goes with the core
+    sentry.responder = None
+    before = len(event_ids(sentry))
+    with forward_pipeline(sentry, tmp_path / "queue") as again:
+        # Redelivered: the oldest, never lost, and the ones after it (at least once).
+        assert sentry.wait_for(lambda s: set(ids) <= set(event_ids(s)[before:]))
+        assert again.flush(5)
+        assert again.pending() == 0
