@@ -40,13 +40,13 @@ gateway_of() { # name, [storage lines], [extra toml]
   url=http://127.0.0.1:$port
   wait_healthy "$url/healthz"
 }
-# Waits (up to a minute) until the gateway at URL has delivered everything it queued, so that its
-# exporters do not take CPU from the next run. The Sentry forward queue has no depth in /metrics:
-# what the exporters sent must also hold still for a second.
+# Waits (up to a minute) until the gateway at URL has delivered everything it queued (its Sentry
+# and event-bus queues included), so that its exporters do not take CPU from the next run. Builds
+# before trackgate_side_queue_records: what the exporters sent must also hold still for a second.
 drained() {
   local i sent last=-1
   for i in $(seq 600); do
-    if [ "$(curl -s "$1/metrics" | awk '/^trackgate_queue_records/ {s += $2} END {print s + 0}')" = 0 ]; then
+    if [ "$(curl -s "$1/metrics" | awk '/^trackgate_(side_)?queue_records/ {s += $2} END {print s + 0}')" = 0 ]; then
       sent=$(curl -s "$1/metrics" | awk '/^trackgate_exporter_sent_records_total/ {s += $2} END {print s + 0}')
       [ "$sent" = "$last" ] && return 0
       last=$sent

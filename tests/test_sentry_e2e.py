@@ -220,6 +220,8 @@ def test_upstream_rate_limit_is_passed_to_clients(
     assert sentry_upstream.wait_for(lambda s: any(r.status == 429 for r in s.requests()))
     # The exporter records the limit once it has read the answer, then logs that it holds the envelope.
     assert sentry_upstream.wait_for(lambda s: "upstream rate limit; envelope held" in gw.log())
+    # /metrics shows the backlog: the held envelope is queued for the upstream.
+    assert sentry_upstream.wait_for(lambda s: side_queue(gw.url) == 1)
 
     error_id = uuid.uuid4().hex
     status, headers, body = post_envelope(
@@ -254,6 +256,16 @@ def test_upstream_rate_limit_is_passed_to_clients(
     assert sentry_upstream.wait_for(lambda s: s.items("event"))
     events = [i.json() for i in sentry_upstream.items("event")]
     assert [e["event_id"] for e in events] == [first_id]
+    assert sentry_upstream.wait_for(lambda s: side_queue(gw.url) == 0)
+
+
+def side_queue(url: str) -> float:
+    """trackgate_side_queue_records{queue="sentry"}: envelopes queued for the upstream Sentry."""
+    _, _, body = call(f"{url}/metrics", timeout=5)
+    for line in body.decode().splitlines():
+        if line.startswith('trackgate_side_queue_records{queue="sentry"} '):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError('trackgate_side_queue_records{queue="sentry"} not in /metrics')
 
 
 def test_envelopes_land_in_the_embedded_file_sink(gateway_factory, sdk, tmp_path: Path) -> None:

@@ -74,6 +74,15 @@ class App:
             (),
             lambda: [((), float(self.budget.used))],
         )
+        # The Sentry forwarder's and the event bus's own queues (the main one is trackgate_queue_*):
+        # a backlog there is an upstream that does not keep up.
+        telemetry.REGISTRY.observed(
+            "trackgate_side_queue_records",
+            "Entries queued for the upstream Sentry (queue=sentry: envelopes) and the Redis event bus "
+            "(queue=events: events), not yet delivered.",
+            ("queue",),
+            self._side_queues,
+        )
         self.routes: dict[str, tuple[str, Handler]] = {
             "/v1/traces": ("POST", self._otlp("traces")),
             "/v1/logs": ("POST", self._otlp("logs")),
@@ -280,6 +289,10 @@ class App:
             return False
         # Compare against every token so the time taken does not reveal which one nearly matched.
         return sum(hmac.compare_digest(given, t) for t in self.tokens) > 0
+
+    def _side_queues(self) -> list[tuple[tuple[str, ...], float]]:
+        queues = (("sentry", self.forward), ("events", self.bus))
+        return [((name,), float(p.pending())) for name, p in queues if p is not None]
 
     def _otlp(self, signal: str) -> Handler:
         async def handle(request: Request) -> Response:
