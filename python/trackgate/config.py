@@ -146,9 +146,9 @@ class OtlpExporterConfig(_Section):
         return self.compression_level or DEFAULT_COMPRESSION_LEVELS.get(signal, 3)
 
     timeout_s: Annotated[float, Meta(gt=0.0)] = 10.0
-    # At most this many batches of a signal in flight at once, per worker (the Collector's
+    # At most this many batches of logs (of traces) in flight at once, per worker (the Collector's
     # num_consumers; adaptive below it, exporters/base.py): one at a time caps delivery at one
-    # batch per round trip to the backend.
+    # batch per round trip to the backend. Metrics go one at a time, in order.
     concurrency: Annotated[int, Meta(ge=1, le=64)] = 4
     retry: RetryConfig = field(default_factory=RetryConfig)
     queue: ExporterQueueConfig = field(default_factory=ExporterQueueConfig)

@@ -101,9 +101,14 @@ class Exporter(ABC):
     # For an exporter whose `send` may answer ok(unsynced=True): the runner holds the ack of such
     # batches until `sync` succeeds, and calls it at most this often (seconds).
     sync_interval_s: float = 0.0
-    # Batches of one signal sent at once. Above 1, `send` runs on several threads at a time and
-    # must never answer ok(unsynced=True); sinks whose order matters keep 1.
+    # Batches of one signal sent at once, at most. Above 1, `send` runs on several threads at a
+    # time and must never answer ok(unsynced=True); sinks whose order matters keep 1, and so do
+    # the signals in `ordered`.
     concurrency: int = 1
+    ordered: frozenset[str] = frozenset()
+
+    def concurrency_for(self, signal: Signal) -> int:
+        return 1 if signal in self.ordered else self.concurrency
 
     @abstractmethod
     def send(self, batch: Batch) -> Outcome: ...
@@ -164,7 +169,11 @@ class Runner(threading.Thread):
         self.held_since = 0.0
         self.held_bytes = 0
         self.read_failing = False
-        # With concurrency > 1 (`_lane`): the batches taken and not yet acknowledged, oldest first.
+        # Above 1: `_lane`. A sink that syncs later acks after its sync, one batch at a time.
+        self.concurrency = exporter.concurrency_for(signal)
+        if self.concurrency > 1 and exporter.sync_interval_s:
+            raise ValueError(f"exporter {exporter.name}: concurrency > 1 with acks held for a sync")
+        # With concurrency > 1: the batches taken and not yet acknowledged, oldest first.
         self.window: deque[_Slot] = deque()
         self.window_lock = threading.Lock()
         self.settled = threading.Condition(self.window_lock)  # a send ended: `delivering` fell
@@ -173,13 +182,16 @@ class Runner(threading.Thread):
         self.lanes: list[threading.Thread] = []
         self.delivering = 0
         self.stopped = False
-        # Sends allowed in flight now (1 to the exporter's concurrency, see `_adapt`), and the
-        # quickest wait for the destination seen lately (seconds; None before the first send).
+        # Sends allowed in flight now (1 to the concurrency, see `_adapt`); the quickest wait for
+        # the destination seen lately (seconds; None before the first send); batches taken so
+        # far, and how many had been taken at the last decrease (one decrease per round trip).
         self.allowed = 1
         self.quickest: float | None = None
+        self.taken = 0
+        self.cut_at = 0
 
     def run(self) -> None:
-        if self.exporter.concurrency > 1:
+        if self.concurrency > 1:
             self._lane()
             joined = 0
             while joined < len(self.lanes):  # lanes only grow, and before the lane that grew them ends
@@ -219,70 +231,100 @@ class Runner(threading.Thread):
     def _lane(self) -> None:
         """Takes the next batch (one lane at a time, so the window stays in queue order), sends
         it, then acknowledges the settled batches at the window's head. Starts another lane when
-        every lane is sending and more may be in flight (`allowed`)."""
-        while not self.stopped:
-            flush = self.flushing.is_set() or self.core.closed
-            with self.take_lock:
-                with self.settled:
-                    while self.delivering >= self.allowed and not self.stopped:
-                        self.settled.wait(self.POLL_S)
-                if self.stopped:
+        every lane is sending and more may be in flight (`allowed`). Should anything here raise,
+        the runner stops acknowledging: what it took stays queued for the next start."""
+        try:
+            while not self.stopped:
+                slot = self._next_slot()
+                if slot is not None and not self._send(slot):
                     return
-                batch = self._take(flush)
-                if batch is None:
-                    with self.window_lock:
-                        drained = self.core.closed and not self.window
-                    if drained:
-                        return
-                    if self.core.closed:  # others still sending; next_batch returns at once now
-                        self.stop_retrying.wait(0.01)
-                    continue
-                with self.window_lock:
-                    self.delivering += 1
-                    slot = _Slot(batch, alongside=self.delivering)
-                    self.window.append(slot)
-                    self.busy = True
-                    grow = self.delivering > len(self.lanes) and len(self.lanes) + 1 < self.allowed
-                if grow:
-                    lane = threading.Thread(target=self._lane, name=f"{self.name}-{len(self.lanes) + 1}", daemon=True)
-                    self.lanes.append(lane)
-                    lane.start()
-            outcome, waited, took = self._deliver_guarded(batch)
+        except Exception:  # a bug of the runner's own
             with self.settled:
-                self.delivering -= 1
-                self._adapt(slot.alongside, waited, took)
-                self.settled.notify()
-                if outcome is None:
-                    # Shutdown interrupted it: it stays queued, and so does every batch after it
-                    # (nothing past it is acknowledged from now on).
-                    self.stopped = True
-                    self.settled.notify_all()
-                    return
-                slot.done = True
-                acked = None
-                while self.window and self.window[0].done:
-                    acked = self.window.popleft().batch
-            if acked is not None and not self._ack(acked):
-                return
-            with self.window_lock:
-                self.busy = bool(self.window)
+                self.stopped = True
+                self.settled.notify_all()
+            log.exception("delivery stopped: a lane failed; what it took stays queued", extra=self.labels)
 
-    def _adapt(self, alongside: int, waited: float, took: float) -> None:
-        """After a send that began with `alongside` sends in flight (itself included), waited
-        `waited` s for the destination and took `took` s in all: one more may be in flight, or
-        half as many (additive increase, multiplicative decrease)."""
-        if waited <= took / 2:
-            # Compression, encoding or retries' backoff made most of the send: more sends at
-            # once would not overlap waits, only compete for the cores.
+    def _next_slot(self) -> _Slot | None:
+        """The next batch, placed in the window; None when there is none now (or, with `stopped`
+        set, ever)."""
+        flush = self.flushing.is_set() or self.core.closed
+        with self.take_lock:
+            with self.settled:
+                while self.delivering >= self.allowed and not self.stopped:
+                    self.settled.wait(self.POLL_S)
+            if self.stopped:
+                return None
+            batch = self._take(flush)
+            if batch is None:
+                with self.settled:
+                    if self.core.closed:
+                        if not self.window:
+                            self.stopped = True  # closed and drained: every lane ends
+                            self.settled.notify_all()
+                        else:  # others still sending; next_batch returns at once now
+                            self.settled.wait(self.POLL_S)
+                return None
+            with self.window_lock:
+                self.delivering += 1
+                self.taken += 1
+                slot = _Slot(batch, alongside=self.delivering, number=self.taken)
+                self.window.append(slot)
+                self.busy = True
+                grow = self.delivering > len(self.lanes) and len(self.lanes) + 1 < self.allowed
+            if grow:
+                lane = threading.Thread(target=self._lane, name=f"{self.name}-{len(self.lanes) + 1}", daemon=True)
+                try:
+                    lane.start()
+                except RuntimeError:  # no thread to be had: the lanes there are go on
+                    log.warning("could not start another delivery lane", extra=self.labels)
+                else:
+                    self.lanes.append(lane)
+            return slot
+
+    def _send(self, slot: _Slot) -> bool:
+        """Sends the slot's batch, then acknowledges the window's settled head. False when the
+        runner stops (shutdown)."""
+        outcome, waited, took = self._deliver_guarded(slot.batch)
+        with self.settled:
+            self.delivering -= 1
+            self.settled.notify()
+            if outcome is None:
+                # Shutdown interrupted it: it stays queued, and so does every batch after it
+                # (nothing past it is acknowledged from now on).
+                self.stopped = True
+                self.settled.notify_all()
+                return False
+            if outcome.kind != "requeued":  # a parked batch says nothing of the destination
+                self._adapt(slot, waited, took)
+            slot.done = True
+            acked = None
+            while self.window and self.window[0].done:
+                acked = self.window.popleft().batch
+        if acked is not None and not self._ack(acked):
+            return False
+        with self.window_lock:
+            self.busy = bool(self.window)
+        return True
+
+    def _adapt(self, slot: _Slot, waited: float, took: float) -> None:
+        """After the slot's send, which waited `waited` s for the destination and took `took` s
+        in all: one more may be in flight, or half as many (additive increase, multiplicative
+        decrease; at most one decrease per round trip: the sends taken before the last decrease
+        tell nothing new)."""
+        if waited > took / 2:
+            # The quickest wait, rising slowly so that a destination that became slower for good
+            # becomes the norm.
+            self.quickest = waited if self.quickest is None else min(waited, self.quickest * 1.01)
+            if waited <= 2 * self.quickest:
+                if slot.alongside >= self.allowed:
+                    self.allowed = min(self.concurrency, self.allowed + 1)
+                return
+        # Here the wait doubled (the destination, or the cores it shares with the gateway, is
+        # saturated), or compression, encoding or retries' backoff made most of the send (more
+        # at once would not overlap waits, only compete for the cores).
+        if slot.number > self.cut_at:
             self.allowed = max(1, self.allowed // 2)
-            return
-        # The quickest wait, rising slowly so that a destination that became slower for good
-        # becomes the norm.
-        self.quickest = waited if self.quickest is None else min(waited, self.quickest * 1.01)
-        if waited > 2 * self.quickest:
-            self.allowed = max(1, self.allowed // 2)
-        elif alongside >= self.allowed:
-            self.allowed = min(self.exporter.concurrency, self.allowed + 1)
+            self.cut_at = self.taken
 
     def _take(self, flush: bool) -> Batch | None:
         """The next batch, or None (none ready, or the queue could not read it back)."""
@@ -314,7 +356,8 @@ class Runner(threading.Thread):
                 if self.stop_retrying.wait(backoff.delay(None)):
                     return None, 0.0, 0.0
                 continue
-            assert outcome is None or not outcome.unsynced, "a concurrent exporter answered unsynced"
+            if outcome is not None and outcome.unsynced:  # its ack would come before its sync
+                raise RuntimeError(f"exporter {self.exporter.name} answered unsynced with concurrency > 1")
             return outcome, _network.waited, time.monotonic() - started
 
     def _ack(self, batch: Batch) -> bool:
@@ -454,6 +497,7 @@ class _Slot:
 
     batch: Batch
     alongside: int  # sends in flight when it was taken, itself included
+    number: int  # its place among the batches the runner took
     done: bool = False
 
 

@@ -59,6 +59,9 @@ def retry_delay_of(trailers: Any) -> float | None:
 
 
 class OtlpGrpcExporter(Exporter):
+    # A series' points go out in order: backends refuse a sample older than one they have.
+    ordered = frozenset({"metrics"})
+
     def __init__(self, name: str, cfg: OtlpExporterConfig) -> None:
         self.name = name
         self.cfg = cfg

@@ -16,6 +16,9 @@ Format = Literal["protobuf", "json"]
 
 
 class OtlpHttpExporter(Exporter):
+    # A series' points go out in order: backends refuse a sample older than one they have.
+    ordered = frozenset({"metrics"})
+
     def __init__(self, name: str, cfg: OtlpExporterConfig) -> None:
         self.name = name
         self.cfg = cfg
