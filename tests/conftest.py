@@ -17,6 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from sentry_upstream import SentryUpstream
 from upstream import Upstream
 
 
@@ -50,6 +51,14 @@ def upstream() -> Iterator[Upstream]:
     up = Upstream()
     yield up
     up.close()
+
+
+@pytest.fixture
+def sentry_upstream() -> Iterator[SentryUpstream]:
+    stand_in = SentryUpstream()
+    yield stand_in
+    stand_in.close()
+    assert not stand_in.errors  # everything the gateway sent parsed as an envelope
 
 
 class Gateway:

@@ -4,11 +4,10 @@ acknowledged in queue order, so a slow batch is never skipped over, not even acr
 from __future__ import annotations
 
 import gc
-import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from sentry_upstream import Received, SentryUpstream
+from sentry_upstream import envelope as sentry_envelope
 from trackgate import Pipeline
 from trackgate._core import Batch
 from trackgate.config import BatchConfig, Config, OtlpExporterConfig, RetryConfig, SentryExporterConfig
@@ -140,9 +140,9 @@ def test_otlp_metrics_keep_one_batch_at_a_time() -> None:
 
 
 def envelope(event_id: str) -> bytes:
-    event = json.dumps({"event_id": event_id, "message": "job failed", "level": "error"}).encode()
-    header = json.dumps({"type": "event", "length": len(event)}).encode()
-    return b"\n".join([json.dumps({"event_id": event_id}).encode(), header, event]) + b"\n"
+    return sentry_envelope(
+        {"event_id": event_id}, ("event", {"event_id": event_id, "message": "job failed", "level": "error"})
+    )
 
 
 def event_ids(sentry: SentryUpstream) -> list[str]:
@@ -150,11 +150,8 @@ def event_ids(sentry: SentryUpstream) -> list[str]:
 
 
 @pytest.fixture
-def sentry() -> Iterator[SentryUpstream]:
-    stand_in = SentryUpstream()
-    yield stand_in
-    stand_in.close()
-    assert not stand_in.errors
+def sentry(sentry_upstream: SentryUpstream) -> SentryUpstream:
+    return sentry_upstream
 
 
 def forward_pipeline(sentry: SentryUpstream, queue_dir: Path, timeout_s: float = 5.0) -> Pipeline:

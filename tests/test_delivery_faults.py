@@ -4,16 +4,15 @@ that cannot be parked again (full queue, failing disk)."""
 from __future__ import annotations
 
 import errno
-import json
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from sentry_upstream import SentryUpstream
+from sentry_upstream import envelope as sentry_envelope
 from trackgate import Pipeline, telemetry
 from trackgate._core import Batch, QueueFull
 from trackgate.config import BatchConfig, Config, RetryConfig, SentryExporterConfig
@@ -72,11 +71,8 @@ def test_an_exporter_that_raises_is_retried_not_acknowledged() -> None:
 
 
 @pytest.fixture
-def sentry() -> Iterator[SentryUpstream]:
-    stand_in = SentryUpstream()
-    yield stand_in
-    stand_in.close()
-    assert not stand_in.errors
+def sentry(sentry_upstream: SentryUpstream) -> SentryUpstream:
+    return sentry_upstream
 
 
 @pytest.fixture
@@ -85,9 +81,9 @@ def fast_park(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def envelope(event_id: str) -> bytes:
-    event = json.dumps({"event_id": event_id, "message": "job failed", "level": "error"}).encode()
-    header = json.dumps({"type": "event", "length": len(event)}).encode()
-    return b"\n".join([json.dumps({"event_id": event_id}).encode(), header, event]) + b"\n"
+    return sentry_envelope(
+        {"event_id": event_id}, ("event", {"event_id": event_id, "message": "job failed", "level": "error"})
+    )
 
 
 def forward_pipeline(sentry: SentryUpstream, max_bytes: int = 1 << 30) -> tuple[Pipeline, SentryExporter]:

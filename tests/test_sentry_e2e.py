@@ -27,14 +27,6 @@ CARD = "4111 1111 1111 1111"  # Luhn-valid
 SECRET = "hunter2-very-secret"
 
 
-@pytest.fixture
-def sentry_upstream() -> Iterator[SentryUpstream]:
-    stand_in = SentryUpstream()
-    yield stand_in
-    stand_in.close()
-    assert not stand_in.errors  # everything the gateway sent parsed as an envelope
-
-
 def gateway_config(upstream: Upstream, sentry: SentryUpstream) -> str:
     sentry_config = f"""
 [server]
