@@ -26,12 +26,13 @@ REQUESTS: dict[str, Any] = {
 @dataclass
 class GrpcReply:
     """OK with `body` (a serialized Export*ServiceResponse), or a failure `code`, with RetryInfo when
-    `retry_delay_s` is set."""
+    `retry_delay_s` is set; after `delay_s`."""
 
     code: grpc.StatusCode = grpc.StatusCode.OK
     body: bytes = b""
     message: str = ""
     retry_delay_s: float | None = None
+    delay_s: float = 0.0  # before answering
 
 
 @dataclass
@@ -57,12 +58,19 @@ class GrpcUpstream:
         self.script: list[GrpcReply] = []
         self.default = GrpcReply()
         self.cond = threading.Condition()
+        self.in_flight = 0
+        self.most_in_flight = 0  # calls being answered at once, at most
         upstream = self
 
         def handle(method: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
             def export(request: bytes, context: grpc.ServicerContext) -> bytes:
                 with upstream.cond:
                     reply = upstream.script.pop(0) if upstream.script else upstream.default
+                    upstream.in_flight += 1
+                    upstream.most_in_flight = max(upstream.most_in_flight, upstream.in_flight)
+                time.sleep(reply.delay_s)
+                with upstream.cond:
+                    upstream.in_flight -= 1
                 message = REQUESTS[method]()
                 message.ParseFromString(request)
                 metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
@@ -79,7 +87,7 @@ class GrpcUpstream:
 
             return export
 
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         generic = [
             grpc.method_handlers_generic_handler(
                 path[1:].rsplit("/", 1)[0],

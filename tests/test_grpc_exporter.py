@@ -101,6 +101,24 @@ def test_retry_through_the_runner(grpc_upstream: GrpcUpstream) -> None:
     assert after - before == 1
 
 
+def test_several_calls_in_flight_on_one_channel(grpc_upstream: GrpcUpstream) -> None:
+    """`concurrency` applies to gRPC too: the calls share the channel's HTTP/2 connection."""
+    grpc_upstream.default = GrpcReply(delay_s=0.2)
+    cfg = Config()
+    cfg.batch.max_records, cfg.batch.max_delay_ms = 1, 0
+    cfg.exporters.otlp = exporter_cfg(grpc_upstream.endpoint, concurrency=3)
+    with Pipeline(cfg) as p:
+        for i in range(16):  # one span per batch
+            p.ingest("traces", traces(f"s{i}"))
+        assert grpc_upstream.wait_for(lambda u: len(u.ok_calls()) == 16)
+        assert p.flush(5)
+    names = sorted(
+        span.name for c in grpc_upstream.ok_calls() for span in c.message.resource_spans[0].scope_spans[0].spans
+    )
+    assert names == sorted(f"s{i}-0" for i in range(16))
+    assert grpc_upstream.most_in_flight == 3
+
+
 def test_partial_success_is_counted(grpc_upstream: GrpcUpstream) -> None:
     resp = ExportTraceServiceResponse()
     resp.partial_success.rejected_spans = 1
