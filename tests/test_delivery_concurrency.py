@@ -130,6 +130,28 @@ def test_sends_in_flight_adapt_to_where_a_send_spends_its_time(
     assert fewest <= max(exporter.overlaps) <= most
 
 
+def test_a_lane_that_fails_stops_acknowledging(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the runner's own code after a send: what was taken stays queued, never acked."""
+    exporter = Sleepy(concurrency=4, seconds=0.01, far=True)
+
+    def broken(self: Runner, *args: object) -> None:
+        raise RuntimeError("runner bug")
+
+    monkeypatch.setattr(Runner, "_adapt", broken)
+    cfg = Config(batch=BatchConfig(max_records=1, max_delay_ms=0))
+    cfg.storage.queue = "memory"
+    with Pipeline(cfg, [exporter]) as p:
+        p.ingest("logs", logs("r0"))
+        deadline = time.monotonic() + 5
+        while "delivery stopped: a lane failed" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "delivery stopped: a lane failed" in caplog.text
+        assert exporter.sent == 1  # it was sent, but the runner could not settle it: not acked
+        assert p.pending() == 1
+
+
 def test_otlp_metrics_keep_one_batch_at_a_time() -> None:
     """A series' points must arrive in order: backends refuse a sample older than one they have."""
     exporter = OtlpHttpExporter("otlp", OtlpExporterConfig(endpoint="http://127.0.0.1:9", concurrency=8))
