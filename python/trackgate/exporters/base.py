@@ -202,18 +202,9 @@ class Runner(threading.Thread):
             flush = self.flushing.is_set() or self.core.closed
             if self.held is not None and (flush or self._sync_due()) and not self._commit():
                 return  # shutting down while the sync fails: the held batches stay queued
-            try:
-                batch = self.core.next_batch(self.exporter.name, self.signal, self._poll_s(), flush)
-            except OSError as exc:  # the queue could not read the next entry back; its cursor stays
-                if not self.read_failing:
-                    log.error("reading the queue failed; delivery paused", extra={**self.labels, "error": str(exc)})
-                self.read_failing = True
-                if self.stop_retrying.wait(self.READ_RETRY_S):
-                    return  # shutting down: the entry stays on disk for the next start
-                continue
-            if self.read_failing:
-                log.info("reading the queue works again; delivery resumed", extra=self.labels)
-                self.read_failing = False
+            batch = self._take(flush, self._poll_s())
+            if self.stopped:
+                return  # shutting down while reading failed: the entry stays on disk for the next start
             if batch is None:
                 if self.core.closed and self.held is None:
                     return
@@ -326,10 +317,12 @@ class Runner(threading.Thread):
             self.allowed = max(1, self.allowed // 2)
             self.cut_at = self.taken
 
-    def _take(self, flush: bool) -> Batch | None:
-        """The next batch, or None (none ready, or the queue could not read it back)."""
+    def _take(self, flush: bool, poll_s: float | None = None) -> Batch | None:
+        """The next batch, or None (none ready, or the queue could not read it back: then
+        `stopped` is set when shutdown came meanwhile)."""
+        poll = self.POLL_S if poll_s is None else poll_s
         try:
-            batch = self.core.next_batch(self.exporter.name, self.signal, self.POLL_S, flush)
+            batch = self.core.next_batch(self.exporter.name, self.signal, poll, flush)
         except OSError as exc:  # the queue could not read the next entry back; its cursor stays
             if not self.read_failing:
                 log.error("reading the queue failed; delivery paused", extra={**self.labels, "error": str(exc)})
