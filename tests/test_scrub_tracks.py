@@ -21,7 +21,6 @@ from conftest import dash0_config
 from http_client import call
 from otel_clients import attrs
 from sentry_upstream import SentryUpstream
-from test_sentry_e2e import sentry_upstream  # noqa: F401 - fixture
 from upstream import Upstream
 
 pytestmark = pytest.mark.slow
@@ -99,7 +98,7 @@ def check_rows(values: dict[str, object]) -> None:
 def test_all_tracks_scrub_otlp_logs_spans_and_sentry_events(
     gateway_factory,
     upstream: Upstream,
-    sentry_upstream: SentryUpstream,  # noqa: F811
+    sentry_upstream: SentryUpstream,
 ) -> None:
     gw = gateway_factory(config(upstream, sentry_upstream, '["all"]'))
     post(gw, "/v1/logs", logs_request("GET /login?password=hunter2&user=ann failed"))
@@ -140,7 +139,7 @@ def test_all_tracks_scrub_otlp_logs_spans_and_sentry_events(
 def test_default_leaves_otlp_untouched_and_forwards_metrics_without_points(
     gateway_factory,
     upstream: Upstream,
-    sentry_upstream: SentryUpstream,  # noqa: F811
+    sentry_upstream: SentryUpstream,
 ) -> None:
     gw = gateway_factory(dash0_config(upstream))
     body = logs_request("password=hunter2")

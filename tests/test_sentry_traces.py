@@ -10,7 +10,7 @@ from opentelemetry import trace
 
 from otel_clients import Sdk, attrs
 from sentry_upstream import SentryUpstream, parse_envelope
-from test_sentry_e2e import gateway_config, sdk, sentry_upstream  # noqa: F401 - fixtures
+from test_sentry_e2e import gateway_config, sdk  # noqa: F401 - fixtures
 from upstream import Upstream
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def record_envelopes(client: Any) -> list[bytes]:
 def test_transaction_with_two_spans_becomes_three_otlp_spans(
     gateway_factory,
     upstream: Upstream,
-    sentry_upstream: SentryUpstream,  # noqa: F811
+    sentry_upstream: SentryUpstream,
     sdk,  # noqa: F811
 ) -> None:
     gw = gateway_factory(gateway_config(upstream, sentry_upstream))
@@ -93,7 +93,7 @@ def sentry_upstream_event_id(sent: list[bytes]) -> str:
 def test_otel_span_and_sentry_transaction_share_a_trace(
     gateway_factory,
     upstream: Upstream,
-    sentry_upstream: SentryUpstream,  # noqa: F811
+    sentry_upstream: SentryUpstream,
     sdk,  # noqa: F811
 ) -> None:
     """A worker instrumented with OpenTelemetry calls an API server instrumented with sentry-sdk;
