@@ -220,6 +220,45 @@ def test_a_batch_redis_refuses_is_dropped_and_counted(
     assert wait_until(lambda: [e["event_type"] for e in stream_entries(redis_server)] == ["job_completed"])
 
 
+@pytest.mark.parametrize("refusal", ["oom", "readonly"])
+def test_a_batch_redis_refuses_for_a_while_is_retried_not_dropped(
+    gateway_factory: type[Gateway], redis_server: RedisServer, refusal: str
+) -> None:
+    """A full Redis (maxmemory, noeviction) or a node demoted to replica in a failover refuses the
+    script's XADD with OOM or READONLY: the batch waits on disk and goes out once Redis takes writes
+    again, nothing dropped."""
+    client = redis_server.client()
+    gw = gateway_factory(redis_config(redis_server))
+
+    def metric(name: str) -> float:
+        text = call(gw.url + "/metrics", timeout=5)[2].decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name + "{") and 'exporter="redis"' in line
+        )
+
+    if refusal == "oom":
+        client.config_set("maxmemory", "1")
+    else:
+        client.replicaof("127.0.0.1", "1")  # a primary that is not there: it stays a replica
+    try:
+        status, answer = post(gw.url, orjson.dumps(numbered_events("jr", 0, 5)))
+        assert status == 200, answer
+        assert wait_until(lambda: metric("trackgate_exporter_retries_total") >= 2), metric(
+            "trackgate_exporter_retries_total"
+        )
+        assert stream_entries(redis_server) == []
+    finally:
+        if refusal == "oom":
+            client.config_set("maxmemory", "0")
+        else:
+            client.replicaof("NO", "ONE")
+    assert wait_until(lambda: len(stream_entries(redis_server)) == 5), stream_entries(redis_server)
+    assert [e["event_id"] for e in stream_entries(redis_server)] == [f"jr-{i}" for i in range(5)]
+    assert metric("trackgate_exporter_failed_records_total") == 0
+
+
 @pytest.mark.slow
 def test_mixed_batch_accepts_the_valid_and_names_the_invalid(
     gateway_factory: type[Gateway], redis_server: RedisServer

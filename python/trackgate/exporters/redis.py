@@ -28,7 +28,26 @@ from trackgate.exporters.base import Exporter, Outcome
 log = logging.getLogger("trackgate.exporter.redis")
 
 # Redis error replies that pass (a loading replica, a full memory, a failover): retried.
-TRANSIENT_REPLIES = ("OOM", "LOADING", "BUSY", "TRYAGAIN", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "NOREPLICAS")
+TRANSIENT_REPLIES = frozenset(
+    {"OOM", "LOADING", "BUSY", "TRYAGAIN", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "NOREPLICAS"}
+)
+
+
+def reply_code(exc: redis.exceptions.ResponseError) -> str:
+    """The error reply's code (`OOM`, `READONLY`, ...). redis-py takes the codes it knows off the
+    message (raising OutOfMemoryError, ReadOnlyError, ...) and keeps them in `status_code`."""
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, str) and code:
+        return code
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return "OOM"
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return "READONLY"
+    if isinstance(exc, redis.exceptions.TryAgainError):
+        return "TRYAGAIN"
+    if isinstance(exc, redis.exceptions.ClusterDownError):
+        return "CLUSTERDOWN"
+    return str(exc).split(" ", 1)[0]
 
 
 # KEYS: the streams. ARGV: maxlen (0: none), the packed entries (`events::bus` in the core: per
@@ -89,8 +108,10 @@ class RedisExporter(Exporter):
             self._reset()
             return Outcome.retry("connection", f"redis at {self.where}: {type(exc).__name__}: {exc}")
         except redis.exceptions.ResponseError as exc:
-            message = str(exc)
-            if message.startswith(TRANSIENT_REPLIES):
+            code, message = reply_code(exc), str(exc)
+            if not message.startswith(code):
+                message = f"{code} {message}"
+            if code in TRANSIENT_REPLIES:
                 return Outcome.retry("redis_busy", f"redis at {self.where}: {message}")
             return Outcome.drop("redis_error", f"redis at {self.where} refused the batch: {message}")
         except redis.exceptions.RedisError as exc:
