@@ -19,7 +19,7 @@ from sentry_upstream import envelope as sentry_envelope
 from trackgate import Pipeline
 from trackgate._core import Batch
 from trackgate.config import BatchConfig, Config, OtlpExporterConfig, RetryConfig, SentryExporterConfig
-from trackgate.exporters.base import Exporter, Outcome, Runner, waiting_on_destination
+from trackgate.exporters.base import Exporter, HttpDestination, Outcome, Runner, waiting_on_destination
 from trackgate.exporters.otlp_http import OtlpHttpExporter
 from trackgate.exporters.sentry import SentryExporter
 from trackgate.ratelimits import RateLimits
@@ -159,6 +159,33 @@ def test_otlp_metrics_keep_one_batch_at_a_time() -> None:
         assert [exporter.concurrency_for(s) for s in ("logs", "traces", "metrics")] == [8, 8, 1]
     finally:
         exporter.close()
+
+
+def test_senders_sharing_a_destination_wait_for_its_connections(caplog: pytest.LogCaptureFixture) -> None:
+    """An adopted shard's pipeline shares its exporter with the owner's: together they must not
+    open more connections than the exporter's concurrency allows (urllib3 would close each extra
+    one after its request, with a warning every time)."""
+    upstream = Counting(delay_s=0.1)
+    dest = HttpDestination(5.0, "the stand-in", pools=1, maxsize=2)
+    statuses: list[int] = []
+
+    def post(i: int) -> None:
+        resp = dest.post(f"{upstream.url}/v1/logs", logs(f"r{i}"), {"Content-Type": "application/x-protobuf"})
+        assert not isinstance(resp, Outcome), resp
+        statuses.append(resp.status)
+
+    try:
+        senders = [threading.Thread(target=post, args=(i,)) for i in range(6)]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join(10)
+    finally:
+        dest.close()
+        upstream.close()
+    assert statuses == [200] * 6
+    assert upstream.most == 2
+    assert "pool is full" not in caplog.text
 
 
 def envelope(event_id: str) -> bytes:

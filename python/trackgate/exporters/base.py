@@ -521,9 +521,11 @@ class HttpDestination:
         self.where = where  # a secret-free name of the destination for messages
         self.http = urllib3.PoolManager(
             num_pools=pools,
-            # Connections kept per host: as many as requests in flight to it, else urllib3 closes
-            # the extra ones after each request.
+            # Connections per host: as many as requests in flight to it. `block` makes that a
+            # bound: pipelines sharing this exporter (an adopted shard's) wait for a connection
+            # rather than open extra ones, which urllib3 would close after each request.
             maxsize=maxsize,
+            block=True,
             retries=False,
             timeout=urllib3.Timeout(connect=min(timeout_s, 5.0), read=timeout_s),
         )
