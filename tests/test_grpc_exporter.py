@@ -182,7 +182,7 @@ def test_config_checks(tmp_path) -> None:
     path.write_text('[exporters.dash0]\nendpoint = "https://x"\ninsecure = true\n')
     with pytest.raises(ConfigError, match="insecure"):
         load(path, env={})
-    path.write_text('[exporters.dash0]\nendpoint = "https://x:4317"\nprotocol = "grpc"\n')
+    path.write_text('[exporters.dash0]\nendpoint = "https://x:4317"\nprotocol = "grpc"\ntoken = "t"\n')
     assert load(path, env={}).exporters.dash0.protocol == "grpc"  # type: ignore[union-attr]
 
 

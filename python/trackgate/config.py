@@ -145,6 +145,20 @@ class OtlpExporterConfig(_Section):
         """The gzip level of `signal`'s batches: the configured one, else the signal's default."""
         return self.compression_level or DEFAULT_COMPRESSION_LEVELS.get(signal, 3)
 
+    def auth_headers(self) -> dict[str, str]:
+        """`headers`, then the token and dataset over any header of the same name in another case
+        (OTEL_EXPORTER_OTLP_HEADERS spells `authorization` in lower case): never both sent."""
+        out = dict(self.headers)
+        for name, value in (
+            ("Authorization", f"Bearer {self.token}" if self.token else ""),
+            ("Dash0-Dataset", self.dataset),
+        ):
+            if value:
+                for key in [k for k in out if k.lower() == name.lower()]:
+                    del out[key]
+                out[name] = value
+        return out
+
     timeout_s: Annotated[float, Meta(gt=0.0)] = 10.0
     # At most this many batches of logs (of traces) in flight at once, per worker (the Collector's
     # num_consumers; adaptive below it, exporters/base.py): one at a time caps delivery at one
@@ -487,6 +501,21 @@ def _check_url(url: str, where: str) -> None:
         raise ConfigError(f"{where}: endpoint {shorten(mask_url(url))!r} must be an http:// or https:// URL")
 
 
+def _check_header_values(exp: OtlpExporterConfig, where: str) -> None:
+    """A control character (a secret file's trailing newline) in a header makes every send raise
+    inside the HTTP client, with the value in the error: refused here, named by key only."""
+    fields = [("token", exp.token), ("dataset", exp.dataset)]
+    fields += [(f"headers[{shorten(key)!r}]", value) for key, value in exp.headers.items()]
+    for key in exp.headers:
+        if not key or any(ch.isspace() or not ch.isprintable() or ch == ":" for ch in key):
+            raise ConfigError(f"{where}.headers: name {shorten(key)!r} is not a valid HTTP header name")
+    for what, value in fields:
+        if value != value.strip() or any(not ch.isprintable() for ch in value):
+            raise ConfigError(
+                f"{where}.{what} has leading or trailing whitespace or a control character (a trailing newline?)"
+            )
+
+
 def _check_tokens(cfg: Config, source: str) -> None:
     """A blank token would let `Authorization: Bearer` with nothing after it in."""
     for index, token in enumerate(cfg.server.tokens):
@@ -507,8 +536,55 @@ def _check_tokens(cfg: Config, source: str) -> None:
             raise ConfigError(f"{source}: receivers.forward.users[{index}] needs a username and a password")
 
 
+def _points_at(url: str, listen: str) -> bool:
+    """Whether `url` reaches the listener `listen` on this machine (same port; same host, or both
+    loopback, or a wildcard listener reached through loopback)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host, listen_port = parse_listen(listen)
+    except (ValueError, ConfigError):
+        return False
+    target = parts.hostname or ""
+    if port != listen_port:
+        return False
+    wildcard = host.strip("[]") in ("0.0.0.0", "::")
+    return target == host.strip("[]") or (is_loopback(target) and (is_loopback(host) or wildcard))
+
+
+def check_loops(cfg: Config, source: str = "<config>") -> None:
+    """Refuses an exporter that sends to this gateway's own listener: every batch would come back
+    in and go out again, forever. The usual cause is the SDKs' OTEL_EXPORTER_OTLP_ENDPOINT (or
+    SENTRY_DSN) set in the gateway's own environment too."""
+    grpc_listen = cfg.receivers.otlp_grpc.listen if cfg.receivers.otlp_grpc.enabled else ""
+    for name, exp in cfg.otlp_exporters().items():
+        listen = grpc_listen if exp.protocol == "grpc" else cfg.server.listen
+        if listen and _points_at(exp.endpoint, listen):
+            raise ConfigError(
+                f"{source}: exporters.{name}.endpoint {mask_url(exp.endpoint)!r} is this gateway's own listener "
+                f"({listen}): batches would loop. If it comes from OTEL_EXPORTER_OTLP_ENDPOINT meant for the SDKs, "
+                "unset it in the gateway's environment, or point it at the backend"
+            )
+    sentry = cfg.exporters.sentry
+    if sentry is not None and sentry.dsn:
+        from trackgate.dsn import DsnError, parse_dsn
+
+        try:
+            dsn = parse_dsn(sentry.dsn)
+        except DsnError:
+            return  # _validate names it
+        if _points_at(f"{dsn.scheme}://{dsn.host}", cfg.server.listen):
+            raise ConfigError(
+                f"{source}: exporters.sentry.dsn ({dsn.masked}) is this gateway's own listener "
+                f"({cfg.server.listen}): envelopes would loop. If it comes from SENTRY_DSN meant for the SDKs, "
+                "unset it in the gateway's environment, or point it at the upstream Sentry"
+            )
+
+
 def check_exposure(cfg: Config, source: str = "<config>") -> None:
-    """Refuses a listener beyond loopback that anyone could write to, unless explicitly allowed."""
+    """Refuses a listener beyond loopback that anyone could write to, unless explicitly allowed,
+    and an exporter that points back at a listener (both need the final listen addresses)."""
+    check_loops(cfg, source)
     listeners = [("server.listen", cfg.server.listen)]
     if cfg.receivers.otlp_grpc.enabled:
         listeners.append(("receivers.otlp_grpc.listen", cfg.receivers.otlp_grpc.listen))
@@ -575,6 +651,7 @@ def _validate(cfg: Config, source: str) -> None:
     for name, exp in cfg.otlp_exporters().items():
         if not exp.endpoint:
             raise ConfigError(f"{source}: exporters.{name}.endpoint is required")
+        _check_header_values(exp, f"{source}: exporters.{name}")
         _check_url(exp.endpoint, f"{source}: exporters.{name}")
         if exp.protocol == "grpc" and urllib.parse.urlsplit(exp.endpoint).path.strip("/"):
             raise ConfigError(
@@ -584,6 +661,9 @@ def _validate(cfg: Config, source: str) -> None:
             raise ConfigError(f'{source}: exporters.{name}.insecure applies to protocol = "grpc" only')
         if exp.retry.max_interval_s < exp.retry.initial_interval_s:
             raise ConfigError(f"{source}: exporters.{name}.retry.max_interval_s is below initial_interval_s")
+        if name == "dash0" and not exp.token and not any(k.lower() == "authorization" for k in exp.headers):
+            # Dash0 answers 401 to every batch without one, and a 401 drops the batch.
+            raise ConfigError(f"{source}: exporters.dash0.token is required (or DASH0_AUTH_TOKEN)")
     try:
         cfg.metrics.interval_s()
     except ConfigError as exc:
@@ -619,8 +699,9 @@ def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
         dash0 = exporters.dash0 or OtlpExporterConfig(endpoint=DEFAULT_DASH0_ENDPOINT)
         dash0 = msgspec.structs.replace(
             dash0,
-            token=env.get("DASH0_AUTH_TOKEN") or dash0.token,
-            dataset=env.get("DASH0_DATASET") or dash0.dataset,
+            # Stripped: a secret mounted from a file often ends in a newline.
+            token=env.get("DASH0_AUTH_TOKEN", "").strip() or dash0.token,
+            dataset=env.get("DASH0_DATASET", "").strip() or dash0.dataset,
         )
         exporters = msgspec.structs.replace(exporters, dash0=dash0)
     if env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):

@@ -446,7 +446,8 @@ class Runner(threading.Thread):
                 if not raised:  # the traceback once per batch; the retries are logged below
                     log.exception("exporter failed unexpectedly; batch stays queued", extra=self.labels)
                 raised = True
-                outcome = Outcome.retry("internal_error", f"exporter raised {type(exc).__name__}: {exc}")
+                # The type only: the message of an unexpected error may quote a header (a secret).
+                outcome = Outcome.retry("internal_error", f"exporter raised {type(exc).__name__}")
             telemetry.EXPORT_LATENCY.observe(time.monotonic() - t0, **self.labels)
             if outcome.kind == "ok":
                 telemetry.EXPORTED_RECORDS.inc(batch.records - outcome.rejected, **self.labels)

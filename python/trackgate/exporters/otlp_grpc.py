@@ -89,11 +89,7 @@ class OtlpGrpcExporter(Exporter):
             for signal, path in METHODS.items()
         }
         # gRPC metadata keys are lowercase.
-        self.metadata: list[tuple[str, str]] = [(k.lower(), v) for k, v in cfg.headers.items()]
-        if cfg.token:
-            self.metadata.append(("authorization", f"Bearer {cfg.token}"))
-        if cfg.dataset:
-            self.metadata.append(("dash0-dataset", cfg.dataset))
+        self.metadata: list[tuple[str, str]] = [(k.lower(), v) for k, v in cfg.auth_headers().items()]
         self.check_limits = cfg.check_dash0_limits if cfg.check_dash0_limits is not None else name == "dash0"
         self._warned: set[tuple[str, str]] = set()
 

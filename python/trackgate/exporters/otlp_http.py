@@ -28,12 +28,8 @@ class OtlpHttpExporter(Exporter):
         self.headers = {
             "Content-Type": "application/x-protobuf",
             "User-Agent": f"trackgate/{__version__}",
-            **cfg.headers,
+            **cfg.auth_headers(),
         }
-        if cfg.token:
-            self.headers["Authorization"] = f"Bearer {cfg.token}"
-        if cfg.dataset:
-            self.headers["Dash0-Dataset"] = cfg.dataset
         if cfg.compression == "gzip":
             self.headers["Content-Encoding"] = "gzip"
         self.concurrency = cfg.concurrency
