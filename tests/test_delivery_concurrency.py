@@ -152,6 +152,58 @@ def test_a_lane_that_fails_stops_acknowledging(
         assert p.pending() == 1
 
 
+class StuckHead(Exporter):
+    """Fails the batch `r0` (retryable) until `released`; sends every other batch at once, and
+    records how many it had sent while `r0` was still failing."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.name = "stuck"
+        self.concurrency = concurrency
+        self.retry = RetryConfig(initial_interval_s=0.02, max_interval_s=0.05)
+        self.released = threading.Event()
+        self.sent_while_stuck = 0
+        self.delivered: list[str] = []
+        self.lock = threading.Lock()
+
+    def send(self, batch: Batch) -> Outcome:
+        text = ExportLogsServiceRequest.FromString(batch.body).resource_logs[0].scope_logs[0].log_records[0]
+        name = text.body.string_value
+        with waiting_on_destination():
+            time.sleep(0.002)
+        with self.lock:
+            if name == "r0" and not self.released.is_set():
+                return Outcome.retry("status_503", "head batch refused")
+            if not self.released.is_set():
+                self.sent_while_stuck += 1
+            self.delivered.append(name)
+        return Outcome.ok()
+
+
+def test_a_failing_head_batch_bounds_the_batches_taken_behind_it() -> None:
+    """Acks are cumulative: while the first batch keeps failing, nothing after it can be acked.
+    The batches taken meanwhile wait in memory, so only a bounded window of them is taken."""
+    exporter = StuckHead(concurrency=2)
+    cfg = Config(batch=BatchConfig(max_records=1, max_delay_ms=0))
+    cfg.storage.queue = "memory"
+    with Pipeline(cfg, [exporter]) as p:
+        for i in range(20):  # quick sends first: the allowance grows to the concurrency
+            p.ingest("logs", logs(f"w{i}"))
+        assert p.flush(10)
+        with exporter.lock:
+            exporter.sent_while_stuck = 0
+        for i in range(60):
+            p.ingest("logs", logs(f"r{i}"))
+        time.sleep(1.0)  # dozens of the head's retries, each time the others could be taken
+        with exporter.lock:
+            stuck = exporter.sent_while_stuck
+        assert 0 < stuck < 4 * exporter.concurrency  # Runner.WINDOW_PER_LANE
+        assert p.pending() == 60
+        exporter.released.set()
+        assert p.flush(10)
+        assert p.pending() == 0
+    assert sorted(exporter.delivered) == sorted([f"w{i}" for i in range(20)] + [f"r{i}" for i in range(60)])
+
+
 def test_otlp_metrics_keep_one_batch_at_a_time() -> None:
     """A series' points must arrive in order: backends refuse a sample older than one they have."""
     exporter = OtlpHttpExporter("otlp", OtlpExporterConfig(endpoint="http://127.0.0.1:9", concurrency=8))

@@ -146,6 +146,10 @@ class Runner(threading.Thread):
     MAX_HELD_BYTES = 64 << 20
     # How often a queue entry the disk failed to return is tried again.
     READ_RETRY_S = 1.0
+    # With concurrency > 1, batches taken and not yet acknowledged, at most, per concurrency: a
+    # head batch that keeps failing holds back every ack behind it, and the batches sent meanwhile
+    # wait in memory (decompressed) until it settles.
+    WINDOW_PER_LANE = 4
 
     def __init__(
         self,
@@ -239,8 +243,9 @@ class Runner(threading.Thread):
         set, ever)."""
         flush = self.flushing.is_set() or self.core.closed
         with self.take_lock:
+            window_limit = self.WINDOW_PER_LANE * self.concurrency
             with self.settled:
-                while self.delivering >= self.allowed and not self.stopped:
+                while (self.delivering >= self.allowed or len(self.window) >= window_limit) and not self.stopped:
                     self.settled.wait(self.POLL_S)
             if self.stopped:
                 return None
