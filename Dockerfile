@@ -20,10 +20,13 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER trackgate
 WORKDIR /var/lib/trackgate
 ENV TRACKGATE_LOG_LEVEL=info
-EXPOSE 4318
+# OTLP/HTTP on 4318 and OTLP/gRPC on 4317, both on every interface (the defaults are loopback,
+# unreachable from outside the container). The Fluent forward listener (24224) is off unless
+# [receivers.forward] listen is set in a config; publish its port too when it is.
+EXPOSE 4318 4317
 HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:4318/healthz').status != 200)"
-# Inside a container the listener is not loopback, so serve requires bearer tokens:
-#   docker run -e TRACKGATE_TOKENS=<token>[,<token>...] -p 4318:4318 trackgate
+# Inside a container the listeners are not loopback, so serve requires bearer tokens:
+#   docker run -e TRACKGATE_TOKENS=<token>[,<token>...] -p 4318:4318 -p 4317:4317 trackgate
 # (or a config with [server] tokens, or allow_unauthenticated = true on a trusted network).
 ENTRYPOINT ["trackgate"]
-CMD ["serve", "--listen", "0.0.0.0:4318"]
+CMD ["serve", "--listen", "0.0.0.0:4318", "--grpc-listen", "0.0.0.0:4317"]

@@ -29,7 +29,7 @@ def _load(args: argparse.Namespace, serving: bool = False) -> Config:
         config_mod.parse_listen(args.grpc_listen)
         grpc = msgspec.structs.replace(cfg.receivers.otlp_grpc, listen=args.grpc_listen)
         cfg = msgspec.structs.replace(cfg, receivers=msgspec.structs.replace(cfg.receivers, otlp_grpc=grpc))
-    if getattr(args, "workers", None):
+    if getattr(args, "workers", None) is not None:
         if args.workers < 1:
             raise ConfigError("--workers must be at least 1")
         server = msgspec.structs.replace(server, workers=args.workers)
@@ -207,18 +207,31 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def cmd_events_tail(args: argparse.Namespace) -> int:
     import redis
 
-    from trackgate.events_tail import tail
+    from trackgate.events_tail import GROUP_WITH_JOB, tail
 
+    if args.group and args.job is not None:
+        print(f"trackgate events tail: {GROUP_WITH_JOB}", file=sys.stderr)
+        return 2
     cfg = config_mod.load(args.config)
     redis_cfg = cfg.exporters.redis
     url = args.url or (redis_cfg.url if redis_cfg is not None else "")
     if not url:
         raise ConfigError("no event bus: set [exporters.redis] url, REDIS_URL or --url")
     prefix = redis_cfg.stream_prefix if redis_cfg is not None else "trackgate:events"
+    # per_type: the events are in "<prefix>:<event_type>", nothing in "<prefix>": read them all.
+    per_type = not args.stream and redis_cfg is not None and redis_cfg.per_type
     stream = args.stream or prefix
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        tail(client, stream, group=args.group, job=args.job, from_start=args.from_start, count=args.count)
+        tail(
+            client,
+            stream,
+            per_type=per_type,
+            group=args.group,
+            job=args.job,
+            from_start=args.from_start,
+            count=args.count,
+        )
     except redis.exceptions.ConnectionError as exc:
         print(f"trackgate: cannot reach the event bus at {config_mod.mask_url(url)}: {exc}", file=sys.stderr)
         return 1
@@ -334,9 +347,14 @@ def parser() -> argparse.ArgumentParser:
     etail = events_sub.add_parser("tail", help="watch the event bus live, one JSON line per event")
     etail.add_argument("--config", help="TOML config file (for [exporters.redis])")
     etail.add_argument("--url", help="Redis URL (default: [exporters.redis] url or REDIS_URL)")
-    etail.add_argument("--stream", help="stream key (default: exporters.redis.stream_prefix)")
-    etail.add_argument("--group", help="read as a member of this consumer group (created if missing), acking")
-    etail.add_argument("--job", help="only events of this job_id")
+    etail.add_argument(
+        "--stream",
+        help="stream key (default: exporters.redis.stream_prefix; with per_type = true, every <prefix>:<type> stream)",
+    )
+    etail.add_argument(
+        "--group", help="read as a member of this consumer group (created if missing), acking; not with --job"
+    )
+    etail.add_argument("--job", help="only events of this job_id (without --group)")
     etail.add_argument("--from-start", action="store_true", help="from the start of the stream, not its end")
     etail.add_argument("--count", type=int, default=0, help="exit after this many events (0: run until ^C)")
     etail.set_defaults(func=cmd_events_tail)
