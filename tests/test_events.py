@@ -453,6 +453,78 @@ def test_events_tail_filters_by_job_and_reads_as_a_group(redis_server: RedisServ
     assert client.xpending(STREAM, "ops")["pending"] == 0
 
 
+def test_events_tail_reads_every_per_type_stream(redis_server: RedisServer, tmp_path, capsys) -> None:
+    from trackgate.cli import main
+
+    client = redis_server.client()
+    # Explicit ids: within one millisecond, entries of different streams cannot be ordered.
+    for ms, (stream, event_id) in enumerate(
+        [("bus:job_started", "s1"), ("bus:job_progress", "p1"), ("bus:job_completed", "c1")]
+    ):
+        fields = {"event_id": event_id, "event_type": stream.split(":")[1], "job_id": "j", "data": "{}"}
+        client.xadd(stream, fields, id=f"{1000 + ms}-0")
+    client.hset("bus:jobs", "j", "1")  # not a stream: SCAN's TYPE filter leaves it out
+    client.xadd("busy:job_started", {"event_id": "other-prefix"})
+    config = tmp_path / "tail.toml"
+    config.write_text(redis_config(redis_server, 'stream_prefix = "bus"\nper_type = true'))
+    assert main(["events", "tail", "--config", str(config), "--from-start", "--count", "3"]) == 0
+    lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["event_id"] for e in lines] == ["s1", "p1", "c1"], "every type's stream, in arrival order"
+    argv = ["events", "tail", "--config", str(config), "--stream", "bus:job_completed", "--from-start", "--count", "1"]
+    assert main(argv) == 0
+    assert [orjson.loads(line)["event_id"] for line in capsys.readouterr().out.splitlines()] == ["c1"]
+
+
+def test_events_tail_per_type_sees_new_entries_and_new_types(redis_server: RedisServer) -> None:
+    import io
+
+    from trackgate.events_tail import tail
+
+    client = redis_server.client()
+    client.xadd("bus:job_started", {"event_id": "before", "job_id": "j"})
+    out = io.StringIO()
+    tailing = threading.Thread(
+        target=tail,
+        args=(redis_server.client(), "bus"),
+        kwargs={"per_type": True, "count": 2, "block_ms": 100, "rescan_s": 0.1, "out": out},
+        daemon=True,
+    )
+    tailing.start()
+    assert wait_until(lambda: any(c["cmd"] == "xread" for c in client.client_list()), timeout=10)
+    client.xadd("bus:job_started", {"event_id": "after", "job_id": "j"})
+    client.xadd("bus:job_failed", {"event_id": "first-failure", "job_id": "j"})  # a type not seen before
+    tailing.join(10)
+    assert not tailing.is_alive()
+    assert sorted(orjson.loads(line)["event_id"] for line in out.getvalue().splitlines()) == ["after", "first-failure"]
+
+
+def test_events_tail_refuses_job_with_group(redis_server: RedisServer, capsys) -> None:
+    from trackgate.cli import main
+    from trackgate.events_tail import tail
+
+    client = redis_server.client()
+    client.xadd(STREAM, {"event_id": "b1", "job_id": "b"})
+    argv = ["events", "tail", "--url", redis_server.url, "--group", "ops", "--job", "a", "--from-start", "--count", "1"]
+    assert main(argv) == 2
+    assert "--job cannot be combined with --group" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="lost to them"):
+        tail(client, STREAM, group="ops", job="a", count=1)
+    assert client.xinfo_groups(STREAM) == [], "refused before joining (or creating) the group"
+
+
+def test_events_tail_in_a_group_takes_only_what_it_prints(redis_server: RedisServer, capsys) -> None:
+    from trackgate.cli import main
+
+    client = redis_server.client()
+    for n in range(5):
+        client.xadd(STREAM, {"event_id": f"e{n}", "job_id": "j"})
+    assert main(["events", "tail", "--url", redis_server.url, "--group", "ops", "--from-start", "--count", "2"]) == 0
+    assert [orjson.loads(line)["event_id"] for line in capsys.readouterr().out.splitlines()] == ["e0", "e1"]
+    assert client.xpending(STREAM, "ops")["pending"] == 0
+    rest = client.xreadgroup("ops", "worker-1", {STREAM: ">"}, count=10)
+    assert [fields["event_id"] for _s, entries in rest for _id, fields in entries] == ["e2", "e3", "e4"]
+
+
 @pytest.mark.slow
 def test_bench_signal_events_fills_the_stream(gateway_factory: type[Gateway], redis_server: RedisServer) -> None:
     import subprocess
