@@ -101,3 +101,55 @@ def test_new_queue_shard_is_synced_into_its_parents(tmp_path: Path, monkeypatch:
     assert (str(tmp_path), "data") in synced
     assert (str(tmp_path / "data"), "queue") in synced
     assert (str(tmp_path / "data" / "queue"), "0") in synced
+
+
+def test_closing_the_adopter_during_a_scan_leaves_no_drain_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker shutting down while its adopter is between finding an orphan and opening it: the
+    scan stops, and close() returns only after it did, so no drain is left holding the shard."""
+    cfg = Config()
+    cfg.storage.dir = str(tmp_path / "data")
+    cfg.exporters.file = FileExporterConfig(dir=str(tmp_path / "out"))
+    root = tmp_path / "data" / "queue"
+    orphan = Pipeline(cfg, [Collect()], queue_dir=root / "2", register_metrics=False)
+    orphan.ingest("logs", logs("orphan", 3))
+    orphan.close(0)
+    del orphan
+    gc.collect()
+
+    found, resume = threading.Event(), threading.Event()
+    real_candidates = shards.candidates
+
+    def slow_candidates(root: Path, exclude: set[Path]) -> list[Path]:
+        paths = real_candidates(root, exclude)
+        found.set()
+        resume.wait(10)  # the scan pauses here, an orphan in hand
+        return paths
+
+    monkeypatch.setattr(shards, "candidates", slow_candidates)
+    p = Pipeline(cfg, [Collect()])
+    adopter = shards.Adopter(p)
+    adopter.first_delay_s = 0.0
+    adopter.start()
+    try:
+        assert found.wait(10)
+        closing = threading.Thread(target=adopter.close, args=(1,))
+        closing.start()
+        time.sleep(0.2)
+        assert closing.is_alive()  # waiting for the scan under way
+        resume.set()
+        closing.join(10)
+        assert not closing.is_alive() and not adopter.is_alive()
+        assert adopter.draining == {}
+        # Nothing holds the orphan: the next process can open it (and finds its 3 records).
+        monkeypatch.setattr(shards, "candidates", real_candidates)
+        again = Pipeline(cfg, [Collect()], queue_dir=root / "2", register_metrics=False)
+        try:
+            assert again.pending() == 3
+        finally:
+            again.close(0)
+    finally:
+        resume.set()
+        adopter.close(0)
+        p.close(0)

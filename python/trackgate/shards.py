@@ -125,6 +125,8 @@ class Adopter(threading.Thread):
                 log.info("adopted shard drained", extra={"shard": str(path)})
         mine = {self.owner.queue_dir} if self.owner.queue_dir else set()
         for path in candidates(root, mine | set(self.draining)):
+            if self.stop.is_set():
+                return  # shutting down: adopt nothing more
             try:
                 drain = Pipeline(
                     self.owner.config,
@@ -148,6 +150,9 @@ class Adopter(threading.Thread):
 
     def close(self, grace_s: float) -> None:
         self.stop.set()
-        for drain in self.draining.values():
+        # A scan under way may still add a drain: let it finish first, so that none is left running.
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(max(grace_s, 5.0))
+        for drain in list(self.draining.values()):
             drain.close(grace_s)
         self.draining.clear()
