@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +169,29 @@ def test_scrub_patterns_reach_the_scrubber() -> None:
     with pytest.raises(ValueError, match="scrub pattern 0"):
         SentryProcessor(scrub_patterns=[""])
     assert config.load(None, env={}).scrub.extra_patterns == []
+
+
+def test_a_partial_redis_retry_keeps_the_redis_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, '[exporters.redis]\nurl = "redis://127.0.0.1:6379"\nretry = { max_elapsed_s = 60 }\n')
+    retry = config.load(path, env={}).exporters.redis.retry  # type: ignore[union-attr]
+    assert (retry.initial_interval_s, retry.max_interval_s, retry.max_elapsed_s) == (0.5, 5.0, 60.0)
+    path = write(tmp_path, '[exporters.redis]\nurl = "redis://127.0.0.1:6379"\nretry = { initial_interval_s = 10 }\n')
+    with pytest.raises(ConfigError, match=r"exporters\.redis\.retry\.max_interval_s is below initial_interval_s"):
+        config.load(path, env={})
+
+
+def test_the_log_level_is_checked(tmp_path: Path) -> None:
+    assert config.log_level({}) == "info"
+    assert config.log_level({"TRACKGATE_LOG_LEVEL": " DEBUG "}) == "debug"
+    with pytest.raises(ConfigError, match="TRACKGATE_LOG_LEVEL 'verbose': expected one of debug, info"):
+        config.log_level({"TRACKGATE_LOG_LEVEL": "verbose"})
+    env = {k: v for k, v in os.environ.items() if k != "TRACKGATE_CONFIG"}
+    run = subprocess.run(
+        [sys.executable, "-m", "trackgate", "serve", "--listen", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "TRACKGATE_LOG_LEVEL": "verbose"},
+        cwd=tmp_path,
+    )
+    assert run.returncode == 2 and "TRACKGATE_LOG_LEVEL" in run.stderr, run.stderr[-2000:]

@@ -639,7 +639,7 @@ def setup_self_monitoring(cfg: Config) -> None:
 def create_app(cfg: Config | None = None) -> App:
     """App factory (granian `--factory`, RSGI or ASGI): the config comes from the serving CLI, else
     from file/env."""
-    telemetry.setup_logging(os.environ.get("TRACKGATE_LOG_LEVEL", "info"))
+    telemetry.setup_logging(config_mod.log_level(os.environ))
     if cfg is None:
         raw = os.environ.get(CONFIG_ENV)
         cfg = config_mod.from_json(raw) if raw else config_mod.load()

@@ -50,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args, serving=True)
     host, port = config_mod.parse_listen(cfg.server.listen)
     os.environ[CONFIG_ENV] = config_mod.to_json(cfg).decode()
-    telemetry.setup_logging()
+    telemetry.setup_logging(config_mod.log_level(os.environ))
     import logging
 
     logging.getLogger("trackgate").info(
@@ -180,7 +180,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if not args.to.startswith(("http://", "https://")):
         raise ConfigError(f"--to {args.to!r} must be an http:// or https:// URL")
     gpu = {"auto": "auto", "on": True, "off": False}[args.gpu]
-    telemetry.setup_logging(os.environ.get("TRACKGATE_LOG_LEVEL", "info"))
+    telemetry.setup_logging(config_mod.log_level(os.environ))
     token = args.token or os.environ.get("TRACKGATE_AGENT_TOKEN", "")
     headers: dict[str, str] = {}
     if os.environ.get("OTEL_EXPORTER_OTLP_HEADERS"):

@@ -190,6 +190,13 @@ class SentryExporterConfig(_Section):
     queue: ExporterQueueConfig = field(default_factory=ExporterQueueConfig)
 
 
+class RedisRetryConfig(RetryConfig):
+    # Shorter than the OTLP exporters': a Redis on the local network is back within a second or
+    # two, and the events drive workflows. A partial `retry = { ... }` keeps these defaults.
+    initial_interval_s: Annotated[float, Meta(gt=0.0)] = 0.5
+    max_interval_s: Annotated[float, Meta(gt=0.0)] = 5.0
+
+
 class RedisExporterConfig(_Section):
     # redis://[:password@]host:port/db, or rediss:// for TLS (or REDIS_URL). Empty: no event bus.
     url: str = ""
@@ -199,7 +206,7 @@ class RedisExporterConfig(_Section):
     per_type: bool = False
     maxlen: Annotated[int, Meta(ge=0)] = 1_000_000  # XADD MAXLEN ~ (approximate trimming); 0 = no trimming
     timeout_s: Annotated[float, Meta(gt=0.0)] = 10.0
-    retry: RetryConfig = field(default_factory=lambda: RetryConfig(initial_interval_s=0.5, max_interval_s=5.0))
+    retry: RedisRetryConfig = field(default_factory=lambda: RedisRetryConfig())
 
 
 class ExportersConfig(_Section):
@@ -675,6 +682,8 @@ def _validate(cfg: Config, source: str) -> None:
             raise ConfigError(f"{source}: exporters.redis.url must be a redis://, rediss:// or unix:// URL")
         if not redis.stream_prefix.strip():
             raise ConfigError(f"{source}: exporters.redis.stream_prefix is empty")
+        if redis.retry.max_interval_s < redis.retry.initial_interval_s:
+            raise ConfigError(f"{source}: exporters.redis.retry.max_interval_s is below initial_interval_s")
     from trackgate.dsn import DsnError, parse_dsn
 
     for where, value in (
@@ -690,6 +699,19 @@ def _validate(cfg: Config, source: str) -> None:
 
 # OTEL_EXPORTER_OTLP_PROTOCOL values: the exporter always sends protobuf over HTTP.
 OTLP_PROTOCOLS: dict[str, Literal["http", "grpc"]] = {"grpc": "grpc", "http/protobuf": "http", "http/json": "http"}
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def log_level(env: Mapping[str, str]) -> str:
+    """TRACKGATE_LOG_LEVEL (default info), checked: a typo fails at the start, named."""
+    level = env.get("TRACKGATE_LOG_LEVEL", "").strip().lower() or "info"
+    if level not in LOG_LEVELS:
+        raise ConfigError(
+            f"TRACKGATE_LOG_LEVEL {shorten(env['TRACKGATE_LOG_LEVEL'])!r}: expected one of " + ", ".join(LOG_LEVELS)
+        )
+    return level
 
 
 def apply_env(cfg: Config, env: Mapping[str, str]) -> Config:
