@@ -150,6 +150,35 @@ def test_a_lane_that_fails_stops_acknowledging(
         assert "delivery stopped: a lane failed" in caplog.text
         assert exporter.sent == 1  # it was sent, but the runner could not settle it: not acked
         assert p.pending() == 1
+        assert p.delivery_failed and not p.ready  # /readyz says so
+
+
+def test_one_at_a_time_delivery_outlives_a_bug_of_its_own(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The one-at-a-time runner's loop raising once (a bug, not the destination): it logs the
+    traceback and goes on; nothing is lost, delivery does not stop."""
+    exporter = Sleepy(concurrency=1, seconds=0.001, far=True)
+    real_poll = Runner._poll_s
+    raised = threading.Event()
+
+    def once(self: Runner) -> float:
+        if not raised.is_set():
+            raised.set()
+            raise RuntimeError("runner bug")
+        return real_poll(self)
+
+    monkeypatch.setattr(Runner, "_poll_s", once)
+    monkeypatch.setattr(Runner, "READ_RETRY_S", 0.05)
+    cfg = Config(batch=BatchConfig(max_records=1, max_delay_ms=0))
+    cfg.storage.queue = "memory"
+    with Pipeline(cfg, [exporter]) as p:
+        for i in range(5):
+            p.ingest("logs", logs(f"r{i}"))
+        assert p.flush(10)
+        assert p.pending() == 0 and not p.delivery_failed
+    assert raised.is_set() and "delivery loop failed unexpectedly" in caplog.text
+    assert exporter.sent == 5
 
 
 class StuckHead(Exporter):
@@ -351,3 +380,25 @@ def test_a_batch_unsettled_at_shutdown_is_delivered_after_the_restart(sentry: Se
         assert sentry.wait_for(lambda s: set(ids) <= set(event_ids(s)[before:]))
         assert again.flush(5)
         assert again.pending() == 0
+
+
+def test_shutdown_waits_for_sends_in_flight_once_not_once_per_runner() -> None:
+    """Past the grace period, sends still in flight get 2 s in all: granian kills the worker
+    `shutdown_grace_s` + 5 s after asking it to stop, and three exporters each stuck in a send
+    must not take 2 s apiece."""
+    exporters = []
+    for i in range(3):
+        exporter = Sleepy(concurrency=1, seconds=8.0, far=True)
+        exporter.name = f"stuck{i}"
+        exporters.append(exporter)
+    cfg = Config(batch=BatchConfig(max_records=1, max_delay_ms=0))
+    cfg.storage.queue = "memory"
+    p = Pipeline(cfg, exporters).start()
+    p.ingest("logs", logs("r0"))
+    deadline = time.monotonic() + 5
+    while sum(e.in_flight for e in exporters) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sum(e.in_flight for e in exporters) == 3
+    started = time.monotonic()
+    p.close(0)
+    assert time.monotonic() - started < 4.0  # 2 s, not 3 × 2 s

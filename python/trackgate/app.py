@@ -168,6 +168,9 @@ class App:
     def close(self) -> None:
         """Stops intake and drains: the listeners, then the queues (exporters flush within
         `server.shutdown_grace_s`). Blocks: from the event loop, `stop`."""
+        grace = self.config.server.shutdown_grace_s
+        # One deadline for all of it: granian kills the worker `grace` + 5 s after asking it to stop.
+        deadline = time.monotonic() + grace
         if self.hostmetrics is not None:
             self.hostmetrics.stop()
         if self.peers is not None:
@@ -175,13 +178,15 @@ class App:
         if self.listeners is not None:
             # First stop intake over gRPC and the front (requests in flight finish), then drain
             # the queue.
-            self.listeners.close(self.config.server.shutdown_grace_s)
+            self.listeners.close(grace)
         if self.jobmetrics is not None:
             # After the listeners: the events they accepted last are in the final export.
             self.jobmetrics.close()
-        for pipeline in (self.bus, self.forward, self.pipeline):
-            if pipeline is not None:
-                pipeline.close()
+        pipelines = [p for p in (self.bus, self.forward, self.pipeline) if p is not None]
+        for pipeline in pipelines:  # every queue drains from now on, side by side
+            pipeline.core.close()
+        for pipeline in pipelines:
+            pipeline.close(max(0.0, deadline - time.monotonic()))
         if self.pipeline is not None:
             # The tap holds the events receiver (and through it this pipeline): drop the cycle
             # once the pipeline takes nothing more.
@@ -332,7 +337,11 @@ class App:
     async def _readyz(self, request: Request) -> Response:
         if self.pipeline is not None and self.pipeline.ready:
             return Response(200, b"ready\n")
-        return Response(503, b"not ready: queue full or unreadable, or shutting down\n", headers=[("Retry-After", "1")])
+        if self.pipeline is not None and self.pipeline.delivery_failed:
+            reason = b"not ready: delivery stopped on an internal error (see the logs); restart the gateway\n"
+        else:
+            reason = b"not ready: queue full or unreadable, or shutting down\n"
+        return Response(503, reason, headers=[("Retry-After", "1")])
 
     async def _metrics(self, request: Request) -> Response:
         peers = await asyncio.to_thread(self.peers.peers) if self.peers is not None else []

@@ -380,9 +380,14 @@ class Pipeline:
             self._last_full = time.monotonic()
         if self.core.closed or time.monotonic() - self._last_full < NOT_READY_AFTER_FULL_S:
             return False
-        if stats.get("queue_read_stalled", 0):
+        if stats.get("queue_read_stalled", 0) or self.delivery_failed:
             return False
         return stats.get("queue_bytes", 0) < READY_MAX_FILL * stats.get("queue_max_bytes", 1)
+
+    @property
+    def delivery_failed(self) -> bool:
+        """Whether a runner's lanes stopped on a bug of their own: that delivery waits for a restart."""
+        return any(r.failed for r in self._runners)
 
     # -- delivery -------------------------------------------------------------------------------
 
@@ -429,8 +434,10 @@ class Pipeline:
         for runner in self._runners:
             runner.join(max(0.0, deadline - time.monotonic()))
         self._stop_retrying.set()  # past the grace period: abandon retries
+        # A send in flight is not interrupted: 2 s for all of them to end, not 2 s each.
+        end = time.monotonic() + 2.0
         for runner in self._runners:
-            runner.join(2.0)
+            runner.join(max(0.0, end - time.monotonic()))
         left = self.pending()
         if left and self.queue_dir is not None:
             log.info("undelivered records stay on disk for the next start", extra={"records": left})

@@ -185,6 +185,7 @@ class Runner(threading.Thread):
         self.lanes: list[threading.Thread] = []
         self.delivering = 0
         self.stopped = False
+        self.failed = False  # a lane failed: this signal's delivery stopped until the next start
         # Sends allowed in flight now (1 to the concurrency, see `_adapt`); the quickest wait for
         # the destination seen lately (seconds; None before the first send); batches taken so
         # far, and how many had been taken at the last decrease (one decrease per round trip).
@@ -202,23 +203,30 @@ class Runner(threading.Thread):
                 joined += 1
             return
         while True:
-            flush = self.flushing.is_set() or self.core.closed
-            if self.held is not None and (flush or self._sync_due()) and not self._commit():
-                return  # shutting down while the sync fails: the held batches stay queued
-            batch = self._take(flush, self._poll_s())
-            if self.stopped:
-                return  # shutting down while reading failed: the entry stays on disk for the next start
-            if batch is None:
-                if self.core.closed and self.held is None:
-                    return
-                continue
-            self.busy = True
             try:
-                done = self._settle_with_retry(batch)
-            finally:
-                self.busy = False
-            if not done:
-                return  # shutting down mid-retry: the batch stays queued (on disk) for the next start
+                if not self._step():
+                    return
+            except Exception:  # a bug of the runner's own: what it took is unacked, so it comes again
+                log.exception("delivery loop failed unexpectedly; will retry", extra=self.labels)
+                if self.stop_retrying.wait(self.READ_RETRY_S):
+                    return
+
+    def _step(self) -> bool:
+        """One batch taken and settled, one at a time; False when the runner is done."""
+        flush = self.flushing.is_set() or self.core.closed
+        if self.held is not None and (flush or self._sync_due()) and not self._commit():
+            return False  # shutting down while the sync fails: the held batches stay queued
+        batch = self._take(flush, self._poll_s())
+        if self.stopped:
+            return False  # shutting down while reading failed: the entry stays on disk for the next start
+        if batch is None:
+            return not (self.core.closed and self.held is None)
+        self.busy = True
+        try:
+            # False: shutting down mid-retry, the batch stays queued (on disk) for the next start.
+            return self._settle_with_retry(batch)
+        finally:
+            self.busy = False
 
     # -- concurrency > 1: every lane (this thread and the ones it starts) takes, sends, acks ------
 
@@ -235,6 +243,7 @@ class Runner(threading.Thread):
         except Exception:  # a bug of the runner's own
             with self.settled:
                 self.stopped = True
+                self.failed = True
                 self.settled.notify_all()
             log.exception("delivery stopped: a lane failed; what it took stays queued", extra=self.labels)
 
@@ -327,9 +336,12 @@ class Runner(threading.Thread):
         poll = self.POLL_S if poll_s is None else poll_s
         try:
             batch = self.core.next_batch(self.exporter.name, self.signal, poll, flush)
-        except OSError as exc:  # the queue could not read the next entry back; its cursor stays
+        except Exception as exc:  # the queue could not read the next entry back; its cursor stays
             if not self.read_failing:
-                log.error("reading the queue failed; delivery paused", extra={**self.labels, "error": str(exc)})
+                if isinstance(exc, OSError):
+                    log.error("reading the queue failed; delivery paused", extra={**self.labels, "error": str(exc)})
+                else:  # not the disk: a bug, worth its traceback (once)
+                    log.exception("taking the next batch failed; delivery paused", extra=self.labels)
             self.read_failing = True
             if self.stop_retrying.wait(self.READ_RETRY_S):
                 self.stopped = True
