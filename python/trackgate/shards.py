@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -153,6 +154,10 @@ class Adopter(threading.Thread):
         # A scan under way may still add a drain: let it finish first, so that none is left running.
         if self.is_alive() and threading.current_thread() is not self:
             self.join(max(grace_s, 5.0))
-        for drain in list(self.draining.values()):
-            drain.close(grace_s)
+        drains = list(self.draining.values())
+        for drain in drains:  # they all drain side by side, within the one grace period
+            drain.core.close()
+        deadline = time.monotonic() + grace_s
+        for drain in drains:
+            drain.close(max(0.0, deadline - time.monotonic()))
         self.draining.clear()
