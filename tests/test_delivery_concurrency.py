@@ -401,4 +401,4 @@ def test_shutdown_waits_for_sends_in_flight_once_not_once_per_runner() -> None:
     assert sum(e.in_flight for e in exporters) == 3
     started = time.monotonic()
     p.close(0)
-    assert time.monotonic() - started < 4.0  # 2 s, not 3 × 2 s
+    assert time.monotonic() - started < 4.0  # 2 s, not 3 x 2 s
