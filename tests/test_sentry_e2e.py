@@ -17,6 +17,7 @@ from conftest import dash0_config
 from http_client import call
 from otel_clients import attrs
 from sentry_upstream import SentryUpstream, envelope, parse_envelope
+from trackgate.dsn import parse_dsn
 from upstream import Reply, Upstream
 
 pytestmark = pytest.mark.slow
@@ -199,6 +200,25 @@ def test_envelope_dsn_auth_is_rewritten_for_upstream(
     assert request.envelope.items[0].json()["extra"]["api_token"] == "[Filtered]"
     assert request.auth["sentry_key"] == UPSTREAM_KEY
     assert CLIENT_KEY.encode() not in request.body
+
+
+@pytest.mark.parametrize("dsn", ["http://k-SECRET@h:abc/42", "http://k-SECRET@[x/42", "http://k-SECRET@h:99999/42"])
+def test_an_envelope_dsn_that_is_no_url_is_refused_with_401(
+    gateway_factory, upstream: Upstream, sentry_upstream: SentryUpstream, dsn: str
+) -> None:
+    """A bad port or host in the header's dsn is the client's error (401, named), not a 500."""
+    gw = gateway_factory(gateway_config(upstream, sentry_upstream))
+    body = envelope({"event_id": uuid.uuid4().hex, "dsn": dsn}, ("event", {"message": "x"}))
+    status, _, reply = post_envelope(f"{gw.url}/api/42/envelope/", body)
+    assert status == 401, reply
+    assert b"invalid dsn" in reply and b"SECRET" not in reply
+    assert "Traceback" not in gw.log()
+
+
+def test_an_ipv6_dsn_keeps_its_brackets() -> None:
+    dsn = parse_dsn("https://key@[2001:db8::1]:9000/sentry/5")
+    assert dsn.envelope_url == "https://[2001:db8::1]:9000/sentry/api/5/envelope/"
+    assert str(dsn) == "https://key@[2001:db8::1]:9000/sentry/5"
 
 
 def test_upstream_rate_limit_is_passed_to_clients(

@@ -32,7 +32,12 @@ class Dsn:
 
 
 def parse_dsn(value: str) -> Dsn:
-    parts = urllib.parse.urlsplit(value.strip())
+    """Raises DsnError, whose message never repeats the DSN (it holds a key)."""
+    try:
+        parts = urllib.parse.urlsplit(value.strip())
+        port = parts.port  # raises for a port that is not a number in range
+    except ValueError:
+        raise DsnError("DSN is not a valid URL (its host or port)") from None
     if parts.scheme not in ("http", "https"):
         raise DsnError("DSN must start with http:// or https://")
     if not parts.username:
@@ -43,6 +48,8 @@ def parse_dsn(value: str) -> Dsn:
     host = parts.hostname or ""
     if not host:
         raise DsnError("DSN has no host")
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    if ":" in host:  # IPv6: brackets again, as in the URL
+        host = f"[{host}]"
+    if port:
+        host = f"{host}:{port}"
     return Dsn(parts.scheme, parts.username, host, path, project)
