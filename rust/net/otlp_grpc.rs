@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use super::grpc::{self, Code, Status};
 use super::{accept_loop, race, Either, Shutdown};
 use crate::encode;
-use crate::error::{shorten_bytes, CoreError};
+use crate::error::{shorten, shorten_bytes, CoreError};
 use crate::ingest::Format;
 use crate::pipeline::Pipeline;
 use crate::signal::Signal;
@@ -177,6 +177,12 @@ pub fn request_encoding(value: Option<&[u8]>) -> Result<Option<&'static str>, St
     }
 }
 
+/// UNIMPLEMENTED for a path that is none of the three OTLP methods; the path, client input read
+/// before any token check, is cut short.
+fn unknown_method(path: &str) -> Status {
+    Status::new(Code::Unimplemented, format!("unknown method {}", shorten(path)))
+}
+
 impl Service {
     pub fn new(pipeline: Arc<Pipeline>, config: Config) -> Self {
         Service {
@@ -189,8 +195,7 @@ impl Service {
 
     /// Checks the call's metadata: (signal, content encoding) or the status to answer with.
     fn check(&self, req: &Request<RecvStream>) -> Result<(Signal, Option<&'static str>), Status> {
-        let signal = method_signal(req.uri().path())
-            .ok_or_else(|| Status::new(Code::Unimplemented, format!("unknown method {}", req.uri().path())))?;
+        let signal = method_signal(req.uri().path()).ok_or_else(|| unknown_method(req.uri().path()))?;
         if req.method() != Method::POST {
             return Err(Status::new(Code::Unimplemented, "gRPC calls are POST requests"));
         }
@@ -646,6 +651,16 @@ mod tests {
             method_signal("/opentelemetry.proto.collector.logs.v1.LogsService/Other"),
             None
         );
+    }
+
+    #[test]
+    fn an_unknown_method_is_echoed_cut_short() {
+        let path = format!("/{}", "x".repeat(60_000));
+        let status = unknown_method(&path);
+        assert_eq!(status.code, Code::Unimplemented);
+        assert!(status.message.starts_with("unknown method /xxx"));
+        assert!(status.message.chars().count() < 100, "{}", status.message.len());
+        assert_eq!(unknown_method("/a.B/C").message, "unknown method /a.B/C");
     }
 
     #[test]
