@@ -888,7 +888,7 @@ impl Listeners {
     /// `fluent_tag_header` header), are answered by the core; every other request is relayed to
     /// the app at `backend_uds` (a Unix socket) or `backend_tcp` (HOST:PORT). Returns the bound port.
     #[pyo3(signature = (core, host, port, *, backend_uds = None, backend_tcp = None, tokens = Vec::new(),
-        max_body_bytes = 67_108_864, body_timeout_s = 30.0, max_inflight_bytes = 268_435_456,
+        max_body_bytes = 67_108_864, body_timeout_s = 30.0, idle_timeout_s = 0.0, max_inflight_bytes = 268_435_456,
         max_connections = 1024, blocking = false, latency_buckets = Vec::new(), log = None, budget = None,
         reuse_port = false, fluent_paths = Vec::new(), fluent_tag_header = String::new(), events = false,
         events_bus = None, events_scrub = None, job_metrics = None, job_state = None, sentry = None,
@@ -905,6 +905,7 @@ impl Listeners {
         tokens: Vec<String>,
         max_body_bytes: usize,
         body_timeout_s: f64,
+        idle_timeout_s: f64,
         max_inflight_bytes: usize,
         max_connections: usize,
         blocking: bool,
@@ -957,6 +958,7 @@ impl Listeners {
             tokens: tokens.into_iter().map(String::into_bytes).collect(),
             max_body_bytes,
             body_timeout: parse_seconds("body_timeout_s", body_timeout_s)?,
+            idle_timeout: Some(parse_seconds("idle_timeout_s", idle_timeout_s)?).filter(|t| !t.is_zero()),
             max_inflight_bytes,
             max_connections,
             blocking,

@@ -289,6 +289,7 @@ class Listeners:
         tokens: list[str] = ...,
         max_body_bytes: int = 67108864,
         body_timeout_s: float = 30.0,
+        idle_timeout_s: float = 0.0,
         max_inflight_bytes: int = 268435456,
         max_connections: int = 1024,
         blocking: bool = False,

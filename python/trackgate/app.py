@@ -445,6 +445,7 @@ def start_front(
             tokens=server.tokens,
             max_body_bytes=server.max_body_bytes,
             body_timeout_s=server.body_timeout_s,
+            idle_timeout_s=server.idle_timeout_s,
             max_connections=server.backpressure,
             blocking=blocking,
             latency_buckets=list(telemetry.HTTP_LATENCY.buckets),

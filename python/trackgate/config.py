@@ -49,6 +49,10 @@ class ServerConfig(_Section):
     workers: PositiveInt = 1
     max_body_bytes: PositiveInt = 64 * 1024 * 1024  # measured after decompression
     body_timeout_s: Annotated[float, Meta(gt=0.0)] = 30.0  # a body trickling in slower gets 408
+    # A kept-alive connection with no new request for this long is closed (0: never), so that
+    # clients gone without closing do not hold the `backpressure` places. nginx's default; above
+    # Fluent Bit's own 30 s, so a shipper closes its idle connections first.
+    idle_timeout_s: Seconds = 75.0
     # A request whose key is not in its headers or query (a Sentry envelope authenticating by its
     # header's dsn) must deliver its first line within this, else 408.
     preauth_timeout_s: Annotated[float, Meta(gt=0.0)] = 5.0

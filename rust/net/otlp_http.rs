@@ -47,6 +47,9 @@ pub struct Config {
     pub tokens: Vec<Vec<u8>>,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request (None: for ever). Each
+    /// open connection holds one of `max_connections`: clients that vanish must not keep them.
+    pub idle_timeout: Option<Duration>,
     /// Bytes of bodies buffered at once by this listener (503 + Retry-After beyond), when the
     /// service is not given the worker's budget.
     pub max_inflight_bytes: usize,
@@ -671,7 +674,7 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
         // An idle connection keeps a small buffer, whatever size its last body was.
         buf.shrink_to(16 * 1024);
         let timeout = service.config.body_timeout;
-        let end = match read_head(&mut stream, &mut buf, timeout, shutdown).await {
+        let end = match read_head(&mut stream, &mut buf, timeout, service.config.idle_timeout, shutdown).await {
             Head::At(end) => end,
             Head::H2 => return relay(stream, buf, service, shutdown).await,
             Head::Refuse(status, text) => return refuse(stream, status, text).await,
@@ -1112,7 +1115,16 @@ fn error_answer(signal: Signal, format: Format, err: &CoreError) -> Answer {
 async fn relay(client: TcpStream, buf: Vec<u8>, service: &Service, shutdown: &Shutdown) {
     service.stats.relayed.fetch_add(1, Ordering::Relaxed);
     let config = &service.config;
-    if let Err(mut client) = relay::relay(client, buf, &config.backend, config.body_timeout, shutdown).await {
+    if let Err(mut client) = relay::relay(
+        client,
+        buf,
+        &config.backend,
+        config.body_timeout,
+        config.idle_timeout,
+        shutdown,
+    )
+    .await
+    {
         let body = "the gateway's HTTP app is not reachable (starting or stopping); retry later\n";
         let answer = Answer::text(503, body).with(&[("Retry-After", "1")], true);
         let _ = client.write_all(&answer.write(false, false)).await;
@@ -1128,6 +1140,7 @@ mod tests {
             tokens: tokens.iter().map(|t| t.as_bytes().to_vec()).collect(),
             max_body_bytes: 1000,
             body_timeout: Duration::from_secs(30),
+            idle_timeout: None,
             max_inflight_bytes: 1 << 20,
             max_connections: 16,
             blocking: false,

@@ -50,6 +50,7 @@ fn config(backend: Backend) -> Config {
         tokens: Vec::new(),
         max_body_bytes: 4096,
         body_timeout: WAIT,
+        idle_timeout: None,
         max_inflight_bytes: 1 << 20,
         max_connections: 8,
         blocking: false,
@@ -717,6 +718,38 @@ fn connections_past_the_cap_get_503() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A connection that sends nothing (before its first request, between two, or after a request
+/// relayed to the app) is closed after `idle_timeout`, so clients that vanish without closing do
+/// not keep the connection places for ever.
+#[test]
+fn idle_connections_are_closed_and_free_their_place() {
+    let (backend, _app) = app();
+    let front = front(
+        Config {
+            max_connections: 2,
+            idle_timeout: Some(Duration::from_millis(300)),
+            ..config(backend)
+        },
+        1 << 20,
+    );
+    let silent = front.connect();
+    let mut kept = front.connect();
+    kept.send(&logs_post("", &logs_body("one")));
+    assert_eq!(kept.response().status, 200);
+    // Both places are taken: a third is refused.
+    assert_eq!(front.connect().response().status, 503);
+    // Without the timeout, the reads below would give up after WAIT with nothing read.
+    let mut silent = silent;
+    assert!(silent.closed() && kept.closed());
+    let mut relayed = front.connect();
+    relayed.send(&request("GET /healthz HTTP/1.1\r\nhost: front", b""));
+    assert_eq!(relayed.response().header("x-app"), Some("relayed"));
+    let mut next = front.connect();
+    next.send(&logs_post("", &logs_body("two")));
+    assert_eq!(next.response().status, 200);
+    assert!(relayed.closed() && next.closed());
 }
 
 /// Fluent Bit's `http` output posts are answered by the front, with the app's JSON, on a kept

@@ -92,11 +92,13 @@ pub fn crlf_only(head: &[u8]) -> bool {
 }
 
 /// Reads until `buf` starts with a whole request head. An idle connection waits as long as the
-/// client likes; once a head has begun, all of it must arrive within `timeout`.
+/// client likes, up to `idle` (None: no limit); once a head has begun, all of it must arrive
+/// within `timeout`.
 pub async fn read_head<R: AsyncRead + Unpin>(
     stream: &mut R,
     buf: &mut Vec<u8>,
     timeout: Duration,
+    idle: Option<Duration>,
     shutdown: &Shutdown,
 ) -> Head {
     let mut deadline = None;
@@ -120,7 +122,7 @@ pub async fn read_head<R: AsyncRead + Unpin>(
             None => scanned = buf.len().saturating_sub(3),
         }
         let wait = if buf.is_empty() {
-            None
+            idle
         } else {
             let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
             Some(until.saturating_duration_since(tokio::time::Instant::now()))
@@ -218,15 +220,16 @@ pub async fn relay(
     buf: Vec<u8>,
     backend: &Backend,
     timeout: Duration,
+    idle: Option<Duration>,
     shutdown: &Shutdown,
 ) -> Result<(), TcpStream> {
     match backend {
         Backend::Unix(path) => match UnixStream::connect(path).await {
-            Ok(app) => pipe(client, app, buf, timeout, shutdown).await,
+            Ok(app) => pipe(client, app, buf, timeout, idle, shutdown).await,
             Err(_) => return Err(client),
         },
         Backend::Tcp(addr) => match TcpStream::connect(addr.as_str()).await {
-            Ok(app) => pipe(client, app, buf, timeout, shutdown).await,
+            Ok(app) => pipe(client, app, buf, timeout, idle, shutdown).await,
             Err(_) => return Err(client),
         },
     }
@@ -239,6 +242,7 @@ async fn pipe<A: AsyncRead + AsyncWrite + Unpin>(
     app: A,
     buf: Vec<u8>,
     timeout: Duration,
+    idle: Option<Duration>,
     shutdown: &Shutdown,
 ) {
     let peer = client.peer_addr().ok().map(|a| a.ip());
@@ -247,7 +251,7 @@ async fn pipe<A: AsyncRead + AsyncWrite + Unpin>(
     // The app's answers need no parsing: HTTP/1.1 answers come back in request order.
     let mut answers = pin!(tokio::io::copy(&mut from_app, &mut to_client));
     let requests = async {
-        forward(&mut from_client, &mut to_app, buf, peer, timeout, shutdown).await;
+        forward(&mut from_client, &mut to_app, buf, peer, timeout, idle, shutdown).await;
         let _ = to_app.shutdown().await;
     };
     // The client is done (or misbehaved): the app still answers what it got, then closes.
@@ -265,10 +269,11 @@ async fn forward<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     mut buf: Vec<u8>,
     peer: Option<IpAddr>,
     timeout: Duration,
+    idle: Option<Duration>,
     shutdown: &Shutdown,
 ) {
     loop {
-        let end = match read_head(client, &mut buf, timeout, shutdown).await {
+        let end = match read_head(client, &mut buf, timeout, idle, shutdown).await {
             Head::At(end) => end,
             Head::H2 => {
                 // Passed on as it came (the app does not trust the peer header over HTTP/2).
