@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -117,3 +118,44 @@ def test_create_app_is_an_asgi_factory_for_granian(tmp_path: Path) -> None:
         out = proc.communicate(timeout=30)[0].decode(errors="replace")
     assert proc.returncode == 0, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
+
+
+def test_logs_carrying_events_are_ingested_off_the_event_loop(tmp_path: Path, redis_server: Any) -> None:
+    """With the events tap on, a logs ingest queues the events on the bus and waits for its fsync
+    inside the call: the app path runs it in a thread, even for a small plain body."""
+    path = tmp_path / "trackgate.toml"
+    path.write_text(
+        CONFIG.format(dir=tmp_path / "data").replace("max_body_bytes = 1000", "max_body_bytes = 100000")
+        + f'[exporters.redis]\nurl = "{redis_server.url}"\n'
+    )
+    app = App(config_mod.load(path, env={}))
+    app.start()
+    assert app.otlp.taps_events
+    threads: list[bool] = []
+    real_ingest = app.otlp.ingest
+
+    def ingest(*args: Any) -> Any:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real_ingest(*args)
+
+    app.otlp.ingest = ingest  # type: ignore[method-assign]
+    msg = ExportLogsServiceRequest()
+    record = msg.resource_logs.add().scope_logs.add().log_records.add()
+    record.body.string_value = "job done"
+    for key, value in (("event_type", "job_completed"), ("job_id", "j-loop")):
+        attr = record.attributes.add()
+        attr.key, attr.value.string_value = key, value
+    pb = [(b"content-type", b"application/x-protobuf")]
+
+    async def main() -> None:
+        status, _, answer = await call(app, "POST", "/v1/logs", [msg.SerializeToString()], pb)
+        assert status == 200, answer
+        await app.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        app.close()
+    assert threads == [False]  # asyncio.run's loop is on the main thread
+    entries = redis_server.client().xrange("trackgate:events")
+    assert [fields["job_id"] for _, fields in entries] == ["j-loop"]

@@ -57,6 +57,8 @@ class FluentHttpReceiver:
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.tag_header = tag_header.lower()
+        # Set when the core's events tap is installed (see OtlpHttpReceiver.taps_events).
+        self.taps_events = False
 
     async def handle(self, request: Request, tag: str) -> Response:
         if not tag and self.tag_header:
@@ -72,7 +74,7 @@ class FluentHttpReceiver:
         pipeline = self.pipeline
         wait = DurableWait() if pipeline.defers_sync else None
         try:
-            if pipeline.blocking_ingest or len(body) > INLINE_LIMIT or is_encoded(encoding):
+            if pipeline.blocking_ingest or self.taps_events or len(body) > INLINE_LIMIT or is_encoded(encoding):
                 result = await asyncio.to_thread(pipeline.ingest_fluent, body, media, tag, encoding, wait=wait)
             else:
                 result = pipeline.ingest_fluent(body, media, tag, encoding, wait=wait)

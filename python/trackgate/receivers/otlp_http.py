@@ -60,6 +60,9 @@ class OtlpHttpReceiver:
         # leaves an fsync to await; `use_pipeline` says it again for a pipeline added later.
         self.blocking = False
         self.defers = False
+        # Set when the core's events tap is installed: a logs ingest carrying events then queues
+        # them on the bus and waits for its fsync (and the job metrics' Redis call) in the call.
+        self.taps_events = False
         self.use_pipeline(pipeline)
 
     def use_pipeline(self, pipeline: Pipeline) -> None:
@@ -89,7 +92,8 @@ class OtlpHttpReceiver:
         encoding = request.header("content-encoding") or None
         wait = DurableWait() if self.defers else None
         try:
-            if self.blocking or len(body) > INLINE_LIMIT or is_encoded(encoding):
+            tapped = self.taps_events and signal == "logs"
+            if self.blocking or tapped or len(body) > INLINE_LIMIT or is_encoded(encoding):
                 result = await asyncio.to_thread(self.ingest, signal, body, fmt, encoding, wait)
             else:
                 result = self.ingest(signal, body, fmt, encoding, wait)
