@@ -1118,6 +1118,10 @@ struct SentryResult {
     transactions_converted: usize,
     #[pyo3(get)]
     spans: usize,
+    #[pyo3(get)]
+    items_rate_limited: usize,
+    #[pyo3(get)]
+    held: Vec<&'static str>,
 }
 
 impl From<Processed> for SentryResult {
@@ -1137,6 +1141,8 @@ impl From<Processed> for SentryResult {
             transactions_sampled_out: p.transactions_sampled_out,
             transactions_converted: p.transactions_converted,
             spans: p.spans,
+            items_rate_limited: p.items_rate_limited,
+            held: p.held,
         }
     }
 }
@@ -1238,7 +1244,9 @@ impl SentryProcessor {
     }
 
     /// One request body: an envelope, or with `store=True` a legacy store-endpoint event.
-    #[pyo3(signature = (body, project_id, content_encoding = None, store = false))]
+    /// With `limits`, the items of the categories they limit now are left out of the envelope
+    /// (`items_rate_limited`, `held`).
+    #[pyo3(signature = (body, project_id, content_encoding = None, store = false, limits = None))]
     fn process(
         &self,
         py: Python<'_>,
@@ -1246,13 +1254,16 @@ impl SentryProcessor {
         project_id: &str,
         content_encoding: Option<&str>,
         store: bool,
+        limits: Option<PyRef<'_, SentryRateLimits>>,
     ) -> PyResult<SentryResult> {
+        let limits = limits.map(|l| l.inner.clone());
         let out = guarded(py, || {
             let body = decompress::decompress(body, content_encoding, self.max_bytes)?;
+            let held = |category: &'static str| limits.as_ref().is_some_and(|l| !l.limited(&[category]).is_empty());
             if store {
-                sentry::process_store(&body, project_id, &self.options)
+                sentry::process_store_held(&body, project_id, &self.options, &held)
             } else {
-                sentry::process(&body, project_id, &self.options)
+                sentry::process_held(&body, project_id, &self.options, &held)
             }
         })?;
         Ok(out.into())

@@ -121,7 +121,15 @@ pub struct Processed {
     pub spans: usize,
     /// An `ExportTraceServiceRequest` (protobuf, see `sentry_spans`); empty when there are no spans.
     pub otlp_traces: Vec<u8>,
+    /// Items left out of `envelope` because the upstream limits their category now (`held`);
+    /// still converted to OTLP, which the upstream's limits do not concern.
+    pub items_rate_limited: usize,
+    /// Their categories, each once.
+    pub held: Vec<&'static str>,
 }
+
+/// Whether the upstream Sentry limits a data category now (see `process_held`).
+pub type Held<'a> = &'a dyn Fn(&'static str) -> bool;
 
 /// Processes a decompressed envelope. `project_id` comes from the route
 /// (`/api/{project_id}/envelope/`) and becomes the resource attribute `sentry.project_id`.
@@ -130,6 +138,14 @@ pub struct Processed {
 /// there is an event, transaction or attachment item, or an event, transaction or log payload
 /// that is not a JSON object; `ItemTooLarge` when an item is over its limit.
 pub fn process(body: &[u8], project_id: &str, options: &SentryOptions) -> Result<Processed> {
+    process_held(body, project_id, options, &|_| false)
+}
+
+/// `process`, leaving out of the forwarded envelope the items whose category `held` says the
+/// upstream limits now, as Sentry's Relay does: the rest of the envelope still goes, and the
+/// client is told the limits (a whole envelope refused with 429 would lose an error for the sake
+/// of its attachment: SDKs do not send a 429'd envelope again).
+pub fn process_held(body: &[u8], project_id: &str, options: &SentryOptions, held: Held<'_>) -> Result<Processed> {
     let env = envelope::parse(body)?;
     check_envelope(&env, &options.limits)?;
     let scrubber = Scrubber::new(&options.scrub);
@@ -200,6 +216,16 @@ pub fn process(body: &[u8], project_id: &str, options: &SentryOptions) -> Result
             }
             _ => Decision::Keep,
         };
+        let decision = match item_category(&item.ty) {
+            Some(category) if !matches!(decision, Decision::Drop) && held(category) => {
+                out.items_rate_limited += 1;
+                if !out.held.contains(&category) {
+                    out.held.push(category);
+                }
+                Decision::Drop
+            }
+            _ => decision,
+        };
         decisions.push(decision);
     }
     // A profile belongs to the transaction it was recorded with: drop it with its transaction.
@@ -208,6 +234,18 @@ pub fn process(body: &[u8], project_id: &str, options: &SentryOptions) -> Result
             if item.ty == "profile" {
                 *decision = Decision::Drop;
                 out.items_sampled_out += 1;
+            }
+        }
+    }
+    // An attachment belongs to the error event it came with, a profile to its transaction: held
+    // back with them, as Relay does (upstream, alone, they would be orphans).
+    for (dependent, owner) in [("attachment", "error"), ("profile", "transaction")] {
+        if out.held.contains(&owner) {
+            for (item, decision) in env.items.iter().zip(decisions.iter_mut()) {
+                if item.ty == dependent && !matches!(decision, Decision::Drop) {
+                    *decision = Decision::Drop;
+                    out.items_rate_limited += 1;
+                }
             }
         }
     }
@@ -289,6 +327,11 @@ pub fn envelope_categories(body: &[u8]) -> Result<Vec<&'static str>> {
 /// envelope whose `event_id` is the event's own or a new one, as an `event` item, or a
 /// `transaction` item when the event's `type` says so.
 pub fn process_store(body: &[u8], project_id: &str, options: &SentryOptions) -> Result<Processed> {
+    process_store_held(body, project_id, options, &|_| false)
+}
+
+/// `process_store`, the event left out of the forwarded envelope when `held` says so.
+pub fn process_store_held(body: &[u8], project_id: &str, options: &SentryOptions, held: Held<'_>) -> Result<Processed> {
     let limit = options.limits.event;
     let json = legacy_decode(body, limit)?;
     if json.len() > limit {
@@ -329,7 +372,7 @@ pub fn process_store(body: &[u8], project_id: &str, options: &SentryOptions) -> 
     env.extend_from_slice(format!("{{\"type\":\"{ty}\",\"length\":{}}}\n", json.len()).as_bytes());
     env.extend_from_slice(&json);
     env.push(b'\n');
-    process(&env, project_id, options)
+    process_held(&env, project_id, options, held)
 }
 
 enum Decision {
@@ -1259,6 +1302,50 @@ mod tests {
                 ]}}
             ]},
         })
+    }
+
+    /// The item types of an envelope, in order.
+    fn item_types(body: &[u8]) -> Vec<String> {
+        envelope::parse(body)
+            .unwrap()
+            .items
+            .iter()
+            .map(|i| i.ty.clone())
+            .collect()
+    }
+
+    #[test]
+    fn items_of_a_held_category_are_left_out_and_the_rest_goes() {
+        let event = serde_json::to_vec(&error_event()).unwrap();
+        let body = envelope(
+            &json!({"event_id": EVENT_ID}),
+            &[
+                ("event", event.clone()),
+                ("attachment", b"log tail".to_vec()),
+                ("user_report", br#"{"comments":"it broke"}"#.to_vec()),
+            ],
+        );
+        // The attachment limited: the event and the report still go.
+        let held_attachments = |c: &'static str| c == "attachment";
+        let p = process_held(&body, "1", &SentryOptions::default(), &held_attachments).unwrap();
+        assert_eq!(item_types(&p.envelope), ["event", "user_report"]);
+        assert_eq!((p.items, p.items_forwarded, p.items_rate_limited), (3, 2, 1));
+        assert_eq!(p.held, ["attachment"]);
+        // Errors limited: the event goes, and its attachment with it; the OTLP copy stays.
+        let held_errors = |c: &'static str| c == "error";
+        let p = process_held(&body, "1", &SentryOptions::default(), &held_errors).unwrap();
+        assert_eq!(item_types(&p.envelope), ["user_report"]);
+        assert_eq!((p.items_forwarded, p.items_rate_limited), (1, 2));
+        assert_eq!(p.held, ["error"]);
+        assert_eq!(p.events_converted, 1);
+        assert!(!p.otlp_logs.is_empty());
+        // Nothing limited: every item goes.
+        let p = process_held(&body, "1", &SentryOptions::default(), &|_| false).unwrap();
+        assert_eq!(item_types(&p.envelope), ["event", "attachment", "user_report"]);
+        assert!(p.held.is_empty() && p.items_rate_limited == 0);
+        // The store endpoint's one event, held: nothing forwarded.
+        let p = process_store_held(&event, "1", &SentryOptions::default(), &held_errors).unwrap();
+        assert_eq!((p.items_forwarded, p.items_rate_limited), (0, 1));
     }
 
     #[test]

@@ -48,10 +48,10 @@ class Envelope:
 
 def envelope(header: dict[str, Any], *items: tuple[str, Any]) -> bytes:
     """An envelope as SDKs write it: the header line, then each item's header (with `length`) and
-    JSON payload."""
+    payload: JSON, or bytes as they are (an attachment)."""
     out = [json.dumps(header).encode()]
     for ty, payload in items:
-        data = json.dumps(payload).encode()
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         out += [json.dumps({"type": ty, "length": len(data)}).encode(), data]
     return b"\n".join(out) + b"\n"
 

@@ -235,18 +235,19 @@ def test_upstream_rate_limit_is_passed_to_clients(
     # /metrics shows the backlog: the held envelope is queued for the upstream.
     assert sentry_upstream.wait_for(lambda s: side_queue(gw.url) == 1)
 
+    # An error while errors are limited: not sent upstream, but its log record is queued, so the
+    # answer is 200 with the limits (the SDK backs off all the same).
     error_id = uuid.uuid4().hex
     status, headers, body = post_envelope(
         f"{gw.url}/api/42/envelope/",
         envelope({"event_id": error_id}, ("event", {"event_id": error_id, "message": "second error"})),
         **auth(),
     )
-    assert status == 429, body
+    assert status == 200 and json.loads(body) == {"id": error_id}, body
     assert headers.get("server") != "granian"  # the front's answer: it reads the exporter's limits
     assert headers["x-sentry-rate-limits"].split(":")[1:] == ["error", "key"]
     assert 50 <= int(headers["x-sentry-rate-limits"].split(":")[0]) <= 61
-    assert 50 <= int(headers["retry-after"]) <= 61
-    assert "error" in json.loads(body)["detail"]
+    assert upstream.wait_for(lambda u: any(r.body.string_value == "second error" for r in u.log_records()))
 
     tx_id = uuid.uuid4().hex
     transaction = {
@@ -269,6 +270,50 @@ def test_upstream_rate_limit_is_passed_to_clients(
     events = [i.json() for i in sentry_upstream.items("event")]
     assert [e["event_id"] for e in events] == [first_id]
     assert sentry_upstream.wait_for(lambda s: side_queue(gw.url) == 0)
+
+
+@pytest.mark.parametrize("front", [True, False])
+def test_a_limited_category_is_left_out_and_the_rest_of_the_envelope_goes(
+    gateway_factory, upstream: Upstream, sentry_upstream: SentryUpstream, sdk, front: bool
+) -> None:
+    """The upstream limits attachments: sentry-sdk's error with an attachment is answered 200,
+    the error goes upstream without it (Relay's way: a 429 would lose the error too, SDKs do not
+    send a 429'd envelope again), and an envelope holding only an attachment is refused."""
+    sentry_upstream.script = [Reply(429, {"X-Sentry-Rate-Limits": "60:attachment:key", "Retry-After": "60"}, b"{}")]
+    cfg = gateway_config(upstream, sentry_upstream)
+    gw = gateway_factory(cfg if front else cfg.replace("[server]\n", "[server]\notlp_front = false\n", 1))
+    sdk(gw)
+    sentry_sdk.get_isolation_scope().add_attachment(bytes=b"first tail", filename="tail.log")
+    sentry_sdk.capture_message("first error", level="error")
+    sentry_sdk.flush(timeout=5)
+    # The upstream refuses it with the limit; the exporter records it and holds the envelope.
+    assert sentry_upstream.wait_for(lambda s: "upstream rate limit; envelope held" in gw.log())
+
+    error_id = uuid.uuid4().hex
+    body = envelope(
+        {"event_id": error_id},
+        ("event", {"event_id": error_id, "message": "second error", "level": "error"}),
+        ("attachment", b"second tail"),
+    )
+    status, headers, answer = post_envelope(f"{gw.url}/api/42/envelope/", body, **auth())
+    assert status == 200 and json.loads(answer) == {"id": error_id}, answer
+    assert headers["x-sentry-rate-limits"].split(":")[1:] == ["attachment", "key"]
+    assert (headers.get("server") != "granian") is front
+    assert sentry_upstream.wait_for(lambda s: any(i.json().get("event_id") == error_id for i in s.items("event")))
+    (second,) = [r for r in sentry_upstream.requests() if error_id.encode() in r.body]
+    assert second.envelope is not None and [i.type for i in second.envelope.items] == ["event"]
+
+    only_id = uuid.uuid4().hex
+    body = envelope({"event_id": only_id}, ("attachment", b"an attachment alone"))
+    status, headers, answer = post_envelope(f"{gw.url}/api/42/envelope/", body, **auth())
+    assert status == 429, answer
+    assert headers["x-sentry-rate-limits"].split(":")[1:] == ["attachment", "key"]
+    assert 50 <= int(headers["retry-after"]) <= 61
+    text = call(gw.url + "/metrics", timeout=5)[2].decode()
+    assert 'trackgate_sentry_items_total{outcome="rate_limited"} 1' in text, [
+        line for line in text.splitlines() if "sentry_items" in line
+    ]
+    assert all(b"an attachment alone" not in r.body for r in sentry_upstream.requests())
 
 
 def side_queue(url: str) -> float:

@@ -466,6 +466,10 @@ class SentryResult:
     def transactions_converted(self) -> int: ...
     @property
     def spans(self) -> int: ...
+    @property
+    def items_rate_limited(self) -> int: ...
+    @property
+    def held(self) -> list[str]: ...
 
 @final
 class SentryProcessor:
@@ -482,7 +486,12 @@ class SentryProcessor:
         max_event_bytes: int = ...,
     ) -> Self: ...
     def process(
-        self, body: bytes, project_id: str, content_encoding: str | None = None, store: bool = False
+        self,
+        body: bytes,
+        project_id: str,
+        content_encoding: str | None = None,
+        store: bool = False,
+        limits: SentryRateLimits | None = None,
     ) -> SentryResult: ...
     def header_dsn(
         self, prefix: bytes, content_encoding: str | None = None, complete: bool = True

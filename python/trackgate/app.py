@@ -500,6 +500,7 @@ def add_sentry_sources(listeners: Listeners) -> None:
         "items_forwarded": "forwarded",
         "items_scrubbed": "scrubbed",
         "items_sampled_out": "sampled_out",
+        "items_rate_limited": "rate_limited",
     }
 
     def envelopes_by_outcome() -> list[tuple[tuple[str, ...], float]]:

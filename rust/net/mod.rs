@@ -370,6 +370,7 @@ impl Listeners {
             ("items_forwarded", sum(|c| &c.items_forwarded)),
             ("items_scrubbed", sum(|c| &c.items_scrubbed)),
             ("items_sampled_out", sum(|c| &c.items_sampled_out)),
+            ("items_rate_limited", sum(|c| &c.items_rate_limited)),
         ]
     }
 

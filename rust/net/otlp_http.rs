@@ -1000,7 +1000,14 @@ async fn sentry_answer(
     let refused = match durable {
         Ok(processed) => {
             route.accepted(&processed);
-            return Answer::json(200, sentry_route::answer(&processed.event_id));
+            let answer = Answer::json(200, sentry_route::answer(&processed.event_id));
+            return match route.held_header(&processed) {
+                Some(limits) => Answer {
+                    built_headers: vec![("X-Sentry-Rate-Limits", limits)],
+                    ..answer
+                },
+                None => answer,
+            };
         }
         Err(refused) => refused,
     };

@@ -802,7 +802,8 @@ fn fluent_posts_are_answered_by_the_front() {
 }
 
 /// Sentry envelopes with an accepted key are answered by the front: queued upstream and as OTLP
-/// logs; the upstream's rate limits (recorded by the exporter) turn the next ones away with 429;
+/// logs; under the upstream's rate limits (recorded by the exporter) the limited items are left
+/// out of what goes upstream, and an envelope of which nothing is left is turned away with 429;
 /// an unknown key is the app's to refuse.
 #[test]
 fn sentry_envelopes_are_answered_by_the_front_under_the_upstreams_limits() {
@@ -848,21 +849,35 @@ fn sentry_envelopes_are_answered_by_the_front_under_the_upstreams_limits() {
     let forwarded = |p: &Pipeline| p.stats().iter().find(|(k, _)| k == "logs_accepted_records").unwrap().1;
     assert_eq!((forwarded(&upstream), front.accepted_logs()), (1, 1));
 
-    limits.update(Some("60:error:key"), None, 429);
+    limits.update(Some("60:error;attachment:key"), None, 429);
+    // The error is not sent upstream, but its log record is queued: 200, and the limits said.
     let r = post(&mut client, "k1", &envelope('b'));
-    assert_eq!((r.status, r.by_front()), (429, true), "{}", r.text());
+    assert_eq!((r.status, r.by_front()), (200, true), "{}", r.text());
     assert_eq!(r.header("x-sentry-rate-limits"), Some("60:error:key"));
+    assert_eq!(r.header("retry-after"), None);
+    assert_eq!((forwarded(&upstream), front.accepted_logs()), (1, 2));
+    // Nothing of an attachment alone is left: 429.
+    let id = "d".repeat(32);
+    let attachment = format!("{{\"event_id\":\"{id}\"}}\n{{\"type\":\"attachment\",\"length\":4}}\ntail\n");
+    let r = post(&mut client, "k1", &attachment);
+    assert_eq!((r.status, r.by_front()), (429, true), "{}", r.text());
+    assert_eq!(r.header("x-sentry-rate-limits"), Some("60:attachment:key"));
     assert_eq!(r.header("retry-after"), Some("60"));
-    assert_eq!(r.text(), "{\"detail\":\"rate limited upstream: error\"}");
-    assert_eq!((forwarded(&upstream), front.accepted_logs()), (1, 1), "nothing queued");
+    assert_eq!(r.text(), "{\"detail\":\"rate limited upstream: attachment\"}");
+    assert_eq!((forwarded(&upstream), front.accepted_logs()), (1, 2), "nothing queued");
 
     let r = post(&mut client, "k2", &envelope('c'));
     assert_eq!(r.header("x-app"), Some("relayed"));
     let c = &route.counts;
     let count = |a: &AtomicU64| a.load(Ordering::Relaxed);
     assert_eq!(
-        (count(&c.accepted), count(&c.rate_limited), count(&c.items_forwarded)),
-        (1, 1, 1)
+        (
+            count(&c.accepted),
+            count(&c.rate_limited),
+            count(&c.items_forwarded),
+            count(&c.items_rate_limited)
+        ),
+        (2, 1, 1, 1)
     );
 }
 

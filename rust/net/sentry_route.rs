@@ -124,6 +124,8 @@ pub struct Counts {
     pub items_forwarded: AtomicU64,
     pub items_scrubbed: AtomicU64,
     pub items_sampled_out: AtomicU64,
+    /// Items left out of accepted envelopes for the upstream's rate limits.
+    pub items_rate_limited: AtomicU64,
 }
 
 /// What the routes need besides the main pipeline.
@@ -176,12 +178,13 @@ impl SentryRoute {
         project: &str,
         store: bool,
     ) -> std::result::Result<Queued, Refused> {
+        let held = |category: &'static str| !self.limits.limited(&[category]).is_empty();
         let mut processed = decompress::decompress(body, encoding, self.max_bytes)
             .and_then(|body| {
                 if store {
-                    sentry::process_store(&body, project, &self.options)
+                    sentry::process_store_held(&body, project, &self.options, &held)
                 } else {
-                    sentry::process(&body, project, &self.options)
+                    sentry::process_held(&body, project, &self.options, &held)
                 }
             })
             .map_err(|err| {
@@ -192,10 +195,13 @@ impl SentryRoute {
                 }
                 refused
             })?;
-        let limited = self.limits.limited(&processed.categories);
-        if !limited.is_empty() {
-            self.counts.rate_limited.fetch_add(1, Ordering::Relaxed);
-            return Err(Refused::Limited(limited));
+        // Held items are left out; only an envelope of which nothing is left is refused.
+        if processed.items_rate_limited > 0 && nothing_left(&processed) {
+            let limited = self.limits.limited(&processed.held);
+            if !limited.is_empty() {
+                self.counts.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::Limited(limited));
+            }
         }
         let points = self.queue_processed(main, &mut processed).map_err(Refused::Queue)?;
         Ok(Queued { processed, points })
@@ -231,7 +237,21 @@ impl SentryRoute {
             .fetch_add(processed.items_scrubbed as u64, Ordering::Relaxed);
         c.items_sampled_out
             .fetch_add(processed.transactions_sampled_out as u64, Ordering::Relaxed);
+        c.items_rate_limited
+            .fetch_add(processed.items_rate_limited as u64, Ordering::Relaxed);
     }
+
+    /// The `X-Sentry-Rate-Limits` value of an accepted envelope some of whose items were held
+    /// (the client learns the limits, as from Relay's 200s); None when none were.
+    pub fn held_header(&self, processed: &Processed) -> Option<String> {
+        let limited = self.limits.limited(&processed.held);
+        (!limited.is_empty()).then(|| crate::sentry_limits::client_headers(&limited).0)
+    }
+}
+
+/// Whether nothing of a processed envelope is to be queued anywhere: not upstream, not as OTLP.
+pub fn nothing_left(processed: &Processed) -> bool {
+    processed.items_forwarded == 0 && processed.otlp_logs.is_empty() && processed.otlp_traces.is_empty()
 }
 
 /// `{"detail": message}`: Sentry's error body, as the app writes it.

@@ -156,9 +156,11 @@ class SentryReceiver:
         try:
             # An encoded body can inflate to far more work than its size shows: always off the loop.
             if encoding or len(body) > INLINE_LIMIT:
-                result = await asyncio.to_thread(self.processor.process, body, project, encoding or None, store)
+                result = await asyncio.to_thread(
+                    self.processor.process, body, project, encoding or None, store, self.limits
+                )
             else:
-                result = self.processor.process(body, project, encoding or None, store)
+                result = self.processor.process(body, project, encoding or None, store, self.limits)
         except DecodeError as exc:
             ENVELOPES.inc(outcome="rejected")
             detail = str(exc)  # the data plane's messages mostly say "invalid envelope: ..." already
@@ -171,7 +173,10 @@ class SentryReceiver:
         except UnsupportedMedia as exc:
             ENVELOPES.inc(outcome="rejected")
             return error(415, str(exc))
-        limited = self.limits.limited(result.categories)
+        # Items the upstream limits now were left out; only an envelope of which nothing is left
+        # is refused (as Relay does: an SDK does not send a 429'd envelope again).
+        nothing_left = not (result.items_forwarded or result.otlp_logs or result.otlp_traces)
+        limited = self.limits.limited(result.held) if result.items_rate_limited and nothing_left else {}
         if limited:
             ENVELOPES.inc(outcome="rate_limited")
             header, retry_after = self.limits.header(limited)
@@ -204,7 +209,10 @@ class SentryReceiver:
         SENTRY_ITEMS.inc(result.items_scrubbed, outcome="scrubbed")
         telemetry.SENTRY_SCRUBBED.inc(result.items_scrubbed)
         SENTRY_ITEMS.inc(result.transactions_sampled_out, outcome="sampled_out")
-        return json_response(200, {"id": result.event_id} if result.event_id else {})
+        SENTRY_ITEMS.inc(result.items_rate_limited, outcome="rate_limited")
+        held = self.limits.limited(result.held) if result.items_rate_limited else {}
+        headers = [("X-Sentry-Rate-Limits", self.limits.header(held)[0])] if held else []
+        return json_response(200, {"id": result.event_id} if result.event_id else {}, headers)
 
     async def _authenticate_by_header(self, request: Request, encoding: str) -> Response | None:
         """For a request with no key in its headers or query: reads the body only as far as the
