@@ -13,6 +13,8 @@
 //!   no rename); created whole (write `ledger.tmp`, rename) at open.
 //! - `spare.tmp`: the next segment while it is prepared (see below); deleted on open.
 //! - `seg-<id>.dead`: a delivered segment while the reaper shrinks it (below); deleted on open.
+//! - `seg-<id>.unreadable`: a segment the disk failed to read (EIO) at open, set aside so that
+//!   the rest of the queue opens; never read again by the queue, left for the operator.
 //!
 //! Appends go to the newest ("active") segment, which rolls at `segment_bytes`; every open starts
 //! a new one. A segment is deleted once no configured exporter needs a frame in it (acked, or
@@ -624,6 +626,14 @@ pub struct RecoveryReport {
     /// 1 when one of the ledger's two slots failed its check (an update torn by a crash): the
     /// other slot's older update was used, so what was acked after it is delivered again.
     pub ledger_torn: u64,
+    /// 1 when no new active segment could be written at open (a full disk, a disk refusing
+    /// writes): the queue opened to deliver what it holds, and appends fail until one can be.
+    pub no_active_segment: u64,
+    /// Segments the disk failed to read (EIO), set aside as `seg-<id>.unreadable`.
+    pub unreadable_segments: u64,
+    /// 1 when the ledger could not be read (EIO): as a corrupt one, every exporter starts over at
+    /// the oldest entry.
+    pub ledger_unreadable: u64,
 }
 
 impl RecoveryReport {
@@ -643,6 +653,9 @@ impl RecoveryReport {
             ("cut_segments", self.cut_segments),
             ("bad_headers", self.bad_headers),
             ("removed_segments", self.removed_segments),
+            ("no_active_segment", self.no_active_segment),
+            ("unreadable_segments", self.unreadable_segments),
+            ("ledger_unreadable", self.ledger_unreadable),
             ("ledger_corrupt", self.ledger_corrupt),
             ("ledger_missing", self.ledger_missing),
             ("ledger_ahead", self.ledger_ahead),
@@ -943,6 +956,14 @@ struct Reap {
 const REAP_STEP: u64 = 4 << 20;
 /// A segment's file is renamed to `seg-<id>.dead` while the reaper shrinks it.
 const DEAD_EXTENSION: &str = "dead";
+/// A segment the disk failed to read at open is renamed to `seg-<id>.unreadable`.
+const UNREADABLE_EXTENSION: &str = "unreadable";
+
+/// Whether a read failed for the medium (EIO, EUCLEAN: a bad sector, a damaged filesystem
+/// structure), not for anything the queue's own setup could change.
+fn is_media_error(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(5 | 117))
+}
 const REAP_PAUSE: Duration = Duration::from_millis(10);
 
 /// What does not change after open.
@@ -1640,8 +1661,11 @@ impl DiskQueue {
             report,
             _lock: lock_file,
         });
-        // Records what recovery decided (removed exporters gone, positions of new ones).
-        shared.write_ledger(generation, &ledger, shared.config.fsync.durable())?;
+        // Records what recovery decided (removed exporters gone, positions of new ones). A
+        // failure is counted and left to the next write, as after an ack: the queue opens to
+        // deliver what it holds (recovery decides the same again should it not be written).
+        let written = shared.write_ledger(generation, &ledger, shared.config.fsync.durable());
+        shared.count_error(&written);
         let flusher = match shared.config.fsync {
             Fsync::Interval(every) => {
                 let shared = Arc::clone(&shared);
@@ -1992,7 +2016,18 @@ fn read_segments(config: &Config, report: &mut RecoveryReport) -> Result<Vec<Rec
             )));
         }
         let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
-        file.read_exact_at(&mut buf, 0).map_err(|e| storage(context(), e))?;
+        if let Err(e) = config.io.read_exact_at(&file, &mut buf, 0) {
+            // A bad sector: one segment, not the whole queue. Set aside (no open reads it
+            // again), it lets the rest open and be delivered; its frames are lost to the queue
+            // (exporters whose acks were past them start over at the oldest entry).
+            // Other errors (permissions, too many open files) are not the data's: the open fails.
+            if !is_media_error(&e) {
+                return Err(storage(context(), e));
+            }
+            fs::rename(&path, path.with_extension(UNREADABLE_EXTENSION)).map_err(|e| storage(context(), e))?;
+            report.unreadable_segments += 1;
+            continue;
+        }
         let mut scan = scan_segment(&buf);
         drop(buf);
         report.segments += 1;
@@ -2119,6 +2154,11 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
         }
         Err(e) if e.kind() == ErrorKind::NotFound => {
             report.ledger_missing = 1;
+            None
+        }
+        // Read back as damaged: the next ledger write makes a new file.
+        Err(e) if is_media_error(&e) => {
+            report.ledger_unreadable = 1;
             None
         }
         Err(e) => return Err(storage("reading the queue ledger", e)),
@@ -2280,13 +2320,26 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
         spare_failed_for: None,
         spares_used: 0,
     };
-    // Every recovered segment is older than the new active one, so settle deletes the unneeded.
+    // What nothing needs goes first: on a full disk, that space is what lets the new active
+    // segment (and the ledger) be written.
+    let mut removed = state.settle();
+    unlink(state.take_unlink());
     let id = next_id(max_id)?;
-    let active = create_segment(config, id, state.starts(), None)?;
-    state.used += active.size;
-    state.segments.insert(id, active);
+    match create_segment(config, id, state.starts(), None) {
+        Ok(active) => {
+            state.used += active.size;
+            state.segments.insert(id, active);
+        }
+        // Still no room, or the disk refuses writes: open all the same, so that what is queued
+        // is delivered (which frees the disk). The active id has no file, so the next append
+        // rolls to a new segment, and fails (503) until one can be written.
+        Err(_) if !state.segments.is_empty() => report.no_active_segment = 1,
+        Err(e) => return Err(e),
+    }
+    // Every recovered segment is older than the active one, so settle deletes the unneeded.
     state.active = id;
-    report.removed_segments = state.settle();
+    removed += state.settle();
+    report.removed_segments = removed;
     unlink(state.take_unlink());
     Ok((state, report))
 }
@@ -3732,6 +3785,84 @@ mod tests {
             assert_eq!(read_ledger(&ledger).unwrap().acked[0], ("a".into(), Signal::Logs, 3));
         }
         assert!(take_all(&open(&o), "a", Signal::Logs).is_empty());
+    }
+
+    /// A disk that takes no writes when the queue opens (full, or failing): the queue opens all
+    /// the same and delivers what it holds; appends fail until a segment can be written again.
+    #[test]
+    fn a_disk_refusing_writes_at_open_still_delivers_what_is_queued() {
+        let dir = TempDir::new("dq");
+        let faults = Arc::new(Faults::default());
+        let o = with_faults(
+            DiskOptions {
+                fsync: Fsync::Always,
+                ..options(&dir, &["a"])
+            },
+            &faults,
+        );
+        {
+            let q = open(&o);
+            for i in 1..=3 {
+                q.append(Signal::Logs, 1, payload(i, 10)).unwrap();
+            }
+        }
+        let before = segment_ids(&dir);
+        faults.syncs.store(u64::MAX, Ordering::SeqCst);
+        let q = open(&o);
+        let report = q.recovery();
+        assert!(report.contains(&("no_active_segment", 1)), "{report:?}");
+        assert_eq!(segment_ids(&dir), before, "no new segment file");
+        assert!(is_storage(q.append(Signal::Logs, 1, payload(9, 10))));
+        let entries = take_all(&q, "a", Signal::Logs);
+        assert_eq!(seqs(&entries), [1, 2, 3]);
+        q.ack("a", Signal::Logs, 3).unwrap();
+        // The disk takes writes again: the next append makes a segment.
+        faults.syncs.store(0, Ordering::SeqCst);
+        let seq = q.append(Signal::Logs, 1, payload(4, 10)).unwrap();
+        assert_eq!(seq, 4);
+        drop(q);
+        let q = open(&o);
+        assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [4]);
+        // A new queue has nothing to deliver: a disk refusing writes fails its open.
+        let empty = TempDir::new("dq");
+        faults.syncs.store(u64::MAX, Ordering::SeqCst);
+        let fresh = with_faults(
+            DiskOptions {
+                fsync: Fsync::Always,
+                ..options(&empty, &["a"])
+            },
+            &faults,
+        );
+        assert!(DiskQueue::open(fresh).is_err());
+    }
+
+    /// A segment the disk cannot read at open (a bad sector) is set aside; the others open and
+    /// are delivered. An error that is not the medium's still fails the open.
+    #[test]
+    fn an_unreadable_segment_is_set_aside_and_the_rest_opens() {
+        let dir = TempDir::new("dq");
+        let faults = Arc::new(Faults::default());
+        let o = with_faults(options(&dir, &["a"]), &faults);
+        for i in 1..=2 {
+            let q = open(&o); // every open starts a segment: one per round
+            q.append(Signal::Logs, 1, payload(i, 10)).unwrap();
+            q.append(Signal::Logs, 1, payload(i, 10)).unwrap();
+        }
+        let first = segment_ids(&dir)[0];
+        faults.reads.store(1, Ordering::SeqCst); // the first segment read at open fails (EIO)
+        let q = open(&o);
+        let report = q.recovery();
+        assert!(report.contains(&("unreadable_segments", 1)), "{report:?}");
+        assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [3, 4]);
+        assert!(dir.0.join(format!("seg-{first:020}.unreadable")).exists());
+        assert!(!segment_ids(&dir).contains(&first));
+        let seq = q.append(Signal::Logs, 1, payload(5, 10)).unwrap();
+        assert_eq!(seq, 5);
+        drop(q);
+        // Set aside for good: later opens do not read it.
+        let q = open(&o);
+        assert!(q.recovery().contains(&("unreadable_segments", 0)));
+        assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [3, 4, 5]);
     }
 
     #[test]

@@ -45,6 +45,9 @@ RECOVERY_DAMAGE = frozenset(
         "ledger_missing",
         "ledger_ahead",
         "ledger_torn",
+        "no_active_segment",
+        "unreadable_segments",
+        "ledger_unreadable",
     }
 )
 
