@@ -91,6 +91,26 @@ def test_each_mode_with_chunk_ack(gateway_factory, upstream: Upstream) -> None:
     assert attrs(by_body["gzippd 2"].attributes)["fluent.tag"] == "app.gz"
 
 
+def test_messages_split_across_reads_and_sent_together(gateway_factory, upstream: Upstream) -> None:
+    """A message arriving in pieces (cut inside its header and inside its packed entries), a
+    heartbeat, and the next message in the same write: each acked once whole, in order."""
+    _, port = forward_gateway(gateway_factory, upstream)
+    c = Client(port)
+    packed = b"".join(msgpack.packb([event_time(T0 + i), {"log": f"piece {i}", "pad": "x" * 500}]) for i in range(200))
+    first = msgpack.packb(["app.split", packed, {"chunk": "s1", "size": 200}])
+    second = msgpack.packb(["app.after", event_time(T0), {"log": "right after"}, {"chunk": "s2"}])
+    cuts = [1, 7, len(first) // 3, len(first) - 1]
+    pieces = [first[a:b] for a, b in zip([0, *cuts], [*cuts, len(first)], strict=True)]
+    for piece in pieces[:-1]:
+        c.sock.sendall(piece)
+    c.sock.sendall(pieces[-1] + b"\xc0" + second)
+    assert c.answer() == {"ack": "s1"}
+    assert c.answer() == {"ack": "s2"}
+    c.close()
+    assert upstream.wait_for(lambda u: len(u.log_records()) == 201)
+    assert bodies(upstream) == sorted([f"piece {i}" for i in range(200)] + ["right after"])
+
+
 def test_broken_frame_closes_only_its_connection(gateway_factory, upstream: Upstream) -> None:
     _, port = forward_gateway(gateway_factory, upstream)
     healthy, broken = Client(port), Client(port)

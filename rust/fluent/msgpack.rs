@@ -61,6 +61,21 @@ impl From<ReadError> for CoreError {
     }
 }
 
+/// How far `Reader::skip_more` got over a value that has not arrived whole: where to go on
+/// from, and how many values are still to step over there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skipping {
+    pub pos: usize,
+    pending: usize,
+}
+
+impl Default for Skipping {
+    /// One value, from the start.
+    fn default() -> Self {
+        Skipping { pos: 0, pending: 1 }
+    }
+}
+
 /// Reads values back to back from one buffer.
 pub struct Reader<'a> {
     buf: &'a [u8],
@@ -132,34 +147,61 @@ impl<'a> Reader<'a> {
     /// Steps over the next value without building it: how a stream reader learns whether a
     /// whole message has arrived, without allocating.
     pub fn skip(&mut self) -> std::result::Result<(), ReadError> {
-        let mut pending: usize = 1;
-        while pending > 0 {
-            pending -= 1;
-            let marker = self.take(1)?[0];
-            let (skip, children): (usize, usize) = match marker {
-                0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => (0, 0),
-                0x80..=0x8f => (0, 2 * usize::from(marker & 0x0f)),
-                0x90..=0x9f => (0, usize::from(marker & 0x0f)),
-                0xa0..=0xbf => (usize::from(marker & 0x1f), 0),
-                0xc1 => return Err(ReadError::Invalid("reserved byte 0xc1".into())),
-                0xc4..=0xc6 => (self.len(1 << (marker - 0xc4))?, 0),
-                0xc7..=0xc9 => (self.len(1 << (marker - 0xc7))? + 1, 0),
-                0xca => (4, 0),
-                0xcb => (8, 0),
-                0xcc..=0xcf => (1 << (marker - 0xcc), 0),
-                0xd0..=0xd3 => (1 << (marker - 0xd0), 0),
-                0xd4..=0xd8 => (1 + (1 << (marker - 0xd4)), 0),
-                0xd9..=0xdb => (self.len(1 << (marker - 0xd9))?, 0),
-                0xdc => (0, self.len(2)?),
-                0xdd => (0, self.len(4)?),
-                0xde => (0, 2 * self.len(2)?),
-                0xdf => (0, 2usize.saturating_mul(self.len(4)?)),
-            };
-            self.take(skip)?;
-            self.check_count(children)?;
-            pending += children;
+        let mut pending = 1;
+        self.skip_pending(&mut pending)
+    }
+
+    /// `skip`, resumed where `state` says an earlier call on a shorter prefix of `buf` stopped:
+    /// Ok once the value is whole (`state.pos` is then its end), `Truncated` with `state` where
+    /// to go on from. A message trickling in is stepped over once, not once per read.
+    pub fn skip_more(buf: &'a [u8], state: &mut Skipping) -> std::result::Result<(), ReadError> {
+        let mut reader = Reader { buf, pos: state.pos };
+        let out = reader.skip_pending(&mut state.pending);
+        state.pos = reader.pos;
+        out
+    }
+
+    /// Steps over `pending` values; on `Truncated`, stops at the start of the one cut short.
+    fn skip_pending(&mut self, pending: &mut usize) -> std::result::Result<(), ReadError> {
+        while *pending > 0 {
+            let start = self.pos;
+            match self.skip_one() {
+                Ok(children) => *pending = (*pending - 1).saturating_add(children),
+                Err(ReadError::Truncated) => {
+                    self.pos = start;
+                    return Err(ReadError::Truncated);
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
+    }
+
+    /// Steps over one value's own bytes; returns how many values it contains.
+    fn skip_one(&mut self) -> std::result::Result<usize, ReadError> {
+        let marker = self.take(1)?[0];
+        let (skip, children): (usize, usize) = match marker {
+            0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => (0, 0),
+            0x80..=0x8f => (0, 2 * usize::from(marker & 0x0f)),
+            0x90..=0x9f => (0, usize::from(marker & 0x0f)),
+            0xa0..=0xbf => (usize::from(marker & 0x1f), 0),
+            0xc1 => return Err(ReadError::Invalid("reserved byte 0xc1".into())),
+            0xc4..=0xc6 => (self.len(1 << (marker - 0xc4))?, 0),
+            0xc7..=0xc9 => (self.len(1 << (marker - 0xc7))? + 1, 0),
+            0xca => (4, 0),
+            0xcb => (8, 0),
+            0xcc..=0xcf => (1 << (marker - 0xcc), 0),
+            0xd0..=0xd3 => (1 << (marker - 0xd0), 0),
+            0xd4..=0xd8 => (1 + (1 << (marker - 0xd4)), 0),
+            0xd9..=0xdb => (self.len(1 << (marker - 0xd9))?, 0),
+            0xdc => (0, self.len(2)?),
+            0xdd => (0, self.len(4)?),
+            0xde => (0, 2 * self.len(2)?),
+            0xdf => (0, 2usize.saturating_mul(self.len(4)?)),
+        };
+        self.take(skip)?;
+        self.check_count(children)?;
+        Ok(children)
     }
 
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], ReadError> {
@@ -374,6 +416,44 @@ pub fn put_map_header(out: &mut Vec<u8>, n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_skip_resumed_over_growing_prefixes_steps_over_each_byte_once() {
+        // [ "tag", [ [1, {"k": "v"}], [2, {}] ], bin of 300 bytes ], then the next message.
+        let mut value = vec![
+            0x93, 0xa3, b't', b'a', b'g', 0x92, 0x92, 0x01, 0x81, 0xa1, b'k', 0xa1, b'v',
+        ];
+        value.extend_from_slice(&[0x92, 0x02, 0x80, 0xc5, 0x01, 0x2c]);
+        value.extend_from_slice(&[7u8; 300]);
+        let whole = value.len();
+        let mut buf = value.clone();
+        buf.extend_from_slice(&[0xc0]);
+        let mut state = Skipping::default();
+        let mut last = 0;
+        for end in 1..whole {
+            assert_eq!(Reader::skip_more(&buf[..end], &mut state), Err(ReadError::Truncated));
+            assert!(state.pos >= last && state.pos <= end, "never back, never past the data");
+            last = state.pos;
+        }
+        // Inside the 300-byte bin, it waits at the bin's start: its header is read again, its
+        // bytes never are.
+        assert_eq!(last, whole - 303);
+        assert_eq!(Reader::skip_more(&buf[..whole], &mut state), Ok(()));
+        assert_eq!(state.pos, whole);
+        let mut r = Reader::new(&buf);
+        assert_eq!(r.skip(), Ok(()));
+        assert_eq!(r.position(), whole);
+        // A reserved byte is an error, resumed or not.
+        let mut state = Skipping::default();
+        assert!(matches!(
+            Reader::skip_more(&[0x92, 0x01], &mut state),
+            Err(ReadError::Truncated)
+        ));
+        assert!(matches!(
+            Reader::skip_more(&[0x92, 0x01, 0xc1], &mut state),
+            Err(ReadError::Invalid(_))
+        ));
+    }
 
     fn one(bytes: &[u8]) -> Mp<'_> {
         let mut r = Reader::new(bytes);

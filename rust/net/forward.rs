@@ -23,7 +23,8 @@ use super::{accept_loop, race, Either, Shutdown};
 use crate::error::CoreError;
 use crate::fluent::forward::{ack, next_frame, Frame};
 use crate::fluent::handshake::{Answer, Auth, Challenge};
-use crate::fluent::msgpack::{ReadError, Reader};
+use crate::fluent::msgpack::{ReadError, Reader, Skipping};
+use crate::fluent::Converted;
 use crate::pipeline::Pipeline;
 use crate::sentry::now_nanos;
 
@@ -128,11 +129,15 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
             }
         }
     }
-    let mut checked = buf.is_empty(); // nothing new in `buf` since the last look
+    // Nothing new in `buf` since the last look.
+    let mut checked = buf.is_empty();
+    // How far the completeness check got into the message at the head of `buf`: each read
+    // resumes it, so a large message trickling in is scanned once, not once per read.
+    let mut scan = Skipping::default();
     loop {
         while !checked {
             // Cheap completeness check first: no allocation while a large message trickles in.
-            match Reader::new(&buf).skip() {
+            match Reader::skip_more(&buf, &mut scan) {
                 Err(ReadError::Truncated) => {
                     checked = true;
                     continue;
@@ -140,15 +145,13 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
                 Err(ReadError::Invalid(why)) => return Err(format!("malformed msgpack: {why}").into()),
                 Ok(()) => {}
             }
-            let frame = next_frame(&buf, max, now_nanos()).map_err(|e| e.to_string())?;
-            match frame {
-                Frame::Incomplete => checked = true,
-                Frame::Heartbeat(n) => {
-                    buf.drain(..n);
-                }
-                Frame::Message(m) => {
-                    let used = m.wire_bytes;
-                    let converted = m.builder.finish();
+            // The whole message leaves `buf` (what follows it stays), and the next look starts
+            // at the next one.
+            let rest = buf.split_off(std::mem::take(&mut scan).pos);
+            let message = std::mem::replace(&mut buf, rest);
+            match decode(message, max).await? {
+                Decoded::Heartbeat => {}
+                Decoded::Message { converted, chunk, used } => {
                     service.stats.messages.fetch_add(1, Ordering::Relaxed);
                     service.stats.rejected.fetch_add(converted.rejected, Ordering::Relaxed);
                     let mut events;
@@ -212,14 +215,13 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
                             Ok(Err(_)) | Err(_) => return Err(String::from("internal error while ingesting").into()),
                         };
                     }
-                    if let Some(chunk) = m.chunk {
+                    if let Some(chunk) = chunk {
                         stream
                             .write_all(&ack(&chunk))
                             .await
                             .map_err(|e| format!("writing ack: {e}"))?;
                         service.stats.acks.fetch_add(1, Ordering::Relaxed);
                     }
-                    buf.drain(..used);
                 }
             }
             if buf.is_empty() {
@@ -248,6 +250,45 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
             Either::Left(Err(e)) => return Err(format!("read failed: {e}").into()),
             Either::Right(()) => return Ok(()),
         }
+    }
+}
+
+/// A whole forward message, decoded and converted.
+enum Decoded {
+    Heartbeat,
+    Message {
+        converted: Converted,
+        /// The `chunk` option, to ack once the entries are queued.
+        chunk: Option<String>,
+        /// Bytes it took on the wire.
+        used: usize,
+    },
+}
+
+/// Decodes and converts one whole message (as `Reader::skip` found it) on a blocking thread: a
+/// compressed chunk may inflate to `max` bytes, and the network threads serve every other
+/// connection (the OTLP front and gRPC too) meanwhile. A heartbeat needs no thread.
+async fn decode(message: Vec<u8>, max: usize) -> Result<Decoded, Closed> {
+    if message == [0xc0] {
+        return Ok(Decoded::Heartbeat);
+    }
+    let decoded = tokio::task::spawn_blocking(move || {
+        catch_unwind(AssertUnwindSafe(|| match next_frame(&message, max, now_nanos())? {
+            Frame::Heartbeat(_) => Ok(Decoded::Heartbeat),
+            Frame::Message(m) => Ok(Decoded::Message {
+                used: m.wire_bytes,
+                chunk: m.chunk,
+                converted: m.builder.finish(),
+            }),
+            // The skip found it whole: a value the two readers disagree on is malformed.
+            Frame::Incomplete => Err(CoreError::decode("a message cut short")),
+        }))
+    })
+    .await;
+    match decoded {
+        Ok(Ok(Ok(decoded))) => Ok(decoded),
+        Ok(Ok(Err(e))) => Err(Closed::Malformed(e.to_string())),
+        Ok(Err(_)) | Err(_) => Err(Closed::Malformed(String::from("internal error while decoding"))),
     }
 }
 
