@@ -57,6 +57,20 @@ drained() {
   done
   echo "# $1 still delivering after 60 s" >&2
 }
+# `interleave` for the forward track: NAME=URL=FORWARD_ADDR (the forward listener's HOST:PORT).
+interleave_forward() { # rounds, secs, name=url=forward...
+  local rounds=$1 secs=$2 r kv name rest; shift 2
+  echo "# $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "| what answers | requests/s | records/s | p50 ms | p99 ms | server CPU | server RSS peak | statuses |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---|"
+  for r in $(seq "$rounds"); do for kv in "$@"; do
+    name=${kv%%=*}; rest=${kv#*=}
+    $py -m trackgate bench --no-progress --duration "$secs" --json --url "${rest%=*}" --forward "${rest##*=}" \
+      $LOAD --connections 64 | $py benches/bench_row.py "$name (round $r)"
+    drained "${rest%=*}"
+  done; done
+  echo "# load $(cut -d' ' -f1-3 /proc/loadavg)"
+}
 # ROUNDS interleaved rounds of SECS-second saturating runs (64 connections, 100-record OTLP logs,
 # or the bench arguments in $LOAD), one table row per run, over the gateways given as NAME=URL.
 interleave() { # rounds, secs, name=url...
