@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,47 @@ def test_refusals(gateway_factory, upstream: Upstream) -> None:
         s.sendall(b"NONSENSE\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 400")
     assert call(url + "/logs", b'{"b": 2}', {**auth, "Content-Type": "application/json"})[0] == 201
+
+
+def test_a_request_trickling_in_is_cut_at_one_deadline(gateway_factory, upstream: Upstream) -> None:
+    """A byte now and then must not hold a connection: the whole request (head and body) has
+    `body_timeout_s` from its first byte, not that long per read."""
+    port = free_port()
+    gateway_factory(
+        dash0_config(
+            upstream, f'[receivers.fluent_http]\nlisten = "127.0.0.1:{port}"\n[server]\nbody_timeout_s = 1.0\n'
+        )
+    )
+    body = b'{"msg": "slow"}'
+    head = f"POST /logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head.encode())
+        started = time.monotonic()
+        answer = b""
+        for byte in body:  # one byte every 0.25 s: 3.75 s for the body, each read well within 1 s
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.25)
+            s.setblocking(False)
+            try:
+                answer += s.recv(4096)
+            except BlockingIOError:
+                pass
+            finally:
+                s.setblocking(True)
+            if answer:
+                break
+        s.settimeout(10)
+        while b"\r\n\r\n" not in answer:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert time.monotonic() - started < 3.0
+    assert upstream.log_records() == []
 
 
 def test_non_loopback_listen_needs_tokens(tmp_path: Path) -> None:

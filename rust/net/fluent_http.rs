@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
 use super::grpc::{bearer, token_accepted};
 use super::{accept_loop, race, Either, Shutdown};
@@ -136,6 +137,10 @@ fn response(status: u16, reason: &str, extra: &[(&str, &str)], body: &str, keep_
 async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdown) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
+        // A request, head and body, must arrive within `body_timeout` of its first byte: one
+        // deadline, not one per read, so that a byte now and then does not hold the connection.
+        // Between requests a connection waits at most as long for the next one.
+        let mut deadline = Instant::now() + service.config.body_timeout;
         // The request head.
         let head_end = loop {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -153,8 +158,12 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
                     .await;
                 return;
             }
-            if !read_more(&mut stream, &mut buf, service.config.body_timeout, shutdown).await {
+            let empty = buf.is_empty();
+            if !read_more(&mut stream, &mut buf, deadline, shutdown).await {
                 return;
+            }
+            if empty {
+                deadline = Instant::now() + service.config.body_timeout; // its first byte
             }
         };
         let head = match parse_head(&buf[..head_end]) {
@@ -167,7 +176,8 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
             }
         };
         buf.drain(..head_end + 4);
-        let (status, reason, extra, body, keep) = handle(&head, &mut stream, &mut buf, service, shutdown).await;
+        let (status, reason, extra, body, keep) =
+            handle(&head, &mut stream, &mut buf, deadline, service, shutdown).await;
         let keep = keep && head.keep_alive && !shutdown.is_set();
         let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
         if stream
@@ -181,12 +191,12 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
     }
 }
 
-/// Reads more bytes into `buf`; false on EOF, error, timeout or shutdown.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, timeout: Duration, shutdown: &Shutdown) -> bool {
+/// Reads more bytes into `buf`; false on EOF, error, the deadline or shutdown.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant, shutdown: &Shutdown) -> bool {
     let start = buf.len();
     buf.resize(start + 64 * 1024, 0);
     let read = race(
-        tokio::time::timeout(timeout, stream.read(&mut buf[start..])),
+        tokio::time::timeout_at(deadline, stream.read(&mut buf[start..])),
         shutdown.wait(),
     )
     .await;
@@ -208,6 +218,7 @@ async fn handle(
     head: &Head,
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
+    deadline: Instant,
     service: &Service,
     shutdown: &Shutdown,
 ) -> Answer {
@@ -253,7 +264,7 @@ async fn handle(
         return (413, "Payload Too Large", vec![], msg, false);
     }
     while buf.len() < length {
-        if !read_more(stream, buf, config.body_timeout, shutdown).await {
+        if !read_more(stream, buf, deadline, shutdown).await {
             return (
                 408,
                 "Request Timeout",
