@@ -41,6 +41,8 @@ const INLINE_LIMIT: usize = 256 * 1024;
 /// A body refused for the spent budget is read and dropped up to this size, keeping the
 /// connection (the app's `BUDGET_DRAIN_LIMIT`); a larger one closes it.
 const BUDGET_DRAIN_LIMIT: usize = 64 * 1024;
+/// Connections refused for the connection cap that may linger (read and drop) at once.
+const LINGERING_REFUSALS: usize = 64;
 
 #[derive(Clone)]
 pub struct Config {
@@ -236,15 +238,25 @@ impl Service {
 
 pub async fn serve(listener: TcpListener, service: Arc<Service>, shutdown: Shutdown) {
     let open = Arc::new(Semaphore::new(service.config.max_connections));
+    // Refused connections read what their client sends for a moment before closing (`linger`:
+    // else the close resets the connection, and the client may never read the 503), a few at a
+    // time: a flood of connections must not turn into as many lingering tasks.
+    let lingering = Arc::new(Semaphore::new(LINGERING_REFUSALS));
     accept_loop(listener, shutdown, move |mut stream, shutdown| {
         let service = service.clone();
         let permit = open.clone().try_acquire_owned();
+        let linger_permit = permit
+            .is_err()
+            .then(|| lingering.clone().try_acquire_owned().ok())
+            .flatten();
         async move {
             let Ok(_permit) = permit else {
                 // Every connection costs a task and a buffer: past the cap, a clear answer.
                 let message = "too many connections to this worker (server.backpressure); retry later\n";
                 let answer = Answer::text(503, message).with(&[("Retry-After", "1")], true);
-                let _ = stream.write_all(&answer.write(false, false)).await;
+                if stream.write_all(&answer.write(false, false)).await.is_ok() && linger_permit.is_some() {
+                    linger(stream).await;
+                }
                 return;
             };
             connection(stream, &service, &shutdown).await

@@ -704,6 +704,11 @@ fn connections_past_the_cap_get_503() {
     let r = third.response();
     assert_eq!((r.status, r.header("retry-after")), (503, Some("1")));
     assert!(r.text().contains("server.backpressure"), "{}", r.text());
+    // A refused client sending a body larger than the socket buffers can still send it all and
+    // read the 503: the front reads and drops it for a moment instead of resetting the connection.
+    let mut eager = front.connect();
+    eager.send(&logs_post("", &vec![b'x'; 4 << 20]));
+    assert_eq!(eager.response().status, 503);
     drop(open.pop());
     let deadline = Instant::now() + WAIT;
     loop {
