@@ -264,8 +264,23 @@ fn app_connection(stream: std::net::TcpStream, sender: &mpsc::Sender<Seen>) {
             client.buf = body.split_off(length.unwrap_or(0).min(body.len()));
         }
         let close = chunked || head.contains("\r\nconnection: close");
+        // `x-slow: <ms>`: a slow answer.
+        let slow = head
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("x-slow: ")?.parse().ok());
         if sender.send(Seen { head, body }).is_err() {
             return;
+        }
+        if let Some(ms) = slow {
+            std::thread::sleep(Duration::from_millis(ms));
+            // As granian (hyper, half-close off) does: a request whose connection was closed
+            // for reading meanwhile is dropped, unanswered.
+            client.stream.set_nonblocking(true).unwrap();
+            let closed = matches!(client.stream.peek(&mut [0u8; 1]), Ok(0));
+            client.stream.set_nonblocking(false).unwrap();
+            if closed {
+                return;
+            }
         }
         if client.stream.write_all(APP_ANSWER).is_err() || close {
             return;
@@ -755,6 +770,11 @@ fn idle_connections_are_closed_and_free_their_place() {
     next.send(&logs_post("", &logs_body("two")));
     assert_eq!(next.response().status, 200);
     assert!(relayed.closed() && next.closed());
+    // A relayed request the app takes longer than the idle timeout to answer is answered: the
+    // client is waiting, not idle.
+    let mut waiting = front.connect();
+    waiting.send(&request("GET /slow HTTP/1.1\r\nhost: front\r\nx-slow: 900", b""));
+    assert_eq!(waiting.response().header("x-app"), Some("relayed"));
 }
 
 /// Fluent Bit's `http` output posts are answered by the front, with the app's JSON, on a kept

@@ -12,7 +12,8 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::pin::pin;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -248,10 +249,37 @@ async fn pipe<A: AsyncRead + AsyncWrite + Unpin>(
     let peer = client.peer_addr().ok().map(|a| a.ip());
     let (mut from_client, mut to_client) = client.into_split();
     let (mut from_app, mut to_app) = tokio::io::split(app);
+    // When the app last sent answer bytes (ms after `start`): a client waiting for a slow
+    // answer is not idle.
+    let start = Instant::now();
+    let (requested, answered) = (AtomicU64::new(0), AtomicU64::new(0));
     // The app's answers need no parsing: HTTP/1.1 answers come back in request order.
-    let mut answers = pin!(tokio::io::copy(&mut from_app, &mut to_client));
+    let mut answers = pin!(async {
+        let mut chunk = vec![0u8; 16 * 1024];
+        while let Ok(n @ 1..) = from_app.read(&mut chunk).await {
+            answered.store(millis_since(start) + 1, Ordering::Relaxed);
+            if to_client.write_all(&chunk[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let activity = Activity {
+        start,
+        requested: &requested,
+        answered: &answered,
+    };
     let requests = async {
-        forward(&mut from_client, &mut to_app, buf, peer, timeout, idle, shutdown).await;
+        forward(
+            &mut from_client,
+            &mut to_app,
+            buf,
+            peer,
+            timeout,
+            idle,
+            &activity,
+            shutdown,
+        )
+        .await;
         let _ = to_app.shutdown().await;
     };
     // The client is done (or misbehaved): the app still answers what it got, then closes.
@@ -260,9 +288,39 @@ async fn pipe<A: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// When a relayed connection last passed a request to the app, and when the app last sent
+/// answer bytes (1 + ms after `start`; 0: never).
+struct Activity<'a> {
+    start: Instant,
+    requested: &'a AtomicU64,
+    answered: &'a AtomicU64,
+}
+
+impl Activity<'_> {
+    fn requested_now(&self) {
+        self.requested.store(millis_since(self.start) + 1, Ordering::Relaxed);
+    }
+
+    /// Whether the connection has been idle for `idle`: no answer awaited (a request passed
+    /// on after the last answer bytes is one), and none of it sent for that long.
+    fn idle_for(&self, idle: Duration) -> bool {
+        let answered = self.answered.load(Ordering::Relaxed);
+        if self.requested.load(Ordering::Relaxed) > answered {
+            return false;
+        }
+        Duration::from_millis(millis_since(self.start).saturating_sub(answered)) >= idle
+    }
+}
+
+fn millis_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Forwards the client's requests to the app, rewriting each head; returns when the client is
 /// done, the connection was handed over whole, or a head was refused (the app is told nothing
-/// more, so it closes once it answered the requests before).
+/// more, so it closes once it answered the requests before). Waiting for the next head, the
+/// client is idle once neither it nor the app sent anything for `idle`.
+#[allow(clippy::too_many_arguments)]
 async fn forward<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     client: &mut R,
     app: &mut W,
@@ -270,10 +328,23 @@ async fn forward<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     peer: Option<IpAddr>,
     timeout: Duration,
     idle: Option<Duration>,
+    activity: &Activity<'_>,
     shutdown: &Shutdown,
 ) {
     loop {
-        let end = match read_head(client, &mut buf, timeout, idle, shutdown).await {
+        let head = match idle {
+            Some(idle) if buf.is_empty() => loop {
+                match tokio::time::timeout(idle, read_head(client, &mut buf, timeout, None, shutdown)).await {
+                    Ok(head) => break head,
+                    // A head begun, or an answer awaited or still coming: not idle (a begun head
+                    // has its own deadline in `read_head`).
+                    Err(_) if !buf.is_empty() || !activity.idle_for(idle) => {}
+                    Err(_) => break Head::Done,
+                }
+            },
+            _ => read_head(client, &mut buf, timeout, None, shutdown).await,
+        };
+        let end = match head {
             Head::At(end) => end,
             Head::H2 => {
                 // Passed on as it came (the app does not trust the peer header over HTTP/2).
@@ -288,6 +359,7 @@ async fn forward<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             return;
         };
         buf.drain(..end + 4);
+        activity.requested_now();
         if app.write_all(&head).await.is_err() {
             return;
         }
