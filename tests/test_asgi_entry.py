@@ -130,7 +130,7 @@ def test_logs_carrying_events_are_ingested_off_the_event_loop(tmp_path: Path, re
     )
     app = App(config_mod.load(path, env={}))
     app.start()
-    assert app.otlp.taps_events
+    assert app.otlp.taps_events and app.fluent.taps_events and app.sentry.taps_events
     threads: list[bool] = []
     real_ingest = app.otlp.ingest
 

@@ -129,7 +129,8 @@ class App:
             tapped = events_cfg.from_logs and (self.bus is not None or self.jobmetrics is not None)
             if tapped:
                 self.events.install_tap(self.pipeline.core)
-                self.otlp.taps_events = self.fluent.taps_events = True  # off the event loop
+                # Ingests that pass the tap run off the event loop.
+                self.otlp.taps_events = self.fluent.taps_events = self.sentry.taps_events = True
             receivers = self.config.receivers
             behind = os.environ.get(APP_SOCKET_ENV) if server.otlp_front else None
             if behind or receivers.otlp_grpc.enabled or receivers.forward.listen or receivers.fluent_http.listen:

@@ -197,11 +197,14 @@ impl SentryRoute {
             })?;
         // Held items are left out; only an envelope of which nothing is left is refused.
         if processed.items_rate_limited > 0 && nothing_left(&processed) {
-            let limited = self.limits.limited(&processed.held);
-            if !limited.is_empty() {
-                self.counts.rate_limited.fetch_add(1, Ordering::Relaxed);
-                return Err(Refused::Limited(limited));
+            // A limit that ran out since the items were held still answers 429 (for a second):
+            // nothing of the envelope was queued.
+            let mut limited = self.limits.limited(&processed.held);
+            if limited.is_empty() {
+                limited = processed.held.iter().map(|c| ((*c).to_owned(), 1.0)).collect();
             }
+            self.counts.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::Limited(limited));
         }
         let points = self.queue_processed(main, &mut processed).map_err(Refused::Queue)?;
         Ok(Queued { processed, points })

@@ -87,6 +87,9 @@ class SentryReceiver:
         self.pipeline = pipeline  # OTLP logs made from events go here
         self.forward = forward  # envelopes for the upstream Sentry (or the file sink)
         self.limits = limits
+        # Set when the core's events tap is installed: the OTLP logs made from events pass it,
+        # which may wait for the bus's fsync and the job metrics' Redis call (off the loop then).
+        self.taps_events = False
         # Requests authenticating by their envelope header, at once per client address.
         self.preauth = ClientSlots(cfg.server.max_preauth_per_client)
         telemetry.REGISTRY.observed(
@@ -176,7 +179,11 @@ class SentryReceiver:
         # Items the upstream limits now were left out; only an envelope of which nothing is left
         # is refused (as Relay does: an SDK does not send a 429'd envelope again).
         nothing_left = not (result.items_forwarded or result.otlp_logs or result.otlp_traces)
-        limited = self.limits.limited(result.held) if result.items_rate_limited and nothing_left else {}
+        if result.items_rate_limited and nothing_left:
+            # A limit that ran out since the items were held still answers 429 (for a second).
+            limited = self.limits.limited(result.held) or dict.fromkeys(result.held, 1.0)
+        else:
+            limited = {}
         if limited:
             ENVELOPES.inc(outcome="rate_limited")
             header, retry_after = self.limits.header(limited)
@@ -188,7 +195,7 @@ class SentryReceiver:
         pipelines = [self.pipeline] if self.forward is None else [self.pipeline, self.forward]
         wait = DurableWait() if any(p.defers_sync for p in pipelines) else None
         try:
-            if any(p.blocking_ingest for p in pipelines):
+            if self.taps_events or any(p.blocking_ingest for p in pipelines):
                 await asyncio.to_thread(self.queue, result, wait)
             else:
                 self.queue(result, wait)
