@@ -1988,16 +1988,28 @@ struct Recovered {
     scan: SegmentScan,
 }
 
-fn read_segments(config: &Config, report: &mut RecoveryReport) -> Result<Vec<Recovered>> {
+/// The segments that read back, and the highest segment id any file name holds (set-aside
+/// segments' too, so that no new segment takes their id).
+fn read_segments(config: &Config, report: &mut RecoveryReport) -> Result<(Vec<Recovered>, u64)> {
     let dir = &config.dir;
     let listing = fs::read_dir(dir).map_err(|e| storage(format_args!("listing {}", dir.display()), e))?;
     let mut ids = Vec::new();
+    let mut highest = 0;
     for entry in listing {
         let entry = entry.map_err(|e| storage(format_args!("listing {}", dir.display()), e))?;
-        if let Some(id) = entry.file_name().to_str().and_then(segment_id) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(id) = segment_id(name) {
             ids.push(id);
+        } else if let Some(id) = name
+            .strip_suffix(UNREADABLE_EXTENSION)
+            .and_then(|n| n.strip_suffix('.'))
+            .and_then(segment_id_stem)
+        {
+            highest = highest.max(id);
         }
     }
+    highest = highest.max(ids.iter().copied().max().unwrap_or(0));
     ids.sort_unstable();
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
@@ -2071,7 +2083,7 @@ fn read_segments(config: &Config, report: &mut RecoveryReport) -> Result<Vec<Rec
             scan,
         });
     }
-    Ok(out)
+    Ok((out, highest))
 }
 
 /// Keeps the frames whose seq fits their segment: each signal's seqs in a segment run on from
@@ -2167,7 +2179,7 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
     // A spare left by a crash may be partly written: the preparer makes a new one.
     let _ = fs::remove_file(config.dir.join(SPARE_FILE));
     remove_dead(&config.dir);
-    let mut recovered = read_segments(config, &mut report)?;
+    let (mut recovered, highest_id) = read_segments(config, &mut report)?;
     // A new queue has neither; segments without a ledger lost it.
     report.ledger_missing &= u64::from(!recovered.is_empty());
     report.skipped_frames = drop_implausible(&mut recovered);
@@ -2324,7 +2336,7 @@ fn recover(config: &Config) -> Result<(State, RecoveryReport)> {
     // segment (and the ledger) be written.
     let mut removed = state.settle();
     unlink(state.take_unlink());
-    let id = next_id(max_id)?;
+    let id = next_id(max_id.max(highest_id))?;
     match create_segment(config, id, state.starts(), None) {
         Ok(active) => {
             state.used += active.size;
@@ -3863,6 +3875,16 @@ mod tests {
         let q = open(&o);
         assert!(q.recovery().contains(&("unreadable_segments", 0)));
         assert_eq!(seqs(&take_all(&q, "a", Signal::Logs)), [3, 4, 5]);
+        drop(q);
+        // Nor does a new segment ever take a set-aside one's id (it would be overwritten at the
+        // next set-aside): the newest segment set aside, the next one is newer still.
+        let newest = *segment_ids(&dir).last().unwrap();
+        let path = segment_path(&dir.0, newest);
+        fs::rename(&path, path.with_extension(UNREADABLE_EXTENSION)).unwrap();
+        let q = open(&o);
+        assert!(segment_ids(&dir).iter().all(|&id| id != newest));
+        assert!(*segment_ids(&dir).last().unwrap() > newest);
+        drop(q);
     }
 
     #[test]
