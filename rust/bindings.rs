@@ -858,7 +858,7 @@ impl Listeners {
 
     /// Serves a drop-in for Fluent Bit's `http` input into `core`; returns the bound port.
     #[pyo3(signature = (core, host, port, *, tokens = Vec::new(), max_body_bytes = 67_108_864,
-        body_timeout_s = 30.0, reuse_port = false))]
+        body_timeout_s = 30.0, idle_timeout_s = 0.0, reuse_port = false))]
     #[allow(clippy::too_many_arguments)]
     fn add_fluent_http(
         &self,
@@ -869,6 +869,7 @@ impl Listeners {
         tokens: Vec<String>,
         max_body_bytes: usize,
         body_timeout_s: f64,
+        idle_timeout_s: f64,
         reuse_port: bool,
     ) -> PyResult<u16> {
         let service = fluent_http::Service {
@@ -877,6 +878,7 @@ impl Listeners {
                 tokens: tokens.into_iter().map(String::into_bytes).collect(),
                 max_body_bytes,
                 body_timeout: parse_seconds("body_timeout_s", body_timeout_s)?,
+                idle_timeout: Some(parse_seconds("idle_timeout_s", idle_timeout_s)?).filter(|t| !t.is_zero()),
             },
         };
         let addr = py.detach(|| self.inner.add_fluent_http(host, port, reuse_port, service))?;

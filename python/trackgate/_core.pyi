@@ -274,6 +274,7 @@ class Listeners:
         tokens: list[str] = ...,
         max_body_bytes: int = 67108864,
         body_timeout_s: float = 30.0,
+        idle_timeout_s: float = 0.0,
         reuse_port: bool = False,
     ) -> int:
         """Serves a drop-in for Fluent Bit's `http` input (path = tag, answers 201) into `core`;

@@ -375,6 +375,7 @@ def start_listeners(cfg: Config, pipeline: Pipeline) -> Listeners:
                 tokens=cfg.server.tokens,
                 max_body_bytes=cfg.server.max_body_bytes,
                 body_timeout_s=cfg.server.body_timeout_s,
+                idle_timeout_s=cfg.server.idle_timeout_s,
                 reuse_port=cfg.server.workers > 1,
             )
         except OSError as exc:

@@ -28,6 +28,8 @@ pub struct Config {
     pub tokens: Vec<Vec<u8>>,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
+    /// How long a connection waits for its next request (None: `body_timeout`).
+    pub idle_timeout: Option<Duration>,
 }
 
 pub struct Service {
@@ -139,8 +141,9 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
     loop {
         // A request, head and body, must arrive within `body_timeout` of its first byte: one
         // deadline, not one per read, so that a byte now and then does not hold the connection.
-        // Between requests a connection waits at most as long for the next one.
-        let mut deadline = Instant::now() + service.config.body_timeout;
+        // Between requests a connection waits `idle_timeout` for the next one.
+        let config = &service.config;
+        let mut deadline = Instant::now() + config.idle_timeout.unwrap_or(config.body_timeout);
         // The request head.
         let head_end = loop {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
