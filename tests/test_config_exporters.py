@@ -28,6 +28,7 @@ def write(tmp_path: Path, text: str) -> Path:
         ('token = "tok-SECRET\\n"', "exporters.dash0.token"),
         ('token = "tok"\ndataset = "prod\\r"', "exporters.dash0.dataset"),
         ('token = "tok"\nheaders = { "x-key" = "key-SECRET\\n" }', "exporters.dash0.headers['x-key']"),
+        ('token = "tok-SECRET\u2013x"', "exporters.dash0.token"),
     ],
 )
 def test_a_header_with_a_control_character_is_refused_by_key(tmp_path: Path, text: str, key: str) -> None:

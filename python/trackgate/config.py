@@ -525,6 +525,10 @@ def _check_header_values(exp: OtlpExporterConfig, where: str) -> None:
             raise ConfigError(
                 f"{where}.{what} has leading or trailing whitespace or a control character (a trailing newline?)"
             )
+        try:
+            value.encode("latin-1")  # what HTTP/1.1 header values can carry
+        except UnicodeEncodeError:
+            raise ConfigError(f"{where}.{what} has a character an HTTP header cannot carry (beyond Latin-1)") from None
 
 
 def _check_tokens(cfg: Config, source: str) -> None:
