@@ -17,6 +17,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from sentry_upstream import Received, SentryUpstream
 from sentry_upstream import envelope as sentry_envelope
 from trackgate import Pipeline
+from trackgate.pipeline import close_together
 from trackgate._core import Batch
 from trackgate.config import BatchConfig, Config, OtlpExporterConfig, RetryConfig, SentryExporterConfig
 from trackgate.exporters.base import Exporter, HttpDestination, Outcome, Runner, waiting_on_destination
@@ -402,3 +403,21 @@ def test_shutdown_waits_for_sends_in_flight_once_not_once_per_runner() -> None:
     started = time.monotonic()
     p.close(0)
     assert time.monotonic() - started < 4.0  # 2 s, not 3 x 2 s
+
+
+def test_pipelines_shut_down_together_share_one_window() -> None:
+    """The app's three queues (OTLP, Sentry, events) close together: one grace period and one
+    2 s window for all of their sends in flight, not one each."""
+    cfg = Config(batch=BatchConfig(max_records=1, max_delay_ms=0))
+    cfg.storage.queue = "memory"
+    stuck = [Sleepy(concurrency=1, seconds=8.0, far=True) for _ in range(3)]
+    pipelines = [Pipeline(cfg, [exporter], register_metrics=False).start() for exporter in stuck]
+    for p in pipelines:
+        p.ingest("logs", logs("r0"))
+    deadline = time.monotonic() + 5
+    while sum(e.in_flight for e in stuck) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sum(e.in_flight for e in stuck) == 3
+    started = time.monotonic()
+    close_together(pipelines, time.monotonic() + 0.5)
+    assert time.monotonic() - started < 4.5  # 0.5 s + 2 s, not 3 x (0.5 s + 2 s)

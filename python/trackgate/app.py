@@ -24,7 +24,7 @@ from trackgate.asgi import ClientDisconnected, Receive, Request, Response, Scope
 from trackgate.config import Config
 from trackgate.echo import shorten
 from trackgate.jobmetrics import JobMetrics, RedisState
-from trackgate.pipeline import Format, Pipeline
+from trackgate.pipeline import Format, Pipeline, close_together
 from trackgate.ratelimits import RateLimits
 from trackgate.receivers import fluent as fluent_receiver
 from trackgate.receivers import sentry as sentry_receiver
@@ -184,11 +184,7 @@ class App:
         if self.jobmetrics is not None:
             # After the listeners: the events they accepted last are in the final export.
             self.jobmetrics.close()
-        pipelines = [p for p in (self.bus, self.forward, self.pipeline) if p is not None]
-        for pipeline in pipelines:  # every queue drains from now on, side by side
-            pipeline.core.close()
-        for pipeline in pipelines:
-            pipeline.close(max(0.0, deadline - time.monotonic()))
+        close_together([p for p in (self.bus, self.forward, self.pipeline) if p is not None], deadline)
         if self.pipeline is not None:
             # The tap holds the events receiver (and through it this pipeline): drop the cycle
             # once the pipeline takes nothing more.

@@ -430,17 +430,23 @@ class Pipeline:
     def close(self, grace_s: float | None = None) -> None:
         """Stops intake, delivers what is queued within the grace period, stops the threads."""
         grace = self.config.server.shutdown_grace_s if grace_s is None else grace_s
+        close_together([self], time.monotonic() + grace)
+
+    def _stop_intake(self) -> list[Pipeline]:
+        """Stops intake and adoption; returns this pipeline and its adopted shards' drains, which
+        all deliver what they hold from now on."""
         self.core.close()
-        deadline = time.monotonic() + grace
-        if self._adopter is not None:
-            self._adopter.close(grace)
+        drains = self._adopter.stop_adopting() if self._adopter is not None else []
+        for drain in drains:
+            drain.core.close()
+        return [self, *drains]
+
+    def _join_runners(self, until: float) -> None:
         for runner in self._runners:
-            runner.join(max(0.0, deadline - time.monotonic()))
-        self._stop_retrying.set()  # past the grace period: abandon retries
-        # A send in flight is not interrupted: 2 s for all of them to end, not 2 s each.
-        end = time.monotonic() + 2.0
-        for runner in self._runners:
-            runner.join(max(0.0, end - time.monotonic()))
+            runner.join(max(0.0, until - time.monotonic()))
+
+    def _finish(self) -> None:
+        """After the runners: reports what is left, closes the exporters."""
         left = self.pending()
         if left and self.queue_dir is not None:
             log.info("undelivered records stay on disk for the next start", extra={"records": left})
@@ -458,3 +464,20 @@ class Pipeline:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def close_together(pipelines: Iterable[Pipeline], deadline: float) -> None:
+    """Shuts pipelines down side by side: intake (and adoption) stops everywhere first, all of
+    them deliver until `deadline` (monotonic), then retries are abandoned everywhere at once and
+    the sends still in flight get 2 s in all (granian kills a worker `shutdown_grace_s` + 5 s
+    after asking it to stop)."""
+    everything = [p for pipeline in pipelines for p in pipeline._stop_intake()]
+    for p in everything:
+        p._join_runners(deadline)
+    for p in everything:
+        p._stop_retrying.set()
+    end = time.monotonic() + 2.0
+    for p in everything:
+        p._join_runners(end)
+    for p in everything:
+        p._finish()

@@ -101,6 +101,9 @@ class Adopter(threading.Thread):
         self.first_delay_s = min(5.0, self.interval_s)
         self.stop = threading.Event()
         self.draining: dict[Path, Pipeline] = {}
+        # Guards `draining` between a scan and `stop_adopting`, so that no drain is added once
+        # adoption stopped (close does not wait for a scan that is opening a large shard).
+        self.lock = threading.Lock()
 
     def run(self) -> None:
         if self.stop.wait(self.first_delay_s):
@@ -117,15 +120,21 @@ class Adopter(threading.Thread):
         from trackgate.pipeline import Pipeline
 
         root = self.owner.shard_root
-        for path, drain in list(self.draining.items()):
+        with self.lock:
+            draining = list(self.draining.items())
+        for path, drain in draining:
             if drain.pending() == 0:
+                with self.lock:
+                    if self.draining.pop(path, None) is None:
+                        continue  # adoption stopped meanwhile: the shutdown closes it
                 # The empty shard stays (and is unlocked) for the next process that needs one:
                 # removing it could race with a process claiming it.
                 drain.close(0)
-                del self.draining[path]
                 log.info("adopted shard drained", extra={"shard": str(path)})
         mine = {self.owner.queue_dir} if self.owner.queue_dir else set()
-        for path in candidates(root, mine | set(self.draining)):
+        with self.lock:
+            adopted = set(self.draining)
+        for path in candidates(root, mine | adopted):
             if self.stop.is_set():
                 return  # shutting down: adopt nothing more
             try:
@@ -146,18 +155,26 @@ class Adopter(threading.Thread):
             if pending == 0:
                 drain.close(0)
                 continue
+            with self.lock:
+                adopt = not self.stop.is_set()
+                if adopt:
+                    self.draining[path] = drain
+            if not adopt:
+                drain.close(0)  # adoption stopped while it opened: the next process takes it
+                return
             log.info("adopting orphaned shard", extra={"shard": str(path), "records": pending})
-            self.draining[path] = drain.start()
+            drain.start()
+
+    def stop_adopting(self) -> list[Pipeline]:
+        """Stops scanning; returns the drains under way, which the caller closes (no scan adds
+        one after this)."""
+        self.stop.set()
+        with self.lock:
+            drains = list(self.draining.values())
+            self.draining.clear()
+        return drains
 
     def close(self, grace_s: float) -> None:
-        self.stop.set()
-        # A scan under way may still add a drain: let it finish first, so that none is left running.
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(max(grace_s, 5.0))
-        drains = list(self.draining.values())
-        for drain in drains:  # they all drain side by side, within the one grace period
-            drain.core.close()
-        deadline = time.monotonic() + grace_s
-        for drain in drains:
-            drain.close(max(0.0, deadline - time.monotonic()))
-        self.draining.clear()
+        from trackgate.pipeline import close_together
+
+        close_together(self.stop_adopting(), time.monotonic() + grace_s)
