@@ -17,12 +17,12 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from sentry_upstream import Received, SentryUpstream
 from sentry_upstream import envelope as sentry_envelope
 from trackgate import Pipeline
-from trackgate.pipeline import close_together
 from trackgate._core import Batch
 from trackgate.config import BatchConfig, Config, OtlpExporterConfig, RetryConfig, SentryExporterConfig
 from trackgate.exporters.base import Exporter, HttpDestination, Outcome, Runner, waiting_on_destination
 from trackgate.exporters.otlp_http import OtlpHttpExporter
 from trackgate.exporters.sentry import SentryExporter
+from trackgate.pipeline import close_together
 from trackgate.ratelimits import RateLimits
 from upstream import Reply, Upstream
 
