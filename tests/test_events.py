@@ -525,6 +525,24 @@ def test_events_tail_in_a_group_takes_only_what_it_prints(redis_server: RedisSer
     assert [fields["event_id"] for _s, entries in rest for _id, fields in entries] == ["e2", "e3", "e4"]
 
 
+def test_events_tail_in_a_group_over_per_type_streams_takes_only_what_it_prints(redis_server: RedisServer) -> None:
+    import io
+
+    from trackgate.events_tail import tail
+
+    client = redis_server.client()
+    streams = ["bus:job_started", "bus:job_progress", "bus:job_completed"]
+    for n in range(3):
+        for stream in streams:
+            client.xadd(stream, {"event_id": f"{stream.split(':')[1]}-{n}", "job_id": "j"})
+    out = io.StringIO()
+    assert tail(redis_server.client(), "bus", per_type=True, group="ops", from_start=True, count=4, out=out) == 4
+    assert len(out.getvalue().splitlines()) == 4
+    assert sum(client.xpending(stream, "ops")["pending"] for stream in streams) == 0
+    rest = client.xreadgroup("ops", "worker-1", dict.fromkeys(streams, ">"), count=10)
+    assert sum(len(entries) for _s, entries in rest) == 5, "the other members get the rest"
+
+
 @pytest.mark.slow
 def test_bench_signal_events_fills_the_stream(gateway_factory: type[Gateway], redis_server: RedisServer) -> None:
     import subprocess

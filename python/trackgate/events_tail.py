@@ -106,9 +106,20 @@ def tail(
         if not positions:
             time.sleep(block_ms / 1000)
             continue
-        if group:
-            # Read no more than is left to print (per stream, so from one stream exactly): an entry
-            # read and not acknowledged stays pending with this consumer after it exits.
+        if group and count and len(positions) > 1:
+            # An entry read and not acknowledged stays pending with this consumer after it exits,
+            # and XREADGROUP's COUNT is per stream: one stream at a time, never more than is left
+            # to print in all (polled, not blocking).
+            reply, left = [], count - printed
+            for name in list(positions):
+                got = client.xreadgroup(group, consumer, {name: ">"}, count=left) if left > 0 else None
+                for stream_name, stream_entries in got or []:
+                    reply.append((stream_name, stream_entries))
+                    left -= len(stream_entries)
+            if not reply:
+                time.sleep(min(block_ms, 200) / 1000)
+        elif group:
+            # Read no more than is left to print (from its one stream): see above.
             batch = min(100, count - printed) if count else 100
             reply = client.xreadgroup(group, consumer, dict.fromkeys(positions, ">"), count=batch, block=block_ms)
         else:
