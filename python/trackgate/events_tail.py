@@ -111,8 +111,8 @@ def tail(
             # and XREADGROUP's COUNT is per stream: one stream at a time, never more than is left
             # to print in all (polled, not blocking).
             reply, left = [], count - printed
-            for name in list(positions):
-                got = client.xreadgroup(group, consumer, {name: ">"}, count=left) if left > 0 else None
+            for key in list(positions):
+                got: Any = client.xreadgroup(group, consumer, {key: ">"}, count=left) if left > 0 else None
                 for stream_name, stream_entries in got or []:
                     reply.append((stream_name, stream_entries))
                     left -= len(stream_entries)
