@@ -777,6 +777,27 @@ fn idle_connections_are_closed_and_free_their_place() {
     assert_eq!(waiting.response().header("x-app"), Some("relayed"));
 }
 
+/// On a relayed connection, a head begun and left unfinished keeps its own deadline
+/// (`body_timeout`), even when the idle timeout is shorter.
+#[test]
+fn a_head_begun_on_a_relayed_connection_keeps_its_deadline() {
+    let (backend, _app) = app();
+    let front = front(
+        Config {
+            body_timeout: Duration::from_millis(600),
+            idle_timeout: Some(Duration::from_millis(200)),
+            ..config(backend)
+        },
+        1 << 20,
+    );
+    let mut client = front.connect();
+    client.send(&request("GET /healthz HTTP/1.1\r\nhost: front", b""));
+    assert_eq!(client.response().header("x-app"), Some("relayed"));
+    client.send(b"G"); // and nothing more
+                       // Without the deadline, the read below would give up after WAIT with nothing read.
+    assert!(client.closed());
+}
+
 /// Fluent Bit's `http` output posts are answered by the front, with the app's JSON, on a kept
 /// connection; their records are queued as logs.
 #[test]

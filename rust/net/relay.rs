@@ -334,10 +334,13 @@ async fn forward<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     loop {
         let head = match idle {
             Some(idle) if buf.is_empty() => loop {
+                if !buf.is_empty() {
+                    // A head begun: it has its own deadline in `read_head`, whatever the idle one.
+                    break read_head(client, &mut buf, timeout, None, shutdown).await;
+                }
                 match tokio::time::timeout(idle, read_head(client, &mut buf, timeout, None, shutdown)).await {
                     Ok(head) => break head,
-                    // A head begun, or an answer awaited or still coming: not idle (a begun head
-                    // has its own deadline in `read_head`).
+                    // An answer awaited or still coming: not idle.
                     Err(_) if !buf.is_empty() || !activity.idle_for(idle) => {}
                     Err(_) => break Head::Done,
                 }
@@ -379,6 +382,9 @@ async fn forward<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         _ => return,
                     }
                 }
+                // Stamped again once the body is through: an interim answer (`100 Continue`)
+                // is not the answer awaited.
+                activity.requested_now();
                 buf.shrink_to(16 * 1024);
             }
             Body::ToClose => {
