@@ -28,7 +28,7 @@ pub struct Config {
     pub tokens: Vec<Vec<u8>>,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
-    /// How long a connection waits for its next request (None: `body_timeout`).
+    /// How long a connection waits for its next request (None: for ever).
     pub idle_timeout: Option<Duration>,
 }
 
@@ -139,11 +139,12 @@ fn response(status: u16, reason: &str, extra: &[(&str, &str)], body: &str, keep_
 async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdown) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        // A request, head and body, must arrive within `body_timeout` of its first byte: one
-        // deadline, not one per read, so that a byte now and then does not hold the connection.
-        // Between requests a connection waits `idle_timeout` for the next one.
+        // A request, head and body, must arrive within `body_timeout` of its first byte (a
+        // pipelined one's may be here already): one deadline, not one per read, so that a byte
+        // now and then does not hold the connection. Before its first byte, a connection waits
+        // `idle_timeout` (None: for ever).
         let config = &service.config;
-        let mut deadline = Instant::now() + config.idle_timeout.unwrap_or(config.body_timeout);
+        let mut deadline = (!buf.is_empty()).then(|| Instant::now() + config.body_timeout);
         // The request head.
         let head_end = loop {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -161,14 +162,14 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
                     .await;
                 return;
             }
-            let empty = buf.is_empty();
-            if !read_more(&mut stream, &mut buf, deadline, shutdown).await {
+            let wait = deadline.or_else(|| config.idle_timeout.map(|t| Instant::now() + t));
+            if !read_more(&mut stream, &mut buf, wait, shutdown).await {
                 return;
             }
-            if empty {
-                deadline = Instant::now() + service.config.body_timeout; // its first byte
-            }
+            deadline.get_or_insert_with(|| Instant::now() + config.body_timeout);
+            // its first byte
         };
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + config.body_timeout);
         let head = match parse_head(&buf[..head_end]) {
             Ok(h) => h,
             Err(why) => {
@@ -194,17 +195,22 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
     }
 }
 
-/// Reads more bytes into `buf`; false on EOF, error, the deadline or shutdown.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant, shutdown: &Shutdown) -> bool {
+/// Reads more bytes into `buf`; false on EOF, error, the deadline (None: none) or shutdown.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Option<Instant>, shutdown: &Shutdown) -> bool {
     let start = buf.len();
     buf.resize(start + 64 * 1024, 0);
     let read = race(
-        tokio::time::timeout_at(deadline, stream.read(&mut buf[start..])),
+        async {
+            match deadline {
+                Some(at) => tokio::time::timeout_at(at, stream.read(&mut buf[start..])).await.ok(),
+                None => Some(stream.read(&mut buf[start..]).await),
+            }
+        },
         shutdown.wait(),
     )
     .await;
     match read {
-        Either::Left(Ok(Ok(n))) if n > 0 => {
+        Either::Left(Some(Ok(n))) if n > 0 => {
             buf.truncate(start + n);
             true
         }
@@ -267,7 +273,7 @@ async fn handle(
         return (413, "Payload Too Large", vec![], msg, false);
     }
     while buf.len() < length {
-        if !read_more(stream, buf, deadline, shutdown).await {
+        if !read_more(stream, buf, Some(deadline), shutdown).await {
             return (
                 408,
                 "Request Timeout",
