@@ -117,7 +117,7 @@ def tail(
                     reply.append((stream_name, stream_entries))
                     left -= len(stream_entries)
             if not reply:
-                time.sleep(min(block_ms, 200) / 1000)
+                time.sleep(min(block_ms or 200, 200) / 1000)
         elif group:
             # Read no more than is left to print (from its one stream): see above.
             batch = min(100, count - printed) if count else 100

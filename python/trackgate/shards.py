@@ -157,13 +157,12 @@ class Adopter(threading.Thread):
                 continue
             with self.lock:
                 adopt = not self.stop.is_set()
-                if adopt:
-                    self.draining[path] = drain
+                if adopt:  # started under the lock: a drain shutdown takes is one that runs
+                    self.draining[path] = drain.start()
             if not adopt:
                 drain.close(0)  # adoption stopped while it opened: the next process takes it
                 return
             log.info("adopting orphaned shard", extra={"shard": str(path), "records": pending})
-            drain.start()
 
     def stop_adopting(self) -> list[Pipeline]:
         """Stops scanning; returns the drains under way, which the caller closes (no scan adds
