@@ -38,10 +38,18 @@ def test_a_header_with_a_control_character_is_refused_by_key(tmp_path: Path, tex
     assert key in str(err.value) and "SECRET" not in str(err.value)
 
 
-def test_a_header_name_must_be_a_header_name(tmp_path: Path) -> None:
-    path = write(tmp_path, '[exporters.otlp]\nendpoint = "http://collector:4318"\nheaders = { "x key" = "v" }\n')
+@pytest.mark.parametrize("name", ["x key", "x-\u00e9", "x:y", ""])
+def test_a_header_name_must_be_a_header_name(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path, f'[exporters.otlp]\nendpoint = "http://collector:4318"\nheaders = {{ "{name}" = "v" }}\n')
     with pytest.raises(ConfigError, match="not a valid HTTP header name"):
         config.load(path, env={})
+
+
+def test_grpc_metadata_values_are_ascii(tmp_path: Path) -> None:
+    text = '[exporters.otlp]\nendpoint = "http://collector:4317"\nprotocol = "{protocol}"\nheaders = {{ team = "caf\u00e9" }}\n'
+    assert config.load(write(tmp_path, text.format(protocol="http")), env={}).exporters.otlp is not None
+    with pytest.raises(ConfigError, match=r"exporters\.otlp\.headers\['team'\] has a character gRPC metadata"):
+        config.load(write(tmp_path, text.format(protocol="grpc")), env={})
 
 
 def test_dash0_secrets_from_the_environment_lose_a_trailing_newline() -> None:

@@ -512,23 +512,30 @@ def _check_url(url: str, where: str) -> None:
         raise ConfigError(f"{where}: endpoint {shorten(mask_url(url))!r} must be an http:// or https:// URL")
 
 
+# RFC 9110's token characters: what a header (or gRPC metadata) name may hold.
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
 def _check_header_values(exp: OtlpExporterConfig, where: str) -> None:
     """A control character (a secret file's trailing newline) in a header makes every send raise
-    inside the HTTP client, with the value in the error: refused here, named by key only."""
+    inside the HTTP client, with the value in the error: refused here, named by key only. HTTP/1.1
+    carries Latin-1 values; gRPC metadata printable ASCII only."""
     fields = [("token", exp.token), ("dataset", exp.dataset)]
     fields += [(f"headers[{shorten(key)!r}]", value) for key, value in exp.headers.items()]
     for key in exp.headers:
-        if not key or any(ch.isspace() or not ch.isprintable() or ch == ":" for ch in key):
+        if not HEADER_NAME.fullmatch(key):
             raise ConfigError(f"{where}.headers: name {shorten(key)!r} is not a valid HTTP header name")
+    charset = "ascii" if exp.protocol == "grpc" else "latin-1"
     for what, value in fields:
         if value != value.strip() or any(not ch.isprintable() for ch in value):
             raise ConfigError(
                 f"{where}.{what} has leading or trailing whitespace or a control character (a trailing newline?)"
             )
         try:
-            value.encode("latin-1")  # what HTTP/1.1 header values can carry
+            value.encode(charset)
         except UnicodeEncodeError:
-            raise ConfigError(f"{where}.{what} has a character an HTTP header cannot carry (beyond Latin-1)") from None
+            carrier = "gRPC metadata (ASCII)" if charset == "ascii" else "an HTTP header (Latin-1)"
+            raise ConfigError(f"{where}.{what} has a character {carrier} cannot carry") from None
 
 
 def _check_tokens(cfg: Config, source: str) -> None:
