@@ -46,7 +46,10 @@ def test_a_header_name_must_be_a_header_name(tmp_path: Path, name: str) -> None:
 
 
 def test_grpc_metadata_values_are_ascii(tmp_path: Path) -> None:
-    text = '[exporters.otlp]\nendpoint = "http://collector:4317"\nprotocol = "{protocol}"\nheaders = {{ team = "caf\u00e9" }}\n'
+    text = (
+        '[exporters.otlp]\nendpoint = "http://collector:4317"\nprotocol = "{protocol}"\n'
+        'headers = {{ team = "caf\u00e9" }}\n'
+    )
     assert config.load(write(tmp_path, text.format(protocol="http")), env={}).exporters.otlp is not None
     with pytest.raises(ConfigError, match=r"exporters\.otlp\.headers\['team'\] has a character gRPC metadata"):
         config.load(write(tmp_path, text.format(protocol="grpc")), env={})
