@@ -147,8 +147,14 @@ def test_logs_carrying_events_are_ingested_off_the_event_loop(tmp_path: Path, re
         attr.key, attr.value.string_value = key, value
     pb = [(b"content-type", b"application/x-protobuf")]
 
+    plain = ExportLogsServiceRequest()
+    plain.resource_logs.add().scope_logs.add().log_records.add().body.string_value = "an ordinary line"
+
     async def main() -> None:
         status, _, answer = await call(app, "POST", "/v1/logs", [msg.SerializeToString()], pb)
+        assert status == 200, answer
+        # Logs that cannot carry an event stay on the loop: nothing of the tap can block them.
+        status, _, answer = await call(app, "POST", "/v1/logs", [plain.SerializeToString()], pb)
         assert status == 200, answer
         await app.stop()
 
@@ -156,6 +162,6 @@ def test_logs_carrying_events_are_ingested_off_the_event_loop(tmp_path: Path, re
         asyncio.run(main())
     finally:
         app.close()
-    assert threads == [False]  # asyncio.run's loop is on the main thread
+    assert threads == [False, True]  # asyncio.run's loop is on the main thread
     entries = redis_server.client().xrange("trackgate:events")
     assert [fields["job_id"] for _, fields in entries] == ["j-loop"]

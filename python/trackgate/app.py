@@ -129,8 +129,10 @@ class App:
             tapped = events_cfg.from_logs and (self.bus is not None or self.jobmetrics is not None)
             if tapped:
                 self.events.install_tap(self.pipeline.core)
-                # Ingests that pass the tap run off the event loop.
-                self.otlp.taps_events = self.fluent.taps_events = self.sentry.taps_events = True
+            # An ingest that passes the tap may wait for the bus's fsync or the job metrics' Redis
+            # call: on the app path, one that may carry events then runs off the event loop.
+            tap_blocks = tapped and (self.bus is not None or (self.jobmetrics is not None and self.jobmetrics.blocking))
+            self.otlp.taps_events = self.fluent.taps_events = self.sentry.taps_events = tap_blocks
             receivers = self.config.receivers
             behind = os.environ.get(APP_SOCKET_ENV) if server.otlp_front else None
             if behind or receivers.otlp_grpc.enabled or receivers.forward.listen or receivers.fluent_http.listen:

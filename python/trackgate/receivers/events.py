@@ -45,6 +45,12 @@ EVENTS = telemetry.REGISTRY.counter(
 )
 
 
+def may_carry_events(body: bytes) -> bool:
+    """The events tap's own first look (`events::from_logs::may_carry_events`): logs without
+    these bytes carry no event, so their ingest cannot wait on the bus or the job metrics."""
+    return b"event_type" in body or b"event.name" in body
+
+
 def json_response(status: int, doc: object, headers: list[tuple[str, str]] | None = None) -> Response:
     return Response(status, orjson.dumps(doc), "application/json", headers or [])
 

@@ -21,6 +21,7 @@ from trackgate.durable_wait import DurableWait
 from trackgate.echo import shorten
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
 from trackgate.pipeline import Pipeline
+from trackgate.receivers.events import may_carry_events
 from trackgate.receivers.otlp_http import (
     INLINE_LIMIT,
     RETRY_AFTER_CLOSED_S,
@@ -74,7 +75,8 @@ class FluentHttpReceiver:
         pipeline = self.pipeline
         wait = DurableWait() if pipeline.defers_sync else None
         try:
-            if pipeline.blocking_ingest or self.taps_events or len(body) > INLINE_LIMIT or is_encoded(encoding):
+            tapped = self.taps_events and may_carry_events(body)
+            if pipeline.blocking_ingest or tapped or len(body) > INLINE_LIMIT or is_encoded(encoding):
                 result = await asyncio.to_thread(pipeline.ingest_fluent, body, media, tag, encoding, wait=wait)
             else:
                 result = pipeline.ingest_fluent(body, media, tag, encoding, wait=wait)

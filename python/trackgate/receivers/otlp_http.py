@@ -11,6 +11,7 @@ from trackgate.durable_wait import DurableWait
 from trackgate.echo import shorten
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
 from trackgate.pipeline import Format, Pipeline, Signal
+from trackgate.receivers.events import may_carry_events
 
 log = logging.getLogger("trackgate.receiver.otlp")
 
@@ -92,7 +93,7 @@ class OtlpHttpReceiver:
         encoding = request.header("content-encoding") or None
         wait = DurableWait() if self.defers else None
         try:
-            tapped = self.taps_events and signal == "logs"
+            tapped = self.taps_events and signal == "logs" and may_carry_events(body)
             if self.blocking or tapped or len(body) > INLINE_LIMIT or is_encoded(encoding):
                 result = await asyncio.to_thread(self.ingest, signal, body, fmt, encoding, wait)
             else:

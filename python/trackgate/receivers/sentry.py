@@ -32,6 +32,7 @@ from trackgate.durable_wait import DurableWait
 from trackgate.exceptions import DecodeError, PayloadTooLarge, PipelineClosed, QueueFull, UnsupportedMedia
 from trackgate.pipeline import Pipeline
 from trackgate.ratelimits import RateLimits
+from trackgate.receivers.events import may_carry_events
 
 log = logging.getLogger("trackgate.receiver.sentry")
 
@@ -195,7 +196,8 @@ class SentryReceiver:
         pipelines = [self.pipeline] if self.forward is None else [self.pipeline, self.forward]
         wait = DurableWait() if any(p.defers_sync for p in pipelines) else None
         try:
-            if self.taps_events or any(p.blocking_ingest for p in pipelines):
+            tapped = self.taps_events and may_carry_events(result.otlp_logs)
+            if tapped or any(p.blocking_ingest for p in pipelines):
                 await asyncio.to_thread(self.queue, result, wait)
             else:
                 self.queue(result, wait)
