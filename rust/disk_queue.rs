@@ -3735,6 +3735,20 @@ mod tests {
         }
     }
 
+    /// Faults to inject, and the options of a queue in `dir` for exporter "a", fsync "always",
+    /// that injects them.
+    fn always_with_faults(dir: &TempDir) -> (Arc<Faults>, DiskOptions) {
+        let faults = Arc::new(Faults::default());
+        let options = with_faults(
+            DiskOptions {
+                fsync: Fsync::Always,
+                ..options(dir, &["a"])
+            },
+            &faults,
+        );
+        (faults, options)
+    }
+
     /// Waits for another thread to get somewhere (a guard against hanging, not a timing check).
     pub(super) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         let start = Instant::now();
@@ -3755,14 +3769,7 @@ mod tests {
     fn a_failed_ledger_update_is_counted_and_the_next_one_writes_a_new_file() {
         use std::os::unix::fs::MetadataExt;
         let dir = TempDir::new("dq");
-        let faults = Arc::new(Faults::default());
-        let o = with_faults(
-            DiskOptions {
-                fsync: Fsync::Always,
-                ..options(&dir, &["a"])
-            },
-            &faults,
-        );
+        let (faults, o) = always_with_faults(&dir);
         let ledger = dir.0.join(LEDGER_FILE);
         {
             let q = open(&o);
@@ -3804,14 +3811,7 @@ mod tests {
     #[test]
     fn a_disk_refusing_writes_at_open_still_delivers_what_is_queued() {
         let dir = TempDir::new("dq");
-        let faults = Arc::new(Faults::default());
-        let o = with_faults(
-            DiskOptions {
-                fsync: Fsync::Always,
-                ..options(&dir, &["a"])
-            },
-            &faults,
-        );
+        let (faults, o) = always_with_faults(&dir);
         {
             let q = open(&o);
             for i in 1..=3 {
@@ -3977,14 +3977,8 @@ mod tests {
     #[test]
     fn deferred_appends_share_one_fsync_and_each_sink_is_told_once_per_group() {
         let dir = TempDir::new("dq");
-        let faults = Arc::new(Faults::default());
-        let q = open(&with_faults(
-            DiskOptions {
-                fsync: Fsync::Always,
-                ..options(&dir, &["a"])
-            },
-            &faults,
-        ));
+        let (faults, o) = always_with_faults(&dir);
+        let q = open(&o);
         let (first, second) = (Arc::new(Collect::default()), Arc::new(Collect::default()));
         // The syncer takes the first waiter and holds in its fsync while three more line up.
         faults.hold(true);
@@ -4016,14 +4010,8 @@ mod tests {
     #[test]
     fn a_failed_group_fsync_fails_the_waiters_it_did_not_cover_and_only_those() {
         let dir = TempDir::new("dq");
-        let faults = Arc::new(Faults::default());
-        let q = open(&with_faults(
-            DiskOptions {
-                fsync: Fsync::Always,
-                ..options(&dir, &["a"])
-            },
-            &faults,
-        ));
+        let (faults, o) = always_with_faults(&dir);
+        let q = open(&o);
         let sink = Arc::new(Collect::default());
         let (_, covered) = q.append_deferred(Signal::Logs, 1, payload(1, 10)).unwrap();
         q.sync_point(covered.unwrap()).unwrap();

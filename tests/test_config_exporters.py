@@ -11,15 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from test_config_cli import write
 from trackgate import config
 from trackgate.config import ConfigError, OtlpExporterConfig
 from trackgate.exporters.otlp_http import OtlpHttpExporter
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "trackgate.toml"
-    path.write_text(text)
-    return path
 
 
 @pytest.mark.parametrize(
