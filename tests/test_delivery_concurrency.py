@@ -49,6 +49,13 @@ class Counting(Upstream):
                 self.in_flight -= 1
 
 
+def one_record_batches() -> Config:
+    """A memory queue whose every batch holds one record: one send per record ingested."""
+    cfg = Config(batch=BatchConfig(max_records=1, max_delay_ms=0))
+    cfg.storage.queue = "memory"
+    return cfg
+
+
 def logs(text: str) -> bytes:
     msg = ExportLogsServiceRequest()
     msg.resource_logs.add().scope_logs.add().log_records.add().body.string_value = text
@@ -58,8 +65,7 @@ def logs(text: str) -> bytes:
 @pytest.mark.parametrize("concurrency", [1, 2, 4])
 def test_batches_in_flight_are_bounded_by_concurrency(concurrency: int) -> None:
     upstream = Counting(delay_s=0.2)
-    cfg = Config(batch=BatchConfig(max_records=1, max_delay_ms=0))
-    cfg.storage.queue = "memory"
+    cfg = one_record_batches()
     cfg.exporters.otlp = OtlpExporterConfig(endpoint=upstream.url, concurrency=concurrency, retry=FAST_RETRY)
     try:
         with Pipeline(cfg) as p:
@@ -120,8 +126,7 @@ def test_sends_in_flight_adapt_to_where_a_send_spends_its_time(
     far: bool, crowded: bool, fewest: int, most: int
 ) -> None:
     exporter = Sleepy(concurrency=4, seconds=0.1 if not crowded else 0.02, far=far, crowded=crowded)
-    cfg = Config(batch=BatchConfig(max_records=1, max_delay_ms=0))
-    cfg.storage.queue = "memory"
+    cfg = one_record_batches()
     with Pipeline(cfg, [exporter]) as p:
         for i in range(24):
             p.ingest("logs", logs(f"r{i}"))
@@ -141,8 +146,7 @@ def test_a_lane_that_fails_stops_acknowledging(
         raise RuntimeError("runner bug")
 
     monkeypatch.setattr(Runner, "_adapt", broken)
-    cfg = Config(batch=BatchConfig(max_records=1, max_delay_ms=0))
-    cfg.storage.queue = "memory"
+    cfg = one_record_batches()
     with Pipeline(cfg, [exporter]) as p:
         p.ingest("logs", logs("r0"))
         deadline = time.monotonic() + 5
@@ -171,8 +175,7 @@ def test_one_at_a_time_delivery_outlives_a_bug_of_its_own(
 
     monkeypatch.setattr(Runner, "_poll_s", once)
     monkeypatch.setattr(Runner, "READ_RETRY_S", 0.05)
-    cfg = Config(batch=BatchConfig(max_records=1, max_delay_ms=0))
-    cfg.storage.queue = "memory"
+    cfg = one_record_batches()
     with Pipeline(cfg, [exporter]) as p:
         for i in range(5):
             p.ingest("logs", logs(f"r{i}"))
@@ -213,8 +216,7 @@ def test_a_failing_head_batch_bounds_the_batches_taken_behind_it() -> None:
     """Acks are cumulative: while the first batch keeps failing, nothing after it can be acked.
     The batches taken meanwhile wait in memory, so only a bounded window of them is taken."""
     exporter = StuckHead(concurrency=2)
-    cfg = Config(batch=BatchConfig(max_records=1, max_delay_ms=0))
-    cfg.storage.queue = "memory"
+    cfg = one_record_batches()
     with Pipeline(cfg, [exporter]) as p:
         for i in range(20):  # quick sends first: the allowance grows to the concurrency
             p.ingest("logs", logs(f"w{i}"))
@@ -392,8 +394,7 @@ def test_shutdown_waits_for_sends_in_flight_once_not_once_per_runner() -> None:
         exporter = Sleepy(concurrency=1, seconds=8.0, far=True)
         exporter.name = f"stuck{i}"
         exporters.append(exporter)
-    cfg = Config(batch=BatchConfig(max_records=1, max_delay_ms=0))
-    cfg.storage.queue = "memory"
+    cfg = one_record_batches()
     p = Pipeline(cfg, exporters).start()
     p.ingest("logs", logs("r0"))
     deadline = time.monotonic() + 5
@@ -408,8 +409,7 @@ def test_shutdown_waits_for_sends_in_flight_once_not_once_per_runner() -> None:
 def test_pipelines_shut_down_together_share_one_window() -> None:
     """The app's three queues (OTLP, Sentry, events) close together: one grace period and one
     2 s window for all of their sends in flight, not one each."""
-    cfg = Config(batch=BatchConfig(max_records=1, max_delay_ms=0))
-    cfg.storage.queue = "memory"
+    cfg = one_record_batches()
     stuck = [Sleepy(concurrency=1, seconds=8.0, far=True) for _ in range(3)]
     pipelines = [Pipeline(cfg, [exporter], register_metrics=False).start() for exporter in stuck]
     for p in pipelines:
