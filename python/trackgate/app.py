@@ -627,12 +627,7 @@ def setup_self_monitoring(cfg: Config) -> None:
     from trackgate.dsn import parse_dsn
 
     dsn = parse_dsn(dsn_value)
-    host, port = config_mod.parse_listen(cfg.server.listen)
-    target_host, _, target_port = dsn.host.rpartition(":")
-    default_port = "443" if dsn.scheme == "https" else "80"
-    same_port = (target_port if target_host else default_port) == str(port)
-    target = target_host or dsn.host
-    if same_port and (target == host or (config_mod.is_loopback(target) and config_mod.is_loopback(host))):
+    if config_mod.points_at(f"{dsn.scheme}://{dsn.host}", cfg.server.listen):
         log.error("self_monitoring.sentry_dsn points at this gateway; not enabled (it would loop)")
         return
     import sentry_sdk

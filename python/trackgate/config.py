@@ -210,7 +210,7 @@ class RedisExporterConfig(_Section):
     per_type: bool = False
     maxlen: Annotated[int, Meta(ge=0)] = 1_000_000  # XADD MAXLEN ~ (approximate trimming); 0 = no trimming
     timeout_s: Annotated[float, Meta(gt=0.0)] = 10.0
-    retry: RedisRetryConfig = field(default_factory=lambda: RedisRetryConfig())
+    retry: RedisRetryConfig = field(default_factory=RedisRetryConfig)
 
 
 class ExportersConfig(_Section):
@@ -558,7 +558,7 @@ def _check_tokens(cfg: Config, source: str) -> None:
             raise ConfigError(f"{source}: receivers.forward.users[{index}] needs a username and a password")
 
 
-def _points_at(url: str, listen: str) -> bool:
+def points_at(url: str, listen: str) -> bool:
     """Whether `url` reaches the listener `listen` on this machine (same port; same host, or both
     loopback, or a wildcard listener reached through loopback)."""
     try:
@@ -581,7 +581,7 @@ def check_loops(cfg: Config, source: str = "<config>") -> None:
     grpc_listen = cfg.receivers.otlp_grpc.listen if cfg.receivers.otlp_grpc.enabled else ""
     for name, exp in cfg.otlp_exporters().items():
         listen = grpc_listen if exp.protocol == "grpc" else cfg.server.listen
-        if listen and _points_at(exp.endpoint, listen):
+        if listen and points_at(exp.endpoint, listen):
             raise ConfigError(
                 f"{source}: exporters.{name}.endpoint {mask_url(exp.endpoint)!r} is this gateway's own listener "
                 f"({listen}): batches would loop. If it comes from OTEL_EXPORTER_OTLP_ENDPOINT meant for the SDKs, "
@@ -595,7 +595,7 @@ def check_loops(cfg: Config, source: str = "<config>") -> None:
             dsn = parse_dsn(sentry.dsn)
         except DsnError:
             return  # _validate names it
-        if _points_at(f"{dsn.scheme}://{dsn.host}", cfg.server.listen):
+        if points_at(f"{dsn.scheme}://{dsn.host}", cfg.server.listen):
             raise ConfigError(
                 f"{source}: exporters.sentry.dsn ({dsn.masked}) is this gateway's own listener "
                 f"({cfg.server.listen}): envelopes would loop. If it comes from SENTRY_DSN meant for the SDKs, "

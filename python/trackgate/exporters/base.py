@@ -206,7 +206,9 @@ class Runner(threading.Thread):
             try:
                 if not self._step():
                     return
-            except Exception:  # a bug of the runner's own: what it took is unacked, so it comes again
+            # A bug of the runner's own, before a batch was taken (`_settle_with_retry` keeps and
+            # retries a batch taken): nothing taken is skipped.
+            except Exception:
                 log.exception("delivery loop failed unexpectedly; will retry", extra=self.labels)
                 if self.stop_retrying.wait(self.READ_RETRY_S):
                     return
