@@ -385,6 +385,14 @@ def test_a_batch_unsettled_at_shutdown_is_delivered_after_the_restart(sentry: Se
         assert again.pending() == 0
 
 
+def all_sending(exporters: list[Sleepy]) -> None:
+    """Waits (up to 5 s) until each of `exporters` is in a send."""
+    deadline = time.monotonic() + 5
+    while sum(e.in_flight for e in exporters) < len(exporters) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sum(e.in_flight for e in exporters) == len(exporters)
+
+
 def test_shutdown_waits_for_sends_in_flight_once_not_once_per_runner() -> None:
     """Past the grace period, sends still in flight get 2 s in all: granian kills the worker
     `shutdown_grace_s` + 5 s after asking it to stop, and three exporters each stuck in a send
@@ -397,10 +405,7 @@ def test_shutdown_waits_for_sends_in_flight_once_not_once_per_runner() -> None:
     cfg = one_record_batches()
     p = Pipeline(cfg, exporters).start()
     p.ingest("logs", logs("r0"))
-    deadline = time.monotonic() + 5
-    while sum(e.in_flight for e in exporters) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert sum(e.in_flight for e in exporters) == 3
+    all_sending(exporters)
     started = time.monotonic()
     p.close(0)
     assert time.monotonic() - started < 4.0  # 2 s, not 3 x 2 s
@@ -414,10 +419,7 @@ def test_pipelines_shut_down_together_share_one_window() -> None:
     pipelines = [Pipeline(cfg, [exporter], register_metrics=False).start() for exporter in stuck]
     for p in pipelines:
         p.ingest("logs", logs("r0"))
-    deadline = time.monotonic() + 5
-    while sum(e.in_flight for e in stuck) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert sum(e.in_flight for e in stuck) == 3
+    all_sending(stuck)
     started = time.monotonic()
     close_together(pipelines, time.monotonic() + 0.5)
     assert time.monotonic() - started < 4.5  # 0.5 s + 2 s, not 3 x (0.5 s + 2 s)

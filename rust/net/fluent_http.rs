@@ -9,12 +9,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use super::grpc::{bearer, token_accepted};
-use super::{accept_loop, race, Either, Shutdown};
+use super::relay::{read_some, Read};
+use super::{accept_loop, Shutdown};
 use crate::error::{shorten, CoreError};
 use crate::fluent::BodyFormat;
 use crate::pipeline::Pipeline;
@@ -197,28 +198,8 @@ async fn connection(mut stream: TcpStream, service: &Service, shutdown: &Shutdow
 
 /// Reads more bytes into `buf`; false on EOF, error, the deadline (None: none) or shutdown.
 async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Option<Instant>, shutdown: &Shutdown) -> bool {
-    let start = buf.len();
-    buf.resize(start + 64 * 1024, 0);
-    let read = race(
-        async {
-            match deadline {
-                Some(at) => tokio::time::timeout_at(at, stream.read(&mut buf[start..])).await.ok(),
-                None => Some(stream.read(&mut buf[start..]).await),
-            }
-        },
-        shutdown.wait(),
-    )
-    .await;
-    match read {
-        Either::Left(Some(Ok(n))) if n > 0 => {
-            buf.truncate(start + n);
-            true
-        }
-        _ => {
-            buf.truncate(start);
-            false
-        }
-    }
+    let wait = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+    matches!(read_some(stream, buf, wait, shutdown).await, Read::Data)
 }
 
 type Answer = (u16, &'static str, Vec<(&'static str, String)>, String, bool);
